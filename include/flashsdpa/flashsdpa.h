@@ -1,0 +1,181 @@
+/*
+ * flashsdpa — exact, memory-efficient attention (forward and backward).
+ *
+ * The stable C ABI. Plain C99, usable from any language with a C FFI.
+ *
+ * Tensors cross the boundary as DLPack `DLTensor`s (shape + strides in
+ * elements), so any memory layout of the logical shape works without copies.
+ * The backend is chosen from the tensors' DLPack device.
+ *
+ * Logical shapes (padded form):
+ *   q    [B, Hq, Sq, D]      k [B, Hk, Sk, D]     v [B, Hk, Sk, Dv]
+ *   out  [B, Hq, Sq, Dv]     lse [B, Hq, Sq] float32
+ * Varlen form (params.cu_seqlens_q / cu_seqlens_k set, int32 [B + 1]):
+ *   q    [total_q, Hq, D]    k [total_k, Hk, D]   v [total_k, Hk, Dv]
+ *   out  [total_q, Hq, Dv]   lse [Hq, total_q] float32
+ *
+ * Semantics (identical on every backend, defined by the fp64 reference):
+ *   s_ij  = scale * <q_i, k_j>
+ *   s_ij  = softcap * tanh(s_ij / softcap)                 if softcap > 0
+ *   s_ij += -slope_h * |i + off - j|                         if alibi_slopes
+ *   s_ij += mask_ij (float mask) / s_ij = -inf if !mask_ij (bool mask)
+ *   s_ij  = -inf unless key j is inside the causal/window band of row i
+ *   p_ij  = softmax_j(s_ij);  with dropout p_ij *= keep_ij / (1 - dropout_p)
+ *   out_i = sum_j p_ij v_j;   lse_i = log sum_j exp(s_ij)
+ * where off = 0 for top-left alignment and Sk - Sq (per sequence) for
+ * bottom-right alignment. The band of row i is
+ *   i + off - window_left <= j <= i + off + window_right
+ * (a negative bound is unbounded; causal forces window_right = 0).
+ * A row with no visible key gives out = 0 and lse = -inf, never NaN.
+ * GQA/MQA: query head h reads key/value head h / (Hq / Hk).
+ */
+#ifndef FLASHSDPA_FLASHSDPA_H
+#define FLASHSDPA_FLASHSDPA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <dlpack/dlpack.h>
+
+#if defined(_WIN32)
+#  if defined(FLASHSDPA_BUILDING)
+#    define FSDPA_API __declspec(dllexport)
+#  else
+#    define FSDPA_API
+#  endif
+#else
+#  define FSDPA_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FSDPA_VERSION_MAJOR 0
+#define FSDPA_VERSION_MINOR 1
+#define FSDPA_VERSION_PATCH 0
+
+/* Largest head dimension (D and Dv) any backend accepts. */
+#define FSDPA_MAX_HEAD_DIM 256
+
+/* DLPack's boolean type code (added in DLPack 0.8; spelled out here so older
+ * dlpack.h headers work). Masks may also be uint8 (nonzero = attend). */
+#define FSDPA_DL_BOOL 6
+
+typedef enum fsdpa_status {
+  FSDPA_OK = 0,
+  FSDPA_ERROR_INVALID_ARGUMENT = 1, /* shape, stride, dtype, value */
+  FSDPA_ERROR_UNSUPPORTED = 2,      /* valid, but not (yet) supported */
+  FSDPA_ERROR_DEVICE = 3,           /* no backend for the tensors' device */
+  FSDPA_ERROR_OUT_OF_MEMORY = 4,    /* workspace allocation failed */
+  FSDPA_ERROR_NONFINITE_INPUT = 5,  /* NaN/Inf in q, k, v or dout */
+  FSDPA_ERROR_INTERNAL = 6          /* backend failure (e.g. CUDA error) */
+} fsdpa_status;
+
+typedef enum fsdpa_align {
+  /* Row i's diagonal is key i (PyTorch SDPA's is_causal). */
+  FSDPA_ALIGN_TOP_LEFT = 0,
+  /* Row i's diagonal is key i + Sk - Sq (FlashAttention's causal). */
+  FSDPA_ALIGN_BOTTOM_RIGHT = 1
+} fsdpa_align;
+
+/* Parameters of one attention call. Always initialise with
+ * fsdpa_params_init(): it fills the defaults and struct_size, which lets
+ * later versions of the library add fields at the end without breaking
+ * callers compiled against this header. */
+typedef struct fsdpa_params {
+  uint32_t struct_size;   /* sizeof(fsdpa_params) of the caller's header */
+
+  float scale;            /* softmax scale; NaN (default) = 1/sqrt(D) */
+  int32_t causal;         /* nonzero: window_right is forced to 0 */
+  int32_t align;          /* fsdpa_align of the causal/window diagonal */
+  int64_t window_left;    /* keys allowed left of the diagonal; -1 = all */
+  int64_t window_right;   /* keys allowed right of the diagonal; -1 = all */
+  float softcap;          /* tanh soft-capping of scores; 0 = off */
+
+  /* Optional mask, broadcastable to [B, Hq, Sq, Sk] (rank 2..4, right
+   * aligned; broadcast dims have size 1 or stride 0). Bool/uint8: nonzero
+   * = attend. Float (fp32 or the dtype of q): added to the scores.
+   * Not combined with varlen. */
+  const DLTensor* mask;
+  /* Optional ALiBi slopes, float32 [Hq] or [B, Hq]. */
+  const DLTensor* alibi_slopes;
+
+  /* Varlen: int32 [B + 1] prefix sums of the sequence lengths, on the
+   * device of q. Both set or both NULL. max_seqlen_* bound the lengths. */
+  const DLTensor* cu_seqlens_q;
+  const DLTensor* cu_seqlens_k;
+  int64_t max_seqlen_q;
+  int64_t max_seqlen_k;
+
+  /* Dropout on the attention probabilities. The keep decision of element
+   * (b, h, i, j) is a pure function of (seed, offset, b, h, i, j) through
+   * Philox-4x32-10 (see fsdpa_dropout_mask), so the backward regenerates
+   * the forward's mask and every backend draws the same mask. */
+  float dropout_p;
+  uint64_t seed;
+  uint64_t offset;
+
+  int32_t deterministic;  /* backward: bit-reproducible reductions */
+  int32_t check_finite;   /* default 1: NaN/Inf in q, k, v, dout is an error */
+} fsdpa_params;
+
+/* Fills *p with the defaults (no mask, no dropout, scale NaN = 1/sqrt(D)). */
+FSDPA_API void fsdpa_params_init(fsdpa_params* p);
+
+/* out (and lse, if not NULL) are written. stream: the backend's stream
+ * (cudaStream_t for CUDA, MTLCommandQueue for Metal), NULL = default. */
+FSDPA_API fsdpa_status fsdpa_forward(const fsdpa_params* p, const DLTensor* q,
+                                     const DLTensor* k, const DLTensor* v,
+                                     DLTensor* out, DLTensor* lse, void* stream);
+
+/* Gradients of the forward with the same params. lse is the forward's;
+ * dq, dk, dv have the shapes of q, k, v (GQA gradients reduced to Hk). */
+FSDPA_API fsdpa_status fsdpa_backward(const fsdpa_params* p, const DLTensor* dout,
+                                      const DLTensor* q, const DLTensor* k,
+                                      const DLTensor* v, const DLTensor* out,
+                                      const DLTensor* lse, DLTensor* dq,
+                                      DLTensor* dk, DLTensor* dv, void* stream);
+
+/* The fp64 reference of the same semantics (CPU tensors only), the oracle
+ * every backend is tested against. Inputs of any supported dtype or float64;
+ * outputs may be float64. O(Sq*Sk) memory: for tests, not for use. */
+FSDPA_API fsdpa_status fsdpa_reference_forward(const fsdpa_params* p,
+                                               const DLTensor* q, const DLTensor* k,
+                                               const DLTensor* v, DLTensor* out,
+                                               DLTensor* lse);
+FSDPA_API fsdpa_status fsdpa_reference_backward(
+    const fsdpa_params* p, const DLTensor* dout, const DLTensor* q,
+    const DLTensor* k, const DLTensor* v, DLTensor* dq, DLTensor* dk,
+    DLTensor* dv);
+
+/* Writes the dropout keep mask (1 = kept) that params p realise for a
+ * problem of q's and k's shapes into keep, a CPU uint8/bool tensor
+ * [B, Hq, Sq, Sk] (padded form only). For tests and debugging. */
+FSDPA_API fsdpa_status fsdpa_dropout_mask(const fsdpa_params* p, const DLTensor* q,
+                                          const DLTensor* k, DLTensor* keep);
+
+/* Message of the last failed call on this thread ("" if none). It names
+ * the offending argument and why. Valid until the next call. */
+FSDPA_API const char* fsdpa_last_error(void);
+
+/* "MAJOR.MINOR.PATCH". */
+FSDPA_API const char* fsdpa_version(void);
+
+/* Comma-separated names of the backends compiled in, e.g. "cpu,cuda". */
+FSDPA_API const char* fsdpa_backends(void);
+
+/* 1 if a compiled-in backend serves this DLPack device type and a device
+ * of that type is present at run time, else 0. */
+FSDPA_API int fsdpa_device_available(int32_t dl_device_type);
+
+/* Threads the CPU backend uses; n <= 0 restores the default (all cores,
+ * or the FLASHSDPA_NUM_THREADS environment variable). */
+FSDPA_API void fsdpa_set_num_threads(int n);
+FSDPA_API int fsdpa_get_num_threads(void);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* FLASHSDPA_FLASHSDPA_H */

@@ -1,0 +1,147 @@
+// The C ABI entry points: validate, pick the backend by device, run, and
+// turn exceptions into statuses (nothing may unwind through C).
+#include <math.h>
+#include <stdlib.h>
+
+#include <atomic>
+#include <new>
+
+#include "core/backend.h"
+#include "core/error.h"
+#include "core/reference.h"
+#include "core/settings.h"
+#include "core/validate.h"
+#include "flashsdpa/flashsdpa.h"
+
+namespace fsdpa {
+namespace {
+
+template <typename F>
+fsdpa_status guarded(F&& f) {
+  clear_error();
+  try {
+    return f();
+  } catch (const std::bad_alloc&) {
+    return set_error(FSDPA_ERROR_OUT_OF_MEMORY, "out of memory allocating workspace");
+  } catch (const std::exception& e) {
+    return set_error(FSDPA_ERROR_INTERNAL, "internal error: %s", e.what());
+  } catch (...) {
+    return set_error(FSDPA_ERROR_INTERNAL, "internal error: unknown exception");
+  }
+}
+
+fsdpa_status run_on_backend(CallKind kind, const fsdpa_params* params, const CallTensors& t,
+                            void* stream) {
+  AttnParams p;
+  fsdpa_status s = make_attn_params(kind, params, t, &p);
+  if (s != FSDPA_OK) return s;
+  const Backend* be = find_backend(p.device_type);
+  if (be == nullptr)
+    return set_error(FSDPA_ERROR_DEVICE,
+                     "q: no backend for DLPack device type %d in this build (compiled in: %s)",
+                     p.device_type, backend_names());
+  if (!be->available())
+    return set_error(FSDPA_ERROR_DEVICE, "q: the %s backend is compiled in but no device is present",
+                     be->name);
+  return kind == CallKind::forward ? be->forward(p, stream) : be->backward(p, stream);
+}
+
+std::atomic<int> g_cpu_threads{0};
+
+}  // namespace
+
+int cpu_threads_setting() { return g_cpu_threads.load(std::memory_order_relaxed); }
+
+}  // namespace fsdpa
+
+using namespace fsdpa;
+
+extern "C" {
+
+void fsdpa_params_init(fsdpa_params* p) {
+  if (p == nullptr) return;
+  *p = fsdpa_params{};
+  p->struct_size = sizeof(fsdpa_params);
+  p->scale = NAN;
+  p->align = FSDPA_ALIGN_TOP_LEFT;
+  p->window_left = -1;
+  p->window_right = -1;
+  p->check_finite = 1;
+}
+
+fsdpa_status fsdpa_forward(const fsdpa_params* params, const DLTensor* q, const DLTensor* k,
+                           const DLTensor* v, DLTensor* out, DLTensor* lse, void* stream) {
+  return guarded([&] {
+    CallTensors t;
+    t.q = q; t.k = k; t.v = v; t.out = out; t.lse = lse;
+    return run_on_backend(CallKind::forward, params, t, stream);
+  });
+}
+
+fsdpa_status fsdpa_backward(const fsdpa_params* params, const DLTensor* dout, const DLTensor* q,
+                            const DLTensor* k, const DLTensor* v, const DLTensor* out,
+                            const DLTensor* lse, DLTensor* dq, DLTensor* dk, DLTensor* dv,
+                            void* stream) {
+  return guarded([&] {
+    CallTensors t;
+    t.q = q; t.k = k; t.v = v; t.out = out; t.lse = lse;
+    t.dout = dout; t.dq = dq; t.dk = dk; t.dv = dv;
+    return run_on_backend(CallKind::backward, params, t, stream);
+  });
+}
+
+fsdpa_status fsdpa_reference_forward(const fsdpa_params* params, const DLTensor* q,
+                                     const DLTensor* k, const DLTensor* v, DLTensor* out,
+                                     DLTensor* lse) {
+  return guarded([&] {
+    CallTensors t;
+    t.q = q; t.k = k; t.v = v; t.out = out; t.lse = lse;
+    AttnParams p;
+    fsdpa_status s = make_attn_params(CallKind::reference_forward, params, t, &p);
+    if (s == FSDPA_OK) reference_forward(p);
+    return s;
+  });
+}
+
+fsdpa_status fsdpa_reference_backward(const fsdpa_params* params, const DLTensor* dout,
+                                      const DLTensor* q, const DLTensor* k, const DLTensor* v,
+                                      DLTensor* dq, DLTensor* dk, DLTensor* dv) {
+  return guarded([&] {
+    CallTensors t;
+    t.q = q; t.k = k; t.v = v;
+    t.dout = dout; t.dq = dq; t.dk = dk; t.dv = dv;
+    AttnParams p;
+    fsdpa_status s = make_attn_params(CallKind::reference_backward, params, t, &p);
+    if (s == FSDPA_OK) reference_backward(p);
+    return s;
+  });
+}
+
+fsdpa_status fsdpa_dropout_mask(const fsdpa_params* params, const DLTensor* q, const DLTensor* k,
+                                DLTensor* keep) {
+  return guarded([&] {
+    CallTensors t;
+    t.q = q; t.k = k; t.out = keep;
+    AttnParams p;
+    fsdpa_status s = make_attn_params(CallKind::dropout_mask, params, t, &p);
+    if (s == FSDPA_OK) reference_dropout_mask(p);
+    return s;
+  });
+}
+
+const char* fsdpa_last_error(void) { return last_error(); }
+
+const char* fsdpa_version(void) { return FLASHSDPA_VERSION_STRING; }
+
+const char* fsdpa_backends(void) { return backend_names(); }
+
+int fsdpa_device_available(int32_t dl_device_type) {
+  const Backend* be = find_backend(dl_device_type);
+  return be != nullptr && be->available() ? 1 : 0;
+}
+
+void fsdpa_set_num_threads(int n) { g_cpu_threads.store(n > 0 ? n : 0); }
+
+int fsdpa_get_num_threads(void) { return cpu_thread_count(); }
+
+}  // extern "C"

@@ -1,0 +1,28 @@
+// The interface every backend implements, and the registry that picks one
+// by the tensors' DLPack device. Adding a backend = one folder that defines
+// a `Backend` + one line in registry.cpp.
+#pragma once
+
+#include "core/attn_params.h"
+#include "flashsdpa/flashsdpa.h"
+
+namespace fsdpa {
+
+struct Backend {
+  const char* name;           // "cpu", "cuda", "metal"
+  int32_t device_type;        // DLDeviceType served (also kDLCUDAHost etc.)
+  // Whether a device is present at run time (e.g. a CUDA GPU).
+  bool (*available)();
+  // Both receive params already validated by the core (shapes, strides,
+  // dtypes, devices). They write out/lse resp. dq/dk/dv and report failures
+  // through set_error(). check_finite on non-host memory is theirs to do.
+  fsdpa_status (*forward)(const AttnParams& p, void* stream);
+  fsdpa_status (*backward)(const AttnParams& p, void* stream);
+};
+
+// The compiled-in backend serving `device_type`, or null.
+const Backend* find_backend(int32_t device_type);
+// "cpu,cuda,..." of every compiled-in backend.
+const char* backend_names();
+
+}  // namespace fsdpa

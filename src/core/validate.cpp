@@ -1,0 +1,493 @@
+#include "core/validate.h"
+
+#include <math.h>
+#include <string.h>
+
+#include <initializer_list>
+#include <limits>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/host_view.h"
+
+namespace fsdpa {
+namespace {
+
+constexpr int64_t kMaxDim = std::numeric_limits<int32_t>::max();
+
+#define FSDPA_CHECK(cond, status, ...)        \
+  do {                                        \
+    if (!(cond)) return set_error(status, __VA_ARGS__); \
+  } while (0)
+#define FSDPA_CHECK_ARG(cond, ...) FSDPA_CHECK(cond, FSDPA_ERROR_INVALID_ARGUMENT, __VA_ARGS__)
+#define FSDPA_TRY(expr)                        \
+  do {                                         \
+    fsdpa_status s_ = (expr);                  \
+    if (s_ != FSDPA_OK) return s_;             \
+  } while (0)
+
+const char* device_name(int32_t t) {
+  switch (t) {
+    case kDLCPU: return "cpu";
+    case kDLCUDA: return "cuda";
+    case kDLCUDAHost: return "cuda_host";
+    case kDLMetal: return "metal";
+    case kDLROCM: return "rocm";
+    default: return "other";
+  }
+}
+
+// A DLTensor with its strides made explicit.
+struct View {
+  const char* name;
+  const DLTensor* t;
+  int rank;
+  int64_t shape[4];
+  int64_t stride[4];
+  DType dtype;
+  void* data;
+};
+
+fsdpa_status dtype_of(const char* name, DLDataType dt, DType* out) {
+  FSDPA_CHECK_ARG(dt.lanes == 1, "%s: vector dtypes (lanes=%d) are not supported", name,
+                  dt.lanes);
+  if (dt.code == kDLFloat && dt.bits == 32) *out = DType::f32;
+  else if (dt.code == kDLFloat && dt.bits == 16) *out = DType::f16;
+  else if (dt.code == kDLBfloat && dt.bits == 16) *out = DType::bf16;
+  else if (dt.code == kDLFloat && dt.bits == 64) *out = DType::f64;
+  else if ((dt.code == FSDPA_DL_BOOL || dt.code == kDLUInt) && dt.bits == 8) *out = DType::u8;
+  else if (dt.code == kDLInt && dt.bits == 32) *out = DType::i32;
+  else
+    return set_error(FSDPA_ERROR_INVALID_ARGUMENT,
+                     "%s: unsupported dtype (code %d, %d bits); expected float32, float16 or "
+                     "bfloat16",
+                     name, dt.code, dt.bits);
+  return FSDPA_OK;
+}
+
+fsdpa_status view_of(const char* name, const DLTensor* t, int min_rank, int max_rank, View* v) {
+  FSDPA_CHECK_ARG(t != nullptr, "%s: is NULL", name);
+  if (t->ndim < min_rank || t->ndim > max_rank) {
+    if (min_rank == max_rank)
+      return set_error(FSDPA_ERROR_INVALID_ARGUMENT, "%s: expected rank %d, got %d", name,
+                       min_rank, t->ndim);
+    return set_error(FSDPA_ERROR_INVALID_ARGUMENT, "%s: expected rank %d..%d, got %d", name,
+                     min_rank, max_rank, t->ndim);
+  }
+  FSDPA_CHECK_ARG(t->shape != nullptr, "%s: shape is NULL", name);
+  v->name = name;
+  v->t = t;
+  v->rank = t->ndim;
+  FSDPA_TRY(dtype_of(name, t->dtype, &v->dtype));
+  int64_t numel = 1, contiguous_stride = 1;
+  for (int d = t->ndim - 1; d >= 0; --d) {
+    FSDPA_CHECK_ARG(t->shape[d] >= 0, "%s: negative size %lld in dim %d", name,
+                    (long long)t->shape[d], d);
+    FSDPA_CHECK_ARG(t->shape[d] <= kMaxDim,
+                    "%s: size %lld in dim %d exceeds the 32-bit index limit (%lld)", name,
+                    (long long)t->shape[d], d, (long long)kMaxDim);
+    v->shape[d] = t->shape[d];
+    v->stride[d] = t->strides ? t->strides[d] : contiguous_stride;
+    contiguous_stride *= t->shape[d];
+    numel *= t->shape[d];
+  }
+  FSDPA_CHECK_ARG(t->data != nullptr || numel == 0, "%s: data is NULL", name);
+  v->data = static_cast<char*>(t->data) + t->byte_offset;
+  return FSDPA_OK;
+}
+
+bool has_zero_size(const View& v) {
+  for (int d = 0; d < v.rank; ++d)
+    if (v.shape[d] == 0) return true;
+  return false;
+}
+
+fsdpa_status check_shape(const View& v, std::initializer_list<int64_t> want,
+                         std::initializer_list<const char*> dims) {
+  int d = 0;
+  auto dn = dims.begin();
+  for (int64_t w : want) {
+    FSDPA_CHECK_ARG(v.shape[d] == w, "%s: size of dim %d (%s) is %lld, expected %lld", v.name,
+                    d, *dn, (long long)v.shape[d], (long long)w);
+    ++d;
+    ++dn;
+  }
+  return FSDPA_OK;
+}
+
+// Outputs must not write one memory location from two logical elements.
+fsdpa_status check_writable(const View& v) {
+  for (int d = 0; d < v.rank; ++d)
+    FSDPA_CHECK_ARG(v.shape[d] <= 1 || v.stride[d] != 0,
+                    "%s: stride 0 in dim %d of an output (it would alias elements)", v.name, d);
+  return FSDPA_OK;
+}
+
+// Element strides in (b, h, s, d) order from a padded [B,H,S,D] or a varlen
+// [T,H,D] tensor.
+void bhsd_strides(const View& v, bool varlen, int64_t* st) {
+  if (varlen) {
+    st[0] = 0; st[1] = v.stride[1]; st[2] = v.stride[0]; st[3] = v.stride[2];
+  } else {
+    for (int d = 0; d < 4; ++d) st[d] = v.stride[d];
+  }
+}
+
+fsdpa_status check_same_device(const View& a, const View& b) {
+  FSDPA_CHECK(a.t->device.device_type == b.t->device.device_type &&
+                  a.t->device.device_id == b.t->device.device_id,
+              FSDPA_ERROR_INVALID_ARGUMENT,
+              "%s: is on device %s:%d but %s is on %s:%d; all tensors must be on one device",
+              b.name, device_name(b.t->device.device_type), b.t->device.device_id, a.name,
+              device_name(a.t->device.device_type), a.t->device.device_id);
+  return FSDPA_OK;
+}
+
+// Scans a host tensor for NaN/Inf (O(numel), negligible against attention).
+fsdpa_status check_finite_host(const View& v) {
+  if (has_zero_size(v)) return FSDPA_OK;
+  int64_t idx[4] = {0, 0, 0, 0};
+  const int r = v.rank;
+  for (;;) {
+    int64_t off = 0;
+    for (int d = 0; d < r; ++d) off += idx[d] * v.stride[d];
+    const double x = load_as_double(v.data, off, v.dtype);
+    if (!isfinite(x)) {
+      return set_error(FSDPA_ERROR_NONFINITE_INPUT,
+                       "%s: contains a non-finite value (%s) at index [%lld, %lld, %lld, %lld]",
+                       v.name, isnan(x) ? "NaN" : "Inf", (long long)idx[0], (long long)idx[1],
+                       (long long)idx[2], (long long)idx[3]);
+    }
+    int d = r - 1;
+    while (d >= 0 && ++idx[d] == v.shape[d]) idx[d--] = 0;
+    if (d < 0) break;
+  }
+  return FSDPA_OK;
+}
+
+bool host_readable(int32_t device_type) {
+  return device_type == kDLCPU || device_type == kDLCUDAHost;
+}
+
+}  // namespace
+
+fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* params, const CallTensors& t,
+                              AttnParams* p) {
+  FSDPA_CHECK_ARG(params != nullptr, "params: is NULL");
+  FSDPA_CHECK_ARG(params->struct_size >= sizeof(fsdpa_params),
+                  "params: struct_size %u is smaller than this library's fsdpa_params (%zu); "
+                  "call fsdpa_params_init()",
+                  params->struct_size, sizeof(fsdpa_params));
+  FSDPA_CHECK_ARG(p != nullptr, "internal: output params is NULL");
+  memset(p, 0, sizeof(*p));
+
+  const bool is_reference =
+      kind == CallKind::reference_forward || kind == CallKind::reference_backward;
+  const bool is_backward = kind == CallKind::backward || kind == CallKind::reference_backward;
+  const bool varlen = params->cu_seqlens_q != nullptr || params->cu_seqlens_k != nullptr;
+  FSDPA_CHECK_ARG((params->cu_seqlens_q != nullptr && params->cu_seqlens_k != nullptr) || !varlen,
+                  "%s: varlen needs both cu_seqlens_q and cu_seqlens_k",
+                  params->cu_seqlens_q ? "cu_seqlens_k" : "cu_seqlens_q");
+  const int rank = varlen ? 3 : 4;
+
+  View q, k, v;
+  FSDPA_TRY(view_of("q", t.q, rank, rank, &q));
+  FSDPA_TRY(view_of("k", t.k, rank, rank, &k));
+  FSDPA_TRY(check_same_device(q, k));
+  const int32_t dev = q.t->device.device_type;
+  if (kind != CallKind::forward && kind != CallKind::backward)
+    FSDPA_CHECK_ARG(dev == kDLCPU, "q: the reference and dropout_mask take CPU tensors, got %s",
+                    device_name(dev));
+
+  // dtype rules: q, k, v (and out, dout, dq, dk, dv) share one dtype.
+  const bool allow_f64 = is_reference || kind == CallKind::dropout_mask;
+  FSDPA_CHECK_ARG(q.dtype == DType::f32 || q.dtype == DType::f16 || q.dtype == DType::bf16 ||
+                      (q.dtype == DType::f64 && allow_f64),
+                  "q: unsupported dtype %s; expected float32, float16 or bfloat16",
+                  dtype_name(q.dtype));
+  FSDPA_CHECK_ARG(k.dtype == q.dtype, "k: dtype %s differs from q's %s", dtype_name(k.dtype),
+                  dtype_name(q.dtype));
+  p->dtype = q.dtype;
+  p->out_dtype = q.dtype;
+  p->dout_dtype = q.dtype;
+  p->device_type = dev;
+  p->device_id = q.t->device.device_id;
+
+  // sizes
+  const int hd = 1;               // heads dim, in both forms
+  const int sd = varlen ? 0 : 2;  // sequence dim
+  const int dd = rank - 1;        // feature dim
+  p->heads_q = q.shape[hd];
+  p->heads_k = k.shape[hd];
+  p->head_dim = q.shape[dd];
+  FSDPA_CHECK_ARG(p->heads_q >= 1, "q: number of heads is 0");
+  FSDPA_CHECK_ARG(p->heads_k >= 1, "k: number of heads is 0");
+  FSDPA_CHECK_ARG(p->heads_q % p->heads_k == 0,
+                  "k: query heads (%lld) must be a multiple of key/value heads (%lld) for GQA",
+                  (long long)p->heads_q, (long long)p->heads_k);
+  FSDPA_CHECK_ARG(p->head_dim >= 1 && p->head_dim <= FSDPA_MAX_HEAD_DIM,
+                  "q: head dim %lld is outside 1..%d", (long long)p->head_dim,
+                  FSDPA_MAX_HEAD_DIM);
+  FSDPA_CHECK_ARG(k.shape[dd] == p->head_dim, "k: head dim %lld differs from q's %lld",
+                  (long long)k.shape[dd], (long long)p->head_dim);
+
+  if (varlen) {
+    View cq, ck;
+    FSDPA_TRY(view_of("cu_seqlens_q", params->cu_seqlens_q, 1, 1, &cq));
+    FSDPA_TRY(view_of("cu_seqlens_k", params->cu_seqlens_k, 1, 1, &ck));
+    FSDPA_CHECK_ARG(cq.dtype == DType::i32, "cu_seqlens_q: dtype must be int32, got %s",
+                    dtype_name(cq.dtype));
+    FSDPA_CHECK_ARG(ck.dtype == DType::i32, "cu_seqlens_k: dtype must be int32, got %s",
+                    dtype_name(ck.dtype));
+    FSDPA_TRY(check_same_device(q, cq));
+    FSDPA_TRY(check_same_device(q, ck));
+    FSDPA_CHECK_ARG(cq.shape[0] >= 1, "cu_seqlens_q: needs at least one element (B + 1)");
+    FSDPA_CHECK_ARG(ck.shape[0] == cq.shape[0],
+                    "cu_seqlens_k: length %lld differs from cu_seqlens_q's %lld",
+                    (long long)ck.shape[0], (long long)cq.shape[0]);
+    FSDPA_CHECK_ARG(cq.stride[0] == 1 && ck.stride[0] == 1,
+                    "%s: must be contiguous", cq.stride[0] == 1 ? "cu_seqlens_k" : "cu_seqlens_q");
+    FSDPA_CHECK_ARG(params->max_seqlen_q >= 0 && params->max_seqlen_q <= kMaxDim,
+                    "max_seqlen_q: %lld is outside 0..%lld", (long long)params->max_seqlen_q,
+                    (long long)kMaxDim);
+    FSDPA_CHECK_ARG(params->max_seqlen_k >= 0 && params->max_seqlen_k <= kMaxDim,
+                    "max_seqlen_k: %lld is outside 0..%lld", (long long)params->max_seqlen_k,
+                    (long long)kMaxDim);
+    p->batch = cq.shape[0] - 1;
+    p->seqlen_q = params->max_seqlen_q;
+    p->seqlen_k = params->max_seqlen_k;
+    p->total_q = q.shape[0];
+    p->total_k = k.shape[0];
+    p->cu_seqlens_q = static_cast<const int32_t*>(cq.data);
+    p->cu_seqlens_k = static_cast<const int32_t*>(ck.data);
+    if (host_readable(dev)) {
+      // Device-resident offsets are checked by the backend (or trusted).
+      const struct { const char* name; const int32_t* cu; int64_t total, max; } lists[2] = {
+          {"cu_seqlens_q", p->cu_seqlens_q, p->total_q, p->seqlen_q},
+          {"cu_seqlens_k", p->cu_seqlens_k, p->total_k, p->seqlen_k}};
+      for (const auto& l : lists) {
+        FSDPA_CHECK_ARG(l.cu[0] == 0, "%s: first element must be 0, got %d", l.name, l.cu[0]);
+        for (int64_t b = 0; b < p->batch; ++b) {
+          const int64_t len = int64_t(l.cu[b + 1]) - l.cu[b];
+          FSDPA_CHECK_ARG(len >= 0, "%s: not non-decreasing at index %lld (%d > %d)", l.name,
+                          (long long)b, l.cu[b], l.cu[b + 1]);
+          FSDPA_CHECK_ARG(len <= l.max, "%s: sequence %lld has length %lld > max_seqlen %lld",
+                          l.name, (long long)b, (long long)len, (long long)l.max);
+        }
+        FSDPA_CHECK_ARG(l.cu[p->batch] <= l.total,
+                        "%s: last element %d exceeds the %lld tokens of the tensor", l.name,
+                        l.cu[p->batch], (long long)l.total);
+      }
+    }
+  } else {
+    p->batch = q.shape[0];
+    p->seqlen_q = q.shape[sd];
+    p->seqlen_k = k.shape[sd];
+    FSDPA_TRY(check_shape(k, {p->batch}, {"batch"}));
+    p->total_q = p->batch * p->seqlen_q;
+    p->total_k = p->batch * p->seqlen_k;
+  }
+  FSDPA_CHECK_ARG(p->batch * p->heads_q * p->seqlen_q <= int64_t(0xFFFFFFFF),
+                  "q: batch * heads * seqlen_q = %lld exceeds 2^32 (row index limit)",
+                  (long long)(p->batch * p->heads_q * p->seqlen_q));
+  bhsd_strides(q, varlen, p->q_stride);
+  bhsd_strides(k, varlen, p->k_stride);
+  p->q = q.data;
+  p->k = k.data;
+
+  // ---- scalar semantics -------------------------------------------------
+  float scale = params->scale;
+  if (isnan(scale)) scale = 1.0f / sqrtf(static_cast<float>(p->head_dim));
+  FSDPA_CHECK_ARG(isfinite(scale), "scale: must be finite, got %g", (double)params->scale);
+  p->scale = scale;
+  FSDPA_CHECK_ARG(isfinite(params->softcap) && params->softcap >= 0.0f,
+                  "softcap: must be >= 0 and finite, got %g", (double)params->softcap);
+  p->softcap = params->softcap;
+  FSDPA_CHECK_ARG(params->window_left >= -1, "window_left: %lld is negative (use -1 for none)",
+                  (long long)params->window_left);
+  FSDPA_CHECK_ARG(params->window_right >= -1, "window_right: %lld is negative (use -1 for none)",
+                  (long long)params->window_right);
+  FSDPA_CHECK_ARG(params->align == FSDPA_ALIGN_TOP_LEFT ||
+                      params->align == FSDPA_ALIGN_BOTTOM_RIGHT,
+                  "align: %d is neither FSDPA_ALIGN_TOP_LEFT nor FSDPA_ALIGN_BOTTOM_RIGHT",
+                  params->align);
+  p->window_left = params->window_left;
+  p->window_right = params->causal ? 0 : params->window_right;
+  p->bottom_right = params->align == FSDPA_ALIGN_BOTTOM_RIGHT;
+  FSDPA_CHECK_ARG(params->dropout_p >= 0.0f && params->dropout_p < 1.0f,
+                  "dropout_p: %g is outside [0, 1)", (double)params->dropout_p);
+  p->dropout_p = params->dropout_p;
+  p->seed = params->seed;
+  p->offset = params->offset;
+  p->deterministic = params->deterministic != 0;
+  p->check_finite = params->check_finite != 0;
+
+  if (kind == CallKind::dropout_mask) {
+    FSDPA_CHECK_ARG(!varlen, "keep: dropout_mask takes the padded form only");
+    View keep;
+    FSDPA_TRY(view_of("keep", t.out, 4, 4, &keep));
+    FSDPA_CHECK_ARG(keep.dtype == DType::u8, "keep: dtype must be bool or uint8");
+    FSDPA_TRY(check_same_device(q, keep));
+    FSDPA_TRY(check_shape(keep, {p->batch, p->heads_q, p->seqlen_q, p->seqlen_k},
+                          {"batch", "heads_q", "seqlen_q", "seqlen_k"}));
+    FSDPA_TRY(check_writable(keep));
+    p->out = keep.data;
+    for (int d = 0; d < 4; ++d) p->out_stride[d] = keep.stride[d];
+    return FSDPA_OK;
+  }
+
+  FSDPA_TRY(view_of("v", t.v, rank, rank, &v));
+  FSDPA_TRY(check_same_device(q, v));
+  FSDPA_CHECK_ARG(v.dtype == q.dtype, "v: dtype %s differs from q's %s", dtype_name(v.dtype),
+                  dtype_name(q.dtype));
+  p->head_dim_v = v.shape[dd];
+  FSDPA_CHECK_ARG(p->head_dim_v >= 1 && p->head_dim_v <= FSDPA_MAX_HEAD_DIM,
+                  "v: head dim %lld is outside 1..%d", (long long)p->head_dim_v,
+                  FSDPA_MAX_HEAD_DIM);
+  if (varlen) {
+    FSDPA_CHECK_ARG(v.shape[0] == p->total_k && v.shape[1] == p->heads_k,
+                    "v: shape [%lld, %lld, *] differs from k's [%lld, %lld, *]",
+                    (long long)v.shape[0], (long long)v.shape[1], (long long)p->total_k,
+                    (long long)p->heads_k);
+  } else {
+    FSDPA_TRY(check_shape(v, {p->batch, p->heads_k, p->seqlen_k},
+                          {"batch", "heads_k", "seqlen_k"}));
+  }
+  bhsd_strides(v, varlen, p->v_stride);
+  p->v = v.data;
+
+  // Shapes of the remaining tensors, by role.
+  auto check_like = [&](const View& x, const View& like, int64_t last) -> fsdpa_status {
+    FSDPA_TRY(check_same_device(q, x));
+    const bool dtype_ok = x.dtype == q.dtype || (is_reference && x.dtype == DType::f64);
+    FSDPA_CHECK_ARG(dtype_ok, "%s: dtype %s differs from q's %s", x.name, dtype_name(x.dtype),
+                    dtype_name(q.dtype));
+    for (int d = 0; d < rank - 1; ++d)
+      FSDPA_CHECK_ARG(x.shape[d] == like.shape[d],
+                      "%s: size of dim %d is %lld, expected %lld (as %s)", x.name, d,
+                      (long long)x.shape[d], (long long)like.shape[d], like.name);
+    FSDPA_CHECK_ARG(x.shape[rank - 1] == last, "%s: size of the last dim is %lld, expected %lld",
+                    x.name, (long long)x.shape[rank - 1], (long long)last);
+    return FSDPA_OK;
+  };
+
+  View out{};
+  const bool needs_out = kind == CallKind::forward || kind == CallKind::reference_forward ||
+                         kind == CallKind::backward;
+  if (needs_out) {
+    FSDPA_TRY(view_of("out", t.out, rank, rank, &out));
+    FSDPA_TRY(check_like(out, q, p->head_dim_v));
+    if (!is_backward) FSDPA_TRY(check_writable(out));
+    bhsd_strides(out, varlen, p->out_stride);
+    p->out = out.data;
+    if (!is_backward) p->out_dtype = out.dtype;
+  }
+
+  const bool needs_lse = kind == CallKind::backward;
+  if (t.lse != nullptr || needs_lse) {
+    View lse;
+    FSDPA_TRY(view_of("lse", t.lse, varlen ? 2 : 3, varlen ? 2 : 3, &lse));
+    FSDPA_TRY(check_same_device(q, lse));
+    FSDPA_CHECK_ARG(lse.dtype == DType::f32, "lse: dtype must be float32, got %s",
+                    dtype_name(lse.dtype));
+    if (varlen) {
+      FSDPA_TRY(check_shape(lse, {p->heads_q, p->total_q}, {"heads_q", "total_q"}));
+      p->lse_stride[0] = 0;
+      p->lse_stride[1] = lse.stride[0];
+      p->lse_stride[2] = lse.stride[1];
+    } else {
+      FSDPA_TRY(check_shape(lse, {p->batch, p->heads_q, p->seqlen_q},
+                            {"batch", "heads_q", "seqlen_q"}));
+      for (int d = 0; d < 3; ++d) p->lse_stride[d] = lse.stride[d];
+    }
+    if (!is_backward) FSDPA_TRY(check_writable(lse));
+    p->lse = static_cast<float*>(lse.data);
+  }
+
+  if (is_backward) {
+    View dout, dq, dk, dv;
+    FSDPA_TRY(view_of("dout", t.dout, rank, rank, &dout));
+    FSDPA_TRY(check_like(dout, q, p->head_dim_v));
+    FSDPA_TRY(view_of("dq", t.dq, rank, rank, &dq));
+    FSDPA_TRY(check_like(dq, q, p->head_dim));
+    FSDPA_TRY(view_of("dk", t.dk, rank, rank, &dk));
+    FSDPA_TRY(check_like(dk, k, p->head_dim));
+    FSDPA_TRY(view_of("dv", t.dv, rank, rank, &dv));
+    FSDPA_TRY(check_like(dv, v, p->head_dim_v));
+    for (const View* x : {&dq, &dk, &dv}) FSDPA_TRY(check_writable(*x));
+    FSDPA_CHECK_ARG(dk.dtype == dq.dtype && dv.dtype == dq.dtype,
+                    "dk/dv: dtypes %s/%s differ from dq's %s", dtype_name(dk.dtype),
+                    dtype_name(dv.dtype), dtype_name(dq.dtype));
+    p->out_dtype = dq.dtype;
+    p->dout_dtype = dout.dtype;
+    bhsd_strides(dout, varlen, p->dout_stride);
+    bhsd_strides(dq, varlen, p->dq_stride);
+    bhsd_strides(dk, varlen, p->dk_stride);
+    bhsd_strides(dv, varlen, p->dv_stride);
+    p->dout = dout.data;
+    p->dq = dq.data;
+    p->dk = dk.data;
+    p->dv = dv.data;
+    if (p->check_finite && host_readable(dev)) FSDPA_TRY(check_finite_host(dout));
+  }
+
+  // ---- mask -----------------------------------------------------------------
+  if (params->mask != nullptr) {
+    FSDPA_CHECK_ARG(!varlen, "mask: not supported together with varlen (cu_seqlens)");
+    View m;
+    FSDPA_TRY(view_of("mask", params->mask, 2, 4, &m));
+    FSDPA_TRY(check_same_device(q, m));
+    if (m.dtype == DType::u8) {
+      p->mask_kind = MaskKind::boolean;
+    } else {
+      FSDPA_CHECK_ARG(m.dtype == DType::f32 || m.dtype == q.dtype ||
+                          (is_reference && m.dtype == DType::f64),
+                      "mask: a float mask must be float32 or q's dtype (%s), got %s",
+                      dtype_name(q.dtype), dtype_name(m.dtype));
+      p->mask_kind = MaskKind::additive;
+    }
+    p->mask_dtype = m.dtype;
+    p->mask = m.data;
+    const int64_t target[4] = {p->batch, p->heads_q, p->seqlen_q, p->seqlen_k};
+    static const char* const names[4] = {"batch", "heads_q", "seqlen_q", "seqlen_k"};
+    for (int d = 0; d < 4; ++d) {
+      const int src = d - (4 - m.rank);
+      if (src < 0) {
+        p->mask_stride[d] = 0;
+        continue;
+      }
+      const int64_t sz = m.shape[src];
+      FSDPA_CHECK_ARG(sz == target[d] || sz == 1,
+                      "mask: size %lld of dim %d is not broadcastable to %s = %lld",
+                      (long long)sz, src, names[d], (long long)target[d]);
+      p->mask_stride[d] = sz == 1 && target[d] != 1 ? 0 : m.stride[src];
+    }
+  }
+
+  if (params->alibi_slopes != nullptr) {
+    View a;
+    FSDPA_TRY(view_of("alibi_slopes", params->alibi_slopes, 1, 2, &a));
+    FSDPA_TRY(check_same_device(q, a));
+    FSDPA_CHECK_ARG(a.dtype == DType::f32, "alibi_slopes: dtype must be float32, got %s",
+                    dtype_name(a.dtype));
+    if (a.rank == 1) {
+      FSDPA_TRY(check_shape(a, {p->heads_q}, {"heads_q"}));
+      p->alibi_stride_b = 0;
+    } else {
+      FSDPA_TRY(check_shape(a, {p->batch, p->heads_q}, {"batch", "heads_q"}));
+      p->alibi_stride_b = a.stride[0];
+    }
+    FSDPA_CHECK_ARG(a.stride[a.rank - 1] == 1 || p->heads_q == 1,
+                    "alibi_slopes: the heads dim must be contiguous (stride 1)");
+    p->alibi = static_cast<const float*>(a.data);
+  }
+
+  if (p->check_finite && host_readable(dev)) {
+    FSDPA_TRY(check_finite_host(q));
+    FSDPA_TRY(check_finite_host(k));
+    FSDPA_TRY(check_finite_host(v));
+  }
+  return FSDPA_OK;
+}
+
+}  // namespace fsdpa

@@ -1,0 +1,35 @@
+// Host-side checks of every argument of a call, and their translation into
+// the AttnParams the backends receive. All messages name the argument.
+#pragma once
+
+#include "core/attn_params.h"
+#include "flashsdpa/flashsdpa.h"
+
+namespace fsdpa {
+
+enum class CallKind {
+  forward,             // q, k, v -> out, lse?
+  backward,            // dout, q, k, v, out, lse -> dq, dk, dv
+  reference_forward,   // like forward; CPU only; float64 allowed
+  reference_backward,  // like backward without out/lse; CPU only
+  dropout_mask,        // q, k -> keep mask; CPU only
+};
+
+struct CallTensors {
+  const DLTensor* q = nullptr;
+  const DLTensor* k = nullptr;
+  const DLTensor* v = nullptr;
+  const DLTensor* out = nullptr;
+  const DLTensor* lse = nullptr;
+  const DLTensor* dout = nullptr;
+  const DLTensor* dq = nullptr;
+  const DLTensor* dk = nullptr;
+  const DLTensor* dv = nullptr;
+};
+
+// Validates and fills *out. On failure returns the status and sets the
+// thread's last error.
+fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* params,
+                              const CallTensors& t, AttnParams* out);
+
+}  // namespace fsdpa

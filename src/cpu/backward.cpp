@@ -1,0 +1,214 @@
+// CPU flash-attention backward (FlashAttention-2 order): recompute P from
+// lse, one task per (batch, kv-head, key split) that owns the dK/dV of its
+// key blocks (summed over the query heads of the GQA group) and adds dQ into
+// its own split's fp32 buffer; the splits are summed in a fixed order at the
+// end. No task shares an output with another, so the result is the same bit
+// for bit whatever the thread timing: the backward is always deterministic.
+#include <math.h>
+
+#include <algorithm>
+
+#include "cpu/cpu_backend.h"
+#include "cpu/thread_pool.h"
+#include "cpu/tiles.h"
+
+namespace fsdpa::cpu {
+namespace {
+
+// Per (q-block, head) panels shared by all tasks: scaled Q, dO, lse, Delta.
+struct QSide {
+  int64_t dp, dvp;
+  Buffer qs, dout, lse, delta;
+  int64_t row0(int64_t gqb, int64_t h, int64_t heads_q) const {
+    return (gqb * heads_q + h) * kBlockQ;
+  }
+};
+
+QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t dvp) {
+  QSide qs;
+  qs.dp = dp;
+  qs.dvp = dvp;
+  const int64_t rows = L.q_blocks() * p.heads_q * kBlockQ;
+  qs.qs = alloc_floats(rows * dp);
+  qs.dout = alloc_floats(rows * dvp);
+  qs.lse = alloc_floats(rows);
+  qs.delta = alloc_floats(rows);
+  parallel_for(p.batch * p.heads_q, [&](int64_t task, int) {
+    const int64_t b = task / p.heads_q, h = task % p.heads_q;
+    const SeqExtent& e = L.seq[b];
+    Buffer o = alloc_floats(p.head_dim_v);
+    for (int64_t gqb = L.q_block0[b]; gqb < L.q_block0[b + 1]; ++gqb) {
+      const int64_t i0 = (gqb - L.q_block0[b]) * kBlockQ;
+      const int64_t n = std::min<int64_t>(kBlockQ, e.sq - i0);
+      const int64_t r0 = qs.row0(gqb, h, p.heads_q);
+      pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim, p.scale,
+                qs.qs.get() + r0 * dp, dp, kBlockQ);
+      pack_rows(p.dout, p.dout_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim_v, 1.0f,
+                qs.dout.get() + r0 * dvp, dvp, kBlockQ);
+      for (int64_t r = 0; r < kBlockQ; ++r) {
+        float lse = kNegInf, delta = 0.0f;
+        if (r < n) {
+          const int64_t tok = e.q_begin + i0 + r;
+          lse = p.lse[lse_offset(p, b, h, tok)];
+          load_f32(p.out, offset4(p.out_stride, b, h, tok, 0), p.out_stride[3], p.head_dim_v,
+                   p.dtype, 1.0f, o.get());
+          const float* dor = qs.dout.get() + (r0 + r) * dvp;
+          for (int64_t d = 0; d < p.head_dim_v; ++d) delta += dor[d] * o[d];
+        }
+        qs.lse[r0 + r] = lse;
+        qs.delta[r0 + r] = delta;
+      }
+    }
+  });
+  return qs;
+}
+
+// Per-thread tiles of the main loop.
+struct Tiles {
+  Buffer buf;
+  float *kt, *krow, *vt, *dk, *dv, *s, *t, *dp, *pt;
+  Tiles(int64_t dp_, int64_t dvp) {
+    const int64_t kb = kBlockK, qb = kBlockQ;
+    buf = alloc_floats(3 * kb * dp_ + 2 * kb * dvp + 4 * qb * kb);
+    float* x = buf.get();
+    auto take = [&](int64_t n) { float* r = x; x += n; return r; };
+    kt = take(dp_ * kb); krow = take(kb * dp_); vt = take(dvp * kb);
+    dk = take(kb * dp_); dv = take(kb * dvp);
+    s = take(qb * kb); t = take(qb * kb); dp = take(qb * kb); pt = take(kb * qb);
+  }
+};
+
+}  // namespace
+
+fsdpa_status backward(const AttnParams& p) {
+  const BlockLayout L = make_layout(p);
+  const int64_t dp = round_up(p.head_dim, kPanelAlign), dvp = round_up(p.head_dim_v, kPanelAlign);
+  const QSide Q = pack_q_side(p, L, dp, dvp);
+  const int64_t group = p.heads_q / p.heads_k;
+
+  const int64_t heads_tasks = p.batch * p.heads_k;
+  const int64_t max_kblocks = (p.seqlen_k + kBlockK - 1) / kBlockK;
+  const int splits = key_splits(heads_tasks, max_kblocks, pool_threads());
+  const int64_t q_rows = L.q_blocks() * p.heads_q * kBlockQ;
+  Buffer dq_acc = alloc_floats(splits * q_rows * dp);
+  std::fill(dq_acc.get(), dq_acc.get() + splits * q_rows * dp, 0.0f);
+
+  const int threads = pool_threads();
+  std::vector<std::unique_ptr<Tiles>> tiles(threads);
+
+  parallel_for(heads_tasks * splits, [&](int64_t task, int slot) {
+    const int64_t split = task % splits, bh = task / splits;
+    const int64_t b = bh / p.heads_k, hk = bh % p.heads_k;
+    const SeqExtent& e = L.seq[b];
+    if (!tiles[slot]) tiles[slot] = std::make_unique<Tiles>(dp, dvp);
+    Tiles& T = *tiles[slot];
+    float* dq_split = dq_acc.get() + split * q_rows * dp;
+
+    const int64_t nkb = L.k_block0[b + 1] - L.k_block0[b];
+    for (int64_t kb = nkb * split / splits; kb < nkb * (split + 1) / splits; ++kb) {
+      const int64_t j0 = kb * kBlockK, n = std::min<int64_t>(kBlockK, e.sk - j0);
+      pack_rows(p.k, p.k_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim, 1.0f, T.krow,
+                dp, kBlockK);
+      transpose(T.krow, dp, kBlockK, dp, T.kt, kBlockK);
+      pack_rows(p.v, p.v_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim_v, 1.0f, T.dv,
+                dvp, kBlockK);  // T.dv as scratch: zeroed below
+      transpose(T.dv, dvp, kBlockK, dvp, T.vt, kBlockK);
+      std::fill(T.dk, T.dk + kBlockK * dp, 0.0f);
+      std::fill(T.dv, T.dv + kBlockK * dvp, 0.0f);
+
+      for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+        const HeadCtx c = make_head_ctx(p, e, b, h);
+        for (int64_t gqb = L.q_block0[b]; gqb < L.q_block0[b + 1]; ++gqb) {
+          const int64_t i0 = (gqb - L.q_block0[b]) * kBlockQ;
+          const int64_t rows = std::min<int64_t>(kBlockQ, e.sq - i0);
+          int64_t kb_lo, kb_hi;
+          visible_key_blocks(c, i0, i0 + rows, &kb_lo, &kb_hi);
+          if (kb < kb_lo || kb >= kb_hi) continue;
+          const int64_t r0 = Q.row0(gqb, h, p.heads_q);
+          const float* qs = Q.qs.get() + r0 * dp;
+          const float* dout = Q.dout.get() + r0 * dvp;
+
+          // P = exp(S - lse), masked entries 0.
+          gemm(rows, kBlockK, dp, qs, dp, T.kt, kBlockK, T.s, kBlockK, false);
+          score_epilogue(c, i0, rows, j0, T.s, kBlockK, p.softcap > 0 ? T.t : nullptr);
+          for (int64_t r = 0; r < rows; ++r) {
+            float* s = T.s + r * kBlockK;
+            const float lse = Q.lse[r0 + r];
+            if (lse == kNegInf) std::fill(s, s + kBlockK, 0.0f);
+            else exp_sub_sum(s, kBlockK, lse);
+          }
+          // dV += (P * Z)^T dO
+          if (p.dropout_p > 0) {
+            std::copy(T.s, T.s + rows * kBlockK, T.dp);
+            for (int64_t r = 0; r < rows; ++r) apply_dropout_row(c, i0 + r, j0, T.dp + r * kBlockK);
+            transpose(T.dp, kBlockK, rows, kBlockK, T.pt, kBlockQ);
+          } else {
+            transpose(T.s, kBlockK, rows, kBlockK, T.pt, kBlockQ);
+          }
+          gemm(kBlockK, dvp, rows, T.pt, kBlockQ, dout, dvp, T.dv, dvp, true);
+          // dP = (dO V^T) * Z ; dS = P (dP - Delta) [* (1 - tanh^2)]
+          gemm(rows, kBlockK, dvp, dout, dvp, T.vt, kBlockK, T.dp, kBlockK, false);
+          for (int64_t r = 0; r < rows; ++r) {
+            float* dpr = T.dp + r * kBlockK;
+            if (p.dropout_p > 0) apply_dropout_row(c, i0 + r, j0, dpr);
+            const float* pr = T.s + r * kBlockK;
+            const float delta = Q.delta[r0 + r];
+            for (int64_t j = 0; j < kBlockK; ++j) dpr[j] = pr[j] * (dpr[j] - delta);
+            if (p.softcap > 0) {
+              const float* tr = T.t + r * kBlockK;
+              for (int64_t j = 0; j < kBlockK; ++j) dpr[j] *= 1.0f - tr[j] * tr[j];
+            }
+          }
+          // dK += dS^T (scale Q) ; dQ += dS K  (scale applied when writing dQ)
+          transpose(T.dp, kBlockK, rows, kBlockK, T.pt, kBlockQ);
+          gemm(kBlockK, dp, rows, T.pt, kBlockQ, qs, dp, T.dk, dp, true);
+          gemm(rows, dp, kBlockK, T.dp, kBlockK, T.krow, dp, dq_split + r0 * dp, dp, true);
+        }
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t tok = e.k_begin + j0 + j;
+        store_f32(p.dk, offset4(p.dk_stride, b, hk, tok, 0), p.dk_stride[3], p.head_dim,
+                  p.dtype, T.dk + j * dp, 1.0f);
+        store_f32(p.dv, offset4(p.dv_stride, b, hk, tok, 0), p.dv_stride[3], p.head_dim_v,
+                  p.dtype, T.dv + j * dvp, 1.0f);
+      }
+    }
+  });
+
+  // Varlen: tokens outside every sequence get zero dK/dV; dQ likewise.
+  if (p.cu_seqlens_q) {
+    std::vector<float> zeros(std::max(dp, dvp), 0.0f);
+    for (int64_t hk = 0; hk < p.heads_k; ++hk)
+      for (int64_t tok = p.cu_seqlens_k[p.batch]; tok < p.total_k; ++tok) {
+        store_f32(p.dk, offset4(p.dk_stride, 0, hk, tok, 0), p.dk_stride[3], p.head_dim, p.dtype,
+                  zeros.data(), 1.0f);
+        store_f32(p.dv, offset4(p.dv_stride, 0, hk, tok, 0), p.dv_stride[3], p.head_dim_v,
+                  p.dtype, zeros.data(), 1.0f);
+      }
+    for (int64_t h = 0; h < p.heads_q; ++h)
+      for (int64_t tok = p.cu_seqlens_q[p.batch]; tok < p.total_q; ++tok)
+        store_f32(p.dq, offset4(p.dq_stride, 0, h, tok, 0), p.dq_stride[3], p.head_dim, p.dtype,
+                  zeros.data(), 1.0f);
+  }
+
+  // dQ = scale * sum over splits, in split order.
+  parallel_for(p.batch * p.heads_q, [&](int64_t task, int) {
+    const int64_t b = task / p.heads_q, h = task % p.heads_q;
+    const SeqExtent& e = L.seq[b];
+    Buffer row = alloc_floats(dp);
+    for (int64_t i = 0; i < e.sq; ++i) {
+      const int64_t gqb = L.q_block0[b] + i / kBlockQ;
+      const int64_t r = Q.row0(gqb, h, p.heads_q) + i % kBlockQ;
+      std::copy(dq_acc.get() + r * dp, dq_acc.get() + (r + 1) * dp, row.get());
+      for (int s = 1; s < splits; ++s) {
+        const float* src = dq_acc.get() + (s * q_rows + r) * dp;
+        for (int64_t d = 0; d < dp; ++d) row[d] += src[d];
+      }
+      store_f32(p.dq, offset4(p.dq_stride, b, h, e.q_begin + i, 0), p.dq_stride[3], p.head_dim,
+                p.dtype, row.get(), p.scale);
+    }
+  });
+  return FSDPA_OK;
+}
+
+}  // namespace fsdpa::cpu

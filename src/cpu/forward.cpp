@@ -1,0 +1,201 @@
+// CPU flash-attention forward: K/V packed once into fp32 panels, then one
+// task per (batch, head, q-block[, key split]) runs the online softmax over
+// the key blocks its rows can see. Extra memory: the packed K/V (O(N)) and
+// per-thread tiles; never an Sq x Sk buffer.
+#include <math.h>
+
+#include <algorithm>
+
+#include "cpu/cpu_backend.h"
+#include "cpu/thread_pool.h"
+#include "cpu/tiles.h"
+
+namespace fsdpa::cpu {
+namespace {
+
+// K^T and V of every (k-block, kv-head), fp32, zero padded:
+// KT block [Dp x kBlockK], V block [kBlockK x Dvp].
+struct PackedKV {
+  int64_t dp, dvp;
+  Buffer kt, v;
+  const float* kt_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
+    return kt.get() + (kblock * heads_k + hk) * dp * kBlockK;
+  }
+  const float* v_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
+    return v.get() + (kblock * heads_k + hk) * kBlockK * dvp;
+  }
+};
+
+PackedKV pack_kv(const AttnParams& p, const BlockLayout& L) {
+  PackedKV pk;
+  pk.dp = round_up(p.head_dim, kPanelAlign);
+  pk.dvp = round_up(p.head_dim_v, kPanelAlign);
+  const int64_t nblk = L.k_blocks() * p.heads_k;
+  pk.kt = alloc_floats(nblk * pk.dp * kBlockK);
+  pk.v = alloc_floats(nblk * kBlockK * pk.dvp);
+  parallel_for(p.batch * p.heads_k, [&](int64_t task, int slot) {
+    const int64_t b = task / p.heads_k, hk = task % p.heads_k;
+    const SeqExtent& e = L.seq[b];
+    Buffer tmp = alloc_floats(kBlockK * pk.dp);
+    for (int64_t kb = 0; kb < L.k_block0[b + 1] - L.k_block0[b]; ++kb) {
+      const int64_t j0 = kb * kBlockK, n = std::min<int64_t>(kBlockK, e.sk - j0);
+      const int64_t gb = L.k_block0[b] + kb;
+      pack_rows(p.k, p.k_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim, 1.0f, tmp.get(),
+                pk.dp, kBlockK);
+      transpose(tmp.get(), pk.dp, kBlockK, pk.dp, const_cast<float*>(pk.kt_block(gb, hk, p.heads_k)),
+                kBlockK);
+      pack_rows(p.v, p.v_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim_v, 1.0f,
+                const_cast<float*>(pk.v_block(gb, hk, p.heads_k)), pk.dvp, kBlockK);
+    }
+  });
+  return pk;
+}
+
+// Running state of the online softmax for the rows of one q-block.
+struct RowState {
+  float* o;  // [kBlockQ x dvp], unnormalised
+  float* m;  // running max
+  float* l;  // running sum of exp (before dropout)
+};
+
+void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const HeadCtx& c,
+            const float* qs, int64_t i0, int64_t rows, int64_t kb_begin, int64_t kb_end,
+            float* S, RowState st) {
+  const int64_t hk = kv_head(p, c.h);
+  const int64_t kb0 = L.k_block0[c.b];
+  for (int64_t r = 0; r < rows; ++r) {
+    st.m[r] = kNegInf;
+    st.l[r] = 0.0f;
+  }
+  std::fill(st.o, st.o + kBlockQ * pk.dvp, 0.0f);
+  for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
+    const int64_t j0 = kb * kBlockK;
+    gemm(rows, kBlockK, pk.dp, qs, pk.dp, pk.kt_block(kb0 + kb, hk, p.heads_k), kBlockK, S,
+         kBlockK, false);
+    score_epilogue(c, i0, rows, j0, S, kBlockK, nullptr);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* s = S + r * kBlockK;
+      const float m_new = std::max(st.m[r], row_max(s, kBlockK));
+      if (m_new == kNegInf) {  // nothing visible yet in this row
+        std::fill(s, s + kBlockK, 0.0f);
+        continue;
+      }
+      const float alpha = expf(st.m[r] - m_new);  // 0 when m was -inf
+      st.l[r] = st.l[r] * alpha + exp_sub_sum(s, kBlockK, m_new);
+      if (alpha != 1.0f) scale_row(st.o + r * pk.dvp, pk.dvp, alpha);
+      st.m[r] = m_new;
+      if (p.dropout_p > 0) apply_dropout_row(c, i0 + r, j0, s);
+    }
+    gemm(rows, pk.dvp, kBlockK, S, kBlockK, pk.v_block(kb0 + kb, hk, p.heads_k), pk.dvp, st.o,
+         pk.dvp, true);
+  }
+}
+
+// Writes out = o / l and lse = m + log(l) (0 and -inf for empty rows).
+void finish_rows(const AttnParams& p, const HeadCtx& c, int64_t i0, int64_t rows, int64_t dvp,
+                 RowState st) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t tok = c.e.q_begin + i0 + r;
+    const bool empty = st.l[r] == 0.0f;
+    const float inv = empty ? 0.0f : 1.0f / st.l[r];
+    store_f32(p.out, offset4(p.out_stride, c.b, c.h, tok, 0), p.out_stride[3], p.head_dim_v,
+              p.dtype, st.o + r * dvp, inv);
+    if (p.lse) p.lse[lse_offset(p, c.b, c.h, tok)] = empty ? kNegInf : st.m[r] + logf(st.l[r]);
+  }
+}
+
+}  // namespace
+
+fsdpa_status forward(const AttnParams& p) {
+  const BlockLayout L = make_layout(p);
+  if (p.cu_seqlens_q) {
+    // Varlen tokens after the last sequence belong to no row: out 0, lse -inf.
+    std::vector<float> zeros(p.head_dim_v, 0.0f);
+    for (int64_t h = 0; h < p.heads_q; ++h)
+      for (int64_t tok = p.cu_seqlens_q[p.batch]; tok < p.total_q; ++tok) {
+        store_f32(p.out, offset4(p.out_stride, 0, h, tok, 0), p.out_stride[3], p.head_dim_v,
+                  p.dtype, zeros.data(), 1.0f);
+        if (p.lse) p.lse[lse_offset(p, 0, h, tok)] = kNegInf;
+      }
+  }
+  if (L.q_blocks() == 0) return FSDPA_OK;
+  const PackedKV pk = pack_kv(p, L);
+  const int64_t dp = pk.dp, dvp = pk.dvp;
+
+  // Tasks: (q-block, head) pairs, optionally split along the keys.
+  const int64_t tasks = L.q_blocks() * p.heads_q;
+  const int64_t max_kblocks = (p.seqlen_k + kBlockK - 1) / kBlockK;
+  const int splits = key_splits(tasks, max_kblocks, pool_threads());
+
+  const int threads = pool_threads();
+  std::vector<Buffer> scratch(threads);
+  const int64_t per_thread = kBlockQ * dp + kBlockQ * kBlockK + kBlockQ * dvp + 2 * kBlockQ;
+  // Split partials: [tasks][splits] x (o, m, l); only allocated when splitting.
+  const int64_t part_sz = kBlockQ * dvp + 2 * kBlockQ;
+  Buffer partials = splits > 1 ? alloc_floats(tasks * splits * part_sz) : Buffer();
+
+  // Map a flat q-block index to its sequence.
+  std::vector<int64_t> seq_of(L.q_blocks());
+  for (int64_t b = 0; b < p.batch; ++b)
+    for (int64_t qb = L.q_block0[b]; qb < L.q_block0[b + 1]; ++qb) seq_of[qb] = b;
+
+  parallel_for(tasks * splits, [&](int64_t t, int slot) {
+    const int64_t task = t / splits, split = t % splits;
+    const int64_t gqb = task / p.heads_q, h = task % p.heads_q;
+    const int64_t b = seq_of[gqb];
+    const SeqExtent& e = L.seq[b];
+    const int64_t i0 = (gqb - L.q_block0[b]) * kBlockQ;
+    const int64_t rows = std::min<int64_t>(kBlockQ, e.sq - i0);
+    const HeadCtx c = make_head_ctx(p, e, b, h);
+
+    if (!scratch[slot]) scratch[slot] = alloc_floats(per_thread);
+    float* qs = scratch[slot].get();
+    float* S = qs + kBlockQ * dp;
+    RowState st{S + kBlockQ * kBlockK, nullptr, nullptr};
+    st.m = st.o + kBlockQ * dvp;
+    st.l = st.m + kBlockQ;
+    if (splits > 1) {
+      float* part = partials.get() + t * part_sz;
+      st = RowState{part, part + kBlockQ * dvp, part + kBlockQ * dvp + kBlockQ};
+    }
+
+    int64_t kb_lo, kb_hi;
+    visible_key_blocks(c, i0, i0 + rows, &kb_lo, &kb_hi);
+    const int64_t span = kb_hi - kb_lo;
+    const int64_t s_lo = kb_lo + span * split / splits, s_hi = kb_lo + span * (split + 1) / splits;
+    pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, rows, p.head_dim, p.scale, qs, dp,
+              rows);
+    attend(p, pk, L, c, qs, i0, rows, s_lo, s_hi, S, st);
+    if (splits == 1) finish_rows(p, c, i0, rows, dvp, st);
+  });
+
+  if (splits > 1) {
+    // Merge the splits of each task in split order (deterministic).
+    parallel_for(tasks, [&](int64_t task, int slot) {
+      const int64_t gqb = task / p.heads_q, h = task % p.heads_q;
+      const int64_t b = seq_of[gqb];
+      const SeqExtent& e = L.seq[b];
+      const int64_t i0 = (gqb - L.q_block0[b]) * kBlockQ;
+      const int64_t rows = std::min<int64_t>(kBlockQ, e.sq - i0);
+      float* first = partials.get() + task * splits * part_sz;
+      RowState acc{first, first + kBlockQ * dvp, first + kBlockQ * dvp + kBlockQ};
+      for (int s = 1; s < splits; ++s) {
+        float* part = first + s * part_sz;
+        const RowState o{part, part + kBlockQ * dvp, part + kBlockQ * dvp + kBlockQ};
+        for (int64_t r = 0; r < rows; ++r) {
+          const float m = std::max(acc.m[r], o.m[r]);
+          if (m == kNegInf) continue;
+          const float a = expf(acc.m[r] - m), bw = expf(o.m[r] - m);
+          for (int64_t d = 0; d < dvp; ++d)
+            acc.o[r * dvp + d] = acc.o[r * dvp + d] * a + o.o[r * dvp + d] * bw;
+          acc.l[r] = acc.l[r] * a + o.l[r] * bw;
+          acc.m[r] = m;
+        }
+      }
+      finish_rows(p, make_head_ctx(p, e, b, h), i0, rows, dvp, acc);
+    });
+  }
+  return FSDPA_OK;
+}
+
+}  // namespace fsdpa::cpu

@@ -1,0 +1,24 @@
+// Every tuning decision of the CPU backend, in one place.
+#pragma once
+
+#include <stdint.h>
+
+namespace fsdpa::cpu {
+
+// Query rows per tile and keys per tile. 64 x 64 fp32 score tiles (16 KiB)
+// plus the Q/K/V panels of one tile stay in L2 for head dims up to 256.
+constexpr int kBlockQ = 64;
+constexpr int kBlockK = 64;
+
+// Split the keys of each (batch, head, q-block) task into this many parts
+// so that `tasks * splits` gives every thread at least ~2 tasks; used for
+// decode shapes (few query rows, long keys). The partial results are merged
+// in a fixed order, so the result does not depend on thread timing.
+inline int key_splits(int64_t tasks, int64_t key_blocks, int threads) {
+  if (tasks >= 2 * threads || key_blocks < 2) return 1;
+  int64_t s = (2 * threads + tasks - 1) / tasks;
+  if (s > key_blocks) s = key_blocks;
+  return static_cast<int>(s);
+}
+
+}  // namespace fsdpa::cpu

@@ -1,0 +1,123 @@
+// Highway's dynamic dispatch: this file is compiled once per SIMD target by
+// re-including itself through foreach_target.h.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "cpu/simd_kernels.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "hwy/contrib/math/math-inl.h"
+
+#include <limits>
+
+#include "cpu/simd_kernels.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace fsdpa::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// At most 16 lanes so kPanelAlign (16) is always a whole number of vectors.
+using DF = hn::CappedTag<float, 16>;
+
+// Register block: kRows rows x kVecs vectors of C held in registers while K
+// is streamed; A is broadcast, B is loaded once per k for all rows.
+template <int kRows, int kVecs>
+HWY_INLINE void gemm_block(int K, const float* HWY_RESTRICT A, int lda,
+                           const float* HWY_RESTRICT B, int ldb, float* HWY_RESTRICT C, int ldc,
+                           bool accumulate) {
+  const DF d;
+  const size_t N = hn::Lanes(d);
+  using V = hn::Vec<DF>;
+  V acc[kRows][kVecs];
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVecs; ++v)
+      acc[r][v] = accumulate ? hn::LoadU(d, C + r * ldc + v * N) : hn::Zero(d);
+  for (int k = 0; k < K; ++k) {
+    V b[kVecs];
+    for (int v = 0; v < kVecs; ++v) b[v] = hn::LoadU(d, B + k * ldb + v * N);
+    for (int r = 0; r < kRows; ++r) {
+      const V a = hn::Set(d, A[r * lda + k]);
+      for (int v = 0; v < kVecs; ++v) acc[r][v] = hn::MulAdd(a, b[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVecs; ++v) hn::StoreU(acc[r][v], d, C + r * ldc + v * N);
+}
+
+template <int kRows>
+HWY_INLINE void gemm_rows(int N, int K, const float* A, int lda, const float* B, int ldb,
+                          float* C, int ldc, bool accumulate) {
+  const DF d;
+  const int lanes = static_cast<int>(hn::Lanes(d));
+  // 4 vectors wide where possible (16 accumulators at 4 rows), then 2, 1.
+  int j = 0;
+  for (; j + 4 * lanes <= N; j += 4 * lanes)
+    gemm_block<kRows, 4>(K, A, lda, B + j, ldb, C + j, ldc, accumulate);
+  for (; j + 2 * lanes <= N; j += 2 * lanes)
+    gemm_block<kRows, 2>(K, A, lda, B + j, ldb, C + j, ldc, accumulate);
+  for (; j < N; j += lanes) gemm_block<kRows, 1>(K, A, lda, B + j, ldb, C + j, ldc, accumulate);
+}
+
+void Gemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
+          int ldc, bool accumulate) {
+  int i = 0;
+  for (; i + 4 <= M; i += 4)
+    gemm_rows<4>(N, K, A + i * lda, lda, B, ldb, C + i * ldc, ldc, accumulate);
+  for (; i < M; ++i) gemm_rows<1>(N, K, A + i * lda, lda, B, ldb, C + i * ldc, ldc, accumulate);
+}
+
+float ExpSubSum(float* HWY_RESTRICT x, int n, float m) {
+  const DF d;
+  const int lanes = static_cast<int>(hn::Lanes(d));
+  const auto vm = hn::Set(d, m);
+  auto sum = hn::Zero(d);
+  for (int i = 0; i < n; i += lanes) {
+    // exp(-inf) is 0 in Highway's Exp (its input is clamped), masked scores
+    // therefore contribute nothing.
+    const auto e = hn::Exp(d, hn::Sub(hn::LoadU(d, x + i), vm));
+    hn::StoreU(e, d, x + i);
+    sum = hn::Add(sum, e);
+  }
+  return hn::GetLane(hn::SumOfLanes(d, sum));
+}
+
+float RowMax(const float* HWY_RESTRICT x, int n) {
+  const DF d;
+  const int lanes = static_cast<int>(hn::Lanes(d));
+  auto mx = hn::Set(d, -std::numeric_limits<float>::infinity());
+  for (int i = 0; i < n; i += lanes) mx = hn::Max(mx, hn::LoadU(d, x + i));
+  return hn::GetLane(hn::MaxOfLanes(d, mx));
+}
+
+void ScaleRow(float* HWY_RESTRICT y, int n, float a) {
+  const DF d;
+  const int lanes = static_cast<int>(hn::Lanes(d));
+  const auto va = hn::Set(d, a);
+  for (int i = 0; i < n; i += lanes) hn::StoreU(hn::Mul(hn::LoadU(d, y + i), va), d, y + i);
+}
+
+const char* TargetName() { return hwy::TargetName(HWY_TARGET); }
+
+}  // namespace HWY_NAMESPACE
+}  // namespace fsdpa::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace fsdpa::cpu {
+
+HWY_EXPORT(Gemm);
+HWY_EXPORT(ExpSubSum);
+HWY_EXPORT(RowMax);
+HWY_EXPORT(ScaleRow);
+HWY_EXPORT(TargetName);
+
+void gemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
+          int ldc, bool accumulate) {
+  HWY_DYNAMIC_DISPATCH(Gemm)(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+}
+float exp_sub_sum(float* x, int n, float m) { return HWY_DYNAMIC_DISPATCH(ExpSubSum)(x, n, m); }
+float row_max(const float* x, int n) { return HWY_DYNAMIC_DISPATCH(RowMax)(x, n); }
+void scale_row(float* y, int n, float a) { HWY_DYNAMIC_DISPATCH(ScaleRow)(y, n, a); }
+const char* simd_target_name() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }
+
+}  // namespace fsdpa::cpu
+#endif  // HWY_ONCE

@@ -1,0 +1,33 @@
+// The SIMD building blocks of the CPU backend, compiled for every x86/Arm
+// target Highway supports and chosen at run time (HWY_DYNAMIC_DISPATCH).
+// All operate on packed fp32 panels whose row lengths are multiples of
+// kPanelAlign, so no kernel needs a scalar tail.
+#pragma once
+
+#include <stdint.h>
+
+namespace fsdpa::cpu {
+
+constexpr int kPanelAlign = 16;  // floats: one AVX-512 vector
+
+inline int64_t round_up(int64_t x, int64_t a) { return (x + a - 1) / a * a; }
+
+// C[M x N] (+)= A[M x K] * B[K x N]; row-major with leading dims in floats.
+// N and ldb, ldc multiples of kPanelAlign; pointers 64-byte aligned.
+void gemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
+          int ldc, bool accumulate);
+
+// x[i] = exp(x[i] - m) for i < n (n multiple of kPanelAlign); -inf -> 0.
+// Returns the sum of the results.
+float exp_sub_sum(float* x, int n, float m);
+
+// Largest of x[0..n) (n multiple of kPanelAlign); -inf if all are -inf.
+float row_max(const float* x, int n);
+
+// y[i] *= a for i < n (n multiple of kPanelAlign).
+void scale_row(float* y, int n, float a);
+
+// Name of the SIMD target chosen at run time (e.g. "AVX3"), for benchmarks.
+const char* simd_target_name();
+
+}  // namespace fsdpa::cpu

@@ -1,0 +1,231 @@
+// Pieces shared by the CPU forward and backward: the block layout of a
+// (possibly varlen) batch, packing of strided inputs of any dtype into fp32
+// panels, and the score epilogue that applies softcap, ALiBi, masks and the
+// causal/window band to a tile of raw scores.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#include <stdlib.h>
+
+#include <algorithm>
+#include <limits>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/host_view.h"
+#include "cpu/heuristics.h"
+#include "cpu/simd_kernels.h"
+
+namespace fsdpa::cpu {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// 64-byte aligned fp32 workspace.
+struct FreeDeleter {
+  void operator()(float* ptr) const { free(ptr); }
+};
+using Buffer = std::unique_ptr<float[], FreeDeleter>;
+inline Buffer alloc_floats(int64_t n) {
+  const size_t bytes = static_cast<size_t>(round_up(n > 0 ? n : 1, 16)) * sizeof(float);
+  float* ptr = static_cast<float*>(aligned_alloc(64, bytes));
+  if (!ptr) throw std::bad_alloc();
+  return Buffer(ptr);
+}
+
+// Where each sequence's q-blocks and k-blocks start in a flat numbering.
+struct BlockLayout {
+  std::vector<SeqExtent> seq;
+  std::vector<int64_t> q_block0, k_block0;  // prefix sums, size batch + 1
+  int64_t q_blocks() const { return q_block0.back(); }
+  int64_t k_blocks() const { return k_block0.back(); }
+};
+
+inline BlockLayout make_layout(const AttnParams& p) {
+  BlockLayout L;
+  L.q_block0.push_back(0);
+  L.k_block0.push_back(0);
+  for (int64_t b = 0; b < p.batch; ++b) {
+    const SeqExtent e = seq_extent(p, b);
+    L.seq.push_back(e);
+    L.q_block0.push_back(L.q_block0.back() + (e.sq + kBlockQ - 1) / kBlockQ);
+    L.k_block0.push_back(L.k_block0.back() + (e.sk + kBlockK - 1) / kBlockK);
+  }
+  return L;
+}
+
+// Converts n elements at base[off + t * step] (t < n) to fp32, times mul.
+inline void load_f32(const void* base, int64_t off, int64_t step, int64_t n, DType t, float mul,
+                     float* dst) {
+  switch (t) {
+    case DType::f32: {
+      const float* s = static_cast<const float*>(base) + off;
+      for (int64_t i = 0; i < n; ++i) dst[i] = s[i * step] * mul;
+      break;
+    }
+    case DType::f16: {
+      const uint16_t* s = static_cast<const uint16_t*>(base) + off;
+      for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i * step]) * mul;
+      break;
+    }
+    case DType::bf16: {
+      const uint16_t* s = static_cast<const uint16_t*>(base) + off;
+      for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i * step]) * mul;
+      break;
+    }
+    default:
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(load_as_double(base, off + i * step, t)) * mul;
+  }
+}
+
+inline void store_f32(void* base, int64_t off, int64_t step, int64_t n, DType t, const float* src,
+                      float mul) {
+  switch (t) {
+    case DType::f32: {
+      float* d = static_cast<float*>(base) + off;
+      for (int64_t i = 0; i < n; ++i) d[i * step] = src[i] * mul;
+      break;
+    }
+    case DType::f16: {
+      uint16_t* d = static_cast<uint16_t*>(base) + off;
+      for (int64_t i = 0; i < n; ++i) d[i * step] = f32_to_f16(src[i] * mul);
+      break;
+    }
+    case DType::bf16: {
+      uint16_t* d = static_cast<uint16_t*>(base) + off;
+      for (int64_t i = 0; i < n; ++i) d[i * step] = f32_to_bf16(src[i] * mul);
+      break;
+    }
+    default:
+      for (int64_t i = 0; i < n; ++i) store_from_double(base, off + i * step, t, src[i] * mul);
+  }
+}
+
+// Packs rows [row0, row0 + n) of (b, h) of a (b, h, s, d) tensor into a
+// row-major [rows_padded x ld] fp32 panel, zero beyond n rows / dim cols.
+inline void pack_rows(const void* base, const int64_t* st, DType t, int64_t b, int64_t h,
+                      int64_t tok0, int64_t n, int64_t dim, float mul, float* dst, int64_t ld,
+                      int64_t rows_padded) {
+  for (int64_t r = 0; r < rows_padded; ++r) {
+    float* row = dst + r * ld;
+    int64_t written = 0;
+    if (r < n) {
+      load_f32(base, offset4(st, b, h, tok0 + r, 0), st[3], dim, t, mul, row);
+      written = dim;
+    }
+    for (int64_t d = written; d < ld; ++d) row[d] = 0.0f;
+  }
+}
+
+// Transposes a [rows x cols] panel (ld_src) into [cols x rows] (ld_dst).
+inline void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
+                      int64_t ld_dst) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
+}
+
+// Everything about one (b, h) that the score epilogue needs.
+struct HeadCtx {
+  const AttnParams* p;
+  SeqExtent e;
+  int64_t b, h;
+  int64_t diag;  // diag_offset for this sequence
+  float slope;
+  uint32_t dropout_threshold;
+  float dropout_scale;  // 1 / (1 - p)
+};
+
+inline HeadCtx make_head_ctx(const AttnParams& p, const SeqExtent& e, int64_t b, int64_t h) {
+  return HeadCtx{&p, e, b, h, diag_offset(p.bottom_right, e.sq, e.sk), alibi_slope(p, b, h),
+                 dropout_threshold(p.dropout_p),
+                 p.dropout_p > 0 ? 1.0f / (1.0f - p.dropout_p) : 1.0f};
+}
+
+// True if every key of block [j0, j0 + kBlockK) is inside the sequence and
+// the band of every row in [i0, i1): then the band needs no per-element test.
+inline bool block_fully_visible(const HeadCtx& c, int64_t i0, int64_t i1, int64_t j0) {
+  const int64_t j1 = j0 + kBlockK - 1;
+  if (j1 >= c.e.sk) return false;
+  const AttnParams& p = *c.p;
+  const KeyRange first = row_keys(p, c.e, i0), last = row_keys(p, c.e, i1 - 1);
+  // lo and hi grow with the row: the first row bounds hi, the last bounds lo.
+  return first.hi >= j1 && last.lo <= j0;
+}
+
+// Key-block range [kb_lo, kb_hi) that rows [i0, i1) can see (may be empty).
+inline void visible_key_blocks(const HeadCtx& c, int64_t i0, int64_t i1, int64_t* kb_lo,
+                               int64_t* kb_hi) {
+  const KeyRange first = row_keys(*c.p, c.e, i0), last = row_keys(*c.p, c.e, i1 - 1);
+  const int64_t lo = first.lo, hi = last.hi;
+  if (hi < lo || c.e.sk == 0) {
+    *kb_lo = *kb_hi = 0;
+    return;
+  }
+  *kb_lo = lo / kBlockK;
+  *kb_hi = hi / kBlockK + 1;
+}
+
+// Turns a tile of scaled scores S[rows x kBlockK] (rows i0.., keys j0..)
+// into final scores: softcap (tanh values saved to `tanh_out` if given),
+// ALiBi, mask, band and sequence end (-inf).
+inline void score_epilogue(const HeadCtx& c, int64_t i0, int64_t rows, int64_t j0, float* S,
+                           int64_t ld, float* tanh_out) {
+  const AttnParams& p = *c.p;
+  const bool full = block_fully_visible(c, i0, i0 + rows, j0);
+  if (p.softcap > 0) {
+    const float inv = 1.0f / p.softcap;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < kBlockK; ++j) {
+        const float t = tanhf(S[r * ld + j] * inv);
+        if (tanh_out) tanh_out[r * ld + j] = t;
+        S[r * ld + j] = p.softcap * t;
+      }
+  }
+  if (p.alibi) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < kBlockK; ++j)
+        S[r * ld + j] += alibi_bias(c.slope, i0 + r, j0 + j, c.diag);
+  }
+  if (p.mask_kind != MaskKind::none) {
+    const int64_t ncols = std::min<int64_t>(kBlockK, c.e.sk - j0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t base = offset4(p.mask_stride, c.b, c.h, i0 + r, j0);
+      float* s = S + r * ld;
+      if (p.mask_kind == MaskKind::boolean) {
+        const uint8_t* m = static_cast<const uint8_t*>(p.mask) + base;
+        for (int64_t j = 0; j < ncols; ++j)
+          if (!m[j * p.mask_stride[3]]) s[j] = kNegInf;
+      } else {
+        float add[kBlockK];
+        load_f32(p.mask, base, p.mask_stride[3], ncols, p.mask_dtype, 1.0f, add);
+        for (int64_t j = 0; j < ncols; ++j) s[j] += add[j];
+      }
+    }
+  }
+  if (!full) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const KeyRange kr = row_keys(p, c.e, i0 + r);
+      float* s = S + r * ld;
+      for (int64_t j = 0; j < kBlockK; ++j) {
+        const int64_t col = j0 + j;
+        if (col < kr.lo || col > kr.hi) s[j] = kNegInf;
+      }
+    }
+  }
+}
+
+// Multiplies a row of probabilities by the dropout keep mask / (1 - p).
+inline void apply_dropout_row(const HeadCtx& c, int64_t i, int64_t j0, float* row) {
+  const AttnParams& p = *c.p;
+  const uint32_t rid = dropout_row_id(c.b, c.h, i, p.heads_q, p.seqlen_q);
+  for (int64_t j = 0; j < kBlockK; j += 4) {
+    const Philox4 r = dropout_bits4(p.seed, p.offset, rid, (j0 + j) >> 2);
+    for (int w = 0; w < 4; ++w)
+      row[j + w] = r.x[w] >= c.dropout_threshold ? row[j + w] * c.dropout_scale : 0.0f;
+  }
+}
+
+}  // namespace fsdpa::cpu

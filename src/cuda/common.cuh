@@ -1,0 +1,186 @@
+// Device-side helpers shared by every CUDA kernel of flashsdpa: element
+// conversion, per-sequence extents, and the per-score semantics (band,
+// softcap, ALiBi, masks, dropout) built on core/semantics.h so that the GPU
+// computes exactly what the fp64 reference states.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "core/attn_params.h"
+#include "core/semantics.h"
+
+namespace fsdpa {
+namespace cuda {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+__device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000); }
+
+// ---- element conversion ------------------------------------------------
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+// Loads element idx of a tensor of run-time dtype t as float.
+__device__ __forceinline__ float load_dyn(const void* base, int64_t idx, DType t) {
+  switch (t) {
+    case DType::f32: return static_cast<const float*>(base)[idx];
+    case DType::f16: return __half2float(static_cast<const __half*>(base)[idx]);
+    case DType::bf16: return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[idx]);
+    case DType::u8: return static_cast<const uint8_t*>(base)[idx] ? 1.0f : 0.0f;
+    default: return 0.0f;
+  }
+}
+
+__device__ __forceinline__ int64_t off4(const int64_t* st, int64_t b, int64_t h, int64_t t,
+                                        int64_t d) {
+  return b * st[0] + h * st[1] + t * st[2] + d * st[3];
+}
+
+// ---- sequences -----------------------------------------------------------
+struct Seq {
+  int64_t q_begin, k_begin;  // first token (varlen) or 0
+  int sq, sk;                // lengths of this sequence
+};
+
+__device__ __forceinline__ Seq get_seq(const AttnParams& p, int64_t b) {
+  if (p.cu_seqlens_q == nullptr)
+    return Seq{0, 0, static_cast<int>(p.seqlen_q), static_cast<int>(p.seqlen_k)};
+  const int q0 = p.cu_seqlens_q[b], q1 = p.cu_seqlens_q[b + 1];
+  const int k0 = p.cu_seqlens_k[b], k1 = p.cu_seqlens_k[b + 1];
+  return Seq{q0, k0, q1 - q0, k1 - k0};
+}
+
+// Token index used by the fp32 workspaces (D = rowsum(dO*O), split-KV
+// partials): padded rows are b * Sq + i, varlen rows are their token.
+__device__ __forceinline__ int64_t q_token(const AttnParams& p, int64_t b, const Seq& e, int i) {
+  return p.cu_seqlens_q ? e.q_begin + i : b * p.seqlen_q + i;
+}
+
+// Rows [i_lo, i_hi] whose band can contain some key in [j_lo, j_hi]
+// (inverse of visible_keys; used to skip query blocks in the backward).
+__device__ __forceinline__ void rows_for_keys(const AttnParams& p, const Seq& e, int j_lo,
+                                              int j_hi, int* i_lo, int* i_hi) {
+  const int64_t off = diag_offset(p.bottom_right, e.sq, e.sk);
+  int64_t lo = 0, hi = e.sq - 1;
+  // key j visible from row i iff i+off-wl <= j <= i+off+wr
+  if (p.window_right >= 0) lo = max(lo, int64_t(j_lo) - p.window_right - off);
+  if (p.window_left >= 0) hi = min(hi, int64_t(j_hi) + p.window_left - off);
+  *i_lo = static_cast<int>(max(lo, int64_t(0)));
+  *i_hi = static_cast<int>(min(hi, int64_t(e.sq) - 1));
+}
+
+// ---- per-score semantics ---------------------------------------------------
+// Everything a kernel needs to turn a raw dot product into the final score of
+// (row i, key j) for one (b, h).
+struct ScoreCtx {
+  float scale, softcap, slope;
+  int64_t off;   // diagonal offset (ALiBi distance)
+  int64_t b, h;
+  int sq, sk;
+};
+
+__device__ __forceinline__ ScoreCtx make_score_ctx(const AttnParams& p, int64_t b, int64_t h,
+                                                   const Seq& e) {
+  ScoreCtx c;
+  c.scale = p.scale;
+  c.softcap = p.softcap;
+  c.slope = p.alibi ? p.alibi[b * p.alibi_stride_b + h] : 0.0f;
+  c.off = diag_offset(p.bottom_right, e.sq, e.sk);
+  c.b = b;
+  c.h = h;
+  c.sq = e.sq;
+  c.sk = e.sk;
+  return c;
+}
+
+__device__ __forceinline__ KeyRange row_range(const AttnParams& p, const ScoreCtx& c, int i) {
+  return visible_keys(i, c.sq, c.sk, p.window_left, p.window_right, p.bottom_right);
+}
+
+// True when the scores need work beyond `scale * dot` inside the band.
+__device__ __forceinline__ bool has_elementwise(const AttnParams& p) {
+  return p.softcap > 0.0f || p.alibi != nullptr || p.mask_kind != MaskKind::none;
+}
+
+// Final score of (i, j) given the raw dot product, or -inf when masked.
+// `tanh_out` receives tanh(scale*dot/softcap) (for the backward).
+__device__ __forceinline__ float score_of(const AttnParams& p, const ScoreCtx& c, float dot,
+                                          int i, int j, const KeyRange& r, float* tanh_out) {
+  if (j < r.lo || j > r.hi) return neg_inf();
+  float s = dot * c.scale;
+  if (c.softcap > 0.0f) {
+    const float t = tanhf(s / c.softcap);
+    *tanh_out = t;
+    s = c.softcap * t;
+  }
+  if (p.alibi) s += alibi_bias(c.slope, i, j, c.off);
+  if (p.mask_kind != MaskKind::none) {
+    const int64_t mo = c.b * p.mask_stride[0] + c.h * p.mask_stride[1] +
+                       int64_t(i) * p.mask_stride[2] + int64_t(j) * p.mask_stride[3];
+    if (p.mask_kind == MaskKind::boolean) {
+      if (static_cast<const uint8_t*>(p.mask)[mo] == 0) s = neg_inf();
+    } else {
+      s += load_dyn(p.mask, mo, p.mask_dtype);
+    }
+  }
+  return s;
+}
+
+// Dropout: multiplier (0 or 1/(1-p)) of elements (i, 2c) and (i, 2c+1).
+struct DropCtx {
+  bool on;
+  uint32_t thr;
+  float inv_keep;
+  uint64_t seed, offset;
+};
+
+__device__ __forceinline__ DropCtx make_drop_ctx(const AttnParams& p) {
+  DropCtx d;
+  d.on = p.dropout_p > 0.0f;
+  d.thr = dropout_threshold(p.dropout_p);
+  d.inv_keep = 1.0f / (1.0f - p.dropout_p);
+  d.seed = p.seed;
+  d.offset = p.offset;
+  return d;
+}
+
+__device__ __forceinline__ float drop_factor(const DropCtx& d, uint32_t row, int j) {
+  return dropout_keep(d.seed, d.offset, row, j, d.thr) ? d.inv_keep : 0.0f;
+}
+
+// Pair (j, j+1) with j even: one Philox call.
+__device__ __forceinline__ void drop_factor2(const DropCtx& d, uint32_t row, int j, float* z0,
+                                             float* z1) {
+  const Philox4 r = dropout_bits4(d.seed, d.offset, row, j >> 2);
+  const int w = j & 3;
+  const uint32_t a = w == 0 ? r.x[0] : r.x[2];
+  const uint32_t b = w == 0 ? r.x[1] : r.x[3];
+  *z0 = a >= d.thr ? d.inv_keep : 0.0f;
+  *z1 = b >= d.thr ? d.inv_keep : 0.0f;
+}
+
+// ---- warp reductions --------------------------------------------------------
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+}  // namespace cuda
+}  // namespace fsdpa

@@ -1,0 +1,243 @@
+// The CUDA backend: picks a path per call and launches it on the caller's
+// stream.
+//
+// Paths
+//   fp16 / bf16: tensor-core kernels (tc.cuh; mma.sync m16n8k16, fp32
+//     accumulation), head dims padded to the buckets of tc_buckets.h.
+//     Split-KV (flash-decoding) with an lse-weighted merge when the query
+//     blocks alone cannot fill the GPU and the key range is long.
+//   fp32: the SIMT kernels (simt.cu), plain fp32 arithmetic (no TF32).
+//   The backward is always deterministic: dQ is computed by its own kernel
+//   looping over key blocks, dK/dV by one looping over the query blocks of
+//   every query head of the GQA group; no atomics anywhere.
+//
+// Environment (for tests and benchmarks): FLASHSDPA_CUDA_SIMT=1 forces the
+// SIMT path for every dtype; FLASHSDPA_CUDA_SPLITS=n forces n KV splits in
+// the tensor-core forward (1 = off).
+//
+// check_finite: one strided scan kernel per input and one 32-byte copy back
+// (a stream synchronisation per call); pass check_finite = 0 to skip it.
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/backend.h"
+#include "core/error.h"
+#include "cuda/launch.h"
+#include "cuda/tc_buckets.h"
+
+namespace fsdpa {
+namespace cuda {
+namespace {
+
+struct DeviceGuard {
+  int prev = -1;
+  explicit DeviceGuard(int dev) {
+    int cur = -1;
+    if (cudaGetDevice(&cur) == cudaSuccess && cur != dev) {
+      prev = cur;
+      cudaSetDevice(dev);
+    }
+  }
+  ~DeviceGuard() {
+    if (prev >= 0) cudaSetDevice(prev);
+  }
+};
+
+bool env_flag(const char* name) {
+  const char* v = getenv(name);
+  return v != nullptr && *v != '\0' && strcmp(v, "0") != 0;
+}
+
+int env_int(const char* name, int def) {
+  const char* v = getenv(name);
+  return v != nullptr && *v != '\0' ? atoi(v) : def;
+}
+
+int bucket_for(int64_t d, int64_t dv) {
+  const int64_t m = d > dv ? d : dv;
+#define FSDPA_BUCKET(B) \
+  if (m <= B) return B;
+  FSDPA_TC_BUCKETS(FSDPA_BUCKET)
+#undef FSDPA_BUCKET
+  return 0;
+}
+
+bool vec_ok(const void* ptr, const int64_t* st, int64_t dim) {
+  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && st[3] == 1 && dim % 8 == 0 &&
+         st[0] % 8 == 0 && st[1] % 8 == 0 && st[2] % 8 == 0;
+}
+
+int vec_bits(const AttnParams& p, bool backward) {
+  int v = 0;
+  if (vec_ok(p.q, p.q_stride, p.head_dim)) v |= kVecQ;
+  if (vec_ok(p.k, p.k_stride, p.head_dim)) v |= kVecK;
+  if (vec_ok(p.v, p.v_stride, p.head_dim_v)) v |= kVecV;
+  if (!backward && vec_ok(p.out, p.out_stride, p.head_dim_v)) v |= kVecO;
+  if (backward && vec_ok(p.dout, p.dout_stride, p.head_dim_v)) v |= kVecDO;
+  return v;
+}
+
+fsdpa_status cuda_fail(cudaError_t e, const char* what) {
+  if (e == cudaErrorMemoryAllocation)
+    return set_error(FSDPA_ERROR_OUT_OF_MEMORY, "cuda: out of device memory (%s)", what);
+  return set_error(FSDPA_ERROR_INTERNAL, "cuda: %s failed: %s", what, cudaGetErrorString(e));
+}
+
+// Stream-ordered workspace, freed on the same stream.
+struct Buf {
+  void* ptr = nullptr;
+  cudaStream_t stream = nullptr;
+  ~Buf() {
+    if (ptr) cudaFreeAsync(ptr, stream);
+  }
+  cudaError_t alloc(size_t bytes, cudaStream_t s) {
+    stream = s;
+    return cudaMallocAsync(&ptr, bytes < 16 ? 16 : bytes, s);
+  }
+  template <typename U> U* as() const { return static_cast<U*>(ptr); }
+};
+
+// NaN/Inf scan of q, k, v (and dout) on the device.
+fsdpa_status check_inputs(const AttnParams& p, bool backward, cudaStream_t s) {
+  if (!p.check_finite) return FSDPA_OK;
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  struct Item {
+    const char* name;
+    const void* data;
+    const int64_t* st;
+    int64_t n[4];
+  } items[4] = {
+      {"q", p.q, p.q_stride, {varlen ? 1 : p.batch, p.heads_q, varlen ? p.total_q : p.seqlen_q, p.head_dim}},
+      {"k", p.k, p.k_stride, {varlen ? 1 : p.batch, p.heads_k, varlen ? p.total_k : p.seqlen_k, p.head_dim}},
+      {"v", p.v, p.v_stride, {varlen ? 1 : p.batch, p.heads_k, varlen ? p.total_k : p.seqlen_k, p.head_dim_v}},
+      {"dout", p.dout, p.dout_stride, {varlen ? 1 : p.batch, p.heads_q, varlen ? p.total_q : p.seqlen_q, p.head_dim_v}},
+  };
+  const int count = backward ? 4 : 3;
+  Buf flags;
+  cudaError_t err = flags.alloc(count * sizeof(unsigned long long), s);
+  if (err != cudaSuccess) return cuda_fail(err, "workspace allocation");
+  err = cudaMemsetAsync(flags.ptr, 0xFF, count * sizeof(unsigned long long), s);
+  if (err != cudaSuccess) return cuda_fail(err, "cudaMemsetAsync");
+  for (int x = 0; x < count; ++x)
+    check_finite(items[x].data, p.dtype, items[x].n, items[x].st,
+                 flags.as<unsigned long long>() + x, s);
+  unsigned long long host[4];
+  err = cudaMemcpyAsync(host, flags.ptr, count * sizeof(unsigned long long),
+                        cudaMemcpyDeviceToHost, s);
+  if (err == cudaSuccess) err = cudaStreamSynchronize(s);
+  if (err != cudaSuccess) return cuda_fail(err, "finite check");
+  for (int x = 0; x < count; ++x) {
+    if (host[x] == ~0ull) continue;
+    int64_t idx[4], r = static_cast<int64_t>(host[x]);
+    for (int d = 3; d >= 0; --d) {
+      idx[d] = r % items[x].n[d];
+      r /= items[x].n[d];
+    }
+    return set_error(FSDPA_ERROR_NONFINITE_INPUT,
+                     "%s: contains a non-finite value (NaN or Inf) at index [%lld, %lld, %lld, %lld]",
+                     items[x].name, (long long)idx[0], (long long)idx[1], (long long)idx[2],
+                     (long long)idx[3]);
+  }
+  return FSDPA_OK;
+}
+
+int sm_count(int dev) {
+  int n = 0;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0)
+    n = 108;
+  return n;
+}
+
+// Number of KV splits for the tensor-core forward.
+int choose_splits(const AttnParams& p, int dp) {
+  const int forced = env_int("FLASHSDPA_CUDA_SPLITS", 0);
+  if (forced > 0) return forced > 256 ? 256 : forced;
+  const int bm = 16 * 4;
+  const int bn = dp <= 128 ? 64 : 32;
+  const int64_t ctas = (p.seqlen_q + bm - 1) / bm * p.heads_q * p.batch;
+  const int64_t nkb = (p.seqlen_k + bn - 1) / bn;
+  const int sms = sm_count(p.device_id);
+  if (ctas >= sms || nkb < 8) return 1;
+  int64_t n = (2 * sms + ctas - 1) / ctas;
+  if (n > nkb / 4) n = nkb / 4;
+  if (n > 64) n = 64;
+  // Keep the fp32 partials under 1 GiB.
+  while (n > 1 && n * p.total_q * p.heads_q * dp * 4 > (int64_t(1) << 30)) n /= 2;
+  return n < 2 ? 1 : static_cast<int>(n);
+}
+
+fsdpa_status forward(const AttnParams& p, void* stream) {
+  if (p.batch == 0 || p.seqlen_q == 0) return FSDPA_OK;
+  DeviceGuard guard(p.device_id);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  fsdpa_status st = check_inputs(p, false, s);
+  if (st != FSDPA_OK) return st;
+  const int dp = bucket_for(p.head_dim, p.head_dim_v);
+  const bool simt = p.dtype == DType::f32 || dp == 0 || env_flag("FLASHSDPA_CUDA_SIMT");
+  cudaError_t err = cudaSuccess;
+  if (simt) {
+    simt_forward(p, s);
+    err = cudaGetLastError();
+  } else {
+    const int vec = vec_bits(p, false);
+    const int nsplit = choose_splits(p, dp);
+    auto run = p.dtype == DType::f16 ? tc_fwd_f16 : tc_fwd_bf16;
+    if (nsplit <= 1) {
+      err = run(p, dp, vec, 1, nullptr, nullptr, s);
+    } else {
+      const int64_t rows = p.total_q * p.heads_q;
+      Buf opart, lsepart;
+      err = opart.alloc(size_t(nsplit) * rows * dp * sizeof(float), s);
+      if (err == cudaSuccess) err = lsepart.alloc(size_t(nsplit) * rows * sizeof(float), s);
+      if (err != cudaSuccess) return cuda_fail(err, "split-KV workspace allocation");
+      err = run(p, dp, vec, nsplit, opart.as<float>(), lsepart.as<float>(), s);
+      if (err == cudaSuccess) {
+        splitkv_merge(p, nsplit, opart.as<float>(), lsepart.as<float>(), dp, s);
+        err = cudaGetLastError();
+      }
+    }
+  }
+  if (err != cudaSuccess) return cuda_fail(err, "forward kernel launch");
+  return FSDPA_OK;
+}
+
+fsdpa_status backward(const AttnParams& p, void* stream) {
+  if (p.batch == 0) return FSDPA_OK;
+  DeviceGuard guard(p.device_id);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  fsdpa_status st = check_inputs(p, true, s);
+  if (st != FSDPA_OK) return st;
+  if (p.cu_seqlens_q != nullptr) zero_grads(p, s);
+  Buf dsum;
+  cudaError_t err = dsum.alloc(size_t(p.total_q) * p.heads_q * sizeof(float), s);
+  if (err != cudaSuccess) return cuda_fail(err, "workspace allocation");
+  bwd_preprocess(p, dsum.as<float>(), s);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return cuda_fail(err, "backward preprocess launch");
+  const int dp = bucket_for(p.head_dim, p.head_dim_v);
+  const bool simt = p.dtype == DType::f32 || dp == 0 || env_flag("FLASHSDPA_CUDA_SIMT");
+  if (simt) {
+    simt_backward(p, dsum.as<float>(), s);
+    err = cudaGetLastError();
+  } else {
+    auto run = p.dtype == DType::f16 ? tc_bwd_f16 : tc_bwd_bf16;
+    err = run(p, dp, vec_bits(p, true), dsum.as<float>(), s);
+  }
+  if (err != cudaSuccess) return cuda_fail(err, "backward kernel launch");
+  return FSDPA_OK;
+}
+
+bool available() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+}  // namespace
+}  // namespace cuda
+
+extern const Backend kCudaBackend = {"cuda", kDLCUDA, cuda::available, cuda::forward,
+                                     cuda::backward};
+
+}  // namespace fsdpa

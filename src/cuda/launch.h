@@ -1,0 +1,47 @@
+// Host-side launchers of the CUDA kernels (defined in the .cu files of this
+// folder), called by cuda_backend.cu after it has chosen a path.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "core/attn_params.h"
+
+namespace fsdpa {
+namespace cuda {
+
+// ---- SIMT path (fp32 inputs; any dtype when FLASHSDPA_CUDA_SIMT=1) --------
+// T is float, __half or __nv_bfloat16 (tag types, instantiated in simt.cu).
+void simt_forward(const AttnParams& p, cudaStream_t s);
+// dsum: fp32 [total_q * Hq] (row token * Hq + h) from bwd_preprocess.
+void simt_backward(const AttnParams& p, const float* dsum, cudaStream_t s);
+
+// ---- shared pieces -----------------------------------------------------------
+// dsum[t * Hq + h] = sum_d dO * O over the rows of every sequence.
+void bwd_preprocess(const AttnParams& p, float* dsum, cudaStream_t s);
+// Varlen: zero dq, dk, dv everywhere (tokens no sequence covers stay 0).
+void zero_grads(const AttnParams& p, cudaStream_t s);
+// Sets *flag (device int, pre-zeroed) to 1 + the first linear index of a
+// non-finite element of a strided 4-d tensor of dtype t.
+void check_finite(const void* data, DType t, const int64_t shape[4], const int64_t stride[4],
+                  unsigned long long* flag, cudaStream_t s);
+
+// Bits of the tensor-core kernels' `vec` argument: the tensor can be read
+// (written) with 16-byte accesses (stride_d == 1, dim % 8 == 0, 16-byte
+// aligned rows).
+enum VecBits { kVecQ = 1, kVecK = 2, kVecV = 4, kVecO = 8, kVecDO = 16 };
+
+// ---- tensor-core path (fp16 / bf16, sm_80+; tc_*.cu) -------------------------
+// dp: head-dim bucket from tc_buckets.h. vec: VecBits (tc.cuh).
+// nsplit > 1: split-KV; opart/lsepart are fp32 workspaces of
+// nsplit * total_q * Hq * dp and nsplit * total_q * Hq floats.
+cudaError_t tc_fwd_f16(const AttnParams& p, int dp, int vec, int nsplit, float* opart,
+                       float* lsepart, cudaStream_t s);
+cudaError_t tc_fwd_bf16(const AttnParams& p, int dp, int vec, int nsplit, float* opart,
+                        float* lsepart, cudaStream_t s);
+cudaError_t tc_bwd_f16(const AttnParams& p, int dp, int vec, const float* dsum, cudaStream_t s);
+cudaError_t tc_bwd_bf16(const AttnParams& p, int dp, int vec, const float* dsum, cudaStream_t s);
+void splitkv_merge(const AttnParams& p, int nsplit, const float* opart, const float* lsepart,
+                   int dv_stride, cudaStream_t s);
+
+}  // namespace cuda
+}  // namespace fsdpa

@@ -1,0 +1,139 @@
+// Small kernels around the attention kernels: the backward's preprocess
+// (D = rowsum(dO * O)), zeroing of varlen gradients, the NaN/Inf check of
+// device inputs, and the lse-weighted merge of split-KV partials.
+#include <float.h>
+
+#include "cuda/common.cuh"
+#include "cuda/launch.h"
+
+namespace fsdpa {
+namespace cuda {
+namespace {
+
+constexpr int kWarps = 4;
+
+__device__ __forceinline__ void store_dyn(void* base, int64_t idx, DType t, float x) {
+  switch (t) {
+    case DType::f32: static_cast<float*>(base)[idx] = x; break;
+    case DType::f16: static_cast<__half*>(base)[idx] = __float2half_rn(x); break;
+    case DType::bf16: static_cast<__nv_bfloat16*>(base)[idx] = __float2bfloat16_rn(x); break;
+    default: break;
+  }
+}
+
+__global__ void preprocess_kernel(AttnParams p, float* dsum) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t b = blockIdx.z, h = blockIdx.y;
+  const int i = blockIdx.x * kWarps + warp;
+  const Seq e = get_seq(p, b);
+  if (i >= e.sq) return;
+  float acc = 0.0f;
+  for (int d = lane; d < p.head_dim_v; d += 32)
+    acc += load_dyn(p.dout, off4(p.dout_stride, b, h, e.q_begin + i, d), p.dout_dtype) *
+           load_dyn(p.out, off4(p.out_stride, b, h, e.q_begin + i, d), p.dtype);
+  acc = warp_sum(acc);
+  if (lane == 0) dsum[q_token(p, b, e, i) * p.heads_q + h] = acc;
+}
+
+// Zeroes a [T, H, D] varlen tensor with (b, h, s, d) strides (b stride 0).
+__global__ void zero_kernel(void* base, DType t, int64_t T, int64_t H, int64_t D,
+                            int64_t sh, int64_t st, int64_t sd) {
+  const int64_t n = T * H * D;
+  for (int64_t x = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; x < n;
+       x += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t d = x % D, h = (x / D) % H, tok = x / (D * H);
+    store_dyn(base, tok * st + h * sh + d * sd, t, 0.0f);
+  }
+}
+
+struct Shape4 {
+  int64_t n[4], s[4];
+};
+
+__global__ void finite_kernel(const void* data, DType t, Shape4 sh, unsigned long long* flag) {
+  const int64_t total = sh.n[0] * sh.n[1] * sh.n[2] * sh.n[3];
+  for (int64_t x = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; x < total;
+       x += int64_t(gridDim.x) * blockDim.x) {
+    int64_t r = x, off = 0;
+    for (int d = 3; d >= 0; --d) {
+      off += (r % sh.n[d]) * sh.s[d];
+      r /= sh.n[d];
+    }
+    if (!isfinite(load_dyn(data, off, t))) atomicMin(flag, static_cast<unsigned long long>(x));
+  }
+}
+
+__global__ void merge_kernel(AttnParams p, int nsplit, const float* opart, const float* lsepart,
+                             int dv_stride) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t b = blockIdx.z, h = blockIdx.y;
+  const int i = blockIdx.x * kWarps + warp;
+  const Seq e = get_seq(p, b);
+  if (i >= e.sq) return;
+  const int64_t row = q_token(p, b, e, i) * p.heads_q + h;
+  const int64_t rows = p.total_q * p.heads_q;
+  float mx = neg_inf();
+  for (int s = 0; s < nsplit; ++s) mx = fmaxf(mx, lsepart[s * rows + row]);
+  float lse = neg_inf();
+  if (mx != neg_inf()) {
+    float sum = 0.0f;
+    for (int s = 0; s < nsplit; ++s) sum += expf(lsepart[s * rows + row] - mx);
+    lse = mx + logf(sum);
+  }
+  for (int d = lane; d < p.head_dim_v; d += 32) {
+    float acc = 0.0f;
+    if (lse != neg_inf())
+      for (int s = 0; s < nsplit; ++s) {
+        const float ls = lsepart[s * rows + row];
+        if (ls != neg_inf()) acc += expf(ls - lse) * opart[(s * rows + row) * dv_stride + d];
+      }
+    store_dyn(p.out, off4(p.out_stride, b, h, e.q_begin + i, d), p.out_dtype, acc);
+  }
+  if (p.lse && lane == 0)
+    p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + (e.q_begin + i) * p.lse_stride[2]] = lse;
+}
+
+int grid_for(int64_t n) {
+  const int64_t g = (n + 255) / 256;
+  return static_cast<int>(g < 4096 ? (g < 1 ? 1 : g) : 4096);
+}
+
+}  // namespace
+
+void bwd_preprocess(const AttnParams& p, float* dsum, cudaStream_t s) {
+  const dim3 grid((p.seqlen_q + kWarps - 1) / kWarps, p.heads_q, p.batch);
+  if (grid.x > 0) preprocess_kernel<<<grid, kWarps * 32, 0, s>>>(p, dsum);
+}
+
+void zero_grads(const AttnParams& p, cudaStream_t s) {
+  const DType t = p.out_dtype;
+  zero_kernel<<<grid_for(p.total_q * p.heads_q * p.head_dim), 256, 0, s>>>(
+      p.dq, t, p.total_q, p.heads_q, p.head_dim, p.dq_stride[1], p.dq_stride[2], p.dq_stride[3]);
+  zero_kernel<<<grid_for(p.total_k * p.heads_k * p.head_dim), 256, 0, s>>>(
+      p.dk, t, p.total_k, p.heads_k, p.head_dim, p.dk_stride[1], p.dk_stride[2], p.dk_stride[3]);
+  zero_kernel<<<grid_for(p.total_k * p.heads_k * p.head_dim_v), 256, 0, s>>>(
+      p.dv, t, p.total_k, p.heads_k, p.head_dim_v, p.dv_stride[1], p.dv_stride[2],
+      p.dv_stride[3]);
+}
+
+void check_finite(const void* data, DType t, const int64_t shape[4], const int64_t stride[4],
+                  unsigned long long* flag, cudaStream_t s) {
+  Shape4 sh;
+  int64_t n = 1;
+  for (int d = 0; d < 4; ++d) {
+    sh.n[d] = shape[d];
+    sh.s[d] = stride[d];
+    n *= shape[d];
+  }
+  if (n == 0) return;
+  finite_kernel<<<grid_for(n), 256, 0, s>>>(data, t, sh, flag);
+}
+
+void splitkv_merge(const AttnParams& p, int nsplit, const float* opart, const float* lsepart,
+                   int dv_stride, cudaStream_t s) {
+  const dim3 grid((p.seqlen_q + kWarps - 1) / kWarps, p.heads_q, p.batch);
+  if (grid.x > 0) merge_kernel<<<grid, kWarps * 32, 0, s>>>(p, nsplit, opart, lsepart, dv_stride);
+}
+
+}  // namespace cuda
+}  // namespace fsdpa

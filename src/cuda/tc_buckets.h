@@ -1,0 +1,21 @@
+// THE list of tensor-core instantiations: head-dim buckets (max(D, Dv) is
+// rounded up to the next bucket; D and Dv are zero-padded to it) and the
+// tile shapes per bucket. Each bucket compiles 3 kernels (forward, dQ,
+// dK/dV) per dtype (fp16, bf16) per GPU architecture. Build time grows
+// linearly with this list.
+#pragma once
+
+// X(bucket)
+#define FSDPA_TC_BUCKETS(X) X(32) X(64) X(96) X(128) X(192) X(256)
+
+namespace fsdpa {
+namespace cuda {
+// Warps per block (16 rows each) and the inner tile of the loop.
+template <int DP> struct TcConfig {
+  static constexpr int kWarps = 4;
+  static constexpr int kFwdBN = DP <= 128 ? 64 : 32;   // keys per forward step
+  static constexpr int kDqBN = DP <= 128 ? 64 : 32;    // keys per dQ step
+  static constexpr int kDkvBM = DP <= 128 ? 64 : 32;   // queries per dK/dV step
+};
+}  // namespace cuda
+}  // namespace fsdpa

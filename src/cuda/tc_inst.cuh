@@ -1,0 +1,52 @@
+// Launch wrappers of the tensor-core kernels for one dtype; included by
+// tc_fwd_<dtype>.cu / tc_bwd_<dtype>.cu with FSDPA_TC_T and FSDPA_TC_NAME set.
+#pragma once
+
+#include "cuda/tc.cuh"
+#include "cuda/tc_buckets.h"
+
+namespace fsdpa {
+namespace cuda {
+
+template <typename T, int DP>
+cudaError_t tc_fwd_launch(const AttnParams& p, int vec, int nsplit, float* opart, float* lsepart,
+                          cudaStream_t s) {
+  using C = TcConfig<DP>;
+  constexpr int BM = 16 * C::kWarps, BN = C::kFwdBN;
+  constexpr size_t smem = size_t(BM + 4 * BN) * pitch<DP>() * sizeof(T);
+  auto kern = tc_fwd_kernel<T, DP, BN, C::kWarps>;
+  cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (err != cudaSuccess) return err;
+  const dim3 grid((p.seqlen_q + BM - 1) / BM, p.heads_q, p.batch * nsplit);
+  kern<<<grid, C::kWarps * 32, smem, s>>>(p, vec, nsplit, opart, lsepart);
+  return cudaGetLastError();
+}
+
+template <typename T, int DP>
+cudaError_t tc_bwd_launch(const AttnParams& p, int vec, const float* dsum, cudaStream_t s) {
+  using C = TcConfig<DP>;
+  {
+    constexpr int BM = 16 * C::kWarps, BN = C::kDqBN;
+    constexpr size_t smem = size_t(2 * BM + 4 * BN) * pitch<DP>() * sizeof(T);
+    auto kern = tc_dq_kernel<T, DP, BN, C::kWarps>;
+    cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (err != cudaSuccess) return err;
+    const dim3 grid((p.seqlen_q + BM - 1) / BM, p.heads_q, p.batch);
+    if (grid.x > 0) kern<<<grid, C::kWarps * 32, smem, s>>>(p, vec, dsum);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  {
+    constexpr int BN = 16 * C::kWarps, BM = C::kDkvBM;
+    constexpr size_t smem = size_t(2 * BN + 4 * BM) * pitch<DP>() * sizeof(T) + 4 * BM * sizeof(float);
+    auto kern = tc_dkdv_kernel<T, DP, BM, C::kWarps>;
+    cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (err != cudaSuccess) return err;
+    const dim3 grid((p.seqlen_k + BN - 1) / BN, p.heads_k, p.batch);
+    if (grid.x > 0) kern<<<grid, C::kWarps * 32, smem, s>>>(p, vec, dsum);
+    return cudaGetLastError();
+  }
+}
+
+}  // namespace cuda
+}  // namespace fsdpa
