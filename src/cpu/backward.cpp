@@ -66,7 +66,7 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
 // Per-thread tiles of the main loop.
 struct Tiles {
   Buffer buf;
-  float *kt, *krow, *vt, *dk, *dv, *s, *t, *dp, *pt;
+  float *kt, *krow, *vt, *dk, *dv, *s, *t, *dp, *pz;
   Tiles(int64_t dp_, int64_t dvp) {
     const int64_t kb = kBlockK, qb = kBlockQ;
     buf = alloc_floats(3 * kb * dp_ + 2 * kb * dvp + 4 * qb * kb);
@@ -74,7 +74,7 @@ struct Tiles {
     auto take = [&](int64_t n) { float* r = x; x += n; return r; };
     kt = take(dp_ * kb); krow = take(kb * dp_); vt = take(dvp * kb);
     dk = take(kb * dp_); dv = take(kb * dvp);
-    s = take(qb * kb); t = take(qb * kb); dp = take(qb * kb); pt = take(kb * qb);
+    s = take(qb * kb); t = take(qb * kb); dp = take(qb * kb); pz = take(qb * kb);
   }
 };
 
@@ -138,30 +138,26 @@ fsdpa_status backward(const AttnParams& p) {
             else exp_sub_sum(s, kBlockK, lse);
           }
           // dV += (P * Z)^T dO
+          const float* pz = T.s;
           if (p.dropout_p > 0) {
-            std::copy(T.s, T.s + rows * kBlockK, T.dp);
-            for (int64_t r = 0; r < rows; ++r) apply_dropout_row(c, i0 + r, j0, T.dp + r * kBlockK);
-            transpose(T.dp, kBlockK, rows, kBlockK, T.pt, kBlockQ);
-          } else {
-            transpose(T.s, kBlockK, rows, kBlockK, T.pt, kBlockQ);
+            std::copy(T.s, T.s + rows * kBlockK, T.pz);
+            for (int64_t r = 0; r < rows; ++r) apply_dropout_row(c, i0 + r, j0, T.pz + r * kBlockK);
+            pz = T.pz;
           }
-          gemm(kBlockK, dvp, rows, T.pt, kBlockQ, dout, dvp, T.dv, dvp, true);
+          gemm_at(kBlockK, dvp, rows, pz, kBlockK, dout, dvp, T.dv, dvp, true);
           // dP = (dO V^T) * Z ; dS = P (dP - Delta) [* (1 - tanh^2)]
           gemm(rows, kBlockK, dvp, dout, dvp, T.vt, kBlockK, T.dp, kBlockK, false);
           for (int64_t r = 0; r < rows; ++r) {
             float* dpr = T.dp + r * kBlockK;
             if (p.dropout_p > 0) apply_dropout_row(c, i0 + r, j0, dpr);
-            const float* pr = T.s + r * kBlockK;
-            const float delta = Q.delta[r0 + r];
-            for (int64_t j = 0; j < kBlockK; ++j) dpr[j] = pr[j] * (dpr[j] - delta);
+            softmax_grad_row(T.s + r * kBlockK, dpr, Q.delta[r0 + r], kBlockK);
             if (p.softcap > 0) {
               const float* tr = T.t + r * kBlockK;
               for (int64_t j = 0; j < kBlockK; ++j) dpr[j] *= 1.0f - tr[j] * tr[j];
             }
           }
           // dK += dS^T (scale Q) ; dQ += dS K  (scale applied when writing dQ)
-          transpose(T.dp, kBlockK, rows, kBlockK, T.pt, kBlockQ);
-          gemm(kBlockK, dp, rows, T.pt, kBlockQ, qs, dp, T.dk, dp, true);
+          gemm_at(kBlockK, dp, rows, T.dp, kBlockK, qs, dp, T.dk, dp, true);
           gemm(rows, dp, kBlockK, T.dp, kBlockK, T.krow, dp, dq_split + r0 * dp, dp, true);
         }
       }

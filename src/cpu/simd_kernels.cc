@@ -21,7 +21,7 @@ using DF = hn::CappedTag<float, 16>;
 // Register block: kRows rows x kVecs vectors of C held in registers while K
 // is streamed; A is broadcast, B is loaded once per k for all rows.
 template <int kRows, int kVecs>
-HWY_INLINE void gemm_block(int K, const float* HWY_RESTRICT A, int lda,
+HWY_INLINE void gemm_block(int K, const float* HWY_RESTRICT A, int lda, int acs,
                            const float* HWY_RESTRICT B, int ldb, float* HWY_RESTRICT C, int ldc,
                            bool accumulate) {
   const DF d;
@@ -35,7 +35,7 @@ HWY_INLINE void gemm_block(int K, const float* HWY_RESTRICT A, int lda,
     V b[kVecs];
     for (int v = 0; v < kVecs; ++v) b[v] = hn::LoadU(d, B + k * ldb + v * N);
     for (int r = 0; r < kRows; ++r) {
-      const V a = hn::Set(d, A[r * lda + k]);
+      const V a = hn::Set(d, A[r * lda + k * acs]);
       for (int v = 0; v < kVecs; ++v) acc[r][v] = hn::MulAdd(a, b[v], acc[r][v]);
     }
   }
@@ -44,25 +44,31 @@ HWY_INLINE void gemm_block(int K, const float* HWY_RESTRICT A, int lda,
 }
 
 template <int kRows>
-HWY_INLINE void gemm_rows(int N, int K, const float* A, int lda, const float* B, int ldb,
+HWY_INLINE void gemm_rows(int N, int K, const float* A, int lda, int acs, const float* B, int ldb,
                           float* C, int ldc, bool accumulate) {
   const DF d;
   const int lanes = static_cast<int>(hn::Lanes(d));
   // 4 vectors wide where possible (16 accumulators at 4 rows), then 2, 1.
   int j = 0;
   for (; j + 4 * lanes <= N; j += 4 * lanes)
-    gemm_block<kRows, 4>(K, A, lda, B + j, ldb, C + j, ldc, accumulate);
+    gemm_block<kRows, 4>(K, A, lda, acs, B + j, ldb, C + j, ldc, accumulate);
   for (; j + 2 * lanes <= N; j += 2 * lanes)
-    gemm_block<kRows, 2>(K, A, lda, B + j, ldb, C + j, ldc, accumulate);
-  for (; j < N; j += lanes) gemm_block<kRows, 1>(K, A, lda, B + j, ldb, C + j, ldc, accumulate);
+    gemm_block<kRows, 2>(K, A, lda, acs, B + j, ldb, C + j, ldc, accumulate);
+  for (; j < N; j += lanes) gemm_block<kRows, 1>(K, A, lda, acs, B + j, ldb, C + j, ldc, accumulate);
 }
 
-void Gemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
-          int ldc, bool accumulate) {
+// Rows of A are lda apart and its columns acs apart (acs = 1: row-major A;
+// lda = 1, acs = ld: A stored transposed), so no caller needs a transpose.
+void Gemm(int M, int N, int K, const float* A, int lda, int acs, const float* B, int ldb,
+          float* C, int ldc, bool accumulate) {
+  constexpr int kRows = 6;  // 6 x 4 vectors: 24 accumulators of 32 registers
   int i = 0;
+  for (; i + kRows <= M; i += kRows)
+    gemm_rows<kRows>(N, K, A + i * lda, lda, acs, B, ldb, C + i * ldc, ldc, accumulate);
   for (; i + 4 <= M; i += 4)
-    gemm_rows<4>(N, K, A + i * lda, lda, B, ldb, C + i * ldc, ldc, accumulate);
-  for (; i < M; ++i) gemm_rows<1>(N, K, A + i * lda, lda, B, ldb, C + i * ldc, ldc, accumulate);
+    gemm_rows<4>(N, K, A + i * lda, lda, acs, B, ldb, C + i * ldc, ldc, accumulate);
+  for (; i < M; ++i)
+    gemm_rows<1>(N, K, A + i * lda, lda, acs, B, ldb, C + i * ldc, ldc, accumulate);
 }
 
 float ExpSubSum(float* HWY_RESTRICT x, int n, float m) {
@@ -88,6 +94,14 @@ float RowMax(const float* HWY_RESTRICT x, int n) {
   return hn::GetLane(hn::MaxOfLanes(d, mx));
 }
 
+void SoftmaxGradRow(const float* HWY_RESTRICT p, float* HWY_RESTRICT dp, float delta, int n) {
+  const DF d;
+  const int lanes = static_cast<int>(hn::Lanes(d));
+  const auto vd = hn::Set(d, delta);
+  for (int i = 0; i < n; i += lanes)
+    hn::StoreU(hn::Mul(hn::LoadU(d, p + i), hn::Sub(hn::LoadU(d, dp + i), vd)), d, dp + i);
+}
+
 void ScaleRow(float* HWY_RESTRICT y, int n, float a) {
   const DF d;
   const int lanes = static_cast<int>(hn::Lanes(d));
@@ -108,11 +122,19 @@ HWY_EXPORT(Gemm);
 HWY_EXPORT(ExpSubSum);
 HWY_EXPORT(RowMax);
 HWY_EXPORT(ScaleRow);
+HWY_EXPORT(SoftmaxGradRow);
 HWY_EXPORT(TargetName);
 
 void gemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
           int ldc, bool accumulate) {
-  HWY_DYNAMIC_DISPATCH(Gemm)(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+  HWY_DYNAMIC_DISPATCH(Gemm)(M, N, K, A, lda, 1, B, ldb, C, ldc, accumulate);
+}
+void gemm_at(int M, int N, int K, const float* At, int ldat, const float* B, int ldb, float* C,
+             int ldc, bool accumulate) {
+  HWY_DYNAMIC_DISPATCH(Gemm)(M, N, K, At, 1, ldat, B, ldb, C, ldc, accumulate);
+}
+void softmax_grad_row(const float* p, float* dp, float delta, int n) {
+  HWY_DYNAMIC_DISPATCH(SoftmaxGradRow)(p, dp, delta, n);
 }
 float exp_sub_sum(float* x, int n, float m) { return HWY_DYNAMIC_DISPATCH(ExpSubSum)(x, n, m); }
 float row_max(const float* x, int n) { return HWY_DYNAMIC_DISPATCH(RowMax)(x, n); }

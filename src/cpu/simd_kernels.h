@@ -17,6 +17,13 @@ inline int64_t round_up(int64_t x, int64_t a) { return (x + a - 1) / a * a; }
 void gemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
           int ldc, bool accumulate);
 
+// Same with A given transposed: At is [K x M] (leading dim ldat).
+void gemm_at(int M, int N, int K, const float* At, int ldat, const float* B, int ldb, float* C,
+             int ldc, bool accumulate);
+
+// dp[i] = p[i] * (dp[i] - delta): the softmax backward of one row.
+void softmax_grad_row(const float* p, float* dp, float delta, int n);
+
 // x[i] = exp(x[i] - m) for i < n (n multiple of kPanelAlign); -inf -> 0.
 // Returns the sum of the results.
 float exp_sub_sum(float* x, int n, float m);
