@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cstdio>
 #include <deque>
 #include <cstdlib>
@@ -100,8 +101,9 @@ struct Dispatcher {
   // current threadgroup
   uint32_t tg_pos[3] = {0, 0, 0};
   std::vector<Fiber> fibers;
-  std::vector<uint32_t> ready;  // indices of ready fibers (shuffled order)
-  uint32_t cursor = 0;          // round robin position
+  std::vector<uint32_t> ready;       // indices of ready fibers (any order)
+  std::vector<uint64_t> ready_bits;  // the same as a bit set
+  uint32_t cursor = 0;               // round robin position
   unsigned barrier_arrived = 0;
   unsigned n_done = 0;
   Site barrier_site;
@@ -220,7 +222,9 @@ void set_state(Dispatcher& d, Fiber& f, FState s) {
   if (is_ready) {
     f.ready_pos = d.ready.size();
     d.ready.push_back(idx);
+    d.ready_bits[idx / 64] |= uint64_t(1) << (idx % 64);
   } else {
+    d.ready_bits[idx / 64] &= ~(uint64_t(1) << (idx % 64));
     const uint32_t last = d.ready.back();
     d.ready[f.ready_pos] = last;
     d.fibers[last].ready_pos = f.ready_pos;
@@ -289,9 +293,18 @@ void run_fiber(Dispatcher& d, Fiber& f) {
 
 Fiber* pick(Dispatcher& d) {
   if (d.ready.empty()) return nullptr;
-  const uint32_t n = static_cast<uint32_t>(d.fibers.size());
+  const uint32_t words = static_cast<uint32_t>(d.ready_bits.size());
   switch (d.schedule.order) {
-    case Schedule::Order::in_order:
+    case Schedule::Order::in_order:  // lowest ready index first
+      for (uint32_t w = 0; w < words; ++w)
+        if (d.ready_bits[w]) return &d.fibers[w * 64 + std::countr_zero(d.ready_bits[w])];
+      break;
+    case Schedule::Order::reversed:  // highest ready index first
+      for (uint32_t w = words; w-- > 0;)
+        if (d.ready_bits[w]) return &d.fibers[w * 64 + 63 - std::countl_zero(d.ready_bits[w])];
+      break;
+    case Schedule::Order::round_robin: {
+      const uint32_t n = static_cast<uint32_t>(d.fibers.size());
       for (uint32_t k = 0; k < n; ++k) {
         const uint32_t i = (d.cursor + k) % n;
         if (d.fibers[i].state == FState::ready) {
@@ -300,15 +313,7 @@ Fiber* pick(Dispatcher& d) {
         }
       }
       break;
-    case Schedule::Order::reversed:
-      for (uint32_t k = 0; k < n; ++k) {
-        const uint32_t i = (d.cursor + n - k) % n;
-        if (d.fibers[i].state == FState::ready) {
-          d.cursor = (i + n - 1) % n;
-          return &d.fibers[i];
-        }
-      }
-      break;
+    }
     case Schedule::Order::shuffled: {
       const uint32_t i = d.ready[std::uniform_int_distribution<std::size_t>(0, d.ready.size() - 1)(d.rng)];
       return &d.fibers[i];
@@ -364,7 +369,8 @@ void run_threadgroup(Dispatcher& d, const uint32_t pos[3]) {
   d.free_blocks();
   d.barrier_arrived = 0;
   d.ready.clear();
-  d.cursor = d.schedule.order == Schedule::Order::reversed ? n - 1 : 0;
+  d.ready_bits.assign((n + 63) / 64, 0);
+  d.cursor = 0;
   const uint32_t n_simd = (n + 31) / 32;
   d.simd.assign(n_simd, SimdState{});
   for (uint32_t s = 0; s < n_simd; ++s) d.simd[s].n_active = std::min<uint32_t>(32, n - s * 32);
@@ -606,14 +612,15 @@ std::string Schedule::name() const {
   switch (order) {
     case Order::in_order: o << "in_order"; break;
     case Order::reversed: o << "reversed"; break;
+    case Order::round_robin: o << "round_robin"; break;
     case Order::shuffled: o << "shuffled(seed=" << seed << ", preempt=" << preempt << ")"; break;
   }
   return o.str();
 }
 
 std::vector<Schedule> standard_schedules() {
-  return {Schedule::in_order(), Schedule::reversed(), Schedule::shuffled(1), Schedule::shuffled(2, 0.05),
-          Schedule::shuffled(3, 0.25)};
+  return {Schedule::in_order(),    Schedule::reversed(),          Schedule::round_robin(),
+          Schedule::shuffled(1),    Schedule::shuffled(2, 0.05),   Schedule::shuffled(3, 0.25)};
 }
 
 namespace {
@@ -676,7 +683,8 @@ void dispatch(const Kernel& kernel, Dim3 grid, Dim3 tg, Args& args, const Schedu
   for (uint32_t z = 0; z < grid.z; ++z)
     for (uint32_t y = 0; y < grid.y; ++y)
       for (uint32_t x = 0; x < grid.x; ++x) order.push_back({x, y, z});
-  if (schedule.order == Schedule::Order::reversed) std::reverse(order.begin(), order.end());
+  if (schedule.order == Schedule::Order::reversed || schedule.order == Schedule::Order::round_robin)
+    std::reverse(order.begin(), order.end());
   if (schedule.order == Schedule::Order::shuffled) std::shuffle(order.begin(), order.end(), d.rng);
 
   detail::g_disp = &d;

@@ -115,29 +115,35 @@ class Args {
 };
 
 // Which ready thread (fiber) of a threadgroup runs next, and in which order
-// the threadgroups of the grid run.
-//  * in_order : round robin in increasing thread index; threadgroups in
-//               increasing linear order.
-//  * reversed : round robin in decreasing thread index; threadgroups reversed.
-//  * shuffled : a thread chosen at random (seeded) each time; threadgroups
-//               shuffled; with preempt > 0 a thread also gives up the CPU
-//               with that probability at every threadgroup-memory access, so
-//               interleavings between barriers are explored as well.
-// A thread runs until it blocks (barrier / SIMD collective), exits, or is
-// preempted.
+// the threadgroups of the grid run. A thread runs until it blocks (barrier,
+// SIMD-group collective), exits, or is preempted.
+//  * in_order    : always the lowest-index ready thread. Simdgroup 0 runs as
+//                  far ahead as it can before simdgroup 1 starts, etc. (the
+//                  most skewed interleaving; exposes missing barriers between
+//                  phases). Threadgroups in increasing linear order.
+//  * reversed    : always the highest-index ready thread; threadgroups in
+//                  decreasing order.
+//  * round_robin : threads take turns in index order (near lock-step
+//                  progress of all simdgroups); threadgroups in decreasing order.
+//  * shuffled    : a ready thread chosen at random (seeded) each time;
+//                  threadgroups shuffled. With preempt > 0 a thread also gives
+//                  up the CPU with that probability at every threadgroup-
+//                  memory access, so interleavings between barriers are
+//                  explored as well.
 struct Schedule {
-  enum class Order { in_order, reversed, shuffled };
+  enum class Order { in_order, reversed, round_robin, shuffled };
   Order order = Order::in_order;
   uint64_t seed = 0;
   double preempt = 0.0;
 
   static Schedule in_order() { return {Order::in_order, 0, 0.0}; }
   static Schedule reversed() { return {Order::reversed, 0, 0.0}; }
+  static Schedule round_robin() { return {Order::round_robin, 0, 0.0}; }
   static Schedule shuffled(uint64_t seed, double preempt = 0.0) { return {Order::shuffled, seed, preempt}; }
   std::string name() const;
 };
 
-// in_order, reversed, shuffled(1), shuffled(2, 0.05), shuffled(3, 0.25)
+// in_order, reversed, round_robin, shuffled(1), shuffled(2, 0.05), shuffled(3, 0.25)
 std::vector<Schedule> standard_schedules();
 
 struct Options {
