@@ -1,0 +1,56 @@
+"""flashsdpa: exact, memory-efficient attention (forward and backward).
+
+* :func:`scaled_dot_product_attention` — PyTorch's SDPA, computed by flashsdpa.
+* :func:`flash_attn_func`, :func:`flash_attn_varlen_func` — the FlashAttention API.
+* :func:`enable` / :func:`disable` / :func:`enabled` / :func:`is_enabled` — patch
+  ``torch.nn.functional.scaled_dot_product_attention`` so existing models use
+  flashsdpa where it can, falling back to PyTorch elsewhere; :func:`stats`.
+* ``flashsdpa._C`` — the C ABI on any DLPack-capable arrays (NumPy, PyTorch, ...).
+"""
+from __future__ import annotations
+
+from . import _C
+
+__version__: str = _C.version()
+
+
+def backends() -> list:
+    """Names of the backends compiled into this build, e.g. ``['cpu', 'cuda']``."""
+    return [b for b in _C.backends().split(",") if b]
+
+
+def set_num_threads(n: int) -> None:
+    """Threads the CPU backend uses (its own pool, independent of
+    ``torch.set_num_threads``); ``n <= 0`` restores the default (all cores, or
+    the ``FLASHSDPA_NUM_THREADS`` environment variable)."""
+    _C.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """Threads the CPU backend uses."""
+    return _C.get_num_threads()
+
+
+try:
+    import torch as _torch  # noqa: F401
+except ImportError:  # the low-level _C API works without PyTorch
+    pass
+else:
+    from ._api import flash_attn_func, flash_attn_varlen_func, scaled_dot_product_attention
+    from ._patch import disable, enable, enabled, is_enabled, reset_stats, stats
+
+__all__ = [
+    "scaled_dot_product_attention",
+    "flash_attn_func",
+    "flash_attn_varlen_func",
+    "enable",
+    "disable",
+    "enabled",
+    "is_enabled",
+    "stats",
+    "reset_stats",
+    "set_num_threads",
+    "get_num_threads",
+    "backends",
+    "__version__",
+]

@@ -1,0 +1,249 @@
+"""The public attention functions: PyTorch's SDPA and the FlashAttention API."""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import _ops
+
+__all__ = ["scaled_dot_product_attention", "flash_attn_func", "flash_attn_varlen_func"]
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_HEAD_DIM = 256
+
+
+class Unsupported:
+    """Why a call cannot run on flashsdpa: a short stats key, the exception
+    class the direct API raises, and a message. ``shape`` marks problems the
+    C ABI itself reports (the direct API lets it, so users see its message)."""
+
+    __slots__ = ("reason", "exc", "message", "shape")
+
+    def __init__(self, reason: str, exc: type, message: str, shape: bool = False):
+        self.reason, self.exc, self.message, self.shape = reason, exc, message, shape
+
+
+def check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa,
+               ) -> Optional[Unsupported]:
+    """Returns None if flashsdpa can compute this SDPA call with PyTorch's
+    exact semantics, else why not."""
+    ts = [query, key, value] + ([attn_mask] if attn_mask is not None else [])
+    if not all(isinstance(t, Tensor) for t in ts):
+        return Unsupported("non_tensor", TypeError, "query, key, value and attn_mask must be tensors")
+    if any(t.is_nested for t in ts):
+        return Unsupported("nested_tensor", RuntimeError, "nested tensors are not supported")
+    dev = query.device
+    if any(t.device != dev for t in ts):
+        return Unsupported("device:mixed", ValueError,
+                           "query, key, value and attn_mask must be on one device")
+    if not _ops.device_available(dev.type):
+        return Unsupported(f"device:{dev.type}-unavailable", RuntimeError,
+                           f"flashsdpa has no backend for device '{dev.type}' in this build/machine")
+    if query.dtype not in _DTYPES:
+        return Unsupported(f"dtype:{str(query.dtype).replace('torch.', '')}", TypeError,
+                           f"query: unsupported dtype {query.dtype}; expected float32, float16 "
+                           "or bfloat16")
+    if key.dtype != query.dtype or value.dtype != query.dtype:
+        return Unsupported("dtype:mismatch", TypeError,
+                           f"query, key, value must share one dtype, got {query.dtype}, "
+                           f"{key.dtype}, {value.dtype}")
+    nd = query.dim()
+    if nd not in (3, 4) or key.dim() != nd or value.dim() != nd:
+        return Unsupported("rank", ValueError,
+                           f"query, key, value must all be 3-D or 4-D, got {query.dim()}-D, "
+                           f"{key.dim()}-D, {value.dim()}-D")
+    if query.shape[-1] > MAX_HEAD_DIM or value.shape[-1] > MAX_HEAD_DIM:
+        return Unsupported(f"head_dim>{MAX_HEAD_DIM}", ValueError,
+                           f"head dims {query.shape[-1]}/{value.shape[-1]} exceed {MAX_HEAD_DIM}")
+    if not (0.0 <= dropout_p < 1.0):
+        return Unsupported("dropout_p", ValueError, f"dropout_p={dropout_p} is outside [0, 1)")
+    if is_causal and attn_mask is not None:
+        return Unsupported("causal_with_mask", ValueError,
+                           "is_causal=True and an explicit attn_mask are mutually exclusive "
+                           "(as in PyTorch)")
+    if nd == 4:
+        hq, hk, hv = query.shape[1], key.shape[1], value.shape[1]
+        if hq != hk or hk != hv:
+            if not enable_gqa:
+                return Unsupported("gqa_disabled", ValueError,
+                                   f"query has {hq} heads but key/value {hk}/{hv}; pass "
+                                   "enable_gqa=True for grouped-query attention")
+            if hk != hv or hq % hk != 0:
+                return Unsupported("shape:heads", ValueError,
+                                   f"query heads {hq} must be a multiple of key/value heads "
+                                   f"{hk}/{hv}", shape=True)
+    shapes_ok = (
+        query.shape[0] == key.shape[0] == value.shape[0]
+        and key.shape[-2] == value.shape[-2]
+        and query.shape[-1] == key.shape[-1]
+    )
+    if not shapes_ok:
+        return Unsupported("shape:broadcast", ValueError,
+                           f"shapes q {tuple(query.shape)}, k {tuple(key.shape)}, v "
+                           f"{tuple(value.shape)} are not a (batch, heads, seq, dim) attention "
+                           "problem without broadcasting", shape=True)
+    if attn_mask is not None:
+        m = attn_mask
+        if m.dtype != torch.bool and m.dtype != query.dtype:
+            return Unsupported("mask:dtype", TypeError,
+                               f"attn_mask: dtype {m.dtype} must be bool or query's {query.dtype}")
+        if m.requires_grad and m.dtype != torch.bool and torch.is_grad_enabled():
+            return Unsupported("mask_requires_grad", RuntimeError,
+                               "attn_mask requires grad: flashsdpa does not compute the "
+                               "gradient of a float mask (detach it, or use torch's SDPA)")
+        target = (query.shape[0],) + ((query.shape[1],) if nd == 4 else ()) + (
+            query.shape[-2], key.shape[-2])
+        ok = 1 <= m.dim() <= nd and all(
+            ms == 1 or ms == ts_ for ms, ts_ in zip(reversed(m.shape), reversed(target)))
+        if not ok:
+            return Unsupported("mask:shape", ValueError,
+                               f"attn_mask: shape {tuple(m.shape)} is not broadcastable to "
+                               f"{tuple(target)}", shape=True)
+    return None
+
+
+def _sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, check_finite):
+    """Runs a call that check_sdpa accepted (or, in the direct API, whose
+    remaining problems are shapes the C ABI reports)."""
+    three_d = query.dim() == 3
+    q, k, v, m = query, key, value, attn_mask
+    if three_d:  # (N, L, E): one head
+        q, k, v = q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)
+        if m is not None and m.dim() == 3:
+            m = m.unsqueeze(1)
+    if m is not None and m.dim() == 1:
+        m = m.unsqueeze(0)
+    rng = _ops.new_rng(dropout_p)
+    out, _ = _ops.fwd(q, k, v, m, None, None, None, 0, 0, scale, bool(is_causal), False, -1, -1,
+                      0.0, float(dropout_p), rng, False, check_finite, True)
+    return out.squeeze(1) if three_d else out
+
+
+def scaled_dot_product_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Optional[Tensor] = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    enable_gqa: bool = False,
+) -> Tensor:
+    """``torch.nn.functional.scaled_dot_product_attention``, computed by flashsdpa.
+
+    Same signature and semantics: ``query`` ``(N, Hq, L, E)`` (or ``(N, L, E)``),
+    ``key`` ``(N, Hk, S, E)``, ``value`` ``(N, Hk, S, Ev)``; ``is_causal`` is
+    top-left aligned; a bool ``attn_mask`` is True where attention is allowed, a
+    float mask is added to the scores; masks broadcast to ``(N, Hq, L, S)``;
+    ``enable_gqa`` lets ``Hq`` be a multiple of ``Hk``; ``scale`` defaults to
+    ``1/sqrt(E)``; dropout draws its seed from PyTorch's default generator.
+    A query row with no visible key gives zeros.
+
+    Unlike the SDPA patch (:func:`flashsdpa.enable`), this never falls back: what
+    flashsdpa cannot do raises ``ValueError``/``TypeError``/``RuntimeError`` (e.g.
+    batch broadcasting between q and k, float64, nested tensors, or a float
+    mask that requires grad).
+    """
+    why = check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
+    if why is not None and not why.shape:
+        raise why.exc(f"flashsdpa: {why.message}")
+    return _sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, True)
+
+
+def _window(window_size) -> Tuple[int, int]:
+    wl, wr = (int(x) for x in window_size)
+    return (-1 if wl < 0 else wl), (-1 if wr < 0 else wr)
+
+
+def _alibi(alibi_slopes: Optional[Tensor]) -> Optional[Tensor]:
+    if alibi_slopes is None:
+        return None
+    if alibi_slopes.dtype != torch.float32:
+        raise TypeError(f"alibi_slopes: dtype must be float32, got {alibi_slopes.dtype}")
+    return alibi_slopes
+
+
+def _check_qkv(q, k, v, rank: int) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.is_nested:
+            raise RuntimeError(f"{name}: nested tensors are not supported")
+        if t.dim() != rank:
+            raise ValueError(f"{name}: expected rank {rank}, got {t.dim()}")
+    if not _ops.device_available(q.device.type):
+        raise RuntimeError(f"flashsdpa has no backend for device '{q.device.type}' here")
+
+
+def flash_attn_func(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: Tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
+    deterministic: bool = False,
+    return_lse: bool = False,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """FlashAttention's ``flash_attn_func``: ``q`` ``(B, Sq, Hq, D)``, ``k``/``v``
+    ``(B, Sk, Hk, D)`` with ``Hq % Hk == 0`` (MQA/GQA).
+
+    ``causal`` and ``window_size=(left, right)`` are aligned to the bottom right
+    (row ``i`` sees keys ``j`` with ``i + Sk - Sq - left <= j <= i + Sk - Sq +
+    right``; -1 = unbounded). ``softcap > 0`` applies ``softcap * tanh(s /
+    softcap)``; ``alibi_slopes`` (float32 ``(Hq,)`` or ``(B, Hq)``) adds
+    ``-slope * |i + Sk - Sq - j|``. Returns ``out`` ``(B, Sq, Hq, Dv)`` and, with
+    ``return_lse``, also the log-sum-exp ``(B, Hq, Sq)`` in float32.
+    ``deterministic`` makes the backward bit-reproducible.
+    """
+    _check_qkv(q, k, v, 4)
+    wl, wr = _window(window_size)
+    rng = _ops.new_rng(dropout_p)
+    out, lse = _ops.fwd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None,
+                        _alibi(alibi_slopes), None, None, 0, 0, softmax_scale, bool(causal), True,
+                        wl, wr, float(softcap), float(dropout_p), rng, bool(deterministic), True,
+                        True)
+    out = out.transpose(1, 2)
+    return (out, lse) if return_lse else out
+
+
+def flash_attn_varlen_func(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: Tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
+    deterministic: bool = False,
+    return_lse: bool = False,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """FlashAttention's ``flash_attn_varlen_func``: sequences packed along the
+    first dim, ``q`` ``(total_q, Hq, D)``, ``k``/``v`` ``(total_k, Hk, D)``;
+    sequence ``b`` is rows ``cu_seqlens[b]:cu_seqlens[b+1]`` (int32, ``B + 1``
+    entries, on q's device). Same options as :func:`flash_attn_func`; each
+    sequence is its own problem (bottom-right alignment per sequence). Returns
+    ``out`` ``(total_q, Hq, Dv)`` and, with ``return_lse``, lse ``(Hq, total_q)``.
+    """
+    _check_qkv(q, k, v, 3)
+    for name, c in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        if not isinstance(c, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor")
+    wl, wr = _window(window_size)
+    rng = _ops.new_rng(dropout_p)
+    out, lse = _ops.fwd(q, k, v, None, _alibi(alibi_slopes), cu_seqlens_q, cu_seqlens_k,
+                        int(max_seqlen_q), int(max_seqlen_k), softmax_scale, bool(causal), True,
+                        wl, wr, float(softcap), float(dropout_p), rng, bool(deterministic), True,
+                        False)
+    return (out, lse) if return_lse else out

@@ -1,0 +1,293 @@
+"""The two PyTorch operators, ``flashsdpa::fwd`` and ``flashsdpa::bwd``.
+
+They are ``torch.library.custom_op``s with fake (meta) implementations and an
+autograd formula, so they work in eager mode, under ``torch.compile`` (no graph
+breaks) and pass ``torch.library.opcheck``. The kernels write into outputs
+allocated here with ``torch.empty``; every tensor crosses into C++ through
+DLPack (no copies, strides kept).
+
+Tensors are in the C ABI's logical layout: padded ``[B, H, S, D]`` (any
+strides, so a transposed ``[B, S, H, D]`` tensor is passed as a view) or, when
+``cu_seqlens_q``/``cu_seqlens_k`` are given, varlen ``[total, H, D]``.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _C
+
+__all__ = ["fwd", "bwd", "register_device_runner", "device_available", "counters"]
+
+# ---------------------------------------------------------------------------
+# Runtime counters (read by flashsdpa.stats()). They are incremented by the
+# real kernels' launchers, so calls from compiled graphs are counted too.
+_lock = threading.Lock()
+counters: Counter = Counter()
+
+
+def _count(key: str) -> None:
+    with _lock:
+        counters[key] += 1
+
+
+# ---------------------------------------------------------------------------
+# Devices. CPU and CUDA tensors go straight to the C ABI (their DLPack device
+# selects the backend). Other PyTorch devices need a *runner*: a pair of
+# functions (forward, backward) with the signatures of `_c_forward` and
+# `_c_backward` below. This is the hook for the Metal backend: PyTorch does
+# not export MPS tensors through DLPack, so the MPS path registers its own
+# runner with `register_device_runner("mps", fwd, bwd)`; until then MPS calls
+# are not supported (the SDPA patch falls back with "device:mps-unavailable").
+
+_DL_DEVICE = {"cpu": _C.DL_CPU, "cuda": _C.DL_CUDA}
+_runners: Dict[str, Tuple[Callable, Callable]] = {}
+_available: Dict[str, bool] = {}
+
+
+def register_device_runner(device_type: str, forward: Callable, backward: Callable) -> None:
+    """Registers the launchers for a PyTorch device type without a DLPack path.
+
+    ``forward(params, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q,
+    cu_seqlens_k, device)`` and ``backward(params, dout, q, k, v, out, lse, dq,
+    dk, dv, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, device)`` take the
+    ``flashsdpa._C.Params`` and torch tensors, and write the outputs in place.
+    """
+    _runners[device_type] = (forward, backward)
+    _available.pop(device_type, None)
+
+
+def device_available(device_type: str) -> bool:
+    """True if flashsdpa can run on this PyTorch device type here and now."""
+    ok = _available.get(device_type)
+    if ok is None:
+        if device_type in _runners:
+            ok = True
+        elif device_type in _DL_DEVICE:
+            ok = bool(_C.device_available(_DL_DEVICE[device_type]))
+            if device_type == "cuda":
+                ok = ok and torch.cuda.is_available()
+        else:
+            ok = False
+        _available[device_type] = ok
+    return ok
+
+
+def _stream(t: Tensor) -> int:
+    if t.device.type == "cuda":
+        return torch.cuda.current_stream(t.device).cuda_stream
+    return 0
+
+
+def _c_forward(params, q, k, v, out, lse, mask, alibi, cu_q, cu_k, device):
+    _C.forward(params, q, k, v, out, lse, mask, alibi, cu_q, cu_k, _stream(q))
+
+
+def _c_backward(params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k, device):
+    _C.backward(params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k, _stream(q))
+
+
+def _runner(device: torch.device) -> Tuple[Callable, Callable]:
+    r = _runners.get(device.type)
+    if r is not None:
+        return r
+    if device.type in _DL_DEVICE:
+        return _c_forward, _c_backward
+    raise RuntimeError(
+        f"flashsdpa: no backend for device '{device.type}' in this build "
+        f"(compiled in: {_C.backends()})"
+    )
+
+
+def _params(
+    scale: Optional[float],
+    causal: bool,
+    bottom_right: bool,
+    window_left: int,
+    window_right: int,
+    softcap: float,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float,
+    rng: Optional[Tensor],
+    deterministic: bool,
+    check_finite: bool,
+) -> "_C.Params":
+    p = _C.Params()
+    if scale is not None:
+        p.scale = float(scale)
+    p.causal = bool(causal)
+    p.align = _C.ALIGN_BOTTOM_RIGHT if bottom_right else _C.ALIGN_TOP_LEFT
+    p.window_left = int(window_left)
+    p.window_right = int(window_right)
+    p.softcap = float(softcap)
+    p.max_seqlen_q = int(max_seqlen_q)
+    p.max_seqlen_k = int(max_seqlen_k)
+    p.dropout_p = float(dropout_p)
+    if dropout_p > 0.0:
+        if rng is None:
+            raise ValueError("flashsdpa: dropout_p > 0 needs a seed/offset tensor")
+        seed, offset = (int(x) for x in rng.tolist())
+        p.seed = seed & 0xFFFFFFFFFFFFFFFF
+        p.offset = offset & 0xFFFFFFFFFFFFFFFF
+    p.deterministic = bool(deterministic)
+    p.check_finite = bool(check_finite)
+    return p
+
+
+def _d(t: Optional[Tensor]) -> Optional[Tensor]:
+    # torch refuses to export tensors that require grad through DLPack.
+    return None if t is None else t.detach()
+
+
+def _out_shapes(q: Tensor, v: Tensor, varlen: bool, out_bshd: bool):
+    """(out, lse) allocated for q's problem; shared by the real and fake impls."""
+    if varlen:
+        total, hq = q.shape[0], q.shape[1]
+        out = q.new_empty((total, hq, v.shape[-1]))
+        lse = q.new_empty((hq, total), dtype=torch.float32)
+    else:
+        b, hq, sq = q.shape[0], q.shape[1], q.shape[2]
+        if out_bshd:
+            out = q.new_empty((b, sq, hq, v.shape[-1])).transpose(1, 2)
+        else:
+            out = q.new_empty((b, hq, sq, v.shape[-1]))
+        lse = q.new_empty((b, hq, sq), dtype=torch.float32)
+    return out, lse
+
+
+# ---------------------------------------------------------------------------
+# forward
+
+
+@torch.library.custom_op("flashsdpa::fwd", mutates_args=())
+def fwd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Optional[Tensor],
+    alibi_slopes: Optional[Tensor],
+    cu_seqlens_q: Optional[Tensor],
+    cu_seqlens_k: Optional[Tensor],
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    scale: Optional[float],
+    causal: bool,
+    bottom_right: bool,
+    window_left: int,
+    window_right: int,
+    softcap: float,
+    dropout_p: float,
+    rng: Optional[Tensor],
+    deterministic: bool,
+    check_finite: bool,
+    out_bshd: bool,
+) -> Tuple[Tensor, Tensor]:
+    """Attention forward. Returns (out, lse); lse is float32."""
+    varlen = cu_seqlens_q is not None
+    out, lse = _out_shapes(q, v, varlen, out_bshd)
+    p = _params(scale, causal, bottom_right, window_left, window_right, softcap,
+                max_seqlen_q, max_seqlen_k, dropout_p, rng, deterministic, check_finite)
+    run_fwd, _ = _runner(q.device)
+    run_fwd(p, _d(q), _d(k), _d(v), out, lse, _d(mask), _d(alibi_slopes), cu_seqlens_q,
+            cu_seqlens_k, q.device)
+    _count("dispatched")
+    _count("dispatched:" + q.device.type)
+    return out, lse
+
+
+@fwd.register_fake
+def _fwd_fake(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+              max_seqlen_k, scale, causal, bottom_right, window_left, window_right, softcap,
+              dropout_p, rng, deterministic, check_finite, out_bshd):
+    return _out_shapes(q, v, cu_seqlens_q is not None, out_bshd)
+
+
+# ---------------------------------------------------------------------------
+# backward
+
+
+@torch.library.custom_op("flashsdpa::bwd", mutates_args=())
+def bwd(
+    dout: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    mask: Optional[Tensor],
+    alibi_slopes: Optional[Tensor],
+    cu_seqlens_q: Optional[Tensor],
+    cu_seqlens_k: Optional[Tensor],
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    scale: Optional[float],
+    causal: bool,
+    bottom_right: bool,
+    window_left: int,
+    window_right: int,
+    softcap: float,
+    dropout_p: float,
+    rng: Optional[Tensor],
+    deterministic: bool,
+    check_finite: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Attention backward: (dq, dk, dv), dk/dv already reduced to k's head count."""
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    p = _params(scale, causal, bottom_right, window_left, window_right, softcap,
+                max_seqlen_q, max_seqlen_k, dropout_p, rng, deterministic, check_finite)
+    _, run_bwd = _runner(q.device)
+    run_bwd(p, _d(dout), _d(q), _d(k), _d(v), _d(out), _d(lse), dq, dk, dv, _d(mask),
+            _d(alibi_slopes), cu_seqlens_q, cu_seqlens_k, q.device)
+    _count("backward")
+    return dq, dk, dv
+
+
+@bwd.register_fake
+def _bwd_fake(dout, q, k, v, out, lse, *args):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+# ---------------------------------------------------------------------------
+# autograd: the backward regenerates the dropout mask from the saved seed.
+
+_N_FWD_ARGS = 20
+
+
+def _setup_context(ctx, inputs, output):
+    (q, k, v, mask, alibi, cu_q, cu_k, max_q, max_k, scale, causal, bottom_right, wl, wr,
+     softcap, dropout_p, rng, deterministic, check_finite, _out_bshd) = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, mask, alibi, cu_q, cu_k, rng)
+    ctx.scalars = (max_q, max_k, scale, causal, bottom_right, wl, wr, softcap, dropout_p,
+                   deterministic, check_finite)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse, mask, alibi, cu_q, cu_k, rng = ctx.saved_tensors
+    (max_q, max_k, scale, causal, bottom_right, wl, wr, softcap, dropout_p, deterministic,
+     check_finite) = ctx.scalars
+    dq, dk, dv = bwd(dout, q, k, v, out, lse, mask, alibi, cu_q, cu_k, max_q, max_k, scale,
+                     causal, bottom_right, wl, wr, softcap, dropout_p, rng, deterministic,
+                     check_finite)
+    return (dq, dk, dv) + (None,) * (_N_FWD_ARGS - 3)
+
+
+fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def new_rng(dropout_p: float) -> Optional[Tensor]:
+    """Seed and offset for one dropout call, drawn from PyTorch's default CPU
+    generator (so ``torch.manual_seed`` makes runs reproducible). No random
+    numbers are consumed when ``dropout_p == 0``."""
+    if dropout_p <= 0.0:
+        return None
+    return torch.randint(0, 2**62, (2,), dtype=torch.int64, device="cpu")

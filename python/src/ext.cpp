@@ -1,0 +1,253 @@
+// flashsdpa._C: the C ABI for Python. Every tensor argument is any object
+// that implements the DLPack protocol (__dlpack__): PyTorch, NumPy, JAX,
+// CuPy... It is wrapped into a DLTensor as it is (no copy, strides kept) and
+// handed to the C ABI; a failing status becomes a Python exception that
+// carries the library's message.
+#include <math.h>
+#include <stdint.h>
+
+#include <optional>
+#include <string>
+
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+
+#include "flashsdpa/flashsdpa.h"
+
+namespace nb = nanobind;
+using Array = nb::ndarray<nb::ro>;
+using OptArray = std::optional<nb::ndarray<nb::ro>>;
+using Out = nb::ndarray<>;
+using OptOut = std::optional<nb::ndarray<>>;
+
+namespace {
+
+// A DLTensor viewing an nb::ndarray (which keeps the producer's capsule, and
+// with it the memory, alive for the duration of the call).
+template <typename A>
+DLTensor to_dl(const A& a) {
+  DLTensor t{};
+  t.data = const_cast<void*>(static_cast<const void*>(a.data_handle()));
+  t.byte_offset = a.byte_offset();
+  t.device.device_type = static_cast<DLDeviceType>(a.device_type());
+  t.device.device_id = a.device_id();
+  t.ndim = static_cast<int32_t>(a.ndim());
+  t.dtype.code = a.dtype().code;
+  t.dtype.bits = a.dtype().bits;
+  t.dtype.lanes = a.dtype().lanes;
+  t.shape = const_cast<int64_t*>(a.shape_ptr());
+  t.strides = const_cast<int64_t*>(a.stride_ptr());
+  return t;
+}
+
+struct OptDL {
+  DLTensor t{};
+  bool set = false;
+  template <typename A>
+  explicit OptDL(const std::optional<A>& a) {
+    if (a) {
+      t = to_dl(*a);
+      set = true;
+    }
+  }
+  DLTensor* get() { return set ? &t : nullptr; }
+};
+
+// Python exception classes for the statuses; the message says which argument
+// failed and why, e.g. "k: head dim 32 differs from q's 64".
+
+[[noreturn]] void raise(fsdpa_status s) {
+  std::string msg = fsdpa_last_error();
+  if (msg.empty()) msg = "flashsdpa: call failed with status " + std::to_string(int(s));
+  switch (s) {
+    case FSDPA_ERROR_INVALID_ARGUMENT:
+      // dtype problems are TypeErrors, everything else about arguments a ValueError.
+      if (msg.find("dtype") != std::string::npos) throw nb::type_error(msg.c_str());
+      throw nb::value_error(msg.c_str());
+    case FSDPA_ERROR_NONFINITE_INPUT:
+      throw nb::value_error(msg.c_str());
+    case FSDPA_ERROR_OUT_OF_MEMORY:
+      throw std::bad_alloc();  // nanobind maps it to MemoryError
+    default:  // UNSUPPORTED, DEVICE, INTERNAL
+      throw std::runtime_error(msg);
+  }
+}
+
+void check(fsdpa_status s) {
+  if (s != FSDPA_OK) raise(s);
+}
+
+struct Params {
+  fsdpa_params p;
+  Params() { fsdpa_params_init(&p); }
+};
+
+void* as_stream(uintptr_t s) { return reinterpret_cast<void*>(s); }
+
+}  // namespace
+
+NB_MODULE(_C, m) {
+  m.doc() =
+      "Low-level bindings of the flashsdpa C ABI. Tensors are DLPack-capable objects, "
+      "used in place (no copies, any strides). See flashsdpa.h for the exact semantics.";
+
+  m.attr("MAX_HEAD_DIM") = FSDPA_MAX_HEAD_DIM;
+  m.attr("ALIGN_TOP_LEFT") = int(FSDPA_ALIGN_TOP_LEFT);
+  m.attr("ALIGN_BOTTOM_RIGHT") = int(FSDPA_ALIGN_BOTTOM_RIGHT);
+  m.attr("DL_CPU") = int(kDLCPU);
+  m.attr("DL_CUDA") = int(kDLCUDA);
+  m.attr("DL_METAL") = int(kDLMetal);
+
+  nb::class_<Params>(m, "Params",
+                     "fsdpa_params, initialised with fsdpa_params_init() (scale NaN = 1/sqrt(D)).")
+      .def(nb::init<>())
+      .def_prop_rw("scale", [](const Params& s) { return s.p.scale; },
+                   [](Params& s, float v) { s.p.scale = v; })
+      .def_prop_rw("causal", [](const Params& s) { return s.p.causal != 0; },
+                   [](Params& s, bool v) { s.p.causal = v; })
+      .def_prop_rw("align", [](const Params& s) { return s.p.align; },
+                   [](Params& s, int v) { s.p.align = v; })
+      .def_prop_rw("window_left", [](const Params& s) { return s.p.window_left; },
+                   [](Params& s, int64_t v) { s.p.window_left = v; })
+      .def_prop_rw("window_right", [](const Params& s) { return s.p.window_right; },
+                   [](Params& s, int64_t v) { s.p.window_right = v; })
+      .def_prop_rw("softcap", [](const Params& s) { return s.p.softcap; },
+                   [](Params& s, float v) { s.p.softcap = v; })
+      .def_prop_rw("max_seqlen_q", [](const Params& s) { return s.p.max_seqlen_q; },
+                   [](Params& s, int64_t v) { s.p.max_seqlen_q = v; })
+      .def_prop_rw("max_seqlen_k", [](const Params& s) { return s.p.max_seqlen_k; },
+                   [](Params& s, int64_t v) { s.p.max_seqlen_k = v; })
+      .def_prop_rw("dropout_p", [](const Params& s) { return s.p.dropout_p; },
+                   [](Params& s, float v) { s.p.dropout_p = v; })
+      .def_prop_rw("seed", [](const Params& s) { return s.p.seed; },
+                   [](Params& s, uint64_t v) { s.p.seed = v; })
+      .def_prop_rw("offset", [](const Params& s) { return s.p.offset; },
+                   [](Params& s, uint64_t v) { s.p.offset = v; })
+      .def_prop_rw("deterministic", [](const Params& s) { return s.p.deterministic != 0; },
+                   [](Params& s, bool v) { s.p.deterministic = v; })
+      .def_prop_rw("check_finite", [](const Params& s) { return s.p.check_finite != 0; },
+                   [](Params& s, bool v) { s.p.check_finite = v; });
+
+  m.def(
+      "forward",
+      [](const Params& params, Array q, Array k, Array v, Out out, OptOut lse, OptArray mask,
+         OptArray alibi_slopes, OptArray cu_seqlens_q, OptArray cu_seqlens_k, uintptr_t stream) {
+        DLTensor tq = to_dl(q), tk = to_dl(k), tv = to_dl(v), to = to_dl(out);
+        OptDL tl(lse), tm(mask), ta(alibi_slopes), tcq(cu_seqlens_q), tck(cu_seqlens_k);
+        fsdpa_params p = params.p;
+        p.mask = tm.get();
+        p.alibi_slopes = ta.get();
+        p.cu_seqlens_q = tcq.get();
+        p.cu_seqlens_k = tck.get();
+        fsdpa_status s;
+        {
+          nb::gil_scoped_release nogil;
+          s = fsdpa_forward(&p, &tq, &tk, &tv, &to, tl.get(), as_stream(stream));
+        }
+        check(s);
+      },
+      nb::arg("params"), nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"),
+      nb::arg("lse").none() = nb::none(), nb::arg("mask").none() = nb::none(),
+      nb::arg("alibi_slopes").none() = nb::none(), nb::arg("cu_seqlens_q").none() = nb::none(),
+      nb::arg("cu_seqlens_k").none() = nb::none(), nb::arg("stream") = 0,
+      "fsdpa_forward: writes out (and lse if given). stream: the backend's stream handle as an "
+      "int (cudaStream_t for CUDA), 0 = default.");
+
+  m.def(
+      "backward",
+      [](const Params& params, Array dout, Array q, Array k, Array v, Array out, Array lse,
+         Out dq, Out dk, Out dv, OptArray mask, OptArray alibi_slopes, OptArray cu_seqlens_q,
+         OptArray cu_seqlens_k, uintptr_t stream) {
+        DLTensor tdo = to_dl(dout), tq = to_dl(q), tk = to_dl(k), tv = to_dl(v),
+                 to = to_dl(out), tl = to_dl(lse), tdq = to_dl(dq), tdk = to_dl(dk),
+                 tdv = to_dl(dv);
+        OptDL tm(mask), ta(alibi_slopes), tcq(cu_seqlens_q), tck(cu_seqlens_k);
+        fsdpa_params p = params.p;
+        p.mask = tm.get();
+        p.alibi_slopes = ta.get();
+        p.cu_seqlens_q = tcq.get();
+        p.cu_seqlens_k = tck.get();
+        fsdpa_status s;
+        {
+          nb::gil_scoped_release nogil;
+          s = fsdpa_backward(&p, &tdo, &tq, &tk, &tv, &to, &tl, &tdq, &tdk, &tdv,
+                             as_stream(stream));
+        }
+        check(s);
+      },
+      nb::arg("params"), nb::arg("dout"), nb::arg("q"), nb::arg("k"), nb::arg("v"),
+      nb::arg("out"), nb::arg("lse"), nb::arg("dq"), nb::arg("dk"), nb::arg("dv"),
+      nb::arg("mask").none() = nb::none(), nb::arg("alibi_slopes").none() = nb::none(),
+      nb::arg("cu_seqlens_q").none() = nb::none(), nb::arg("cu_seqlens_k").none() = nb::none(),
+      nb::arg("stream") = 0, "fsdpa_backward: writes dq, dk, dv (GQA: dk/dv reduced to Hk).");
+
+  m.def(
+      "reference_forward",
+      [](const Params& params, Array q, Array k, Array v, Out out, OptOut lse, OptArray mask,
+         OptArray alibi_slopes, OptArray cu_seqlens_q, OptArray cu_seqlens_k) {
+        DLTensor tq = to_dl(q), tk = to_dl(k), tv = to_dl(v), to = to_dl(out);
+        OptDL tl(lse), tm(mask), ta(alibi_slopes), tcq(cu_seqlens_q), tck(cu_seqlens_k);
+        fsdpa_params p = params.p;
+        p.mask = tm.get();
+        p.alibi_slopes = ta.get();
+        p.cu_seqlens_q = tcq.get();
+        p.cu_seqlens_k = tck.get();
+        fsdpa_status s;
+        {
+          nb::gil_scoped_release nogil;
+          s = fsdpa_reference_forward(&p, &tq, &tk, &tv, &to, tl.get());
+        }
+        check(s);
+      },
+      nb::arg("params"), nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"),
+      nb::arg("lse").none() = nb::none(), nb::arg("mask").none() = nb::none(),
+      nb::arg("alibi_slopes").none() = nb::none(), nb::arg("cu_seqlens_q").none() = nb::none(),
+      nb::arg("cu_seqlens_k").none() = nb::none(),
+      "fsdpa_reference_forward: the fp64 oracle (CPU tensors; outputs may be float64).");
+
+  m.def(
+      "reference_backward",
+      [](const Params& params, Array dout, Array q, Array k, Array v, Out dq, Out dk, Out dv,
+         OptArray mask, OptArray alibi_slopes, OptArray cu_seqlens_q, OptArray cu_seqlens_k) {
+        DLTensor tdo = to_dl(dout), tq = to_dl(q), tk = to_dl(k), tv = to_dl(v),
+                 tdq = to_dl(dq), tdk = to_dl(dk), tdv = to_dl(dv);
+        OptDL tm(mask), ta(alibi_slopes), tcq(cu_seqlens_q), tck(cu_seqlens_k);
+        fsdpa_params p = params.p;
+        p.mask = tm.get();
+        p.alibi_slopes = ta.get();
+        p.cu_seqlens_q = tcq.get();
+        p.cu_seqlens_k = tck.get();
+        fsdpa_status s;
+        {
+          nb::gil_scoped_release nogil;
+          s = fsdpa_reference_backward(&p, &tdo, &tq, &tk, &tv, &tdq, &tdk, &tdv);
+        }
+        check(s);
+      },
+      nb::arg("params"), nb::arg("dout"), nb::arg("q"), nb::arg("k"), nb::arg("v"),
+      nb::arg("dq"), nb::arg("dk"), nb::arg("dv"), nb::arg("mask").none() = nb::none(),
+      nb::arg("alibi_slopes").none() = nb::none(), nb::arg("cu_seqlens_q").none() = nb::none(),
+      nb::arg("cu_seqlens_k").none() = nb::none(),
+      "fsdpa_reference_backward: fp64 oracle gradients (CPU tensors).");
+
+  m.def(
+      "dropout_mask",
+      [](const Params& params, Array q, Array k, Out keep) {
+        DLTensor tq = to_dl(q), tk = to_dl(k), tkeep = to_dl(keep);
+        fsdpa_params p = params.p;
+        check(fsdpa_dropout_mask(&p, &tq, &tk, &tkeep));
+      },
+      nb::arg("params"), nb::arg("q"), nb::arg("k"), nb::arg("keep"),
+      "fsdpa_dropout_mask: writes the keep mask [B, Hq, Sq, Sk] (bool/uint8, CPU) that the "
+      "params' seed/offset realise.");
+
+  m.def("version", [] { return std::string(fsdpa_version()); });
+  m.def("backends", [] { return std::string(fsdpa_backends()); },
+        "Comma-separated names of the compiled-in backends, e.g. 'cpu,cuda'.");
+  m.def("device_available", [](int dl_device_type) { return fsdpa_device_available(dl_device_type) != 0; },
+        nb::arg("dl_device_type"));
+  m.def("set_num_threads", [](int n) { fsdpa_set_num_threads(n); }, nb::arg("n"));
+  m.def("get_num_threads", [] { return fsdpa_get_num_threads(); });
+}
