@@ -13,11 +13,25 @@
 namespace fsdpa::cpu {
 namespace {
 
-// K^T and V of every (k-block, kv-head), fp32, zero padded:
-// KT block [Dp x kBlockK], V block [kBlockK x Dvp].
+// K^T [Dp x kBlockK] and V [kBlockK x Dvp] of key block kb of (b, hk), fp32,
+// zero padded; `tmp` holds kBlockK x Dp floats.
+void pack_kv_tile(const AttnParams& p, const BlockLayout& L, int64_t b, int64_t hk, int64_t kb,
+                  int64_t dp, int64_t dvp, float* kt, float* v, float* tmp) {
+  const SeqExtent& e = L.seq[b];
+  const int64_t j0 = kb * kBlockK, n = std::min<int64_t>(kBlockK, e.sk - j0);
+  pack_rows(p.k, p.k_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim, 1.0f, tmp, dp,
+            kBlockK);
+  transpose(tmp, dp, kBlockK, dp, kt, kBlockK);
+  pack_rows(p.v, p.v_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim_v, 1.0f, v, dvp,
+            kBlockK);
+}
+
+// The packed K/V tiles of every (k-block, kv-head), when several q-blocks
+// share them (prefill); for one q-block per head (decode) each task packs
+// the tiles it needs on the fly instead of making a pass over all of K/V.
 struct PackedKV {
   int64_t dp, dvp;
-  Buffer kt, v;
+  Buffer kt, v;  // empty when packing on the fly
   const float* kt_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
     return kt.get() + (kblock * heads_k + hk) * dp * kBlockK;
   }
@@ -26,26 +40,21 @@ struct PackedKV {
   }
 };
 
-PackedKV pack_kv(const AttnParams& p, const BlockLayout& L) {
+PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all) {
   PackedKV pk;
   pk.dp = round_up(p.head_dim, kPanelAlign);
   pk.dvp = round_up(p.head_dim_v, kPanelAlign);
+  if (!pack_all) return pk;
   const int64_t nblk = L.k_blocks() * p.heads_k;
   pk.kt = alloc_floats(nblk * pk.dp * kBlockK);
   pk.v = alloc_floats(nblk * kBlockK * pk.dvp);
-  parallel_for(p.batch * p.heads_k, [&](int64_t task, int slot) {
+  parallel_for(p.batch * p.heads_k, [&](int64_t task, int) {
     const int64_t b = task / p.heads_k, hk = task % p.heads_k;
-    const SeqExtent& e = L.seq[b];
     Buffer tmp = alloc_floats(kBlockK * pk.dp);
     for (int64_t kb = 0; kb < L.k_block0[b + 1] - L.k_block0[b]; ++kb) {
-      const int64_t j0 = kb * kBlockK, n = std::min<int64_t>(kBlockK, e.sk - j0);
       const int64_t gb = L.k_block0[b] + kb;
-      pack_rows(p.k, p.k_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim, 1.0f, tmp.get(),
-                pk.dp, kBlockK);
-      transpose(tmp.get(), pk.dp, kBlockK, pk.dp, const_cast<float*>(pk.kt_block(gb, hk, p.heads_k)),
-                kBlockK);
-      pack_rows(p.v, p.v_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim_v, 1.0f,
-                const_cast<float*>(pk.v_block(gb, hk, p.heads_k)), pk.dvp, kBlockK);
+      pack_kv_tile(p, L, b, hk, kb, pk.dp, pk.dvp, const_cast<float*>(pk.kt_block(gb, hk, p.heads_k)),
+                   const_cast<float*>(pk.v_block(gb, hk, p.heads_k)), tmp.get());
     }
   });
   return pk;
@@ -58,9 +67,11 @@ struct RowState {
   float* l;  // running sum of exp (before dropout)
 };
 
+// Online softmax of rows [i0, i0 + rows) over key blocks [kb_begin, kb_end).
+// `tiles` is scratch for on-the-fly K/V tiles (kBlockK * (Dp + Dvp)).
 void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const HeadCtx& c,
             const float* qs, int64_t i0, int64_t rows, int64_t kb_begin, int64_t kb_end,
-            float* S, RowState st) {
+            float* S, float* tiles, RowState st) {
   const int64_t hk = kv_head(p, c.h);
   const int64_t kb0 = L.k_block0[c.b];
   for (int64_t r = 0; r < rows; ++r) {
@@ -70,8 +81,24 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
   std::fill(st.o, st.o + kBlockQ * pk.dvp, 0.0f);
   for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
     const int64_t j0 = kb * kBlockK;
-    gemm(rows, kBlockK, pk.dp, qs, pk.dp, pk.kt_block(kb0 + kb, hk, p.heads_k), kBlockK, S,
-         kBlockK, false);
+    const float* v;
+    if (pk.kt) {
+      gemm(rows, kBlockK, pk.dp, qs, pk.dp, pk.kt_block(kb0 + kb, hk, p.heads_k), kBlockK, S,
+           kBlockK, false);
+      v = pk.v_block(kb0 + kb, hk, p.heads_k);
+    } else {
+      // Decode: K rows as they are (no transpose), dot-product form.
+      float* k_rows = tiles;
+      float* v_tile = k_rows + kBlockK * pk.dp;
+      const SeqExtent& e = c.e;
+      const int64_t n = std::min<int64_t>(kBlockK, e.sk - j0);
+      pack_rows(p.k, p.k_stride, p.dtype, c.b, hk, e.k_begin + j0, n, p.head_dim, 1.0f, k_rows,
+                pk.dp, kBlockK);
+      pack_rows(p.v, p.v_stride, p.dtype, c.b, hk, e.k_begin + j0, n, p.head_dim_v, 1.0f, v_tile,
+                pk.dvp, kBlockK);
+      gemm_bt(rows, kBlockK, pk.dp, qs, pk.dp, k_rows, pk.dp, S, kBlockK);
+      v = v_tile;
+    }
     score_epilogue(c, i0, rows, j0, S, kBlockK, nullptr);
     for (int64_t r = 0; r < rows; ++r) {
       float* s = S + r * kBlockK;
@@ -86,8 +113,7 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       st.m[r] = m_new;
       if (p.dropout_p > 0) apply_dropout_row(c, i0 + r, j0, s);
     }
-    gemm(rows, pk.dvp, kBlockK, S, kBlockK, pk.v_block(kb0 + kb, hk, p.heads_k), pk.dvp, st.o,
-         pk.dvp, true);
+    gemm(rows, pk.dvp, kBlockK, S, kBlockK, v, pk.dvp, st.o, pk.dvp, true);
   }
 }
 
@@ -119,7 +145,8 @@ fsdpa_status forward(const AttnParams& p) {
       }
   }
   if (L.q_blocks() == 0) return FSDPA_OK;
-  const PackedKV pk = pack_kv(p, L);
+  // Packing all of K/V once pays off when more than one q-block reads it.
+  const PackedKV pk = pack_kv(p, L, p.seqlen_q > kBlockQ);
   const int64_t dp = pk.dp, dvp = pk.dvp;
 
   // Tasks: (q-block, head) pairs, optionally split along the keys.
@@ -129,7 +156,8 @@ fsdpa_status forward(const AttnParams& p) {
 
   const int threads = pool_threads();
   std::vector<Buffer> scratch(threads);
-  const int64_t per_thread = kBlockQ * dp + kBlockQ * kBlockK + kBlockQ * dvp + 2 * kBlockQ;
+  const int64_t per_thread = kBlockQ * dp + kBlockQ * kBlockK + kBlockQ * dvp + 2 * kBlockQ +
+                             kBlockK * (2 * dp + dvp);
   // Split partials: [tasks][splits] x (o, m, l); only allocated when splitting.
   const int64_t part_sz = kBlockQ * dvp + 2 * kBlockQ;
   Buffer partials = splits > 1 ? alloc_floats(tasks * splits * part_sz) : Buffer();
@@ -165,7 +193,7 @@ fsdpa_status forward(const AttnParams& p) {
     const int64_t s_lo = kb_lo + span * split / splits, s_hi = kb_lo + span * (split + 1) / splits;
     pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, rows, p.head_dim, p.scale, qs, dp,
               rows);
-    attend(p, pk, L, c, qs, i0, rows, s_lo, s_hi, S, st);
+    attend(p, pk, L, c, qs, i0, rows, s_lo, s_hi, S, qs + per_thread - kBlockK * (2 * dp + dvp), st);
     if (splits == 1) finish_rows(p, c, i0, rows, dvp, st);
   });
 

@@ -71,6 +71,29 @@ void Gemm(int M, int N, int K, const float* A, int lda, int acs, const float* B,
     gemm_rows<1>(N, K, A + i * lda, lda, acs, B, ldb, C + i * ldc, ldc, accumulate);
 }
 
+// C[M x N] = A[M x K] * Bt^T with Bt [N x K] row-major: one dot product per
+// output, for few rows (decode), where packing B transposed would cost more
+// than the product.
+void GemmBt(int M, int N, int K, const float* HWY_RESTRICT A, int lda,
+            const float* HWY_RESTRICT Bt, int ldbt, float* HWY_RESTRICT C, int ldc) {
+  const DF d;
+  const int lanes = static_cast<int>(hn::Lanes(d));
+  for (int j = 0; j < N; ++j) {
+    const float* b = Bt + j * ldbt;
+    for (int r = 0; r < M; ++r) {
+      const float* a = A + r * lda;
+      auto acc0 = hn::Zero(d), acc1 = hn::Zero(d);
+      int k = 0;
+      for (; k + 2 * lanes <= K; k += 2 * lanes) {
+        acc0 = hn::MulAdd(hn::LoadU(d, a + k), hn::LoadU(d, b + k), acc0);
+        acc1 = hn::MulAdd(hn::LoadU(d, a + k + lanes), hn::LoadU(d, b + k + lanes), acc1);
+      }
+      for (; k < K; k += lanes) acc0 = hn::MulAdd(hn::LoadU(d, a + k), hn::LoadU(d, b + k), acc0);
+      C[r * ldc + j] = hn::GetLane(hn::SumOfLanes(d, hn::Add(acc0, acc1)));
+    }
+  }
+}
+
 float ExpSubSum(float* HWY_RESTRICT x, int n, float m) {
   const DF d;
   const int lanes = static_cast<int>(hn::Lanes(d));
@@ -122,6 +145,7 @@ HWY_EXPORT(Gemm);
 HWY_EXPORT(ExpSubSum);
 HWY_EXPORT(RowMax);
 HWY_EXPORT(ScaleRow);
+HWY_EXPORT(GemmBt);
 HWY_EXPORT(SoftmaxGradRow);
 HWY_EXPORT(TargetName);
 
@@ -132,6 +156,10 @@ void gemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb,
 void gemm_at(int M, int N, int K, const float* At, int ldat, const float* B, int ldb, float* C,
              int ldc, bool accumulate) {
   HWY_DYNAMIC_DISPATCH(Gemm)(M, N, K, At, 1, ldat, B, ldb, C, ldc, accumulate);
+}
+void gemm_bt(int M, int N, int K, const float* A, int lda, const float* Bt, int ldbt, float* C,
+             int ldc) {
+  HWY_DYNAMIC_DISPATCH(GemmBt)(M, N, K, A, lda, Bt, ldbt, C, ldc);
 }
 void softmax_grad_row(const float* p, float* dp, float delta, int n) {
   HWY_DYNAMIC_DISPATCH(SoftmaxGradRow)(p, dp, delta, n);

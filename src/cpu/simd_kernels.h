@@ -21,6 +21,11 @@ void gemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb,
 void gemm_at(int M, int N, int K, const float* At, int ldat, const float* B, int ldb, float* C,
              int ldc, bool accumulate);
 
+// C[M x N] = A[M x K] * Bt^T, Bt [N x K] row-major (K multiple of
+// kPanelAlign). Dot-product form for few rows of A.
+void gemm_bt(int M, int N, int K, const float* A, int lda, const float* Bt, int ldbt, float* C,
+             int ldc);
+
 // dp[i] = p[i] * (dp[i] - delta): the softmax backward of one row.
 void softmax_grad_row(const float* p, float* dp, float delta, int n);
 

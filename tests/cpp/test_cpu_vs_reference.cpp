@@ -27,6 +27,7 @@ std::vector<Case> make_grid() {
       {"s77x90_d256", 1, 1, 1, 77, 90, 256, 256},
       {"s100x150_d64_dv40", 2, 3, 3, 100, 150, 64, 40},
       {"s65x64_d16_dv96", 1, 2, 1, 65, 64, 16, 96},
+      {"s37x300_d59_gqa_decode", 2, 4, 2, 37, 300, 59, 59},
   };
   auto base = [](const Shape& s, DT dt) {
     Case c;

@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""CPU benchmark: flashsdpa vs PyTorch's CPU SDPA, side by side.
+
+Both run in this process on the same inputs, warm, median of repeats; the
+table gives both times and the ratio (PyTorch time / flashsdpa time, > 1
+means flashsdpa is faster). Also: achieved GFLOP/s against the machine's
+fp32 FMA peak (measured here with bench/fma_peak.c), and the peak extra
+memory of forward+backward at S = 16384 against the S^2 score matrix.
+
+Writes a PNG of the ratios and appends the table and command to
+bench/RESULTS.md.
+
+    python bench/bench_cpu.py            # full grid (~10 min on 2 cores)
+    python bench/bench_cpu.py --quick    # a few cases
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import flashsdpa
+
+HERE = Path(__file__).resolve().parent
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def attention_flops(b, hq, sq, sk, d, dv, causal, backward):
+    # 2 matmuls forward (QK^T, PV), 2.5x that for the backward (5 matmuls).
+    pairs = sq * sk
+    if causal:  # top-left causal with sq == sk keeps ~half
+        pairs = sq * (sq + 1) / 2 if sq == sk else pairs / 2
+    fwd = 2.0 * b * hq * pairs * (d + dv)
+    return fwd * (3.5 if backward else 1.0)
+
+
+def make_inputs(b, hq, hk, sq, sk, d, dtype, requires_grad):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(b, hq, sq, d, generator=g).to(dtype)
+    k = torch.randn(b, hk, sk, d, generator=g).to(dtype)
+    v = torch.randn(b, hk, sk, d, generator=g).to(dtype)
+    if requires_grad:
+        for t in (q, k, v):
+            t.requires_grad_(True)
+    return q, k, v
+
+
+def run_case(case, repeats):
+    b, hq, hk, sq, sk, d, dtype, causal, backward = case
+    q, k, v = make_inputs(b, hq, hk, sq, sk, d, dtype, backward)
+    gqa = hq != hk
+    do = torch.randn(b, hq, sq, d).to(dtype)
+
+    def step(fn):
+        def go():
+            out = fn(q, k, v, is_causal=causal, enable_gqa=gqa)
+            if backward:
+                out.backward(do)
+                q.grad = k.grad = v.grad = None
+        return go
+
+    t_ours = median_time(step(flashsdpa.scaled_dot_product_attention), repeats)
+    t_torch = median_time(step(F.scaled_dot_product_attention), repeats)
+    flops = attention_flops(b, hq, sq, sk, d, d, causal, backward)
+    return t_ours, t_torch, flops
+
+
+def fma_peak_gflops(threads: int) -> float:
+    exe = Path(tempfile.mkdtemp()) / "fma_peak"
+    subprocess.run(["cc", "-O2", "-march=native", str(HERE / "fma_peak.c"), "-o", str(exe),
+                    "-lpthread"], check=True)
+    return max(float(subprocess.check_output([str(exe), str(threads)]).decode()) for _ in range(3))
+
+
+MEMORY_PROBE = r"""
+import resource, sys, torch, flashsdpa
+S, D = int(sys.argv[1]), int(sys.argv[2])
+q, k, v = (torch.randn(1, 1, S, D, requires_grad=True) for _ in range(3))
+do = torch.randn(1, 1, S, D)
+# Warm up on a small problem so one-time allocations are not counted.
+small = [t[:, :, :256].detach().clone().requires_grad_() for t in (q, k, v)]
+flashsdpa.scaled_dot_product_attention(*small).backward(torch.randn(1, 1, 256, D))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = flashsdpa.scaled_dot_product_attention(q, k, v)
+out.backward(do)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((peak - base) * 1024)
+"""
+
+
+def extra_memory_bytes(S: int, D: int) -> int:
+    """Peak RSS growth of forward+backward in a fresh process (bytes).
+
+    Includes the outputs and gradients the call must return (out, dq, dk,
+    dv: 4 * S * D floats) besides the library's workspace."""
+    out = subprocess.check_output([sys.executable, "-c", MEMORY_PROBE, str(S), str(D)])
+    return int(out.decode().strip().splitlines()[-1])
+
+
+def cpu_model() -> str:
+    try:
+        for line in subprocess.check_output(["lscpu"]).decode().splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def grid(quick: bool):
+    cases = []
+    dtypes = [torch.float32, torch.bfloat16]
+    seqs = [512, 1024, 2048, 4096, 8192] if not quick else [1024, 4096]
+    for dtype in dtypes:
+        for d in ([64, 128] if not quick else [128]):
+            for s in seqs:
+                bh = max(2, min(32, (32 * 1024 * 1024) // (s * s)))
+                for causal in (False, True):
+                    for backward in (False, True):
+                        cases.append(("grid", (1, bh, bh, s, s, d, dtype, causal, backward)))
+        # Decode: 1 or 8 queries against long keys, B*H = 2 (forward only).
+        for sq in (1, 8):
+            for sk in ([4096, 32768] if not quick else [32768]):
+                cases.append(("decode", (1, 2, 2, sq, sk, 128, dtype, False, False)))
+        # GQA: Hq / Hk = 4.
+        for backward in (False, True):
+            cases.append(("gqa", (1, 8, 2, 2048, 2048, 128, dtype, True, backward)))
+    return cases
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-save", action="store_true", help="do not write RESULTS.md / PNG")
+    args = ap.parse_args()
+
+    threads = torch.get_num_threads()
+    flashsdpa.set_num_threads(threads)
+    peak = fma_peak_gflops(threads)
+    print(f"machine: {cpu_model()}, {threads} threads, fp32 FMA peak {peak:.0f} GFLOP/s")
+    print(f"torch {torch.__version__}, flashsdpa {flashsdpa.__version__}")
+
+    rows = []
+    header = (f"| kind | dtype | B*H (Hq/Hk) | Sq | Sk | D | causal | pass | flashsdpa ms | "
+              f"torch ms | ratio | flashsdpa GFLOP/s | % FMA peak |")
+    print(header)
+    print("|" + "---|" * 13)
+    for kind, case in grid(args.quick):
+        b, hq, hk, sq, sk, d, dtype, causal, backward = case
+        t_ours, t_torch, flops = run_case(case, args.repeats)
+        gf = flops / t_ours / 1e9
+        row = (f"| {kind} | {str(dtype).replace('torch.', '')} | {b * hq} ({hq}/{hk}) | {sq} | "
+               f"{sk} | {d} | {'yes' if causal else 'no'} | {'fwd+bwd' if backward else 'fwd'} | "
+               f"{t_ours * 1e3:.2f} | {t_torch * 1e3:.2f} | {t_torch / t_ours:.2f} | {gf:.0f} | "
+               f"{100 * gf / peak:.0f}% |")
+        print(row, flush=True)
+        rows.append((kind, dtype, backward, t_torch / t_ours, row))
+
+    def geomean(xs):
+        return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
+
+    summary = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for backward in (False, True):
+            rs = [r[3] for r in rows if r[1] == dtype and r[2] == backward]
+            if rs:
+                summary.append(f"- {str(dtype).replace('torch.', '')} {'fwd+bwd' if backward else 'fwd'}: "
+                               f"geomean ratio {geomean(rs):.2f}x, min {min(rs):.2f}x over {len(rs)} cases")
+    S_mem, D_mem = 16384, 64
+    extra = extra_memory_bytes(S_mem, D_mem)
+    dense = S_mem * S_mem * 4
+    summary.append(f"- peak extra memory of fwd+bwd at S={S_mem}, D={D_mem}, fp32: "
+                   f"{extra / 2**20:.1f} MiB (outputs and gradients included) vs "
+                   f"{dense / 2**20:.0f} MiB for one S x S fp32 score matrix")
+    print("\n".join(summary))
+
+    if args.no_save:
+        return
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    png = HERE / "cpu_ratios.png"
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.25), 4))
+        ax.bar(range(len(rows)), [r[3] for r in rows],
+               color=["tab:blue" if not r[2] else "tab:orange" for r in rows])
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_ylabel("torch time / flashsdpa time")
+        ax.set_xlabel("case (blue: forward, orange: forward+backward; order as in the table)")
+        ax.set_title(f"flashsdpa vs torch SDPA on CPU ({cpu_model()}, {threads} threads)")
+        fig.tight_layout()
+        fig.savefig(png, dpi=100)
+    except ImportError:
+        png = None
+    cmd = "python " + " ".join([os.path.relpath(__file__, HERE.parent)] + sys.argv[1:])
+    with open(HERE / "RESULTS.md", "a") as f:
+        f.write(f"\n## CPU: flashsdpa vs torch SDPA — {stamp}\n\n")
+        f.write(f"Command: `{cmd}`  \nMachine: {cpu_model()}, {threads} threads, measured fp32 FMA "
+                f"peak {peak:.0f} GFLOP/s; torch {torch.__version__}\n\n")
+        f.write(header + "\n|" + "---|" * 13 + "\n")
+        f.write("\n".join(r[4] for r in rows) + "\n\n" + "\n".join(summary) + "\n")
+        if png:
+            f.write(f"\nPlot: `bench/{png.name}`\n")
+
+
+if __name__ == "__main__":
+    main()
