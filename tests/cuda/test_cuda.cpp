@@ -1,0 +1,536 @@
+// The CUDA backend against the fp64 reference, through the C ABI on device
+// memory. Same grid, inputs and tolerance rule as the CPU backend's test
+// (tests/cpp/attention_case.h, test_tensor.h): error <= 2x that of a
+// same-precision computation (rounding of the exact result + fp32
+// accumulation). Every case runs on the tensor-core path (fp16/bf16) and
+// again on the SIMT path; outputs are poisoned (NaN) before each run.
+// Plus: bitwise determinism, split-KV decode, long sequences (tensor-core
+// vs the fp32 SIMT path on the GPU), and the NaN-input check.
+//
+// No GPU: prints SKIP and exits 77 (ctest SKIP_RETURN_CODE).
+// Usage: flashsdpa_cuda_tests [--quick] [--filter SUBSTR] [--threads N] [--no-long]
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "attention_case.h"
+
+using namespace fsdpa_test;
+
+namespace {
+
+#define CUDA_OK(x)                                                                    \
+  do {                                                                                \
+    cudaError_t e_ = (x);                                                             \
+    if (e_ != cudaSuccess) {                                                          \
+      fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      exit(2);                                                                        \
+    }                                                                                 \
+  } while (0)
+
+// A device copy of a host Tensor (same shape and strides).
+struct Dev {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  DLTensor dl{};
+  Dev() = default;
+  explicit Dev(const Tensor& h, bool copy = true) {
+    bytes = h.bytes.size();
+    CUDA_OK(cudaMalloc(&ptr, bytes));
+    if (copy) CUDA_OK(cudaMemcpy(ptr, h.bytes.data(), bytes, cudaMemcpyHostToDevice));
+    dl = h.dl;
+    dl.data = ptr;
+    dl.device = {kDLCUDA, 0};
+  }
+  Dev(const Dev&) = delete;
+  Dev& operator=(const Dev&) = delete;
+  ~Dev() {
+    if (ptr) cudaFree(ptr);
+  }
+  void poison(cudaStream_t s) { CUDA_OK(cudaMemsetAsync(ptr, 0xFF, bytes, s)); }
+  void to_host(Tensor& h, cudaStream_t s) {
+    CUDA_OK(cudaMemcpyAsync(h.bytes.data(), ptr, bytes, cudaMemcpyDeviceToHost, s));
+    CUDA_OK(cudaStreamSynchronize(s));
+  }
+  DLTensor* operator&() { return &dl; }
+};
+
+std::vector<Case> make_grid(bool quick) {
+  std::vector<Case> grid;
+  const DT dts[] = {DT::f32, DT::f16, DT::bf16};
+  struct Shape { const char* n; int64_t B, Hq, Hk, Sq, Sk, D, Dv; };
+  // The CPU backend's shapes, plus CUDA-specific ones (every head-dim
+  // bucket, tiny dims, split-KV decode).
+  const Shape shapes[] = {
+      {"s1x1", 1, 1, 1, 1, 1, 32, 32},
+      {"s113x203_d59_gqa", 2, 4, 2, 113, 203, 59, 59},
+      {"s128x217_d64", 1, 2, 2, 128, 217, 64, 64},
+      {"s256x512_d32_mqa", 2, 3, 1, 256, 512, 32, 32},
+      {"s512x256_d111", 1, 2, 1, 512, 256, 111, 111},
+      {"s1023x1024_d32", 1, 1, 1, 1023, 1024, 32, 32},
+      {"s113x203_d128", 1, 2, 2, 113, 203, 128, 128},
+      {"s77x90_d256", 1, 1, 1, 77, 90, 256, 256},
+      {"s100x150_d64_dv40", 2, 3, 3, 100, 150, 64, 40},
+      {"s65x64_d16_dv96", 1, 2, 1, 65, 64, 16, 96},
+      {"s70x131_d96", 1, 2, 1, 70, 131, 96, 96},
+      {"s90x77_d192_dv160", 1, 2, 2, 90, 77, 192, 160},
+      {"s33x47_d1_dv3", 1, 2, 1, 33, 47, 1, 3},
+      {"s203x113_d200_dv256", 1, 1, 1, 203, 113, 200, 256},
+      {"decode_s1x4099_d128_gqa", 2, 8, 2, 1, 4099, 128, 128},
+      {"decode_s3x2500_d64", 1, 4, 4, 3, 2500, 64, 64},
+  };
+  auto base = [](const Shape& s, DT dt) {
+    Case c;
+    c.name = s.n;
+    c.B = s.B; c.Hq = s.Hq; c.Hk = s.Hk; c.Sq = s.Sq; c.Sk = s.Sk; c.D = s.D; c.Dv = s.Dv;
+    c.dt = dt;
+    return c;
+  };
+  const int nshapes = quick ? 4 : static_cast<int>(sizeof(shapes) / sizeof(shapes[0]));
+  for (int si = 0; si < nshapes; ++si)
+    for (DT dt : dts) {
+      const Shape& s = shapes[si];
+      Case c = base(s, dt);
+      grid.push_back(c);
+      c.name += "_combo";
+      c.causal = true;
+      c.align = FSDPA_ALIGN_BOTTOM_RIGHT;
+      c.wl = 37;
+      c.alibi = true;
+      c.softcap = 5.0f;
+      c.mask = MaskKind::boolean;
+      c.scale = 0.3f;
+      grid.push_back(c);
+      if (!quick && (si == 14 || si == 2)) {
+        Case d = base(s, dt);
+        d.name += "_causal_br_dropout";
+        d.causal = true;
+        d.align = FSDPA_ALIGN_BOTTOM_RIGHT;
+        d.dropout = 0.15f;
+        grid.push_back(d);
+      }
+    }
+  const Shape f = shapes[1];
+  for (DT dt : dts) {
+    auto add = [&](const char* name, auto&& set) {
+      Case c = base(f, dt);
+      c.name = std::string(f.n) + "_" + name;
+      set(c);
+      grid.push_back(c);
+    };
+    add("causal_tl", [](Case& c) { c.causal = true; });
+    add("causal_br", [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    add("window_br", [](Case& c) { c.wl = 16; c.wr = 8; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    add("window_tl_left", [](Case& c) { c.wl = 50; });
+    add("window_tl_right", [](Case& c) { c.wr = 3; });
+    add("bool_mask", [](Case& c) { c.mask = MaskKind::boolean; });
+    add("additive_mask", [](Case& c) { c.mask = MaskKind::additive; });
+    add("empty_rows", [](Case& c) { c.mask = MaskKind::empty_rows; });
+    add("alibi", [](Case& c) { c.alibi = true; });
+    add("alibi_causal_br", [](Case& c) { c.alibi = true; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    add("softcap", [](Case& c) { c.softcap = 2.0f; c.scale = 1.0f; });
+    add("dropout", [](Case& c) { c.dropout = 0.2f; });
+    add("dropout_causal", [](Case& c) { c.dropout = 0.5f; c.causal = true; });
+    add("bshd", [](Case& c) { c.bshd = true; });
+    add("bshd_causal_additive", [](Case& c) { c.bshd = true; c.causal = true; c.mask = MaskKind::additive; });
+    add("varlen", [](Case& c) { c.varlen = true; c.B = 3; });
+    add("varlen_causal_br", [](Case& c) { c.varlen = true; c.B = 3; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    add("varlen_window_dropout", [](Case& c) { c.varlen = true; c.B = 3; c.wl = 20; c.wr = 5; c.dropout = 0.1f; });
+    add("causal_br_sq_gt_sk", [](Case& c) { std::swap(c.Sq, c.Sk); c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    if (quick) break;
+  }
+  return grid;
+}
+
+const char* dt_name(DT t) {
+  const char* names[] = {"f32", "f16", "bf16", "f64", "u8", "i32"};
+  return names[static_cast<int>(t)];
+}
+
+struct Stats {
+  std::mutex mu;
+  int passed = 0, failed = 0;
+  // (dtype/path, quantity) -> max error and max err/tol ratio
+  std::map<std::string, std::pair<double, double>> maxerr;
+  void record(const std::string& key, double err, double ratio) {
+    std::lock_guard<std::mutex> l(mu);
+    auto& e = maxerr[key];
+    e.first = std::max(e.first, err);
+    e.second = std::max(e.second, ratio);
+  }
+};
+Stats g_stats;
+std::mutex g_print;
+
+// setenv is process-wide: the path is chosen by the backend from the
+// environment, so cases of the two paths do not run concurrently.
+void set_path(bool simt) {
+  if (simt) setenv("FLASHSDPA_CUDA_SIMT", "1", 1);
+  else unsetenv("FLASHSDPA_CUDA_SIMT");
+}
+
+struct Check {
+  std::string msg;
+  bool ok = true;
+  void close(const char* what, const Tensor& got, const Tensor& ref64, DT dt, int64_t red,
+             bool grad, const std::string& key, double factor) {
+    const double err = max_abs_diff(got, ref64);
+    const double base = baseline_error(ref64, dt, red, grad);
+    const double tol = factor * base;
+    g_stats.record(key + " " + what, err, base > 0 ? err / base : 0);
+    char buf[256];
+    snprintf(buf, sizeof buf, " %s=%.3g(%.2fx)", what, err, base > 0 ? err / base : 0.0);
+    msg += buf;
+    if (!(err <= tol)) ok = false;
+  }
+};
+
+// Runs one case on the current path; returns true if it passed.
+bool run_case(const Case& c, bool simt, cudaStream_t s) {
+  Problem pr(c);
+  fsdpa_params& p = pr.p;
+  const std::string key = std::string(dt_name(c.dt)) + (simt ? "/simt" : "/tc");
+  Check chk;
+
+  // Host reference first (fp64).
+  Tensor out64 = pr.make(c.Hq, c.Sq, pr.total_q, c.Dv, DT::f64), lse64 = pr.make_lse();
+  out64.poison();
+  lse64.poison();
+  if (fsdpa_reference_forward(&p, &pr.q, &pr.k, &pr.v, &out64, &lse64) != FSDPA_OK) {
+    fprintf(stderr, "reference failed: %s\n", fsdpa_last_error());
+    return false;
+  }
+  Tensor dq64 = pr.make(c.Hq, c.Sq, pr.total_q, c.D, DT::f64);
+  Tensor dk64 = pr.make(c.Hk, c.Sk, pr.total_k, c.D, DT::f64);
+  Tensor dv64 = pr.make(c.Hk, c.Sk, pr.total_k, c.Dv, DT::f64);
+  if (fsdpa_reference_backward(&p, &pr.dout, &pr.q, &pr.k, &pr.v, &dq64, &dk64, &dv64) !=
+      FSDPA_OK) {
+    fprintf(stderr, "reference bwd failed: %s\n", fsdpa_last_error());
+    return false;
+  }
+
+  // Device copies of the inputs; params pointing at device tensors.
+  Dev q(pr.q), k(pr.k), v(pr.v), dout(pr.dout);
+  std::unique_ptr<Dev> mask, alibi, cuq, cuk;
+  fsdpa_params dp = p;
+  if (p.mask) { mask.reset(new Dev(pr.mask)); dp.mask = &mask->dl; }
+  if (p.alibi_slopes) { alibi.reset(new Dev(pr.alibi)); dp.alibi_slopes = &alibi->dl; }
+  if (p.cu_seqlens_q) {
+    cuq.reset(new Dev(pr.cu_q));
+    cuk.reset(new Dev(pr.cu_k));
+    dp.cu_seqlens_q = &cuq->dl;
+    dp.cu_seqlens_k = &cuk->dl;
+  }
+  Tensor out = pr.make(c.Hq, c.Sq, pr.total_q, c.Dv, c.dt), lse = pr.make_lse();
+  Dev dout_dev(out, false), dlse(lse, false);
+  dout_dev.poison(s);
+  dlse.poison(s);
+  fsdpa_status st = fsdpa_forward(&dp, &q, &k, &v, &dout_dev, &dlse, s);
+  if (st != FSDPA_OK) {
+    std::lock_guard<std::mutex> l(g_print);
+    printf("FAIL %s [%s] forward status %d: %s\n", describe(c).c_str(), key.c_str(), st,
+           fsdpa_last_error());
+    return false;
+  }
+  CUDA_OK(cudaStreamSynchronize(s));
+  CUDA_OK(cudaGetLastError());
+  out.poison();
+  lse.poison();
+  dout_dev.to_host(out, s);
+  dlse.to_host(lse, s);
+  const int64_t red = pr.reduction_len();
+  chk.close("out", out, out64, c.dt, red, false, key, 2.0);
+  chk.close("lse", lse, lse64, DT::f32, red, false, key, 2.0);
+
+  Tensor dq = pr.make(c.Hq, c.Sq, pr.total_q, c.D, c.dt);
+  Tensor dk = pr.make(c.Hk, c.Sk, pr.total_k, c.D, c.dt);
+  Tensor dv = pr.make(c.Hk, c.Sk, pr.total_k, c.Dv, c.dt);
+  Dev ddq(dq, false), ddk(dk, false), ddv(dv, false);
+  ddq.poison(s);
+  ddk.poison(s);
+  ddv.poison(s);
+  st = fsdpa_backward(&dp, &dout, &q, &k, &v, &dout_dev, &dlse, &ddq, &ddk, &ddv, s);
+  if (st != FSDPA_OK) {
+    std::lock_guard<std::mutex> l(g_print);
+    printf("FAIL %s [%s] backward status %d: %s\n", describe(c).c_str(), key.c_str(), st,
+           fsdpa_last_error());
+    return false;
+  }
+  CUDA_OK(cudaStreamSynchronize(s));
+  ddq.to_host(dq, s);
+  ddk.to_host(dk, s);
+  ddv.to_host(dv, s);
+  // Varlen: dq rows of tokens no sequence covers are not compared (the
+  // reference leaves them unwritten, zero here).
+  chk.close("dq", dq, dq64, c.dt, red, true, key, 2.0);
+  chk.close("dk", dk, dk64, c.dt, red, true, key, 2.0);
+  chk.close("dv", dv, dv64, c.dt, red, true, key, 2.0);
+  {
+    std::lock_guard<std::mutex> l(g_print);
+    printf("%s %s [%s]%s\n", chk.ok ? "ok  " : "FAIL", describe(c).c_str(), key.c_str(),
+           chk.msg.c_str());
+  }
+  return chk.ok;
+}
+
+// ---- GPU-only comparisons (no host reference) ------------------------------------
+struct DevProblem {
+  int64_t B, Hq, Hk, Sq, Sk, D, Dv;
+  DT dt;
+  std::vector<int64_t> qs, ks, vs, os, ls;
+  Tensor hq, hk, hv, hdo;
+  Dev *q = nullptr, *k = nullptr, *v = nullptr, *dout = nullptr;
+};
+
+double max_rel_diff(const Tensor& a, const Tensor& b) {
+  double m = 0, mx = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const double x = a.get(i), y = b.get(i);
+    if (std::isnan(x) || std::isnan(y)) return INFINITY;
+    if (std::isinf(x) || std::isinf(y)) {
+      if (x != y) return INFINITY;
+      continue;
+    }
+    m = std::max(m, fabs(x - y));
+    mx = std::max(mx, fabs(y));
+  }
+  return mx > 0 ? m / mx : m;
+}
+
+// Runs forward (+ backward) on the tensor-core and SIMT paths and compares
+// (max |tc - simt| / max |simt|); also checks repeated runs bitwise.
+bool long_case(const char* name, int64_t B, int64_t H, int64_t Hk, int64_t Sq, int64_t Sk,
+               int64_t D, DT dt, bool causal, bool backward, cudaStream_t s) {
+  Case c;
+  c.B = B; c.Hq = H; c.Hk = Hk; c.Sq = Sq; c.Sk = Sk; c.D = D; c.Dv = D; c.dt = dt;
+  c.causal = causal;
+  c.align = FSDPA_ALIGN_BOTTOM_RIGHT;
+  // Building the full Problem fills inputs on the host (fine up to ~1e8).
+  Problem pr(c);
+  pr.p.check_finite = 0;
+  Dev q(pr.q), k(pr.k), v(pr.v), dout(pr.dout);
+  Tensor res[2][4];
+  bool ok = true;
+  std::string msg;
+  for (int path = 0; path < 2; ++path) {
+    set_path(path == 1);
+    Tensor out = pr.make(H, Sq, 0, D, dt), lse = pr.make_lse();
+    Dev dO(out, false), dl(lse, false);
+    dO.poison(s);
+    dl.poison(s);
+    if (fsdpa_forward(&pr.p, &q, &k, &v, &dO, &dl, s) != FSDPA_OK) {
+      printf("FAIL %s forward: %s\n", name, fsdpa_last_error());
+      set_path(false);
+      return false;
+    }
+    CUDA_OK(cudaStreamSynchronize(s));
+    dO.to_host(out, s);
+    res[path][0] = out;
+    if (backward) {
+      Tensor dq = pr.make(H, Sq, 0, D, dt), dk = pr.make(Hk, Sk, 0, D, dt),
+             dv = pr.make(Hk, Sk, 0, D, dt);
+      Dev ddq(dq, false), ddk(dk, false), ddv(dv, false);
+      if (fsdpa_backward(&pr.p, &dout, &q, &k, &v, &dO, &dl, &ddq, &ddk, &ddv, s) != FSDPA_OK) {
+        printf("FAIL %s backward: %s\n", name, fsdpa_last_error());
+        set_path(false);
+        return false;
+      }
+      ddq.to_host(dq, s);
+      ddk.to_host(dk, s);
+      ddv.to_host(dv, s);
+      res[path][1] = dq;
+      res[path][2] = dk;
+      res[path][3] = dv;
+    }
+  }
+  set_path(false);
+  const char* names[4] = {"out", "dq", "dk", "dv"};
+  const double tol = dt == DT::bf16 ? 2e-2 : 4e-3;
+  for (int x = 0; x < (backward ? 4 : 1); ++x) {
+    const double r = max_rel_diff(res[0][x], res[1][x]);
+    char buf[96];
+    snprintf(buf, sizeof buf, " %s=%.3g", names[x], r);
+    msg += buf;
+    if (!(r <= tol)) ok = false;
+  }
+  printf("%s long %s (tc vs simt, max|diff|/max|simt|, tol %.0e)%s\n", ok ? "ok  " : "FAIL", name,
+         tol, msg.c_str());
+  return ok;
+}
+
+bool determinism_case(cudaStream_t s) {
+  Case c;
+  c.B = 2; c.Hq = 4; c.Hk = 2; c.Sq = 300; c.Sk = 701; c.D = 64; c.Dv = 64; c.dt = DT::bf16;
+  c.causal = true;
+  c.dropout = 0.1f;
+  c.alibi = true;
+  Problem pr(c);
+  pr.p.deterministic = 1;
+  Dev q(pr.q), k(pr.k), v(pr.v), dout(pr.dout), al(pr.alibi);
+  pr.p.alibi_slopes = &al.dl;
+  std::vector<uint8_t> first[5];
+  bool ok = true;
+  for (int run = 0; run < 3; ++run) {
+    Tensor out = pr.make(4, 300, 0, 64, c.dt), lse = pr.make_lse();
+    Tensor dq = pr.make(4, 300, 0, 64, c.dt), dk = pr.make(2, 701, 0, 64, c.dt),
+           dv = pr.make(2, 701, 0, 64, c.dt);
+    Dev o(out, false), l(lse, false), a(dq, false), b(dk, false), d(dv, false);
+    if (fsdpa_forward(&pr.p, &q, &k, &v, &o, &l, s) != FSDPA_OK ||
+        fsdpa_backward(&pr.p, &dout, &q, &k, &v, &o, &l, &a, &b, &d, s) != FSDPA_OK) {
+      printf("FAIL determinism: %s\n", fsdpa_last_error());
+      return false;
+    }
+    o.to_host(out, s); l.to_host(lse, s); a.to_host(dq, s); b.to_host(dk, s); d.to_host(dv, s);
+    Tensor* all[5] = {std::addressof(out), std::addressof(lse), std::addressof(dq), std::addressof(dk), std::addressof(dv)};
+    for (int x = 0; x < 5; ++x) {
+      if (run == 0) first[x] = all[x]->bytes;
+      else if (first[x] != all[x]->bytes) ok = false;
+    }
+  }
+  printf("%s determinism: 3 runs of forward + deterministic backward bitwise identical\n",
+         ok ? "ok  " : "FAIL");
+  return ok;
+}
+
+bool splitkv_case(cudaStream_t s) {
+  // Forced split counts must agree with no split (up to fp32 rounding).
+  Case c;
+  c.B = 1; c.Hq = 4; c.Hk = 1; c.Sq = 2; c.Sk = 3001; c.D = 128; c.Dv = 128; c.dt = DT::f16;
+  c.causal = true;
+  c.align = FSDPA_ALIGN_BOTTOM_RIGHT;
+  c.wl = 2000;
+  Problem pr(c);
+  Dev q(pr.q), k(pr.k), v(pr.v);
+  Tensor out64 = pr.make(4, 2, 0, 128, DT::f64), lse64 = pr.make_lse();
+  fsdpa_reference_forward(&pr.p, &pr.q, &pr.k, &pr.v, &out64, &lse64);
+  bool ok = true;
+  std::string msg;
+  for (int n : {1, 2, 7, 33}) {
+    char buf[16];
+    snprintf(buf, sizeof buf, "%d", n);
+    setenv("FLASHSDPA_CUDA_SPLITS", buf, 1);
+    Tensor out = pr.make(4, 2, 0, 128, c.dt), lse = pr.make_lse();
+    Dev o(out, false), l(lse, false);
+    o.poison(s);
+    l.poison(s);
+    if (fsdpa_forward(&pr.p, &q, &k, &v, &o, &l, s) != FSDPA_OK) {
+      printf("FAIL splitkv: %s\n", fsdpa_last_error());
+      ok = false;
+      continue;
+    }
+    o.to_host(out, s);
+    l.to_host(lse, s);
+    const double e1 = max_abs_diff(out, out64), e2 = max_abs_diff(lse, lse64);
+    const double t1 = 2 * baseline_error(out64, c.dt, 3001), t2 = 2 * baseline_error(lse64, DT::f32, 3001);
+    snprintf(buf, sizeof buf, " n=%d:", n);
+    msg += buf;
+    char b2[96];
+    snprintf(b2, sizeof b2, "out %.2g lse %.2g", e1, e2);
+    msg += b2;
+    if (!(e1 <= t1 && e2 <= t2)) ok = false;
+  }
+  unsetenv("FLASHSDPA_CUDA_SPLITS");
+  printf("%s splitkv forced splits vs fp64 reference:%s\n", ok ? "ok  " : "FAIL", msg.c_str());
+  return ok;
+}
+
+bool nonfinite_case(cudaStream_t s) {
+  Case c;
+  c.B = 1; c.Hq = 2; c.Hk = 2; c.Sq = 40; c.Sk = 50; c.D = 64; c.Dv = 64; c.dt = DT::bf16;
+  Problem pr(c);
+  pr.k.set(2 * 50 * 64 - 7, NAN);  // last head
+  Dev q(pr.q), k(pr.k), v(pr.v);
+  Tensor out = pr.make(2, 40, 0, 64, c.dt);
+  Dev o(out, false);
+  const fsdpa_status st = fsdpa_forward(&pr.p, &q, &k, &v, &o, nullptr, s);
+  const bool ok = st == FSDPA_ERROR_NONFINITE_INPUT && strstr(fsdpa_last_error(), "k:") != nullptr;
+  printf("%s nonfinite input reported: status %d, \"%s\"\n", ok ? "ok  " : "FAIL", st,
+         fsdpa_last_error());
+  pr.p.check_finite = 0;
+  return ok && fsdpa_forward(&pr.p, &q, &k, &v, &o, nullptr, s) == FSDPA_OK;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int ndev = 0;
+  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+    printf("SKIP: no CUDA device\n");
+    return 77;
+  }
+  bool quick = false, do_long = true;
+  std::string filter;
+  int threads = static_cast<int>(std::min(16u, std::max(1u, std::thread::hardware_concurrency())));
+  for (int i = 1; i < argc; ++i) {
+    if (!strcmp(argv[i], "--quick")) quick = true;
+    else if (!strcmp(argv[i], "--no-long")) do_long = false;
+    else if (!strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
+    else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+  }
+  cudaDeviceProp prop;
+  CUDA_OK(cudaGetDeviceProperties(&prop, 0));
+  printf("device: %s (sm_%d%d), backends: %s\n", prop.name, prop.major, prop.minor,
+         fsdpa_backends());
+
+  std::vector<Case> grid = make_grid(quick);
+  if (!filter.empty())
+    grid.erase(std::remove_if(grid.begin(), grid.end(),
+                              [&](const Case& c) { return describe(c).find(filter) == std::string::npos; }),
+               grid.end());
+  int passed = 0, failed = 0;
+  for (int path = 0; path < 2; ++path) {
+    const bool simt = path == 1;
+    set_path(simt);
+    std::vector<const Case*> todo;
+    for (const Case& c : grid)
+      if (!simt || c.dt != DT::f32) todo.push_back(&c);  // fp32 is SIMT already
+    std::atomic<size_t> next{0};
+    std::atomic<int> np{0}, nf{0};
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&] {
+        cudaStream_t s;
+        CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+        for (size_t i; (i = next++) < todo.size();) (run_case(*todo[i], simt, s) ? np : nf)++;
+        cudaStreamDestroy(s);
+      });
+    for (auto& th : pool) th.join();
+    passed += np;
+    failed += nf;
+  }
+  set_path(false);
+
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreate(&s));
+  auto tally = [&](bool ok) { (ok ? passed : failed)++; };
+  if (filter.empty()) {
+    tally(determinism_case(s));
+    tally(splitkv_case(s));
+    tally(nonfinite_case(s));
+    if (do_long && !quick) {
+      tally(long_case("s16384_causal_bf16_d128_fwd_bwd", 1, 2, 1, 16384, 16384, 128, DT::bf16, true, true, s));
+      tally(long_case("s4096_b2h4_f16_d64_fwd_bwd", 2, 4, 4, 4096, 4096, 64, DT::f16, false, true, s));
+      tally(long_case("decode_s1_k65536_bf16_d128", 4, 8, 1, 1, 65536, 128, DT::bf16, false, false, s));
+      tally(long_case("q4096_k65536_causal_br_bf16_d64_fwd", 1, 1, 1, 4096, 65536, 64, DT::bf16, true, false, s));
+    }
+  }
+  CUDA_OK(cudaStreamDestroy(s));
+
+  printf("\nmax error per dtype/path and quantity (absolute, and as a multiple of the\n"
+         "same-precision baseline; the test fails above 2x):\n");
+  for (auto& kv : g_stats.maxerr)
+    printf("MAXERR %-22s %.3g  (%.2fx baseline)\n", kv.first.c_str(), kv.second.first,
+           kv.second.second);
+  printf("\nCUDA TESTS: %d passed, %d failed\n", passed, failed);
+  return failed == 0 ? 0 : 1;
+}
