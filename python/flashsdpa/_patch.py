@@ -41,7 +41,8 @@ def _fallback(reason: str, *args, **kwargs):
 
 
 def _why_not(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa) -> Optional[str]:
-    if isinstance(query, torch.Tensor) and query.device.type not in _config["backends"]:
+    if (isinstance(query, torch.Tensor) and query.device.type in KNOWN_BACKENDS
+            and query.device.type not in _config["backends"]):
         return f"device:{query.device.type}-disabled"
     why = _api.check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
     if why is not None:
