@@ -1,13 +1,16 @@
 // Emulator runtime: kernel registry, fibers, scheduler, rendezvous,
 // threadgroup memory, device buffers.
 //
-// Each emulated GPU thread of a threadgroup is a fiber (POSIX ucontext) on the
-// calling OS thread; threadgroups of a grid run one after the other (in an
+// Each emulated GPU thread of a threadgroup is a fiber on the calling OS
+// thread (a minimal context switch written here for x86-64, POSIX ucontext
+// elsewhere); threadgroups of a grid run one after the other (in an
 // order chosen by the schedule). A fiber runs until it blocks at a
 // rendezvous (threadgroup_barrier, SIMD-group collective), exits, fails or is
 // preempted; then the scheduler picks the next ready fiber.
 #include <sys/mman.h>
+#if !defined(__x86_64__)
 #include <ucontext.h>
+#endif
 #include <unistd.h>
 
 #include <algorithm>
@@ -36,6 +39,83 @@
 namespace fsdpa_emu {
 namespace detail {
 namespace {
+
+// ------------------------------------------------------------ context switch
+#if defined(__x86_64__)
+// Saves the callee-saved registers (System V AMD64 ABI: rbx, rbp, r12-r15,
+// MXCSR and the x87 control word) on the current stack, stores the stack
+// pointer in *from_sp and continues on the stack to_sp. Written for this
+// harness; no ucontext because glibc's swapcontext makes a system call per
+// switch and AddressSanitizer's swapcontext interceptor clears the shadow of
+// the whole target stack on each switch (very slow with many fibers).
+extern "C" void fsdpa_emu_ctx_switch(void** from_sp, void* to_sp);
+asm(R"(
+  .text
+  .p2align 4
+  .globl fsdpa_emu_ctx_switch
+  .hidden fsdpa_emu_ctx_switch
+  .type fsdpa_emu_ctx_switch,@function
+fsdpa_emu_ctx_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size fsdpa_emu_ctx_switch,.-fsdpa_emu_ctx_switch
+  .section .note.GNU-stack,"",@progbits
+  .text
+)");
+
+struct Context {
+  void* sp = nullptr;
+};
+// Prepares a context that starts entry() (which must never return) on the
+// given stack at the first switch to it. Not instrumented by ASan: the top
+// of a reused stack may still carry the poisoned frame of the previous
+// fiber's (never returning) entry function.
+__attribute__((no_sanitize_address)) void context_init(Context& c, void* stack_lo, std::size_t size,
+                                                        void (*entry)()) {
+  auto top = (reinterpret_cast<uintptr_t>(stack_lo) + size) & ~uintptr_t(15);
+  auto* slot = reinterpret_cast<uint64_t*>(top - 16);  // 16-byte aligned: entry sees rsp % 16 == 8
+  slot[1] = 0;                                         // fake return address of entry (ends backtraces)
+  slot[0] = reinterpret_cast<uint64_t>(entry);         // popped by `ret`
+  uint64_t* regs = slot - 6;                           // r15 r14 r13 r12 rbx rbp, all zero
+  for (int i = 0; i < 6; ++i) regs[i] = 0;
+  uint32_t* ctl = reinterpret_cast<uint32_t*>(regs - 1);
+  ctl[0] = 0x1f80;  // MXCSR default
+  ctl[1] = 0x037f;  // x87 control word default
+  c.sp = regs - 1;
+}
+inline void context_switch(Context& from, Context& to) { fsdpa_emu_ctx_switch(&from.sp, to.sp); }
+#else
+struct Context {
+  ucontext_t uc;
+};
+void context_init(Context& c, void* stack_lo, std::size_t size, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack_lo;
+  c.uc.uc_stack.ss_size = size;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
+inline void context_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+#endif
 
 // ------------------------------------------------------------ registry
 std::map<std::string, KernelInfo>& registry() {
@@ -69,10 +149,11 @@ struct Stack {
   std::size_t map_size = 0;
   void* lo = nullptr;  // usable stack
   std::size_t size = 0;
+  bool dirty = false;  // used by a fiber that was abandoned mid-run (failed dispatch)
 };
 
 struct Fiber {
-  ucontext_t ctx;
+  Context ctx;
   Stack stack;
   FState state = FState::ready;
   Wait wait = Wait::none;
@@ -117,7 +198,7 @@ struct Dispatcher {
   std::size_t tg_bytes = 0;
 
   // scheduler context
-  ucontext_t sched_ctx;
+  Context sched_ctx;
   const void* sched_stack_lo = nullptr;
   std::size_t sched_stack_size = 0;
   Fiber* current = nullptr;
@@ -237,7 +318,7 @@ void switch_to_scheduler(Dispatcher& d, Fiber& f) {
 #if FSDPA_EMU_ASAN
   __sanitizer_start_switch_fiber(&f.fake_stack, d.sched_stack_lo, d.sched_stack_size);
 #endif
-  swapcontext(&f.ctx, &d.sched_ctx);
+  context_switch(f.ctx, d.sched_ctx);
 #if FSDPA_EMU_ASAN
   __sanitizer_finish_switch_fiber(f.fake_stack, nullptr, nullptr);
 #endif
@@ -253,7 +334,7 @@ void yield_current(Dispatcher& d, Fiber& f) {
   switch_to_scheduler(d, f);
 }
 
-void fiber_main() {
+[[noreturn]] void fiber_main() {
   Dispatcher& d = *g_disp;
 #if FSDPA_EMU_ASAN
   __sanitizer_finish_switch_fiber(nullptr, &d.sched_stack_lo, &d.sched_stack_size);
@@ -274,7 +355,7 @@ void fiber_main() {
 #if FSDPA_EMU_ASAN
   __sanitizer_start_switch_fiber(nullptr, d.sched_stack_lo, d.sched_stack_size);
 #endif
-  swapcontext(&f.ctx, &d.sched_ctx);  // never resumed
+  context_switch(f.ctx, d.sched_ctx);  // never resumed
   std::abort();
 }
 
@@ -284,7 +365,7 @@ void run_fiber(Dispatcher& d, Fiber& f) {
   void* fake = nullptr;
   __sanitizer_start_switch_fiber(&fake, f.stack.lo, f.stack.size);
 #endif
-  swapcontext(&d.sched_ctx, &f.ctx);
+  context_switch(d.sched_ctx, f.ctx);
 #if FSDPA_EMU_ASAN
   __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
@@ -378,12 +459,15 @@ void run_threadgroup(Dispatcher& d, const uint32_t pos[3]) {
   d.fibers.resize(n);
   for (uint32_t i = 0; i < n; ++i) {
     Fiber& f = d.fibers[i];
-    f.stack = g_stacks.stacks[i];
+    Stack& st = g_stacks.stacks[i];
 #if FSDPA_EMU_ASAN
-    // Frames of fibers abandoned by an earlier failed dispatch may have
-    // left poisoned shadow memory behind.
-    ASAN_UNPOISON_MEMORY_REGION(f.stack.lo, f.stack.size);
+    // Frames of fibers abandoned by an earlier failed dispatch may have left
+    // poisoned shadow memory behind. (Not done every time: unpoisoning large
+    // regions makes ASan release and re-fault shadow pages.)
+    if (st.dirty) ASAN_UNPOISON_MEMORY_REGION(st.lo, st.size);
 #endif
+    st.dirty = true;  // until the fiber completes
+    f.stack = st;
     f.state = FState::blocked;  // set_state(ready) below adds it to the ready list
     f.wait = Wait::none;
     f.site = Site{};
@@ -402,11 +486,7 @@ void run_threadgroup(Dispatcher& d, const uint32_t pos[3]) {
     t.lane = i % 32;
     t.simdgroups = n_simd;
     t.lanes_in_simdgroup = d.simd[t.simdgroup].n_active;
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = f.stack.lo;
-    f.ctx.uc_stack.ss_size = f.stack.size;
-    f.ctx.uc_link = nullptr;
-    makecontext(&f.ctx, fiber_main, 0);
+    context_init(f.ctx, f.stack.lo, f.stack.size, fiber_main);
     set_state(d, f, FState::ready);
   }
   if (d.schedule.order == Schedule::Order::shuffled) {
@@ -421,6 +501,7 @@ void run_threadgroup(Dispatcher& d, const uint32_t pos[3]) {
     run_fiber(d, *f);
     if (d.failed) throw EmuError(d.error);
     if (f->state == FState::done) {
+      g_stacks.stacks[f - d.fibers.data()].dirty = false;
       ++d.n_done;
       ++d.simd[f->ids.simdgroup].n_done;
       check_done_fiber(d, *f);
@@ -627,7 +708,7 @@ namespace {
 #if FSDPA_EMU_ASAN
 constexpr std::size_t kGuard = 0;
 #else
-constexpr std::size_t kGuard = 64;
+constexpr std::size_t kGuard = 4096;
 #endif
 constexpr unsigned char kGuardByte = 0xa5;
 

@@ -88,7 +88,7 @@ TEST(Bugs, DivergentSimdSum) {
 TEST(Bugs, DivergentSimdSumUnderEverySchedule) {
   for (const Schedule& s : standard_schedules()) {
     Args args;
-    args.set(0, std::vector<float>(64));
+    args.set(0, std::vector<float>(128));
     const std::string e = error_of([&] { dispatch(bug("divergent_simd_sum"), {2, 1, 1}, {64, 1, 1}, args, s); });
     EXPECT_TRUE(has(e, "divergent")) << s.name() << ": " << e;
   }
