@@ -1,0 +1,74 @@
+// The argument block of every flashsdpa Metal kernel: one plain struct,
+// included by the host planner (C++, src/metal/plan.h) and by the kernels
+// (MSL, fsdpa_attention.metal), bound with setBytes at [[buffer(0)]].
+//
+// Only 8-byte and 4-byte scalars, 8-byte fields first, so C++ and MSL lay it
+// out identically (checked by static_asserts on the host side).
+#ifndef FSDPA_METAL_ARGS_H
+#define FSDPA_METAL_ARGS_H
+
+#if defined(__METAL_VERSION__)
+#define FSDPA_I64 long
+#define FSDPA_I32 int
+#define FSDPA_U32 uint
+#else
+#include <stdint.h>
+#define FSDPA_I64 int64_t
+#define FSDPA_I32 int32_t
+#define FSDPA_U32 uint32_t
+#endif
+
+// [[buffer(n)]] indices; every kernel uses the same numbering and the host
+// binds every index the kernel declares (unused optional tensors get a
+// small dummy buffer).
+#define FSDPA_BUF_ARGS 0
+#define FSDPA_BUF_Q 1
+#define FSDPA_BUF_K 2
+#define FSDPA_BUF_V 3
+#define FSDPA_BUF_OUT 4
+#define FSDPA_BUF_LSE 5
+#define FSDPA_BUF_MASK 6
+#define FSDPA_BUF_ALIBI 7
+#define FSDPA_BUF_CU_Q 8
+#define FSDPA_BUF_CU_K 9
+#define FSDPA_BUF_DOUT 10
+#define FSDPA_BUF_DELTA 11
+#define FSDPA_BUF_DQ 12
+#define FSDPA_BUF_DK 13
+#define FSDPA_BUF_DV 14
+#define FSDPA_NUM_BUFFERS 15
+
+struct FsdpaMetalArgs {
+  // Element strides in (batch, head, seq, dim) order; batch stride 0 for
+  // varlen (seq is then a token index). lse/delta use the first three.
+  FSDPA_I64 q_stride[4];
+  FSDPA_I64 k_stride[4];
+  FSDPA_I64 v_stride[4];
+  FSDPA_I64 out_stride[4];
+  FSDPA_I64 dout_stride[4];
+  FSDPA_I64 dq_stride[4];
+  FSDPA_I64 dk_stride[4];
+  FSDPA_I64 dv_stride[4];
+  FSDPA_I64 mask_stride[4];
+  FSDPA_I64 lse_stride[4];
+  FSDPA_I64 delta_stride[4];  // the backward's fp32 Delta = rowsum(dO * O) scratch
+  FSDPA_I64 alibi_stride_b;   // 0 for [Hq] slopes
+  FSDPA_I64 window_left;      // -1 = unbounded
+  FSDPA_I64 window_right;     // -1 = unbounded (causal already folded in: 0)
+
+  FSDPA_I32 batch;            // sequences (the grid adds one for the varlen tail)
+  FSDPA_I32 heads_q, heads_k;
+  FSDPA_I32 seqlen_q, seqlen_k;  // padded lengths, or max_seqlen_* for varlen
+  FSDPA_I32 total_q, total_k;    // varlen token counts
+  FSDPA_I32 head_dim, head_dim_v;
+  FSDPA_I32 bottom_right;
+  FSDPA_I32 has_lse;          // forward: write lse
+  FSDPA_U32 seed_lo, seed_hi, offset_lo, offset_hi;  // Philox key / counter words
+  FSDPA_U32 dropout_threshold;  // keep iff draw >= threshold
+  float scale;
+  float softcap;              // 0 = off
+  float dropout_scale;        // 1 / (1 - p)
+  FSDPA_I32 pad0;
+};
+
+#endif  // FSDPA_METAL_ARGS_H

@@ -1,0 +1,263 @@
+// Host planning of the Metal backend (see plan.h). Portable C++: no Metal.
+#include "metal/plan.h"
+
+#include <stddef.h>
+
+#include <algorithm>
+#include <sstream>
+#include <stdexcept>
+
+#include "core/semantics.h"
+#include "metal/heuristics.h"
+
+namespace fsdpa::metal {
+
+static_assert(sizeof(FsdpaMetalArgs) % 8 == 0, "FsdpaMetalArgs must stay 8-byte aligned in size");
+static_assert(offsetof(FsdpaMetalArgs, alibi_stride_b) == 11 * 4 * 8, "11 stride arrays precede alibi_stride_b");
+static_assert(offsetof(FsdpaMetalArgs, batch) == 11 * 4 * 8 + 3 * 8, "64-bit fields precede the 32-bit ones");
+
+namespace {
+
+int32_t round8(int64_t x) { return static_cast<int32_t>((x + 7) / 8 * 8); }
+
+size_t elem_bytes(DType t) { return t == DType::f16 ? 2 : 4; }  // staged tile element (bf16 staged as float)
+
+size_t arr(size_t elems, size_t eb) { return (elems * eb + 15) / 16 * 16; }
+
+size_t tg_bytes(Pass pass, const KernelKey& k, Tile t) {
+  const size_t eb = elem_bytes(k.dtype), dp = k.dp, dvp = k.dvp;
+  switch (pass) {
+    case Pass::forward:
+      return arr(t.parallel * dp, eb) + arr(t.traversal * std::max(dp, dvp), eb);
+    case Pass::backward_dq:
+    case Pass::backward_dkdv:
+      return arr(t.parallel * dp, eb) + arr(t.parallel * dvp, eb) + arr(t.traversal * dp, eb) +
+             arr(t.traversal * dvp, eb);
+    case Pass::backward_preprocess:
+      return 0;
+  }
+  return 0;
+}
+
+Tile fit_tile(Pass pass, const KernelKey& k) {
+  const int table_pass = pass == Pass::forward ? 0 : pass == Pass::backward_dq ? 1 : 2;
+  const TileTable tt = tile_table(table_pass, k.family == GpuFamily::apple9, k.dtype == DType::f32);
+  const int hd = std::max(k.dp, k.dvp);
+  TileRow row = tt.rows[tt.n - 1];
+  for (int i = 0; i < tt.n; ++i)
+    if (hd <= tt.rows[i].max_head_dim) {
+      row = tt.rows[i];
+      break;
+    }
+  for (int par = row.parallel; par >= 8; par /= 2) {
+    for (int trav = row.traversal / 8 * 8; trav >= 8; trav -= 8) {
+      const Tile t{par, trav};
+      if (tg_bytes(pass, k, t) <= static_cast<size_t>(kThreadgroupMemoryBytes)) return t;
+    }
+  }
+  throw std::runtime_error("metal: no tile fits threadgroup memory for head dims " + std::to_string(k.dp) + "/" +
+                           std::to_string(k.dvp));
+}
+
+int dtype_code(DType t) { return t == DType::f16 ? 1 : t == DType::bf16 ? 2 : 0; }
+
+uint32_t ceil_div(int64_t a, int64_t b) { return static_cast<uint32_t>(std::max<int64_t>(1, (a + b - 1) / b)); }
+
+}  // namespace
+
+KernelKey make_key(const AttnParams& p, GpuFamily family) {
+  if (p.dtype != DType::f32 && p.dtype != DType::f16 && p.dtype != DType::bf16)
+    throw std::invalid_argument("metal: dtype must be float32, float16 or bfloat16");
+  if (p.head_dim > 256 || p.head_dim_v > 256) throw std::invalid_argument("metal: head dims above 256");
+  KernelKey k;
+  k.family = family == GpuFamily::apple9 ? GpuFamily::apple9 : family == GpuFamily::apple8 ? GpuFamily::apple8
+                                                                                           : GpuFamily::apple7;
+  k.dtype = p.dtype;
+  k.dp = round8(p.head_dim);
+  k.dvp = round8(p.head_dim_v);
+  k.mask = p.mask ? p.mask_kind : MaskKind::none;
+  k.mask_dtype = k.mask == MaskKind::additive ? p.mask_dtype : DType::f32;
+  k.band = p.window_left >= 0 || p.window_right >= 0;
+  k.alibi = p.alibi != nullptr;
+  k.softcap = p.softcap > 0.0f;
+  k.dropout = p.dropout_p > 0.0f;
+  k.varlen = p.cu_seqlens_q != nullptr;
+  return k;
+}
+
+KernelConfig kernel_config(const KernelKey& key) {
+  KernelConfig c;
+  c.key = key;
+  c.fwd = fit_tile(Pass::forward, key);
+  c.dq = fit_tile(Pass::backward_dq, key);
+  c.dkv = fit_tile(Pass::backward_dkdv, key);
+  c.pre_rows = kPreprocessRows;
+  return c;
+}
+
+std::string key_name(const KernelKey& k) {
+  const char* dt[] = {"f32", "f16", "bf16"};
+  std::ostringstream s;
+  s << "a" << static_cast<int>(k.family) << "_" << dt[dtype_code(k.dtype)] << "_d" << k.dp << "_v" << k.dvp << "_m"
+    << static_cast<int>(k.mask);
+  if (k.mask == MaskKind::additive) s << dt[dtype_code(k.mask_dtype)];
+  s << "_b" << k.band << "a" << k.alibi << "s" << k.softcap << "p" << k.dropout << "v" << k.varlen;
+  return s.str();
+}
+
+std::vector<std::pair<std::string, std::string>> kernel_defines(const KernelConfig& c) {
+  const KernelKey& k = c.key;
+  auto n = [](auto v) { return std::to_string(static_cast<long long>(v)); };
+  return {
+      {"FSDPA_DTYPE", n(dtype_code(k.dtype))},
+      {"FSDPA_DP", n(k.dp)},
+      {"FSDPA_DVP", n(k.dvp)},
+      {"FSDPA_MASK", n(static_cast<int>(k.mask))},
+      {"FSDPA_MASK_DTYPE", n(dtype_code(k.mask_dtype))},
+      {"FSDPA_BAND", n(k.band)},
+      {"FSDPA_ALIBI", n(k.alibi)},
+      {"FSDPA_SOFTCAP", n(k.softcap)},
+      {"FSDPA_DROPOUT", n(k.dropout)},
+      {"FSDPA_VARLEN", n(k.varlen)},
+      {"FSDPA_FWD_BQ", n(c.fwd.parallel)},
+      {"FSDPA_FWD_BK", n(c.fwd.traversal)},
+      {"FSDPA_DQ_BQ", n(c.dq.parallel)},
+      {"FSDPA_DQ_BK", n(c.dq.traversal)},
+      {"FSDPA_DKV_BK", n(c.dkv.parallel)},    // keys per threadgroup
+      {"FSDPA_DKV_BQ", n(c.dkv.traversal)},   // queries per step
+      {"FSDPA_PRE_ROWS", n(c.pre_rows)},
+  };
+}
+
+size_t threadgroup_bytes(Pass pass, const KernelConfig& c) {
+  switch (pass) {
+    case Pass::forward: return tg_bytes(pass, c.key, c.fwd);
+    case Pass::backward_dq: return tg_bytes(pass, c.key, c.dq);
+    case Pass::backward_dkdv: return tg_bytes(pass, c.key, c.dkv);
+    case Pass::backward_preprocess: return 0;
+  }
+  return 0;
+}
+
+uint32_t threads_per_threadgroup(Pass pass, const KernelConfig& c) {
+  switch (pass) {
+    case Pass::forward: return static_cast<uint32_t>(c.fwd.parallel / 8 * 32);
+    case Pass::backward_dq: return static_cast<uint32_t>(c.dq.parallel / 8 * 32);
+    case Pass::backward_dkdv: return static_cast<uint32_t>(c.dkv.parallel / 8 * 32);
+    case Pass::backward_preprocess: return static_cast<uint32_t>(c.pre_rows * 32);
+  }
+  return 0;
+}
+
+FsdpaMetalArgs make_args(const AttnParams& p) {
+  FsdpaMetalArgs a{};
+  for (int d = 0; d < 4; ++d) {
+    a.q_stride[d] = p.q_stride[d];
+    a.k_stride[d] = p.k_stride[d];
+    a.v_stride[d] = p.v_stride[d];
+    a.out_stride[d] = p.out_stride[d];
+    a.dout_stride[d] = p.dout_stride[d];
+    a.dq_stride[d] = p.dq_stride[d];
+    a.dk_stride[d] = p.dk_stride[d];
+    a.dv_stride[d] = p.dv_stride[d];
+    a.mask_stride[d] = p.mask ? p.mask_stride[d] : 0;
+  }
+  for (int d = 0; d < 3; ++d) a.lse_stride[d] = p.lse ? p.lse_stride[d] : 0;
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  a.delta_stride[0] = varlen ? 0 : p.heads_q * p.seqlen_q;
+  a.delta_stride[1] = varlen ? p.total_q : p.seqlen_q;
+  a.delta_stride[2] = 1;
+  a.alibi_stride_b = p.alibi ? p.alibi_stride_b : 0;
+  a.window_left = p.window_left;
+  a.window_right = p.window_right;
+  a.batch = static_cast<int32_t>(p.batch);
+  a.heads_q = static_cast<int32_t>(p.heads_q);
+  a.heads_k = static_cast<int32_t>(p.heads_k);
+  a.seqlen_q = static_cast<int32_t>(p.seqlen_q);
+  a.seqlen_k = static_cast<int32_t>(p.seqlen_k);
+  a.total_q = static_cast<int32_t>(p.total_q);
+  a.total_k = static_cast<int32_t>(p.total_k);
+  a.head_dim = static_cast<int32_t>(p.head_dim);
+  a.head_dim_v = static_cast<int32_t>(p.head_dim_v);
+  a.bottom_right = p.bottom_right;
+  a.has_lse = p.lse != nullptr;
+  a.seed_lo = static_cast<uint32_t>(p.seed);
+  a.seed_hi = static_cast<uint32_t>(p.seed >> 32);
+  a.offset_lo = static_cast<uint32_t>(p.offset);
+  a.offset_hi = static_cast<uint32_t>(p.offset >> 32);
+  a.dropout_threshold = p.dropout_p > 0 ? dropout_threshold(p.dropout_p) : 0u;
+  a.scale = p.scale;
+  a.softcap = p.softcap;
+  a.dropout_scale = p.dropout_p > 0 ? 1.0f / (1.0f - p.dropout_p) : 1.0f;
+  return a;
+}
+
+namespace {
+Dispatch make_dispatch(Pass pass, const KernelConfig& c, const AttnParams& p) {
+  static const char* names[] = {"fsdpa_forward", "fsdpa_backward_dq", "fsdpa_backward_dkdv",
+                                "fsdpa_backward_preprocess"};
+  const uint32_t tail = p.cu_seqlens_q != nullptr ? 1u : 0u;  // varlen: tokens after the last sequence
+  Dispatch d{};
+  d.kernel = names[static_cast<int>(pass)];
+  d.pass = pass;
+  const uint32_t nb = static_cast<uint32_t>(p.batch);
+  switch (pass) {
+    case Pass::forward:
+      d.grid[0] = ceil_div(p.seqlen_q, c.fwd.parallel), d.grid[1] = uint32_t(p.heads_q), d.grid[2] = nb + tail;
+      break;
+    case Pass::backward_dq:
+      d.grid[0] = ceil_div(p.seqlen_q, c.dq.parallel), d.grid[1] = uint32_t(p.heads_q), d.grid[2] = nb + tail;
+      break;
+    case Pass::backward_dkdv:
+      d.grid[0] = ceil_div(p.seqlen_k, c.dkv.parallel), d.grid[1] = uint32_t(p.heads_k), d.grid[2] = nb + tail;
+      break;
+    case Pass::backward_preprocess:
+      d.grid[0] = ceil_div(p.seqlen_q, c.pre_rows), d.grid[1] = uint32_t(p.heads_q), d.grid[2] = nb;
+      break;
+  }
+  d.threads[0] = threads_per_threadgroup(pass, c);
+  d.threads[1] = d.threads[2] = 1;
+  d.threadgroup_memory = threadgroup_bytes(pass, c);
+  return d;
+}
+}  // namespace
+
+Plan plan_forward(const AttnParams& p, GpuFamily family) {
+  Plan plan;
+  plan.config = kernel_config(make_key(p, family));
+  plan.args = make_args(p);
+  plan.dispatches.push_back(make_dispatch(Pass::forward, plan.config, p));
+  return plan;
+}
+
+Plan plan_backward(const AttnParams& p, GpuFamily family) {
+  Plan plan;
+  plan.config = kernel_config(make_key(p, family));
+  plan.args = make_args(p);
+  plan.args.has_lse = 1;
+  plan.delta_elements = p.cu_seqlens_q != nullptr ? p.heads_q * p.total_q : p.batch * p.heads_q * p.seqlen_q;
+  plan.dispatches.push_back(make_dispatch(Pass::backward_preprocess, plan.config, p));
+  plan.dispatches.push_back(make_dispatch(Pass::backward_dq, plan.config, p));
+  plan.dispatches.push_back(make_dispatch(Pass::backward_dkdv, plan.config, p));
+  return plan;
+}
+
+std::string assemble_source(const KernelConfig& c, const std::function<std::string(const std::string&)>& read) {
+  std::ostringstream out;
+  out << "// flashsdpa Metal kernels, specialisation " << key_name(c.key) << "\n";
+  for (const auto& [name, value] : kernel_defines(c)) out << "#define " << name << " " << value << "\n";
+  std::istringstream src(read("fsdpa_attention.metal"));
+  std::string line;
+  while (std::getline(src, line)) {
+    const auto q0 = line.find("#include \"");
+    if (q0 != std::string::npos && line.find_first_not_of(" \t") == q0) {
+      const auto q1 = line.find('"', q0 + 10);
+      out << read(line.substr(q0 + 10, q1 - q0 - 10)) << "\n";
+    } else {
+      out << line << "\n";
+    }
+  }
+  return out.str();
+}
+
+}  // namespace fsdpa::metal

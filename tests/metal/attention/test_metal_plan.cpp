@@ -1,0 +1,141 @@
+// Unit tests of the portable Metal planner (src/metal/plan.cpp): tiles fit
+// threadgroup memory for every head dim, key and define consistency, grid
+// sizes, argument block layout, and the assembled single-string source.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "metal/heuristics.h"
+#include "metal/plan.h"
+
+namespace {
+namespace mtl = fsdpa::metal;
+using fsdpa::AttnParams;
+using fsdpa::DType;
+
+AttnParams params(DType dt, int64_t d, int64_t dv) {
+  AttnParams p{};
+  p.batch = 2, p.heads_q = 6, p.heads_k = 2, p.seqlen_q = 100, p.seqlen_k = 77;
+  p.total_q = 200, p.total_k = 154;
+  p.head_dim = d, p.head_dim_v = dv;
+  p.dtype = p.out_dtype = p.dout_dtype = dt;
+  p.window_left = p.window_right = -1;
+  p.scale = 0.125f;
+  for (int i = 0; i < 4; ++i) p.q_stride[i] = p.k_stride[i] = p.v_stride[i] = 1 + i;
+  return p;
+}
+
+TEST(MetalPlan, TilesFitEveryHeadDim) {
+  for (int fam : {7, 8, 9})
+    for (DType dt : {DType::f32, DType::f16, DType::bf16})
+      for (int d = 1; d <= 256; d += 7)
+        for (int dv : {8, d, 256}) {
+          const mtl::KernelConfig c = mtl::kernel_config(mtl::make_key(params(dt, d, dv), mtl::GpuFamily(fam)));
+          for (auto pass : {mtl::Pass::forward, mtl::Pass::backward_dq, mtl::Pass::backward_dkdv}) {
+            EXPECT_LE(mtl::threadgroup_bytes(pass, c), size_t(mtl::kThreadgroupMemoryBytes));
+            EXPECT_GT(mtl::threads_per_threadgroup(pass, c), 0u);
+          }
+          for (mtl::Tile t : {c.fwd, c.dq, c.dkv}) {
+            EXPECT_EQ(t.parallel % 8, 0);
+            EXPECT_EQ(t.traversal % 8, 0);
+            EXPECT_GE(t.traversal, 8);
+          }
+        }
+}
+
+TEST(MetalPlan, TableIsUsedWhenItFits) {
+  // fp16, D = 64 on M1: metal-flash-attention's forward row (32, 128) fits as is.
+  const auto c = mtl::kernel_config(mtl::make_key(params(DType::f16, 64, 64), mtl::GpuFamily::apple7));
+  EXPECT_EQ(c.fwd.parallel, 32);
+  EXPECT_EQ(c.fwd.traversal, 128);
+  const auto c9 = mtl::kernel_config(mtl::make_key(params(DType::f16, 64, 64), mtl::GpuFamily::apple9));
+  EXPECT_EQ(c9.fwd.parallel, 16);
+}
+
+TEST(MetalPlan, KeyAndDefines) {
+  AttnParams p = params(DType::bf16, 59, 40);
+  p.window_right = 0;
+  p.softcap = 3.0f;
+  const auto key = mtl::make_key(p, mtl::GpuFamily::apple8);
+  EXPECT_EQ(key.dp, 64);
+  EXPECT_EQ(key.dvp, 40);
+  EXPECT_TRUE(key.band);
+  EXPECT_TRUE(key.softcap);
+  EXPECT_FALSE(key.dropout);
+  EXPECT_EQ(mtl::key_name(key), "a8_bf16_d64_v40_m0_b1a0s1p0v0");
+  const auto defs = mtl::kernel_defines(mtl::kernel_config(key));
+  auto get = [&](const std::string& n) {
+    for (auto& [k, v] : defs)
+      if (k == n) return v;
+    return std::string("?");
+  };
+  EXPECT_EQ(get("FSDPA_DTYPE"), "2");
+  EXPECT_EQ(get("FSDPA_DP"), "64");
+  EXPECT_EQ(get("FSDPA_BAND"), "1");
+  EXPECT_EQ(get("FSDPA_SOFTCAP"), "1");
+}
+
+TEST(MetalPlan, GridsAndArgs) {
+  AttnParams p = params(DType::f16, 64, 64);
+  const mtl::Plan f = mtl::plan_forward(p, mtl::GpuFamily::apple7);
+  ASSERT_EQ(f.dispatches.size(), 1u);
+  EXPECT_STREQ(f.dispatches[0].kernel, "fsdpa_forward");
+  EXPECT_EQ(f.dispatches[0].grid[0], (100u + f.config.fwd.parallel - 1) / f.config.fwd.parallel);
+  EXPECT_EQ(f.dispatches[0].grid[1], 6u);
+  EXPECT_EQ(f.dispatches[0].grid[2], 2u);
+  EXPECT_EQ(f.dispatches[0].threads[0], uint32_t(f.config.fwd.parallel / 8 * 32));
+  EXPECT_EQ(f.args.q_stride[3], 4);
+  EXPECT_EQ(f.args.heads_k, 2);
+  EXPECT_EQ(f.args.has_lse, 0);
+
+  const mtl::Plan b = mtl::plan_backward(p, mtl::GpuFamily::apple7);
+  ASSERT_EQ(b.dispatches.size(), 3u);
+  EXPECT_STREQ(b.dispatches[0].kernel, "fsdpa_backward_preprocess");
+  EXPECT_STREQ(b.dispatches[1].kernel, "fsdpa_backward_dq");
+  EXPECT_STREQ(b.dispatches[2].kernel, "fsdpa_backward_dkdv");
+  EXPECT_EQ(b.dispatches[2].grid[1], 2u);  // one threadgroup column per kv head (GQA reduced inside)
+  EXPECT_EQ(b.delta_elements, 2 * 6 * 100);
+  EXPECT_EQ(b.args.delta_stride[0], 600);
+
+  int32_t cu[3] = {0, 1, 2};
+  p.cu_seqlens_q = p.cu_seqlens_k = cu;  // varlen: one more grid slice for the tail tokens
+  const mtl::Plan v = mtl::plan_backward(p, mtl::GpuFamily::apple7);
+  EXPECT_EQ(v.dispatches[1].grid[2], 3u);
+  EXPECT_EQ(v.dispatches[0].grid[2], 2u);
+  EXPECT_EQ(v.delta_elements, 6 * 200);
+  EXPECT_EQ(v.args.delta_stride[0], 0);
+}
+
+TEST(MetalPlan, DropoutArgs) {
+  AttnParams p = params(DType::f32, 32, 32);
+  p.dropout_p = 0.25f;
+  p.seed = 0x0123456789ABCDEFull;
+  p.offset = 0xFEDCBA9876543210ull;
+  const auto a = mtl::make_args(p);
+  EXPECT_EQ(a.seed_lo, 0x89ABCDEFu);
+  EXPECT_EQ(a.seed_hi, 0x01234567u);
+  EXPECT_EQ(a.offset_lo, 0x76543210u);
+  EXPECT_EQ(a.offset_hi, 0xFEDCBA98u);
+  EXPECT_EQ(a.dropout_threshold, 0x40000000u);
+  EXPECT_FLOAT_EQ(a.dropout_scale, 1.0f / 0.75f);
+}
+
+TEST(MetalPlan, AssembledSourceIsSelfContained) {
+  auto read = [](const std::string& name) {
+    std::ifstream f(std::string(FSDPA_METAL_KERNEL_DIR) + "/" + name);
+    std::stringstream s;
+    s << f.rdbuf();
+    return s.str();
+  };
+  const auto c = mtl::kernel_config(mtl::make_key(params(DType::f16, 128, 128), mtl::GpuFamily::apple9));
+  const std::string src = mtl::assemble_source(c, read);
+  EXPECT_EQ(src.find("#include \""), std::string::npos) << "local includes must be inlined";
+  EXPECT_NE(src.find("#include <metal_stdlib>"), std::string::npos);
+  EXPECT_NE(src.find("#define FSDPA_DP 128"), std::string::npos);
+  EXPECT_NE(src.find("struct FsdpaMetalArgs"), std::string::npos);
+  EXPECT_NE(src.find("kernel void fsdpa_backward_dkdv"), std::string::npos);
+  EXPECT_LT(src.find("#define FSDPA_DTYPE"), src.find("kernel void fsdpa_forward"));
+}
+
+}  // namespace
