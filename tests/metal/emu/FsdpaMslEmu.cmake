@@ -18,6 +18,10 @@ set(FSDPA_MSL_EMU_DIR ${CMAKE_CURRENT_LIST_DIR} CACHE INTERNAL "")
 get_filename_component(_fsdpa_root "${CMAKE_CURRENT_LIST_DIR}/../../.." ABSOLUTE)
 set(FSDPA_MSL_EMU_KERNEL_INCLUDE_DIRS ${_fsdpa_root}/src/metal/kernels CACHE INTERNAL "")
 find_package(Python3 REQUIRED COMPONENTS Interpreter)
+# Warning flags of kernel translation units. -Werror=double-promotion: in
+# C++ `x * 0.1` with float x is computed in double; write 0.1f so that the
+# emulation computes in float as the GPU does.
+set(FSDPA_MSL_EMU_KERNEL_CXX_FLAGS -Wno-attributes -Wno-unknown-pragmas -Werror=double-promotion CACHE INTERNAL "")
 
 function(fsdpa_add_msl_kernel_library target)
   cmake_parse_arguments(ARG "" "SOURCE" "DEFINES;INCLUDE_DIRS" ${ARGN})
@@ -50,6 +54,6 @@ function(fsdpa_add_msl_kernel_library target)
   target_link_libraries(${target} PUBLIC fsdpa_msl_emu)
   target_include_directories(${target} PRIVATE ${incs})
   target_compile_definitions(${target} PRIVATE ${ARG_DEFINES})
-  target_compile_options(${target} PRIVATE -include ${shim} -Wno-attributes -Wno-unknown-pragmas
+  target_compile_options(${target} PRIVATE -include ${shim} ${FSDPA_MSL_EMU_KERNEL_CXX_FLAGS}
                                            -Wno-unused-parameter -Wno-unused-variable)
 endfunction()

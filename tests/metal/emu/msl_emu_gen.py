@@ -66,6 +66,18 @@ def split_params(s):
     return [p.strip() for p in parts]
 
 
+def buffer_index(expr, source, kernel):
+    """[[buffer(expr)]]: an integer constant expression after preprocessing"""
+    e = expr.strip()
+    e = re.sub(r"(?<=\d)[uUlL]+\b", "", e)
+    if not re.fullmatch(r"[0-9xXa-fA-F\s()+\-*/%<>|&]+", e):
+        raise GenError(f"{source}: kernel {kernel}: cannot evaluate buffer index '{expr}' (use integer literals or macros)")
+    v = eval(e.replace("/", "//"), {"__builtins__": {}}, {})
+    if not isinstance(v, int) or v < 0 or v > 30:
+        raise GenError(f"{source}: kernel {kernel}: buffer index {expr} = {v} out of range 0..30")
+    return v
+
+
 def parse(text, source):
     kernels = []
     for m in re.finditer(re.escape(MARK) + r"\s+void\s+([A-Za-z_]\w*)\s*\(", text):
@@ -87,13 +99,13 @@ def parse(text, source):
                 raise GenError(f"{source}: kernel {name}: parameter '{p}' needs exactly one [[...]] attribute")
             a = attrs[0]
             decl = re.sub(r"\[\[.*?\]\]", "", p)
-            mb = re.fullmatch(r"buffer\s*\(\s*(\w+)\s*\)", a)
+            mb = re.fullmatch(r"buffer\s*\((.*)\)", a)
             if mb:
                 if not re.search(r"\b(device|constant)\b", decl):
                     raise GenError(f"{source}: kernel {name}: [[buffer]] parameter '{p}' must be in the device or constant address space")
                 if "*" not in decl and "&" not in decl:
                     raise GenError(f"{source}: kernel {name}: [[buffer]] parameter '{p}' must be a pointer or reference")
-                params.append(("buffer", int(mb.group(1), 0)))
+                params.append(("buffer", buffer_index(mb.group(1), source, name)))
             elif a in BUILTINS:
                 params.append(("builtin", a))
             else:

@@ -138,3 +138,20 @@ kernel void shuffle_inactive_lane(device float* out [[buffer(0)]],
                                   uint tid [[thread_index_in_threadgroup]]) {
   out[tid] = simd_shuffle(float(lane), ushort(31 - lane));
 }
+
+// Non-atomic read-modify-write of one threadgroup element by every thread
+// (lost updates on a GPU). A thread that runs until it blocks never loses an
+// update, so only preempting schedules expose it.
+kernel void lost_update_race(device uint* out [[buffer(0)]],
+                             uint tid [[thread_index_in_threadgroup]]) {
+  FSDPA_THREADGROUP(uint, counter, 1);
+  if (tid == 0) {
+    counter[0] = 0u;
+  }
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  counter[0] += 1u;
+  threadgroup_barrier(mem_flags::mem_threadgroup);
+  if (tid == 0) {
+    out[0] = counter[0];
+  }
+}

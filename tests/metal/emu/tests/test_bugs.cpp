@@ -54,6 +54,22 @@ TEST(Bugs, CorrectReductionAgreesAcrossSchedules) {
   EXPECT_EQ(args.get<float>(1)[0], 256.0f);
 }
 
+TEST(Bugs, LostUpdateNeedsPreemption) {
+  // Without preemption every thread's read-modify-write is atomic...
+  for (const Schedule& s : {Schedule::in_order(), Schedule::reversed(), Schedule::round_robin(), Schedule::shuffled(9)}) {
+    Args a;
+    a.set(0, std::vector<uint32_t>(1));
+    dispatch(bug("lost_update_race"), {1, 1, 1}, {256, 1, 1}, a, s);
+    EXPECT_EQ(a.get<uint32_t>(0)[0], 256u) << s.name();
+  }
+  // ...the preempting schedules interleave reads and writes and lose updates.
+  Args args;
+  args.set(0, std::vector<uint32_t>(1));
+  const std::string e = error_of([&] { dispatch_all_schedules(bug("lost_update_race"), {1, 1, 1}, {256, 1, 1}, args); });
+  EXPECT_TRUE(has(e, "results depend on the schedule")) << e;
+  EXPECT_TRUE(has(e, "preempt")) << e;
+}
+
 TEST(Bugs, RaceBetweenThreadgroupsOnDeviceMemory) {
   Args args;
   args.set(0, std::vector<uint32_t>(1));

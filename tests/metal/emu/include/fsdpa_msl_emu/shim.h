@@ -781,8 +781,10 @@ using metal::tanh;
 #define device
 #define constant const
 #define thread
-#define threadgroup
 #define kernel
+// A plain `threadgroup` declaration would silently become per-thread storage
+// here; make it a compile error that says what to write instead.
+#define threadgroup use_FSDPA_THREADGROUP_or_FSDPA_TG_PTR_from_fsdpa_metal_compat_h_instead_of_threadgroup
 
 // Threadgroup memory (see src/metal/kernels/fsdpa_metal_compat.h for the
 // Metal expansion). Each threadgroup gets its own poisoned block; accesses
