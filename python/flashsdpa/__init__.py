@@ -38,6 +38,15 @@ except ImportError:  # the low-level _C API works without PyTorch
 else:
     from ._api import flash_attn_func, flash_attn_varlen_func, scaled_dot_product_attention
     from ._patch import disable, enable, enabled, is_enabled, reset_stats, stats
+    from ._ops import register_device_runner
+
+    # The MPS path (flashsdpa/metal.py, when present) registers its runner
+    # with _ops.register_device_runner("mps", ...) on import.
+    try:
+        from . import metal as _metal  # noqa: F401
+    except ModuleNotFoundError as e:
+        if e.name != __name__ + ".metal":
+            raise
 
 __all__ = [
     "scaled_dot_product_attention",

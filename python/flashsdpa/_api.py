@@ -149,7 +149,8 @@ def scaled_dot_product_attention(
     why = check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
     if why is not None and not why.shape:
         raise why.exc(f"flashsdpa: {why.message}")
-    return _sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, True)
+    return _sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale,
+                 _ops.default_check_finite(query.device))
 
 
 def _window(window_size) -> Tuple[int, int]:
@@ -206,8 +207,8 @@ def flash_attn_func(
     rng = _ops.new_rng(dropout_p)
     out, lse = _ops.fwd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None,
                         _alibi(alibi_slopes), None, None, 0, 0, softmax_scale, bool(causal), True,
-                        wl, wr, float(softcap), float(dropout_p), rng, bool(deterministic), True,
-                        True)
+                        wl, wr, float(softcap), float(dropout_p), rng, bool(deterministic),
+                        _ops.default_check_finite(q.device), True)
     out = out.transpose(1, 2)
     return (out, lse) if return_lse else out
 
@@ -244,6 +245,6 @@ def flash_attn_varlen_func(
     rng = _ops.new_rng(dropout_p)
     out, lse = _ops.fwd(q, k, v, None, _alibi(alibi_slopes), cu_seqlens_q, cu_seqlens_k,
                         int(max_seqlen_q), int(max_seqlen_k), softmax_scale, bool(causal), True,
-                        wl, wr, float(softcap), float(dropout_p), rng, bool(deterministic), True,
-                        False)
+                        wl, wr, float(softcap), float(dropout_p), rng, bool(deterministic),
+                        _ops.default_check_finite(q.device), False)
     return (out, lse) if return_lse else out

@@ -84,12 +84,35 @@ def _stream(t: Tensor) -> int:
     return 0
 
 
+class _NoGuard:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _guard(device: torch.device):
+    # PyTorch exports CUDA tensors through DLPack only from their own device.
+    return torch.cuda.device(device) if device.type == "cuda" else _NoGuard()
+
+
 def _c_forward(params, q, k, v, out, lse, mask, alibi, cu_q, cu_k, device):
-    _C.forward(params, q, k, v, out, lse, mask, alibi, cu_q, cu_k, _stream(q))
+    with _guard(device):
+        _C.forward(params, q, k, v, out, lse, mask, alibi, cu_q, cu_k, _stream(q))
 
 
 def _c_backward(params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k, device):
-    _C.backward(params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k, _stream(q))
+    with _guard(device):
+        _C.backward(params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k,
+                    _stream(q))
+
+
+def default_check_finite(device: torch.device) -> bool:
+    """The direct APIs scan inputs for NaN/Inf (raising ValueError) on the CPU,
+    where it is cheap. On GPUs the scan would cost a stream synchronisation per
+    call (and break CUDA-graph capture), so there it is off."""
+    return device.type == "cpu"
 
 
 def _runner(device: torch.device) -> Tuple[Callable, Callable]:
