@@ -169,11 +169,15 @@ int choose_splits(const AttnParams& p, int dp) {
 }
 
 fsdpa_status forward(const AttnParams& p, void* stream) {
-  if (p.batch == 0 || p.seqlen_q == 0) return FSDPA_OK;
   DeviceGuard guard(p.device_id);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   fsdpa_status st = check_inputs(p, false, s);
   if (st != FSDPA_OK) return st;
+  if (p.cu_seqlens_q != nullptr) varlen_uncovered(p, s);
+  if (p.batch == 0 || p.seqlen_q == 0) {
+    const cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? FSDPA_OK : cuda_fail(e, "forward kernel launch");
+  }
   const int dp = bucket_for(p.head_dim, p.head_dim_v);
   const bool simt = p.dtype == DType::f32 || dp == 0 || env_flag("FLASHSDPA_CUDA_SIMT");
   cudaError_t err = cudaSuccess;
@@ -204,12 +208,15 @@ fsdpa_status forward(const AttnParams& p, void* stream) {
 }
 
 fsdpa_status backward(const AttnParams& p, void* stream) {
-  if (p.batch == 0) return FSDPA_OK;
   DeviceGuard guard(p.device_id);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   fsdpa_status st = check_inputs(p, true, s);
   if (st != FSDPA_OK) return st;
   if (p.cu_seqlens_q != nullptr) zero_grads(p, s);
+  if (p.batch == 0) {
+    const cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? FSDPA_OK : cuda_fail(e, "backward kernel launch");
+  }
   Buf dsum;
   cudaError_t err = dsum.alloc(size_t(p.total_q) * p.heads_q * sizeof(float), s);
   if (err != cudaSuccess) return cuda_fail(err, "workspace allocation");

@@ -18,6 +18,8 @@ void simt_backward(const AttnParams& p, const float* dsum, cudaStream_t s);
 // ---- shared pieces -----------------------------------------------------------
 // dsum[t * Hq + h] = sum_d dO * O over the rows of every sequence.
 void bwd_preprocess(const AttnParams& p, float* dsum, cudaStream_t s);
+// Varlen: out = 0 and lse = -inf for query tokens after the last sequence.
+void varlen_uncovered(const AttnParams& p, cudaStream_t s);
 // Varlen: zero dq, dk, dv everywhere (tokens no sequence covers stay 0).
 void zero_grads(const AttnParams& p, cudaStream_t s);
 // Sets *flag (device int, pre-zeroed) to 1 + the first linear index of a

@@ -93,6 +93,20 @@ __global__ void merge_kernel(AttnParams p, int nsplit, const float* opart, const
     p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + (e.q_begin + i) * p.lse_stride[2]] = lse;
 }
 
+// Varlen query tokens after the last sequence (token >= cu_seqlens_q[B])
+// belong to no row: out = 0, lse = -inf.
+__global__ void uncovered_kernel(AttnParams p) {
+  const int64_t first = p.cu_seqlens_q[p.batch];
+  const int64_t n = (p.total_q - first) * p.heads_q;
+  for (int64_t x = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; x < n;
+       x += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t h = x % p.heads_q, tok = first + x / p.heads_q;
+    for (int64_t d = 0; d < p.head_dim_v; ++d)
+      store_dyn(p.out, off4(p.out_stride, 0, h, tok, d), p.out_dtype, 0.0f);
+    if (p.lse) p.lse[h * p.lse_stride[1] + tok * p.lse_stride[2]] = neg_inf();
+  }
+}
+
 int grid_for(int64_t n) {
   const int64_t g = (n + 255) / 256;
   return static_cast<int>(g < 4096 ? (g < 1 ? 1 : g) : 4096);
@@ -103,6 +117,11 @@ int grid_for(int64_t n) {
 void bwd_preprocess(const AttnParams& p, float* dsum, cudaStream_t s) {
   const dim3 grid((p.seqlen_q + kWarps - 1) / kWarps, p.heads_q, p.batch);
   if (grid.x > 0) preprocess_kernel<<<grid, kWarps * 32, 0, s>>>(p, dsum);
+}
+
+void varlen_uncovered(const AttnParams& p, cudaStream_t s) {
+  const int64_t n = p.total_q * p.heads_q;
+  if (n > 0) uncovered_kernel<<<grid_for(n), 256, 0, s>>>(p);
 }
 
 void zero_grads(const AttnParams& p, cudaStream_t s) {

@@ -249,7 +249,10 @@ bool run_case(const Case& c, bool simt, cudaStream_t s) {
   dout_dev.to_host(out, s);
   dlse.to_host(lse, s);
   const int64_t red = pr.reduction_len();
-  chk.close("out", out, out64, c.dt, red, false, key, 2.0);
+  // The tensor-core path rounds P to the input dtype before P V (as
+  // FlashAttention does, and as a naive computation in that dtype would):
+  // its baseline includes one more unit roundoff of max|out|.
+  chk.close("out", out, out64, c.dt, red, !simt && c.dt != DT::f32, key, 2.0);
   chk.close("lse", lse, lse64, DT::f32, red, false, key, 2.0);
 
   Tensor dq = pr.make(c.Hq, c.Sq, pr.total_q, c.D, c.dt);
