@@ -167,7 +167,10 @@ fsdpa_status forward(const AttnParams& p) {
   for (int64_t b = 0; b < p.batch; ++b)
     for (int64_t qb = L.q_block0[b]; qb < L.q_block0[b + 1]; ++qb) seq_of[qb] = b;
 
-  parallel_for(tasks * splits, [&](int64_t t, int slot) {
+  parallel_for(tasks * splits, [&](int64_t order, int slot) {
+    // Last q-blocks first: under a causal mask they are the longest, and
+    // starting them early leaves short tasks to even out the threads' ends.
+    const int64_t t = tasks * splits - 1 - order;
     const int64_t task = t / splits, split = t % splits;
     const int64_t gqb = task / p.heads_q, h = task % p.heads_q;
     const int64_t b = seq_of[gqb];
