@@ -122,6 +122,7 @@ class tg_ref {
 template <class T>
 class tg_ptr {
  public:
+  using element_type = T;
   tg_ptr() = default;
   tg_ptr(detail::TgBlock* b, std::ptrdiff_t off) : b_(b), off_(off) {}
   template <class U>
@@ -156,6 +157,7 @@ tg_ptr<T> operator+(std::ptrdiff_t i, const tg_ptr<T>& p) { return p + i; }
 template <class T, std::size_t N>
 class tg_array {
  public:
+  using element_type = T;
   explicit tg_array(detail::TgBlock* b) : b_(b) {}
   tg_ref<T> operator[](std::ptrdiff_t i) const { return tg_ref<T>(b_, i); }
   tg_ptr<T> operator+(std::ptrdiff_t i) const { return tg_ptr<T>(b_, i); }
@@ -222,10 +224,13 @@ MemRef<T> mem_ref(const P& p) {
     static_assert(std::is_same_v<std::remove_cv_t<std::remove_pointer_t<P>>, U>,
                   "simdgroup_load/store: pointer element type must match the matrix type");
     return MemRef<T>{nullptr, 0, const_cast<U*>(p)};
-  } else if constexpr (requires { p.offset(); }) {
-    return MemRef<T>{p.block(), p.offset(), nullptr};
   } else {
-    return MemRef<T>{p.block(), 0, nullptr};
+    static_assert(std::is_same_v<std::remove_const_t<typename P::element_type>, U>,
+                  "simdgroup_load/store: threadgroup element type must match the matrix type");
+    if constexpr (requires { p.offset(); })
+      return MemRef<T>{p.block(), p.offset(), nullptr};
+    else
+      return MemRef<T>{p.block(), 0, nullptr};
   }
 }
 }  // namespace detail
