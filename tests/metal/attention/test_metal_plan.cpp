@@ -3,6 +3,8 @@
 // sizes, argument block layout, and the assembled single-string source.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -138,4 +140,62 @@ TEST(MetalPlan, AssembledSourceIsSelfContained) {
   EXPECT_LT(src.find("#define FSDPA_DTYPE"), src.find("kernel void fsdpa_forward"));
 }
 
+}  // namespace
+
+// The MPS bridge: tensor descriptions in, validated plan out.
+#include "metal/bridge.h"
+
+namespace {
+fsdpa::metal::TensorDesc desc(int dtype, std::vector<int64_t> shape) {
+  fsdpa::metal::TensorDesc d;
+  d.present = true;
+  d.dtype = dtype;
+  d.shape = shape;
+  d.strides.assign(shape.size(), 1);
+  for (int i = int(shape.size()) - 2; i >= 0; --i) d.strides[i] = d.strides[i + 1] * shape[i + 1];
+  return d;
+}
+
+TEST(MetalBridge, PlansAValidCall) {
+  std::vector<fsdpa::metal::TensorDesc> t(FSDPA_NUM_BUFFERS);
+  t[FSDPA_BUF_Q] = desc(1, {2, 4, 37, 59});
+  t[FSDPA_BUF_K] = desc(1, {2, 2, 45, 59});
+  t[FSDPA_BUF_V] = desc(1, {2, 2, 45, 59});
+  t[FSDPA_BUF_OUT] = desc(1, {2, 4, 37, 59});
+  t[FSDPA_BUF_LSE] = desc(0, {2, 4, 37});
+  fsdpa_params p;
+  fsdpa_params_init(&p);
+  p.causal = 1;
+  const auto f = fsdpa::metal::plan_for_tensors(false, p, t, 9);
+  EXPECT_EQ(f.key, "a9_f16_d64_v64_m0_b1a0s0p0v0");
+  ASSERT_EQ(f.kernels.size(), 1u);
+  EXPECT_EQ(f.kernels[0], "fsdpa_forward");
+  EXPECT_EQ(f.args.size(), sizeof(FsdpaMetalArgs));
+  EXPECT_NE(f.source.find("#define FSDPA_DP 64"), std::string::npos);
+  EXPECT_NE(f.source.find("kernel void fsdpa_forward"), std::string::npos);
+  FsdpaMetalArgs a;
+  std::memcpy(&a, f.args.data(), sizeof(a));
+  EXPECT_EQ(a.window_right, 0);
+  EXPECT_EQ(a.heads_q, 4);
+  EXPECT_FLOAT_EQ(a.scale, 1.0f / std::sqrt(59.0f));
+
+  t[FSDPA_BUF_DOUT] = desc(1, {2, 4, 37, 59});
+  t[FSDPA_BUF_DQ] = desc(1, {2, 4, 37, 59});
+  t[FSDPA_BUF_DK] = desc(1, {2, 2, 45, 59});
+  t[FSDPA_BUF_DV] = desc(1, {2, 2, 45, 59});
+  const auto b = fsdpa::metal::plan_for_tensors(true, p, t, 9);
+  ASSERT_EQ(b.kernels.size(), 3u);
+  EXPECT_EQ(b.delta_elements, 2 * 4 * 37);
+}
+
+TEST(MetalBridge, ValidationErrorsPropagate) {
+  std::vector<fsdpa::metal::TensorDesc> t(FSDPA_NUM_BUFFERS);
+  t[FSDPA_BUF_Q] = desc(1, {2, 4, 37, 59});
+  t[FSDPA_BUF_K] = desc(1, {2, 3, 45, 59});  // 4 query heads over 3 kv heads
+  t[FSDPA_BUF_V] = desc(1, {2, 3, 45, 59});
+  t[FSDPA_BUF_OUT] = desc(1, {2, 4, 37, 59});
+  fsdpa_params p;
+  fsdpa_params_init(&p);
+  EXPECT_THROW(fsdpa::metal::plan_for_tensors(false, p, t, 7), std::invalid_argument);
+}
 }  // namespace

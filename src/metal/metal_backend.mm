@@ -1,0 +1,196 @@
+// The Metal backend's host (macOS only, FLASHSDPA_WITH_METAL): deliberately
+// thin. Everything that can be decided without Metal -- kernels, tiles,
+// grids, the argument block, the specialisation key and the assembled source
+// -- comes from the portable planner (plan.h), which the emulator tests
+// execute on Linux. This file only
+//   * compiles one MTLLibrary per specialisation key (source + defines,
+//     fast math off) and caches it with its pipelines,
+//   * binds the tensors' MTLBuffers to the planner's buffer indices and
+//     encodes the planner's dispatches in order on one compute encoder.
+//
+// NOT COMPILED OR RUN IN CI (no Apple hardware there): see docs/metal.md.
+//
+// DLPack on kDLMetal: DLTensor.data is the id<MTLBuffer>; the element
+// offset is DLTensor.byte_offset. The core currently folds byte_offset into
+// the data pointer (validate.cpp), which is wrong for Metal handles, so this
+// backend requires byte_offset == 0 until the core keeps the two apart
+// (reported to the lead).
+#import <Foundation/Foundation.h>
+#import <Metal/Metal.h>
+
+#include <algorithm>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "core/backend.h"
+#include "core/error.h"
+#include "metal/plan.h"
+
+namespace fsdpa::metal {
+
+std::string embedded_kernel_file(const std::string& name);  // generated: metal_sources.cpp
+
+namespace {
+
+struct MetalState {
+  id<MTLDevice> device = nil;
+  id<MTLCommandQueue> queue = nil;
+  GpuFamily family = GpuFamily::apple7;
+  std::mutex mu;
+  std::unordered_map<std::string, id<MTLLibrary>> libraries;              // by key name
+  std::unordered_map<std::string, id<MTLComputePipelineState>> pipelines;  // by key name + "/" + kernel
+};
+
+MetalState& state() {
+  static MetalState* s = [] {
+    auto* st = new MetalState;
+    st->device = MTLCreateSystemDefaultDevice();
+    if (st->device != nil) {
+      st->queue = [st->device newCommandQueue];
+      if ([st->device supportsFamily:MTLGPUFamilyApple9]) st->family = GpuFamily::apple9;
+      else if ([st->device supportsFamily:MTLGPUFamilyApple8]) st->family = GpuFamily::apple8;
+      else st->family = GpuFamily::apple7;
+    }
+    return st;
+  }();
+  return *s;
+}
+
+bool metal_available() {
+  MetalState& s = state();
+  return s.device != nil && [s.device supportsFamily:MTLGPUFamilyApple7];
+}
+
+// Pipeline of `kernel` under config c, compiled on first use.
+id<MTLComputePipelineState> pipeline(const KernelConfig& c, const char* kernel, std::string* err) {
+  MetalState& s = state();
+  const std::string key = key_name(c.key);
+  std::lock_guard<std::mutex> lock(s.mu);
+  auto pit = s.pipelines.find(key + "/" + kernel);
+  if (pit != s.pipelines.end()) return pit->second;
+  id<MTLLibrary> lib = nil;
+  auto lit = s.libraries.find(key);
+  if (lit != s.libraries.end()) {
+    lib = lit->second;
+  } else {
+    const std::string src = assemble_source(c, embedded_kernel_file);
+    MTLCompileOptions* opts = [MTLCompileOptions new];
+    opts.languageVersion = MTLLanguageVersion3_0;
+    // The kernels rely on IEEE infinities (masked scores, empty rows).
+    if (@available(macOS 15.0, *)) opts.mathMode = MTLMathModeSafe;
+    else opts.fastMathEnabled = NO;
+    NSError* e = nil;
+    lib = [s.device newLibraryWithSource:[NSString stringWithUTF8String:src.c_str()] options:opts error:&e];
+    if (lib == nil) {
+      *err = "compiling the Metal library " + key + ": " + (e ? e.localizedDescription.UTF8String : "unknown error");
+      return nil;
+    }
+    s.libraries[key] = lib;
+  }
+  id<MTLFunction> fn = [lib newFunctionWithName:[NSString stringWithUTF8String:kernel]];
+  NSError* e = nil;
+  id<MTLComputePipelineState> pso = fn ? [s.device newComputePipelineStateWithFunction:fn error:&e] : nil;
+  if (pso == nil) {
+    *err = std::string("creating the pipeline ") + kernel + ": " + (e ? e.localizedDescription.UTF8String : "no such function");
+    return nil;
+  }
+  s.pipelines[key + "/" + kernel] = pso;
+  return pso;
+}
+
+// The buffers bound to FSDPA_BUF_* (nil = bind a dummy).
+struct Bindings {
+  id<MTLBuffer> buf[FSDPA_NUM_BUFFERS] = {};
+};
+
+id<MTLBuffer> as_buffer(const void* p) { return (__bridge id<MTLBuffer>)const_cast<void*>(p); }
+
+fsdpa_status run_plan(const Plan& plan, Bindings& b, void* stream) {
+  MetalState& s = state();
+  std::string err;
+  id<MTLComputePipelineState> psos[4] = {nil, nil, nil, nil};
+  for (size_t i = 0; i < plan.dispatches.size(); ++i) {
+    psos[i] = pipeline(plan.config, plan.dispatches[i].kernel, &err);
+    if (psos[i] == nil) return set_error(FSDPA_ERROR_INTERNAL, "metal: %s", err.c_str());
+    const NSUInteger threads = plan.dispatches[i].threads[0];
+    if (threads > psos[i].maxTotalThreadsPerThreadgroup)
+      return set_error(FSDPA_ERROR_UNSUPPORTED, "metal: %s needs %lu threads per threadgroup, the pipeline allows %lu",
+                       plan.dispatches[i].kernel, (unsigned long)threads,
+                       (unsigned long)psos[i].maxTotalThreadsPerThreadgroup);
+  }
+  id<MTLBuffer> dummy = [s.device newBufferWithLength:16 options:MTLResourceStorageModePrivate];
+  id<MTLCommandQueue> queue = stream ? (__bridge id<MTLCommandQueue>)stream : s.queue;
+  id<MTLCommandBuffer> cb = [queue commandBuffer];
+  id<MTLComputeCommandEncoder> enc = [cb computeCommandEncoder];  // serial dispatch: each sees the previous one's writes
+  [enc setBytes:&plan.args length:sizeof(plan.args) atIndex:FSDPA_BUF_ARGS];
+  for (int i = 1; i < FSDPA_NUM_BUFFERS; ++i) [enc setBuffer:(b.buf[i] ? b.buf[i] : dummy) offset:0 atIndex:i];
+  for (size_t i = 0; i < plan.dispatches.size(); ++i) {
+    const Dispatch& d = plan.dispatches[i];
+    [enc setComputePipelineState:psos[i]];
+    [enc dispatchThreadgroups:MTLSizeMake(d.grid[0], d.grid[1], d.grid[2])
+        threadsPerThreadgroup:MTLSizeMake(d.threads[0], d.threads[1], d.threads[2])];
+  }
+  [enc endEncoding];
+  [cb commit];
+  [cb waitUntilCompleted];
+  if (cb.status != MTLCommandBufferStatusCompleted)
+    return set_error(FSDPA_ERROR_INTERNAL, "metal: command buffer failed: %s",
+                     cb.error ? cb.error.localizedDescription.UTF8String : "unknown error");
+  return FSDPA_OK;
+}
+
+void bind_common(const AttnParams& p, Bindings& b) {
+  b.buf[FSDPA_BUF_Q] = as_buffer(p.q);
+  b.buf[FSDPA_BUF_K] = as_buffer(p.k);
+  b.buf[FSDPA_BUF_V] = as_buffer(p.v);
+  b.buf[FSDPA_BUF_OUT] = p.out ? as_buffer(p.out) : nil;
+  b.buf[FSDPA_BUF_LSE] = p.lse ? as_buffer(p.lse) : nil;
+  b.buf[FSDPA_BUF_MASK] = p.mask ? as_buffer(p.mask) : nil;
+  b.buf[FSDPA_BUF_ALIBI] = p.alibi ? as_buffer(p.alibi) : nil;
+  b.buf[FSDPA_BUF_CU_Q] = p.cu_seqlens_q ? as_buffer(p.cu_seqlens_q) : nil;
+  b.buf[FSDPA_BUF_CU_K] = p.cu_seqlens_k ? as_buffer(p.cu_seqlens_k) : nil;
+}
+
+fsdpa_status forward(const AttnParams& p, void* stream) {
+  @autoreleasepool {
+    Plan plan;
+    try {
+      plan = plan_forward(p, state().family);
+    } catch (const std::exception& e) {
+      return set_error(FSDPA_ERROR_UNSUPPORTED, "metal: %s", e.what());
+    }
+    Bindings b;
+    bind_common(p, b);
+    return run_plan(plan, b, stream);
+  }
+}
+
+fsdpa_status backward(const AttnParams& p, void* stream) {
+  @autoreleasepool {
+    Plan plan;
+    try {
+      plan = plan_backward(p, state().family);
+    } catch (const std::exception& e) {
+      return set_error(FSDPA_ERROR_UNSUPPORTED, "metal: %s", e.what());
+    }
+    Bindings b;
+    bind_common(p, b);
+    b.buf[FSDPA_BUF_DOUT] = as_buffer(p.dout);
+    b.buf[FSDPA_BUF_DQ] = as_buffer(p.dq);
+    b.buf[FSDPA_BUF_DK] = as_buffer(p.dk);
+    b.buf[FSDPA_BUF_DV] = as_buffer(p.dv);
+    const NSUInteger delta_bytes = NSUInteger(std::max<int64_t>(plan.delta_elements, 1)) * sizeof(float);
+    b.buf[FSDPA_BUF_DELTA] = [state().device newBufferWithLength:delta_bytes options:MTLResourceStorageModePrivate];
+    if (b.buf[FSDPA_BUF_DELTA] == nil) return set_error(FSDPA_ERROR_OUT_OF_MEMORY, "metal: Delta scratch");
+    return run_plan(plan, b, stream);
+  }
+}
+
+}  // namespace
+}  // namespace fsdpa::metal
+
+namespace fsdpa {
+extern const Backend kMetalBackend = {"metal", kDLMetal, &metal::metal_available, &metal::forward,
+                                      &metal::backward};
+}  // namespace fsdpa
