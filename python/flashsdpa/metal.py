@@ -181,3 +181,8 @@ def register() -> bool:
 
     _ops.register_device_runner("mps", forward, backward)
     return True
+
+
+# flashsdpa/__init__.py imports this module when present; registering here
+# makes mps tensors dispatch to the Metal kernels.
+register()
