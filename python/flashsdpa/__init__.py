@@ -40,13 +40,16 @@ else:
     from ._patch import disable, enable, enabled, is_enabled, reset_stats, stats
     from ._ops import register_device_runner
 
-    # The MPS path (flashsdpa/metal.py, when present) registers its runner
-    # with _ops.register_device_runner("mps", ...) on import.
-    try:
-        from . import metal as _metal  # noqa: F401
-    except ModuleNotFoundError as e:
-        if e.name != __name__ + ".metal":
-            raise
+    # The MPS path (flashsdpa/metal.py): registers its runners with
+    # _ops.register_device_runner("mps", ...) where MPS, torch.mps.compile_shader
+    # and the planner binding (_C.metal_plan, macOS builds) are all present.
+    # Elsewhere MPS calls fall back ("device:mps-unavailable").
+    import importlib.util as _ilu
+
+    if _ilu.find_spec(__name__ + ".metal") is not None:
+        from . import metal as _metal
+
+        _metal.register()
 
 __all__ = [
     "scaled_dot_product_attention",

@@ -16,6 +16,17 @@
 
 #include "flashsdpa/flashsdpa.h"
 
+#ifdef FLASHSDPA_HAS_METAL_PLANNER  // macOS builds with the Metal backend
+#include <nanobind/stl/array.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <tuple>
+#include <vector>
+
+#include "metal/bridge.h"
+#endif
+
 namespace nb = nanobind;
 using Array = nb::ndarray<nb::ro>;
 using OptArray = std::optional<nb::ndarray<nb::ro>>;
@@ -242,6 +253,39 @@ NB_MODULE(_C, m) {
       nb::arg("params"), nb::arg("q"), nb::arg("k"), nb::arg("keep"),
       "fsdpa_dropout_mask: writes the keep mask [B, Hq, Sq, Sk] (bool/uint8, CPU) that the "
       "params' seed/offset realise.");
+
+#ifdef FLASHSDPA_HAS_METAL_PLANNER
+  // The MPS path (flashsdpa/metal.py): PyTorch's MPS tensors have no DLPack
+  // export, so Python describes them and runs the planned dispatches itself.
+  using Desc = std::tuple<bool, int32_t, std::vector<int64_t>, std::vector<int64_t>>;
+  nb::class_<fsdpa::metal::BridgePlan>(m, "MetalPlan")
+      .def_ro("key", &fsdpa::metal::BridgePlan::key)
+      .def_ro("source", &fsdpa::metal::BridgePlan::source)
+      .def_ro("kernels", &fsdpa::metal::BridgePlan::kernels)
+      .def_ro("grid", &fsdpa::metal::BridgePlan::grid)
+      .def_ro("threads", &fsdpa::metal::BridgePlan::threads)
+      .def_prop_ro("args",
+                   [](const fsdpa::metal::BridgePlan& b) {
+                     return nb::bytes(b.args.data(), b.args.size());
+                   })
+      .def_ro("delta_elements", &fsdpa::metal::BridgePlan::delta_elements);
+  m.def(
+      "metal_plan",
+      [](bool backward, const Params& params, const std::vector<Desc>& descs, int family) {
+        std::vector<fsdpa::metal::TensorDesc> tensors(descs.size());
+        for (size_t i = 0; i < descs.size(); ++i) {
+          tensors[i].present = std::get<0>(descs[i]);
+          tensors[i].dtype = std::get<1>(descs[i]);
+          tensors[i].shape = std::get<2>(descs[i]);
+          tensors[i].strides = std::get<3>(descs[i]);
+        }
+        // std::invalid_argument (validation message) becomes ValueError.
+        return fsdpa::metal::plan_for_tensors(backward, params.p, tensors, family);
+      },
+      nb::arg("backward"), nb::arg("params"), nb::arg("tensors"), nb::arg("family"),
+      "Plans a Metal call for tensors described as (present, dtype code, shape, strides) "
+      "per buffer index (src/metal/bridge.h).");
+#endif
 
   m.def("version", [] { return std::string(fsdpa_version()); });
   m.def("backends", [] { return std::string(fsdpa_backends()); },
