@@ -47,9 +47,7 @@ else:
     import importlib.util as _ilu
 
     if _ilu.find_spec(__name__ + ".metal") is not None:
-        from . import metal as _metal
-
-        _metal.register()
+        from . import metal as _metal  # noqa: F401  (registers itself on import)
 
 __all__ = [
     "scaled_dot_product_attention",
