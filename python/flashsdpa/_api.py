@@ -190,7 +190,8 @@ def flash_attn_func(
     alibi_slopes: Optional[Tensor] = None,
     deterministic: bool = False,
     return_lse: bool = False,
-) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    return_attn_probs: bool = False,
+) -> Union[Tensor, Tuple[Tensor, ...]]:
     """FlashAttention's ``flash_attn_func``: ``q`` ``(B, Sq, Hq, D)``, ``k``/``v``
     ``(B, Sk, Hk, D)`` with ``Hq % Hk == 0`` (MQA/GQA).
 
@@ -201,6 +202,8 @@ def flash_attn_func(
     ``-slope * |i + Sk - Sq - j|``. Returns ``out`` ``(B, Sq, Hq, Dv)`` and, with
     ``return_lse``, also the log-sum-exp ``(B, Hq, Sq)`` in float32.
     ``deterministic`` makes the backward bit-reproducible.
+    ``return_attn_probs`` (FlashAttention's testing flag) returns ``(out, lse,
+    None)``: the probabilities are never materialised.
     """
     _check_qkv(q, k, v, 4)
     wl, wr = _window(window_size)
@@ -210,6 +213,8 @@ def flash_attn_func(
                         wl, wr, float(softcap), float(dropout_p), rng, bool(deterministic),
                         _ops.default_check_finite(q.device), True)
     out = out.transpose(1, 2)
+    if return_attn_probs:
+        return out, lse, None
     return (out, lse) if return_lse else out
 
 
@@ -229,7 +234,8 @@ def flash_attn_varlen_func(
     alibi_slopes: Optional[Tensor] = None,
     deterministic: bool = False,
     return_lse: bool = False,
-) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    return_attn_probs: bool = False,
+) -> Union[Tensor, Tuple[Tensor, ...]]:
     """FlashAttention's ``flash_attn_varlen_func``: sequences packed along the
     first dim, ``q`` ``(total_q, Hq, D)``, ``k``/``v`` ``(total_k, Hk, D)``;
     sequence ``b`` is rows ``cu_seqlens[b]:cu_seqlens[b+1]`` (int32, ``B + 1``
@@ -247,4 +253,6 @@ def flash_attn_varlen_func(
                         int(max_seqlen_q), int(max_seqlen_k), softmax_scale, bool(causal), True,
                         wl, wr, float(softcap), float(dropout_p), rng, bool(deterministic),
                         _ops.default_check_finite(q.device), False)
+    if return_attn_probs:
+        return out, lse, None
     return (out, lse) if return_lse else out

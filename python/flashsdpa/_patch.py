@@ -60,8 +60,11 @@ def _patched_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=Fa
                   enable_gqa=False):
     reason = _why_not(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
     if reason is not None:
+        if enable_gqa:  # the keyword exists since PyTorch 2.5; pass it only when used
+            return _fallback(reason, query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                             is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
         return _fallback(reason, query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                         is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+                         is_causal=is_causal, scale=scale)
     # NaN/Inf inputs propagate as in PyTorch instead of raising.
     return _api._sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, False)
 

@@ -117,6 +117,10 @@ def test_return_lse(device):
     i, j = torch.arange(21).view(-1, 1), torch.arange(34).view(1, -1)
     s = s.masked_fill(j > i + 34 - 21, float("-inf"))
     assert torch.allclose(lse.cpu().double(), torch.logsumexp(s, -1), atol=1e-5)
+    # FlashAttention's return_attn_probs: (out, lse, None), probabilities never built
+    o2, lse2, probs = flashsdpa.flash_attn_func(q.to(device), k.to(device), v.to(device),
+                                                causal=True, return_attn_probs=True)
+    assert probs is None and torch.equal(o2, out) and torch.equal(lse2, lse)
 
 
 def test_alibi_per_batch_slopes(device):
