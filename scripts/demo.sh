@@ -11,9 +11,15 @@ PY=${PYTHON:-python3}
 bash scripts/install_deps.sh
 
 echo "== building and installing the flashsdpa Python package"
-# The CUDA backend is compiled when nvcc is present (CMake's AUTO).
+# The CUDA backend is compiled (when nvcc is present) only if PyTorch sees a
+# GPU: the demo runs on the present device, and the kernels take long to build.
+if "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+  CUDA=AUTO
+else
+  CUDA=OFF
+fi
 CMAKE_BUILD_PARALLEL_LEVEL=${JOBS:-$(nproc)} "$PY" -m pip install -q --disable-pip-version-check \
-  --no-build-isolation -C build-dir=build-py-demo .
+  --no-build-isolation -C cmake.define.FLASHSDPA_WITH_CUDA=$CUDA -C build-dir=build-py-demo-$CUDA .
 
 echo "== demo"
 exec "$PY" examples/train_demo.py "$@"
