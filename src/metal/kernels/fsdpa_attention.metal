@@ -107,6 +107,13 @@ inline ushort2 lane_rc(ushort lane) {
   return ushort2((quad / 4) * 4 + (lane / 2) % 4, (quad & 2) * 2 + (lane % 2) * 2);
 }
 
+// Writes this lane's two elements (element-wise, the form MLX's steel
+// kernels also use).
+inline void set_elems(thread simdgroup_float8x8& m, float2 e) {
+  m.thread_elements()[0] = e.x;
+  m.thread_elements()[1] = e.y;
+}
+
 // 8x8 tile at p (leading dimension ld) as float; transposed: the tile is
 // read from memory as its transpose (element (r, c) from p[c * ld + r]).
 inline simdgroup_float8x8 tile_load(FSDPA_TG_PTR(const tg_t) p, uint ld, bool transposed) {
@@ -114,7 +121,7 @@ inline simdgroup_float8x8 tile_load(FSDPA_TG_PTR(const tg_t) p, uint ld, bool tr
   simdgroup_load(m, p, ulong(ld), ulong2(0, 0), transposed);
 #if FSDPA_DTYPE == 1
   simdgroup_float8x8 f;
-  f.thread_elements() = float2(m.thread_elements());
+  set_elems(f, float2(m.thread_elements()));
   return f;
 #else
   return m;
@@ -373,7 +380,7 @@ kernel void fsdpa_forward(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
           e[u] = score(a, mask, c, i, j0 + n * 8 + int(rc.y) + u, e[u], &th);
           rmax = max(rmax, e[u]);
         }
-        sc[n].thread_elements() = e;
+        set_elems(sc[n], e);
       }
       rmax = row_max4(rmax);
       const float m_new = max(m, rmax);
@@ -393,15 +400,15 @@ kernel void fsdpa_forward(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
             for (int u = 0; u < 2; ++u) e[u] *= w[(j & 3) + u] >= a.dropout_threshold ? a.dropout_scale : 0.0f;
           }
 #endif
-          sc[n].thread_elements() = e;
+          set_elems(sc[n], e);
         }
       } else {
-        for (int n = 0; n < F_BK / 8; ++n) sc[n].thread_elements() = float2(0.0f, 0.0f);
+        for (int n = 0; n < F_BK / 8; ++n) set_elems(sc[n], float2(0.0f, 0.0f));
       }
       psum = row_sum4(psum);
       l = l * alpha + psum;
       m = m_new;
-      for (int t = 0; t < FSDPA_DVP / 8; ++t) acc[t].thread_elements() *= alpha;
+      for (int t = 0; t < FSDPA_DVP / 8; ++t) set_elems(acc[t], acc[t].thread_elements() * alpha);
 
       // O += P V
       threadgroup_barrier(mem_flags::mem_threadgroup);
@@ -557,7 +564,7 @@ kernel void fsdpa_backward_dq(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS
 #endif
           e[u] = ds;
         }
-        sc[n].thread_elements() = e;
+        set_elems(sc[n], e);
       }
       for (int t = 0; t < FSDPA_DP / 8; ++t)  // dQ += dS K
         for (int n = 0; n < Q_BK / 8; ++n)
@@ -682,8 +689,8 @@ kernel void fsdpa_backward_dkdv(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_AR
             e[u] = p * z;  // dropped-out P^T, for dV
             g[u] = ds;
           }
-          st[n].thread_elements() = e;
-          dpt[n].thread_elements() = g;
+          set_elems(st[n], e);
+          set_elems(dpt[n], g);
         }
         for (int t = 0; t < FSDPA_DVP / 8; ++t)  // dV += (P Z)^T dO
           for (int n = 0; n < K_BQ / 8; ++n)
