@@ -155,3 +155,35 @@ kernel void lost_update_race(device uint* out [[buffer(0)]],
     out[0] = counter[0];
   }
 }
+
+// A barrier that orders device memory only does not publish threadgroup
+// memory (mem_flags::mem_threadgroup is missing).
+kernel void barrier_without_threadgroup_flag(device float* out [[buffer(0)]],
+                                             uint tid [[thread_index_in_threadgroup]],
+                                             uint n [[threads_per_threadgroup]]) {
+  FSDPA_THREADGROUP(float, tile, 64);
+  tile[tid] = float(tid);
+  threadgroup_barrier(mem_flags::mem_device);  // BUG
+  out[tid] = tile[(tid + 1) % n];
+}
+
+// Exchange through threadgroup memory.
+//  mode 0: between lanes of one simdgroup, no synchronisation      -> race
+//  mode 1: between lanes of one simdgroup, after simdgroup_barrier -> fine
+//  mode 2: between simdgroups, after simdgroup_barrier only        -> race
+//  mode 3: between simdgroups, after threadgroup_barrier           -> fine
+kernel void exchange(device float* out [[buffer(0)]],
+                     constant uint& mode [[buffer(1)]],
+                     uint tid [[thread_index_in_threadgroup]]) {
+  FSDPA_THREADGROUP(float, tile, 64);
+  tile[tid] = -1.0f;  // initialised and published first, so that every
+  threadgroup_barrier(mem_flags::mem_threadgroup);  // interleaving is a race, not an uninitialised read
+  tile[tid] = float(tid);
+  if (mode == 1u || mode == 2u) {
+    simdgroup_barrier(mem_flags::mem_threadgroup);
+  } else if (mode == 3u) {
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+  }
+  const uint other = mode >= 2u ? (tid ^ 32u) : (tid ^ 1u);
+  out[tid] = tile[other];
+}

@@ -163,6 +163,14 @@ struct Fiber {
   std::size_t ready_pos = 0;   // position in Dispatcher::ready
 };
 
+// Happens-before state of one threadgroup-memory element in the current
+// threadgroup: last writer, and the readers since the last ordering point.
+constexpr uint32_t kNobody = 0xffffffffu, kMany = 0xfffffffeu;
+struct TgShadow {
+  uint32_t w_thread = kNobody, w_epoch = 0, w_sg_epoch = 0;
+  uint32_t r_epoch = kNobody, r_thread = kNobody, r_sg = kNobody, r_sg_epoch = 0;
+};
+
 struct SimdState {
   unsigned n_active = 0;
   unsigned n_done = 0;
@@ -186,8 +194,11 @@ struct Dispatcher {
   std::vector<uint64_t> ready_bits;  // the same as a bit set
   uint32_t cursor = 0;               // round robin position
   unsigned barrier_arrived = 0;
+  unsigned barrier_flags = ~0u;  // AND of the flags of the arrivals
   unsigned n_done = 0;
   Site barrier_site;
+  uint32_t tg_epoch = 0;             // completed threadgroup barriers ordering threadgroup memory
+  std::vector<uint32_t> sg_epoch;    // completed rendezvous per SIMD group
   std::vector<SimdState> simd;
   struct Block {
     const void* key;
@@ -210,6 +221,7 @@ struct Dispatcher {
     for (auto& b : blocks) {
       std::free(b.b.data);
       std::free(b.b.written);
+      std::free(b.b.shadow);
     }
     blocks.clear();
     tg_bytes = 0;
@@ -449,11 +461,14 @@ void run_threadgroup(Dispatcher& d, const uint32_t pos[3]) {
   for (int i = 0; i < 3; ++i) d.tg_pos[i] = pos[i];
   d.free_blocks();
   d.barrier_arrived = 0;
+  d.barrier_flags = ~0u;
+  d.tg_epoch = 0;
   d.ready.clear();
   d.ready_bits.assign((n + 63) / 64, 0);
   d.cursor = 0;
   const uint32_t n_simd = (n + 31) / 32;
   d.simd.assign(n_simd, SimdState{});
+  d.sg_epoch.assign(n_simd, 0);
   for (uint32_t s = 0; s < n_simd; ++s) d.simd[s].n_active = std::min<uint32_t>(32, n - s * 32);
 
   d.fibers.resize(n);
@@ -564,7 +579,7 @@ void* buffer_pointer(uint32_t index, std::size_t min_bytes, const char* type_nam
   return it->second.first;
 }
 
-void threadgroup_barrier(unsigned /*flags*/, const std::source_location& loc) {
+void threadgroup_barrier(unsigned flags, const std::source_location& loc) {
   Dispatcher& d = disp();
   Fiber& f = *d.current;
   Site s{loc.file_name(), loc.line(), loc.column(), "threadgroup_barrier", nullptr};
@@ -581,8 +596,11 @@ void threadgroup_barrier(unsigned /*flags*/, const std::source_location& loc) {
   }
   f.wait = Wait::barrier;
   f.site = s;
+  d.barrier_flags &= flags;
   if (++d.barrier_arrived == d.fibers.size()) {
     d.barrier_arrived = 0;
+    if (d.barrier_flags & 2u) ++d.tg_epoch;  // mem_flags::mem_threadgroup
+    d.barrier_flags = ~0u;
     for (auto& g : d.fibers)
       if (g.state == FState::blocked && g.wait == Wait::barrier) {
         g.wait = Wait::none;
@@ -619,6 +637,7 @@ void simd_collective(const char* op, const std::source_location& loc, void* slot
     sg.arrived = 0;
     f.wait = Wait::none;
     fn(sg.slots, sg.n_active);  // may fail() on this (the last) lane
+    ++d.sg_epoch[f.ids.simdgroup];
     for (uint32_t l = 0; l < sg.n_active; ++l) {
       Fiber& g = d.fibers[base + l];
       if (g.state == FState::blocked && g.wait == Wait::simd) {
@@ -630,6 +649,58 @@ void simd_collective(const char* op, const std::source_location& loc, void* slot
   } else {
     block_current(d, f);
   }
+}
+
+namespace {
+// Is an access by `other` (made at epochs other_epoch / other_sg_epoch)
+// ordered before the current thread's access?
+bool ordered(const Dispatcher& d, uint32_t other, uint32_t other_epoch, uint32_t other_sg_epoch, uint32_t self) {
+  if (other_epoch != d.tg_epoch) return true;  // a threadgroup_barrier(mem_threadgroup) in between
+  const uint32_t sg = self / 32;
+  return other / 32 == sg && other_sg_epoch != d.sg_epoch[sg];  // same SIMD group, a rendezvous in between
+}
+[[noreturn]] void race(const Dispatcher& d, const TgBlock* b, std::size_t i, const char* what, uint32_t other,
+                       const char* other_what) {
+  std::string o = other == kMany ? std::string("other threads") : thread_str(d.fibers[other].ids);
+  fail("data race on threadgroup memory " + std::string(b->name) + "[" + std::to_string(i) + "]: this thread " +
+       what + " it, " + o + " " + other_what +
+       " it, and no threadgroup_barrier(mem_flags::mem_threadgroup) (nor, within one SIMD group, a SIMD-group "
+       "rendezvous) separates the two accesses");
+}
+}  // namespace
+
+void tg_check_read(TgBlock* b, std::size_t i) {
+  Dispatcher& d = disp();
+  if (!d.options.detect_threadgroup_races) return;
+  const uint32_t t = d.current->ids.index_in_tg, sg = t / 32;
+  TgShadow& sh = static_cast<TgShadow*>(b->shadow)[i];
+  if (sh.w_thread != kNobody && sh.w_thread != t && !ordered(d, sh.w_thread, sh.w_epoch, sh.w_sg_epoch, t))
+    race(d, b, i, "reads", sh.w_thread, "wrote");
+  if (sh.r_epoch != d.tg_epoch) {
+    sh.r_epoch = d.tg_epoch;
+    sh.r_thread = t;
+    sh.r_sg = sg;
+  } else {
+    if (sh.r_thread != t) sh.r_thread = kMany;
+    if (sh.r_sg != sg) sh.r_sg = kMany;
+  }
+  sh.r_sg_epoch = d.sg_epoch[sg];
+}
+
+void tg_check_write(TgBlock* b, std::size_t i) {
+  Dispatcher& d = disp();
+  if (!d.options.detect_threadgroup_races) return;
+  const uint32_t t = d.current->ids.index_in_tg, sg = t / 32;
+  TgShadow& sh = static_cast<TgShadow*>(b->shadow)[i];
+  if (sh.w_thread != kNobody && sh.w_thread != t && !ordered(d, sh.w_thread, sh.w_epoch, sh.w_sg_epoch, t))
+    race(d, b, i, "writes", sh.w_thread, "wrote");
+  if (sh.r_epoch == d.tg_epoch && sh.r_thread != t) {
+    const bool ok = sh.r_sg == sg && sh.r_sg_epoch != d.sg_epoch[sg];
+    if (!ok) race(d, b, i, "writes", sh.r_thread, "read");
+  }
+  sh.w_thread = t;
+  sh.w_epoch = d.tg_epoch;
+  sh.w_sg_epoch = d.sg_epoch[sg];
 }
 
 TgBlock* threadgroup_block(const void* key, const char* name, std::size_t elem_size, std::size_t align,
@@ -650,7 +721,10 @@ TgBlock* threadgroup_block(const void* key, const char* name, std::size_t elem_s
   const std::size_t alloc = (std::max<std::size_t>(bytes, 1) + al - 1) / al * al;
   b.data = static_cast<std::byte*>(std::aligned_alloc(al, alloc));
   b.written = static_cast<uint8_t*>(std::calloc(std::max<std::size_t>(count, 1), 1));
-  if (!b.data || !b.written) fail("out of memory");
+  auto* sh = static_cast<TgShadow*>(std::malloc(std::max<std::size_t>(count, 1) * sizeof(TgShadow)));
+  b.shadow = sh;
+  if (!b.data || !b.written || !sh) fail("out of memory");
+  for (std::size_t i = 0; i < count; ++i) sh[i] = TgShadow{};
   std::memset(b.data, 0xff, bytes);  // poison: NaN for floats, -1 for integers
   b.count = count;
   b.elem_size = elem_size;

@@ -74,6 +74,7 @@ void builtin_value(Builtin b, uint32_t out[3]);
 void* buffer_pointer(uint32_t index, std::size_t min_bytes, const char* type_name);
 
 // threadgroup_barrier: rendezvous of all threads of the threadgroup.
+// flags: bit 1 (mem_threadgroup) orders threadgroup memory.
 void threadgroup_barrier(unsigned flags, const std::source_location& loc);
 
 // A SIMD-group collective. Each lane passes a pointer to its own slot; the
@@ -90,7 +91,12 @@ struct TgBlock {
   std::size_t count;
   std::size_t elem_size;
   const char* name;
+  void* shadow;  // runtime: happens-before state per element
 };
+// Happens-before checks of one threadgroup-memory access by the current
+// thread (data-race detection, see runtime.cpp); fail() on a race.
+void tg_check_read(TgBlock* b, std::size_t i);
+void tg_check_write(TgBlock* b, std::size_t i);
 // Returns the block declared at `key` (address of a static tag in the
 // kernel) for the current threadgroup, creating (and poisoning) it on first use.
 TgBlock* threadgroup_block(const void* key, const char* name, std::size_t elem_size, std::size_t align,

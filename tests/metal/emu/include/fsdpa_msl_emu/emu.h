@@ -11,8 +11,8 @@
 //   std::vector<float> out = args.get<float>(0);
 //
 // Every detected kernel bug (divergent barrier / SIMD collective, out-of-bounds
-// or uninitialised threadgroup access, out-of-bounds device write, results
-// that differ between schedules, ...) is thrown as fsdpa_emu::EmuError with a
+// or uninitialised threadgroup access, data race on threadgroup memory,
+// out-of-bounds device write, results that differ between schedules, ...) is thrown as fsdpa_emu::EmuError with a
 // message naming the kernel, the threadgroup and the thread(s).
 // See tests/metal/emu/README.md and docs/metal-emulation.md.
 #pragma once
@@ -152,6 +152,12 @@ struct Options {
   uint32_t max_threads_per_threadgroup = 1024;
   // Fiber stack per emulated thread; 0 = default (64 KiB, 512 KiB under ASan).
   std::size_t stack_bytes = 0;
+  // Happens-before race detection on threadgroup memory: two accesses to one
+  // element by different threads, at least one a write, must be separated by
+  // a threadgroup_barrier with mem_flags::mem_threadgroup, or -- for threads
+  // of one SIMD group -- by a SIMD-group rendezvous (collective, matrix
+  // operation or simdgroup_barrier). Reported independently of the schedule.
+  bool detect_threadgroup_races = true;
 };
 
 // Runs the whole grid once under `schedule`. args' buffers are updated with

@@ -64,6 +64,7 @@ T tg_load(const TgBlock* b, std::ptrdiff_t i) {
   if (!b->written[i])
     fail("read of uninitialised threadgroup memory " + std::string(b->name) + "[" + std::to_string(i) +
          "] (never written in this threadgroup)");
+  tg_check_read(const_cast<TgBlock*>(b), static_cast<std::size_t>(i));
   T v;
   std::memcpy(&v, b->data + static_cast<std::size_t>(i) * sizeof(T), sizeof(T));
   return v;
@@ -72,6 +73,7 @@ template <class T>
 void tg_store(TgBlock* b, std::ptrdiff_t i, const T& v) {
   preemption_point();
   tg_check(b, i);
+  tg_check_write(b, static_cast<std::size_t>(i));
   std::memcpy(b->data + static_cast<std::size_t>(i) * sizeof(T), &v, sizeof(T));
   b->written[i] = 1;
 }
