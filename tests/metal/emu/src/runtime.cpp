@@ -8,7 +8,12 @@
 // rendezvous (threadgroup_barrier, SIMD-group collective), exits, fails or is
 // preempted; then the scheduler picks the next ready fiber.
 #include <sys/mman.h>
-#if !defined(__x86_64__)
+// FSDPA_EMU_FORCE_UCONTEXT: use the portable ucontext path on x86-64 too
+// (to test it).
+#if defined(__x86_64__) && !defined(FSDPA_EMU_FORCE_UCONTEXT)
+#define FSDPA_EMU_OWN_SWITCH 1
+#else
+#define FSDPA_EMU_OWN_SWITCH 0
 #include <ucontext.h>
 #endif
 #include <unistd.h>
@@ -41,7 +46,7 @@ namespace detail {
 namespace {
 
 // ------------------------------------------------------------ context switch
-#if defined(__x86_64__)
+#if FSDPA_EMU_OWN_SWITCH
 // Saves the callee-saved registers (System V AMD64 ABI: rbx, rbp, r12-r15,
 // MXCSR and the x87 control word) on the current stack, stores the stack
 // pointer in *from_sp and continues on the stack to_sp. Written for this
