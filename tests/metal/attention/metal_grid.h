@@ -103,6 +103,24 @@ inline std::vector<MCase> metal_grid(bool reduced) {
     add("causal_br_sq_gt_sk", [](MCase& c) { std::swap(c.Sq, c.Sk); c.causal = true; c.align = 1; });
     if (reduced && dt > 0) break;
   }
+  // Bands against block boundaries: several key blocks per row block, so
+  // block skipping (key_range / query_range) decides what is computed;
+  // window_right = 1 puts a row block's last visible key on a block's first.
+  for (int dt = 0; dt < 3; ++dt) {
+    if (reduced && dt > 0) break;
+    const Shape w = {"s193x250_d32_mqa", 1, 2, 1, 193, 250, 32, 32};
+    auto add = [&](const char* name, auto&& set) {
+      MCase c = base(w, dt);
+      c.name = std::string(w.n) + "_" + name;
+      set(c);
+      grid.push_back(c);
+    };
+    add("causal_tl", [](MCase& c) { c.causal = true; });
+    add("causal_br", [](MCase& c) { c.causal = true; c.align = 1; });
+    add("window_br", [](MCase& c) { c.wl = 50; c.wr = 17; c.align = 1; });
+    add("window_right1", [](MCase& c) { c.wr = 1; });
+    add("diagonal_only", [](MCase& c) { c.wl = 0; c.wr = 0; c.align = 1; });
+  }
   // The M3/M4 tile table (different tiles, same kernels).
   if (!reduced) {
     for (int dt = 0; dt < 3; ++dt) {
