@@ -91,12 +91,27 @@ __device__ __forceinline__ void load_tile(T* sm, const T* g, int64_t ss, int64_t
                                           int ncols, bool vec) {
   constexpr int P = pitch<DP>();
   if (vec) {
-    constexpr int CH = DP / 8;
+    constexpr int CH = DP / 8;  // 16-byte chunks per row
+    if constexpr (NT % CH == 0 && ROWS % (NT / CH) == 0) {
+      // Each thread keeps one column chunk and walks rows NT / CH apart.
+      constexpr int STEP = NT / CH;
+      const int c = (threadIdx.x % CH) * 8, r0 = threadIdx.x / CH;
+      const T* src = g + r0 * ss + c;
+      T* dst = sm + r0 * P + c;
+      const bool cok = c < ncols;
+#pragma unroll
+      for (int i = 0; i < ROWS / STEP; ++i) {
+        const bool ok = cok && r0 + i * STEP < nrows;
+        cp_async16(dst + i * STEP * P, ok ? src : g, ok);
+        src += STEP * ss;
+      }
+    } else {
 #pragma unroll 4
-    for (int x = threadIdx.x; x < ROWS * CH; x += NT) {
-      const int r = x / CH, c = (x % CH) * 8;
-      const bool ok = r < nrows && c < ncols;
-      cp_async16(sm + r * P + c, ok ? g + r * ss + c : g, ok);
+      for (int x = threadIdx.x; x < ROWS * CH; x += NT) {
+        const int r = x / CH, c = (x % CH) * 8;
+        const bool ok = r < nrows && c < ncols;
+        cp_async16(sm + r * P + c, ok ? g + r * ss + c : g, ok);
+      }
     }
   } else {
     for (int x = threadIdx.x; x < ROWS * DP; x += NT) {
@@ -140,7 +155,7 @@ __device__ __forceinline__ void store_pair(T* base, int64_t off, int64_t sd, int
 // nsplit > 1: split-KV, the block handles its share of the key blocks and
 // writes normalised fp32 partials + lse for splitkv_merge.
 // ================================================================================
-template <typename T, int DP, int BN, int NW>
+template <typename T, int DP, int BN, int NW, bool GEN>
 __global__ void __launch_bounds__(NW * 32)
 tc_fwd_kernel(AttnParams p, int vec, int nsplit, float* opart, float* lsepart) {
   constexpr int BM = 16 * NW, P = pitch<DP>(), NT = NW * 32;
@@ -159,7 +174,7 @@ tc_fwd_kernel(AttnParams p, int vec, int nsplit, float* opart, float* lsepart) {
   const int D = static_cast<int>(p.head_dim), Dv = static_cast<int>(p.head_dim_v);
   const ScoreCtx c = make_score_ctx(p, b, h, e);
   const DropCtx dc = make_drop_ctx(p);
-  const bool elem = has_elementwise(p);
+  constexpr bool elem = GEN;  // softcap / ALiBi / mask / dropout
   const float sl2 = p.scale * kLog2e;
 
   // Key blocks of this (query block, split).
@@ -195,7 +210,7 @@ tc_fwd_kernel(AttnParams p, int vec, int nsplit, float* opart, float* lsepart) {
   }
 
   // Per-thread rows: r = 0 -> g, r = 1 -> g + 8.
-  int rows[2];
+  int rows[2], rlo[2], rhi[2];
   KeyRange rr[2];
   uint32_t drow[2];
 #pragma unroll
@@ -203,6 +218,8 @@ tc_fwd_kernel(AttnParams p, int vec, int nsplit, float* opart, float* lsepart) {
     rows[r] = m0 + warp * 16 + lane / 4 + 8 * r;
     rr[r] = row_range(p, c, rows[r]);
     if (rows[r] >= e.sq) rr[r] = KeyRange{1, 0};
+    rlo[r] = static_cast<int>(rr[r].lo);
+    rhi[r] = static_cast<int>(rr[r].hi);
     drow[r] = dropout_row_id(b, h, rows[r], p.heads_q, p.seqlen_q);
   }
   float mrow[2] = {neg_inf(), neg_inf()}, lrow[2] = {0.0f, 0.0f};
@@ -246,7 +263,7 @@ tc_fwd_kernel(AttnParams p, int vec, int nsplit, float* opart, float* lsepart) {
         const int r = x / 2, j = n0 + n * 8 + 2 * (lane % 4) + (x % 2);
         float v;
         if (!elem) {
-          v = (j >= rr[r].lo && j <= rr[r].hi) ? s[n][x] * sl2 : neg_inf();
+          v = (j >= rlo[r] && j <= rhi[r]) ? s[n][x] * sl2 : neg_inf();
         } else {
           float t;
           v = score_of(p, c, s[n][x], rows[r], j, rr[r], &t) * kLog2e;
@@ -280,7 +297,7 @@ tc_fwd_kernel(AttnParams p, int vec, int nsplit, float* opart, float* lsepart) {
         lrow[x / 2] += pr;
         s[n][x] = pr;
       }
-      if (dc.on) {
+      if (GEN && dc.on) {
         const int j = n0 + n * 8 + 2 * (lane % 4);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
@@ -346,7 +363,7 @@ tc_fwd_kernel(AttnParams p, int vec, int nsplit, float* opart, float* lsepart) {
 // Backward, dQ: block of NW warps x 16 query rows loops over key blocks
 // (deterministic, no atomics). Recomputes S and dP = dO V^T.
 // ================================================================================
-template <typename T, int DP, int BN, int NW>
+template <typename T, int DP, int BN, int NW, bool GEN>
 __global__ void __launch_bounds__(NW * 32)
 tc_dq_kernel(AttnParams p, int vec, const float* dsum) {
   constexpr int BM = 16 * NW, P = pitch<DP>(), NT = NW * 32;
@@ -365,7 +382,7 @@ tc_dq_kernel(AttnParams p, int vec, const float* dsum) {
   const int D = static_cast<int>(p.head_dim), Dv = static_cast<int>(p.head_dim_v);
   const ScoreCtx c = make_score_ctx(p, b, h, e);
   const DropCtx dc = make_drop_ctx(p);
-  const bool elem = has_elementwise(p);
+  constexpr bool elem = GEN;  // softcap / ALiBi / mask / dropout
 
   const int mrows = min(BM, e.sq - m0);
   const KeyRange rfirst = row_range(p, c, m0), rlast = row_range(p, c, m0 + mrows - 1);
@@ -395,7 +412,7 @@ tc_dq_kernel(AttnParams p, int vec, const float* dsum) {
     cp_async_commit();
   }
 
-  int rows[2];
+  int rows[2], rlo[2], rhi[2];
   KeyRange rr[2];
   uint32_t drow[2];
   float lse2[2], Di[2];
@@ -413,6 +430,8 @@ tc_dq_kernel(AttnParams p, int vec, const float* dsum) {
       Di[r] = dsum[q_token(p, b, e, rows[r]) * p.heads_q + h];
     }
     drow[r] = dropout_row_id(b, h, rows[r], p.heads_q, p.seqlen_q);
+    rlo[r] = static_cast<int>(rr[r].lo);
+    rhi[r] = static_cast<int>(rr[r].hi);
   }
   float dq[DP / 8][4];
 #pragma unroll
@@ -454,7 +473,7 @@ tc_dq_kernel(AttnParams p, int vec, const float* dsum) {
 #pragma unroll
     for (int n = 0; n < BN / 8; ++n) {
       float z[4] = {1.0f, 1.0f, 1.0f, 1.0f};
-      if (dc.on) {
+      if (GEN && dc.on) {
         const int j = n0 + n * 8 + 2 * (lane % 4);
         drop_factor2(dc, drow[0], j, &z[0], &z[1]);
         drop_factor2(dc, drow[1], j, &z[2], &z[3]);
@@ -464,7 +483,7 @@ tc_dq_kernel(AttnParams p, int vec, const float* dsum) {
         const int r = x / 2, j = n0 + n * 8 + 2 * (lane % 4) + (x % 2);
         float v, t = 0.0f;
         if (!elem)
-          v = (j >= rr[r].lo && j <= rr[r].hi) ? s[n][x] * p.scale : neg_inf();
+          v = (j >= rlo[r] && j <= rhi[r]) ? s[n][x] * p.scale : neg_inf();
         else
           v = score_of(p, c, s[n][x], rows[r], j, rr[r], &t);
         const float pr = (v == neg_inf() || lse2[r] == neg_inf()) ? 0.0f
@@ -508,7 +527,7 @@ tc_dq_kernel(AttnParams p, int vec, const float* dsum) {
 // Backward, dK and dV: block of NW warps x 16 keys loops over the query heads
 // of its GQA group and their query blocks of BM rows (deterministic).
 // ================================================================================
-template <typename T, int DP, int BM, int NW>
+template <typename T, int DP, int BM, int NW, bool GEN>
 __global__ void __launch_bounds__(NW * 32)
 tc_dkdv_kernel(AttnParams p, int vec, const float* dsum) {
   constexpr int BN = 16 * NW, P = pitch<DP>(), NT = NW * 32;
@@ -528,7 +547,7 @@ tc_dkdv_kernel(AttnParams p, int vec, const float* dsum) {
   const int group = static_cast<int>(p.heads_q / p.heads_k);
   const int D = static_cast<int>(p.head_dim), Dv = static_cast<int>(p.head_dim_v);
   const DropCtx dc = make_drop_ctx(p);
-  const bool elem = has_elementwise(p);
+  constexpr bool elem = GEN;  // softcap / ALiBi / mask / dropout
   const int nrows_k = min(BN, e.sk - n0);
 
   int ilo, ihi;
@@ -572,6 +591,10 @@ tc_dkdv_kernel(AttnParams p, int vec, const float* dsum) {
   int keys[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) keys[r] = n0 + warp * 16 + lane / 4 + 8 * r;
+  // Band of the fast path in 32-bit arithmetic (sizes fit int32).
+  const int off = static_cast<int>(diag_offset(p.bottom_right, e.sq, e.sk));
+  const int wl = p.window_left < 0 ? -1 : static_cast<int>(min(p.window_left, int64_t(1) << 30));
+  const int wr = p.window_right < 0 ? -1 : static_cast<int>(min(p.window_right, int64_t(1) << 30));
   float dk[DP / 8][4], dv[DP / 8][4];
 #pragma unroll
   for (int n = 0; n < DP / 8; ++n)
@@ -623,16 +646,18 @@ tc_dkdv_kernel(AttnParams p, int vec, const float* dsum) {
         const int i = q0 + col, j = keys[x / 2];
         float pz = 0.0f, ds = 0.0f;
         if (i < e.sq && j < e.sk) {
-          const KeyRange r = row_range(p, c, i);
           float v, t = 0.0f;
-          if (!elem)
-            v = (j >= r.lo && j <= r.hi) ? s[n][x] * p.scale : neg_inf();
-          else
-            v = score_of(p, c, s[n][x], i, j, r, &t);
+          if (!elem) {
+            const int d = i + off;
+            const bool vis = (wl < 0 || j >= d - wl) && (wr < 0 || j <= d + wr);
+            v = vis ? s[n][x] * p.scale : neg_inf();
+          } else {
+            v = score_of(p, c, s[n][x], i, j, row_range(p, c, i), &t);
+          }
           const float l2 = lse_s[buf * BM + col];
           const float pr = (v == neg_inf() || l2 == neg_inf()) ? 0.0f : exp2f(v * kLog2e - l2);
           const float z =
-              dc.on ? drop_factor(dc, dropout_row_id(b, h, i, p.heads_q, p.seqlen_q), j) : 1.0f;
+              (GEN && dc.on) ? drop_factor(dc, dropout_row_id(b, h, i, p.heads_q, p.seqlen_q), j) : 1.0f;
           pz = pr * z;
           ds = pr * (dp[n][x] * z - D_s[buf * BM + col]);
           if (c.softcap > 0.0f) ds *= 1.0f - t * t;

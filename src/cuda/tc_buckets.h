@@ -15,7 +15,7 @@ template <int DP> struct TcConfig {
   static constexpr int kWarps = 4;
   static constexpr int kFwdBN = DP <= 128 ? 64 : 32;   // keys per forward step
   static constexpr int kDqBN = DP <= 128 ? 64 : 32;    // keys per dQ step
-  static constexpr int kDkvBM = DP <= 128 ? 64 : 32;   // queries per dK/dV step
+  static constexpr int kDkvBM = DP <= 64 ? 64 : 32;    // queries per dK/dV step
 };
 }  // namespace cuda
 }  // namespace fsdpa

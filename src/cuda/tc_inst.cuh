@@ -8,13 +8,13 @@
 namespace fsdpa {
 namespace cuda {
 
-template <typename T, int DP>
-cudaError_t tc_fwd_launch(const AttnParams& p, int vec, int nsplit, float* opart, float* lsepart,
+template <typename T, int DP, bool GEN>
+cudaError_t tc_fwd_launch_g(const AttnParams& p, int vec, int nsplit, float* opart, float* lsepart,
                           cudaStream_t s) {
   using C = TcConfig<DP>;
   constexpr int BM = 16 * C::kWarps, BN = C::kFwdBN;
   constexpr size_t smem = size_t(BM + 4 * BN) * pitch<DP>() * sizeof(T);
-  auto kern = tc_fwd_kernel<T, DP, BN, C::kWarps>;
+  auto kern = tc_fwd_kernel<T, DP, BN, C::kWarps, GEN>;
   cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (err != cudaSuccess) return err;
   const dim3 grid((p.seqlen_q + BM - 1) / BM, p.heads_q, p.batch * nsplit);
@@ -22,13 +22,13 @@ cudaError_t tc_fwd_launch(const AttnParams& p, int vec, int nsplit, float* opart
   return cudaGetLastError();
 }
 
-template <typename T, int DP>
-cudaError_t tc_bwd_launch(const AttnParams& p, int vec, const float* dsum, cudaStream_t s) {
+template <typename T, int DP, bool GEN>
+cudaError_t tc_bwd_launch_g(const AttnParams& p, int vec, const float* dsum, cudaStream_t s) {
   using C = TcConfig<DP>;
   {
     constexpr int BM = 16 * C::kWarps, BN = C::kDqBN;
     constexpr size_t smem = size_t(2 * BM + 4 * BN) * pitch<DP>() * sizeof(T);
-    auto kern = tc_dq_kernel<T, DP, BN, C::kWarps>;
+    auto kern = tc_dq_kernel<T, DP, BN, C::kWarps, GEN>;
     cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (err != cudaSuccess) return err;
     const dim3 grid((p.seqlen_q + BM - 1) / BM, p.heads_q, p.batch);
@@ -39,13 +39,33 @@ cudaError_t tc_bwd_launch(const AttnParams& p, int vec, const float* dsum, cudaS
   {
     constexpr int BN = 16 * C::kWarps, BM = C::kDkvBM;
     constexpr size_t smem = size_t(2 * BN + 4 * BM) * pitch<DP>() * sizeof(T) + 4 * BM * sizeof(float);
-    auto kern = tc_dkdv_kernel<T, DP, BM, C::kWarps>;
+    auto kern = tc_dkdv_kernel<T, DP, BM, C::kWarps, GEN>;
     cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (err != cudaSuccess) return err;
     const dim3 grid((p.seqlen_k + BN - 1) / BN, p.heads_k, p.batch);
     if (grid.x > 0) kern<<<grid, C::kWarps * 32, smem, s>>>(p, vec, dsum);
     return cudaGetLastError();
   }
+}
+
+// GEN: the general variant (softcap, ALiBi, masks, dropout); the other one
+// only applies the causal/window band.
+inline bool tc_general(const AttnParams& p) {
+  return p.softcap > 0.0f || p.alibi != nullptr || p.mask_kind != MaskKind::none ||
+         p.dropout_p > 0.0f;
+}
+
+template <typename T, int DP>
+cudaError_t tc_fwd_launch(const AttnParams& p, int vec, int nsplit, float* opart, float* lsepart,
+                          cudaStream_t s) {
+  return tc_general(p) ? tc_fwd_launch_g<T, DP, true>(p, vec, nsplit, opart, lsepart, s)
+                       : tc_fwd_launch_g<T, DP, false>(p, vec, nsplit, opart, lsepart, s);
+}
+
+template <typename T, int DP>
+cudaError_t tc_bwd_launch(const AttnParams& p, int vec, const float* dsum, cudaStream_t s) {
+  return tc_general(p) ? tc_bwd_launch_g<T, DP, true>(p, vec, dsum, s)
+                       : tc_bwd_launch_g<T, DP, false>(p, vec, dsum, s);
 }
 
 }  // namespace cuda
