@@ -187,3 +187,21 @@ kernel void exchange(device float* out [[buffer(0)]],
   const uint other = mode >= 2u ? (tid ^ 32u) : (tid ^ 1u);
   out[tid] = tile[other];
 }
+
+// Off-by-one read past the end of a device buffer of n floats.
+kernel void oob_device_read(device const float* in [[buffer(0)]],
+                            device float* out [[buffer(1)]],
+                            uint gid [[thread_position_in_grid]]) {
+  out[gid] = in[gid + 1];  // BUG: thread n-1 reads in[n]
+}
+
+// A thread-local array far larger than the emulated thread's stack.
+kernel void stack_hog(device float* out [[buffer(0)]],
+                      constant uint& n [[buffer(1)]],
+                      uint gid [[thread_position_in_grid]]) {
+  float big[24 * 1024];  // 96 KiB; the default emulated stack is 64 KiB
+  for (uint i = 0; i < n; ++i) {
+    big[(i * 4099u) % (24u * 1024u)] = float(i);
+  }
+  out[gid] = big[gid % n];
+}

@@ -7,6 +7,7 @@
 // order chosen by the schedule). A fiber runs until it blocks at a
 // rendezvous (threadgroup_barrier, SIMD-group collective), exits, fails or is
 // preempted; then the scheduler picks the next ready fiber.
+#include <signal.h>
 #include <sys/mman.h>
 // FSDPA_EMU_FORCE_UCONTEXT: use the portable ucontext path on x86-64 too
 // (to test it).
@@ -25,7 +26,9 @@
 #include <deque>
 #include <cstdlib>
 #include <exception>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -150,8 +153,9 @@ std::string site_str(const Site& s) {
 }
 
 struct Stack {
-  void* map = nullptr;  // including guard page
+  void* map = nullptr;  // including the guard region below the stack
   std::size_t map_size = 0;
+  std::size_t guard = 0;  // PROT_NONE bytes at the bottom of the mapping
   void* lo = nullptr;  // usable stack
   std::size_t size = 0;
   bool dirty = false;  // used by a fiber that was abandoned mid-run (failed dispatch)
@@ -252,11 +256,14 @@ struct StackPool {
     while (stacks.size() < n) {
       Stack s;
       s.size = (bytes + page - 1) / page * page;
-      s.map_size = s.size + page;
+      // A large guard region (address space only): a frame that overflows the
+      // stack by less than this faults instead of writing into a neighbour.
+      s.guard = std::max<std::size_t>(page, 64 * 1024);
+      s.map_size = s.size + s.guard;
       s.map = mmap(nullptr, s.map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       if (s.map == MAP_FAILED) throw EmuError("fsdpa_emu: cannot allocate fiber stacks");
-      mprotect(s.map, page, PROT_NONE);  // guard page below the stack
-      s.lo = static_cast<char*>(s.map) + page;
+      mprotect(s.map, s.guard, PROT_NONE);
+      s.lo = static_cast<char*>(s.map) + s.guard;
       stacks.push_back(s);
     }
   }
@@ -784,19 +791,130 @@ std::vector<Schedule> standard_schedules() {
 }
 
 namespace {
-#if FSDPA_EMU_ASAN
-constexpr std::size_t kGuard = 0;
-#else
-constexpr std::size_t kGuard = 4096;
-#endif
 constexpr unsigned char kGuardByte = 0xa5;
 
-struct DeviceBuffers {
-  std::map<uint32_t, std::pair<std::byte*, std::size_t>> bufs;  // user region
-  ~DeviceBuffers() {
-    for (auto& [i, p] : bufs) std::free(p.first - kGuard);
+// A device buffer of a dispatch.
+//  * Under ASan: an exactly sized malloc; ASan reports overruns.
+//  * Otherwise: its own mapping  [guard page | pattern bytes | data | slack | guard page]
+//    with the data's end aligned to the upper guard page (up to 15 bytes of
+//    slack, to keep 16-byte alignment). Accesses into a guard page fault and
+//    are reported by the SIGSEGV handler below; writes into the pattern bytes
+//    or the slack are found by checking them after the dispatch.
+struct DeviceBuffer {
+  std::byte* user = nullptr;
+  std::size_t n = 0;
+  void* map = nullptr;
+  std::size_t map_size = 0;
+  std::byte* pattern_lo = nullptr;  // [pattern_lo, user) and [user + n, slack_end): guard bytes
+  std::byte* slack_end = nullptr;
+  uintptr_t guard_lo = 0, guard_hi = 0;  // the two PROT_NONE pages (start addresses)
+
+  DeviceBuffer(const std::vector<std::byte>& bytes) : n(bytes.size()) {
+#if FSDPA_EMU_ASAN
+    user = static_cast<std::byte*>(std::malloc(n ? n : 1));
+    if (!user) throw EmuError("fsdpa_emu: out of memory");
+#else
+    const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+    const std::size_t data = (4096 + n + 15 + page - 1) / page * page;
+    map_size = data + 2 * page;
+    map = mmap(nullptr, map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED) throw EmuError("fsdpa_emu: cannot map a device buffer");
+    auto* base = static_cast<std::byte*>(map);
+    mprotect(base, page, PROT_NONE);
+    mprotect(base + page + data, page, PROT_NONE);
+    guard_lo = reinterpret_cast<uintptr_t>(base);
+    guard_hi = reinterpret_cast<uintptr_t>(base + page + data);
+    slack_end = base + page + data;
+    user = reinterpret_cast<std::byte*>((reinterpret_cast<uintptr_t>(slack_end) - n) & ~uintptr_t(15));
+    pattern_lo = base + page;
+    std::memset(pattern_lo, kGuardByte, static_cast<std::size_t>(slack_end - pattern_lo));
+#endif
+    if (n) std::memcpy(user, bytes.data(), n);
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+#if FSDPA_EMU_ASAN
+    std::free(user);
+#else
+    munmap(map, map_size);
+#endif
+  }
+  // Offset of the first overwritten guard byte (negative: before the data), or 0.
+  std::ptrdiff_t overwritten_guard() const {
+    if (!pattern_lo) return 0;
+    for (const std::byte* p = user; p-- > pattern_lo;)
+      if (static_cast<unsigned char>(*p) != kGuardByte) return p - user;
+    for (const std::byte* p = user + n; p < slack_end; ++p)
+      if (static_cast<unsigned char>(*p) != kGuardByte) return p - user;
+    return 0;
   }
 };
+
+#if !FSDPA_EMU_ASAN
+// Reports faults on the guard pages of device buffers and fiber stacks with
+// the kernel and thread, then aborts. Other faults go to the previous handler.
+thread_local std::map<uint32_t, std::unique_ptr<DeviceBuffer>>* g_dev_buffers = nullptr;
+struct sigaction g_prev_segv;
+
+void segv_handler(int sig, siginfo_t* si, void* uc) {
+  const auto a = reinterpret_cast<uintptr_t>(si->si_addr);
+  detail::Dispatcher* d = detail::g_disp;
+  const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  static char msg[1024];
+  if (d && d->current && g_dev_buffers) {
+    const detail::ThreadIds& t = d->current->ids;
+    for (auto& [idx, b] : *g_dev_buffers) {
+      if ((a >= b->guard_lo && a < b->guard_lo + page) || (a >= b->guard_hi && a < b->guard_hi + page)) {
+        const long long off = static_cast<long long>(a) - static_cast<long long>(reinterpret_cast<uintptr_t>(b->user));
+        std::snprintf(msg, sizeof msg,
+                      "fsdpa_emu: kernel '%s/%s', threadgroup (%u,%u,%u), thread (%u,%u,%u) [index %u, simdgroup %u, "
+                      "lane %u]: out-of-bounds device memory access to [[buffer(%u)]] of %zu bytes at byte offset %lld\n",
+                      d->kernel->library, d->kernel->name, t.tg_pos[0], t.tg_pos[1], t.tg_pos[2], t.pos_in_tg[0],
+                      t.pos_in_tg[1], t.pos_in_tg[2], t.index_in_tg, t.simdgroup, t.lane, idx, b->n, off);
+        (void)!write(2, msg, std::strlen(msg));
+        std::abort();
+      }
+    }
+    for (auto& f : d->fibers) {
+      const auto lo = reinterpret_cast<uintptr_t>(f.stack.map);
+      if (a >= lo && a < lo + f.stack.guard) {
+        std::snprintf(msg, sizeof msg,
+                      "fsdpa_emu: kernel '%s/%s': stack overflow in an emulated thread (thread index %u); "
+                      "raise fsdpa_emu::Options::stack_bytes (now %zu)\n",
+                      d->kernel->library, d->kernel->name, f.ids.index_in_tg, f.stack.size);
+        (void)!write(2, msg, std::strlen(msg));
+        std::abort();
+      }
+    }
+  }
+  // Not ours: let the previous disposition handle the re-executed fault.
+  sigaction(SIGSEGV, &g_prev_segv, nullptr);
+  (void)sig;
+  (void)uc;
+}
+
+void install_fault_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa {};
+    sa.sa_sigaction = segv_handler;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_prev_segv);
+  });
+  // An alternate signal stack, so that a fiber stack overflow can be reported.
+  thread_local std::unique_ptr<char[]> alt;
+  if (!alt) {
+    const std::size_t size = 64 * 1024;
+    alt.reset(new char[size]);
+    stack_t st{};
+    st.ss_sp = alt.get();
+    st.ss_size = size;
+    sigaltstack(&st, nullptr);
+  }
+}
+#endif
 }  // namespace
 
 void dispatch(const Kernel& kernel, Dim3 grid, Dim3 tg, Args& args, const Schedule& schedule,
@@ -816,17 +934,16 @@ void dispatch(const Kernel& kernel, Dim3 grid, Dim3 tg, Args& args, const Schedu
       throw EmuError(kname + ": no buffer bound at [[buffer(" + std::to_string(p.buffer_index) + ")]]");
   if (detail::g_disp) throw EmuError("fsdpa_emu: nested dispatch");
 
-  // Device buffers: exact-size copies (+ guard bytes when not under ASan).
-  DeviceBuffers dev;
-  for (auto& [idx, bytes] : args.buffers()) {
-    const std::size_t n = bytes.size();
-    auto* raw = static_cast<std::byte*>(std::malloc(n + 2 * kGuard + (n + 2 * kGuard == 0 ? 1 : 0)));
-    if (!raw) throw EmuError("fsdpa_emu: out of memory");
-    std::memset(raw, kGuardByte, kGuard);
-    std::memset(raw + kGuard + n, kGuardByte, kGuard);
-    if (n) std::memcpy(raw + kGuard, bytes.data(), n);
-    dev.bufs[idx] = {raw + kGuard, n};
-  }
+  // Device buffers: see DeviceBuffer.
+  std::map<uint32_t, std::unique_ptr<DeviceBuffer>> dev;
+  for (auto& [idx, bytes] : args.buffers()) dev[idx] = std::make_unique<DeviceBuffer>(bytes);
+#if !FSDPA_EMU_ASAN
+  install_fault_handler();
+  g_dev_buffers = &dev;
+  struct ClearGuards {
+    ~ClearGuards() { g_dev_buffers = nullptr; }
+  } clear_guards;
+#endif
 
   detail::Dispatcher d;
   d.kernel = &k;
@@ -835,7 +952,7 @@ void dispatch(const Kernel& kernel, Dim3 grid, Dim3 tg, Args& args, const Schedu
   d.schedule = schedule;
   d.options = options;
   d.rng.seed(schedule.seed * 0x9e3779b97f4a7c15ull + 12345);
-  d.buffers = dev.bufs;
+  for (auto& [idx, b] : dev) d.buffers[idx] = {b->user, b->n};
   std::size_t stack = options.stack_bytes ? options.stack_bytes : (FSDPA_EMU_ASAN ? 512 * 1024 : 64 * 1024);
   detail::g_stacks.ensure(tg.count(), stack);
 
@@ -856,20 +973,13 @@ void dispatch(const Kernel& kernel, Dim3 grid, Dim3 tg, Args& args, const Schedu
   }
   detail::g_disp = nullptr;
 
-  for (auto& [idx, p] : dev.bufs) {
-    const auto* g = reinterpret_cast<const unsigned char*>(p.first);
-    for (std::size_t i = 0; i < kGuard; ++i) {
-      if (g[-1 - static_cast<std::ptrdiff_t>(i)] != kGuardByte)
-        throw EmuError(kname + ": out-of-bounds write before the start of device buffer [[buffer(" +
-                       std::to_string(idx) + ")]] (byte offset -" + std::to_string(i + 1) + ") [schedule " +
-                       schedule.name() + "]");
-      if (g[p.second + i] != kGuardByte)
-        throw EmuError(kname + ": out-of-bounds write past the end of device buffer [[buffer(" +
-                       std::to_string(idx) + ")]] of " + std::to_string(p.second) + " bytes (byte offset " +
-                       std::to_string(p.second + i) + ") [schedule " + schedule.name() + "]");
-    }
+  for (auto& [idx, b] : dev) {
+    if (const std::ptrdiff_t off = b->overwritten_guard())
+      throw EmuError(kname + ": out-of-bounds write " + (off < 0 ? "before the start" : "past the end") +
+                     " of device buffer [[buffer(" + std::to_string(idx) + ")]] of " + std::to_string(b->n) +
+                     " bytes (byte offset " + std::to_string(off) + ") [schedule " + schedule.name() + "]");
     auto& out = args.raw(idx);
-    if (p.second) std::memcpy(out.data(), p.first, p.second);
+    if (b->n) std::memcpy(out.data(), b->user, b->n);
   }
 }
 

@@ -247,9 +247,19 @@ TEST(Bugs, ShuffleFromInactiveLane) {
   EXPECT_TRUE(has(e, "not an active lane")) << e;
 }
 
+// Out-of-bounds device accesses kill the process: under ASan through its
+// report on the exactly sized buffer, otherwise through the fault handler on
+// the guard page after the buffer, which names the kernel, thread and buffer.
 #if defined(__SANITIZE_ADDRESS__)
-// Device buffers are exactly sized heap allocations: AddressSanitizer
-// reports the overrun (and aborts), so this is a death test under ASan.
+constexpr const char* kOobStore = "heap-buffer-overflow";
+constexpr const char* kOobRead = "heap-buffer-overflow";
+#else
+constexpr const char* kOobStore =
+    "kernel 'emu_k_bugs/oob_device_store', threadgroup \\(0,0,0\\), thread \\(63,0,0\\).*out-of-bounds device "
+    "memory access to \\[\\[buffer\\(0\\)\\]\\] of 256 bytes at byte offset 256";
+constexpr const char* kOobRead = "oob_device_read.*out-of-bounds device memory access to \\[\\[buffer\\(0\\)\\]\\] of 128 bytes";
+#endif
+
 TEST(BugsDeathTest, OutOfBoundsDeviceStore) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(
@@ -258,15 +268,40 @@ TEST(BugsDeathTest, OutOfBoundsDeviceStore) {
         args.set(0, std::vector<float>(64)).set_bytes(1, uint32_t(64));
         dispatch(bug("oob_device_store"), {1, 1, 1}, {64, 1, 1}, args);
       },
-      "heap-buffer-overflow");
+      kOobStore);
 }
-#else
-TEST(Bugs, OutOfBoundsDeviceStore) {
+
+TEST(BugsDeathTest, OutOfBoundsDeviceRead) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        Args args;
+        args.set(0, std::vector<float>(32)).set(1, std::vector<float>(32));
+        dispatch(bug("oob_device_read"), {1, 1, 1}, {32, 1, 1}, args, Schedule::reversed());
+      },
+      kOobRead);
+}
+
+#if !defined(__SANITIZE_ADDRESS__)
+TEST(Bugs, OutOfBoundsDeviceStoreIntoAlignmentSlack) {
+  // 63 floats = 252 bytes: the data ends 4 bytes before the guard page (16-byte
+  // alignment), so out[63] lands in guard bytes checked after the dispatch.
   Args args;
-  args.set(0, std::vector<float>(64)).set_bytes(1, uint32_t(64));
-  const std::string e = error_of([&] { dispatch(bug("oob_device_store"), {1, 1, 1}, {64, 1, 1}, args); });
-  EXPECT_TRUE(has(e, "out-of-bounds write past the end of device buffer [[buffer(0)]]")) << e;
-  EXPECT_TRUE(has(e, "byte offset 256")) << e;
+  args.set(0, std::vector<float>(63)).set_bytes(1, uint32_t(63));
+  const std::string e = error_of([&] { dispatch(bug("oob_device_store"), {1, 1, 1}, {63, 1, 1}, args); });
+  EXPECT_TRUE(has(e, "out-of-bounds write past the end of device buffer [[buffer(0)]] of 252 bytes")) << e;
+  EXPECT_TRUE(has(e, "byte offset 252")) << e;
+}
+
+TEST(BugsDeathTest, FiberStackOverflow) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        Args args;
+        args.set(0, std::vector<float>(32)).set_bytes(1, uint32_t(100000));
+        dispatch(bug("stack_hog"), {1, 1, 1}, {32, 1, 1}, args);
+      },
+      "stack overflow in an emulated thread.*stack_bytes");
 }
 #endif
 
