@@ -10,6 +10,7 @@
 
 #include "core/attn_params.h"
 #include "core/semantics.h"
+#include "cuda/launch.h"
 
 namespace fsdpa {
 namespace cuda {
@@ -116,7 +117,8 @@ __device__ __forceinline__ bool has_elementwise(const AttnParams& p) {
 // Final score of (i, j) given the raw dot product, or -inf when masked.
 // `tanh_out` receives tanh(scale*dot/softcap) (for the backward).
 __device__ __forceinline__ float score_of(const AttnParams& p, const ScoreCtx& c, float dot,
-                                          int i, int j, const KeyRange& r, float* tanh_out) {
+                                          int i, int j, const KeyRange& r, float* tanh_out,
+                                          bool use_mask = true) {
   if (j < r.lo || j > r.hi) return neg_inf();
   float s = dot * c.scale;
   if (c.softcap > 0.0f) {
@@ -125,7 +127,7 @@ __device__ __forceinline__ float score_of(const AttnParams& p, const ScoreCtx& c
     s = c.softcap * t;
   }
   if (p.alibi) s += alibi_bias(c.slope, i, j, c.off);
-  if (p.mask_kind != MaskKind::none) {
+  if (use_mask && p.mask_kind != MaskKind::none) {
     const int64_t mo = c.b * p.mask_stride[0] + c.h * p.mask_stride[1] +
                        int64_t(i) * p.mask_stride[2] + int64_t(j) * p.mask_stride[3];
     if (p.mask_kind == MaskKind::boolean) {
@@ -135,6 +137,23 @@ __device__ __forceinline__ float score_of(const AttnParams& p, const ScoreCtx& c
     }
   }
   return s;
+}
+
+// State of the mask over rows [r0, r0+nr) x keys [c0, c0+nc) of (b, h), from
+// the 32x32 tile flags of MaskTiles (launch.h): 0 = every element masked
+// (skip the block), 1 = the mask changes nothing there, 2 = mixed.
+__device__ __forceinline__ int mask_state(const MaskTiles& mt, int64_t b, int64_t h, int r0,
+                                          int nr, int c0, int nc) {
+  if (mt.flags == nullptr || nr <= 0 || nc <= 0) return 2;
+  const uint8_t* f = mt.flags + b * mt.stride_b + h * mt.stride_h;
+  bool all0 = true, all1 = true;
+  for (int ti = r0 / kMaskTile; ti <= (r0 + nr - 1) / kMaskTile; ++ti)
+    for (int tj = c0 / kMaskTile; tj <= (c0 + nc - 1) / kMaskTile; ++tj) {
+      const uint8_t v = f[int64_t(ti) * mt.ntj + tj];
+      all0 = all0 && v == 0;
+      all1 = all1 && v == 1;
+    }
+  return all0 ? 0 : all1 ? 1 : 2;
 }
 
 // Dropout: multiplier (0 or 1/(1-p)) of elements (i, 2c) and (i, 2c+1).

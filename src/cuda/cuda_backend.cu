@@ -143,6 +143,16 @@ fsdpa_status check_inputs(const AttnParams& p, bool backward, cudaStream_t s) {
   return FSDPA_OK;
 }
 
+// Tile flags of the mask for block skipping (tensor-core path).
+fsdpa_status classify_mask(const AttnParams& p, Buf& flags, MaskTiles* mt, cudaStream_t s) {
+  const int64_t bytes = mask_tiles_bytes(p);
+  if (bytes <= 0 || env_flag("FLASHSDPA_CUDA_NO_MASK_SKIP")) return FSDPA_OK;
+  const cudaError_t err = flags.alloc(bytes, s);
+  if (err != cudaSuccess) return cuda_fail(err, "mask tile workspace allocation");
+  *mt = mask_tiles(p, flags.as<uint8_t>(), s);
+  return FSDPA_OK;
+}
+
 int sm_count(int dev) {
   int n = 0;
   if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0)
@@ -160,7 +170,7 @@ int choose_splits(const AttnParams& p, int dp) {
   const int64_t nkb = (p.seqlen_k + bn - 1) / bn;
   const int sms = sm_count(p.device_id);
   if (ctas >= sms || nkb < 8) return 1;
-  int64_t n = (2 * sms + ctas - 1) / ctas;
+  int64_t n = (4 * sms + ctas - 1) / ctas;
   if (n > nkb / 4) n = nkb / 4;
   if (n > 64) n = 64;
   // Keep the fp32 partials under 1 GiB.
@@ -188,15 +198,19 @@ fsdpa_status forward(const AttnParams& p, void* stream) {
     const int vec = vec_bits(p, false);
     const int nsplit = choose_splits(p, dp);
     auto run = p.dtype == DType::f16 ? tc_fwd_f16 : tc_fwd_bf16;
+    Buf flags;
+    MaskTiles mt{nullptr, 0, 0, 0, 0};
+    st = classify_mask(p, flags, &mt, s);
+    if (st != FSDPA_OK) return st;
     if (nsplit <= 1) {
-      err = run(p, dp, vec, 1, nullptr, nullptr, s);
+      err = run(p, dp, vec, mt, 1, nullptr, nullptr, s);
     } else {
       const int64_t rows = p.total_q * p.heads_q;
       Buf opart, lsepart;
       err = opart.alloc(size_t(nsplit) * rows * dp * sizeof(float), s);
       if (err == cudaSuccess) err = lsepart.alloc(size_t(nsplit) * rows * sizeof(float), s);
       if (err != cudaSuccess) return cuda_fail(err, "split-KV workspace allocation");
-      err = run(p, dp, vec, nsplit, opart.as<float>(), lsepart.as<float>(), s);
+      err = run(p, dp, vec, mt, nsplit, opart.as<float>(), lsepart.as<float>(), s);
       if (err == cudaSuccess) {
         splitkv_merge(p, nsplit, opart.as<float>(), lsepart.as<float>(), dp, s);
         err = cudaGetLastError();
@@ -230,7 +244,11 @@ fsdpa_status backward(const AttnParams& p, void* stream) {
     err = cudaGetLastError();
   } else {
     auto run = p.dtype == DType::f16 ? tc_bwd_f16 : tc_bwd_bf16;
-    err = run(p, dp, vec_bits(p, true), dsum.as<float>(), s);
+    Buf flags;
+    MaskTiles mt{nullptr, 0, 0, 0, 0};
+    st = classify_mask(p, flags, &mt, s);
+    if (st != FSDPA_OK) return st;
+    err = run(p, dp, vec_bits(p, true), mt, dsum.as<float>(), s);
   }
   if (err != cudaSuccess) return cuda_fail(err, "backward kernel launch");
   return FSDPA_OK;

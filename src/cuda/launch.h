@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cuda_runtime.h>
+#include <stdint.h>
 
 #include "core/attn_params.h"
 
@@ -27,6 +28,21 @@ void zero_grads(const AttnParams& p, cudaStream_t s);
 void check_finite(const void* data, DType t, const int64_t shape[4], const int64_t stride[4],
                   unsigned long long* flag, cudaStream_t s);
 
+// Block skipping for masks: the mask classified per 32x32 tile of
+// (query, key) into 0 = all masked, 1 = no effect (bool true / additive 0),
+// 2 = mixed. flags: [MB, MH, nti, ntj] with MB/MH 1 where the mask
+// broadcasts over batch/heads. flags == nullptr: no classification.
+constexpr int kMaskTile = 32;
+struct MaskTiles {
+  const uint8_t* flags;
+  int nti, ntj;
+  int64_t stride_b, stride_h;  // in flags, 0 on broadcast dims
+};
+// Sizes the flags array for p's mask (0 when there is no mask).
+int64_t mask_tiles_bytes(const AttnParams& p);
+// Fills flags (mask_tiles_bytes(p) bytes) and returns the descriptor.
+MaskTiles mask_tiles(const AttnParams& p, uint8_t* flags, cudaStream_t s);
+
 // Bits of the tensor-core kernels' `vec` argument: the tensor can be read
 // (written) with 16-byte accesses (stride_d == 1, dim % 8 == 0, 16-byte
 // aligned rows).
@@ -36,12 +52,14 @@ enum VecBits { kVecQ = 1, kVecK = 2, kVecV = 4, kVecO = 8, kVecDO = 16 };
 // dp: head-dim bucket from tc_buckets.h. vec: VecBits (tc.cuh).
 // nsplit > 1: split-KV; opart/lsepart are fp32 workspaces of
 // nsplit * total_q * Hq * dp and nsplit * total_q * Hq floats.
-cudaError_t tc_fwd_f16(const AttnParams& p, int dp, int vec, int nsplit, float* opart,
-                       float* lsepart, cudaStream_t s);
-cudaError_t tc_fwd_bf16(const AttnParams& p, int dp, int vec, int nsplit, float* opart,
-                        float* lsepart, cudaStream_t s);
-cudaError_t tc_bwd_f16(const AttnParams& p, int dp, int vec, const float* dsum, cudaStream_t s);
-cudaError_t tc_bwd_bf16(const AttnParams& p, int dp, int vec, const float* dsum, cudaStream_t s);
+cudaError_t tc_fwd_f16(const AttnParams& p, int dp, int vec, const MaskTiles& mt, int nsplit,
+                       float* opart, float* lsepart, cudaStream_t s);
+cudaError_t tc_fwd_bf16(const AttnParams& p, int dp, int vec, const MaskTiles& mt, int nsplit,
+                        float* opart, float* lsepart, cudaStream_t s);
+cudaError_t tc_bwd_f16(const AttnParams& p, int dp, int vec, const MaskTiles& mt,
+                       const float* dsum, cudaStream_t s);
+cudaError_t tc_bwd_bf16(const AttnParams& p, int dp, int vec, const MaskTiles& mt,
+                        const float* dsum, cudaStream_t s);
 void splitkv_merge(const AttnParams& p, int nsplit, const float* opart, const float* lsepart,
                    int dv_stride, cudaStream_t s);
 

@@ -107,6 +107,34 @@ __global__ void uncovered_kernel(AttnParams p) {
   }
 }
 
+// One block per 32x32 tile of (mb, mh): 0 = all masked, 1 = mask is a no-op
+// (bool true / additive 0), 2 = mixed. Elements outside [0,Sq)x[0,Sk) ignored.
+__global__ void mask_tiles_kernel(AttnParams p, uint8_t* flags, int mh_count, int nti, int ntj) {
+  const int tj = blockIdx.x, ti = blockIdx.y;
+  const int64_t mb = blockIdx.z / mh_count, mh = blockIdx.z % mh_count;
+  const int j = tj * kMaskTile + threadIdx.x % 32;
+  bool any_vis = false, any_effect = false;
+  for (int y = threadIdx.x / 32; y < kMaskTile; y += blockDim.x / 32) {
+    const int i = ti * kMaskTile + y;
+    if (i >= p.seqlen_q || j >= p.seqlen_k) continue;
+    const int64_t o = mb * p.mask_stride[0] + mh * p.mask_stride[1] + int64_t(i) * p.mask_stride[2] +
+                      int64_t(j) * p.mask_stride[3];
+    if (p.mask_kind == MaskKind::boolean) {
+      const bool keep = static_cast<const uint8_t*>(p.mask)[o] != 0;
+      any_vis |= keep;
+      any_effect |= !keep;
+    } else {
+      const float v = load_dyn(p.mask, o, p.mask_dtype);
+      any_vis |= v != neg_inf();
+      any_effect |= v != 0.0f;
+    }
+  }
+  any_vis = __syncthreads_or(any_vis);
+  any_effect = __syncthreads_or(any_effect);
+  if (threadIdx.x == 0)
+    flags[(blockIdx.z * int64_t(nti) + ti) * ntj + tj] = !any_vis ? 0 : !any_effect ? 1 : 2;
+}
+
 int grid_for(int64_t n) {
   const int64_t g = (n + 255) / 256;
   return static_cast<int>(g < 4096 ? (g < 1 ? 1 : g) : 4096);
@@ -117,6 +145,44 @@ int grid_for(int64_t n) {
 void bwd_preprocess(const AttnParams& p, float* dsum, cudaStream_t s) {
   const dim3 grid((p.seqlen_q + kWarps - 1) / kWarps, p.heads_q, p.batch);
   if (grid.x > 0) preprocess_kernel<<<grid, kWarps * 32, 0, s>>>(p, dsum);
+}
+
+namespace {
+struct TileDims {
+  int64_t mb, mh, nti, ntj;
+};
+TileDims tile_dims(const AttnParams& p) {
+  TileDims d;
+  d.mb = p.mask_stride[0] == 0 ? 1 : p.batch;
+  d.mh = p.mask_stride[1] == 0 ? 1 : p.heads_q;
+  d.nti = (p.seqlen_q + kMaskTile - 1) / kMaskTile;
+  d.ntj = (p.seqlen_k + kMaskTile - 1) / kMaskTile;
+  return d;
+}
+}  // namespace
+
+int64_t mask_tiles_bytes(const AttnParams& p) {
+  if (p.mask_kind == MaskKind::none) return 0;
+  const TileDims d = tile_dims(p);
+  return d.mb * d.mh * d.nti * d.ntj;
+}
+
+MaskTiles mask_tiles(const AttnParams& p, uint8_t* flags, cudaStream_t s) {
+  MaskTiles mt{nullptr, 0, 0, 0, 0};
+  const TileDims d = tile_dims(p);
+  if (p.mask_kind == MaskKind::none || flags == nullptr || d.nti == 0 || d.ntj == 0 ||
+      d.mb * d.mh > 65535 || d.nti > 65535)
+    return mt;
+  const dim3 grid(static_cast<unsigned>(d.ntj), static_cast<unsigned>(d.nti),
+                  static_cast<unsigned>(d.mb * d.mh));
+  mask_tiles_kernel<<<grid, 256, 0, s>>>(p, flags, static_cast<int>(d.mh),
+                                         static_cast<int>(d.nti), static_cast<int>(d.ntj));
+  mt.flags = flags;
+  mt.nti = static_cast<int>(d.nti);
+  mt.ntj = static_cast<int>(d.ntj);
+  mt.stride_h = p.mask_stride[1] == 0 ? 0 : d.nti * d.ntj;
+  mt.stride_b = p.mask_stride[0] == 0 ? 0 : d.mh * d.nti * d.ntj;
+  return mt;
 }
 
 void varlen_uncovered(const AttnParams& p, cudaStream_t s) {

@@ -157,7 +157,7 @@ __device__ __forceinline__ void store_pair(T* base, int64_t off, int64_t sd, int
 // ================================================================================
 template <typename T, int DP, int BN, int NW, bool GEN>
 __global__ void __launch_bounds__(NW * 32)
-tc_fwd_kernel(AttnParams p, int vec, int nsplit, float* opart, float* lsepart) {
+tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, float* lsepart) {
   constexpr int BM = 16 * NW, P = pitch<DP>(), NT = NW * 32;
   extern __shared__ __align__(16) char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);
@@ -191,7 +191,16 @@ tc_fwd_kernel(AttnParams p, int vec, int nsplit, float* opart, float* lsepart) {
     kb1 = min(kb1, s0 + per - 1);
     kb0 = s0;
   }
-  const int nit = max(0, kb1 - kb0 + 1);
+  // Mask state of key block kb (general variant only): 0 = skip it.
+  auto state_of = [&](int kb) -> int {
+    if constexpr (!GEN) return 2;
+    else return mask_state(mt, b, h, m0, mrows, kb * BN, min(BN, e.sk - kb * BN));
+  };
+  auto next_kb = [&](int kb) {
+    while (kb <= kb1 && state_of(kb) == 0) ++kb;
+    return kb;
+  };
+  int kb = next_kb(kb0);
 
   const T* qg = static_cast<const T*>(p.q) + off4(p.q_stride, b, h, e.q_begin + m0, 0);
   const T* kg = static_cast<const T*>(p.k) + off4(p.k_stride, b, hk, e.k_begin, 0);
@@ -203,9 +212,9 @@ tc_fwd_kernel(AttnParams p, int vec, int nsplit, float* opart, float* lsepart) {
     load_tile<T, BN, DP, NT>(Vs + buf * BN * P, vg + n0 * p.v_stride[2], p.v_stride[2],
                              p.v_stride[3], nr, Dv, vec & kVecV);
   };
-  if (nit > 0) {
+  if (kb <= kb1) {
     load_tile<T, BM, DP, NT>(Qs, qg, p.q_stride[2], p.q_stride[3], mrows, D, vec & kVecQ);
-    load_kv(kb0, 0);
+    load_kv(kb, 0);
     cp_async_commit();
   }
 
@@ -227,14 +236,18 @@ tc_fwd_kernel(AttnParams p, int vec, int nsplit, float* opart, float* lsepart) {
 #pragma unroll
   for (int n = 0; n < DP / 8; ++n) oacc[n][0] = oacc[n][1] = oacc[n][2] = oacc[n][3] = 0.0f;
 
-  for (int it = 0; it < nit; ++it) {
-    const int buf = it & 1, n0 = (kb0 + it) * BN;
+  for (int buf = 0; kb <= kb1; buf ^= 1) {
+    const int n0 = kb * BN, kn = next_kb(kb + 1);
+    // Mask state 1 without ALiBi/softcap: the band alone decides.
+    const int mst = state_of(kb);
+    const bool plain = !elem || (mst == 1 && p.alibi == nullptr && p.softcap <= 0.0f);
     cp_async_wait_all();
     __syncthreads();
-    if (it + 1 < nit) {
-      load_kv(kb0 + it + 1, buf ^ 1);
+    if (kn <= kb1) {
+      load_kv(kn, buf ^ 1);
       cp_async_commit();
     }
+    kb = kn;
     const T* Kb = Ks + buf * BN * P;
     const T* Vb = Vs + buf * BN * P;
 
@@ -262,11 +275,11 @@ tc_fwd_kernel(AttnParams p, int vec, int nsplit, float* opart, float* lsepart) {
       for (int x = 0; x < 4; ++x) {
         const int r = x / 2, j = n0 + n * 8 + 2 * (lane % 4) + (x % 2);
         float v;
-        if (!elem) {
+        if (plain) {
           v = (j >= rlo[r] && j <= rhi[r]) ? s[n][x] * sl2 : neg_inf();
         } else {
           float t;
-          v = score_of(p, c, s[n][x], rows[r], j, rr[r], &t) * kLog2e;
+          v = score_of(p, c, s[n][x], rows[r], j, rr[r], &t, mst != 1) * kLog2e;
         }
         s[n][x] = v;
         mx[r] = fmaxf(mx[r], v);
@@ -365,7 +378,7 @@ tc_fwd_kernel(AttnParams p, int vec, int nsplit, float* opart, float* lsepart) {
 // ================================================================================
 template <typename T, int DP, int BN, int NW, bool GEN>
 __global__ void __launch_bounds__(NW * 32)
-tc_dq_kernel(AttnParams p, int vec, const float* dsum) {
+tc_dq_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
   constexpr int BM = 16 * NW, P = pitch<DP>(), NT = NW * 32;
   extern __shared__ __align__(16) char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);
@@ -391,7 +404,15 @@ tc_dq_kernel(AttnParams p, int vec, const float* dsum) {
     kb0 = static_cast<int>(rfirst.lo / BN);
     kb1 = static_cast<int>(rlast.hi / BN);
   }
-  const int nit = max(0, kb1 - kb0 + 1);
+  auto state_of = [&](int kb) -> int {
+    if constexpr (!GEN) return 2;
+    else return mask_state(mt, b, h, m0, mrows, kb * BN, min(BN, e.sk - kb * BN));
+  };
+  auto next_kb = [&](int kb) {
+    while (kb <= kb1 && state_of(kb) == 0) ++kb;
+    return kb;
+  };
+  int kb = next_kb(kb0);
 
   const T* qg = static_cast<const T*>(p.q) + off4(p.q_stride, b, h, e.q_begin + m0, 0);
   const T* dog = static_cast<const T*>(p.dout) + off4(p.dout_stride, b, h, e.q_begin + m0, 0);
@@ -404,11 +425,11 @@ tc_dq_kernel(AttnParams p, int vec, const float* dsum) {
     load_tile<T, BN, DP, NT>(Vs + buf * BN * P, vg + n0 * p.v_stride[2], p.v_stride[2],
                              p.v_stride[3], nr, Dv, vec & kVecV);
   };
-  if (nit > 0) {
+  if (kb <= kb1) {
     load_tile<T, BM, DP, NT>(Qs, qg, p.q_stride[2], p.q_stride[3], mrows, D, vec & kVecQ);
     load_tile<T, BM, DP, NT>(dOs, dog, p.dout_stride[2], p.dout_stride[3], mrows, Dv,
                              vec & kVecDO);
-    load_kv(kb0, 0);
+    load_kv(kb, 0);
     cp_async_commit();
   }
 
@@ -437,14 +458,17 @@ tc_dq_kernel(AttnParams p, int vec, const float* dsum) {
 #pragma unroll
   for (int n = 0; n < DP / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
 
-  for (int it = 0; it < nit; ++it) {
-    const int buf = it & 1, n0 = (kb0 + it) * BN;
+  for (int buf = 0; kb <= kb1; buf ^= 1) {
+    const int n0 = kb * BN, kn = next_kb(kb + 1);
+    const int mst = state_of(kb);
+    const bool plain = !elem || (mst == 1 && p.alibi == nullptr && p.softcap <= 0.0f);
     cp_async_wait_all();
     __syncthreads();
-    if (it + 1 < nit) {
-      load_kv(kb0 + it + 1, buf ^ 1);
+    if (kn <= kb1) {
+      load_kv(kn, buf ^ 1);
       cp_async_commit();
     }
+    kb = kn;
     const T* Kb = Ks + buf * BN * P;
     const T* Vb = Vs + buf * BN * P;
 
@@ -482,10 +506,10 @@ tc_dq_kernel(AttnParams p, int vec, const float* dsum) {
       for (int x = 0; x < 4; ++x) {
         const int r = x / 2, j = n0 + n * 8 + 2 * (lane % 4) + (x % 2);
         float v, t = 0.0f;
-        if (!elem)
+        if (plain)
           v = (j >= rlo[r] && j <= rhi[r]) ? s[n][x] * p.scale : neg_inf();
         else
-          v = score_of(p, c, s[n][x], rows[r], j, rr[r], &t);
+          v = score_of(p, c, s[n][x], rows[r], j, rr[r], &t, mst != 1);
         const float pr = (v == neg_inf() || lse2[r] == neg_inf()) ? 0.0f
                                                                    : exp2f(v * kLog2e - lse2[r]);
         float ds = pr * (dp[n][x] * z[x] - Di[r]);
@@ -529,7 +553,7 @@ tc_dq_kernel(AttnParams p, int vec, const float* dsum) {
 // ================================================================================
 template <typename T, int DP, int BM, int NW, bool GEN>
 __global__ void __launch_bounds__(NW * 32)
-tc_dkdv_kernel(AttnParams p, int vec, const float* dsum) {
+tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
   constexpr int BN = 16 * NW, P = pitch<DP>(), NT = NW * 32;
   extern __shared__ __align__(16) char smem_raw[];
   T* Ks = reinterpret_cast<T*>(smem_raw);
@@ -558,6 +582,18 @@ tc_dkdv_kernel(AttnParams p, int vec, const float* dsum) {
     nqb = ihi / BM - qb0 + 1;
   }
   const int nit = nqb * group;
+  auto state_of = [&](int itx) -> int {
+    if constexpr (!GEN) return 2;
+    else {
+      const int q0 = (qb0 + itx % nqb) * BM;
+      return mask_state(mt, b, hk * group + itx / nqb, q0, min(BM, e.sq - q0), n0, nrows_k);
+    }
+  };
+  auto next_it = [&](int itx) {
+    while (itx < nit && state_of(itx) == 0) ++itx;
+    return itx;
+  };
+  int it = next_it(0);
 
   const T* kg = static_cast<const T*>(p.k) + off4(p.k_stride, b, hk, e.k_begin + n0, 0);
   const T* vg = static_cast<const T*>(p.v) + off4(p.v_stride, b, hk, e.k_begin + n0, 0);
@@ -581,10 +617,10 @@ tc_dkdv_kernel(AttnParams p, int vec, const float* dsum) {
       D_s[buf * BM + r] = dd;
     }
   };
-  if (nit > 0) {
+  if (it < nit) {
     load_tile<T, BN, DP, NT>(Ks, kg, p.k_stride[2], p.k_stride[3], nrows_k, D, vec & kVecK);
     load_tile<T, BN, DP, NT>(Vs, vg, p.v_stride[2], p.v_stride[3], nrows_k, Dv, vec & kVecV);
-    load_q(0, 0);
+    load_q(it, 0);
     cp_async_commit();
   }
 
@@ -601,16 +637,19 @@ tc_dkdv_kernel(AttnParams p, int vec, const float* dsum) {
 #pragma unroll
     for (int x = 0; x < 4; ++x) dk[n][x] = dv[n][x] = 0.0f;
 
-  for (int it = 0; it < nit; ++it) {
-    const int buf = it & 1;
+  for (int buf = 0; it < nit; buf ^= 1) {
     const int64_t h = hk * group + it / nqb;
     const int q0 = (qb0 + it % nqb) * BM;
+    const int itn = next_it(it + 1);
+    const int mst = state_of(it);
+    const bool plain = !elem || (mst == 1 && p.alibi == nullptr && p.softcap <= 0.0f);
     cp_async_wait_all();
     __syncthreads();
-    if (it + 1 < nit) {
-      load_q(it + 1, buf ^ 1);
+    if (itn < nit) {
+      load_q(itn, buf ^ 1);
       cp_async_commit();
     }
+    it = itn;
     const T* Qb = Qs + buf * BM * P;
     const T* dOb = dOs + buf * BM * P;
     const ScoreCtx c = make_score_ctx(p, b, h, e);
@@ -647,12 +686,12 @@ tc_dkdv_kernel(AttnParams p, int vec, const float* dsum) {
         float pz = 0.0f, ds = 0.0f;
         if (i < e.sq && j < e.sk) {
           float v, t = 0.0f;
-          if (!elem) {
+          if (plain) {
             const int d = i + off;
             const bool vis = (wl < 0 || j >= d - wl) && (wr < 0 || j <= d + wr);
             v = vis ? s[n][x] * p.scale : neg_inf();
           } else {
-            v = score_of(p, c, s[n][x], i, j, row_range(p, c, i), &t);
+            v = score_of(p, c, s[n][x], i, j, row_range(p, c, i), &t, mst != 1);
           }
           const float l2 = lse_s[buf * BM + col];
           const float pr = (v == neg_inf() || l2 == neg_inf()) ? 0.0f : exp2f(v * kLog2e - l2);

@@ -3,10 +3,11 @@
 
 namespace fsdpa {
 namespace cuda {
-cudaError_t tc_bwd_f16(const AttnParams& p, int dp, int vec, const float* dsum, cudaStream_t s) {
+cudaError_t tc_bwd_f16(const AttnParams& p, int dp, int vec, const MaskTiles& mt, const float* dsum,
+                       cudaStream_t s) {
   switch (dp) {
 #define FSDPA_CASE(B) \
-  case B: return tc_bwd_launch<__half, B>(p, vec, dsum, s);
+  case B: return tc_bwd_launch<__half, B>(p, vec, mt, dsum, s);
     FSDPA_TC_BUCKETS(FSDPA_CASE)
 #undef FSDPA_CASE
     default: return cudaErrorInvalidValue;

@@ -3,11 +3,11 @@
 
 namespace fsdpa {
 namespace cuda {
-cudaError_t tc_fwd_f16(const AttnParams& p, int dp, int vec, int nsplit, float* opart,
+cudaError_t tc_fwd_f16(const AttnParams& p, int dp, int vec, const MaskTiles& mt, int nsplit, float* opart,
                       float* lsepart, cudaStream_t s) {
   switch (dp) {
 #define FSDPA_CASE(B) \
-  case B: return tc_fwd_launch<__half, B>(p, vec, nsplit, opart, lsepart, s);
+  case B: return tc_fwd_launch<__half, B>(p, vec, mt, nsplit, opart, lsepart, s);
     FSDPA_TC_BUCKETS(FSDPA_CASE)
 #undef FSDPA_CASE
     default: return cudaErrorInvalidValue;

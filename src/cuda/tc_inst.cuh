@@ -9,7 +9,7 @@ namespace fsdpa {
 namespace cuda {
 
 template <typename T, int DP, bool GEN>
-cudaError_t tc_fwd_launch_g(const AttnParams& p, int vec, int nsplit, float* opart, float* lsepart,
+cudaError_t tc_fwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, int nsplit, float* opart, float* lsepart,
                           cudaStream_t s) {
   using C = TcConfig<DP>;
   constexpr int BM = 16 * C::kWarps, BN = C::kFwdBN;
@@ -18,12 +18,12 @@ cudaError_t tc_fwd_launch_g(const AttnParams& p, int vec, int nsplit, float* opa
   cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (err != cudaSuccess) return err;
   const dim3 grid((p.seqlen_q + BM - 1) / BM, p.heads_q, p.batch * nsplit);
-  kern<<<grid, C::kWarps * 32, smem, s>>>(p, vec, nsplit, opart, lsepart);
+  kern<<<grid, C::kWarps * 32, smem, s>>>(p, vec, mt, nsplit, opart, lsepart);
   return cudaGetLastError();
 }
 
 template <typename T, int DP, bool GEN>
-cudaError_t tc_bwd_launch_g(const AttnParams& p, int vec, const float* dsum, cudaStream_t s) {
+cudaError_t tc_bwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, const float* dsum, cudaStream_t s) {
   using C = TcConfig<DP>;
   {
     constexpr int BM = 16 * C::kWarps, BN = C::kDqBN;
@@ -32,7 +32,7 @@ cudaError_t tc_bwd_launch_g(const AttnParams& p, int vec, const float* dsum, cud
     cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (err != cudaSuccess) return err;
     const dim3 grid((p.seqlen_q + BM - 1) / BM, p.heads_q, p.batch);
-    if (grid.x > 0) kern<<<grid, C::kWarps * 32, smem, s>>>(p, vec, dsum);
+    if (grid.x > 0) kern<<<grid, C::kWarps * 32, smem, s>>>(p, vec, mt, dsum);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
@@ -43,7 +43,7 @@ cudaError_t tc_bwd_launch_g(const AttnParams& p, int vec, const float* dsum, cud
     cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (err != cudaSuccess) return err;
     const dim3 grid((p.seqlen_k + BN - 1) / BN, p.heads_k, p.batch);
-    if (grid.x > 0) kern<<<grid, C::kWarps * 32, smem, s>>>(p, vec, dsum);
+    if (grid.x > 0) kern<<<grid, C::kWarps * 32, smem, s>>>(p, vec, mt, dsum);
     return cudaGetLastError();
   }
 }
@@ -56,16 +56,17 @@ inline bool tc_general(const AttnParams& p) {
 }
 
 template <typename T, int DP>
-cudaError_t tc_fwd_launch(const AttnParams& p, int vec, int nsplit, float* opart, float* lsepart,
-                          cudaStream_t s) {
-  return tc_general(p) ? tc_fwd_launch_g<T, DP, true>(p, vec, nsplit, opart, lsepart, s)
-                       : tc_fwd_launch_g<T, DP, false>(p, vec, nsplit, opart, lsepart, s);
+cudaError_t tc_fwd_launch(const AttnParams& p, int vec, const MaskTiles& mt, int nsplit,
+                          float* opart, float* lsepart, cudaStream_t s) {
+  return tc_general(p) ? tc_fwd_launch_g<T, DP, true>(p, vec, mt, nsplit, opart, lsepart, s)
+                       : tc_fwd_launch_g<T, DP, false>(p, vec, mt, nsplit, opart, lsepart, s);
 }
 
 template <typename T, int DP>
-cudaError_t tc_bwd_launch(const AttnParams& p, int vec, const float* dsum, cudaStream_t s) {
-  return tc_general(p) ? tc_bwd_launch_g<T, DP, true>(p, vec, dsum, s)
-                       : tc_bwd_launch_g<T, DP, false>(p, vec, dsum, s);
+cudaError_t tc_bwd_launch(const AttnParams& p, int vec, const MaskTiles& mt, const float* dsum,
+                          cudaStream_t s) {
+  return tc_general(p) ? tc_bwd_launch_g<T, DP, true>(p, vec, mt, dsum, s)
+                       : tc_bwd_launch_g<T, DP, false>(p, vec, mt, dsum, s);
 }
 
 }  // namespace cuda

@@ -147,6 +147,12 @@ std::vector<Case> make_grid(bool quick) {
     add("varlen_causal_br", [](Case& c) { c.varlen = true; c.B = 3; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
     add("varlen_window_dropout", [](Case& c) { c.varlen = true; c.B = 3; c.wl = 20; c.wr = 5; c.dropout = 0.1f; });
     add("causal_br_sq_gt_sk", [](Case& c) { std::swap(c.Sq, c.Sk); c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    // Block-structured masks (see blockify): exercise mask block skipping.
+    add("blockmask_bool", [](Case& c) { c.mask = MaskKind::boolean; });
+    add("blockmask_bool_causal_alibi", [](Case& c) { c.mask = MaskKind::boolean; c.causal = true; c.alibi = true; });
+    add("blockmask_bool_dropout", [](Case& c) { c.mask = MaskKind::boolean; c.dropout = 0.1f; });
+    add("blockmask_additive", [](Case& c) { c.mask = MaskKind::additive; });
+    add("blockmask_additive_softcap_window", [](Case& c) { c.mask = MaskKind::additive; c.softcap = 3.0f; c.wl = 70; });
     if (quick) break;
   }
   return grid;
@@ -195,9 +201,38 @@ struct Check {
   }
 };
 
+// Cases named "blockmask": replace the mask by one made of 32x32 tiles that
+// are all masked, all visible or mixed (plus a fully masked row block), so
+// that the backend's mask block skipping sees every tile state.
+void blockify(Problem& pr) {
+  const Case& c = pr.c;
+  std::mt19937 g(99);
+  std::normal_distribution<double> n(0.0, 1.0);
+  if (c.mask == MaskKind::boolean) {
+    pr.mask = Tensor({c.B, 1, c.Sq, c.Sk}, DT::u8);
+    for (int64_t x = 0; x < pr.mask.numel(); ++x) {
+      const int64_t j = x % c.Sk, i = (x / c.Sk) % c.Sq, b = x / (c.Sk * c.Sq);
+      const int64_t ti = i / 32, tj = j / 32;
+      bool keep = (ti + tj + b) % 3 != 0;
+      if (ti == tj) keep = (i + j) % 5 != 0;  // mixed tiles on the diagonal
+      if (ti == 1) keep = false;              // rows 32..63: no visible key
+      pr.mask.set(x, keep);
+    }
+  } else if (c.mask == MaskKind::additive) {
+    pr.mask = Tensor({c.Sq, c.Sk}, DT::f32);
+    for (int64_t x = 0; x < pr.mask.numel(); ++x) {
+      const int64_t j = x % c.Sk, i = x / c.Sk;
+      const int64_t k = (i / 32 + 2 * (j / 32)) % 4;
+      pr.mask.set(x, k == 1 ? -INFINITY : k == 2 ? n(g) : 0.0);
+    }
+  }
+  pr.p.mask = &pr.mask;
+}
+
 // Runs one case on the current path; returns true if it passed.
 bool run_case(const Case& c, bool simt, cudaStream_t s) {
   Problem pr(c);
+  if (c.name.find("blockmask") != std::string::npos) blockify(pr);
   fsdpa_params& p = pr.p;
   const std::string key = std::string(dt_name(c.dt)) + (simt ? "/simt" : "/tc");
   Check chk;
