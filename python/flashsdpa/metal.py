@@ -158,14 +158,25 @@ def _buffers(**named) -> List[Optional[torch.Tensor]]:
     return out
 
 
+def _check_finite(params, **named) -> None:
+    """params.check_finite on the device (the C++ bridge cannot read MPS memory)."""
+    if not params.check_finite:
+        return
+    for name, t in named.items():
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"flashsdpa (mps): {name}: contains a non-finite value (NaN or Inf)")
+
+
 def forward(params, q, k, v, out, lse, mask, alibi, cu_q, cu_k, device) -> None:
     """Runner of flashsdpa::fwd for mps tensors (signature of _ops.register_device_runner)."""
+    _check_finite(params, q=q, k=k, v=v)
     bufs = _buffers(q=q, k=k, v=v, out=out, lse=lse, mask=mask, alibi=alibi, cu_q=cu_q, cu_k=cu_k)
     _run(_plan(False, params, bufs), bufs, q.device)
 
 
 def backward(params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k, device) -> None:
     """Runner of flashsdpa::bwd for mps tensors."""
+    _check_finite(params, q=q, k=k, v=v, dout=dout)
     bufs = _buffers(q=q, k=k, v=v, out=out, lse=lse, mask=mask, alibi=alibi, cu_q=cu_q, cu_k=cu_k,
                     dout=dout, dq=dq, dk=dk, dv=dv)
     plan = _plan(True, params, bufs)

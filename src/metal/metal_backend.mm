@@ -6,7 +6,8 @@
 //   * compiles one MTLLibrary per specialisation key (source + defines,
 //     fast math off) and caches it with its pipelines,
 //   * binds the tensors' MTLBuffers to the planner's buffer indices and
-//     encodes the planner's dispatches in order on one compute encoder.
+//     encodes the planner's dispatches in order on one compute encoder,
+//   * check_finite on CPU-readable (shared) inputs.
 //
 // NOT COMPILED OR RUN IN CI (no Apple hardware there): see docs/metal.md.
 //
@@ -25,6 +26,7 @@
 
 #include "core/backend.h"
 #include "core/error.h"
+#include "metal/finite.h"
 #include "metal/plan.h"
 
 namespace fsdpa::metal {
@@ -140,6 +142,25 @@ fsdpa_status run_plan(const Plan& plan, Bindings& b, void* stream) {
   return FSDPA_OK;
 }
 
+// check_finite on the inputs the CPU can read (shared storage, the default
+// for MTLBuffers on Apple silicon), after the queue's earlier work is done.
+// Private-storage inputs are not scanned (docs/metal.md).
+fsdpa_status check_inputs(const AttnParams& p, const Bindings& b, void* stream, bool backward) {
+  if (!p.check_finite) return FSDPA_OK;
+  id<MTLCommandQueue> queue = stream ? (__bridge id<MTLCommandQueue>)stream : state().queue;
+  id<MTLCommandBuffer> sync = [queue commandBuffer];
+  [sync commit];
+  [sync waitUntilCompleted];
+  const int which[] = {FSDPA_BUF_Q, FSDPA_BUF_K, FSDPA_BUF_V, FSDPA_BUF_DOUT};
+  for (int i = 0; i < (backward ? 4 : 3); ++i) {
+    id<MTLBuffer> buf = b.buf[which[i]];
+    if (buf == nil || buf.storageMode != MTLStorageModeShared) continue;
+    const fsdpa_status st = check_finite_input(p, which[i], buf.contents);
+    if (st != FSDPA_OK) return st;
+  }
+  return FSDPA_OK;
+}
+
 void bind_common(const AttnParams& p, Bindings& b) {
   b.buf[FSDPA_BUF_Q] = as_buffer(p.q);
   b.buf[FSDPA_BUF_K] = as_buffer(p.k);
@@ -162,6 +183,7 @@ fsdpa_status forward(const AttnParams& p, void* stream) {
     }
     Bindings b;
     bind_common(p, b);
+    if (const fsdpa_status st = check_inputs(p, b, stream, false); st != FSDPA_OK) return st;
     return run_plan(plan, b, stream);
   }
 }
@@ -180,6 +202,7 @@ fsdpa_status backward(const AttnParams& p, void* stream) {
     b.buf[FSDPA_BUF_DQ] = as_buffer(p.dq);
     b.buf[FSDPA_BUF_DK] = as_buffer(p.dk);
     b.buf[FSDPA_BUF_DV] = as_buffer(p.dv);
+    if (const fsdpa_status st = check_inputs(p, b, stream, true); st != FSDPA_OK) return st;
     const NSUInteger delta_bytes = NSUInteger(std::max<int64_t>(plan.delta_elements, 1)) * sizeof(float);
     b.buf[FSDPA_BUF_DELTA] = [state().device newBufferWithLength:delta_bytes options:MTLResourceStorageModePrivate];
     if (b.buf[FSDPA_BUF_DELTA] == nil) return set_error(FSDPA_ERROR_OUT_OF_MEMORY, "metal: Delta scratch");

@@ -104,7 +104,7 @@ inline float ld_mask(device const mask_t* m, long i) {
 // (simdgroup_matrix_storage offset()).
 inline ushort2 lane_rc(ushort lane) {
   const ushort quad = lane / 4;
-  return ushort2((quad / 4) * 4 + (lane / 2) % 4, (quad & 2) * 2 + (lane % 2) * 2);
+  return ushort2(ushort((quad / 4) * 4 + (lane / 2) % 4), ushort((quad & 2) * 2 + (lane % 2) * 2));
 }
 
 // Writes this lane's two elements (element-wise, the form MLX's steel

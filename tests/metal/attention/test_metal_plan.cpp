@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "metal/finite.h"
 #include "metal/heuristics.h"
 #include "metal/plan.h"
 
@@ -197,5 +198,21 @@ TEST(MetalBridge, ValidationErrorsPropagate) {
   fsdpa_params p;
   fsdpa_params_init(&p);
   EXPECT_THROW(fsdpa::metal::plan_for_tensors(false, p, t, 7), std::invalid_argument);
+}
+}  // namespace
+
+namespace {
+TEST(MetalPlan, CheckFiniteInput) {
+  AttnParams p = params(DType::f32, 4, 4);
+  p.batch = 2, p.heads_q = 2, p.heads_k = 1, p.seqlen_q = 3, p.seqlen_k = 5;
+  const int64_t qs[4] = {2 * 3 * 4, 3 * 4, 4, 1};
+  for (int i = 0; i < 4; ++i) p.q_stride[i] = qs[i];
+  std::vector<float> q(2 * 2 * 3 * 4, 1.0f);
+  EXPECT_EQ(mtl::check_finite_input(p, FSDPA_BUF_Q, q.data()), FSDPA_OK);
+  q[1 * 24 + 0 * 12 + 2 * 4 + 3] = NAN;
+  EXPECT_EQ(mtl::check_finite_input(p, FSDPA_BUF_Q, q.data()), FSDPA_ERROR_NONFINITE_INPUT);
+  EXPECT_NE(std::string(fsdpa_last_error()).find("q: contains a non-finite value (NaN) at index [1, 0, 2, 3]"),
+            std::string::npos)
+      << fsdpa_last_error();
 }
 }  // namespace
