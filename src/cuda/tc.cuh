@@ -201,6 +201,9 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
     return kb;
   };
   int kb = next_kb(kb0);
+  // Keys [band_lo_max, band_hi_min] are visible from every row of the block.
+  const int band_lo_max = static_cast<int>(rlast.lo);
+  const int band_hi_min = static_cast<int>(rfirst.hi);
 
   const T* qg = static_cast<const T*>(p.q) + off4(p.q_stride, b, h, e.q_begin + m0, 0);
   const T* kg = static_cast<const T*>(p.k) + off4(p.k_stride, b, hk, e.k_begin, 0);
@@ -267,23 +270,34 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
       }
     }
 
-    // Scores (log2 domain), online softmax.
+    // Scores (log2 domain), online softmax. A block inside every row's band
+    // (and without mask work) needs no per-element test.
     float mx[2] = {neg_inf(), neg_inf()};
+    if (plain && n0 >= band_lo_max && n0 + BN - 1 <= band_hi_min) {
 #pragma unroll
-    for (int n = 0; n < BN / 8; ++n)
+      for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
-      for (int x = 0; x < 4; ++x) {
-        const int r = x / 2, j = n0 + n * 8 + 2 * (lane % 4) + (x % 2);
-        float v;
-        if (plain) {
-          v = (j >= rlo[r] && j <= rhi[r]) ? s[n][x] * sl2 : neg_inf();
-        } else {
-          float t;
-          v = score_of(p, c, s[n][x], rows[r], j, rr[r], &t, mst != 1) * kLog2e;
+        for (int x = 0; x < 4; ++x) {
+          s[n][x] *= sl2;
+          mx[x / 2] = fmaxf(mx[x / 2], s[n][x]);
         }
-        s[n][x] = v;
-        mx[r] = fmaxf(mx[r], v);
-      }
+    } else {
+#pragma unroll
+      for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+        for (int x = 0; x < 4; ++x) {
+          const int r = x / 2, j = n0 + n * 8 + 2 * (lane % 4) + (x % 2);
+          float v;
+          if (plain) {
+            v = (j >= rlo[r] && j <= rhi[r]) ? s[n][x] * sl2 : neg_inf();
+          } else {
+            float t;
+            v = score_of(p, c, s[n][x], rows[r], j, rr[r], &t, mst != 1) * kLog2e;
+          }
+          s[n][x] = v;
+          mx[r] = fmaxf(mx[r], v);
+        }
+    }
     float alpha[2], muse[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -462,6 +476,7 @@ tc_dq_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
     const int n0 = kb * BN, kn = next_kb(kb + 1);
     const int mst = state_of(kb);
     const bool plain = !elem || (mst == 1 && p.alibi == nullptr && p.softcap <= 0.0f);
+    const bool full = n0 >= static_cast<int>(rlast.lo) && n0 + BN - 1 <= static_cast<int>(rfirst.hi);
     cp_async_wait_all();
     __syncthreads();
     if (kn <= kb1) {
@@ -507,7 +522,7 @@ tc_dq_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
         const int r = x / 2, j = n0 + n * 8 + 2 * (lane % 4) + (x % 2);
         float v, t = 0.0f;
         if (plain)
-          v = (j >= rlo[r] && j <= rhi[r]) ? s[n][x] * p.scale : neg_inf();
+          v = (full || (j >= rlo[r] && j <= rhi[r])) ? s[n][x] * p.scale : neg_inf();
         else
           v = score_of(p, c, s[n][x], rows[r], j, rr[r], &t, mst != 1);
         const float pr = (v == neg_inf() || lse2[r] == neg_inf()) ? 0.0f
@@ -643,6 +658,13 @@ tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
     const int itn = next_it(it + 1);
     const int mst = state_of(it);
     const bool plain = !elem || (mst == 1 && p.alibi == nullptr && p.softcap <= 0.0f);
+    // Every (query, key) of the block inside the band and the sequence.
+    bool full = q0 + BM <= e.sq && n0 + BN <= e.sk;
+    if (full) {
+      const KeyRange ra = row_range(p, make_score_ctx(p, b, h, e), q0);
+      const KeyRange rb = row_range(p, make_score_ctx(p, b, h, e), q0 + BM - 1);
+      full = n0 >= rb.lo && n0 + BN - 1 <= ra.hi;
+    }
     cp_async_wait_all();
     __syncthreads();
     if (itn < nit) {
@@ -688,7 +710,7 @@ tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
           float v, t = 0.0f;
           if (plain) {
             const int d = i + off;
-            const bool vis = (wl < 0 || j >= d - wl) && (wr < 0 || j <= d + wr);
+            const bool vis = full || ((wl < 0 || j >= d - wl) && (wr < 0 || j <= d + wr));
             v = vis ? s[n][x] * p.scale : neg_inf();
           } else {
             v = score_of(p, c, s[n][x], i, j, row_range(p, c, i), &t, mst != 1);
