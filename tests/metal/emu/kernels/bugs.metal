@@ -205,3 +205,9 @@ kernel void stack_hog(device float* out [[buffer(0)]],
   }
   out[gid] = big[gid % n];
 }
+
+// simd_shuffle_xor with a lane-dependent mask (must be uniform).
+kernel void non_uniform_shuffle_mask(device float* out [[buffer(0)]],
+                                     uint lane [[thread_index_in_simdgroup]]) {
+  out[lane] = simd_shuffle_xor(float(lane), ushort(lane < 16 ? 1 : 2));
+}

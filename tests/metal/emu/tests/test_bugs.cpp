@@ -240,6 +240,14 @@ TEST(Bugs, NonUniformMatrixLoad) {
   EXPECT_TRUE(has(e, "lane 3")) << e;
 }
 
+TEST(Bugs, NonUniformShuffleMask) {
+  Args args;
+  args.set(0, std::vector<float>(32));
+  const std::string e = error_of([&] { dispatch(bug("non_uniform_shuffle_mask"), {1, 1, 1}, {32, 1, 1}, args); });
+  EXPECT_TRUE(has(e, "simd_shuffle_xor: the mask/delta/lane argument must be the same for all lanes")) << e;
+  EXPECT_TRUE(has(e, "lane 16 passes 2")) << e;
+}
+
 TEST(Bugs, ShuffleFromInactiveLane) {
   Args args;
   args.set(0, std::vector<float>(48));

@@ -532,13 +532,17 @@ T simd_prefix_inclusive_sum(T x, std::source_location loc = std::source_location
 
 // Shuffles. `mode`: 0 = from lane arg, 1 = xor arg, 2 = down by arg, 3 = up by arg, 4 = broadcast.
 namespace emu_detail {
+// MSL requires the mask / delta / broadcast lane to be the same for all
+// threads of the SIMD group (only simd_shuffle's lane may vary).
 template <class T, int Mode>
 void shuffle_fn(void* const* sl, unsigned n) {
-  if constexpr (Mode == 4) {
+  if constexpr (Mode != 0) {
+    static const char* const names[] = {"", "simd_shuffle_xor", "simd_shuffle_down", "simd_shuffle_up", "simd_broadcast"};
     for (unsigned i = 1; i < n; ++i)
       if (slot<T>(sl, i).arg != slot<T>(sl, 0).arg)
-        fsdpa_emu::detail::fail("simd_broadcast: the lane argument differs between lanes (" +
-                                std::to_string(slot<T>(sl, 0).arg) + " vs " + std::to_string(slot<T>(sl, i).arg) + ")");
+        fsdpa_emu::detail::fail(std::string(names[Mode]) + ": the mask/delta/lane argument must be the same for all lanes; lane 0 passes " +
+                                std::to_string(slot<T>(sl, 0).arg) + ", lane " + std::to_string(i) + " passes " +
+                                std::to_string(slot<T>(sl, i).arg));
   }
   for (unsigned i = 0; i < n; ++i) {
     const uint32_t a = slot<T>(sl, i).arg;
