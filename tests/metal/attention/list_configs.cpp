@@ -36,8 +36,9 @@ int main(int argc, char** argv) {
     p.cu_seqlens_q = p.cu_seqlens_k = c.varlen ? cu : nullptr;
     if (c.mask != Mask::none) {
       p.mask = &dummy;
-      p.mask_kind = c.mask == Mask::additive ? MaskKind::additive : MaskKind::boolean;
-      p.mask_dtype = c.mask == Mask::additive ? DType::f32 : DType::u8;
+      const bool additive = c.mask == Mask::additive || c.mask == Mask::additive_qdtype;
+      p.mask_kind = additive ? MaskKind::additive : MaskKind::boolean;
+      p.mask_dtype = !additive ? DType::u8 : c.mask == Mask::additive_qdtype ? p.dtype : DType::f32;
     }
     const metal::KernelConfig cfg =
         metal::kernel_config(metal::make_key(p, static_cast<metal::GpuFamily>(c.family)));

@@ -12,7 +12,7 @@
 
 namespace fsdpa_metal_test {
 
-enum class Mask { none, boolean, additive, empty_rows };
+enum class Mask { none, boolean, additive, empty_rows, additive_qdtype };  // additive_qdtype: mask in q's dtype
 
 struct MCase {
   std::string name;
@@ -86,6 +86,7 @@ inline std::vector<MCase> metal_grid(bool reduced) {
     add("window_tl_right", [](MCase& c) { c.wr = 3; });
     add("bool_mask", [](MCase& c) { c.mask = Mask::boolean; });
     add("additive_mask", [](MCase& c) { c.mask = Mask::additive; });
+    if (dt > 0) add("additive_mask_qdtype", [](MCase& c) { c.mask = Mask::additive_qdtype; });
     add("empty_rows", [](MCase& c) { c.mask = Mask::empty_rows; });
     add("alibi", [](MCase& c) { c.alibi = true; });
     add("alibi_causal_br", [](MCase& c) { c.alibi = true; c.causal = true; c.align = 1; });

@@ -41,8 +41,8 @@ Case to_case(const MCase& m) {
   c.alibi = m.alibi;
   c.mask = m.mask == Mask::none ? MaskKind::none
            : m.mask == Mask::boolean ? MaskKind::boolean
-           : m.mask == Mask::additive ? MaskKind::additive
-                                      : MaskKind::empty_rows;
+           : m.mask == Mask::additive || m.mask == Mask::additive_qdtype ? MaskKind::additive
+                                                                        : MaskKind::empty_rows;
   c.dropout = m.dropout;
   c.varlen = m.varlen;
   c.bshd = m.bshd;
@@ -109,6 +109,12 @@ TEST_P(MetalEmu, ForwardAndGradients) {
   const uint64_t seed = std::hash<std::string>{}(m.name) ^ uint64_t(m.dt);
   Problem pr(c);
   fsdpa_params& p = pr.p;
+  if (m.mask == Mask::additive_qdtype) {  // the same mask values (incl. -inf), stored in q's dtype
+    Tensor mq(pr.mask.shape, c.dt);
+    for (int64_t i = 0; i < mq.numel(); ++i) mq.set(i, pr.mask.get(i));
+    pr.mask = mq;
+    p.mask = &pr.mask;
+  }
 
   Tensor out = pr.make(c.Hq, c.Sq, pr.total_q, c.Dv, c.dt), lse = pr.make_lse();
   out.poison();
