@@ -476,7 +476,6 @@ tc_dq_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
     const int n0 = kb * BN, kn = next_kb(kb + 1);
     const int mst = state_of(kb);
     const bool plain = !elem || (mst == 1 && p.alibi == nullptr && p.softcap <= 0.0f);
-    const bool full = n0 >= static_cast<int>(rlast.lo) && n0 + BN - 1 <= static_cast<int>(rfirst.hi);
     cp_async_wait_all();
     __syncthreads();
     if (kn <= kb1) {
@@ -522,7 +521,7 @@ tc_dq_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
         const int r = x / 2, j = n0 + n * 8 + 2 * (lane % 4) + (x % 2);
         float v, t = 0.0f;
         if (plain)
-          v = (full || (j >= rlo[r] && j <= rhi[r])) ? s[n][x] * p.scale : neg_inf();
+          v = (j >= rlo[r] && j <= rhi[r]) ? s[n][x] * p.scale : neg_inf();
         else
           v = score_of(p, c, s[n][x], rows[r], j, rr[r], &t, mst != 1);
         const float pr = (v == neg_inf() || lse2[r] == neg_inf()) ? 0.0f
@@ -658,13 +657,7 @@ tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
     const int itn = next_it(it + 1);
     const int mst = state_of(it);
     const bool plain = !elem || (mst == 1 && p.alibi == nullptr && p.softcap <= 0.0f);
-    // Every (query, key) of the block inside the band and the sequence.
-    bool full = q0 + BM <= e.sq && n0 + BN <= e.sk;
-    if (full) {
-      const KeyRange ra = row_range(p, make_score_ctx(p, b, h, e), q0);
-      const KeyRange rb = row_range(p, make_score_ctx(p, b, h, e), q0 + BM - 1);
-      full = n0 >= rb.lo && n0 + BN - 1 <= ra.hi;
-    }
+
     cp_async_wait_all();
     __syncthreads();
     if (itn < nit) {
@@ -710,7 +703,7 @@ tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
           float v, t = 0.0f;
           if (plain) {
             const int d = i + off;
-            const bool vis = full || ((wl < 0 || j >= d - wl) && (wr < 0 || j <= d + wr));
+            const bool vis = (wl < 0 || j >= d - wl) && (wr < 0 || j <= d + wr);
             v = vis ? s[n][x] * p.scale : neg_inf();
           } else {
             v = score_of(p, c, s[n][x], i, j, row_range(p, c, i), &t, mst != 1);
