@@ -112,6 +112,8 @@ fsdpa_status run_plan(const Plan& plan, Bindings& b, void* stream) {
   MetalState& s = state();
   std::string err;
   id<MTLComputePipelineState> psos[4] = {nil, nil, nil, nil};
+  if (plan.dispatches.size() > 4) return set_error(FSDPA_ERROR_INTERNAL, "metal: too many dispatches");
+  if (plan.dispatches.empty()) return FSDPA_OK;
   for (size_t i = 0; i < plan.dispatches.size(); ++i) {
     psos[i] = pipeline(plan.config, plan.dispatches[i].kernel, &err);
     if (psos[i] == nil) return set_error(FSDPA_ERROR_INTERNAL, "metal: %s", err.c_str());
@@ -129,6 +131,7 @@ fsdpa_status run_plan(const Plan& plan, Bindings& b, void* stream) {
   for (int i = 1; i < FSDPA_NUM_BUFFERS; ++i) [enc setBuffer:(b.buf[i] ? b.buf[i] : dummy) offset:0 atIndex:i];
   for (size_t i = 0; i < plan.dispatches.size(); ++i) {
     const Dispatch& d = plan.dispatches[i];
+    if (i > 0) [enc memoryBarrierWithScope:MTLBarrierScopeBuffers];
     [enc setComputePipelineState:psos[i]];
     [enc dispatchThreadgroups:MTLSizeMake(d.grid[0], d.grid[1], d.grid[2])
         threadsPerThreadgroup:MTLSizeMake(d.threads[0], d.threads[1], d.threads[2])];

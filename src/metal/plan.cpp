@@ -220,6 +220,10 @@ Dispatch make_dispatch(Pass pass, const KernelConfig& c, const AttnParams& p) {
   d.threadgroup_memory = threadgroup_bytes(pass, c);
   return d;
 }
+// A dispatch of zero threadgroups (batch 0) is invalid in Metal: leave it out.
+void drop_empty(Plan& plan) {
+  std::erase_if(plan.dispatches, [](const Dispatch& d) { return uint64_t(d.grid[0]) * d.grid[1] * d.grid[2] == 0; });
+}
 }  // namespace
 
 Plan plan_forward(const AttnParams& p, GpuFamily family) {
@@ -227,6 +231,7 @@ Plan plan_forward(const AttnParams& p, GpuFamily family) {
   plan.config = kernel_config(make_key(p, family));
   plan.args = make_args(p);
   plan.dispatches.push_back(make_dispatch(Pass::forward, plan.config, p));
+  drop_empty(plan);
   return plan;
 }
 
@@ -239,6 +244,7 @@ Plan plan_backward(const AttnParams& p, GpuFamily family) {
   plan.dispatches.push_back(make_dispatch(Pass::backward_preprocess, plan.config, p));
   plan.dispatches.push_back(make_dispatch(Pass::backward_dq, plan.config, p));
   plan.dispatches.push_back(make_dispatch(Pass::backward_dkdv, plan.config, p));
+  drop_empty(plan);
   return plan;
 }
 

@@ -108,6 +108,11 @@ TEST(MetalPlan, GridsAndArgs) {
   EXPECT_EQ(v.dispatches[0].grid[2], 2u);
   EXPECT_EQ(v.delta_elements, 6 * 200);
   EXPECT_EQ(v.args.delta_stride[0], 0);
+
+  AttnParams e = params(DType::f16, 64, 64);
+  e.batch = 0;  // nothing to do: no zero-size dispatch (invalid in Metal)
+  EXPECT_TRUE(mtl::plan_forward(e, mtl::GpuFamily::apple7).dispatches.empty());
+  EXPECT_TRUE(mtl::plan_backward(e, mtl::GpuFamily::apple7).dispatches.empty());
 }
 
 TEST(MetalPlan, DropoutArgs) {
