@@ -49,18 +49,17 @@ else:
     if _ilu.find_spec(__name__ + ".metal") is not None:
         from . import metal as _metal  # noqa: F401  (registers itself on import)
 
-__all__ = [
-    "scaled_dot_product_attention",
-    "flash_attn_func",
-    "flash_attn_varlen_func",
-    "enable",
-    "disable",
-    "enabled",
-    "is_enabled",
-    "stats",
-    "reset_stats",
-    "set_num_threads",
-    "get_num_threads",
-    "backends",
-    "__version__",
-]
+__all__ = ["set_num_threads", "get_num_threads", "backends", "__version__"]
+if "scaled_dot_product_attention" in globals():
+    __all__ += [
+        "scaled_dot_product_attention",
+        "flash_attn_func",
+        "flash_attn_varlen_func",
+        "enable",
+        "disable",
+        "enabled",
+        "is_enabled",
+        "stats",
+        "reset_stats",
+        "register_device_runner",
+    ]
