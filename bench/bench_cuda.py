@@ -226,6 +226,9 @@ def main():
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--only", default="", help="comma list of sections: dense,mask,decode,long")
+    ap.add_argument("--dims", default="", help="dense head dims, e.g. 64,128 (default 64,128,256)")
+    ap.add_argument("--seqs", default="", help="dense sequence lengths (default 1024,4096,16384)")
+    ap.add_argument("--dtypes", default="", help="bf16,fp16 (default both)")
     args = ap.parse_args()
 
     lib = Lib(args.lib)
@@ -255,6 +258,12 @@ def main():
     dtypes = [torch.bfloat16] if args.quick else [torch.bfloat16, torch.float16]
     Ds = [128] if args.quick else [64, 128, 256]
     Ss = [4096] if args.quick else [1024, 4096, 16384]
+    if args.dims:
+        Ds = [int(x) for x in args.dims.split(",")]
+    if args.seqs:
+        Ss = [int(x) for x in args.seqs.split(",")]
+    if args.dtypes:
+        dtypes = [{"bf16": torch.bfloat16, "fp16": torch.float16}[x] for x in args.dtypes.split(",")]
     if "dense" in sections:
         for dt in dtypes:
             for D in Ds:
@@ -384,7 +393,7 @@ def main():
     print(summary)
 
     cmd = "python " + " ".join(sys.argv)
-    entry = (f"\n## CUDA backend: {dev}, {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC\n\n"
+    entry = (f"\n## CUDA backend: {dev}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
              f"Command: `{cmd}` (torch {torch.__version__}). Median of {args.reps} CUDA-event timings "
              f"after 3 warm-ups; ratio = their time / flashsdpa time (> 1: flashsdpa faster).\n\n"
              f"{table}\n\n{summary}\n")

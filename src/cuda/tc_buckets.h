@@ -11,11 +11,25 @@
 namespace fsdpa {
 namespace cuda {
 // Warps per block (16 rows each) and the inner tile of the loop.
+#ifndef FSDPA_FWD_WARPS_SMALL_D
+#define FSDPA_FWD_WARPS_SMALL_D 4  // forward warps for buckets <= 128
+#endif
 template <int DP> struct TcConfig {
-  static constexpr int kWarps = 4;
+  static constexpr int kWarps = 4;                                       // backward
+  static constexpr int kFwdWarps = DP <= 128 ? FSDPA_FWD_WARPS_SMALL_D : 4;
   static constexpr int kFwdBN = DP <= 128 ? 64 : 32;   // keys per forward step
   static constexpr int kDqBN = DP <= 128 ? 64 : 32;    // keys per dQ step
   static constexpr int kDkvBM = DP <= 64 ? 64 : 32;    // queries per dK/dV step
 };
+// Query rows per forward block of bucket dp (host side).
+inline int tc_fwd_block_m(int dp) {
+  switch (dp) {
+#define FSDPA_BM_CASE(B) \
+  case B: return 16 * TcConfig<B>::kFwdWarps;
+    FSDPA_TC_BUCKETS(FSDPA_BM_CASE)
+#undef FSDPA_BM_CASE
+    default: return 64;
+  }
+}
 }  // namespace cuda
 }  // namespace fsdpa

@@ -12,13 +12,13 @@ template <typename T, int DP, bool GEN>
 cudaError_t tc_fwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, int nsplit, float* opart, float* lsepart,
                           cudaStream_t s) {
   using C = TcConfig<DP>;
-  constexpr int BM = 16 * C::kWarps, BN = C::kFwdBN;
+  constexpr int BM = 16 * C::kFwdWarps, BN = C::kFwdBN;
   constexpr size_t smem = size_t(BM + 4 * BN) * pitch<DP>() * sizeof(T);
-  auto kern = tc_fwd_kernel<T, DP, BN, C::kWarps, GEN>;
+  auto kern = tc_fwd_kernel<T, DP, BN, C::kFwdWarps, GEN>;
   cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (err != cudaSuccess) return err;
   const dim3 grid((p.seqlen_q + BM - 1) / BM, p.heads_q, p.batch * nsplit);
-  kern<<<grid, C::kWarps * 32, smem, s>>>(p, vec, mt, nsplit, opart, lsepart);
+  kern<<<grid, C::kFwdWarps * 32, smem, s>>>(p, vec, mt, nsplit, opart, lsepart);
   return cudaGetLastError();
 }
 
