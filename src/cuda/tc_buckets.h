@@ -1,8 +1,9 @@
 // THE list of tensor-core instantiations: head-dim buckets (max(D, Dv) is
 // rounded up to the next bucket; D and Dv are zero-padded to it) and the
-// tile shapes per bucket. Each bucket compiles 3 kernels (forward, dQ,
-// dK/dV) per dtype (fp16, bf16) per GPU architecture. Build time grows
-// linearly with this list.
+// tile shapes per bucket. Each bucket compiles 6 kernels (forward, dQ,
+// dK/dV, each in a band-only and a general variant) per dtype (fp16, bf16)
+// per GPU architecture: 6 buckets x 6 x 2 = 72 kernels per architecture.
+// Build time grows linearly with this list.
 #pragma once
 
 // X(bucket)
