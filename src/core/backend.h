@@ -15,7 +15,8 @@ struct Backend {
   bool (*available)();
   // Both receive params already validated by the core (shapes, strides,
   // dtypes, devices). They write out/lse resp. dq/dk/dv and report failures
-  // through set_error(). check_finite on non-host memory is theirs to do.
+  // through set_error(). p.check_finite (NaN/Inf in q, k, v, dout is
+  // FSDPA_ERROR_NONFINITE_INPUT) is theirs to do, ideally fused with reading.
   fsdpa_status (*forward)(const AttnParams& p, void* stream);
   fsdpa_status (*backward)(const AttnParams& p, void* stream);
 };

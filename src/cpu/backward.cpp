@@ -24,7 +24,8 @@ struct QSide {
   }
 };
 
-QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t dvp) {
+QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t dvp,
+                  NonFiniteFlags& nf) {
   QSide qs;
   qs.dp = dp;
   qs.dvp = dvp;
@@ -41,10 +42,12 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
       const int64_t i0 = (gqb - L.q_block0[b]) * kBlockQ;
       const int64_t n = std::min<int64_t>(kBlockQ, e.sq - i0);
       const int64_t r0 = qs.row0(gqb, h, p.heads_q);
-      pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim, p.scale,
-                qs.qs.get() + r0 * dp, dp, kBlockQ);
-      pack_rows(p.dout, p.dout_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim_v, 1.0f,
-                qs.dout.get() + r0 * dvp, dvp, kBlockQ);
+      flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim, p.scale,
+                        qs.qs.get() + r0 * dp, dp, kBlockQ),
+              nf.q);
+      flag_if(pack_rows(p.dout, p.dout_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim_v,
+                        1.0f, qs.dout.get() + r0 * dvp, dvp, kBlockQ),
+              nf.dout);
       for (int64_t r = 0; r < kBlockQ; ++r) {
         float lse = kNegInf, delta = 0.0f;
         if (r < n) {
@@ -83,7 +86,8 @@ struct Tiles {
 fsdpa_status backward(const AttnParams& p) {
   const BlockLayout L = make_layout(p);
   const int64_t dp = round_up(p.head_dim, kPanelAlign), dvp = round_up(p.head_dim_v, kPanelAlign);
-  const QSide Q = pack_q_side(p, L, dp, dvp);
+  NonFiniteFlags nf;
+  const QSide Q = pack_q_side(p, L, dp, dvp, nf);
   const int64_t group = p.heads_q / p.heads_k;
 
   const int64_t heads_tasks = p.batch * p.heads_k;
@@ -107,11 +111,13 @@ fsdpa_status backward(const AttnParams& p) {
     const int64_t nkb = L.k_block0[b + 1] - L.k_block0[b];
     for (int64_t kb = nkb * split / splits; kb < nkb * (split + 1) / splits; ++kb) {
       const int64_t j0 = kb * kBlockK, n = std::min<int64_t>(kBlockK, e.sk - j0);
-      pack_rows(p.k, p.k_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim, 1.0f, T.krow,
-                dp, kBlockK);
+      flag_if(pack_rows(p.k, p.k_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim, 1.0f,
+                        T.krow, dp, kBlockK),
+              nf.k);
       transpose(T.krow, dp, kBlockK, dp, T.kt, kBlockK);
-      pack_rows(p.v, p.v_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim_v, 1.0f, T.dv,
-                dvp, kBlockK);  // T.dv as scratch: zeroed below
+      flag_if(pack_rows(p.v, p.v_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim_v, 1.0f,
+                        T.dv, dvp, kBlockK),  // T.dv as scratch: zeroed below
+              nf.v);
       transpose(T.dv, dvp, kBlockK, dvp, T.vt, kBlockK);
       std::fill(T.dk, T.dk + kBlockK * dp, 0.0f);
       std::fill(T.dv, T.dv + kBlockK * dvp, 0.0f);
@@ -204,7 +210,7 @@ fsdpa_status backward(const AttnParams& p) {
                 p.dtype, row.get(), p.scale);
     }
   });
-  return FSDPA_OK;
+  return nf.status(p);
 }
 
 }  // namespace fsdpa::cpu

@@ -16,14 +16,16 @@ namespace {
 // K^T [Dp x kBlockK] and V [kBlockK x Dvp] of key block kb of (b, hk), fp32,
 // zero padded; `tmp` holds kBlockK x Dp floats.
 void pack_kv_tile(const AttnParams& p, const BlockLayout& L, int64_t b, int64_t hk, int64_t kb,
-                  int64_t dp, int64_t dvp, float* kt, float* v, float* tmp) {
+                  int64_t dp, int64_t dvp, float* kt, float* v, float* tmp, NonFiniteFlags& nf) {
   const SeqExtent& e = L.seq[b];
   const int64_t j0 = kb * kBlockK, n = std::min<int64_t>(kBlockK, e.sk - j0);
-  pack_rows(p.k, p.k_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim, 1.0f, tmp, dp,
-            kBlockK);
+  flag_if(pack_rows(p.k, p.k_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim, 1.0f, tmp,
+                    dp, kBlockK),
+          nf.k);
   transpose(tmp, dp, kBlockK, dp, kt, kBlockK);
-  pack_rows(p.v, p.v_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim_v, 1.0f, v, dvp,
-            kBlockK);
+  flag_if(pack_rows(p.v, p.v_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim_v, 1.0f, v,
+                    dvp, kBlockK),
+          nf.v);
 }
 
 // The packed K/V tiles of every (k-block, kv-head), when several q-blocks
@@ -40,7 +42,7 @@ struct PackedKV {
   }
 };
 
-PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all) {
+PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all, NonFiniteFlags& nf) {
   PackedKV pk;
   pk.dp = round_up(p.head_dim, kPanelAlign);
   pk.dvp = round_up(p.head_dim_v, kPanelAlign);
@@ -54,7 +56,7 @@ PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all) {
     for (int64_t kb = 0; kb < L.k_block0[b + 1] - L.k_block0[b]; ++kb) {
       const int64_t gb = L.k_block0[b] + kb;
       pack_kv_tile(p, L, b, hk, kb, pk.dp, pk.dvp, const_cast<float*>(pk.kt_block(gb, hk, p.heads_k)),
-                   const_cast<float*>(pk.v_block(gb, hk, p.heads_k)), tmp.get());
+                   const_cast<float*>(pk.v_block(gb, hk, p.heads_k)), tmp.get(), nf);
     }
   });
   return pk;
@@ -71,7 +73,7 @@ struct RowState {
 // `tiles` is scratch for on-the-fly K/V tiles (kBlockK * (Dp + Dvp)).
 void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const HeadCtx& c,
             const float* qs, int64_t i0, int64_t rows, int64_t kb_begin, int64_t kb_end,
-            float* S, float* tiles, RowState st) {
+            float* S, float* tiles, RowState st, NonFiniteFlags& nf) {
   const int64_t hk = kv_head(p, c.h);
   const int64_t kb0 = L.k_block0[c.b];
   for (int64_t r = 0; r < rows; ++r) {
@@ -92,10 +94,12 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       float* v_tile = k_rows + kBlockK * pk.dp;
       const SeqExtent& e = c.e;
       const int64_t n = std::min<int64_t>(kBlockK, e.sk - j0);
-      pack_rows(p.k, p.k_stride, p.dtype, c.b, hk, e.k_begin + j0, n, p.head_dim, 1.0f, k_rows,
-                pk.dp, kBlockK);
-      pack_rows(p.v, p.v_stride, p.dtype, c.b, hk, e.k_begin + j0, n, p.head_dim_v, 1.0f, v_tile,
-                pk.dvp, kBlockK);
+      flag_if(pack_rows(p.k, p.k_stride, p.dtype, c.b, hk, e.k_begin + j0, n, p.head_dim, 1.0f,
+                        k_rows, pk.dp, kBlockK),
+              nf.k);
+      flag_if(pack_rows(p.v, p.v_stride, p.dtype, c.b, hk, e.k_begin + j0, n, p.head_dim_v, 1.0f,
+                        v_tile, pk.dvp, kBlockK),
+              nf.v);
       gemm_bt(rows, kBlockK, pk.dp, qs, pk.dp, k_rows, pk.dp, S, kBlockK);
       v = v_tile;
     }
@@ -146,7 +150,8 @@ fsdpa_status forward(const AttnParams& p) {
   }
   if (L.q_blocks() == 0) return FSDPA_OK;
   // Packing all of K/V once pays off when more than one q-block reads it.
-  const PackedKV pk = pack_kv(p, L, p.seqlen_q > kBlockQ);
+  NonFiniteFlags nf;
+  const PackedKV pk = pack_kv(p, L, p.seqlen_q > kBlockQ, nf);
   const int64_t dp = pk.dp, dvp = pk.dvp;
 
   // Tasks: (q-block, head) pairs, optionally split along the keys.
@@ -194,9 +199,11 @@ fsdpa_status forward(const AttnParams& p) {
     visible_key_blocks(c, i0, i0 + rows, &kb_lo, &kb_hi);
     const int64_t span = kb_hi - kb_lo;
     const int64_t s_lo = kb_lo + span * split / splits, s_hi = kb_lo + span * (split + 1) / splits;
-    pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, rows, p.head_dim, p.scale, qs, dp,
-              rows);
-    attend(p, pk, L, c, qs, i0, rows, s_lo, s_hi, S, qs + per_thread - kBlockK * (2 * dp + dvp), st);
+    flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, rows, p.head_dim, p.scale,
+                      qs, dp, rows),
+            nf.q);
+    attend(p, pk, L, c, qs, i0, rows, s_lo, s_hi, S, qs + per_thread - kBlockK * (2 * dp + dvp), st,
+           nf);
     if (splits == 1) finish_rows(p, c, i0, rows, dvp, st);
   });
 
@@ -226,7 +233,7 @@ fsdpa_status forward(const AttnParams& p) {
       finish_rows(p, make_head_ctx(p, e, b, h), i0, rows, dvp, acc);
     });
   }
-  return FSDPA_OK;
+  return nf.status(p);
 }
 
 }  // namespace fsdpa::cpu

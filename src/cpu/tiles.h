@@ -5,17 +5,21 @@
 #pragma once
 
 #include <math.h>
+
+#include <cmath>
 #include <stdint.h>
 
 #include <stdlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <memory>
 #include <new>
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/error.h"
 #include "core/host_view.h"
 #include "cpu/heuristics.h"
 #include "cpu/simd_kernels.h"
@@ -58,27 +62,46 @@ inline BlockLayout make_layout(const AttnParams& p) {
 }
 
 // Converts n elements at base[off + t * step] (t < n) to fp32, times mul.
-inline void load_f32(const void* base, int64_t off, int64_t step, int64_t n, DType t, float mul,
+// Returns false if any element is NaN or Inf (all exponent bits set), so the
+// finite check of the inputs rides along with packing them. The check ORs
+// integer flags, which the compiler vectorises (a float probe would not be).
+inline bool load_f32(const void* base, int64_t off, int64_t step, int64_t n, DType t, float mul,
                      float* dst) {
+  uint32_t bad = 0;
   switch (t) {
     case DType::f32: {
-      const float* s = static_cast<const float*>(base) + off;
-      for (int64_t i = 0; i < n; ++i) dst[i] = s[i * step] * mul;
+      const uint32_t* s = static_cast<const uint32_t*>(base) + off;
+      for (int64_t i = 0; i < n; ++i) {
+        const uint32_t u = s[i * step];
+        bad |= (u & 0x7F800000u) == 0x7F800000u;
+        dst[i] = f32_from_bits(u) * mul;
+      }
       break;
     }
     case DType::f16: {
       const uint16_t* s = static_cast<const uint16_t*>(base) + off;
-      for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i * step]) * mul;
+      for (int64_t i = 0; i < n; ++i) {
+        bad |= (s[i * step] & 0x7C00u) == 0x7C00u;
+        dst[i] = f16_to_f32(s[i * step]) * mul;
+      }
       break;
     }
     case DType::bf16: {
       const uint16_t* s = static_cast<const uint16_t*>(base) + off;
-      for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i * step]) * mul;
+      for (int64_t i = 0; i < n; ++i) {
+        bad |= (s[i * step] & 0x7F80u) == 0x7F80u;
+        dst[i] = bf16_to_f32(s[i * step]) * mul;
+      }
       break;
     }
     default:
-      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(load_as_double(base, off + i * step, t)) * mul;
+      for (int64_t i = 0; i < n; ++i) {
+        const double x = load_as_double(base, off + i * step, t);
+        bad |= !std::isfinite(x);
+        dst[i] = static_cast<float>(x) * mul;
+      }
   }
+  return bad == 0;
 }
 
 inline void store_f32(void* base, int64_t off, int64_t step, int64_t n, DType t, const float* src,
@@ -106,18 +129,39 @@ inline void store_f32(void* base, int64_t off, int64_t step, int64_t n, DType t,
 
 // Packs rows [row0, row0 + n) of (b, h) of a (b, h, s, d) tensor into a
 // row-major [rows_padded x ld] fp32 panel, zero beyond n rows / dim cols.
-inline void pack_rows(const void* base, const int64_t* st, DType t, int64_t b, int64_t h,
+// Returns false if a packed element is NaN or Inf.
+inline bool pack_rows(const void* base, const int64_t* st, DType t, int64_t b, int64_t h,
                       int64_t tok0, int64_t n, int64_t dim, float mul, float* dst, int64_t ld,
                       int64_t rows_padded) {
+  bool finite = true;
   for (int64_t r = 0; r < rows_padded; ++r) {
     float* row = dst + r * ld;
     int64_t written = 0;
     if (r < n) {
-      load_f32(base, offset4(st, b, h, tok0 + r, 0), st[3], dim, t, mul, row);
+      finite &= load_f32(base, offset4(st, b, h, tok0 + r, 0), st[3], dim, t, mul, row);
       written = dim;
     }
     for (int64_t d = written; d < ld; ++d) row[d] = 0.0f;
   }
+  return finite;
+}
+
+// Which inputs were seen to hold NaN/Inf while packing (any thread).
+struct NonFiniteFlags {
+  std::atomic<bool> q{false}, k{false}, v{false}, dout{false};
+  // Call after the parallel work: the error for the first flagged input.
+  fsdpa_status status(const AttnParams& p) const {
+    if (!p.check_finite) return FSDPA_OK;
+    const char* name = q ? "q" : k ? "k" : v ? "v" : dout ? "dout" : nullptr;
+    if (!name) return FSDPA_OK;
+    return set_error(FSDPA_ERROR_NONFINITE_INPUT,
+                     "%s: contains a non-finite value (NaN or Inf); pass check_finite = 0 to "
+                     "skip this check",
+                     name);
+  }
+};
+inline void flag_if(bool finite, std::atomic<bool>& flag) {
+  if (!finite) flag.store(true, std::memory_order_relaxed);
 }
 
 // Transposes a [rows x cols] panel (ld_src) into [cols x rows] (ld_dst).

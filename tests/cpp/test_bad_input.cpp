@@ -70,8 +70,8 @@ const BadCase kBad[] = {
     {"null_q", [](Args& a) { a.pr.q.dl.data = nullptr; }, "q: data is NULL"},
     {"size_past_int32", [](Args& a) { a.pr.q.shape[2] = int64_t(1) << 33; a.pr.q.sync(); }, "exceeds the 32-bit index limit"},
     {"out_stride0", [](Args& a) { a.out.strides[2] = 0; }, "out: stride 0"},
-    {"nan_in_q", [](Args& a) { a.pr.q.set(17, NAN); }, "q: contains a non-finite value (NaN)", FSDPA_ERROR_NONFINITE_INPUT},
-    {"inf_in_v", [](Args& a) { a.pr.v.set(3, INFINITY); }, "v: contains a non-finite value (Inf)", FSDPA_ERROR_NONFINITE_INPUT},
+    {"nan_in_q", [](Args& a) { a.pr.q.set(17, NAN); }, "q: contains a non-finite value", FSDPA_ERROR_NONFINITE_INPUT},
+    {"inf_in_v", [](Args& a) { a.pr.v.set(3, INFINITY); }, "v: contains a non-finite value", FSDPA_ERROR_NONFINITE_INPUT},
     {"varlen_half", [](Args& a) { a.pr.cu_q = Tensor({3}, DT::i32); a.pr.p.cu_seqlens_q = &a.pr.cu_q; }, "varlen needs both"},
     {"no_backend", [](Args& a) { for (Tensor* t : {std::addressof(a.pr.q), std::addressof(a.pr.k), std::addressof(a.pr.v), std::addressof(a.out), std::addressof(a.lse)}) t->dl.device = {kDLROCM, 0}; }, "no backend for DLPack device type", FSDPA_ERROR_DEVICE},
     {"bwd_lse_missing", [](Args& a) { a.lse = Tensor({2, 4}, DT::f32); }, "lse: expected rank 3", FSDPA_ERROR_INVALID_ARGUMENT, true},
@@ -93,7 +93,9 @@ TEST_P(BadInput, ReturnsErrorNamingTheArgument) {
   EXPECT_EQ(s, bc.expect_status) << fsdpa_last_error();
   EXPECT_NE(std::string(fsdpa_last_error()).find(bc.expect_in_message), std::string::npos)
       << "message: " << fsdpa_last_error();
-  if (!bc.backward) EXPECT_EQ(a.out.bytes, before) << "a rejected call wrote its output";
+  // Argument errors are found before any work; NaN/Inf while reading the data.
+  if (!bc.backward && bc.expect_status != FSDPA_ERROR_NONFINITE_INPUT)
+    EXPECT_EQ(a.out.bytes, before) << "a rejected call wrote its output";
 }
 
 INSTANTIATE_TEST_SUITE_P(EveryArgument, BadInput, ::testing::ValuesIn(kBad),
