@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <new>
+#include <thread>
 
 #include "core/backend.h"
 #include "core/error.h"
@@ -51,6 +52,16 @@ std::atomic<int> g_cpu_threads{0};
 }  // namespace
 
 int cpu_threads_setting() { return g_cpu_threads.load(std::memory_order_relaxed); }
+
+int cpu_thread_count() {
+  if (int n = cpu_threads_setting(); n > 0) return n;
+  if (const char* env = getenv("FLASHSDPA_NUM_THREADS")) {
+    const int n = atoi(env);
+    if (n > 0) return n;
+  }
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw ? static_cast<int>(hw) : 1;
+}
 
 }  // namespace fsdpa
 

@@ -1,7 +1,5 @@
 #include "cpu/thread_pool.h"
 
-#include <stdlib.h>
-
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -12,17 +10,6 @@
 #include "core/settings.h"
 
 namespace fsdpa {
-
-int cpu_thread_count() {
-  if (int n = cpu_threads_setting(); n > 0) return n;
-  if (const char* env = getenv("FLASHSDPA_NUM_THREADS")) {
-    const int n = atoi(env);
-    if (n > 0) return n;
-  }
-  const unsigned hw = std::thread::hardware_concurrency();
-  return hw ? static_cast<int>(hw) : 1;
-}
-
 namespace cpu {
 namespace {
 
