@@ -92,7 +92,14 @@ fsdpa_status view_of(const char* name, const DLTensor* t, int min_rank, int max_
     numel *= t->shape[d];
   }
   FSDPA_CHECK_ARG(t->data != nullptr || numel == 0, "%s: data is NULL", name);
-  v->data = static_cast<char*>(t->data) + t->byte_offset;
+  // On Metal, DLPack's data is an id<MTLBuffer> handle, not an address, so
+  // an offset cannot be folded into it; the Metal host would have to bind it
+  // with setBuffer:offset:, which it does not do yet.
+  FSDPA_CHECK(t->device.device_type != kDLMetal || t->byte_offset == 0, FSDPA_ERROR_UNSUPPORTED,
+              "%s: a byte_offset into a Metal buffer is not supported yet (got %llu)", name,
+              (unsigned long long)t->byte_offset);
+  v->data = t->device.device_type == kDLMetal ? t->data
+                                              : static_cast<char*>(t->data) + t->byte_offset;
   return FSDPA_OK;
 }
 
