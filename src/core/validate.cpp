@@ -59,8 +59,7 @@ fsdpa_status dtype_of(const char* name, DLDataType dt, DType* out) {
   else if (dt.code == kDLInt && dt.bits == 32) *out = DType::i32;
   else
     return set_error(FSDPA_ERROR_INVALID_ARGUMENT,
-                     "%s: unsupported dtype (code %d, %d bits); expected float32, float16 or "
-                     "bfloat16",
+                     "%s: unsupported dtype (DLPack code %d, %d bits)",
                      name, dt.code, dt.bits);
   return FSDPA_OK;
 }

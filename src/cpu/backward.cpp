@@ -66,14 +66,12 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
   return qs;
 }
 
-// Per-thread tiles of the main loop.
+// Per-thread tiles of the main loop (in the thread's persistent scratch).
 struct Tiles {
-  Buffer buf;
   float *kt, *krow, *vt, *dk, *dv, *s, *t, *dp, *pz;
   Tiles(int64_t dp_, int64_t dvp) {
     const int64_t kb = kBlockK, qb = kBlockQ;
-    buf = alloc_floats(3 * kb * dp_ + 2 * kb * dvp + 4 * qb * kb);
-    float* x = buf.get();
+    float* x = thread_scratch(0, 3 * kb * dp_ + 2 * kb * dvp + 4 * qb * kb);
     auto take = [&](int64_t n) { float* r = x; x += n; return r; };
     kt = take(dp_ * kb); krow = take(kb * dp_); vt = take(dvp * kb);
     dk = take(kb * dp_); dv = take(kb * dvp);
@@ -97,15 +95,11 @@ fsdpa_status backward(const AttnParams& p) {
   Buffer dq_acc = alloc_floats(splits * q_rows * dp);
   std::fill(dq_acc.get(), dq_acc.get() + splits * q_rows * dp, 0.0f);
 
-  const int threads = pool_threads();
-  std::vector<std::unique_ptr<Tiles>> tiles(threads);
-
   parallel_for(heads_tasks * splits, [&](int64_t task, int slot) {
     const int64_t split = task % splits, bh = task / splits;
     const int64_t b = bh / p.heads_k, hk = bh % p.heads_k;
     const SeqExtent& e = L.seq[b];
-    if (!tiles[slot]) tiles[slot] = std::make_unique<Tiles>(dp, dvp);
-    Tiles& T = *tiles[slot];
+    const Tiles T(dp, dvp);
     float* dq_split = dq_acc.get() + split * q_rows * dp;
 
     const int64_t nkb = L.k_block0[b + 1] - L.k_block0[b];

@@ -159,13 +159,11 @@ fsdpa_status forward(const AttnParams& p) {
   const int64_t max_kblocks = (p.seqlen_k + kBlockK - 1) / kBlockK;
   const int splits = key_splits(tasks, max_kblocks, pool_threads());
 
-  const int threads = pool_threads();
-  std::vector<Buffer> scratch(threads);
   const int64_t per_thread = kBlockQ * dp + kBlockQ * kBlockK + kBlockQ * dvp + 2 * kBlockQ +
                              kBlockK * (2 * dp + dvp);
   // Split partials: [tasks][splits] x (o, m, l); only allocated when splitting.
   const int64_t part_sz = kBlockQ * dvp + 2 * kBlockQ;
-  Buffer partials = splits > 1 ? alloc_floats(tasks * splits * part_sz) : Buffer();
+  float* partials = splits > 1 ? thread_scratch(1, tasks * splits * part_sz) : nullptr;
 
   // Map a flat q-block index to its sequence.
   std::vector<int64_t> seq_of(L.q_blocks());
@@ -184,14 +182,13 @@ fsdpa_status forward(const AttnParams& p) {
     const int64_t rows = std::min<int64_t>(kBlockQ, e.sq - i0);
     const HeadCtx c = make_head_ctx(p, e, b, h);
 
-    if (!scratch[slot]) scratch[slot] = alloc_floats(per_thread);
-    float* qs = scratch[slot].get();
+    float* qs = thread_scratch(0, per_thread);
     float* S = qs + kBlockQ * dp;
     RowState st{S + kBlockQ * kBlockK, nullptr, nullptr};
     st.m = st.o + kBlockQ * dvp;
     st.l = st.m + kBlockQ;
     if (splits > 1) {
-      float* part = partials.get() + t * part_sz;
+      float* part = partials + t * part_sz;
       st = RowState{part, part + kBlockQ * dvp, part + kBlockQ * dvp + kBlockQ};
     }
 
@@ -215,7 +212,7 @@ fsdpa_status forward(const AttnParams& p) {
       const SeqExtent& e = L.seq[b];
       const int64_t i0 = (gqb - L.q_block0[b]) * kBlockQ;
       const int64_t rows = std::min<int64_t>(kBlockQ, e.sq - i0);
-      float* first = partials.get() + task * splits * part_sz;
+      float* first = partials + task * splits * part_sz;
       RowState acc{first, first + kBlockQ * dvp, first + kBlockQ * dvp + kBlockQ};
       for (int s = 1; s < splits; ++s) {
         float* part = first + s * part_sz;

@@ -6,6 +6,8 @@
 #include "hwy/highway.h"
 #include "hwy/contrib/math/math-inl.h"
 
+#include <string.h>
+
 #include <limits>
 
 #include "cpu/simd_kernels.h"
@@ -94,6 +96,38 @@ void GemmBt(int M, int N, int K, const float* HWY_RESTRICT A, int lda,
   }
 }
 
+// dst[i] = src[i] * mul for a contiguous fp32 (bf16 = false) or bf16 row;
+// returns false if an element is NaN or Inf (all exponent bits set).
+bool ConvertRow(const void* HWY_RESTRICT src, bool bf16, int64_t n, float mul,
+                float* HWY_RESTRICT dst) {
+  const DF d;
+  const hn::RebindToUnsigned<DF> du;
+  const hn::Rebind<uint16_t, DF> du16;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  const auto exp_mask = hn::Set(du, 0x7F800000u);
+  const auto vmul = hn::Set(d, mul);
+  auto bad = hn::Zero(du);
+  int64_t i = 0;
+  for (; i + lanes <= n; i += lanes) {
+    const auto bits =
+        bf16 ? hn::ShiftLeft<16>(hn::PromoteTo(du, hn::LoadU(du16, static_cast<const uint16_t*>(src) + i)))
+             : hn::LoadU(du, static_cast<const uint32_t*>(src) + i);
+    bad = hn::Or(bad, hn::VecFromMask(du, hn::Eq(hn::And(bits, exp_mask), exp_mask)));
+    hn::StoreU(hn::Mul(hn::BitCast(d, bits), vmul), d, dst + i);
+  }
+  bool finite = hn::AllTrue(du, hn::Eq(bad, hn::Zero(du)));
+  for (; i < n; ++i) {
+    uint32_t u;
+    if (bf16) u = static_cast<uint32_t>(static_cast<const uint16_t*>(src)[i]) << 16;
+    else memcpy(&u, static_cast<const uint32_t*>(src) + i, 4);
+    finite &= (u & 0x7F800000u) != 0x7F800000u;
+    float f;
+    memcpy(&f, &u, 4);
+    dst[i] = f * mul;
+  }
+  return finite;
+}
+
 float ExpSubSum(float* HWY_RESTRICT x, int n, float m) {
   const DF d;
   const int lanes = static_cast<int>(hn::Lanes(d));
@@ -146,6 +180,7 @@ HWY_EXPORT(ExpSubSum);
 HWY_EXPORT(RowMax);
 HWY_EXPORT(ScaleRow);
 HWY_EXPORT(GemmBt);
+HWY_EXPORT(ConvertRow);
 HWY_EXPORT(SoftmaxGradRow);
 HWY_EXPORT(TargetName);
 
@@ -160,6 +195,9 @@ void gemm_at(int M, int N, int K, const float* At, int ldat, const float* B, int
 void gemm_bt(int M, int N, int K, const float* A, int lda, const float* Bt, int ldbt, float* C,
              int ldc) {
   HWY_DYNAMIC_DISPATCH(GemmBt)(M, N, K, A, lda, Bt, ldbt, C, ldc);
+}
+bool convert_row(const void* src, bool bf16, int64_t n, float mul, float* dst) {
+  return HWY_DYNAMIC_DISPATCH(ConvertRow)(src, bf16, n, mul, dst);
 }
 void softmax_grad_row(const float* p, float* dp, float delta, int n) {
   HWY_DYNAMIC_DISPATCH(SoftmaxGradRow)(p, dp, delta, n);

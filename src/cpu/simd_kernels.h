@@ -26,6 +26,10 @@ void gemm_at(int M, int N, int K, const float* At, int ldat, const float* B, int
 void gemm_bt(int M, int N, int K, const float* A, int lda, const float* Bt, int ldbt, float* C,
              int ldc);
 
+// dst[i] = src[i] * mul for a contiguous fp32 or (bf16 = true) bfloat16
+// row of any length n; false if an element is NaN or Inf.
+bool convert_row(const void* src, bool bf16, int64_t n, float mul, float* dst);
+
 // dp[i] = p[i] * (dp[i] - delta): the softmax backward of one row.
 void softmax_grad_row(const float* p, float* dp, float delta, int n);
 

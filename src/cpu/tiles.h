@@ -40,6 +40,20 @@ inline Buffer alloc_floats(int64_t n) {
   return Buffer(ptr);
 }
 
+// Per-thread tile memory that outlives calls (the pool's threads are
+// persistent): a decode step would otherwise spend more time in mmap/munmap
+// and page faults for its ~100 KiB of tiles than in attention. Grow-only;
+// `slot` tells apart buffers a thread uses at the same time.
+inline float* thread_scratch(int slot, int64_t n) {
+  thread_local Buffer bufs[2];
+  thread_local int64_t sizes[2] = {0, 0};
+  if (sizes[slot] < n) {
+    bufs[slot] = alloc_floats(n);
+    sizes[slot] = n;
+  }
+  return bufs[slot].get();
+}
+
 // Where each sequence's q-blocks and k-blocks start in a flat numbering.
 struct BlockLayout {
   std::vector<SeqExtent> seq;
@@ -67,6 +81,10 @@ inline BlockLayout make_layout(const AttnParams& p) {
 // integer flags, which the compiler vectorises (a float probe would not be).
 inline bool load_f32(const void* base, int64_t off, int64_t step, int64_t n, DType t, float mul,
                      float* dst) {
+  if (step == 1 && (t == DType::f32 || t == DType::bf16)) {
+    const int64_t esz = t == DType::f32 ? 4 : 2;
+    return convert_row(static_cast<const char*>(base) + off * esz, t == DType::bf16, n, mul, dst);
+  }
   uint32_t bad = 0;
   switch (t) {
     case DType::f32: {
