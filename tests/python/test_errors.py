@@ -55,7 +55,7 @@ def test_head_dim_too_large():
 def test_nonfinite_input_value_error():
     q = t(1, 8, 2, 16)
     q[0, 3, 1, 5] = float("nan")
-    with pytest.raises(ValueError, match=r"q: contains a non-finite value \(NaN\)"):
+    with pytest.raises(ValueError, match=r"q: contains a non-finite value"):
         flashsdpa.flash_attn_func(q, t(1, 8, 2, 16), t(1, 8, 2, 16))
 
 
