@@ -86,36 +86,37 @@ def run_case(case, repeats):
     return t_ours, t_torch, flops
 
 
-def fma_peak_gflops(threads: int) -> float:
+def fma_peak_gflops(threads: int) -> tuple[float, float]:
+    """(one core, all threads) fp32 FMA peak, best of 3 runs each. The
+    machine's peak is taken as max(all-thread run, threads x one-core run):
+    its cores are identical and without SMT, and on a shared machine the
+    all-thread run is the one other work disturbs."""
     exe = Path(tempfile.mkdtemp()) / "fma_peak"
     subprocess.run(["cc", "-O2", "-march=native", str(HERE / "fma_peak.c"), "-o", str(exe),
                     "-lpthread"], check=True)
-    return max(float(subprocess.check_output([str(exe), str(threads)]).decode()) for _ in range(3))
+    def best(n):
+        return max(float(subprocess.check_output([str(exe), str(n)]).decode()) for _ in range(3))
+    return best(1), best(threads)
 
 
 MEMORY_PROBE = r"""
 import resource, sys, torch, flashsdpa
 S, D = int(sys.argv[1]), int(sys.argv[2])
 q, k, v = (torch.randn(1, 1, S, D, requires_grad=True) for _ in range(3))
-do = torch.randn(1, 1, S, D)
-# Warm up on a small problem so one-time allocations are not counted.
-small = [t[:, :, :256].detach().clone().requires_grad_() for t in (q, k, v)]
-flashsdpa.scaled_dot_product_attention(*small).backward(torch.randn(1, 1, 256, D))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-out = flashsdpa.scaled_dot_product_attention(q, k, v)
-out.backward(do)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((peak - base) * 1024)
+flashsdpa.scaled_dot_product_attention(q, k, v).backward(torch.randn(1, 1, S, D))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 
 
 def extra_memory_bytes(S: int, D: int) -> int:
-    """Peak RSS growth of forward+backward in a fresh process (bytes).
-
-    Includes the outputs and gradients the call must return (out, dq, dk,
-    dv: 4 * S * D floats) besides the library's workspace."""
-    out = subprocess.check_output([sys.executable, "-c", MEMORY_PROBE, str(S), str(D)])
-    return int(out.decode().strip().splitlines()[-1])
+    """Peak RSS of forward+backward at S minus the same at S = 256, each in
+    a fresh process (bytes): what the sequence length costs. It includes
+    the inputs, dout, the outputs and the gradients (8 * S * D floats)
+    besides the library's workspace."""
+    def peak(s):
+        out = subprocess.check_output([sys.executable, "-c", MEMORY_PROBE, str(s), str(D)])
+        return int(out.decode().strip().splitlines()[-1])
+    return peak(S) - peak(256)
 
 
 def cpu_model() -> str:
@@ -158,8 +159,10 @@ def main():
 
     threads = torch.get_num_threads()
     flashsdpa.set_num_threads(threads)
-    peak = fma_peak_gflops(threads)
-    print(f"machine: {cpu_model()}, {threads} threads, fp32 FMA peak {peak:.0f} GFLOP/s")
+    peak1, peakn = fma_peak_gflops(threads)
+    peak = max(peakn, threads * peak1)
+    print(f"machine: {cpu_model()}, {threads} threads, fp32 FMA peak {peak:.0f} GFLOP/s "
+          f"(measured: 1 core {peak1:.0f}, {threads} threads {peakn:.0f})")
     print(f"torch {torch.__version__}, flashsdpa {flashsdpa.__version__}")
 
     rows = []
@@ -191,9 +194,11 @@ def main():
     S_mem, D_mem = 16384, 64
     extra = extra_memory_bytes(S_mem, D_mem)
     dense = S_mem * S_mem * 4
-    summary.append(f"- peak extra memory of fwd+bwd at S={S_mem}, D={D_mem}, fp32: "
-                   f"{extra / 2**20:.1f} MiB (outputs and gradients included) vs "
-                   f"{dense / 2**20:.0f} MiB for one S x S fp32 score matrix")
+    io = 8 * S_mem * D_mem * 4
+    summary.append(f"- peak memory of fwd+bwd at S={S_mem}, D={D_mem}, fp32, over the same at "
+                   f"S=256: {extra / 2**20:.1f} MiB, of which {io / 2**20:.0f} MiB are q, k, v, "
+                   f"dout, out, dq, dk, dv; one S x S fp32 score matrix would be "
+                   f"{dense / 2**20:.0f} MiB")
     print("\n".join(summary))
 
     if args.no_save:
@@ -218,8 +223,9 @@ def main():
     cmd = "python " + " ".join([os.path.relpath(__file__, HERE.parent)] + sys.argv[1:])
     with open(HERE / "RESULTS.md", "a") as f:
         f.write(f"\n## CPU: flashsdpa vs torch SDPA — {stamp}\n\n")
-        f.write(f"Command: `{cmd}`  \nMachine: {cpu_model()}, {threads} threads, measured fp32 FMA "
-                f"peak {peak:.0f} GFLOP/s; torch {torch.__version__}\n\n")
+        f.write(f"Command: `{cmd}`  \nMachine: {cpu_model()}, {threads} threads, fp32 FMA peak "
+                f"{peak:.0f} GFLOP/s (measured: 1 core {peak1:.0f}, {threads} threads "
+                f"{peakn:.0f}); torch {torch.__version__}\n\n")
         f.write(header + "\n|" + "---|" * 13 + "\n")
         f.write("\n".join(r[4] for r in rows) + "\n\n" + "\n".join(summary) + "\n")
         if png:
