@@ -118,14 +118,14 @@ class Lib:
         self.lib.fsdpa_last_error.restype = C.c_char_p
         self.lib.fsdpa_backends.restype = C.c_char_p
 
-    def params(self, causal=False, window_left=-1, mask=None):
+    def params(self, causal=False, window_left=-1, mask=None, deterministic=0):
         p = Params()
         self.lib.fsdpa_params_init(C.byref(p))
         p.causal = int(causal)
         p.align = 1  # bottom-right (FlashAttention's causal; same as top-left when Sq == Sk)
         p.window_left = window_left
         p.check_finite = 0
-        p.deterministic = 1
+        p.deterministic = int(deterministic)
         if mask is not None:
             p.mask = mask.ptr()
         return p
@@ -160,13 +160,13 @@ def bench(fn, warmup=3, reps=10):
     return statistics.median(ts)
 
 
-def flashsdpa_fns(lib, q, k, v, do, causal=False, window_left=-1, mask=None):
+def flashsdpa_fns(lib, q, k, v, do, causal=False, window_left=-1, mask=None, deterministic=None):
     B, H, Sq, D = q.shape
     out = torch.empty(B, H, Sq, v.shape[-1], device=q.device, dtype=q.dtype)
     lse = torch.empty(B, H, Sq, device=q.device, dtype=torch.float32)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     m = Dl(mask) if mask is not None else None
-    p = lib.params(causal, window_left, m)
+    p = lib.params(causal, window_left, m, DETERMINISTIC if deterministic is None else deterministic)
     t = [Dl(x) for x in (q, k, v, out, lse, do, dq, dk, dv)]
     Q, K, V, O, L, DO, DQ, DK, DV = t
 
@@ -217,7 +217,12 @@ def flex_fns(q, k, v, do, mask_mod, S):
 
 
 # ---------------------------------------------------------------- main ------
+# fsdpa_params.deterministic of the "flashsdpa" rows (--deterministic).
+DETERMINISTIC = 0
+
+
 def main():
+    global DETERMINISTIC
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", default="build/src/libflashsdpa.so")
     ap.add_argument("--quick", action="store_true")
@@ -229,7 +234,16 @@ def main():
     ap.add_argument("--dims", default="", help="dense head dims, e.g. 64,128 (default 64,128,256)")
     ap.add_argument("--seqs", default="", help="dense sequence lengths (default 1024,4096,16384)")
     ap.add_argument("--dtypes", default="", help="bf16,fp16 (default both)")
+    ap.add_argument("--deterministic", type=int, default=0,
+                    help="fsdpa_params.deterministic of flashsdpa (0: dQ by atomics, like FLASH; 1: bit-reproducible)")
+    ap.add_argument("--det-too", action="store_true",
+                    help="also time flashsdpa with deterministic = 1 as column 'det' (fwd+bwd, dense and mask)")
+    ap.add_argument("--refs", default="FLASH,CUDNN,EFFICIENT", help="PyTorch SDPA backends to compare with")
+    ap.add_argument("--modes", default="fwd,fwd+bwd", help="fwd,fwd+bwd (dense and mask sections)")
     args = ap.parse_args()
+    DETERMINISTIC = args.deterministic
+    refs = [x for x in args.refs.split(",") if x]
+    modes = set(args.modes.split(","))
 
     lib = Lib(args.lib)
     dev = torch.cuda.get_device_name()
@@ -275,14 +289,22 @@ def main():
                         f = 4.0 * B * H * S * S * D * (0.5 if causal else 1.0)
                         ours = flashsdpa_fns(lib, q, k, v, do, causal)
                         impls = [("flashsdpa", ours[0], ours[1])]
+                        if args.det_too:
+                            det = flashsdpa_fns(lib, q, k, v, do, causal, deterministic=1)
+                            impls.append(("det", None, det[1]))
                         for name, be in (("FLASH", SDPBackend.FLASH_ATTENTION),
                                          ("CUDNN", SDPBackend.CUDNN_ATTENTION),
                                          ("EFFICIENT", SDPBackend.EFFICIENT_ATTENTION)):
+                            if name not in refs:
+                                continue
                             a, b = sdpa_fns(be, q, k, v, do, causal)
                             impls.append((name, a, b))
                         for mode, idx, mul in (("fwd", 1, 1.0), ("fwd+bwd", 2, 3.5)):
+                            if mode not in modes:
+                                continue
                             for name, *fns in impls:
-                                run(case, mode, name, fns[idx - 1], f * mul)
+                                if fns[idx - 1] is not None:
+                                    run(case, mode, name, fns[idx - 1], f * mul)
                     del q, k, v, do
                     torch.cuda.empty_cache()
 
@@ -362,7 +384,7 @@ def main():
     by = {}
     for case, mode, impl, ms, tf in rows:
         by.setdefault((case, mode), {})[impl] = (ms, tf)
-    others = ["FLASH", "CUDNN", "EFFICIENT", "flex"]
+    others = (["det"] if args.det_too else []) + ["FLASH", "CUDNN", "EFFICIENT", "flex"]
     lines = ["| case | mode | flashsdpa ms | TFLOP/s | " + " | ".join(f"{o} TFLOP/s (ratio)" for o in others) + " |",
              "|---|---|---|---|" + "---|" * len(others)]
     ratios = {o: {"fwd": [], "fwd+bwd": []} for o in others}

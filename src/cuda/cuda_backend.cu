@@ -7,13 +7,17 @@
 //     Split-KV (flash-decoding) with an lse-weighted merge when the query
 //     blocks alone cannot fill the GPU and the key range is long.
 //   fp32: the SIMT kernels (simt.cu), plain fp32 arithmetic (no TF32).
-//   The backward is always deterministic: dQ is computed by its own kernel
-//   looping over key blocks, dK/dV by one looping over the query blocks of
-//   every query head of the GQA group; no atomics anywhere.
+//   Backward, deterministic = 1: dQ is computed by its own kernel looping
+//   over key blocks, dK/dV by one looping over the query blocks of every
+//   query head of the GQA group; no atomics (bit-reproducible).
+//   deterministic = 0 (tensor-core path): one dK/dV kernel also adds dS K to
+//   an fp32 dQ workspace with atomics (5 matrix products instead of 7), then
+//   a conversion kernel writes dq.
 //
 // Environment (for tests and benchmarks): FLASHSDPA_CUDA_SIMT=1 forces the
 // SIMT path for every dtype; FLASHSDPA_CUDA_SPLITS=n forces n KV splits in
-// the tensor-core forward (1 = off).
+// the tensor-core forward (1 = off); FLASHSDPA_CUDA_DQ_KERNEL=1 keeps the
+// deterministic dQ kernel also when deterministic = 0.
 //
 // check_finite: one strided scan kernel per input and one 32-byte copy back
 // (a stream synchronisation per call); pass check_finite = 0 to skip it.
@@ -251,7 +255,17 @@ fsdpa_status backward(const AttnParams& p, void* stream) {
     MaskTiles mt{nullptr, 0, 0, 0, 0};
     st = classify_mask(p, flags, &mt, s);
     if (st != FSDPA_OK) return st;
-    err = run(p, dp, vec_bits(p, true), mt, dsum.as<float>(), s);
+    // Non-deterministic: dQ by fp32 atomics in the dK/dV kernel (5 products).
+    // FLASHSDPA_CUDA_DQ_KERNEL=1 keeps the separate dQ kernel.
+    Buf dqacc;
+    if (!p.deterministic && !env_flag("FLASHSDPA_CUDA_DQ_KERNEL")) {
+      const size_t bytes = size_t(p.total_q) * p.heads_q * dp * sizeof(float);
+      err = dqacc.alloc(bytes, s);
+      if (err != cudaSuccess) return cuda_fail(err, "dQ workspace allocation");
+      err = cudaMemsetAsync(dqacc.ptr, 0, bytes, s);
+      if (err != cudaSuccess) return cuda_fail(err, "dQ workspace zeroing");
+    }
+    err = run(p, dp, vec_bits(p, true), mt, dsum.as<float>(), dqacc.as<float>(), s);
   }
   if (err != cudaSuccess) return cuda_fail(err, "backward kernel launch");
   return FSDPA_OK;

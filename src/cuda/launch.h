@@ -56,10 +56,12 @@ cudaError_t tc_fwd_f16(const AttnParams& p, int dp, int vec, const MaskTiles& mt
                        float* opart, float* lsepart, cudaStream_t s);
 cudaError_t tc_fwd_bf16(const AttnParams& p, int dp, int vec, const MaskTiles& mt, int nsplit,
                         float* opart, float* lsepart, cudaStream_t s);
+// dqacc: nullptr (deterministic: dQ kernel + dK/dV kernel) or a zeroed fp32
+// workspace of total_q * Hq * dp floats (dQ by atomics in the dK/dV kernel).
 cudaError_t tc_bwd_f16(const AttnParams& p, int dp, int vec, const MaskTiles& mt,
-                       const float* dsum, cudaStream_t s);
+                       const float* dsum, float* dqacc, cudaStream_t s);
 cudaError_t tc_bwd_bf16(const AttnParams& p, int dp, int vec, const MaskTiles& mt,
-                        const float* dsum, cudaStream_t s);
+                        const float* dsum, float* dqacc, cudaStream_t s);
 void splitkv_merge(const AttnParams& p, int nsplit, const float* opart, const float* lsepart,
                    int dv_stride, cudaStream_t s);
 

@@ -138,6 +138,13 @@ __device__ __forceinline__ void load_b_rows_k(uint32_t* b, const T* sm, int k0, 
   ldsm_x4_t(b, sm + (k0 + (lane % 8) + ((lane / 8) % 2) * 8) * pitch<DP>() + n0 + (lane / 16) * 8);
 }
 
+// A fragment (16 x 16, rows m, cols k) of a tile stored k-major (tile[k][m],
+// row pitch PT elements): rows [m0, m0+16), cols [k0, k0+16).
+template <int PT, typename T>
+__device__ __forceinline__ void load_a_kmajor(uint32_t* a, const T* sm, int m0, int k0, int lane) {
+  ldsm_x4_t(a, sm + (k0 + (lane % 8) + (lane / 16) * 8) * PT + m0 + ((lane / 8) % 2) * 8);
+}
+
 // Stores a pair (d, d+1) of row `row` of an output with strides.
 template <typename T>
 __device__ __forceinline__ void store_pair(T* base, int64_t off, int64_t sd, int d, int dmax,
@@ -564,10 +571,13 @@ tc_dq_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
 // ================================================================================
 // Backward, dK and dV: block of NW warps x 16 keys loops over the query heads
 // of its GQA group and their query blocks of BM rows (deterministic).
+// ADQ (non-deterministic backward): the block also adds dS K of its keys to
+// the fp32 dQ workspace dqacc[(token * Hq + h) * DP + d] with atomics
+// (5 matrix products instead of 7; no dQ kernel).
 // ================================================================================
-template <typename T, int DP, int BM, int NW, bool GEN>
+template <typename T, int DP, int BM, int NW, bool GEN, bool ADQ>
 __global__ void __launch_bounds__(NW * 32)
-tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
+tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum, float* dqacc) {
   constexpr int BN = 16 * NW, P = pitch<DP>(), NT = NW * 32;
   extern __shared__ __align__(16) char smem_raw[];
   T* Ks = reinterpret_cast<T*>(smem_raw);
@@ -576,6 +586,8 @@ tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
   T* dOs = Qs + 2 * BM * P;
   float* lse_s = reinterpret_cast<float*>(dOs + 2 * BM * P);
   float* D_s = lse_s + 2 * BM;
+  constexpr int PS = BM + 8;  // pitch of dS^T in shared memory (ADQ)
+  T* dSt = reinterpret_cast<T*>(D_s + 2 * BM);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t b = blockIdx.z, hk = blockIdx.y;
@@ -742,6 +754,65 @@ tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
         mma16816<T>(dk[n], a2, bf[0], bf[1]);
         mma16816<T>(dk[n + 1], a2, bf[2], bf[3]);
       }
+      if constexpr (ADQ) {
+        // dS^T (keys x queries) to shared memory, rounded as in the products.
+        uint32_t* r0 = reinterpret_cast<uint32_t*>(dSt + (warp * 16 + lane / 4) * PS +
+                                                   ks * 16 + 2 * (lane % 4));
+        r0[0] = a2[0];
+        r0[4 * PS] = a2[1];  // row g + 8 (PS / 2 words per row)
+        r0[4] = a2[2];
+        r0[4 * PS + 4] = a2[3];
+      }
+    }
+    if constexpr (ADQ) {
+      // dQ[BM x DP] += dS K: warp -> 16 query rows x a share of the columns.
+      __syncthreads();
+      constexpr int RG = BM / 16, WPR = NW / RG, CWARP = DP / WPR;
+      constexpr int CW = CWARP % 64 == 0 ? 64 : (CWARP % 32 == 0 ? 32 : 16);
+      static_assert(NW % RG == 0 && DP % WPR == 0 && CWARP % 16 == 0, "dQ split");
+      const int rg = warp % RG, cbase = (warp / RG) * CWARP;
+      uint32_t af[BN / 16][4];
+#pragma unroll
+      for (int ks = 0; ks < BN / 16; ++ks) load_a_kmajor<PS>(af[ks], dSt, rg * 16, ks * 16, lane);
+      int64_t rowoff[2];
+      bool rok[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int i = q0 + rg * 16 + lane / 4 + 8 * r;
+        rok[r] = i < e.sq;
+        rowoff[r] = rok[r] ? (q_token(p, b, e, i) * p.heads_q + h) * DP : 0;
+      }
+#pragma unroll
+      for (int c0 = 0; c0 < CWARP; c0 += CW) {
+        if (cbase + c0 >= D) break;
+        float acc[CW / 8][4];
+#pragma unroll
+        for (int n = 0; n < CW / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < BN / 16; ++ks)
+#pragma unroll
+          for (int n = 0; n < CW / 8; n += 2) {
+            uint32_t bf[4];
+            load_b_rows_k<DP>(bf, Ks, ks * 16, cbase + c0 + n * 8, lane);
+            mma16816<T>(acc[n], af[ks], bf[0], bf[1]);
+            mma16816<T>(acc[n + 1], af[ks], bf[2], bf[3]);
+          }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          if (!rok[r]) continue;
+          float* dst = dqacc + rowoff[r] + cbase + c0 + 2 * (lane % 4);
+#pragma unroll
+          for (int n = 0; n < CW / 8; ++n) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+            atomicAdd(reinterpret_cast<float2*>(dst + n * 8),
+                      make_float2(acc[n][2 * r], acc[n][2 * r + 1]));
+#else
+            atomicAdd(dst + n * 8, acc[n][2 * r]);
+            atomicAdd(dst + n * 8 + 1, acc[n][2 * r + 1]);
+#endif
+          }
+        }
+      }
     }
   }
   T* dkg = static_cast<T*>(p.dk);
@@ -758,6 +829,25 @@ tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
       store_pair<T>(dkg, ok, p.dk_stride[3], d, D, dk[n][2 * r], dk[n][2 * r + 1], false);
       store_pair<T>(dvg, ov, p.dv_stride[3], d, Dv, dv[n][2 * r], dv[n][2 * r + 1], false);
     }
+  }
+}
+
+// dq = dqacc (fp32 [token * Hq + h][DP]) in the output dtype, rows of every
+// sequence (ADQ backward). Grid: (row blocks, Hq, B).
+template <typename T>
+__global__ void dq_convert_kernel(AttnParams p, const float* dqacc, int dp) {
+  const int64_t b = blockIdx.z, h = blockIdx.y;
+  const Seq e = get_seq(p, b);
+  const int D = static_cast<int>(p.head_dim);
+  const int hd = (D + 1) / 2;  // pairs per row
+  T* dqg = static_cast<T*>(p.dq);
+  const bool vec = p.dq_stride[3] == 1 && D % 2 == 0;
+  for (int x = blockIdx.x * blockDim.x + threadIdx.x; x < e.sq * hd; x += gridDim.x * blockDim.x) {
+    const int i = x / hd, d = (x % hd) * 2;
+    const float* src = dqacc + (q_token(p, b, e, i) * p.heads_q + h) * dp + d;
+    const int64_t off = off4(p.dq_stride, b, h, e.q_begin + i, 0);
+    store_pair<T>(dqg, off, p.dq_stride[3], d, D, src[0], d + 1 < D ? src[1] : 0.0f,
+                  vec && (reinterpret_cast<uintptr_t>(dqg + off) % 4 == 0));
   }
 }
 

@@ -21,6 +21,11 @@ template <int DP> struct TcConfig {
   static constexpr int kFwdBN = DP <= 128 ? 64 : 32;   // keys per forward step
   static constexpr int kDqBN = DP <= 128 ? 64 : 32;    // keys per dQ step
   static constexpr int kDkvBM = DP <= 64 ? 64 : 32;    // queries per dK/dV step
+  // Warps (16 keys each) of the dK/dV kernel with atomic dQ (deterministic = 0).
+#ifndef FSDPA_ADQ_WARPS
+#define FSDPA_ADQ_WARPS 8
+#endif
+  static constexpr int kAdqWarps = (DP == 96 || DP > 128) ? 4 : FSDPA_ADQ_WARPS;
 };
 // Query rows per forward block of bucket dp (host side).
 inline int tc_fwd_block_m(int dp) {

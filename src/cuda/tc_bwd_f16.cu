@@ -3,11 +3,11 @@
 
 namespace fsdpa {
 namespace cuda {
-cudaError_t tc_bwd_f16(const AttnParams& p, int dp, int vec, const MaskTiles& mt, const float* dsum,
+cudaError_t tc_bwd_f16(const AttnParams& p, int dp, int vec, const MaskTiles& mt, const float* dsum, float* dqacc,
                        cudaStream_t s) {
   switch (dp) {
 #define FSDPA_CASE(B) \
-  case B: return tc_bwd_launch<__half, B>(p, vec, mt, dsum, s);
+  case B: return tc_bwd_launch<__half, B>(p, vec, mt, dsum, dqacc, s);
     FSDPA_TC_BUCKETS(FSDPA_CASE)
 #undef FSDPA_CASE
     default: return cudaErrorInvalidValue;

@@ -22,9 +22,36 @@ cudaError_t tc_fwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, i
   return cudaGetLastError();
 }
 
-template <typename T, int DP, bool GEN>
-cudaError_t tc_bwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, const float* dsum, cudaStream_t s) {
+template <typename T, int DP, bool GEN, bool ADQ>
+cudaError_t tc_dkdv_launch(const AttnParams& p, int vec, const MaskTiles& mt, const float* dsum,
+                           float* dqacc, cudaStream_t s) {
   using C = TcConfig<DP>;
+  constexpr int NW = ADQ ? C::kAdqWarps : C::kWarps;
+  constexpr int BN = 16 * NW, BM = C::kDkvBM;
+  constexpr size_t smem = size_t(2 * BN + 4 * BM) * pitch<DP>() * sizeof(T) + 4 * BM * sizeof(float) +
+                          (ADQ ? size_t(BN) * (BM + 8) * sizeof(T) : 0);
+  auto kern = tc_dkdv_kernel<T, DP, BM, NW, GEN, ADQ>;
+  cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (err != cudaSuccess) return err;
+  const dim3 grid((p.seqlen_k + BN - 1) / BN, p.heads_k, p.batch);
+  if (grid.x > 0) kern<<<grid, NW * 32, smem, s>>>(p, vec, mt, dsum, dqacc);
+  return cudaGetLastError();
+}
+
+// dqacc != nullptr (non-deterministic): zeroed fp32 workspace of
+// total_q * Hq * DP floats; dQ accumulated by the dK/dV kernel with atomics.
+template <typename T, int DP, bool GEN>
+cudaError_t tc_bwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, const float* dsum,
+                            float* dqacc, cudaStream_t s) {
+  using C = TcConfig<DP>;
+  if (dqacc != nullptr) {
+    cudaError_t err = tc_dkdv_launch<T, DP, GEN, true>(p, vec, mt, dsum, dqacc, s);
+    if (err != cudaSuccess) return err;
+    const int64_t work = (p.seqlen_q * ((p.head_dim + 1) / 2) + 255) / 256;
+    const int bx = static_cast<int>(work < 1024 ? work : 1024);
+    if (bx > 0) dq_convert_kernel<T><<<dim3(bx, p.heads_q, p.batch), 256, 0, s>>>(p, dqacc, DP);
+    return cudaGetLastError();
+  }
   {
     constexpr int BM = 16 * C::kWarps, BN = C::kDqBN;
     constexpr size_t smem = size_t(2 * BM + 4 * BN) * pitch<DP>() * sizeof(T);
@@ -36,16 +63,7 @@ cudaError_t tc_bwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, c
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  {
-    constexpr int BN = 16 * C::kWarps, BM = C::kDkvBM;
-    constexpr size_t smem = size_t(2 * BN + 4 * BM) * pitch<DP>() * sizeof(T) + 4 * BM * sizeof(float);
-    auto kern = tc_dkdv_kernel<T, DP, BM, C::kWarps, GEN>;
-    cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (err != cudaSuccess) return err;
-    const dim3 grid((p.seqlen_k + BN - 1) / BN, p.heads_k, p.batch);
-    if (grid.x > 0) kern<<<grid, C::kWarps * 32, smem, s>>>(p, vec, mt, dsum);
-    return cudaGetLastError();
-  }
+  return tc_dkdv_launch<T, DP, GEN, false>(p, vec, mt, dsum, nullptr, s);
 }
 
 // GEN: the general variant (softcap, ALiBi, masks, dropout); the other one
@@ -64,9 +82,9 @@ cudaError_t tc_fwd_launch(const AttnParams& p, int vec, const MaskTiles& mt, int
 
 template <typename T, int DP>
 cudaError_t tc_bwd_launch(const AttnParams& p, int vec, const MaskTiles& mt, const float* dsum,
-                          cudaStream_t s) {
-  return tc_general(p) ? tc_bwd_launch_g<T, DP, true>(p, vec, mt, dsum, s)
-                       : tc_bwd_launch_g<T, DP, false>(p, vec, mt, dsum, s);
+                          float* dqacc, cudaStream_t s) {
+  return tc_general(p) ? tc_bwd_launch_g<T, DP, true>(p, vec, mt, dsum, dqacc, s)
+                       : tc_bwd_launch_g<T, DP, false>(p, vec, mt, dsum, dqacc, s);
 }
 
 }  // namespace cuda
