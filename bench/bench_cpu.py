@@ -113,9 +113,10 @@ def extra_memory_bytes(S: int, D: int) -> int:
     a fresh process (bytes): what the sequence length costs. It includes
     the inputs, dout, the outputs and the gradients (8 * S * D floats)
     besides the library's workspace."""
-    def peak(s):
-        out = subprocess.check_output([sys.executable, "-c", MEMORY_PROBE, str(s), str(D)])
-        return int(out.decode().strip().splitlines()[-1])
+    def peak(s):  # least of 3 runs: the import of torch alone varies by tens of MiB
+        runs = [subprocess.check_output([sys.executable, "-c", MEMORY_PROBE, str(s), str(D)])
+                for _ in range(3)]
+        return min(int(out.decode().strip().splitlines()[-1]) for out in runs)
     return peak(S) - peak(256)
 
 

@@ -21,9 +21,12 @@ namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::CappedTag<float, 16>;
 
 // Register block: kRows rows x kVecs vectors of C held in registers while K
-// is streamed; A is broadcast, B is loaded once per k for all rows.
-template <int kRows, int kVecs>
-HWY_INLINE void gemm_block(int K, const float* HWY_RESTRICT A, int lda, int acs,
+// is streamed; A is broadcast, B is loaded once per k for all rows. A is
+// row-major (element (r, k) at A[r * lda + k]) or, with kTransA, stored
+// transposed (at A[k * lda + r]); a compile-time choice keeps the address
+// arithmetic of the broadcasts to one add per k.
+template <int kRows, int kVecs, bool kTransA>
+HWY_INLINE void gemm_block(int K, const float* HWY_RESTRICT A, int lda,
                            const float* HWY_RESTRICT B, int ldb, float* HWY_RESTRICT C, int ldc,
                            bool accumulate) {
   const DF d;
@@ -36,41 +39,55 @@ HWY_INLINE void gemm_block(int K, const float* HWY_RESTRICT A, int lda, int acs,
   for (int k = 0; k < K; ++k) {
     V b[kVecs];
     for (int v = 0; v < kVecs; ++v) b[v] = hn::LoadU(d, B + k * ldb + v * N);
+    const float* a = kTransA ? A + k * lda : A + k;
     for (int r = 0; r < kRows; ++r) {
-      const V a = hn::Set(d, A[r * lda + k * acs]);
-      for (int v = 0; v < kVecs; ++v) acc[r][v] = hn::MulAdd(a, b[v], acc[r][v]);
+      const V ar = hn::Set(d, kTransA ? a[r] : a[r * lda]);
+      for (int v = 0; v < kVecs; ++v) acc[r][v] = hn::MulAdd(ar, b[v], acc[r][v]);
     }
   }
   for (int r = 0; r < kRows; ++r)
     for (int v = 0; v < kVecs; ++v) hn::StoreU(acc[r][v], d, C + r * ldc + v * N);
 }
 
-template <int kRows>
-HWY_INLINE void gemm_rows(int N, int K, const float* A, int lda, int acs, const float* B, int ldb,
+template <int kRows, bool kTransA>
+HWY_INLINE void gemm_rows(int N, int K, const float* A, int lda, const float* B, int ldb,
                           float* C, int ldc, bool accumulate) {
   const DF d;
   const int lanes = static_cast<int>(hn::Lanes(d));
-  // 4 vectors wide where possible (16 accumulators at 4 rows), then 2, 1.
+  // 4 vectors wide where possible, then 2, 1.
   int j = 0;
   for (; j + 4 * lanes <= N; j += 4 * lanes)
-    gemm_block<kRows, 4>(K, A, lda, acs, B + j, ldb, C + j, ldc, accumulate);
+    gemm_block<kRows, 4, kTransA>(K, A, lda, B + j, ldb, C + j, ldc, accumulate);
   for (; j + 2 * lanes <= N; j += 2 * lanes)
-    gemm_block<kRows, 2>(K, A, lda, acs, B + j, ldb, C + j, ldc, accumulate);
-  for (; j < N; j += lanes) gemm_block<kRows, 1>(K, A, lda, acs, B + j, ldb, C + j, ldc, accumulate);
+    gemm_block<kRows, 2, kTransA>(K, A, lda, B + j, ldb, C + j, ldc, accumulate);
+  for (; j < N; j += lanes)
+    gemm_block<kRows, 1, kTransA>(K, A, lda, B + j, ldb, C + j, ldc, accumulate);
 }
 
-// Rows of A are lda apart and its columns acs apart (acs = 1: row-major A;
-// lda = 1, acs = ld: A stored transposed), so no caller needs a transpose.
-void Gemm(int M, int N, int K, const float* A, int lda, int acs, const float* B, int ldb,
-          float* C, int ldc, bool accumulate) {
+// C[M x N] (+)= A[M x K] * B[K x N]; with kTransA, A is given as At [K x M].
+template <bool kTransA>
+void gemm_any(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
+              int ldc, bool accumulate) {
   constexpr int kRows = 6;  // 6 x 4 vectors: 24 accumulators of 32 registers
+  // Row i of the product starts at A + i (transposed) or A + i * lda.
+  auto a_row = [&](int i) { return kTransA ? A + i : A + i * lda; };
   int i = 0;
   for (; i + kRows <= M; i += kRows)
-    gemm_rows<kRows>(N, K, A + i * lda, lda, acs, B, ldb, C + i * ldc, ldc, accumulate);
+    gemm_rows<kRows, kTransA>(N, K, a_row(i), lda, B, ldb, C + i * ldc, ldc, accumulate);
   for (; i + 4 <= M; i += 4)
-    gemm_rows<4>(N, K, A + i * lda, lda, acs, B, ldb, C + i * ldc, ldc, accumulate);
+    gemm_rows<4, kTransA>(N, K, a_row(i), lda, B, ldb, C + i * ldc, ldc, accumulate);
   for (; i < M; ++i)
-    gemm_rows<1>(N, K, A + i * lda, lda, acs, B, ldb, C + i * ldc, ldc, accumulate);
+    gemm_rows<1, kTransA>(N, K, a_row(i), lda, B, ldb, C + i * ldc, ldc, accumulate);
+}
+
+void Gemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
+          int ldc, bool accumulate) {
+  gemm_any<false>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+}
+
+void GemmAt(int M, int N, int K, const float* At, int ldat, const float* B, int ldb, float* C,
+            int ldc, bool accumulate) {
+  gemm_any<true>(M, N, K, At, ldat, B, ldb, C, ldc, accumulate);
 }
 
 // C[M x N] = A[M x K] * Bt^T with Bt [N x K] row-major: one dot product per
@@ -176,6 +193,7 @@ HWY_AFTER_NAMESPACE();
 namespace fsdpa::cpu {
 
 HWY_EXPORT(Gemm);
+HWY_EXPORT(GemmAt);
 HWY_EXPORT(ExpSubSum);
 HWY_EXPORT(RowMax);
 HWY_EXPORT(ScaleRow);
@@ -186,11 +204,11 @@ HWY_EXPORT(TargetName);
 
 void gemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
           int ldc, bool accumulate) {
-  HWY_DYNAMIC_DISPATCH(Gemm)(M, N, K, A, lda, 1, B, ldb, C, ldc, accumulate);
+  HWY_DYNAMIC_DISPATCH(Gemm)(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
 }
 void gemm_at(int M, int N, int K, const float* At, int ldat, const float* B, int ldb, float* C,
              int ldc, bool accumulate) {
-  HWY_DYNAMIC_DISPATCH(Gemm)(M, N, K, At, 1, ldat, B, ldb, C, ldc, accumulate);
+  HWY_DYNAMIC_DISPATCH(GemmAt)(M, N, K, At, ldat, B, ldb, C, ldc, accumulate);
 }
 void gemm_bt(int M, int N, int K, const float* A, int lda, const float* Bt, int ldbt, float* C,
              int ldc) {
