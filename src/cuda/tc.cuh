@@ -162,10 +162,10 @@ __device__ __forceinline__ void store_pair(T* base, int64_t off, int64_t sd, int
 // nsplit > 1: split-KV, the block handles its share of the key blocks and
 // writes normalised fp32 partials + lse for splitkv_merge.
 // ================================================================================
-template <typename T, int DP, int BN, int NW, bool GEN>
+template <typename T, int DP, int BN, int NW, int MW, bool GEN>
 __global__ void __launch_bounds__(NW * 32)
 tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, float* lsepart) {
-  constexpr int BM = 16 * NW, P = pitch<DP>(), NT = NW * 32;
+  constexpr int BM = 16 * NW * MW, P = pitch<DP>(), NT = NW * 32, R = 2 * MW;
   extern __shared__ __align__(16) char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);
   T* Ks = Qs + BM * P;
@@ -228,23 +228,29 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
     cp_async_commit();
   }
 
-  // Per-thread rows: r = 0 -> g, r = 1 -> g + 8.
-  int rows[2], rlo[2], rhi[2];
-  KeyRange rr[2];
-  uint32_t drow[2];
+  // Per-thread rows: r = 2 * mi + (0 -> g, 1 -> g + 8) of the warp's
+  // m-fragment mi (MW fragments of 16 rows per warp share each K/V fragment).
+  int rows[R], rlo[R], rhi[R];
+  KeyRange rr[R];
+  uint32_t drow[R];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    rows[r] = m0 + warp * 16 + lane / 4 + 8 * r;
+  for (int r = 0; r < R; ++r) {
+    rows[r] = m0 + warp * 16 * MW + (r / 2) * 16 + lane / 4 + 8 * (r % 2);
     rr[r] = row_range(p, c, rows[r]);
     if (rows[r] >= e.sq) rr[r] = KeyRange{1, 0};
     rlo[r] = static_cast<int>(rr[r].lo);
     rhi[r] = static_cast<int>(rr[r].hi);
     drow[r] = dropout_row_id(b, h, rows[r], p.heads_q, p.seqlen_q);
   }
-  float mrow[2] = {neg_inf(), neg_inf()}, lrow[2] = {0.0f, 0.0f};
-  float oacc[DP / 8][4];
+  float mrow[R], lrow[R];
 #pragma unroll
-  for (int n = 0; n < DP / 8; ++n) oacc[n][0] = oacc[n][1] = oacc[n][2] = oacc[n][3] = 0.0f;
+  for (int r = 0; r < R; ++r) mrow[r] = neg_inf(), lrow[r] = 0.0f;
+  float oacc[MW][DP / 8][4];
+#pragma unroll
+  for (int mi = 0; mi < MW; ++mi)
+#pragma unroll
+    for (int n = 0; n < DP / 8; ++n)
+      oacc[mi][n][0] = oacc[mi][n][1] = oacc[mi][n][2] = oacc[mi][n][3] = 0.0f;
 
   for (int buf = 0; kb <= kb1; buf ^= 1) {
     const int n0 = kb * BN, kn = next_kb(kb + 1);
@@ -261,53 +267,65 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
     const T* Kb = Ks + buf * BN * P;
     const T* Vb = Vs + buf * BN * P;
 
-    float s[BN / 8][4];
+    float s[MW][BN / 8][4];
 #pragma unroll
-    for (int n = 0; n < BN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    for (int mi = 0; mi < MW; ++mi)
+#pragma unroll
+      for (int n = 0; n < BN / 8; ++n) s[mi][n][0] = s[mi][n][1] = s[mi][n][2] = s[mi][n][3] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < DP / 16; ++kk) {
-      uint32_t a[4];
-      load_a<DP>(a, Qs, warp * 16, kk * 16, lane);
+      uint32_t a[MW][4];
+#pragma unroll
+      for (int mi = 0; mi < MW; ++mi) load_a<DP>(a[mi], Qs, (warp * MW + mi) * 16, kk * 16, lane);
 #pragma unroll
       for (int n = 0; n < BN / 8; n += 2) {
         uint32_t bf[4];
         load_b_rows_n<DP>(bf, Kb, n * 8, kk * 16, lane);
-        mma16816<T>(s[n], a, bf[0], bf[1]);
-        mma16816<T>(s[n + 1], a, bf[2], bf[3]);
+#pragma unroll
+        for (int mi = 0; mi < MW; ++mi) {
+          mma16816<T>(s[mi][n], a[mi], bf[0], bf[1]);
+          mma16816<T>(s[mi][n + 1], a[mi], bf[2], bf[3]);
+        }
       }
     }
 
     // Scores (log2 domain), online softmax. A block inside every row's band
     // (and without mask work) needs no per-element test.
-    float mx[2] = {neg_inf(), neg_inf()};
+    float mx[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) mx[r] = neg_inf();
     if (plain && n0 >= band_lo_max && n0 + BN - 1 <= band_hi_min) {
 #pragma unroll
-      for (int n = 0; n < BN / 8; ++n)
+      for (int mi = 0; mi < MW; ++mi)
 #pragma unroll
-        for (int x = 0; x < 4; ++x) {
-          s[n][x] *= sl2;
-          mx[x / 2] = fmaxf(mx[x / 2], s[n][x]);
-        }
+        for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+          for (int x = 0; x < 4; ++x) {
+            s[mi][n][x] *= sl2;
+            mx[2 * mi + x / 2] = fmaxf(mx[2 * mi + x / 2], s[mi][n][x]);
+          }
     } else {
 #pragma unroll
-      for (int n = 0; n < BN / 8; ++n)
+      for (int mi = 0; mi < MW; ++mi)
 #pragma unroll
-        for (int x = 0; x < 4; ++x) {
-          const int r = x / 2, j = n0 + n * 8 + 2 * (lane % 4) + (x % 2);
-          float v;
-          if (plain) {
-            v = (j >= rlo[r] && j <= rhi[r]) ? s[n][x] * sl2 : neg_inf();
-          } else {
-            float t;
-            v = score_of(p, c, s[n][x], rows[r], j, rr[r], &t, mst != 1) * kLog2e;
+        for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+          for (int x = 0; x < 4; ++x) {
+            const int r = 2 * mi + x / 2, j = n0 + n * 8 + 2 * (lane % 4) + (x % 2);
+            float v;
+            if (plain) {
+              v = (j >= rlo[r] && j <= rhi[r]) ? s[mi][n][x] * sl2 : neg_inf();
+            } else {
+              float t;
+              v = score_of(p, c, s[mi][n][x], rows[r], j, rr[r], &t, mst != 1) * kLog2e;
+            }
+            s[mi][n][x] = v;
+            mx[r] = fmaxf(mx[r], v);
           }
-          s[n][x] = v;
-          mx[r] = fmaxf(mx[r], v);
-        }
     }
-    float alpha[2], muse[2];
+    float alpha[R], muse[R];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < R; ++r) {
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
       const float mnew = fmaxf(mrow[r], mx[r]);
@@ -317,45 +335,55 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
       lrow[r] *= alpha[r];
     }
 #pragma unroll
-    for (int n = 0; n < DP / 8; ++n) {
-      oacc[n][0] *= alpha[0];
-      oacc[n][1] *= alpha[0];
-      oacc[n][2] *= alpha[1];
-      oacc[n][3] *= alpha[1];
-    }
+    for (int mi = 0; mi < MW; ++mi)
 #pragma unroll
-    for (int n = 0; n < BN / 8; ++n) {
-#pragma unroll
-      for (int x = 0; x < 4; ++x) {
-        const float pr = exp2f(s[n][x] - muse[x / 2]);
-        lrow[x / 2] += pr;
-        s[n][x] = pr;
+      for (int n = 0; n < DP / 8; ++n) {
+        oacc[mi][n][0] *= alpha[2 * mi];
+        oacc[mi][n][1] *= alpha[2 * mi];
+        oacc[mi][n][2] *= alpha[2 * mi + 1];
+        oacc[mi][n][3] *= alpha[2 * mi + 1];
       }
-      if (GEN && dc.on) {
-        const int j = n0 + n * 8 + 2 * (lane % 4);
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          float z0, z1;
-          drop_factor2(dc, drow[r], j, &z0, &z1);
-          s[n][2 * r] *= z0;
-          s[n][2 * r + 1] *= z1;
+    for (int mi = 0; mi < MW; ++mi)
+#pragma unroll
+      for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+        for (int x = 0; x < 4; ++x) {
+          const float pr = exp2f(s[mi][n][x] - muse[2 * mi + x / 2]);
+          lrow[2 * mi + x / 2] += pr;
+          s[mi][n][x] = pr;
+        }
+        if (GEN && dc.on) {
+          const int j = n0 + n * 8 + 2 * (lane % 4);
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            float z0, z1;
+            drop_factor2(dc, drow[2 * mi + r], j, &z0, &z1);
+            s[mi][n][2 * r] *= z0;
+            s[mi][n][2 * r + 1] *= z1;
+          }
         }
       }
-    }
     // O += P V
 #pragma unroll
     for (int ks = 0; ks < BN / 16; ++ks) {
-      uint32_t a[4];
-      a[0] = pack2<T>(s[2 * ks][0], s[2 * ks][1]);
-      a[1] = pack2<T>(s[2 * ks][2], s[2 * ks][3]);
-      a[2] = pack2<T>(s[2 * ks + 1][0], s[2 * ks + 1][1]);
-      a[3] = pack2<T>(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+      uint32_t a[MW][4];
+#pragma unroll
+      for (int mi = 0; mi < MW; ++mi) {
+        a[mi][0] = pack2<T>(s[mi][2 * ks][0], s[mi][2 * ks][1]);
+        a[mi][1] = pack2<T>(s[mi][2 * ks][2], s[mi][2 * ks][3]);
+        a[mi][2] = pack2<T>(s[mi][2 * ks + 1][0], s[mi][2 * ks + 1][1]);
+        a[mi][3] = pack2<T>(s[mi][2 * ks + 1][2], s[mi][2 * ks + 1][3]);
+      }
 #pragma unroll
       for (int n = 0; n < DP / 8; n += 2) {
         uint32_t bf[4];
         load_b_rows_k<DP>(bf, Vb, ks * 16, n * 8, lane);
-        mma16816<T>(oacc[n], a, bf[0], bf[1]);
-        mma16816<T>(oacc[n + 1], a, bf[2], bf[3]);
+#pragma unroll
+        for (int mi = 0; mi < MW; ++mi) {
+          mma16816<T>(oacc[mi][n], a[mi], bf[0], bf[1]);
+          mma16816<T>(oacc[mi][n + 1], a[mi], bf[2], bf[3]);
+        }
       }
     }
   }
@@ -363,7 +391,8 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
   // Epilogue.
   const int64_t rows_total = p.total_q * p.heads_q;
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
+  for (int r = 0; r < R; ++r) {
+    const int mi = r / 2, rr2 = r % 2;
     float l = lrow[r];
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
@@ -376,8 +405,8 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
       const int64_t off = off4(p.out_stride, b, h, e.q_begin + i, 0);
 #pragma unroll
       for (int n = 0; n < DP / 8; ++n)
-        store_pair<T>(og, off, p.out_stride[3], n * 8 + 2 * (lane % 4), Dv, oacc[n][2 * r] * inv,
-                      oacc[n][2 * r + 1] * inv, vec & kVecO);
+        store_pair<T>(og, off, p.out_stride[3], n * 8 + 2 * (lane % 4), Dv,
+                      oacc[mi][n][2 * rr2] * inv, oacc[mi][n][2 * rr2 + 1] * inv, vec & kVecO);
       if (p.lse && lane % 4 == 0)
         p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + (e.q_begin + i) * p.lse_stride[2]] = lse;
     } else {
@@ -386,7 +415,7 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
       for (int n = 0; n < DP / 8; ++n) {
         const int d = n * 8 + 2 * (lane % 4);
         *reinterpret_cast<float2*>(opart + row * DP + d) =
-            make_float2(oacc[n][2 * r] * inv, oacc[n][2 * r + 1] * inv);
+            make_float2(oacc[mi][n][2 * rr2] * inv, oacc[mi][n][2 * rr2 + 1] * inv);
       }
       if (lane % 4 == 0) lsepart[row] = lse;
     }

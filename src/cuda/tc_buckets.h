@@ -18,7 +18,14 @@ namespace cuda {
 template <int DP> struct TcConfig {
   static constexpr int kWarps = 4;                                       // backward
   static constexpr int kFwdWarps = DP <= 128 ? FSDPA_FWD_WARPS_SMALL_D : 4;
-  static constexpr int kFwdBN = DP <= 128 ? 64 : 32;   // keys per forward step
+  // 16-row m-fragments per forward warp (they share each K/V fragment loaded
+  // from shared memory); the band-only variant only (the general one spills).
+#ifndef FSDPA_FWD_MW
+#define FSDPA_FWD_MW 2
+#endif
+  static constexpr int kFwdMW = DP <= 128 ? FSDPA_FWD_MW : 1;
+  // Keys per forward step (32 at D > 64 with 2 m-fragments: registers).
+  static constexpr int kFwdBN = DP <= 64 ? 64 : (DP <= 128 && kFwdMW == 1 ? 64 : 32);
   static constexpr int kDqBN = DP <= 128 ? 64 : 32;    // keys per dQ step
   static constexpr int kDkvBM = DP <= 64 ? 64 : 32;    // queries per dK/dV step
   // Warps (16 keys each) of the dK/dV kernel with atomic dQ (deterministic = 0).
@@ -27,11 +34,21 @@ template <int DP> struct TcConfig {
 #endif
   static constexpr int kAdqWarps = (DP == 96 || DP > 128) ? 4 : FSDPA_ADQ_WARPS;
 };
-// Query rows per forward block of bucket dp (host side).
+// Keys per forward step of bucket dp (host side).
+inline int tc_fwd_block_n(int dp) {
+  switch (dp) {
+#define FSDPA_BN_CASE(B) \
+  case B: return TcConfig<B>::kFwdBN;
+    FSDPA_TC_BUCKETS(FSDPA_BN_CASE)
+#undef FSDPA_BN_CASE
+    default: return 64;
+  }
+}
+// Query rows per forward block of bucket dp (host side; band-only variant).
 inline int tc_fwd_block_m(int dp) {
   switch (dp) {
 #define FSDPA_BM_CASE(B) \
-  case B: return 16 * TcConfig<B>::kFwdWarps;
+  case B: return 16 * TcConfig<B>::kFwdWarps * TcConfig<B>::kFwdMW;
     FSDPA_TC_BUCKETS(FSDPA_BM_CASE)
 #undef FSDPA_BM_CASE
     default: return 64;

@@ -12,9 +12,10 @@ template <typename T, int DP, bool GEN>
 cudaError_t tc_fwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, int nsplit, float* opart, float* lsepart,
                           cudaStream_t s) {
   using C = TcConfig<DP>;
-  constexpr int BM = 16 * C::kFwdWarps, BN = C::kFwdBN;
+  constexpr int MW = GEN ? 1 : C::kFwdMW;
+  constexpr int BM = 16 * C::kFwdWarps * MW, BN = GEN ? (DP <= 128 ? 64 : 32) : C::kFwdBN;
   constexpr size_t smem = size_t(BM + 4 * BN) * pitch<DP>() * sizeof(T);
-  auto kern = tc_fwd_kernel<T, DP, BN, C::kFwdWarps, GEN>;
+  auto kern = tc_fwd_kernel<T, DP, BN, C::kFwdWarps, MW, GEN>;
   cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (err != cudaSuccess) return err;
   const dim3 grid((p.seqlen_q + BM - 1) / BM, p.heads_q, p.batch * nsplit);
