@@ -169,7 +169,7 @@ int choose_splits(const AttnParams& p, int dp) {
   const int forced = env_int("FLASHSDPA_CUDA_SPLITS", 0);
   if (forced > 0) return forced > 256 ? 256 : forced;
   const int bm = tc_fwd_block_m(dp);
-  const int bn = tc_fwd_block_n(dp);
+  const int bn = dp <= 128 ? 64 : 32;  // the split-KV kernel's keys per step
   const int64_t ctas = (p.seqlen_q + bm - 1) / bm * p.heads_q * p.batch;
   const int64_t nkb = (p.seqlen_k + bn - 1) / bn;
   const int sms = sm_count(p.device_id);

@@ -34,21 +34,12 @@ template <int DP> struct TcConfig {
 #endif
   static constexpr int kAdqWarps = (DP == 96 || DP > 128) ? 4 : FSDPA_ADQ_WARPS;
 };
-// Keys per forward step of bucket dp (host side).
-inline int tc_fwd_block_n(int dp) {
-  switch (dp) {
-#define FSDPA_BN_CASE(B) \
-  case B: return TcConfig<B>::kFwdBN;
-    FSDPA_TC_BUCKETS(FSDPA_BN_CASE)
-#undef FSDPA_BN_CASE
-    default: return 64;
-  }
-}
-// Query rows per forward block of bucket dp (host side; band-only variant).
+// Query rows per forward block of bucket dp with one m-fragment per warp:
+// the split-KV path (host side).
 inline int tc_fwd_block_m(int dp) {
   switch (dp) {
 #define FSDPA_BM_CASE(B) \
-  case B: return 16 * TcConfig<B>::kFwdWarps * TcConfig<B>::kFwdMW;
+  case B: return 16 * TcConfig<B>::kFwdWarps;
     FSDPA_TC_BUCKETS(FSDPA_BM_CASE)
 #undef FSDPA_BM_CASE
     default: return 64;

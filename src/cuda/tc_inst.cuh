@@ -8,12 +8,11 @@
 namespace fsdpa {
 namespace cuda {
 
-template <typename T, int DP, bool GEN>
-cudaError_t tc_fwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, int nsplit, float* opart, float* lsepart,
-                          cudaStream_t s) {
+template <typename T, int DP, bool GEN, int MW, int BN>
+cudaError_t tc_fwd_launch_t(const AttnParams& p, int vec, const MaskTiles& mt, int nsplit,
+                            float* opart, float* lsepart, cudaStream_t s) {
   using C = TcConfig<DP>;
-  constexpr int MW = GEN ? 1 : C::kFwdMW;
-  constexpr int BM = 16 * C::kFwdWarps * MW, BN = GEN ? (DP <= 128 ? 64 : 32) : C::kFwdBN;
+  constexpr int BM = 16 * C::kFwdWarps * MW;
   constexpr size_t smem = size_t(BM + 4 * BN) * pitch<DP>() * sizeof(T);
   auto kern = tc_fwd_kernel<T, DP, BN, C::kFwdWarps, MW, GEN>;
   cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
@@ -21,6 +20,23 @@ cudaError_t tc_fwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, i
   const dim3 grid((p.seqlen_q + BM - 1) / BM, p.heads_q, p.batch * nsplit);
   kern<<<grid, C::kFwdWarps * 32, smem, s>>>(p, vec, mt, nsplit, opart, lsepart);
   return cudaGetLastError();
+}
+
+// One m-fragment per warp (64 rows, 64 keys per step at D <= 128) for the
+// general variant, split-KV and short query ranges (decode: 2 m-fragments
+// would compute 128 rows for one); 2 for the rest of the band-only variant.
+template <typename T, int DP, bool GEN>
+cudaError_t tc_fwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, int nsplit, float* opart, float* lsepart,
+                          cudaStream_t s) {
+  using C = TcConfig<DP>;
+  constexpr int BN1 = DP <= 128 ? 64 : 32;
+  if constexpr (GEN || C::kFwdMW == 1) {
+    return tc_fwd_launch_t<T, DP, GEN, 1, BN1>(p, vec, mt, nsplit, opart, lsepart, s);
+  } else {
+    if (nsplit > 1 || p.seqlen_q <= 16 * C::kFwdWarps)
+      return tc_fwd_launch_t<T, DP, GEN, 1, BN1>(p, vec, mt, nsplit, opart, lsepart, s);
+    return tc_fwd_launch_t<T, DP, GEN, C::kFwdMW, C::kFwdBN>(p, vec, mt, nsplit, opart, lsepart, s);
+  }
 }
 
 template <typename T, int DP, bool GEN, bool ADQ>
