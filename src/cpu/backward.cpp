@@ -34,7 +34,7 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
   qs.dout = alloc_floats(rows * dvp);
   qs.lse = alloc_floats(rows);
   qs.delta = alloc_floats(rows);
-  parallel_for(p.batch * p.heads_q, [&](int64_t task, int) {
+  parallel_for(p.batch * p.heads_q, [&](int64_t task) {
     const int64_t b = task / p.heads_q, h = task % p.heads_q;
     const SeqExtent& e = L.seq[b];
     Buffer o = alloc_floats(p.head_dim_v);
@@ -95,7 +95,7 @@ fsdpa_status backward(const AttnParams& p) {
   Buffer dq_acc = alloc_floats(splits * q_rows * dp);
   std::fill(dq_acc.get(), dq_acc.get() + splits * q_rows * dp, 0.0f);
 
-  parallel_for(heads_tasks * splits, [&](int64_t task, int slot) {
+  parallel_for(heads_tasks * splits, [&](int64_t task) {
     const int64_t split = task % splits, bh = task / splits;
     const int64_t b = bh / p.heads_k, hk = bh % p.heads_k;
     const SeqExtent& e = L.seq[b];
@@ -188,7 +188,7 @@ fsdpa_status backward(const AttnParams& p) {
   }
 
   // dQ = scale * sum over splits, in split order.
-  parallel_for(p.batch * p.heads_q, [&](int64_t task, int) {
+  parallel_for(p.batch * p.heads_q, [&](int64_t task) {
     const int64_t b = task / p.heads_q, h = task % p.heads_q;
     const SeqExtent& e = L.seq[b];
     Buffer row = alloc_floats(dp);

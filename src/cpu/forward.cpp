@@ -50,7 +50,7 @@ PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all, NonFi
   const int64_t nblk = L.k_blocks() * p.heads_k;
   pk.kt = alloc_floats(nblk * pk.dp * kBlockK);
   pk.v = alloc_floats(nblk * kBlockK * pk.dvp);
-  parallel_for(p.batch * p.heads_k, [&](int64_t task, int) {
+  parallel_for(p.batch * p.heads_k, [&](int64_t task) {
     const int64_t b = task / p.heads_k, hk = task % p.heads_k;
     Buffer tmp = alloc_floats(kBlockK * pk.dp);
     for (int64_t kb = 0; kb < L.k_block0[b + 1] - L.k_block0[b]; ++kb) {
@@ -170,7 +170,7 @@ fsdpa_status forward(const AttnParams& p) {
   for (int64_t b = 0; b < p.batch; ++b)
     for (int64_t qb = L.q_block0[b]; qb < L.q_block0[b + 1]; ++qb) seq_of[qb] = b;
 
-  parallel_for(tasks * splits, [&](int64_t order, int slot) {
+  parallel_for(tasks * splits, [&](int64_t order) {
     // Last q-blocks first: under a causal mask they are the longest, and
     // starting them early leaves short tasks to even out the threads' ends.
     const int64_t t = tasks * splits - 1 - order;
@@ -206,7 +206,7 @@ fsdpa_status forward(const AttnParams& p) {
 
   if (splits > 1) {
     // Merge the splits of each task in split order (deterministic).
-    parallel_for(tasks, [&](int64_t task, int slot) {
+    parallel_for(tasks, [&](int64_t task) {
       const int64_t gqb = task / p.heads_q, h = task % p.heads_q;
       const int64_t b = seq_of[gqb];
       const SeqExtent& e = L.seq[b];

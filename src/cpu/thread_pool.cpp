@@ -28,7 +28,7 @@ class Pool {
     for (auto& t : workers_) t.join();
   }
 
-  void run(int threads, int64_t n, const std::function<void(int64_t, int)>& fn) {
+  void run(int threads, int64_t n, const std::function<void(int64_t)>& fn) {
     std::lock_guard<std::mutex> job_lock(job_mu_);  // one job at a time
     ensure_workers(threads - 1);
     {
@@ -41,7 +41,7 @@ class Pool {
       ++generation_;
     }
     cv_.notify_all();
-    work(0);
+    work();
     std::unique_lock<std::mutex> lk(mu_);
     done_cv_.wait(lk, [&] { return pending_ == 0; });
     fn_ = nullptr;
@@ -55,12 +55,12 @@ class Pool {
     }
   }
 
-  void work(int slot) {
+  void work() {
     t_inside_pool = true;
     for (;;) {
       const int64_t t = next_.fetch_add(1);
       if (t >= n_) break;
-      (*fn_)(t, slot);
+      (*fn_)(t);
     }
     t_inside_pool = false;
   }
@@ -75,7 +75,7 @@ class Pool {
         seen = generation_;
         if (slot > active_workers_) continue;
       }
-      work(slot);
+      work();
       std::lock_guard<std::mutex> lk(mu_);
       if (--pending_ == 0) done_cv_.notify_one();
     }
@@ -84,7 +84,7 @@ class Pool {
   std::mutex job_mu_, mu_;
   std::condition_variable cv_, done_cv_;
   std::vector<std::thread> workers_;
-  const std::function<void(int64_t, int)>* fn_ = nullptr;
+  const std::function<void(int64_t)>* fn_ = nullptr;
   int64_t n_ = 0;
   std::atomic<int64_t> next_{0};
   int active_workers_ = 0;
@@ -102,10 +102,10 @@ Pool& pool() {
 
 int pool_threads() { return cpu_thread_count(); }
 
-void parallel_for(int64_t n, const std::function<void(int64_t, int)>& fn) {
+void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) {
   const int threads = static_cast<int>(std::min<int64_t>(pool_threads(), n));
   if (threads <= 1 || t_inside_pool) {
-    for (int64_t t = 0; t < n; ++t) fn(t, 0);
+    for (int64_t t = 0; t < n; ++t) fn(t);
     return;
   }
   pool().run(threads, n, fn);

@@ -9,12 +9,11 @@
 
 namespace fsdpa::cpu {
 
-// Runs fn(task, thread_slot) for task in [0, n) on up to cpu_thread_count()
-// threads; thread_slot in [0, threads) identifies per-thread scratch.
+// Runs fn(task) for task in [0, n) on up to cpu_thread_count() threads.
 // Blocks until all tasks are done. Nested calls run serially.
-void parallel_for(int64_t n, const std::function<void(int64_t task, int slot)>& fn);
+void parallel_for(int64_t n, const std::function<void(int64_t task)>& fn);
 
-// Number of slots parallel_for may use (size per-thread scratch with it).
+// Number of threads parallel_for may use.
 int pool_threads();
 
 }  // namespace fsdpa::cpu
