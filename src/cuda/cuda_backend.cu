@@ -14,7 +14,13 @@
 //   an fp32 dQ workspace with atomics (5 matrix products instead of 7), then
 //   a conversion kernel writes dq.
 //
-// Environment (for tests and benchmarks): FLASHSDPA_CUDA_SIMT=1 forces the
+//   Hopper (sm_90a build on a 9.x GPU): the forward of the calls that
+//     hopper_fwd_supported() accepts and that would not split the keys
+//     runs the wgmma/TMA kernel of hopper/ (use_hopper below, the one place
+//     that decides).
+//
+// Environment (for tests and benchmarks): FLASHSDPA_CUDA_NO_HOPPER=1 keeps
+// the sm_80 kernels on Hopper GPUs; FLASHSDPA_CUDA_SIMT=1 forces the
 // SIMT path for every dtype; FLASHSDPA_CUDA_SPLITS=n forces n KV splits in
 // the tensor-core forward (1 = off); FLASHSDPA_CUDA_DQ_KERNEL=1 keeps the
 // deterministic dQ kernel also when deterministic = 0.
@@ -28,6 +34,7 @@
 
 #include "core/backend.h"
 #include "core/error.h"
+#include "cuda/hopper/hopper.h"
 #include "cuda/launch.h"
 #include "cuda/tc_buckets.h"
 
@@ -185,6 +192,12 @@ int choose_splits(const AttnParams& p, int dp) {
   return n < 2 ? 1 : static_cast<int>(n);
 }
 
+// The Hopper forward takes the call (see the header comment).
+bool use_hopper(const AttnParams& p, int nsplit) {
+  return nsplit <= 1 && !env_flag("FLASHSDPA_CUDA_NO_HOPPER") && hopper_fwd_supported(p) &&
+         hopper_fwd_available(p.device_id);
+}
+
 fsdpa_status forward(const AttnParams& p, void* stream) {
   DeviceGuard guard(p.device_id);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
@@ -204,6 +217,13 @@ fsdpa_status forward(const AttnParams& p, void* stream) {
   } else {
     const int vec = vec_bits(p, false);
     const int nsplit = choose_splits(p, dp);
+    if (use_hopper(p, nsplit)) {
+      err = hopper_fwd(p, s);
+      if (err != cudaErrorNotSupported) {
+        if (err != cudaSuccess) return cuda_fail(err, "forward kernel launch");
+        return FSDPA_OK;
+      }
+    }
     auto run = p.dtype == DType::f16 ? tc_fwd_f16 : tc_fwd_bf16;
     Buf flags;
     MaskTiles mt{nullptr, 0, 0, 0, 0};

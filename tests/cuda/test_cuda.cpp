@@ -8,7 +8,10 @@
 // vs the fp32 SIMT path on the GPU), and the NaN-input check.
 //
 // No GPU: prints SKIP and exits 77 (ctest SKIP_RETURN_CODE).
+// On sm_90 the fp16/bf16 cases in its scope run the Hopper (wgmma) forward;
+// --no-hopper (FLASHSDPA_CUDA_NO_HOPPER=1) runs them on the sm_80 kernels.
 // Usage: flashsdpa_cuda_tests [--quick] [--filter SUBSTR] [--threads N] [--no-long]
+//                             [--no-hopper]
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -154,6 +157,45 @@ std::vector<Case> make_grid(bool quick) {
     add("blockmask_bool_dropout", [](Case& c) { c.mask = MaskKind::boolean; c.dropout = 0.1f; });
     add("blockmask_additive", [](Case& c) { c.mask = MaskKind::additive; });
     add("blockmask_additive_softcap_window", [](Case& c) { c.mask = MaskKind::additive; c.softcap = 3.0f; c.wl = 70; });
+  }
+  // The Hopper forward's scope (D = Dv in {64, 128}, fp16/bf16, band only):
+  // tiles of 128 query rows x 128 keys, so sizes around and across those
+  // edges, windows crossing key blocks, rows and whole blocks with no
+  // visible key (Sq > Sk bottom-right), GQA/MQA, varlen, BSHD strides.
+  // Shapes keep choose_splits() at 1 (Sk <= 448 or >= 132 query blocks of
+  // 64 rows): split-KV calls stay on the sm_80 kernels.
+  struct HShape { const char* n; int64_t B, Hq, Hk, Sq, Sk, D; };
+  const HShape hs[] = {
+      {"h_s113x203_d128_gqa", 2, 4, 2, 113, 203, 128},
+      {"h_s300x440_d64_mqa", 1, 4, 1, 300, 440, 64},
+      {"h_s700x300_d128", 1, 2, 2, 700, 300, 128},
+      {"h_s600x1100_d128_gqa", 1, 16, 4, 600, 1100, 128},
+      {"h_s129x128_d64", 2, 2, 2, 129, 128, 64},
+  };
+  for (DT dt : {DT::bf16, DT::f16}) {
+    if (quick && dt != DT::bf16) continue;
+    for (const HShape& x : hs) {
+      auto add = [&](const char* name, auto&& set) {
+        Case c;
+        c.name = std::string(x.n) + "_" + name;
+        c.B = x.B; c.Hq = x.Hq; c.Hk = x.Hk; c.Sq = x.Sq; c.Sk = x.Sk; c.D = x.D; c.Dv = x.D;
+        c.dt = dt;
+        set(c);
+        grid.push_back(c);
+      };
+      add("plain", [](Case&) {});
+      add("causal_tl", [](Case& c) { c.causal = true; });
+      add("causal_br", [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+      if (quick) continue;
+      add("window_tl_l130_r0", [](Case& c) { c.wl = 130; c.wr = 0; });
+      add("window_br_l64_r64", [](Case& c) { c.wl = 64; c.wr = 64; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+      add("window_tl_right50", [](Case& c) { c.wr = 50; });
+      add("window_br_left200", [](Case& c) { c.wl = 200; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+      add("varlen_causal_br", [](Case& c) { c.varlen = true; c.B = 3; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+      add("varlen_window", [](Case& c) { c.varlen = true; c.B = 3; c.wl = 90; c.wr = 10; });
+      add("bshd_causal", [](Case& c) { c.bshd = true; c.causal = true; });
+      add("scale0.3", [](Case& c) { c.scale = 0.3f; });
+    }
   }
   return grid;
 }
@@ -406,22 +448,27 @@ bool long_case(const char* name, int64_t B, int64_t H, int64_t Hk, int64_t Sq, i
   return ok;
 }
 
-bool determinism_case(cudaStream_t s) {
+bool determinism_case(cudaStream_t s, bool hopper_scope) {
   Case c;
   c.B = 2; c.Hq = 4; c.Hk = 2; c.Sq = 300; c.Sk = 701; c.D = 64; c.Dv = 64; c.dt = DT::bf16;
   c.causal = true;
   c.dropout = 0.1f;
   c.alibi = true;
+  if (hopper_scope) {  // no dropout/ALiBi, no split: the Hopper forward on sm_90
+    c.dropout = 0.0f;
+    c.alibi = false;
+    c.Sk = 440;
+  }
   Problem pr(c);
   pr.p.deterministic = 1;
   Dev q(pr.q), k(pr.k), v(pr.v), dout(pr.dout), al(pr.alibi);
-  pr.p.alibi_slopes = &al.dl;
+  if (!hopper_scope) pr.p.alibi_slopes = &al.dl;
   std::vector<uint8_t> first[5];
   bool ok = true;
   for (int run = 0; run < 3; ++run) {
     Tensor out = pr.make(4, 300, 0, 64, c.dt), lse = pr.make_lse();
-    Tensor dq = pr.make(4, 300, 0, 64, c.dt), dk = pr.make(2, 701, 0, 64, c.dt),
-           dv = pr.make(2, 701, 0, 64, c.dt);
+    Tensor dq = pr.make(4, 300, 0, 64, c.dt), dk = pr.make(2, c.Sk, 0, 64, c.dt),
+           dv = pr.make(2, c.Sk, 0, 64, c.dt);
     Dev o(out, false), l(lse, false), a(dq, false), b(dk, false), d(dv, false);
     if (fsdpa_forward(&pr.p, &q, &k, &v, &o, &l, s) != FSDPA_OK ||
         fsdpa_backward(&pr.p, &dout, &q, &k, &v, &o, &l, &a, &b, &d, s) != FSDPA_OK) {
@@ -435,8 +482,8 @@ bool determinism_case(cudaStream_t s) {
       else if (first[x] != all[x]->bytes) ok = false;
     }
   }
-  printf("%s determinism: 3 runs of forward + deterministic backward bitwise identical\n",
-         ok ? "ok  " : "FAIL");
+  printf("%s determinism%s: 3 runs of forward + deterministic backward bitwise identical\n",
+         ok ? "ok  " : "FAIL", hopper_scope ? " (no dropout/ALiBi)" : "");
   return ok;
 }
 
@@ -514,11 +561,13 @@ int main(int argc, char** argv) {
     else if (!strcmp(argv[i], "--no-long")) do_long = false;
     else if (!strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
     else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--no-hopper")) setenv("FLASHSDPA_CUDA_NO_HOPPER", "1", 1);
   }
   cudaDeviceProp prop;
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
-  printf("device: %s (sm_%d%d), backends: %s\n", prop.name, prop.major, prop.minor,
-         fsdpa_backends());
+  printf("device: %s (sm_%d%d), backends: %s%s\n", prop.name, prop.major, prop.minor,
+         fsdpa_backends(),
+         getenv("FLASHSDPA_CUDA_NO_HOPPER") ? " (FLASHSDPA_CUDA_NO_HOPPER set)" : "");
 
   std::vector<Case> grid = make_grid(quick);
   if (!filter.empty())
@@ -552,7 +601,8 @@ int main(int argc, char** argv) {
   CUDA_OK(cudaStreamCreate(&s));
   auto tally = [&](bool ok) { (ok ? passed : failed)++; };
   if (filter.empty()) {
-    tally(determinism_case(s));
+    tally(determinism_case(s, false));
+    tally(determinism_case(s, true));
     tally(splitkv_case(s));
     tally(nonfinite_case(s));
     if (do_long && !quick) {

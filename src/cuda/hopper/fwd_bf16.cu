@@ -1,0 +1,12 @@
+// Hopper forward instantiations for __nv_bfloat16 (D = 64, 128).
+#include "cuda/hopper/launch.cuh"
+
+namespace fsdpa {
+namespace cuda {
+namespace hopper {
+cudaError_t fwd_bf16(const FwdArgs& a, bool pipe, cudaStream_t s) {
+  return launch_fwd_dtype<__nv_bfloat16>(a, pipe, s);
+}
+}  // namespace hopper
+}  // namespace cuda
+}  // namespace fsdpa

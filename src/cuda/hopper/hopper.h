@@ -1,0 +1,26 @@
+// Host API of the Hopper (sm_90a) forward: wgmma + TMA, warp-specialised.
+// cuda_backend.cu calls hopper_fwd_usable() and hopper_fwd(); everything
+// else keeps the sm_80 tensor-core path (tc.cuh).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "core/attn_params.h"
+
+namespace fsdpa {
+namespace cuda {
+
+// The call is in the kernel's scope: fp16/bf16 (out in the same dtype),
+// D == Dv in {64, 128}, no mask / ALiBi / softcap / dropout, scale > 0,
+// stride_d == 1 and 16-byte aligned rows of q, k, v, out (TMA and 4-byte
+// stores). Causal / windows (both alignments), GQA/MQA and varlen are in.
+bool hopper_fwd_supported(const AttnParams& p);
+// The build holds sm_90a code for the kernel and device `dev` is a 9.x GPU
+// (checked once per device).
+bool hopper_fwd_available(int dev);
+// Runs the forward; cudaErrorNotSupported (nothing launched) when the
+// tensor maps cannot describe the inputs: the caller falls back.
+cudaError_t hopper_fwd(const AttnParams& p, cudaStream_t s);
+
+}  // namespace cuda
+}  // namespace fsdpa

@@ -1,0 +1,136 @@
+// Host side of the Hopper forward: the scope predicate, the per-device
+// availability check, the TMA tensor maps, and the launch.
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/hopper/config.h"
+#include "cuda/hopper/hopper.h"
+#include "cuda/hopper/launch.cuh"
+
+namespace fsdpa {
+namespace cuda {
+namespace {
+
+using hopper::FwdArgs;
+using hopper::FwdCfg;
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point (no
+// libcuda link dependency).
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault,
+                                         &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      (void)cudaGetLastError();
+      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+  }();
+  return fn;
+}
+
+bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// 4-d map (d, token, head, batch) of a q/k/v tensor: box 64 x box_rows,
+// 128-byte swizzle, zero fill outside. Size-1 dims get a harmless stride.
+bool make_map(CUtensorMap* m, DType t, const void* ptr, const int64_t* st, int64_t rows,
+              int64_t heads, int64_t batch, int D, int box_rows) {
+  auto encode = encode_fn();
+  if (encode == nullptr) return false;
+  const cuuint64_t dims[4] = {cuuint64_t(D), cuuint64_t(rows), cuuint64_t(heads),
+                              cuuint64_t(batch)};
+  const int64_t es[3] = {st[2], st[1], st[0]};
+  cuuint64_t strides[3];
+  int64_t prev = int64_t(D) * 2, prev_dim = 1;
+  for (int i = 0; i < 3; ++i) {
+    int64_t v = es[i] * 2;
+    if (dims[i + 1] == 1) v = (prev * prev_dim + 15) / 16 * 16;
+    if (v <= 0 || v % 16 != 0 || v >= (int64_t(1) << 40)) return false;
+    strides[i] = cuuint64_t(v);
+    prev = v;
+    prev_dim = int64_t(dims[i + 1]);
+  }
+  const cuuint32_t box[4] = {64, cuuint32_t(box_rows), 1, 1};
+  const cuuint32_t estr[4] = {1, 1, 1, 1};
+  const CUtensorMapDataType dt =
+      t == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  return encode(m, dt, 4, const_cast<void*>(ptr), dims, strides, box, estr,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <int D>
+cudaError_t run(const AttnParams& p, cudaStream_t s) {
+  using C = FwdCfg<D>;
+  FwdArgs a;
+  memset(&a, 0, sizeof a);
+  a.p = p;
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  const int64_t nb = varlen ? 1 : p.batch;
+  if (!make_map(&a.tq, p.dtype, p.q, p.q_stride, varlen ? p.total_q : p.seqlen_q, p.heads_q, nb,
+                D, C::kBM) ||
+      !make_map(&a.tk, p.dtype, p.k, p.k_stride, varlen ? p.total_k : p.seqlen_k, p.heads_k, nb,
+                D, C::kBN) ||
+      !make_map(&a.tv, p.dtype, p.v, p.v_stride, varlen ? p.total_k : p.seqlen_k, p.heads_k, nb,
+                D, C::kBN))
+    return cudaErrorNotSupported;
+  const char* v = getenv("FLASHSDPA_CUDA_HOPPER_PIPE");
+  const bool pipe = v == nullptr || *v == '\0' || strcmp(v, "0") != 0;
+  return p.dtype == DType::bf16 ? hopper::fwd_bf16(a, pipe, s) : hopper::fwd_f16(a, pipe, s);
+}
+
+}  // namespace
+
+bool hopper_fwd_supported(const AttnParams& p) {
+  if (p.dtype != DType::f16 && p.dtype != DType::bf16) return false;
+  if (p.out_dtype != p.dtype) return false;
+  if (p.head_dim != p.head_dim_v || (p.head_dim != 64 && p.head_dim != 128)) return false;
+  if (p.mask_kind != MaskKind::none || p.alibi != nullptr || p.softcap > 0.0f ||
+      p.dropout_p > 0.0f)
+    return false;
+  if (!(p.scale > 0.0f)) return false;
+  if (!aligned16(p.q) || !aligned16(p.k) || !aligned16(p.v) || !aligned16(p.out)) return false;
+  const int64_t* st[4] = {p.q_stride, p.k_stride, p.v_stride, p.out_stride};
+  for (const int64_t* x : st)
+    if (x[3] != 1 || x[0] % 8 != 0 || x[1] % 8 != 0 || x[2] % 8 != 0) return false;
+  const int64_t lim = int64_t(1) << 30;
+  if (p.seqlen_q >= lim || p.seqlen_k >= lim || p.total_q >= lim || p.total_k >= lim ||
+      p.heads_q >= lim || p.batch >= 65536)
+    return false;
+  return true;
+}
+
+bool hopper_fwd_available(int dev) {
+#if defined(FSDPA_HOPPER_SM90A)
+  static int cache[64];  // 0 unknown, 1 yes, 2 no
+  if (dev < 0 || dev >= 64) return false;
+  if (cache[dev] == 0) {
+    int major = 0;
+    bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) ==
+                  cudaSuccess &&
+              major == 9 && encode_fn() != nullptr && hopper::image_ok_f16();
+    (void)cudaGetLastError();
+    cache[dev] = ok ? 1 : 2;
+  }
+  return cache[dev] == 1;
+#else
+  (void)dev;
+  return false;
+#endif
+}
+
+cudaError_t hopper_fwd(const AttnParams& p, cudaStream_t s) {
+  switch (p.head_dim) {
+    case 64: return run<64>(p, s);
+    case 128: return run<128>(p, s);
+    default: return cudaErrorNotSupported;
+  }
+}
+
+}  // namespace cuda
+}  // namespace fsdpa
