@@ -116,7 +116,7 @@ def _sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, check_finit
     if m is not None and m.dim() == 1:
         m = m.unsqueeze(0)
     rng = _ops.new_rng(dropout_p)
-    out, _ = _ops.fwd(q, k, v, m, None, None, None, 0, 0, scale, bool(is_causal), False, -1, -1,
+    out, _ = _ops.call_fwd(q, k, v, m, None, None, None, 0, 0, scale, bool(is_causal), False, -1, -1,
                       0.0, float(dropout_p), rng, False, check_finite, True)
     return out.squeeze(1) if three_d else out
 
@@ -208,7 +208,7 @@ def flash_attn_func(
     _check_qkv(q, k, v, 4)
     wl, wr = _window(window_size)
     rng = _ops.new_rng(dropout_p)
-    out, lse = _ops.fwd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None,
+    out, lse = _ops.call_fwd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None,
                         _alibi(alibi_slopes), None, None, 0, 0, softmax_scale, bool(causal), True,
                         wl, wr, float(softcap), float(dropout_p), rng, bool(deterministic),
                         _ops.default_check_finite(q.device), True)
@@ -249,7 +249,7 @@ def flash_attn_varlen_func(
             raise TypeError(f"{name}: expected a torch.Tensor")
     wl, wr = _window(window_size)
     rng = _ops.new_rng(dropout_p)
-    out, lse = _ops.fwd(q, k, v, None, _alibi(alibi_slopes), cu_seqlens_q, cu_seqlens_k,
+    out, lse = _ops.call_fwd(q, k, v, None, _alibi(alibi_slopes), cu_seqlens_q, cu_seqlens_k,
                         int(max_seqlen_q), int(max_seqlen_k), softmax_scale, bool(causal), True,
                         wl, wr, float(softcap), float(dropout_p), rng, bool(deterministic),
                         _ops.default_check_finite(q.device), False)

@@ -62,6 +62,13 @@ PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all, NonFi
   return pk;
 }
 
+// Decode steps with few query rows read fp32/bf16 K and V in place
+// (contiguous rows) instead of copying each tile.
+bool reads_kv_in_place(const AttnParams& p, int64_t rows) {
+  return rows <= kInPlaceMaxRows && (p.dtype == DType::f32 || p.dtype == DType::bf16) &&
+         p.k_stride[3] == 1 && p.v_stride[3] == 1;
+}
+
 // Running state of the online softmax for the rows of one q-block.
 struct RowState {
   float* o;  // [kBlockQ x dvp], unnormalised
@@ -81,19 +88,33 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
     st.l[r] = 0.0f;
   }
   std::fill(st.o, st.o + kBlockQ * pk.dvp, 0.0f);
+  const bool bf16 = p.dtype == DType::bf16;
+  const bool in_place = !pk.kt && reads_kv_in_place(p, rows);
   for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
     const int64_t j0 = kb * kBlockK;
+    int64_t n = kBlockK;  // keys of this block (fewer at the sequence end)
     const float* v;
     if (pk.kt) {
       gemm(rows, kBlockK, pk.dp, qs, pk.dp, pk.kt_block(kb0 + kb, hk, p.heads_k), kBlockK, S,
            kBlockK, false);
       v = pk.v_block(kb0 + kb, hk, p.heads_k);
+    } else if (in_place) {
+      // Decode, fp32/bf16 with contiguous rows: K and V read where they are.
+      n = std::min<int64_t>(kBlockK, c.e.sk - j0);
+      const int64_t tok = c.e.k_begin + j0;
+      flag_if(dot_rows_src(rows, n, p.head_dim, qs, pk.dp,
+                           element_ptr(p.k, p.dtype, offset4(p.k_stride, c.b, hk, tok, 0)), bf16,
+                           p.k_stride[2], S, kBlockK),
+              nf.k);
+      for (int64_t r = 0; r < rows; ++r) std::fill(S + r * kBlockK + n, S + (r + 1) * kBlockK, 0.0f);
+      v = nullptr;
     } else {
-      // Decode: K rows as they are (no transpose), dot-product form.
+      // Decode, other dtypes or strides: K rows copied (no transpose),
+      // dot-product form.
       float* k_rows = tiles;
       float* v_tile = k_rows + kBlockK * pk.dp;
       const SeqExtent& e = c.e;
-      const int64_t n = std::min<int64_t>(kBlockK, e.sk - j0);
+      n = std::min<int64_t>(kBlockK, e.sk - j0);
       flag_if(pack_rows(p.k, p.k_stride, p.dtype, c.b, hk, e.k_begin + j0, n, p.head_dim, 1.0f,
                         k_rows, pk.dp, kBlockK),
               nf.k);
@@ -117,7 +138,15 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       st.m[r] = m_new;
       if (p.dropout_p > 0) apply_dropout_row(c, i0 + r, j0, s);
     }
-    gemm(rows, pk.dvp, kBlockK, S, kBlockK, v, pk.dvp, st.o, pk.dvp, true);
+    if (v) {
+      gemm(rows, pk.dvp, kBlockK, S, kBlockK, v, pk.dvp, st.o, pk.dvp, true);
+    } else {
+      const int64_t tok = c.e.k_begin + j0;
+      flag_if(accum_rows_src(rows, n, p.head_dim_v, S, kBlockK,
+                             element_ptr(p.v, p.dtype, offset4(p.v_stride, c.b, hk, tok, 0)),
+                             bf16, p.v_stride[2], st.o, pk.dvp),
+              nf.v);
+    }
   }
 }
 

@@ -10,6 +10,16 @@ namespace fsdpa::cpu {
 constexpr int kBlockQ = 64;
 constexpr int kBlockK = 64;
 
+// Decode tasks with at most this many query rows read K/V rows in place
+// (dot products per key) instead of packing tiles for the register-blocked
+// gemm, which pays off only with more rows.
+constexpr int kInPlaceMaxRows = 16;
+
+// How long idle pool threads (and a caller waiting for them) spin before
+// sleeping: long enough to catch the next call of a decode loop, short
+// enough not to hold a core from other work for long.
+constexpr int kPoolSpinMicros = 200;
+
 // Split the keys of each (batch, head, q-block) task into this many parts
 // so that `tasks * splits` gives every thread at least ~2 tasks; used for
 // decode shapes (few query rows, long keys). The partial results are merged

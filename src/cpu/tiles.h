@@ -75,6 +75,11 @@ inline BlockLayout make_layout(const AttnParams& p) {
   return L;
 }
 
+// Address of element `off` of a tensor of dtype t (f32, f16 or bf16).
+inline const void* element_ptr(const void* base, DType t, int64_t off) {
+  return static_cast<const char*>(base) + off * (t == DType::f32 ? 4 : 2);
+}
+
 // Converts n elements at base[off + t * step] (t < n) to fp32, times mul.
 // Returns false if any element is NaN or Inf (all exponent bits set), so the
 // finite check of the inputs rides along with packing them. The check ORs
@@ -82,8 +87,7 @@ inline BlockLayout make_layout(const AttnParams& p) {
 inline bool load_f32(const void* base, int64_t off, int64_t step, int64_t n, DType t, float mul,
                      float* dst) {
   if (step == 1 && (t == DType::f32 || t == DType::bf16)) {
-    const int64_t esz = t == DType::f32 ? 4 : 2;
-    return convert_row(static_cast<const char*>(base) + off * esz, t == DType::bf16, n, mul, dst);
+    return convert_row(element_ptr(base, t, off), t == DType::bf16, n, mul, dst);
   }
   uint32_t bad = 0;
   switch (t) {

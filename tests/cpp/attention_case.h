@@ -58,8 +58,8 @@ struct Problem {
     if (c.varlen) {
       // Uneven lengths including an empty sequence; 3 spare tokens at the end.
       for (int64_t b = 0; b < c.B; ++b) {
-        lens_q.push_back(b == 1 ? 0 : c.Sq - 17 * b);
-        lens_k.push_back(c.Sk - 29 * b);
+        lens_q.push_back(b == 1 ? 0 : std::max<int64_t>(1, c.Sq - 17 * b));
+        lens_k.push_back(std::max<int64_t>(1, c.Sk - 29 * b));
       }
       cu_q = Tensor({c.B + 1}, DT::i32);
       cu_k = Tensor({c.B + 1}, DT::i32);

@@ -72,6 +72,9 @@ const BadCase kBad[] = {
     {"out_stride0", [](Args& a) { a.out.strides[2] = 0; }, "out: stride 0"},
     {"nan_in_q", [](Args& a) { a.pr.q.set(17, NAN); }, "q: contains a non-finite value", FSDPA_ERROR_NONFINITE_INPUT},
     {"inf_in_v", [](Args& a) { a.pr.v.set(3, INFINITY); }, "v: contains a non-finite value", FSDPA_ERROR_NONFINITE_INPUT},
+    // -inf in k would only mask its score; it must still be reported.
+    {"neg_inf_in_k", [](Args& a) { a.pr.k.set(40, -INFINITY); }, "k: contains a non-finite value", FSDPA_ERROR_NONFINITE_INPUT},
+    {"nan_in_v_last_key", [](Args& a) { a.pr.v.set(2 * 2 * 11 * 8 - 1, NAN); }, "v: contains a non-finite value", FSDPA_ERROR_NONFINITE_INPUT},
     {"varlen_half", [](Args& a) { a.pr.cu_q = Tensor({3}, DT::i32); a.pr.p.cu_seqlens_q = &a.pr.cu_q; }, "varlen needs both"},
     {"no_backend", [](Args& a) { for (Tensor* t : {std::addressof(a.pr.q), std::addressof(a.pr.k), std::addressof(a.pr.v), std::addressof(a.out), std::addressof(a.lse)}) t->dl.device = {kDLROCM, 0}; }, "no backend for DLPack device type", FSDPA_ERROR_DEVICE},
     {"bwd_lse_missing", [](Args& a) { a.lse = Tensor({2, 4}, DT::f32); }, "lse: expected rank 3", FSDPA_ERROR_INVALID_ARGUMENT, true},

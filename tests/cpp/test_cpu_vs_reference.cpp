@@ -28,6 +28,11 @@ std::vector<Case> make_grid() {
       {"s100x150_d64_dv40", 2, 3, 3, 100, 150, 64, 40},
       {"s65x64_d16_dv96", 1, 2, 1, 65, 64, 16, 96},
       {"s37x300_d59_gqa_decode", 2, 4, 2, 37, 300, 59, 59},
+      // Decode with <= 16 query rows: K/V read in place (row tails, D < 8
+      // vectors, D = 2 blocks of 8 vectors).
+      {"s5x300_d59_gqa_inplace", 2, 4, 2, 5, 300, 59, 59},
+      {"s1x1000_d80_dv48_inplace", 1, 2, 1, 1, 1000, 80, 48},
+      {"s16x130_d256_inplace", 1, 2, 2, 16, 130, 256, 256},
   };
   auto base = [](const Shape& s, DT dt) {
     Case c;
@@ -79,6 +84,21 @@ std::vector<Case> make_grid() {
     add("varlen_causal_br", [](Case& c) { c.varlen = true; c.B = 3; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
     add("varlen_window_dropout", [](Case& c) { c.varlen = true; c.B = 3; c.wl = 20; c.wr = 5; c.dropout = 0.1f; });
     add("causal_br_sq_gt_sk", [](Case& c) { std::swap(c.Sq, c.Sk); c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+  }
+  // Layouts and band/varlen features on the in-place decode path.
+  const Shape dec = shapes[11];
+  for (DT dt : dts) {
+    auto add = [&](const char* name, auto&& set) {
+      Case c = base(dec, dt);
+      c.name = std::string(dec.n) + "_" + name;
+      set(c);
+      grid.push_back(c);
+    };
+    add("bshd", [](Case& c) { c.bshd = true; });
+    add("varlen", [](Case& c) { c.varlen = true; c.B = 3; });
+    add("causal_br_window", [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; c.wl = 70; });
+    add("empty_rows", [](Case& c) { c.mask = MaskKind::empty_rows; });
+    add("dropout", [](Case& c) { c.dropout = 0.3f; });
   }
   return grid;
 }
