@@ -69,6 +69,16 @@ bool reads_kv_in_place(const AttnParams& p, int64_t rows) {
          p.k_stride[3] == 1 && p.v_stride[3] == 1;
 }
 
+// False if rows [tok, tok + n) of kv-head hk of K or V hold a NaN/Inf
+// (`tmp`: dim floats).
+bool rows_finite(const AttnParams& p, const void* base, const int64_t* st, int64_t b, int64_t hk,
+                 int64_t tok, int64_t n, int64_t dim, float* tmp) {
+  bool finite = true;
+  for (int64_t r = 0; r < n; ++r)
+    finite &= load_f32(base, offset4(st, b, hk, tok + r, 0), st[3], dim, p.dtype, 1.0f, tmp);
+  return finite;
+}
+
 // Running state of the online softmax for the rows of one q-block.
 struct RowState {
   float* o;  // [kBlockQ x dvp], unnormalised
@@ -102,11 +112,13 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       // Decode, fp32/bf16 with contiguous rows: K and V read where they are.
       n = std::min<int64_t>(kBlockK, c.e.sk - j0);
       const int64_t tok = c.e.k_begin + j0;
-      flag_if(dot_rows_src(rows, n, p.head_dim, qs, pk.dp,
-                           element_ptr(p.k, p.dtype, offset4(p.k_stride, c.b, hk, tok, 0)), bf16,
-                           p.k_stride[2], S, kBlockK),
-              nf.k);
+      dot_rows_src(rows, n, p.head_dim, qs, pk.dp,
+                   element_ptr(p.k, p.dtype, offset4(p.k_stride, c.b, hk, tok, 0)), bf16,
+                   p.k_stride[2], S, kBlockK);
       for (int64_t r = 0; r < rows; ++r) std::fill(S + r * kBlockK + n, S + (r + 1) * kBlockK, 0.0f);
+      // A NaN/Inf in these K rows makes a score non-finite; only then scan.
+      if (p.check_finite && !nf.k && !all_finite(S, rows * kBlockK))
+        flag_if(rows_finite(p, p.k, p.k_stride, c.b, hk, tok, n, p.head_dim, tiles), nf.k);
       v = nullptr;
     } else {
       // Decode, other dtypes or strides: K rows copied (no transpose),
@@ -142,10 +154,12 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       gemm(rows, pk.dvp, kBlockK, S, kBlockK, v, pk.dvp, st.o, pk.dvp, true);
     } else {
       const int64_t tok = c.e.k_begin + j0;
-      flag_if(accum_rows_src(rows, n, p.head_dim_v, S, kBlockK,
-                             element_ptr(p.v, p.dtype, offset4(p.v_stride, c.b, hk, tok, 0)),
-                             bf16, p.v_stride[2], st.o, pk.dvp),
-              nf.v);
+      accum_rows_src(rows, n, p.head_dim_v, S, kBlockK,
+                     element_ptr(p.v, p.dtype, offset4(p.v_stride, c.b, hk, tok, 0)), bf16,
+                     p.v_stride[2], st.o, pk.dvp);
+      // Likewise a NaN/Inf in these V rows (0 * Inf is NaN too) poisons O.
+      if (p.check_finite && !nf.k && !nf.v && !all_finite(st.o, rows * pk.dvp))
+        flag_if(rows_finite(p, p.v, p.v_stride, c.b, hk, tok, n, p.head_dim_v, tiles), nf.v);
     }
   }
 }

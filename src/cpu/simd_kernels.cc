@@ -118,13 +118,6 @@ void GemmBt(int M, int N, int K, const float* HWY_RESTRICT A, int lda,
 using DU = hn::RebindToUnsigned<DF>;
 using VU = hn::Vec<DU>;
 
-// Lanes whose exponent bits are all set (NaN or Inf) as all-ones.
-HWY_INLINE VU NonFinite(VU bits) {
-  const DU du;
-  const auto exp_mask = hn::Set(du, 0x7F800000u);
-  return hn::VecFromMask(du, hn::Eq(hn::And(bits, exp_mask), exp_mask));
-}
-
 // fp32 bits of one vector of a contiguous fp32 or (kBF16) bf16 row at i.
 template <bool kBF16>
 HWY_INLINE VU LoadBits(const void* HWY_RESTRICT src, int64_t i) {
@@ -155,7 +148,7 @@ HWY_INLINE VU LoadBitsTail(const void* HWY_RESTRICT src, int64_t i, int64_t n) {
 // memory or L3 either way.)
 template <bool kBF16, int kR>
 HWY_INLINE void DotBlock(int r0, int j, int K, const float* HWY_RESTRICT A, int lda,
-                         const char* row, float* HWY_RESTRICT C, int ldc, VU& bad) {
+                         const char* row, float* HWY_RESTRICT C, int ldc) {
   const DF d;
   const int lanes = static_cast<int>(hn::Lanes(d));
   hn::Vec<DF> acc[kR];
@@ -163,7 +156,6 @@ HWY_INLINE void DotBlock(int r0, int j, int K, const float* HWY_RESTRICT A, int 
   const int whole = K / lanes * lanes;
   for (int k = 0; k < K; k += lanes) {
     const VU bits = k < whole ? LoadBits<kBF16>(row, k) : LoadBitsTail<kBF16>(row, k, K - k);
-    bad = hn::Or(bad, NonFinite(bits));
     for (int i = 0; i < kR; ++i)
       acc[i] = hn::MulAdd(hn::LoadU(d, A + (r0 + i) * lda + k), hn::BitCast(d, bits), acc[i]);
   }
@@ -173,24 +165,21 @@ HWY_INLINE void DotBlock(int r0, int j, int K, const float* HWY_RESTRICT A, int 
 // C[M x N] = A[M x K] * Bt^T with Bt the N rows (K elements each, row r at
 // element offset r * ldbt) of a caller's fp32/bf16 tensor, read in place.
 // A is a padded fp32 panel (K rounded up to whole vectors, zero padded).
-// Returns false if Bt holds NaN/Inf.
 template <bool kBF16>
-bool DotRowsSrcT(int M, int N, int K, const float* HWY_RESTRICT A, int lda, const void* Bt,
+void DotRowsSrcT(int M, int N, int K, const float* HWY_RESTRICT A, int lda, const void* Bt,
                  int64_t ldbt, float* HWY_RESTRICT C, int ldc) {
   const char* bt = static_cast<const char*>(Bt);
   const int64_t ldb = ldbt * (kBF16 ? 2 : 4);
-  VU bad = hn::Zero(DU());
   for (int j = 0; j < N; ++j) {
     const char* row = bt + j * ldb;
     int r = 0;
-    for (; r + 4 <= M; r += 4) DotBlock<kBF16, 4>(r, j, K, A, lda, row, C, ldc, bad);
+    for (; r + 4 <= M; r += 4) DotBlock<kBF16, 4>(r, j, K, A, lda, row, C, ldc);
     if (r + 2 <= M) {
-      DotBlock<kBF16, 2>(r, j, K, A, lda, row, C, ldc, bad);
+      DotBlock<kBF16, 2>(r, j, K, A, lda, row, C, ldc);
       r += 2;
     }
-    if (r < M) DotBlock<kBF16, 1>(r, j, K, A, lda, row, C, ldc, bad);
+    if (r < M) DotBlock<kBF16, 1>(r, j, K, A, lda, row, C, ldc);
   }
-  return hn::AllTrue(DU(), hn::Eq(bad, hn::Zero(DU())));
 }
 
 // Register block of AccumRowsSrc: rows [r0, r0 + kR) x vectors [k, k + kC)
@@ -198,8 +187,7 @@ bool DotRowsSrcT(int M, int N, int K, const float* HWY_RESTRICT A, int lda, cons
 // kC == 1 with n < lanes: the row tail.
 template <bool kBF16, int kR, int kC>
 HWY_INLINE void AccumBlock(int r0, int k, int64_t n, int N, const float* HWY_RESTRICT P, int ldp,
-                           const char* B, int64_t ldb_bytes, float* HWY_RESTRICT O, int ldo,
-                           VU& bad) {
+                           const char* B, int64_t ldb_bytes, float* HWY_RESTRICT O, int ldo) {
   const DF d;
   const int lanes = static_cast<int>(hn::Lanes(d));
   hn::Vec<DF> acc[kR][kC];
@@ -211,8 +199,7 @@ HWY_INLINE void AccumBlock(int r0, int k, int64_t n, int N, const float* HWY_RES
     for (int i = 0; i < kR; ++i) p[i] = hn::Set(d, P[(r0 + i) * ldp + j]);
     for (int c = 0; c < kC; ++c) {
       const VU bits = n < lanes ? LoadBitsTail<kBF16>(row, k, n) : LoadBits<kBF16>(row, k + c * lanes);
-      bad = hn::Or(bad, NonFinite(bits));
-      for (int i = 0; i < kR; ++i) acc[i][c] = hn::MulAdd(p[i], hn::BitCast(d, bits), acc[i][c]);
+        for (int i = 0; i < kR; ++i) acc[i][c] = hn::MulAdd(p[i], hn::BitCast(d, bits), acc[i][c]);
     }
   }
   for (int i = 0; i < kR; ++i)
@@ -223,39 +210,36 @@ HWY_INLINE void AccumBlock(int r0, int k, int64_t n, int N, const float* HWY_RES
 // offset r * ldb) of a caller's fp32/bf16 tensor, read in place; O's rows
 // are padded to whole vectors (the padding stays 0). Blocks of up to
 // 2 rows x 8 vectors of O stay in registers while B's rows stream past.
-// Returns false if B holds NaN/Inf.
 template <bool kBF16>
-bool AccumRowsSrcT(int M, int N, int K, const float* HWY_RESTRICT P, int ldp, const void* B,
+void AccumRowsSrcT(int M, int N, int K, const float* HWY_RESTRICT P, int ldp, const void* B,
                    int64_t ldb, float* HWY_RESTRICT O, int ldo) {
   const int lanes = static_cast<int>(hn::Lanes(DF()));
   const char* b = static_cast<const char*>(B);
   const int64_t ldb_bytes = ldb * (kBF16 ? 2 : 4);
-  VU bad = hn::Zero(DU());
   for (int r = 0; r < M; r += 2) {
     const bool two = r + 1 < M;
     int k = 0;
     for (; k + 8 * lanes <= K; k += 8 * lanes) {
-      if (two) AccumBlock<kBF16, 2, 8>(r, k, lanes, N, P, ldp, b, ldb_bytes, O, ldo, bad);
-      else AccumBlock<kBF16, 1, 8>(r, k, lanes, N, P, ldp, b, ldb_bytes, O, ldo, bad);
+      if (two) AccumBlock<kBF16, 2, 8>(r, k, lanes, N, P, ldp, b, ldb_bytes, O, ldo);
+      else AccumBlock<kBF16, 1, 8>(r, k, lanes, N, P, ldp, b, ldb_bytes, O, ldo);
     }
     for (; k < K; k += lanes) {
       const int64_t n = std::min<int64_t>(lanes, K - k);
-      if (two) AccumBlock<kBF16, 2, 1>(r, k, n, N, P, ldp, b, ldb_bytes, O, ldo, bad);
-      else AccumBlock<kBF16, 1, 1>(r, k, n, N, P, ldp, b, ldb_bytes, O, ldo, bad);
+      if (two) AccumBlock<kBF16, 2, 1>(r, k, n, N, P, ldp, b, ldb_bytes, O, ldo);
+      else AccumBlock<kBF16, 1, 1>(r, k, n, N, P, ldp, b, ldb_bytes, O, ldo);
     }
   }
-  return hn::AllTrue(DU(), hn::Eq(bad, hn::Zero(DU())));
 }
 
-bool DotRowsSrc(int M, int N, int K, const float* HWY_RESTRICT A, int lda, const void* Bt,
+void DotRowsSrc(int M, int N, int K, const float* HWY_RESTRICT A, int lda, const void* Bt,
                 bool bf16, int64_t ldbt, float* HWY_RESTRICT C, int ldc) {
-  return bf16 ? DotRowsSrcT<true>(M, N, K, A, lda, Bt, ldbt, C, ldc)
+  bf16 ? DotRowsSrcT<true>(M, N, K, A, lda, Bt, ldbt, C, ldc)
               : DotRowsSrcT<false>(M, N, K, A, lda, Bt, ldbt, C, ldc);
 }
 
-bool AccumRowsSrc(int M, int N, int K, const float* HWY_RESTRICT P, int ldp, const void* B,
+void AccumRowsSrc(int M, int N, int K, const float* HWY_RESTRICT P, int ldp, const void* B,
                   bool bf16, int64_t ldb, float* HWY_RESTRICT O, int ldo) {
-  return bf16 ? AccumRowsSrcT<true>(M, N, K, P, ldp, B, ldb, O, ldo)
+  bf16 ? AccumRowsSrcT<true>(M, N, K, P, ldp, B, ldb, O, ldo)
               : AccumRowsSrcT<false>(M, N, K, P, ldp, B, ldb, O, ldo);
 }
 
@@ -288,6 +272,19 @@ bool ConvertRow(const void* HWY_RESTRICT src, bool bf16, int64_t n, float mul,
     memcpy(&f, &u, 4);
     dst[i] = f * mul;
   }
+  return finite;
+}
+
+bool AllFinite(const float* HWY_RESTRICT x, int64_t n) {
+  const DF d;
+  const DU du;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  const auto exp_mask = hn::Set(du, 0x7F800000u);
+  auto mx = hn::Zero(du);  // largest exponent field seen
+  int64_t i = 0;
+  for (; i + lanes <= n; i += lanes) mx = hn::Max(mx, hn::And(hn::BitCast(du, hn::LoadU(d, x + i)), exp_mask));
+  bool finite = hn::AllTrue(du, hn::Lt(mx, exp_mask));
+  for (; i < n; ++i) finite &= std::isfinite(x[i]);
   return finite;
 }
 
@@ -346,6 +343,7 @@ HWY_EXPORT(ScaleRow);
 HWY_EXPORT(GemmBt);
 HWY_EXPORT(ConvertRow);
 HWY_EXPORT(DotRowsSrc);
+HWY_EXPORT(AllFinite);
 HWY_EXPORT(AccumRowsSrc);
 HWY_EXPORT(SoftmaxGradRow);
 HWY_EXPORT(TargetName);
@@ -362,13 +360,14 @@ void gemm_bt(int M, int N, int K, const float* A, int lda, const float* Bt, int 
              int ldc) {
   HWY_DYNAMIC_DISPATCH(GemmBt)(M, N, K, A, lda, Bt, ldbt, C, ldc);
 }
-bool dot_rows_src(int M, int N, int K, const float* A, int lda, const void* Bt, bool bf16,
+bool all_finite(const float* x, int64_t n) { return HWY_DYNAMIC_DISPATCH(AllFinite)(x, n); }
+void dot_rows_src(int M, int N, int K, const float* A, int lda, const void* Bt, bool bf16,
                   int64_t ldbt, float* C, int ldc) {
-  return HWY_DYNAMIC_DISPATCH(DotRowsSrc)(M, N, K, A, lda, Bt, bf16, ldbt, C, ldc);
+  HWY_DYNAMIC_DISPATCH(DotRowsSrc)(M, N, K, A, lda, Bt, bf16, ldbt, C, ldc);
 }
-bool accum_rows_src(int M, int N, int K, const float* P, int ldp, const void* B, bool bf16,
+void accum_rows_src(int M, int N, int K, const float* P, int ldp, const void* B, bool bf16,
                     int64_t ldb, float* O, int ldo) {
-  return HWY_DYNAMIC_DISPATCH(AccumRowsSrc)(M, N, K, P, ldp, B, bf16, ldb, O, ldo);
+  HWY_DYNAMIC_DISPATCH(AccumRowsSrc)(M, N, K, P, ldp, B, bf16, ldb, O, ldo);
 }
 bool convert_row(const void* src, bool bf16, int64_t n, float mul, float* dst) {
   return HWY_DYNAMIC_DISPATCH(ConvertRow)(src, bf16, n, mul, dst);

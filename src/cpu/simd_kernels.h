@@ -29,13 +29,17 @@ void gemm_bt(int M, int N, int K, const float* A, int lda, const float* Bt, int 
 // Decode kernels that read K or V rows in place from the caller's tensor
 // (fp32, or bf16 = true; K elements per row, contiguous; row r at element
 // offset r * ld): no packed copy for the few query rows of a decode step.
-// Both return false if a row element is NaN or Inf.
+// They do not check for NaN/Inf: a non-finite element makes the result
+// non-finite (x * Inf and 0 * Inf are not finite), which the caller checks.
 // C[M x N] = A[M x K] * Bt^T (A a zero-padded fp32 panel).
-bool dot_rows_src(int M, int N, int K, const float* A, int lda, const void* Bt, bool bf16,
+void dot_rows_src(int M, int N, int K, const float* A, int lda, const void* Bt, bool bf16,
                   int64_t ldbt, float* C, int ldc);
 // O[M x K] += P[M x N] * B (O's rows padded to whole vectors).
-bool accum_rows_src(int M, int N, int K, const float* P, int ldp, const void* B, bool bf16,
+void accum_rows_src(int M, int N, int K, const float* P, int ldp, const void* B, bool bf16,
                     int64_t ldb, float* O, int ldo);
+
+// True if no x[i] (i < n) is NaN or Inf.
+bool all_finite(const float* x, int64_t n);
 
 // dst[i] = src[i] * mul for a contiguous fp32 or (bf16 = true) bfloat16
 // row of any length n; false if an element is NaN or Inf.
