@@ -9,8 +9,9 @@
 #   full    flashsdpa_cuda_tests --no-long (then --no-hopper --quick)
 #   long    flashsdpa_cuda_tests (everything)
 #   san     compute-sanitizer memcheck + racecheck on a reduced grid
-#   bench   bench_cuda.py dense fwd, bf16+fp16, D64/128, both Hopper loops
-#   bench1  the same, bf16 only, S 4096/16384 (quick iteration)
+#   bench   bench_cuda.py dense fwd, bf16+fp16, D64/128, S 1k/4k/16k vs FLASH, cuDNN
+#   benchwg D64 bf16 with 2 consumer warpgroups (FLASHSDPA_CUDA_HOPPER_D64_WG=2)
+#   bench1  bf16 only, S 4096/16384 (quick iteration)
 # Logs and tables land in $OUT (at most 8 files come back).
 set -o pipefail
 STEPS=${1:-info,quick}
@@ -43,14 +44,15 @@ if has quick; then
 fi
 if has full; then
   timeout 420 "$TEST" --no-long 2>&1 | tee "$OUT/test_full.log" | grep -v "^ok " | tail -30
-  timeout 120 "$TEST" --quick --no-hopper --filter h_ 2>&1 | tee "$OUT/test_nohopper.log" | tail -3
+  timeout 120 "$TEST" --quick --no-hopper --filter h_ 2>&1 | tee "$OUT/test_nohopper.log" | tail -1
+  FLASHSDPA_CUDA_HOPPER_D64_WG=2 timeout 120 "$TEST" --no-long --filter _d64 2>&1 | tee -a "$OUT/test_nohopper.log" | tail -1
 fi
 if has long; then
   timeout 540 "$TEST" 2>&1 | tee "$OUT/test_long.log" | grep -v "^ok " | tail -30
 fi
 if has san; then
   for tool in memcheck racecheck; do
-    timeout 240 compute-sanitizer --tool $tool --print-limit 20 "$TEST" --quick --threads 1 --filter h_s113 \
+    timeout 110 compute-sanitizer --tool $tool --print-limit 20 "$TEST" --quick --threads 1 --filter h_s1 \
       2>&1 | tee "$OUT/san_$tool.log" | tail -6
   done
 fi
@@ -61,10 +63,11 @@ bench() {  # name, extra env, bench args
   grep "^| " "$OUT/bench_$name.md" | head -40
 }
 if has bench; then
-  bench pipe "FLASHSDPA_CUDA_HOPPER_PIPE=1" --dims 64,128 --seqs 1024,4096,16384 --dtypes bf16,fp16 --refs FLASH,CUDNN
-  bench nopipe "FLASHSDPA_CUDA_HOPPER_PIPE=0" --dims 64,128 --seqs 4096,16384 --dtypes bf16 --refs FLASH
+  bench all "" --dims 64,128 --seqs 1024,4096,16384 --dtypes bf16,fp16 --refs FLASH,CUDNN
+fi
+if has benchwg; then  # D64: 2 consumer warpgroups instead of 3
+  bench wg2 "FLASHSDPA_CUDA_HOPPER_D64_WG=2" --dims 64 --seqs 1024,4096,16384 --dtypes bf16 --refs FLASH
 fi
 if has bench1; then
-  bench pipe1 "FLASHSDPA_CUDA_HOPPER_PIPE=1" --dims 64,128 --seqs 4096,16384 --dtypes bf16 --refs FLASH,CUDNN
-  bench nopipe1 "FLASHSDPA_CUDA_HOPPER_PIPE=0" --dims 64,128 --seqs 4096,16384 --dtypes bf16 --refs FLASH
+  bench one "" --dims 64,128 --seqs 4096,16384 --dtypes bf16 --refs FLASH,CUDNN
 fi

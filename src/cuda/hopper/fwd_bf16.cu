@@ -4,8 +4,8 @@
 namespace fsdpa {
 namespace cuda {
 namespace hopper {
-cudaError_t fwd_bf16(const FwdArgs& a, bool pipe, cudaStream_t s) {
-  return launch_fwd_dtype<__nv_bfloat16>(a, pipe, s);
+cudaError_t fwd_bf16(const FwdArgs& a, int sms, int wg64, cudaStream_t s) {
+  return launch_fwd_dtype<__nv_bfloat16>(a, sms, wg64, s);
 }
 }  // namespace hopper
 }  // namespace cuda

@@ -4,8 +4,8 @@
 namespace fsdpa {
 namespace cuda {
 namespace hopper {
-cudaError_t fwd_f16(const FwdArgs& a, bool pipe, cudaStream_t s) {
-  return launch_fwd_dtype<__half>(a, pipe, s);
+cudaError_t fwd_f16(const FwdArgs& a, int sms, int wg64, cudaStream_t s) {
+  return launch_fwd_dtype<__half>(a, sms, wg64, s);
 }
 bool image_ok_f16() { return kernel_image_ok<__half>(); }
 }  // namespace hopper

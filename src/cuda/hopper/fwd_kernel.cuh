@@ -1,26 +1,30 @@
-// The Hopper forward kernel (sm_90a): warp-specialised, wgmma for both
-// products, TMA loads into 128-byte-swizzled shared memory.
+// The Hopper forward kernel (sm_90a): persistent, warp-specialised, wgmma
+// for both products, TMA loads into 128-byte-swizzled shared memory.
 //
-// CTA = warpgroup 0 (producer: one thread issues every TMA load; its
-// registers are given to the others with setmaxnreg) + kConsumers
-// warpgroups, each owning 64 query rows of the CTA's block of kBM rows.
+// CTA (one per SM) = warpgroup 0 (producer: one thread issues every TMA
+// load; its registers go to the others through setmaxnreg) + NCW consumer
+// warpgroups, each owning 64 query rows of the current tile of kBM rows.
+// Tiles are handed out in units of two (for_each_tile below).
 //
-//   smem: Q [D/64 column blocks][kBM rows][64]  (loaded once)
+//   smem: Q [2 slots][D/64 column blocks][kBM rows][64]
 //         K, V rings: [kStages][D/64][kBN keys][64]
 //   Every tile row is 128 bytes (64 elements); 16-byte chunk c of row r
 //   sits at chunk c ^ (r % 8) (TMA's and wgmma's 128B swizzle).
-//   mbarriers: Q full; K/V full (TMA transaction bytes) and empty (one
-//   arrive per consumer warp once its wgmma reading the stage is done).
+//   mbarriers: Q full / empty per slot; K and V full (TMA transaction bytes) and
+//   empty (one arrive per consumer warp once the wgmma reading the stage
+//   is done). The K/V ring's stage and phase run on across tiles, and Q
+//   alternates between two slots, so the producer loads the next tile's Q
+//   and first blocks while the consumers finish the current one.
 //
-// Consumer loop over the key blocks the CTA's band reaches:
+// Consumer loop over the key blocks the tile's band reaches:
 //   S = Q K^T   wgmma m64n{kBN}k16, A = Q and B = K from smem (K-major)
 //   online softmax on the fp32 accumulators (band test only on blocks
 //   that are not inside every row's band)
 //   O += P V    wgmma m64n{D}k16, A = P from registers (bf16/fp16), B = V
 //               from smem, MN-major (transpose bit)
-// PIPE: the S product of block j+1 is issued before P_j V_j and the
-// softmax of block j+1 runs while P_j V_j is in flight (FlashAttention-3's
-// intra-warpgroup overlap); without it each product is waited for at once.
+// The S product of block j+1 is issued before P_j V_j, and the softmax of
+// block j+1 runs while P_j V_j is in flight (FlashAttention-3's
+// intra-warpgroup overlap).
 #pragma once
 
 #include "cuda/common.cuh"
@@ -34,47 +38,81 @@ namespace fsdpa {
 namespace cuda {
 namespace hopper {
 
-template <typename T, int D, bool PIPE>
-__global__ void __launch_bounds__(FwdCfg<D>::kThreads, 1)
+// One tile: query rows [m0, m0 + BM) of head h of sequence b, and the key
+// blocks [kb0, kb0 + nblk) its band reaches. valid = false: no such rows
+// (varlen sequence shorter than the longest).
+struct Tile {
+  Seq e;
+  int64_t b;
+  int h, hk, m0, kb0, nblk;
+  bool valid;
+};
+
+template <int BM, int BN>
+__device__ __forceinline__ Tile get_tile(const AttnParams& p, int mb, int h, int64_t b) {
+  Tile x;
+  x.m0 = mb * BM;
+  x.h = h;
+  x.b = b;
+  x.hk = static_cast<int>(x.h / (p.heads_q / p.heads_k));
+  x.e = get_seq(p, x.b);
+  x.valid = x.m0 < x.e.sq;
+  x.kb0 = 0;
+  x.nblk = 0;
+  if (!x.valid) return x;
+  const int mrows = min(BM, x.e.sq - x.m0);
+  const KeyRange rf =
+      visible_keys(x.m0, x.e.sq, x.e.sk, p.window_left, p.window_right, p.bottom_right);
+  const KeyRange rl = visible_keys(x.m0 + mrows - 1, x.e.sq, x.e.sk, p.window_left,
+                                   p.window_right, p.bottom_right);
+  if (rl.hi >= rf.lo && x.e.sk > 0) {
+    x.kb0 = static_cast<int>(rf.lo / BN);
+    x.nblk = static_cast<int>(rl.hi / BN) - x.kb0 + 1;
+  }
+  return x;
+}
+
+// Scheduling unit: query blocks nmb-1-j and j of one (head, batch) (one
+// block when they coincide), so that under a causal mask every unit costs
+// about the same; units u = blockIdx.x, + gridDim.x, ... with j fastest,
+// then head, then batch (CTAs running at once share K/V in L2).
+template <int BM, int BN, typename F>
+__device__ __forceinline__ void for_each_tile(const AttnParams& p, int nmb, int n_units, F&& f) {
+  const int np = (nmb + 1) / 2, hq = static_cast<int>(p.heads_q);
+  for (int u = blockIdx.x; u < n_units; u += gridDim.x) {
+    const int j = u % np, h = (u / np) % hq;
+    const int64_t b = u / (np * hq);
+    f(get_tile<BM, BN>(p, nmb - 1 - j, h, b));
+    if (j != nmb - 1 - j) f(get_tile<BM, BN>(p, j, h, b));
+  }
+}
+
+template <typename T, int D, int NCW>
+__global__ void __launch_bounds__(FwdCfg<D, NCW>::kThreads, 1)
 fwd_kernel(const __grid_constant__ FwdArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using C = FwdCfg<D>;
-  constexpr int BM = C::kBM, BN = C::kBN, ST = C::kStages, NCW = C::kConsumers;
+  using C = FwdCfg<D, NCW>;
+  constexpr int BM = C::kBM, BN = C::kBN, ST = C::kStages;
   constexpr uint32_t kQBytes = BM * D * 2, kKVBytes = BN * D * 2;
   const AttnParams& p = a.p;
 
   extern __shared__ __align__(1024) uint8_t smem_raw[];
-  __shared__ __align__(8) uint64_t bars[1 + 4 * ST];
-  const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
-  const uint32_t sK = sQ + kQBytes, sV = sK + ST * kKVBytes;
-  const uint32_t bQ = smem_u32(&bars[0]);
-  auto bKf = [&](int s) { return bQ + 8u * (1 + s); };
-  auto bKe = [&](int s) { return bQ + 8u * (1 + ST + s); };
-  auto bVf = [&](int s) { return bQ + 8u * (1 + 2 * ST + s); };
-  auto bVe = [&](int s) { return bQ + 8u * (1 + 3 * ST + s); };
-
-  // Heaviest query blocks (causal: the last ones) first.
-  const int mb = gridDim.x - 1 - blockIdx.x;
-  const int h = blockIdx.y;
-  const int64_t b = blockIdx.z;
-  const Seq e = get_seq(p, b);
-  const int m0 = mb * BM;
-  if (m0 >= e.sq) return;
-  const int hk = static_cast<int>(h / (p.heads_q / p.heads_k));
-
-  // Key blocks [kb0, kb0 + nblk) reached by the band of rows [m0, m0 + mrows).
-  const int mrows = min(BM, e.sq - m0);
-  const KeyRange rf = visible_keys(m0, e.sq, e.sk, p.window_left, p.window_right, p.bottom_right);
-  const KeyRange rl =
-      visible_keys(m0 + mrows - 1, e.sq, e.sk, p.window_left, p.window_right, p.bottom_right);
-  int kb0 = 0, nblk = 0;
-  if (rl.hi >= rf.lo && e.sk > 0) {
-    kb0 = static_cast<int>(rf.lo / BN);
-    nblk = static_cast<int>(rl.hi / BN) - kb0 + 1;
-  }
+  __shared__ __align__(8) uint64_t bars[4 + 4 * ST];
+  const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;  // 2 Q slots
+  const uint32_t sK = sQ + 2 * kQBytes, sV = sK + ST * kKVBytes;
+  const uint32_t b0 = smem_u32(&bars[0]);
+  auto bQf = [&](int q) { return b0 + 8u * q; };
+  auto bQe = [&](int q) { return b0 + 8u * (2 + q); };
+  auto bKf = [&](int s) { return b0 + 8u * (4 + s); };
+  auto bKe = [&](int s) { return b0 + 8u * (4 + ST + s); };
+  auto bVf = [&](int s) { return b0 + 8u * (4 + 2 * ST + s); };
+  auto bVe = [&](int s) { return b0 + 8u * (4 + 3 * ST + s); };
 
   if (threadIdx.x == 0) {
-    mbar_init(bQ, 1);
+    for (int q = 0; q < 2; ++q) {
+      mbar_init(bQf(q), 1);
+      mbar_init(bQe(q), 4 * NCW);
+    }
     for (int s = 0; s < ST; ++s) {
       mbar_init(bKf(s), 1);
       mbar_init(bVf(s), 1);
@@ -90,70 +128,50 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
   if (wg == 0) {
     // ---------------- producer ----------------
     regs_dealloc<C::kProducerRegs>();
-    if (threadIdx.x == 0 && nblk > 0) {
-      const int bc = p.cu_seqlens_q != nullptr ? 0 : static_cast<int>(b);
+    if (threadIdx.x == 0) {
+      tma_prefetch_desc(&a.tq);
       tma_prefetch_desc(&a.tk);
       tma_prefetch_desc(&a.tv);
-      mbar_arrive_expect_tx(bQ, kQBytes);
+      const int bc_varlen = p.cu_seqlens_q != nullptr;
+      uint32_t kv = 0, qn = 0;  // K/V blocks and Q tiles loaded so far
+      for_each_tile<BM, BN>(p, a.n_mblocks, a.n_units, [&](const Tile& x) {
+        if (x.nblk == 0) return;
+        const int bc = bc_varlen ? 0 : static_cast<int>(x.b);
+        for (int it = 0; it < x.nblk; ++it, ++kv) {
+          const int s = kv % ST;
+          const uint32_t ph = (kv / ST) & 1;
+          const int krow = static_cast<int>(x.e.k_begin) + (x.kb0 + it) * BN;
+          mbar_wait(bKe(s), ph ^ 1);
+          mbar_arrive_expect_tx(bKf(s), kKVBytes);
 #pragma unroll
-      for (int cb = 0; cb < D / 64; ++cb)
-        tma_load_4d(sQ + cb * BM * 128, &a.tq, bQ, cb * 64, static_cast<int>(e.q_begin) + m0, h,
-                    bc);
-      for (int it = 0; it < nblk; ++it) {
-        const int s = it % ST;
-        const uint32_t ph = (it / ST) & 1;
-        const int krow = static_cast<int>(e.k_begin) + (kb0 + it) * BN;
-        mbar_wait(bKe(s), ph ^ 1);
-        mbar_arrive_expect_tx(bKf(s), kKVBytes);
+          for (int cb = 0; cb < D / 64; ++cb)
+            tma_load_4d(sK + s * kKVBytes + cb * BN * 128, &a.tk, bKf(s), cb * 64, krow, x.hk, bc);
+          if (it == 0) {  // Q, into the slot the tile before last let go of
+            const int q = qn & 1;
+            mbar_wait(bQe(q), ((qn >> 1) & 1) ^ 1);
+            mbar_arrive_expect_tx(bQf(q), kQBytes);
 #pragma unroll
-        for (int cb = 0; cb < D / 64; ++cb)
-          tma_load_4d(sK + s * kKVBytes + cb * BN * 128, &a.tk, bKf(s), cb * 64, krow, hk, bc);
-        mbar_wait(bVe(s), ph ^ 1);
-        mbar_arrive_expect_tx(bVf(s), kKVBytes);
+            for (int cb = 0; cb < D / 64; ++cb)
+              tma_load_4d(sQ + q * kQBytes + cb * BM * 128, &a.tq, bQf(q), cb * 64,
+                          static_cast<int>(x.e.q_begin) + x.m0, x.h, bc);
+            ++qn;
+          }
+          mbar_wait(bVe(s), ph ^ 1);
+          mbar_arrive_expect_tx(bVf(s), kKVBytes);
 #pragma unroll
-        for (int cb = 0; cb < D / 64; ++cb)
-          tma_load_4d(sV + s * kKVBytes + cb * BN * 128, &a.tv, bVf(s), cb * 64, krow, hk, bc);
-      }
+          for (int cb = 0; cb < D / 64; ++cb)
+            tma_load_4d(sV + s * kKVBytes + cb * BN * 128, &a.tv, bVf(s), cb * 64, krow, x.hk, bc);
+        }
+      });
     }
   } else {
     // ---------------- consumers ----------------
     regs_alloc<C::kConsumerRegs>();
     const int cw = wg - 1;
     const int wq = (threadIdx.x / 32) % 4;
-    const int row0 = m0 + cw * 64 + wq * 16 + lane / 4;
-    RowState st;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int i = row0 + 8 * r;
-      KeyRange kr = visible_keys(i, e.sq, e.sk, p.window_left, p.window_right, p.bottom_right);
-      if (i >= e.sq) kr = KeyRange{1, 0};
-      st.lo[r] = static_cast<int>(kr.lo);
-      st.hi[r] = static_cast<int>(kr.hi);
-      st.m[r] = neg_inf();
-      st.l[r] = 0.0f;
-    }
-    // Keys [band_lo, band_hi] are visible from every row of this warpgroup:
-    // blocks inside need no per-element test.
-    const int wrow0 = m0 + cw * 64, wrow1 = min(m0 + cw * 64 + 63, e.sq - 1);
-    int band_lo = 0, band_hi = -1;
-    if (wrow0 <= wrow1) {
-      band_lo = static_cast<int>(
-          visible_keys(wrow1, e.sq, e.sk, p.window_left, p.window_right, p.bottom_right).lo);
-      band_hi = static_cast<int>(
-          visible_keys(wrow0, e.sq, e.sk, p.window_left, p.window_right, p.bottom_right).hi);
-    }
     const float sl2 = p.scale * kLog2e;
-
-    float o[D / 2];
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
-    float s[BN / 2];
-#pragma unroll
-    for (int i = 0; i < BN / 2; ++i) s[i] = 0.0f;
-    uint32_t pa[BN / 4];
-
     // Descriptors: Q rows of this warpgroup; K (K-major) and V (MN-major).
-    const uint64_t dq = make_desc(sQ + cw * 64 * 128, 16, 1024);
+    uint64_t dq = 0;
     auto q_desc = [&](int kk) -> uint64_t {
       return dq + static_cast<uint64_t>(((kk / 4) * BM * 128 + (kk % 4) * 32) >> 4);
     };
@@ -163,6 +181,11 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
     auto v_desc = [&](uint64_t base, int kk) -> uint64_t {
       return base + static_cast<uint64_t>((kk * 16 * 128) >> 4);
     };
+    float o[D / 2];
+    float s[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) s[i] = 0.0f;
+    uint32_t pa[BN / 4];
     auto issue_s = [&](int stage) {
       const uint64_t kd = make_desc(sK + stage * kKVBytes, 16, 1024);
       wgmma_fence();
@@ -177,53 +200,65 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
       for (int kk = 0; kk < BN / 16; ++kk) Wgmma<T, D>::rs(o, pa + 4 * kk, v_desc(vd, kk), 1);
       wgmma_commit();
     };
-    auto is_full = [&](int it) {
-      const int n0 = (kb0 + it) * BN;
-      return n0 >= band_lo && n0 + BN - 1 <= band_hi;
-    };
 
-    if (nblk > 0) {
-      mbar_wait(bQ, 0);
-      if constexpr (!PIPE) {
-        for (int it = 0; it < nblk; ++it) {
-          const int stg = it % ST;
-          const uint32_t ph = (it / ST) & 1;
-          mbar_wait(bKf(stg), ph);
+    uint32_t kv = 0, qn = 0;  // as in the producer
+    for_each_tile<BM, BN>(p, a.n_mblocks, a.n_units, [&](const Tile& x) {
+      if (!x.valid) return;
+      const int row0 = x.m0 + cw * 64 + wq * 16 + lane / 4;
+      RowState st;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int i = row0 + 8 * r;
+        KeyRange kr =
+            visible_keys(i, x.e.sq, x.e.sk, p.window_left, p.window_right, p.bottom_right);
+        if (i >= x.e.sq) kr = KeyRange{1, 0};
+        st.lo[r] = static_cast<int>(kr.lo);
+        st.hi[r] = static_cast<int>(kr.hi);
+        st.m[r] = neg_inf();
+        st.l[r] = 0.0f;
+      }
+      // Keys [band_lo, band_hi] are visible from every row of this
+      // warpgroup: blocks inside need no per-element test.
+      const int wrow0 = x.m0 + cw * 64, wrow1 = min(x.m0 + cw * 64 + 63, x.e.sq - 1);
+      int band_lo = 0, band_hi = -1;
+      if (wrow0 <= wrow1) {
+        band_lo = static_cast<int>(
+            visible_keys(wrow1, x.e.sq, x.e.sk, p.window_left, p.window_right, p.bottom_right).lo);
+        band_hi = static_cast<int>(
+            visible_keys(wrow0, x.e.sq, x.e.sk, p.window_left, p.window_right, p.bottom_right).hi);
+      }
+      auto is_full = [&](int it) {
+        const int n0 = (x.kb0 + it) * BN;
+        return n0 >= band_lo && n0 + BN - 1 <= band_hi;
+      };
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+
+      if (x.nblk > 0) {
+        const int qs = qn & 1;
+        dq = make_desc(sQ + qs * kQBytes + cw * 64 * 128, 16, 1024);
+        mbar_wait(bQf(qs), (qn >> 1) & 1);
+        // Block 0: S, softmax, P.
+        {
+          const int stg = kv % ST;
+          mbar_wait(bKf(stg), (kv / ST) & 1);
           issue_s(stg);
           wgmma_wait<0>();
           fence_regs<BN / 2>(s);
           if (lane == 0) mbar_arrive(bKe(stg));
-          float alpha[2];
-          softmax_block<BN>(s, st, alpha, sl2, !is_full(it), (kb0 + it) * BN, lane);
-          rescale_o<D>(o, alpha);
-          p_to_a<T, BN>(s, pa);
-          mbar_wait(bVf(stg), ph);
-          issue_pv(stg);
-          wgmma_wait<0>();
-          fence_regs<D / 2>(o);
-          if (lane == 0) mbar_arrive(bVe(stg));
-        }
-      } else {
-        // Block 0: S, softmax, P.
-        {
-          mbar_wait(bKf(0), 0);
-          issue_s(0);
-          wgmma_wait<0>();
-          fence_regs<BN / 2>(s);
-          if (lane == 0) mbar_arrive(bKe(0));
-          float alpha[2];
-          softmax_block<BN>(s, st, alpha, sl2, !is_full(0), kb0 * BN, lane);
+          float alpha0[2];
+          softmax_block<BN>(s, st, alpha0, sl2, !is_full(0), x.kb0 * BN, lane);
           p_to_a<T, BN>(s, pa);
         }
         float alpha[2] = {1.0f, 1.0f};
-        for (int it = 1; it < nblk; ++it) {
-          const int stg = it % ST, prev = (it - 1) % ST;
-          const uint32_t ph = (it / ST) & 1, pph = ((it - 1) / ST) & 1;
-          mbar_wait(bKf(stg), ph);
+        for (int it = 1; it < x.nblk; ++it) {
+          const uint32_t cur = kv + it, prev = cur - 1;
+          const int stg = cur % ST, pstg = prev % ST;
+          mbar_wait(bKf(stg), (cur / ST) & 1);
           issue_s(stg);
           rescale_o<D>(o, alpha);  // by the max of block it - 1
-          mbar_wait(bVf(prev), pph);
-          issue_pv(prev);
+          mbar_wait(bVf(pstg), (prev / ST) & 1);
+          issue_pv(pstg);
           wgmma_wait<1>();  // S of block it done; P_{it-1} V_{it-1} in flight
           fence_regs<BN / 2>(s);
           if (lane == 0) mbar_arrive(bKe(stg));
@@ -232,25 +267,34 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
           // softmax gets its own block (sl2 > 0 always holds here, but
           // ptxas cannot fold it).
           if (sl2 > 0.0f) {
-            softmax_block<BN>(s, st, alpha, sl2, !is_full(it), (kb0 + it) * BN, lane);
+            softmax_block<BN>(s, st, alpha, sl2, !is_full(it), (x.kb0 + it) * BN, lane);
             fence_regs<BN / 2>(s);
           }
           wgmma_wait<0>();
           fence_regs<D / 2>(o);
           fence_regs<BN / 4>(pa);
-          if (lane == 0) mbar_arrive(bVe(prev));
+          if (lane == 0) mbar_arrive(bVe(pstg));
           p_to_a<T, BN>(s, pa);
         }
         rescale_o<D>(o, alpha);
-        const int last = (nblk - 1) % ST;
-        mbar_wait(bVf(last), ((nblk - 1) / ST) & 1);
-        issue_pv(last);
+        const uint32_t last = kv + x.nblk - 1;
+        mbar_wait(bVf(last % ST), (last / ST) & 1);
+        issue_pv(last % ST);
         wgmma_wait<0>();
         fence_regs<D / 2>(o);
-        if (lane == 0) mbar_arrive(bVe(last));
+        if (lane == 0) mbar_arrive(bVe(last % ST));
+        kv += x.nblk;
+        ++qn;
+        // O through the warpgroup's rows of the Q slot (its S products are
+        // done), then the slot goes back to the producer.
+        store_out_staged<T, D, BM>(p, x.e, x.b, x.h, x.m0 + cw * 64, o, st, sl2,
+                                   sQ + qs * kQBytes + cw * 64 * 128, 1 + cw);
+        __syncwarp();
+        if (lane == 0) mbar_arrive(bQe(qs));
+      } else {
+        store_out<T, D>(p, x.e, x.b, x.h, row0, o, st, sl2, lane);
       }
-    }
-    store_out<T, D>(p, e, b, h, row0, o, st, sl2, lane);
+    });
   }
 #endif
 }

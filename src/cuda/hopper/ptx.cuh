@@ -98,6 +98,16 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t saddr, uint32_t lbo, uint
          (static_cast<uint64_t>((sbo >> 4) & 0x3FFF) << 32) | (uint64_t(1) << 62);
 }
 
+// Barrier `id` (1..15; 0 is __syncthreads) among `n` threads.
+__device__ __forceinline__ void named_bar_sync(int id, int n) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+// Orders this thread's generic-proxy shared-memory accesses before later
+// async-proxy ones (a TMA load into memory it just read or wrote).
+__device__ __forceinline__ void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
 // ---- register reallocation between warpgroups -----------------------------------
 template <int R>
 __device__ __forceinline__ void regs_dealloc() {
