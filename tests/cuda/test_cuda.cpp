@@ -11,7 +11,7 @@
 // On sm_90 the fp16/bf16 cases in its scope run the Hopper (wgmma) forward;
 // --no-hopper (FLASHSDPA_CUDA_NO_HOPPER=1) runs them on the sm_80 kernels.
 // Usage: flashsdpa_cuda_tests [--quick] [--filter SUBSTR] [--threads N] [--no-long]
-//                             [--no-hopper]
+//                             [--no-hopper] [--long-only]
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -553,7 +553,7 @@ int main(int argc, char** argv) {
     printf("SKIP: no CUDA device\n");
     return 77;
   }
-  bool quick = false, do_long = true;
+  bool quick = false, do_long = true, long_only = false;
   std::string filter;
   int threads = static_cast<int>(std::min(16u, std::max(1u, std::thread::hardware_concurrency())));
   for (int i = 1; i < argc; ++i) {
@@ -562,6 +562,7 @@ int main(int argc, char** argv) {
     else if (!strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
     else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--no-hopper")) setenv("FLASHSDPA_CUDA_NO_HOPPER", "1", 1);
+    else if (!strcmp(argv[i], "--long-only")) long_only = true;
   }
   cudaDeviceProp prop;
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
@@ -570,6 +571,7 @@ int main(int argc, char** argv) {
          getenv("FLASHSDPA_CUDA_NO_HOPPER") ? " (FLASHSDPA_CUDA_NO_HOPPER set)" : "");
 
   std::vector<Case> grid = make_grid(quick);
+  if (long_only) grid.clear();
   if (!filter.empty())
     grid.erase(std::remove_if(grid.begin(), grid.end(),
                               [&](const Case& c) { return describe(c).find(filter) == std::string::npos; }),
@@ -601,10 +603,12 @@ int main(int argc, char** argv) {
   CUDA_OK(cudaStreamCreate(&s));
   auto tally = [&](bool ok) { (ok ? passed : failed)++; };
   if (filter.empty()) {
-    tally(determinism_case(s, false));
-    tally(determinism_case(s, true));
-    tally(splitkv_case(s));
-    tally(nonfinite_case(s));
+    if (!long_only) {
+      tally(determinism_case(s, false));
+      tally(determinism_case(s, true));
+      tally(splitkv_case(s));
+      tally(nonfinite_case(s));
+    }
     if (do_long && !quick) {
       tally(long_case("s16384_causal_bf16_d128_fwd_bwd", 1, 2, 1, 16384, 16384, 128, DT::bf16, true, true, s));
       tally(long_case("s4096_b2h4_f16_d64_fwd_bwd", 2, 4, 4, 4096, 4096, 64, DT::f16, false, true, s));

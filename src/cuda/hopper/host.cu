@@ -76,13 +76,17 @@ int sm_count(int dev) {
 }
 
 // Consumer warpgroups at D = 64: 3 (192 query rows per tile: a third less
-// K/V traffic per row) for long key ranges, 2 otherwise (measured on an
-// H100, bf16: S = 16384 537 vs 440 TFLOP/s, S <= 4096 2 is 0-12% faster).
-// FLASHSDPA_CUDA_HOPPER_D64_WG=2 or 3 forces one.
+// K/V traffic per row) for long key ranges, 2 (128 rows: less work on
+// diagonal and partial blocks, shorter tiles) otherwise. Measured on an
+// H100, bf16, TFLOP/s 3 vs 2: S = 16384 537 vs 440 (causal 488 vs 444);
+// S = 4096 443-445 vs 423-437 (causal 346-366 vs 388-391); S = 1024 within
+// +-3% (causal 238-242 vs 271-278). FLASHSDPA_CUDA_HOPPER_D64_WG=2 or 3
+// forces one.
 int wg64(const AttnParams& p) {
   const char* v = getenv("FLASHSDPA_CUDA_HOPPER_D64_WG");
   if (v != nullptr && (atoi(v) == 2 || atoi(v) == 3)) return atoi(v);
-  return p.seqlen_k >= 8192 ? 3 : 2;
+  const bool band = p.window_left >= 0 || p.window_right >= 0;
+  return p.seqlen_k >= 8192 || (!band && p.seqlen_k >= 4096) ? 3 : 2;
 }
 
 template <int D>
