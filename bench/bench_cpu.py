@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CPU benchmark: flashsdpa vs PyTorch's CPU SDPA, side by side.
 
-Both run in this process on the same inputs, warm, median of repeats; the
+Both run in this process on the same inputs, warm, in alternating blocks of calls (median of each side); the
 table gives both times and the ratio (PyTorch time / flashsdpa time, > 1
 means flashsdpa is faster). Also: achieved GFLOP/s against the machine's
 fp32 FMA peak (measured here with bench/fma_peak.c), and the peak extra
@@ -10,7 +10,7 @@ memory of forward+backward at S = 16384 against the S^2 score matrix.
 Writes a PNG of the ratios and appends the table and command to
 bench/RESULTS.md.
 
-    python bench/bench_cpu.py            # full grid (~10 min on 2 cores)
+    python bench/bench_cpu.py            # full grid (~5 min on 2 cores)
     python bench/bench_cpu.py --quick    # a few cases
 """
 from __future__ import annotations
@@ -36,14 +36,32 @@ import flashsdpa
 HERE = Path(__file__).resolve().parent
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
+def paired_median_times(fa, fb, repeats: int, block_s: float = 0.05, min_total: float = 0.5,
+                        settle_s: float = 0.03) -> tuple[float, float]:
+    """Median times of fa and fb, measured in alternating blocks of calls.
+    This shared VM's speed drifts by up to 2x over seconds (other tenants);
+    alternating lets both sides see the same drift. Blocks are ~block_s long
+    (one call for long calls, many for decode-sized ones) and the rounds
+    repeat until at least `repeats` rounds and ~min_total seconds have run.
+    Each block starts after settle_s of sleep: PyTorch's OpenMP threads keep
+    spinning for milliseconds after its calls (about 10 ms of CPU measured
+    here), which would otherwise take a core from the next block."""
+    def timed(fn):
         t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        return time.perf_counter() - t0
+
+    fa(), fb()  # warm-up
+    ta, tb = timed(fa), timed(fb)
+    per_block = max(1, int(block_s / max(ta, tb, 1e-6)))
+    rounds = max(repeats, min(20, math.ceil(min_total / ((ta + tb) * per_block))))
+    times_a, times_b = [ta], [tb]
+    for _ in range(rounds):
+        time.sleep(settle_s)
+        times_a += [timed(fa) for _ in range(per_block)]
+        time.sleep(settle_s)
+        times_b += [timed(fb) for _ in range(per_block)]
+    return statistics.median(times_a), statistics.median(times_b)
 
 
 def attention_flops(b, hq, sq, sk, d, dv, causal, backward):
@@ -80,8 +98,8 @@ def run_case(case, repeats):
                 q.grad = k.grad = v.grad = None
         return go
 
-    t_ours = median_time(step(flashsdpa.scaled_dot_product_attention), repeats)
-    t_torch = median_time(step(F.scaled_dot_product_attention), repeats)
+    t_ours, t_torch = paired_median_times(step(flashsdpa.scaled_dot_product_attention),
+                                          step(F.scaled_dot_product_attention), repeats)
     flops = attention_flops(b, hq, sq, sk, d, d, causal, backward)
     return t_ours, t_torch, flops
 
@@ -103,21 +121,40 @@ MEMORY_PROBE = r"""
 import resource, sys, torch, flashsdpa
 S, D = int(sys.argv[1]), int(sys.argv[2])
 q, k, v = (torch.randn(1, 1, S, D, requires_grad=True) for _ in range(3))
-flashsdpa.scaled_dot_product_attention(q, k, v).backward(torch.randn(1, 1, S, D))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+dout = torch.randn(1, 1, S, D)
+# Warm-up at a small size: one-time costs (thread pools, autograd engine)
+# are not the sequence length's.
+w = [torch.randn(1, 1, 64, D, requires_grad=True) for _ in range(3)]
+flashsdpa.scaled_dot_product_attention(*w).backward(torch.randn(1, 1, 64, D))
+def status(key):  # kB
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1])
+try:  # reset the peak RSS (VmHWM) to the current RSS (Linux)
+    open("/proc/self/clear_refs", "w").write("5")
+    base = status("VmRSS")
+except OSError:
+    base = None
+flashsdpa.scaled_dot_product_attention(q, k, v).backward(dout)
+if base is None:
+    print("maxrss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+else:
+    print("growth", (status("VmHWM") - base) * 1024)
 """
 
 
-def extra_memory_bytes(S: int, D: int) -> int:
-    """Peak RSS of forward+backward at S minus the same at S = 256, each in
-    a fresh process (bytes): what the sequence length costs. It includes
-    the inputs, dout, the outputs and the gradients (8 * S * D floats)
-    besides the library's workspace."""
-    def peak(s):  # least of 3 runs: the import of torch alone varies by tens of MiB
+def extra_memory_bytes(S: int, D: int) -> tuple[str, int]:
+    """Peak RSS growth during forward+backward at S (bytes), least of 3
+    fresh processes, after a small warm-up call: the inputs already exist;
+    what is counted is the outputs (out, lse, dq, dk, dv: 4 * S * D + S floats) and every workspace.
+    Where the peak RSS cannot be reset, the peak of the whole process minus
+    the same at S = 256."""
+    def probe(s):  # (kind, bytes)
         runs = [subprocess.check_output([sys.executable, "-c", MEMORY_PROBE, str(s), str(D)])
-                for _ in range(3)]
-        return min(int(out.decode().strip().splitlines()[-1]) for out in runs)
-    return peak(S) - peak(256)
+                .decode().strip().splitlines()[-1].split() for _ in range(3)]
+        return runs[0][0], min(int(r[1]) for r in runs)
+    kind, big = probe(S)
+    return kind, (big if kind == "growth" else big - probe(256)[1])
 
 
 def cpu_model() -> str:
@@ -154,7 +191,7 @@ def grid(quick: bool):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-save", action="store_true", help="do not write RESULTS.md / PNG")
     args = ap.parse_args()
 
@@ -193,13 +230,20 @@ def main():
                 summary.append(f"- {str(dtype).replace('torch.', '')} {'fwd+bwd' if backward else 'fwd'}: "
                                f"geomean ratio {geomean(rs):.2f}x, min {min(rs):.2f}x over {len(rs)} cases")
     S_mem, D_mem = 16384, 64
-    extra = extra_memory_bytes(S_mem, D_mem)
+    kind, extra = extra_memory_bytes(S_mem, D_mem)
     dense = S_mem * S_mem * 4
-    io = 8 * S_mem * D_mem * 4
-    summary.append(f"- peak memory of fwd+bwd at S={S_mem}, D={D_mem}, fp32, over the same at "
-                   f"S=256: {extra / 2**20:.1f} MiB, of which {io / 2**20:.0f} MiB are q, k, v, "
-                   f"dout, out, dq, dk, dv; one S x S fp32 score matrix would be "
-                   f"{dense / 2**20:.0f} MiB")
+    if kind == "growth":
+        outs = (4 * S_mem * D_mem + S_mem) * 4
+        summary.append(f"- peak RSS growth during fwd+bwd at S={S_mem}, D={D_mem}, fp32 (inputs "
+                       f"allocated before): {extra / 2**20:.1f} MiB, of which {outs / 2**20:.1f} "
+                       f"MiB are out, lse, dq, dk, dv; one S x S fp32 score matrix would be "
+                       f"{dense / 2**20:.0f} MiB")
+    else:
+        io = 8 * S_mem * D_mem * 4
+        summary.append(f"- peak memory of fwd+bwd at S={S_mem}, D={D_mem}, fp32, over the same "
+                       f"at S=256: {extra / 2**20:.1f} MiB, of which {io / 2**20:.0f} MiB are q, "
+                       f"k, v, dout, out, dq, dk, dv; one S x S fp32 score matrix would be "
+                       f"{dense / 2**20:.0f} MiB")
     print("\n".join(summary))
 
     if args.no_save:
