@@ -116,8 +116,9 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
                    element_ptr(p.k, p.dtype, offset4(p.k_stride, c.b, hk, tok, 0)), bf16,
                    p.k_stride[2], S, kBlockK);
       for (int64_t r = 0; r < rows; ++r) std::fill(S + r * kBlockK + n, S + (r + 1) * kBlockK, 0.0f);
-      // A NaN/Inf in these K rows makes a score non-finite; only then scan.
-      if (p.check_finite && !nf.k && !all_finite(S, rows * kBlockK))
+      // A NaN/Inf in these K rows makes a score non-finite; only then scan
+      // (unless q, which poisons every score, is already flagged).
+      if (p.check_finite && !nf.q && !nf.k && !all_finite(S, rows * kBlockK))
         flag_if(rows_finite(p, p.k, p.k_stride, c.b, hk, tok, n, p.head_dim, tiles), nf.k);
       v = nullptr;
     } else {
@@ -158,7 +159,7 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
                      element_ptr(p.v, p.dtype, offset4(p.v_stride, c.b, hk, tok, 0)), bf16,
                      p.v_stride[2], st.o, pk.dvp);
       // Likewise a NaN/Inf in these V rows (0 * Inf is NaN too) poisons O.
-      if (p.check_finite && !nf.k && !nf.v && !all_finite(st.o, rows * pk.dvp))
+      if (p.check_finite && !nf.q && !nf.k && !nf.v && !all_finite(st.o, rows * pk.dvp))
         flag_if(rows_finite(p, p.v, p.v_stride, c.b, hk, tok, n, p.head_dim_v, tiles), nf.v);
     }
   }
