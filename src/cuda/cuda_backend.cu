@@ -17,7 +17,9 @@
 //   Hopper (sm_90a build on a 9.x GPU): the forward of the calls that
 //     hopper_fwd_supported() accepts and that would not split the keys
 //     runs the wgmma/TMA kernel of hopper/ (use_hopper below, the one place
-//     that decides).
+//     that decides); the backward of the calls that hopper_bwd_supported()
+//     accepts (deterministic = 0 only) runs hopper/'s wgmma dK/dV/dQ kernel
+//     (use_hopper_bwd).
 //
 // Environment (for tests and benchmarks): FLASHSDPA_CUDA_NO_HOPPER=1 keeps
 // the sm_80 kernels on Hopper GPUs; FLASHSDPA_CUDA_SIMT=1 forces the
@@ -198,6 +200,13 @@ bool use_hopper(const AttnParams& p, int nsplit) {
          hopper_fwd_available(p.device_id);
 }
 
+// The Hopper backward takes the call (deterministic = 0; FLASHSDPA_CUDA_NO_HOPPER
+// turns it off as well).
+bool use_hopper_bwd(const AttnParams& p) {
+  return !env_flag("FLASHSDPA_CUDA_NO_HOPPER") && hopper_bwd_supported(p) &&
+         hopper_fwd_available(p.device_id);
+}
+
 fsdpa_status forward(const AttnParams& p, void* stream) {
   DeviceGuard guard(p.device_id);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
@@ -266,10 +275,23 @@ fsdpa_status backward(const AttnParams& p, void* stream) {
   if (err != cudaSuccess) return cuda_fail(err, "backward preprocess launch");
   const int dp = bucket_for(p.head_dim, p.head_dim_v);
   const bool simt = p.dtype == DType::f32 || dp == 0 || env_flag("FLASHSDPA_CUDA_SIMT");
+  bool done = false;
+  Buf hdqacc;
   if (simt) {
     simt_backward(p, dsum.as<float>(), s);
     err = cudaGetLastError();
-  } else {
+    done = true;
+  } else if (use_hopper_bwd(p)) {
+    Buf& dqacc = hdqacc;
+    const size_t bytes = size_t(p.total_q) * p.heads_q * p.head_dim * sizeof(float);
+    err = dqacc.alloc(bytes, s);
+    if (err != cudaSuccess) return cuda_fail(err, "dQ workspace allocation");
+    err = cudaMemsetAsync(dqacc.ptr, 0, bytes, s);
+    if (err != cudaSuccess) return cuda_fail(err, "dQ workspace zeroing");
+    err = hopper_bwd(p, dsum.as<float>(), dqacc.as<float>(), s);
+    done = err != cudaErrorNotSupported;
+  }
+  if (!done) {
     auto run = p.dtype == DType::f16 ? tc_bwd_f16 : tc_bwd_bf16;
     Buf flags;
     MaskTiles mt{nullptr, 0, 0, 0, 0};

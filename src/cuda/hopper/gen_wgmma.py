@@ -5,6 +5,9 @@ accumulators for f16/bf16 inputs, for the N this folder's kernels use.
   ss: A and B from shared memory (descriptors), both K-major.
   rs: A from registers (4 x b32 per thread), B from shared memory MN-major
       (imm-trans-b = 1: V stored [keys][Dv] row-major).
+  tt: A and B from shared memory, both MN-major (imm-trans-a = imm-trans-b =
+      1; the backward's dQ = dS K with dS stored [keys][queries] and K
+      [keys][d]).
 
 The accumulator is a float[N / 2] per thread in the layout of the PTX ISA
 ("wgmma m64nNk16 D fragment"): d[4i + 0..1] = row g, cols 8i + 2t + 0..1;
@@ -42,6 +45,17 @@ for n in NS:
         print('        "{\\n.reg .pred p;\\n"')
         print(f'        "setp.ne.b32 p, %{nr + 2}, 0;\\n"')
         print(f'        "{ins} {{{regs(nr, 0)}}}, %{nr}, %{nr + 1}, p, 1, 1, 0, 0;\\n"')
+        print('        "}\\n"')
+        print(f"        : {outs(nr)}")
+        print('        : "l"(da), "l"(db), "r"(scale_d));')
+        print("  }")
+        # tt
+        print("  // D (+)= A(desc, MN-major) * B(desc, MN-major).")
+        print("  static __device__ __forceinline__ void tt(float* d, uint64_t da, uint64_t db, int scale_d) {")
+        print("    asm volatile(")
+        print('        "{\\n.reg .pred p;\\n"')
+        print(f'        "setp.ne.b32 p, %{nr + 2}, 0;\\n"')
+        print(f'        "{ins} {{{regs(nr, 0)}}}, %{nr}, %{nr + 1}, p, 1, 1, 1, 1;\\n"')
         print('        "}\\n"')
         print(f"        : {outs(nr)}")
         print('        : "l"(da), "l"(db), "r"(scale_d));')

@@ -22,5 +22,14 @@ bool hopper_fwd_available(int dev);
 // tensor maps cannot describe the inputs: the caller falls back.
 cudaError_t hopper_fwd(const AttnParams& p, cudaStream_t s);
 
+// The backward's scope: hopper_fwd_supported() for q, k, v, plus dout, dk,
+// dv with the same dtype and alignment rules, and deterministic = 0 (dQ
+// by fp32 atomics). hopper_fwd_available() covers the device.
+bool hopper_bwd_supported(const AttnParams& p);
+// dK, dV and dQ (through dqacc: zeroed fp32 [(token * Hq + h) * D + d],
+// then converted into dq). dsum: Delta = rowsum(dO * O) from
+// bwd_preprocess. cudaErrorNotSupported (nothing launched): fall back.
+cudaError_t hopper_bwd(const AttnParams& p, const float* dsum, float* dqacc, cudaStream_t s);
+
 }  // namespace cuda
 }  // namespace fsdpa

@@ -7,6 +7,7 @@
 
 #include "cuda/hopper/config.h"
 #include "cuda/hopper/hopper.h"
+#include "cuda/hopper/bwd_kernel.cuh"
 #include "cuda/hopper/launch.cuh"
 
 namespace fsdpa {
@@ -109,7 +110,44 @@ cudaError_t run(const AttnParams& p, cudaStream_t s) {
   return p.dtype == DType::bf16 ? hopper::fwd_bf16(a, sms, w, s) : hopper::fwd_f16(a, sms, w, s);
 }
 
+template <int D>
+cudaError_t run_bwd(const AttnParams& p, const float* dsum, float* dqacc, cudaStream_t s) {
+  using C = hopper::BwdCfg<D>;
+  hopper::BwdArgs a;
+  memset(&a, 0, sizeof a);
+  a.p = p;
+  a.dsum = dsum;
+  a.dqacc = dqacc;
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  const int64_t nb = varlen ? 1 : p.batch;
+  const int64_t sq = varlen ? p.total_q : p.seqlen_q, sk = varlen ? p.total_k : p.seqlen_k;
+  if (!make_map(&a.tq, p.dtype, p.q, p.q_stride, sq, p.heads_q, nb, D, C::kBM) ||
+      !make_map(&a.tdo, p.dtype, p.dout, p.dout_stride, sq, p.heads_q, nb, D, C::kBM) ||
+      !make_map(&a.tk, p.dtype, p.k, p.k_stride, sk, p.heads_k, nb, D, C::kBN) ||
+      !make_map(&a.tv, p.dtype, p.v, p.v_stride, sk, p.heads_k, nb, D, C::kBN))
+    return cudaErrorNotSupported;
+  return p.dtype == DType::bf16 ? hopper::bwd_bf16(a, s) : hopper::bwd_f16(a, s);
+}
+
 }  // namespace
+
+bool hopper_bwd_supported(const AttnParams& p) {
+  if (p.deterministic || !hopper_fwd_supported(p)) return false;
+  if (p.dout_dtype != p.dtype || p.lse == nullptr) return false;
+  if (!aligned16(p.dout) || !aligned16(p.dk) || !aligned16(p.dv)) return false;
+  const int64_t* st[3] = {p.dout_stride, p.dk_stride, p.dv_stride};
+  for (const int64_t* x : st)
+    if (x[3] != 1 || x[0] % 8 != 0 || x[1] % 8 != 0 || x[2] % 8 != 0) return false;
+  return true;
+}
+
+cudaError_t hopper_bwd(const AttnParams& p, const float* dsum, float* dqacc, cudaStream_t s) {
+  switch (p.head_dim) {
+    case 64: return run_bwd<64>(p, dsum, dqacc, s);
+    case 128: return run_bwd<128>(p, dsum, dqacc, s);
+    default: return cudaErrorNotSupported;
+  }
+}
 
 bool hopper_fwd_supported(const AttnParams& p) {
   if (p.dtype != DType::f16 && p.dtype != DType::bf16) return false;

@@ -1,0 +1,352 @@
+// The Hopper backward kernel (sm_90a), FlashAttention-3 style: one CTA per
+// block of kBN = 128 keys of one (kv head, sequence); K and V stay in shared
+// memory; the CTA loops over the query blocks (of every query head of the
+// GQA group) whose band reaches its keys. deterministic = 0 only: dQ goes
+// to the fp32 workspace with atomics (then dq_convert_kernel).
+//
+// CTA = warpgroup 0 (producer) + 2 consumer warpgroups of 64 keys each.
+//   producer warp 0 (one thread): TMA loads of K, V (once) and of Q, dO
+//     into a 2-stage ring (one `full` mbarrier per stage, transaction bytes);
+//   producer warp 1: lse (times log2 e; +inf for rows past the sequence or
+//     with no visible key, so that P = 0 there) and Delta = rowsum(dO * O)
+//     of the stage's rows into shared memory (`lse full` mbarrier, 32
+//     arrivals); both wait on the stage's `empty` mbarrier (one arrive per
+//     consumer warp).
+//   consumers, per query block of kBM rows (kBM = 64 at D = 128, 128 at
+//   D = 64):
+//     S^T  = K Q^T     wgmma m64n{kBM}k16, A = K, B = Q (smem, K-major)
+//     dP^T = V dO^T    same with V, dO
+//     P^T  = exp2(S^T * scale * log2 e - lse * log2 e) (band mask on
+//            blocks not inside every row's band); dS^T = P^T (dP^T - Delta)
+//            * scale; both rounded to the input dtype
+//     dV  += P^T dO    wgmma rs: A = P^T (registers), B = dO MN-major
+//     dK  += dS^T Q    same with dS^T, Q
+//     dS^T -> smem [kBM/64][kBN keys][64 queries] (128B swizzle), named
+//            barrier of the two consumer warpgroups, then
+//     dQ   = dS K      wgmma m64n64k16 with both operands MN-major from
+//            smem (warpgroup w: query rows 64w.. at kBM = 128, d columns
+//            64w.. at kBM = 64), added to the fp32 workspace with 16-byte
+//            atomics (the quad exchanges halves of its fragment rows).
+//   dS^T has two buffers: a warpgroup writes buffer x again only after
+//   the next iteration's barrier, which the other passes only once its dQ
+//   product of buffer x is done.
+#pragma once
+
+#include <cuda.h>
+
+#include "cuda/common.cuh"
+#include "cuda/hopper/ptx.cuh"
+#include "cuda/hopper/softmax.cuh"
+#include "cuda/hopper/wgmma.cuh"
+
+namespace fsdpa {
+namespace cuda {
+namespace hopper {
+
+template <int D>
+struct BwdCfg {
+  static constexpr int kBN = 128;                // keys per CTA
+  static constexpr int kBM = D == 64 ? 128 : 64;  // query rows per step
+  static constexpr int kStages = 2;
+  static constexpr int kThreads = 384;
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = 240;
+  // K, V, the Q and dO rings, two dS^T buffers, + 1 KB for the alignment
+  // (161 KB at D = 64 and 128).
+  static constexpr int kSmem =
+      1024 + 2 * kBN * D * 2 + 2 * kStages * kBM * D * 2 + 2 * kBN * kBM * 2;
+};
+
+struct BwdArgs {
+  CUtensorMap tq, tk, tv, tdo;  // 4-d (d, token, head, batch), 128B swizzle
+  AttnParams p;
+  const float* dsum;  // Delta, [token * Hq + h]
+  float* dqacc;       // fp32 dQ workspace, [(token * Hq + h) * D + d], zeroed
+};
+
+template <typename T, int D>
+__global__ void __launch_bounds__(BwdCfg<D>::kThreads, 1)
+bwd_kernel(const __grid_constant__ BwdArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using C = BwdCfg<D>;
+  constexpr int BM = C::kBM, BN = C::kBN, ST = C::kStages;
+  constexpr uint32_t kQBytes = BM * D * 2, kKBytes = BN * D * 2, kSBytes = BN * BM * 2;
+  const AttnParams& p = a.p;
+
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  __shared__ __align__(8) uint64_t bars[1 + 3 * ST];
+  __shared__ float sL[ST][BM], sDl[ST][BM];
+  const uint32_t sK = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sV = sK + kKBytes, sQ = sV + kKBytes, sdO = sQ + ST * kQBytes;
+  const uint32_t sS = sdO + ST * kQBytes;  // 2 dS^T buffers
+  const uint32_t b0 = smem_u32(&bars[0]);
+  const uint32_t bKV = b0;
+  auto bQf = [&](int s) { return b0 + 8u * (1 + s); };
+  auto bLf = [&](int s) { return b0 + 8u * (1 + ST + s); };
+  auto bE = [&](int s) { return b0 + 8u * (1 + 2 * ST + s); };
+
+  const int64_t b = blockIdx.z;
+  const int hk = blockIdx.y;
+  const int n0 = blockIdx.x * BN;
+  const Seq e = get_seq(p, b);
+  if (n0 >= e.sk) return;  // varlen: a shorter sequence (grads zeroed by the caller)
+  const int group = static_cast<int>(p.heads_q / p.heads_k);
+  int ilo, ihi;
+  rows_for_keys(p, e, n0, min(n0 + BN, e.sk) - 1, &ilo, &ihi);
+  int qb0 = 0, nqb = 0;
+  if (ihi >= ilo) {
+    qb0 = ilo / BM;
+    nqb = ihi / BM - qb0 + 1;
+  }
+  const int nit = nqb * group;
+  const int bc = p.cu_seqlens_q != nullptr ? 0 : static_cast<int>(b);
+
+  if (threadIdx.x == 0) {
+    mbar_init(bKV, 1);
+    for (int s = 0; s < ST; ++s) {
+      mbar_init(bQf(s), 1);
+      mbar_init(bLf(s), 32);
+      mbar_init(bE(s), 8);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  const int wg = threadIdx.x / 128;
+  const int lane = threadIdx.x % 32;
+  if (wg == 0) {
+    // ---------------- producer ----------------
+    regs_dealloc<C::kProducerRegs>();
+    const int warp = threadIdx.x / 32;
+    if (warp == 0 && lane == 0 && nit > 0) {
+      tma_prefetch_desc(&a.tq);
+      tma_prefetch_desc(&a.tdo);
+      const int krow = static_cast<int>(e.k_begin) + n0;
+      mbar_arrive_expect_tx(bKV, 2 * kKBytes);
+#pragma unroll
+      for (int cb = 0; cb < D / 64; ++cb) {
+        tma_load_4d(sK + cb * BN * 128, &a.tk, bKV, cb * 64, krow, hk, bc);
+        tma_load_4d(sV + cb * BN * 128, &a.tv, bKV, cb * 64, krow, hk, bc);
+      }
+      for (int it = 0; it < nit; ++it) {
+        const int s = it % ST;
+        const uint32_t ph = (it / ST) & 1;
+        const int h = hk * group + it / nqb;
+        const int qrow = static_cast<int>(e.q_begin) + (qb0 + it % nqb) * BM;
+        mbar_wait(bE(s), ph ^ 1);
+        mbar_arrive_expect_tx(bQf(s), 2 * kQBytes);
+#pragma unroll
+        for (int cb = 0; cb < D / 64; ++cb) {
+          tma_load_4d(sQ + s * kQBytes + cb * BM * 128, &a.tq, bQf(s), cb * 64, qrow, h, bc);
+          tma_load_4d(sdO + s * kQBytes + cb * BM * 128, &a.tdo, bQf(s), cb * 64, qrow, h, bc);
+        }
+      }
+    } else if (warp == 1) {
+      for (int it = 0; it < nit; ++it) {
+        const int s = it % ST;
+        const uint32_t ph = (it / ST) & 1;
+        const int h = hk * group + it / nqb;
+        const int q0 = (qb0 + it % nqb) * BM;
+        mbar_wait(bE(s), ph ^ 1);
+        for (int r = lane; r < BM; r += 32) {
+          const int i = q0 + r;
+          float l2 = __int_as_float(0x7f800000), dl = 0.0f;
+          if (i < e.sq) {
+            const float l = p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] +
+                                  (e.q_begin + i) * p.lse_stride[2]];
+            if (l != neg_inf()) l2 = l * kLog2e;
+            dl = a.dsum[q_token(p, b, e, i) * p.heads_q + h];
+          }
+          sL[s][r] = l2;
+          sDl[s][r] = dl;
+        }
+        mbar_arrive(bLf(s));
+      }
+    }
+  } else {
+    // ---------------- consumers ----------------
+    regs_alloc<C::kConsumerRegs>();
+    const int cw = wg - 1;
+    const int wq = (threadIdx.x / 32) % 4;
+    const int g = lane / 4, t = lane % 4;
+    const float sl2 = p.scale * kLog2e;
+    int keys[2];
+    keys[0] = n0 + cw * 64 + wq * 16 + g;
+    keys[1] = keys[0] + 8;
+    const int off = static_cast<int>(diag_offset(p.bottom_right, e.sq, e.sk));
+    const int wl = p.window_left < 0 ? -1 : static_cast<int>(min(p.window_left, int64_t(1) << 30));
+    const int wr =
+        p.window_right < 0 ? -1 : static_cast<int>(min(p.window_right, int64_t(1) << 30));
+
+    // K-major tiles [D/64][rows][64]: k step kk of 16 columns.
+    auto kmaj = [](uint64_t base, int rows, int kk) -> uint64_t {
+      return base + static_cast<uint64_t>(((kk / 4) * rows * 128 + (kk % 4) * 32) >> 4);
+    };
+    // MN-major operands: k step of 16 rows.
+    auto mnmaj = [](uint64_t base, int kk) -> uint64_t {
+      return base + static_cast<uint64_t>((kk * 16 * 128) >> 4);
+    };
+    const uint64_t dK_a = make_desc(sK + cw * 64 * 128, 16, 1024);  // A of S^T
+    const uint64_t dV_a = make_desc(sV + cw * 64 * 128, 16, 1024);  // A of dP^T
+    // B of dQ: K MN-major, 64 d columns.
+    const uint64_t dK_b = make_desc(sK + (BM == 64 ? cw * BN * 128 : 0), BN * 128, 1024);
+
+    float dk[D / 2], dv[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.0f;
+
+    if (nit > 0) mbar_wait(bKV, 0);
+    for (int it = 0; it < nit; ++it) {
+      const int s = it % ST, buf = it & 1;
+      const uint32_t ph = (it / ST) & 1;
+      const int h = hk * group + it / nqb;
+      const int q0 = (qb0 + it % nqb) * BM;
+      // Every (query, key) of the step visible: no per-element test.
+      bool full = q0 + BM <= e.sq && n0 + BN <= e.sk;
+      if (full) {
+        const KeyRange r0 =
+            visible_keys(q0, e.sq, e.sk, p.window_left, p.window_right, p.bottom_right);
+        const KeyRange r1 =
+            visible_keys(q0 + BM - 1, e.sq, e.sk, p.window_left, p.window_right, p.bottom_right);
+        full = r1.lo <= n0 && r0.hi >= n0 + BN - 1;
+      }
+      const uint64_t dQ_b = make_desc(sQ + s * kQBytes, 16, 1024);
+      const uint64_t ddO_b = make_desc(sdO + s * kQBytes, 16, 1024);
+
+      float sc[BM / 2], dp[BM / 2];
+      mbar_wait(bQf(s), ph);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk)
+        Wgmma<T, BM>::ss(sc, kmaj(dK_a, BN, kk), kmaj(dQ_b, BM, kk), kk > 0);
+      wgmma_commit();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk)
+        Wgmma<T, BM>::ss(dp, kmaj(dV_a, BN, kk), kmaj(ddO_b, BM, kk), kk > 0);
+      wgmma_commit();
+      mbar_wait(bLf(s), ph);
+      wgmma_wait<1>();
+      fence_regs<BM / 2>(sc);
+      // P^T
+#pragma unroll
+      for (int n = 0; n < BM / 8; ++n) {
+        const float2 l2 = *reinterpret_cast<const float2*>(&sL[s][8 * n + 2 * t]);
+#pragma unroll
+        for (int x = 0; x < 4; ++x) {
+          const float lv = (x & 1) ? l2.y : l2.x;
+          float pr = ex2(fmaf(sc[4 * n + x], sl2, -lv));
+          if (!full) {
+            const int i = q0 + 8 * n + 2 * t + (x & 1), j = keys[x >> 1];
+            const int d = i + off;
+            const bool vis = i < e.sq && j < e.sk && (wl < 0 || j >= d - wl) &&
+                             (wr < 0 || j <= d + wr);
+            if (!vis) pr = 0.0f;
+          }
+          sc[4 * n + x] = pr;
+        }
+      }
+      wgmma_wait<0>();
+      fence_regs<BM / 2>(dp);
+      fence_regs<BM / 2>(sc);
+      // dS^T
+#pragma unroll
+      for (int n = 0; n < BM / 8; ++n) {
+        const float2 d2 = *reinterpret_cast<const float2*>(&sDl[s][8 * n + 2 * t]);
+#pragma unroll
+        for (int x = 0; x < 4; ++x) {
+          const float dv_ = (x & 1) ? d2.y : d2.x;
+          dp[4 * n + x] = sc[4 * n + x] * (dp[4 * n + x] - dv_) * p.scale;
+        }
+      }
+      uint32_t pa[BM / 4], da[BM / 4];
+      p_to_a<T, BM>(sc, pa);
+      p_to_a<T, BM>(dp, da);
+      wgmma_fence();
+      {
+        const uint64_t b1 = make_desc(sdO + s * kQBytes, BM * 128, 1024);
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T, D>::rs(dv, pa + 4 * kk, mnmaj(b1, kk), 1);
+        const uint64_t b2 = make_desc(sQ + s * kQBytes, BM * 128, 1024);
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T, D>::rs(dk, da + 4 * kk, mnmaj(b2, kk), 1);
+      }
+      wgmma_commit();
+      // dS^T to shared memory: row kr = key, 128B-swizzled 16-byte chunks.
+      {
+        const uint32_t base = sS + buf * kSBytes;
+#pragma unroll
+        for (int k = 0; k < BM / 16; ++k)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            const int n = 2 * k + (q >> 1), kr = cw * 64 + wq * 16 + g + 8 * (q & 1);
+            const uint32_t addr = base + (n / 8) * BN * 128 + kr * 128 +
+                                  ((((n % 8) ^ g) & 7) << 4) + 4 * t;
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(da[4 * k + q]) : "memory");
+          }
+      }
+      fence_proxy_async();
+      named_bar_sync(1, 256);
+      float dq[32];
+      wgmma_fence();
+      {
+        const uint64_t a1 =
+            make_desc(sS + buf * kSBytes + (BM == 128 ? cw * BN * 128 : 0), BN * 128, 1024);
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk)
+          Wgmma<T, 64>::tt(dq, mnmaj(a1, kk), mnmaj(dK_b, kk), kk > 0);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs<D / 2>(dv);
+      fence_regs<D / 2>(dk);
+      fence_regs<32>(dq);
+      fence_regs<BM / 4>(pa);
+      fence_regs<BM / 4>(da);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(bE(s));
+      // dQ atomics: even t -> row g, columns 8n + 2t .. + 3; odd t -> row
+      // g + 8, columns 8n + 2(t - 1) .. + 3.
+      {
+        const int odd = t & 1;
+        const int qr = q0 + (BM == 128 ? cw * 64 : 0) + wq * 16 + g + 8 * odd;
+        const int dc = (BM == 64 ? cw * 64 : 0) + 2 * (t - odd);
+        float* dst = qr < e.sq ? a.dqacc + (q_token(p, b, e, qr) * p.heads_q + h) * D + dc
+                               : nullptr;
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          const float s0 = odd ? dq[4 * n] : dq[4 * n + 2];
+          const float s1 = odd ? dq[4 * n + 1] : dq[4 * n + 3];
+          const float r0 = __shfl_xor_sync(0xffffffffu, s0, 1);
+          const float r1 = __shfl_xor_sync(0xffffffffu, s1, 1);
+          const float4 v = odd ? make_float4(r0, r1, dq[4 * n + 2], dq[4 * n + 3])
+                               : make_float4(dq[4 * n], dq[4 * n + 1], r0, r1);
+          if (dst != nullptr) atomicAdd(reinterpret_cast<float4*>(dst + 8 * n), v);
+        }
+      }
+    }
+    // dK, dV (rows past the sequence are not written).
+    T* dkg = static_cast<T*>(p.dk);
+    T* dvg = static_cast<T*>(p.dv);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int j = keys[r];
+      if (j >= e.sk) continue;
+      T* pk = dkg + off4(p.dk_stride, b, hk, e.k_begin + j, 0) + 2 * t;
+      T* pv = dvg + off4(p.dv_stride, b, hk, e.k_begin + j, 0) + 2 * t;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        *reinterpret_cast<uint32_t*>(pk + 8 * n) = pack_pair<T>(dk[4 * n + 2 * r], dk[4 * n + 2 * r + 1]);
+        *reinterpret_cast<uint32_t*>(pv + 8 * n) = pack_pair<T>(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
+      }
+    }
+  }
+#endif
+}
+
+// bwd_f16.cu, bwd_bf16.cu: D in {64, 128}.
+cudaError_t bwd_f16(const BwdArgs& a, cudaStream_t s);
+cudaError_t bwd_bf16(const BwdArgs& a, cudaStream_t s);
+
+}  // namespace hopper
+}  // namespace cuda
+}  // namespace fsdpa
