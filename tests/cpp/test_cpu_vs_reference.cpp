@@ -6,7 +6,7 @@
 
 #include <memory>
 
-#include "attention_case.h"
+#include "attention_grid.h"
 
 namespace fsdpa_test {
 namespace {
@@ -14,8 +14,6 @@ namespace {
 std::vector<Case> make_grid() {
   std::vector<Case> grid;
   const DT dts[] = {DT::f32, DT::f16, DT::bf16};
-  // Shapes: (name, B, Hq, Hk, Sq, Sk, D, Dv)
-  struct Shape { const char* n; int64_t B, Hq, Hk, Sq, Sk, D, Dv; };
   const Shape shapes[] = {
       {"s1x1", 1, 1, 1, 1, 1, 32, 32},
       {"s113x203_d59_gqa", 2, 4, 2, 113, 203, 59, 59},
@@ -34,63 +32,19 @@ std::vector<Case> make_grid() {
       {"s1x1000_d80_dv48_inplace", 1, 2, 1, 1, 1000, 80, 48},
       {"s16x130_d256_inplace", 1, 2, 2, 16, 130, 256, 256},
   };
-  auto base = [](const Shape& s, DT dt) {
-    Case c;
-    c.name = s.n;
-    c.B = s.B; c.Hq = s.Hq; c.Hk = s.Hk; c.Sq = s.Sq; c.Sk = s.Sk; c.D = s.D; c.Dv = s.Dv;
-    c.dt = dt;
-    return c;
-  };
   // Every shape x dtype: plain, and the combination of all features.
   for (const Shape& s : shapes)
     for (DT dt : dts) {
-      Case c = base(s, dt);
-      grid.push_back(c);
-      c.name += "_combo";
-      c.causal = true;
-      c.align = FSDPA_ALIGN_BOTTOM_RIGHT;
-      c.wl = 37;
-      c.alibi = true;
-      c.softcap = 5.0f;
-      c.mask = MaskKind::boolean;
-      c.scale = 0.3f;
-      grid.push_back(c);
+      grid.push_back(case_of(s, dt));
+      grid.push_back(with_all_features(case_of(s, dt)));
     }
   // Every feature alone on an odd GQA shape, each dtype.
-  const Shape f = shapes[1];
-  for (DT dt : dts) {
-    auto add = [&](const char* name, auto&& set) {
-      Case c = base(f, dt);
-      c.name = std::string(f.n) + "_" + name;
-      set(c);
-      grid.push_back(c);
-    };
-    add("causal_tl", [](Case& c) { c.causal = true; });
-    add("causal_br", [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    add("window_br", [](Case& c) { c.wl = 16; c.wr = 8; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    add("window_tl_left", [](Case& c) { c.wl = 50; });
-    add("window_tl_right", [](Case& c) { c.wr = 3; });
-    add("bool_mask", [](Case& c) { c.mask = MaskKind::boolean; });
-    add("additive_mask", [](Case& c) { c.mask = MaskKind::additive; });
-    add("empty_rows", [](Case& c) { c.mask = MaskKind::empty_rows; });
-    add("alibi", [](Case& c) { c.alibi = true; });
-    add("alibi_causal_br", [](Case& c) { c.alibi = true; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    add("softcap", [](Case& c) { c.softcap = 2.0f; c.scale = 1.0f; });
-    add("dropout", [](Case& c) { c.dropout = 0.2f; });
-    add("dropout_causal", [](Case& c) { c.dropout = 0.5f; c.causal = true; });
-    add("bshd", [](Case& c) { c.bshd = true; });
-    add("bshd_causal_additive", [](Case& c) { c.bshd = true; c.causal = true; c.mask = MaskKind::additive; });
-    add("varlen", [](Case& c) { c.varlen = true; c.B = 3; });
-    add("varlen_causal_br", [](Case& c) { c.varlen = true; c.B = 3; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    add("varlen_window_dropout", [](Case& c) { c.varlen = true; c.B = 3; c.wl = 20; c.wr = 5; c.dropout = 0.1f; });
-    add("causal_br_sq_gt_sk", [](Case& c) { std::swap(c.Sq, c.Sk); c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-  }
+  for (DT dt : dts) add_feature_cases(grid, case_of(shapes[1], dt));
   // Layouts and band/varlen features on the in-place decode path.
-  const Shape dec = shapes[11];
   for (DT dt : dts) {
     auto add = [&](const char* name, auto&& set) {
-      Case c = base(dec, dt);
-      c.name = std::string(dec.n) + "_" + name;
+      Case c = case_of(shapes[11], dt);
+      c.name += std::string("_") + name;
       set(c);
       grid.push_back(c);
     };

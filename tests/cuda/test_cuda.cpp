@@ -26,7 +26,7 @@
 #include <thread>
 #include <vector>
 
-#include "attention_case.h"
+#include "attention_grid.h"
 
 using namespace fsdpa_test;
 
@@ -71,7 +71,6 @@ struct Dev {
 std::vector<Case> make_grid(bool quick) {
   std::vector<Case> grid;
   const DT dts[] = {DT::f32, DT::f16, DT::bf16};
-  struct Shape { const char* n; int64_t B, Hq, Hk, Sq, Sk, D, Dv; };
   // The CPU backend's shapes, plus CUDA-specific ones (every head-dim
   // bucket, tiny dims, split-KV decode).
   const Shape shapes[] = {
@@ -92,30 +91,14 @@ std::vector<Case> make_grid(bool quick) {
       {"decode_s1x4099_d128_gqa", 2, 8, 2, 1, 4099, 128, 128},
       {"decode_s3x2500_d64", 1, 4, 4, 3, 2500, 64, 64},
   };
-  auto base = [](const Shape& s, DT dt) {
-    Case c;
-    c.name = s.n;
-    c.B = s.B; c.Hq = s.Hq; c.Hk = s.Hk; c.Sq = s.Sq; c.Sk = s.Sk; c.D = s.D; c.Dv = s.Dv;
-    c.dt = dt;
-    return c;
-  };
   const int nshapes = quick ? 4 : static_cast<int>(sizeof(shapes) / sizeof(shapes[0]));
   for (int si = 0; si < nshapes; ++si)
     for (DT dt : dts) {
       const Shape& s = shapes[si];
-      Case c = base(s, dt);
-      grid.push_back(c);
-      c.name += "_combo";
-      c.causal = true;
-      c.align = FSDPA_ALIGN_BOTTOM_RIGHT;
-      c.wl = 37;
-      c.alibi = true;
-      c.softcap = 5.0f;
-      c.mask = MaskKind::boolean;
-      c.scale = 0.3f;
-      grid.push_back(c);
+      grid.push_back(case_of(s, dt));
+      grid.push_back(with_all_features(case_of(s, dt)));
       if (!quick && (si == 14 || si == 2)) {
-        Case d = base(s, dt);
+        Case d = case_of(s, dt);
         d.name += "_causal_br_dropout";
         d.causal = true;
         d.align = FSDPA_ALIGN_BOTTOM_RIGHT;
@@ -123,34 +106,16 @@ std::vector<Case> make_grid(bool quick) {
         grid.push_back(d);
       }
     }
-  const Shape f = shapes[1];
   for (DT dt : dts) {
     if (quick && dt != DT::bf16) continue;  // quick: the tensor-core path
+    const Case f = case_of(shapes[1], dt);
+    add_feature_cases(grid, f);
     auto add = [&](const char* name, auto&& set) {
-      Case c = base(f, dt);
-      c.name = std::string(f.n) + "_" + name;
+      Case c = f;
+      c.name += std::string("_") + name;
       set(c);
       grid.push_back(c);
     };
-    add("causal_tl", [](Case& c) { c.causal = true; });
-    add("causal_br", [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    add("window_br", [](Case& c) { c.wl = 16; c.wr = 8; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    add("window_tl_left", [](Case& c) { c.wl = 50; });
-    add("window_tl_right", [](Case& c) { c.wr = 3; });
-    add("bool_mask", [](Case& c) { c.mask = MaskKind::boolean; });
-    add("additive_mask", [](Case& c) { c.mask = MaskKind::additive; });
-    add("empty_rows", [](Case& c) { c.mask = MaskKind::empty_rows; });
-    add("alibi", [](Case& c) { c.alibi = true; });
-    add("alibi_causal_br", [](Case& c) { c.alibi = true; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    add("softcap", [](Case& c) { c.softcap = 2.0f; c.scale = 1.0f; });
-    add("dropout", [](Case& c) { c.dropout = 0.2f; });
-    add("dropout_causal", [](Case& c) { c.dropout = 0.5f; c.causal = true; });
-    add("bshd", [](Case& c) { c.bshd = true; });
-    add("bshd_causal_additive", [](Case& c) { c.bshd = true; c.causal = true; c.mask = MaskKind::additive; });
-    add("varlen", [](Case& c) { c.varlen = true; c.B = 3; });
-    add("varlen_causal_br", [](Case& c) { c.varlen = true; c.B = 3; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    add("varlen_window_dropout", [](Case& c) { c.varlen = true; c.B = 3; c.wl = 20; c.wr = 5; c.dropout = 0.1f; });
-    add("causal_br_sq_gt_sk", [](Case& c) { std::swap(c.Sq, c.Sk); c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
     // Block-structured masks (see blockify): exercise mask block skipping.
     add("blockmask_bool", [](Case& c) { c.mask = MaskKind::boolean; });
     add("blockmask_bool_causal_alibi", [](Case& c) { c.mask = MaskKind::boolean; c.causal = true; c.alibi = true; });
