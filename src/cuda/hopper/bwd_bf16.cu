@@ -4,7 +4,9 @@
 namespace fsdpa {
 namespace cuda {
 namespace hopper {
-cudaError_t bwd_bf16(const BwdArgs& a, cudaStream_t s) { return launch_bwd_dtype<__nv_bfloat16>(a, s); }
+cudaError_t bwd_bf16(const BwdArgs& a, bool simple, cudaStream_t s) {
+  return launch_bwd_dtype<__nv_bfloat16>(a, simple, s);
+}
 }  // namespace hopper
 }  // namespace cuda
 }  // namespace fsdpa

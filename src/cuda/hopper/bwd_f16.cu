@@ -4,7 +4,9 @@
 namespace fsdpa {
 namespace cuda {
 namespace hopper {
-cudaError_t bwd_f16(const BwdArgs& a, cudaStream_t s) { return launch_bwd_dtype<__half>(a, s); }
+cudaError_t bwd_f16(const BwdArgs& a, bool simple, cudaStream_t s) {
+  return launch_bwd_dtype<__half>(a, simple, s);
+}
 }  // namespace hopper
 }  // namespace cuda
 }  // namespace fsdpa

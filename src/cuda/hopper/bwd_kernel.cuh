@@ -11,7 +11,8 @@
 //     with no visible key, so that P = 0 there) and Delta = rowsum(dO * O)
 //     of the stage's rows into shared memory (`lse full` mbarrier, 32
 //     arrivals); both wait on the stage's `empty` mbarrier (one arrive per
-//     consumer warp).
+//     consumer thread: each orders its own reads of lse/Delta, which
+//     compute-sanitizer's racecheck can follow).
 //   consumers, per query block of kBM rows (kBM = 64 at D = 128, 128 at
 //   D = 64):
 //     S^T  = K Q^T     wgmma m64n{kBM}k16, A = K, B = Q (smem, K-major)
@@ -64,7 +65,12 @@ struct BwdArgs {
   float* dqacc;       // fp32 dQ workspace, [(token * Hq + h) * D + d], zeroed
 };
 
-template <typename T, int D>
+// PIPE: dV += P^T dO is issued as soon as P^T is known, so that it runs
+// under dP^T and the dS arithmetic. PIPE = false: dV and dK are issued
+// together after dS (the first version; FLASHSDPA_CUDA_HOPPER_BWD_SIMPLE=1,
+// and always at D = 64, where P's 32 registers held across the dS
+// arithmetic make ptxas serialise every wgmma, info C7512).
+template <typename T, int D, bool PIPE>
 __global__ void __launch_bounds__(BwdCfg<D>::kThreads, 1)
 bwd_kernel(const __grid_constant__ BwdArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -106,7 +112,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
     for (int s = 0; s < ST; ++s) {
       mbar_init(bQf(s), 1);
       mbar_init(bLf(s), 32);
-      mbar_init(bE(s), 8);
+      mbar_init(bE(s), 256);
     }
     mbar_init_fence();
   }
@@ -195,6 +201,29 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.0f;
 
+    // dQ of a step: this thread's atomics target (nullptr: row past the
+    // sequence) and fragment. Even t: row g, columns 8n + 2t .. + 3; odd t:
+    // row g + 8, columns 8n + 2(t - 1) .. + 3 (the quad swaps halves).
+    const int odd = t & 1;
+    auto dq_dst = [&](int h, int q0) -> float* {
+      const int qr = q0 + (BM == 128 ? cw * 64 : 0) + wq * 16 + g + 8 * odd;
+      const int dc = (BM == 64 ? cw * 64 : 0) + 2 * (t - odd);
+      return qr < e.sq ? a.dqacc + (q_token(p, b, e, qr) * p.heads_q + h) * D + dc : nullptr;
+    };
+    auto dq_atomics = [&](float* dst, const float* dq) {
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        const float s0 = odd ? dq[4 * n] : dq[4 * n + 2];
+        const float s1 = odd ? dq[4 * n + 1] : dq[4 * n + 3];
+        const float r0 = __shfl_xor_sync(0xffffffffu, s0, 1);
+        const float r1 = __shfl_xor_sync(0xffffffffu, s1, 1);
+        const float4 v = odd ? make_float4(r0, r1, dq[4 * n + 2], dq[4 * n + 3])
+                             : make_float4(dq[4 * n], dq[4 * n + 1], r0, r1);
+        if (dst != nullptr) atomicAdd(reinterpret_cast<float4*>(dst + 8 * n), v);
+      }
+    };
+    float dq[32];
+
     if (nit > 0) mbar_wait(bKV, 0);
     for (int it = 0; it < nit; ++it) {
       const int s = it % ST, buf = it & 1;
@@ -245,7 +274,20 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
           sc[4 * n + x] = pr;
         }
       }
-      wgmma_wait<0>();
+      uint32_t pa[BM / 4], da[BM / 4];
+      if constexpr (PIPE) {
+        // dV += P^T dO now, under dP^T and the dS arithmetic.
+        p_to_a<T, BM>(sc, pa);
+        fence_regs<BM / 4>(pa);
+        wgmma_fence();
+        const uint64_t b1 = make_desc(sdO + s * kQBytes, BM * 128, 1024);
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T, D>::rs(dv, pa + 4 * kk, mnmaj(b1, kk), 1);
+        wgmma_commit();
+        wgmma_wait<1>();  // dP^T done
+      } else {
+        wgmma_wait<0>();
+      }
       fence_regs<BM / 2>(dp);
       fence_regs<BM / 2>(sc);
       // dS^T
@@ -258,14 +300,15 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
           dp[4 * n + x] = sc[4 * n + x] * (dp[4 * n + x] - dv_) * p.scale;
         }
       }
-      uint32_t pa[BM / 4], da[BM / 4];
-      p_to_a<T, BM>(sc, pa);
+      if constexpr (!PIPE) p_to_a<T, BM>(sc, pa);
       p_to_a<T, BM>(dp, da);
       wgmma_fence();
       {
-        const uint64_t b1 = make_desc(sdO + s * kQBytes, BM * 128, 1024);
+        if constexpr (!PIPE) {
+          const uint64_t b1 = make_desc(sdO + s * kQBytes, BM * 128, 1024);
 #pragma unroll
-        for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T, D>::rs(dv, pa + 4 * kk, mnmaj(b1, kk), 1);
+          for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T, D>::rs(dv, pa + 4 * kk, mnmaj(b1, kk), 1);
+        }
         const uint64_t b2 = make_desc(sQ + s * kQBytes, BM * 128, 1024);
 #pragma unroll
         for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T, D>::rs(dk, da + 4 * kk, mnmaj(b2, kk), 1);
@@ -286,7 +329,6 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       }
       fence_proxy_async();
       named_bar_sync(1, 256);
-      float dq[32];
       wgmma_fence();
       {
         const uint64_t a1 =
@@ -302,27 +344,8 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       fence_regs<32>(dq);
       fence_regs<BM / 4>(pa);
       fence_regs<BM / 4>(da);
-      __syncwarp();
-      if (lane == 0) mbar_arrive(bE(s));
-      // dQ atomics: even t -> row g, columns 8n + 2t .. + 3; odd t -> row
-      // g + 8, columns 8n + 2(t - 1) .. + 3.
-      {
-        const int odd = t & 1;
-        const int qr = q0 + (BM == 128 ? cw * 64 : 0) + wq * 16 + g + 8 * odd;
-        const int dc = (BM == 64 ? cw * 64 : 0) + 2 * (t - odd);
-        float* dst = qr < e.sq ? a.dqacc + (q_token(p, b, e, qr) * p.heads_q + h) * D + dc
-                               : nullptr;
-#pragma unroll
-        for (int n = 0; n < 8; ++n) {
-          const float s0 = odd ? dq[4 * n] : dq[4 * n + 2];
-          const float s1 = odd ? dq[4 * n + 1] : dq[4 * n + 3];
-          const float r0 = __shfl_xor_sync(0xffffffffu, s0, 1);
-          const float r1 = __shfl_xor_sync(0xffffffffu, s1, 1);
-          const float4 v = odd ? make_float4(r0, r1, dq[4 * n + 2], dq[4 * n + 3])
-                               : make_float4(dq[4 * n], dq[4 * n + 1], r0, r1);
-          if (dst != nullptr) atomicAdd(reinterpret_cast<float4*>(dst + 8 * n), v);
-        }
-      }
+      mbar_arrive(bE(s));
+      dq_atomics(dq_dst(h, q0), dq);
     }
     // dK, dV (rows past the sequence are not written).
     T* dkg = static_cast<T*>(p.dk);
@@ -343,9 +366,9 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
 #endif
 }
 
-// bwd_f16.cu, bwd_bf16.cu: D in {64, 128}.
-cudaError_t bwd_f16(const BwdArgs& a, cudaStream_t s);
-cudaError_t bwd_bf16(const BwdArgs& a, cudaStream_t s);
+// bwd_f16.cu, bwd_bf16.cu: D in {64, 128}; simple: PIPE = false.
+cudaError_t bwd_f16(const BwdArgs& a, bool simple, cudaStream_t s);
+cudaError_t bwd_bf16(const BwdArgs& a, bool simple, cudaStream_t s);
 
 }  // namespace hopper
 }  // namespace cuda

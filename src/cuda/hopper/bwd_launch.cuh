@@ -11,10 +11,10 @@ namespace fsdpa {
 namespace cuda {
 namespace hopper {
 
-template <typename T, int D>
+template <typename T, int D, bool PIPE>
 cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
   using C = BwdCfg<D>;
-  auto kern = bwd_kernel<T, D>;
+  auto kern = bwd_kernel<T, D, PIPE>;
   cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;
   const AttnParams& p = a.p;
@@ -29,11 +29,12 @@ cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
   return cudaGetLastError();
 }
 
+// simple: the kernel without the PIPE overlaps (bwd_kernel.cuh).
 template <typename T>
-cudaError_t launch_bwd_dtype(const BwdArgs& a, cudaStream_t s) {
+cudaError_t launch_bwd_dtype(const BwdArgs& a, bool simple, cudaStream_t s) {
   switch (a.p.head_dim) {
-    case 64: return launch_bwd<T, 64>(a, s);
-    case 128: return launch_bwd<T, 128>(a, s);
+    case 64: return launch_bwd<T, 64, false>(a, s);  // PIPE does not fit (C7512)
+    case 128: return simple ? launch_bwd<T, 128, false>(a, s) : launch_bwd<T, 128, true>(a, s);
     default: return cudaErrorNotSupported;
   }
 }

@@ -126,7 +126,11 @@ cudaError_t run_bwd(const AttnParams& p, const float* dsum, float* dqacc, cudaSt
       !make_map(&a.tk, p.dtype, p.k, p.k_stride, sk, p.heads_k, nb, D, C::kBN) ||
       !make_map(&a.tv, p.dtype, p.v, p.v_stride, sk, p.heads_k, nb, D, C::kBN))
     return cudaErrorNotSupported;
-  return p.dtype == DType::bf16 ? hopper::bwd_bf16(a, s) : hopper::bwd_f16(a, s);
+  // FLASHSDPA_CUDA_HOPPER_BWD_SIMPLE=1: the kernel without the overlaps of
+  // PIPE (bwd_kernel.cuh), for comparison.
+  const char* v = getenv("FLASHSDPA_CUDA_HOPPER_BWD_SIMPLE");
+  const bool simple = v != nullptr && *v != '\0' && strcmp(v, "0") != 0;
+  return p.dtype == DType::bf16 ? hopper::bwd_bf16(a, simple, s) : hopper::bwd_f16(a, simple, s);
 }
 
 }  // namespace
