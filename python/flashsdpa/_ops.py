@@ -12,6 +12,7 @@ strides, so a transposed ``[B, S, H, D]`` tensor is passed as a view) or, when
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections import Counter
@@ -32,9 +33,10 @@ _lock = threading.Lock()
 counters: Counter = Counter()
 
 
-def _count(key: str) -> None:
+def _count(*keys: str) -> None:
     with _lock:
-        counters[key] += 1
+        for key in keys:
+            counters[key] += 1
 
 
 # ---------------------------------------------------------------------------
@@ -85,17 +87,12 @@ def _stream(t: Tensor) -> int:
     return 0
 
 
-class _NoGuard:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+_NO_GUARD = contextlib.nullcontext()
 
 
 def _guard(device: torch.device):
     # PyTorch exports CUDA tensors through DLPack only from their own device.
-    return torch.cuda.device(device) if device.type == "cuda" else _NoGuard()
+    return torch.cuda.device(device) if device.type == "cuda" else _NO_GUARD
 
 
 def _dl(t: Optional[Tensor]):
@@ -175,7 +172,7 @@ def _params(
 
 def _d(t: Optional[Tensor]) -> Optional[Tensor]:
     # torch refuses to export tensors that require grad through DLPack.
-    return None if t is None else t.detach()
+    return t.detach() if t is not None and t.requires_grad else t
 
 
 def _out_shapes(q: Tensor, v: Tensor, varlen: bool, out_bshd: bool):
@@ -186,8 +183,9 @@ def _out_shapes(q: Tensor, v: Tensor, varlen: bool, out_bshd: bool):
         lse = q.new_empty((hq, total), dtype=torch.float32)
     else:
         b, hq, sq = q.shape[0], q.shape[1], q.shape[2]
-        if out_bshd:
-            out = q.new_empty((b, sq, hq, v.shape[-1])).transpose(1, 2)
+        if out_bshd:  # a [B, S, H, Dv] buffer seen as [B, H, S, Dv]
+            dv = v.shape[-1]
+            out = q.new_empty_strided((b, hq, sq, dv), (sq * hq * dv, dv, hq * dv, 1))
         else:
             out = q.new_empty((b, hq, sq, v.shape[-1]))
         lse = q.new_empty((b, hq, sq), dtype=torch.float32)
@@ -228,8 +226,7 @@ def _fwd_kernel(
     run_fwd, _ = _runner(q.device)
     run_fwd(p, _d(q), _d(k), _d(v), out, lse, _d(mask), _d(alibi_slopes), cu_seqlens_q,
             cu_seqlens_k, q.device)
-    _count("dispatched")
-    _count("dispatched:" + q.device.type)
+    _count("dispatched", "dispatched:" + q.device.type)
     return out, lse
 
 
