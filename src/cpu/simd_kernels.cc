@@ -209,7 +209,7 @@ HWY_INLINE void AccumBlock(int r0, int k, int64_t n, int N, const float* HWY_RES
     for (int i = 0; i < kR; ++i) p[i] = hn::Set(d, P[(r0 + i) * ldp + j]);
     for (int c = 0; c < kC; ++c) {
       const VU bits = n < lanes ? LoadBitsTail<kBF16>(row, k, n) : LoadBits<kBF16>(row, k + c * lanes);
-        for (int i = 0; i < kR; ++i) acc[i][c] = hn::MulAdd(p[i], hn::BitCast(d, bits), acc[i][c]);
+      for (int i = 0; i < kR; ++i) acc[i][c] = hn::MulAdd(p[i], hn::BitCast(d, bits), acc[i][c]);
     }
   }
   for (int i = 0; i < kR; ++i)
