@@ -8,8 +8,10 @@
 // vs the fp32 SIMT path on the GPU), and the NaN-input check.
 //
 // No GPU: prints SKIP and exits 77 (ctest SKIP_RETURN_CODE).
-// On sm_90 the fp16/bf16 cases in its scope run the Hopper (wgmma) forward;
-// --no-hopper (FLASHSDPA_CUDA_NO_HOPPER=1) runs them on the sm_80 kernels.
+// On sm_90 the fp16/bf16 cases in its scope run the Hopper (wgmma) forward
+// and, with deterministic = 0 (every case but the determinism check), the
+// Hopper backward; --no-hopper (FLASHSDPA_CUDA_NO_HOPPER=1) runs them on the
+// sm_80 kernels.
 // Usage: flashsdpa_cuda_tests [--quick] [--filter SUBSTR] [--threads N] [--no-long]
 //                             [--no-hopper] [--long-only]
 #include <cuda_runtime.h>

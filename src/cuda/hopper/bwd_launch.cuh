@@ -19,10 +19,11 @@ cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
   if (err != cudaSuccess) return err;
   const AttnParams& p = a.p;
   const dim3 grid((p.seqlen_k + C::kBN - 1) / C::kBN, p.heads_k, p.batch);
-  if (grid.x == 0) return cudaSuccess;
-  kern<<<grid, C::kThreads, C::kSmem, s>>>(a);
-  err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
+  if (grid.x > 0) {
+    kern<<<grid, C::kThreads, C::kSmem, s>>>(a);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
   const int64_t work = (p.seqlen_q * ((p.head_dim + 1) / 2) + 255) / 256;
   const int bx = static_cast<int>(work < 1024 ? work : 1024);
   if (bx > 0) dq_convert_kernel<T><<<dim3(bx, p.heads_q, p.batch), 256, 0, s>>>(p, a.dqacc, D);

@@ -138,6 +138,7 @@ cudaError_t run_bwd(const AttnParams& p, const float* dsum, float* dqacc, cudaSt
 bool hopper_bwd_supported(const AttnParams& p) {
   if (p.deterministic || !hopper_fwd_supported(p)) return false;
   if (p.dout_dtype != p.dtype || p.lse == nullptr) return false;
+  if (p.heads_k > 65535) return false;  // grid.y
   if (!aligned16(p.dout) || !aligned16(p.dk) || !aligned16(p.dv)) return false;
   const int64_t* st[3] = {p.dout_stride, p.dk_stride, p.dv_stride};
   for (const int64_t* x : st)
