@@ -116,8 +116,8 @@ def _sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, check_finit
     if m is not None and m.dim() == 1:
         m = m.unsqueeze(0)
     rng = _ops.new_rng(dropout_p)
-    out, _ = _ops.call_fwd(q, k, v, m, None, None, None, 0, 0, scale, bool(is_causal), False, -1, -1,
-                      0.0, float(dropout_p), rng, False, check_finite, True)
+    out, _ = _ops.call_fwd(q, k, v, m, None, None, None, 0, 0, scale, bool(is_causal), False,
+                           -1, -1, 0.0, float(dropout_p), rng, False, check_finite, True)
     return out.squeeze(1) if three_d else out
 
 
@@ -209,9 +209,9 @@ def flash_attn_func(
     wl, wr = _window(window_size)
     rng = _ops.new_rng(dropout_p)
     out, lse = _ops.call_fwd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None,
-                        _alibi(alibi_slopes), None, None, 0, 0, softmax_scale, bool(causal), True,
-                        wl, wr, float(softcap), float(dropout_p), rng, bool(deterministic),
-                        _ops.default_check_finite(q.device), True)
+                             _alibi(alibi_slopes), None, None, 0, 0, softmax_scale, bool(causal),
+                             True, wl, wr, float(softcap), float(dropout_p), rng,
+                             bool(deterministic), _ops.default_check_finite(q.device), True)
     out = out.transpose(1, 2)
     if return_attn_probs:
         return out, lse, None
@@ -250,9 +250,9 @@ def flash_attn_varlen_func(
     wl, wr = _window(window_size)
     rng = _ops.new_rng(dropout_p)
     out, lse = _ops.call_fwd(q, k, v, None, _alibi(alibi_slopes), cu_seqlens_q, cu_seqlens_k,
-                        int(max_seqlen_q), int(max_seqlen_k), softmax_scale, bool(causal), True,
-                        wl, wr, float(softcap), float(dropout_p), rng, bool(deterministic),
-                        _ops.default_check_finite(q.device), False)
+                             int(max_seqlen_q), int(max_seqlen_k), softmax_scale, bool(causal),
+                             True, wl, wr, float(softcap), float(dropout_p), rng,
+                             bool(deterministic), _ops.default_check_finite(q.device), False)
     if return_attn_probs:
         return out, lse, None
     return (out, lse) if return_lse else out
