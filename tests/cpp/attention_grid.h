@@ -1,5 +1,5 @@
 // The part of the test grid every backend's test shares (tests/cpp for the
-// CPU, tests/cuda for CUDA): shapes, the "all features combined" variant of
+// CPU, tests/cuda for CUDA): the first shapes, the "all features combined" variant of
 // a case, and every feature alone on one shape. Each test adds its own
 // backend-specific shapes and cases on top. (The Metal emulator tests keep
 // their own grid in tests/metal/attention/metal_grid.h: it is also read at
@@ -18,6 +18,23 @@ struct Shape {
   const char* name;
   int64_t B, Hq, Hk, Sq, Sk, D, Dv;
 };
+
+// The shapes every backend's grid starts with (odd sizes, head dims from 16
+// to 256, Dv != D, GQA and MQA); each test appends its own.
+inline std::vector<Shape> shared_shapes() {
+  return {
+      {"s1x1", 1, 1, 1, 1, 1, 32, 32},
+      {"s113x203_d59_gqa", 2, 4, 2, 113, 203, 59, 59},
+      {"s128x217_d64", 1, 2, 2, 128, 217, 64, 64},
+      {"s256x512_d32_mqa", 2, 3, 1, 256, 512, 32, 32},
+      {"s512x256_d111", 1, 2, 1, 512, 256, 111, 111},
+      {"s1023x1024_d32", 1, 1, 1, 1023, 1024, 32, 32},
+      {"s113x203_d128", 1, 2, 2, 113, 203, 128, 128},
+      {"s77x90_d256", 1, 1, 1, 77, 90, 256, 256},
+      {"s100x150_d64_dv40", 2, 3, 3, 100, 150, 64, 40},
+      {"s65x64_d16_dv96", 1, 2, 1, 65, 64, 16, 96},
+  };
+}
 
 inline Case case_of(const Shape& s, DT dt) {
   Case c;

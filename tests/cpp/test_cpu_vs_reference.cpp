@@ -14,24 +14,15 @@ namespace {
 std::vector<Case> make_grid() {
   std::vector<Case> grid;
   const DT dts[] = {DT::f32, DT::f16, DT::bf16};
-  const Shape shapes[] = {
-      {"s1x1", 1, 1, 1, 1, 1, 32, 32},
-      {"s113x203_d59_gqa", 2, 4, 2, 113, 203, 59, 59},
-      {"s128x217_d64", 1, 2, 2, 128, 217, 64, 64},
-      {"s256x512_d32_mqa", 2, 3, 1, 256, 512, 32, 32},
-      {"s512x256_d111", 1, 2, 1, 512, 256, 111, 111},
-      {"s1023x1024_d32", 1, 1, 1, 1023, 1024, 32, 32},
-      {"s113x203_d128", 1, 2, 2, 113, 203, 128, 128},
-      {"s77x90_d256", 1, 1, 1, 77, 90, 256, 256},
-      {"s100x150_d64_dv40", 2, 3, 3, 100, 150, 64, 40},
-      {"s65x64_d16_dv96", 1, 2, 1, 65, 64, 16, 96},
+  std::vector<Shape> shapes = shared_shapes();
+  shapes.insert(shapes.end(), {
       {"s37x300_d59_gqa_decode", 2, 4, 2, 37, 300, 59, 59},
       // Decode with <= 16 query rows: K/V read in place (row tails, D < 8
       // vectors, D = 2 blocks of 8 vectors).
       {"s5x300_d59_gqa_inplace", 2, 4, 2, 5, 300, 59, 59},
       {"s1x1000_d80_dv48_inplace", 1, 2, 1, 1, 1000, 80, 48},
       {"s16x130_d256_inplace", 1, 2, 2, 16, 130, 256, 256},
-  };
+  });
   // Every shape x dtype: plain, and the combination of all features.
   for (const Shape& s : shapes)
     for (DT dt : dts) {
