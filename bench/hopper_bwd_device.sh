@@ -19,10 +19,11 @@ set -o pipefail
 STEPS=${1:-info,quick}
 OUT=${OUT:-/tmp/hopper_out}
 mkdir -p "$OUT"
-LIB=.carry/libflashsdpa.so
-TEST=.carry/flashsdpa_cuda_tests
+CARRY=${CARRY:-.carry}  # folder of the carried binaries (bench/hopper_carry.sh)
+LIB=$CARRY/libflashsdpa.so
+TEST=$CARRY/flashsdpa_cuda_tests
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
-export LD_LIBRARY_PATH=$PWD/.carry:$PWD/.devdeps/lib:$LD_LIBRARY_PATH
+export LD_LIBRARY_PATH=$PWD/$CARRY:$PWD/.devdeps/lib:$LD_LIBRARY_PATH
 T0=$(date +%s)
 el() { echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
 if has info; then

@@ -23,17 +23,18 @@ set -o pipefail
 STEPS=${1:-info,quick}
 OUT=${OUT:-/tmp/hopper_out}
 mkdir -p "$OUT"
-LIB=.carry/libflashsdpa.so
-TEST=.carry/flashsdpa_cuda_tests
+CARRY=${CARRY:-.carry}  # folder of the carried binaries (bench/hopper_carry.sh)
+LIB=$CARRY/libflashsdpa.so
+TEST=$CARRY/flashsdpa_cuda_tests
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
 if [ ! -x "$TEST" ]; then
   cmake -S . -B build-d -G Ninja -DCMAKE_PREFIX_PATH=$PWD/.devdeps \
     -DFLASHSDPA_CUDA_ARCHITECTURES=90a-real -DFLASHSDPA_METAL_EMU_TESTS=OFF >"$OUT/cfg.log" 2>&1 &&
     cmake --build build-d -j16 --target flashsdpa flashsdpa_cuda_tests >"$OUT/build.log" 2>&1 ||
     { tail -30 "$OUT/build.log"; exit 1; }
-  mkdir -p .carry && cp build-d/src/libflashsdpa.so build-d/flashsdpa_cuda_tests .carry/
+  mkdir -p $CARRY && cp build-d/src/libflashsdpa.so build-d/flashsdpa_cuda_tests $CARRY/
 fi
-export LD_LIBRARY_PATH=$PWD/.carry:$PWD/.devdeps/lib:$LD_LIBRARY_PATH
+export LD_LIBRARY_PATH=$PWD/$CARRY:$PWD/.devdeps/lib:$LD_LIBRARY_PATH
 if has info; then
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv | tee -a "$OUT/info.txt"
 fi

@@ -226,18 +226,18 @@ fsdpa_status forward(const AttnParams& p, void* stream) {
   } else {
     const int vec = vec_bits(p, false);
     const int nsplit = choose_splits(p, dp);
+    Buf flags;
+    MaskTiles mt{nullptr, 0, 0, 0, 0};
+    st = classify_mask(p, flags, &mt, s);
+    if (st != FSDPA_OK) return st;
     if (use_hopper(p, nsplit)) {
-      err = hopper_fwd(p, s);
+      err = hopper_fwd(p, mt, s);
       if (err != cudaErrorNotSupported) {
         if (err != cudaSuccess) return cuda_fail(err, "forward kernel launch");
         return FSDPA_OK;
       }
     }
     auto run = p.dtype == DType::f16 ? tc_fwd_f16 : tc_fwd_bf16;
-    Buf flags;
-    MaskTiles mt{nullptr, 0, 0, 0, 0};
-    st = classify_mask(p, flags, &mt, s);
-    if (st != FSDPA_OK) return st;
     if (nsplit <= 1) {
       err = run(p, dp, vec, mt, 1, nullptr, nullptr, s);
     } else {
@@ -276,7 +276,12 @@ fsdpa_status backward(const AttnParams& p, void* stream) {
   const int dp = bucket_for(p.head_dim, p.head_dim_v);
   const bool simt = p.dtype == DType::f32 || dp == 0 || env_flag("FLASHSDPA_CUDA_SIMT");
   bool done = false;
-  Buf hdqacc;
+  Buf hdqacc, flags;
+  MaskTiles mt{nullptr, 0, 0, 0, 0};
+  if (!simt) {
+    st = classify_mask(p, flags, &mt, s);
+    if (st != FSDPA_OK) return st;
+  }
   if (simt) {
     simt_backward(p, dsum.as<float>(), s);
     err = cudaGetLastError();
@@ -288,15 +293,11 @@ fsdpa_status backward(const AttnParams& p, void* stream) {
     if (err != cudaSuccess) return cuda_fail(err, "dQ workspace allocation");
     err = cudaMemsetAsync(dqacc.ptr, 0, bytes, s);
     if (err != cudaSuccess) return cuda_fail(err, "dQ workspace zeroing");
-    err = hopper_bwd(p, dsum.as<float>(), dqacc.as<float>(), s);
+    err = hopper_bwd(p, mt, dsum.as<float>(), dqacc.as<float>(), s);
     done = err != cudaErrorNotSupported;
   }
   if (!done) {
     auto run = p.dtype == DType::f16 ? tc_bwd_f16 : tc_bwd_bf16;
-    Buf flags;
-    MaskTiles mt{nullptr, 0, 0, 0, 0};
-    st = classify_mask(p, flags, &mt, s);
-    if (st != FSDPA_OK) return st;
     // Non-deterministic: dQ by fp32 atomics in the dK/dV kernel (5 products).
     // FLASHSDPA_CUDA_DQ_KERNEL=1 keeps the separate dQ kernel.
     Buf dqacc;

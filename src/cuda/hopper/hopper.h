@@ -1,11 +1,13 @@
 // Host API of the Hopper (sm_90a) forward: wgmma + TMA, warp-specialised.
-// cuda_backend.cu calls hopper_fwd_usable() and hopper_fwd(); everything
+// cuda_backend.cu calls hopper_fwd_supported(), hopper_fwd_available() and
+// hopper_fwd() (and the hopper_bwd* pair); everything
 // else keeps the sm_80 tensor-core path (tc.cuh).
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include "core/attn_params.h"
+#include "cuda/launch.h"
 
 namespace fsdpa {
 namespace cuda {
@@ -20,7 +22,9 @@ bool hopper_fwd_supported(const AttnParams& p);
 bool hopper_fwd_available(int dev);
 // Runs the forward; cudaErrorNotSupported (nothing launched) when the
 // tensor maps cannot describe the inputs: the caller falls back.
-cudaError_t hopper_fwd(const AttnParams& p, cudaStream_t s);
+// mt: the mask's 32x32 tile flags (cuda/launch.h; flags == nullptr when there
+// is no mask or no classification).
+cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, cudaStream_t s);
 
 // The backward's scope: hopper_fwd_supported() for q, k, v, plus dout, dk,
 // dv with the same dtype and alignment rules, and deterministic = 0 (dQ
@@ -29,7 +33,8 @@ bool hopper_bwd_supported(const AttnParams& p);
 // dK, dV and dQ (through dqacc: zeroed fp32 [(token * Hq + h) * D + d],
 // then converted into dq). dsum: Delta = rowsum(dO * O) from
 // bwd_preprocess. cudaErrorNotSupported (nothing launched): fall back.
-cudaError_t hopper_bwd(const AttnParams& p, const float* dsum, float* dqacc, cudaStream_t s);
+cudaError_t hopper_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum, float* dqacc,
+                       cudaStream_t s);
 
 }  // namespace cuda
 }  // namespace fsdpa
