@@ -70,6 +70,47 @@ struct Dev {
   DLTensor* operator&() { return &dl; }
 };
 
+// ---- hbm_*: masks on the Hopper backward (sm_90) ------------------------------
+// Shapes in the Hopper kernels' scope (D 64/128, fp16/bf16) with bool and
+// additive masks whose patterns (hbm_mask) make the backward skip steps of
+// 128 keys x 64/128 query rows (state 0), run them unmasked (state 1) or
+// with the per-element mask (state 2): blocks aligned and unaligned to 128,
+// rows and keys with no visible entry, broadcast and per-(b, h) masks,
+// with causal / windows and GQA/MQA, sizes across the 128 edges. The
+// pattern is named in the case name (see hbm_mask).
+void add_hbm_cases(std::vector<Case>& grid, bool quick) {
+  struct S { const char* n; int64_t B, Hq, Hk, Sq, Sk, D; };
+  const S hs[] = {
+      {"hbm_s300x440_d64_gqa", 2, 4, 2, 300, 440, 64},
+      {"hbm_s257x384_d128_gqa", 1, 4, 2, 257, 384, 128},
+      {"hbm_s640x520_d128_mqa", 1, 2, 1, 640, 520, 128},
+      {"hbm_s129x260_d64", 2, 2, 2, 129, 260, 64},
+  };
+  for (DT dt : {DT::bf16, DT::f16}) {
+    if (quick && dt != DT::bf16) continue;
+    for (const S& x : hs) {
+      auto add = [&](const char* name, MaskKind m, auto&& set) {
+        Case c;
+        c.name = std::string(x.n) + "_" + name;
+        c.B = x.B; c.Hq = x.Hq; c.Hk = x.Hk; c.Sq = x.Sq; c.Sk = x.Sk; c.D = x.D; c.Dv = x.D;
+        c.dt = dt;
+        c.mask = m;
+        set(c);
+        grid.push_back(c);
+      };
+      add("bs128", MaskKind::boolean, [](Case&) {});
+      add("bs48_causal_br", MaskKind::boolean, [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+      add("add96", MaskKind::additive, [](Case&) {});
+      if (quick) continue;
+      add("perbh_window_l150_r20", MaskKind::boolean, [](Case& c) { c.wl = 150; c.wr = 20; });
+      add("bs128_causal_tl", MaskKind::boolean, [](Case& c) { c.causal = true; });
+      add("addbh_causal_tl", MaskKind::additive, [](Case& c) { c.causal = true; });
+      add("add96_window_br_l64_r64", MaskKind::additive, [](Case& c) { c.wl = 64; c.wr = 64; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+      add("dense_bool", MaskKind::boolean, [](Case&) {});
+    }
+  }
+}
+
 std::vector<Case> make_grid(bool quick) {
   std::vector<Case> grid;
   const DT dts[] = {DT::f32, DT::f16, DT::bf16};
@@ -155,6 +196,7 @@ std::vector<Case> make_grid(bool quick) {
       add("scale0.3", [](Case& c) { c.scale = 0.3f; });
     }
   }
+  add_hbm_cases(grid, quick);
   return grid;
 }
 
@@ -229,10 +271,60 @@ void blockify(Problem& pr) {
   pr.p.mask = &pr.mask;
 }
 
+// Masks of the hbm_* cases (add_hbm_cases), by the pattern in the name:
+//   bs128 / bs48: bool [B, 1, Sq, Sk], blocks of 128 (48) x 128 (48): block
+//     (bi, bj) of batch b all false when (bi + 2 bj + b) % 3 == 0, random
+//     where (bi + bj) % 4 == 1, else all true;
+//   perbh: bool [B, Hq, Sq, Sk], blocks of 64 rows x 128 keys, the same rule
+//     with the head in the phase;
+//   add96: additive fp32 [Sq, Sk], blocks of 96: -inf, random or 0;
+//   addbh: additive in the case's dtype, [1, Hq, Sq, Sk] (broadcast over
+//     the batch), blocks of 64 x 128 as perbh;
+//   dense_bool: bool [B, 1, Sq, Sk], 85% true (every step mixed).
+// Every pattern also masks rows 40..50 (no visible key) and keys 140..170
+// (no query sees them) entirely.
+void hbm_mask(Problem& pr) {
+  const Case& c = pr.c;
+  std::mt19937 g(7);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  std::bernoulli_distribution keep(0.7), dense(0.85);
+  const std::string& n = c.name;
+  auto has = [&](const char* x) { return n.find(x) != std::string::npos; };
+  const bool additive = c.mask == MaskKind::additive;
+  const bool perbh = has("perbh") || has("addbh");
+  const int64_t bi_sz = has("bs48") ? 48 : has("add96") ? 96 : perbh ? 64 : 128;
+  const int64_t bj_sz = has("bs48") ? 48 : has("add96") ? 96 : 128;
+  const int64_t MB = has("addbh") ? 1 : c.B, MH = perbh ? c.Hq : 1;
+  const DT mdt = !additive ? DT::u8 : has("addbh") ? c.dt : DT::f32;
+  pr.mask = has("add96") ? Tensor({c.Sq, c.Sk}, mdt) : Tensor({MB, MH, c.Sq, c.Sk}, mdt);
+  for (int64_t x = 0; x < pr.mask.numel(); ++x) {
+    const int64_t j = x % c.Sk, i = (x / c.Sk) % c.Sq, h = (x / (c.Sk * c.Sq)) % MH,
+                  b = x / (c.Sk * c.Sq * MH);
+    // 0: masked, 1: visible (additive 0), 2: random.
+    int kind;
+    if (has("dense_bool")) {
+      kind = 2;
+    } else {
+      const int64_t bi = i / bi_sz, bj = j / bj_sz;
+      kind = (bi + 2 * bj + b + h) % 3 == 0 ? 0 : (bi + bj) % 4 == 1 ? 2 : 1;
+    }
+    if ((i >= 40 && i <= 50) || (j >= 140 && j <= 170)) kind = 0;
+    double v;
+    if (!additive) {
+      v = kind == 0 ? 0 : kind == 1 ? 1 : (has("dense_bool") ? dense(g) : keep(g));
+    } else {
+      v = kind == 0 ? -INFINITY : kind == 1 ? 0.0 : (x % 13 == 4 ? -INFINITY : nd(g));
+    }
+    pr.mask.set(x, v);
+  }
+  pr.p.mask = &pr.mask;
+}
+
 // Runs one case on the current path; returns true if it passed.
 bool run_case(const Case& c, bool simt, cudaStream_t s) {
   Problem pr(c);
   if (c.name.find("blockmask") != std::string::npos) blockify(pr);
+  if (c.name.rfind("hbm_", 0) == 0) hbm_mask(pr);
   fsdpa_params& p = pr.p;
   const std::string key = std::string(dt_name(c.dt)) + (simt ? "/simt" : "/tc");
   Check chk;

@@ -36,6 +36,7 @@
 #include <cuda.h>
 
 #include "cuda/common.cuh"
+#include "cuda/hopper/bwd_mask.cuh"
 #include "cuda/hopper/ptx.cuh"
 #include "cuda/hopper/softmax.cuh"
 #include "cuda/hopper/wgmma.cuh"
@@ -63,6 +64,7 @@ struct BwdArgs {
   AttnParams p;
   const float* dsum;  // Delta, [token * Hq + h]
   float* dqacc;       // fp32 dQ workspace, [(token * Hq + h) * D + d], zeroed
+  MaskTiles mt;       // tile flags of the mask (flags == nullptr: every step mixed)
 };
 
 // PIPE: dV += P^T dO is issued as soon as P^T is known, so that it runs
@@ -70,7 +72,13 @@ struct BwdArgs {
 // together after dS (the first version; FLASHSDPA_CUDA_HOPPER_BWD_SIMPLE=1,
 // and always at D = 64, where P's 32 registers held across the dS
 // arithmetic make ptxas serialise every wgmma, info C7512).
-template <typename T, int D, bool PIPE>
+//
+// MASK: bool or additive mask (bwd_mask.cuh). Steps whose mask state is 0
+// are skipped by every role (each walks the same sequence of steps with
+// next_it(), so the ring's stages and phases stay in lockstep: they count
+// the steps done, not the step indices); state 1 runs the unmasked code;
+// state 2 adds the per-element mask to S^T before the exponential.
+template <typename T, int D, bool PIPE, bool MASK>
 __global__ void __launch_bounds__(BwdCfg<D>::kThreads, 1)
 bwd_kernel(const __grid_constant__ BwdArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -106,6 +114,19 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
   }
   const int nit = nqb * group;
   const int bc = p.cu_seqlens_q != nullptr ? 0 : static_cast<int>(b);
+  // Step it: query head hk * group + it / nqb, query block qb0 + it % nqb.
+  auto state_of = [&](int itx) -> int {
+    if constexpr (!MASK) return 1;
+    else
+      return bwd_step_state<BM, BN>(a.mt, b, hk * group + itx / nqb, (qb0 + itx % nqb) * BM, n0, e);
+  };
+  // The first step at or after itx that is not entirely masked.
+  auto next_it = [&](int itx) -> int {
+    if constexpr (MASK)
+      while (itx < nit && state_of(itx) == 0) ++itx;
+    return itx;
+  };
+  const int it0 = next_it(0);
 
   if (threadIdx.x == 0) {
     mbar_init(bKV, 1);
@@ -124,7 +145,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
     // ---------------- producer ----------------
     regs_dealloc<C::kProducerRegs>();
     const int warp = threadIdx.x / 32;
-    if (warp == 0 && lane == 0 && nit > 0) {
+    if (warp == 0 && lane == 0 && it0 < nit) {
       tma_prefetch_desc(&a.tq);
       tma_prefetch_desc(&a.tdo);
       const int krow = static_cast<int>(e.k_begin) + n0;
@@ -134,9 +155,9 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
         tma_load_4d(sK + cb * BN * 128, &a.tk, bKV, cb * 64, krow, hk, bc);
         tma_load_4d(sV + cb * BN * 128, &a.tv, bKV, cb * 64, krow, hk, bc);
       }
-      for (int it = 0; it < nit; ++it) {
-        const int s = it % ST;
-        const uint32_t ph = (it / ST) & 1;
+      for (int it = it0, k = 0; it < nit; it = next_it(it + 1), ++k) {
+        const int s = k % ST;
+        const uint32_t ph = (k / ST) & 1;
         const int h = hk * group + it / nqb;
         const int qrow = static_cast<int>(e.q_begin) + (qb0 + it % nqb) * BM;
         mbar_wait(bE(s), ph ^ 1);
@@ -148,9 +169,9 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
         }
       }
     } else if (warp == 1) {
-      for (int it = 0; it < nit; ++it) {
-        const int s = it % ST;
-        const uint32_t ph = (it / ST) & 1;
+      for (int it = it0, k = 0; it < nit; it = next_it(it + 1), ++k) {
+        const int s = k % ST;
+        const uint32_t ph = (k / ST) & 1;
         const int h = hk * group + it / nqb;
         const int q0 = (qb0 + it % nqb) * BM;
         mbar_wait(bE(s), ph ^ 1);
@@ -224,12 +245,13 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
     };
     float dq[32];
 
-    if (nit > 0) mbar_wait(bKV, 0);
-    for (int it = 0; it < nit; ++it) {
-      const int s = it % ST, buf = it & 1;
-      const uint32_t ph = (it / ST) & 1;
+    if (it0 < nit) mbar_wait(bKV, 0);
+    for (int it = it0, k = 0; it < nit; it = next_it(it + 1), ++k) {
+      const int s = k % ST, buf = k & 1;
+      const uint32_t ph = (k / ST) & 1;
       const int h = hk * group + it / nqb;
       const int q0 = (qb0 + it % nqb) * BM;
+      const int mst = MASK ? state_of(it) : 1;
       // Every (query, key) of the step visible: no per-element test.
       bool full = q0 + BM <= e.sq && n0 + BN <= e.sk;
       if (full) {
@@ -256,6 +278,14 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       mbar_wait(bLf(s), ph);
       wgmma_wait<1>();
       fence_regs<BM / 2>(sc);
+      // Mixed mask step: sc becomes the final score times log2 e.
+      float mul = sl2;
+      if constexpr (MASK) {
+        if (mst == 2) {
+          mask_frag<BM>(sc, p, b, h, q0, keys, t, e, sl2);
+          mul = 1.0f;
+        }
+      }
       // P^T
 #pragma unroll
       for (int n = 0; n < BM / 8; ++n) {
@@ -263,7 +293,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
 #pragma unroll
         for (int x = 0; x < 4; ++x) {
           const float lv = (x & 1) ? l2.y : l2.x;
-          float pr = ex2(fmaf(sc[4 * n + x], sl2, -lv));
+          float pr = ex2(fmaf(sc[4 * n + x], mul, -lv));
           if (!full) {
             const int i = q0 + 8 * n + 2 * t + (x & 1), j = keys[x >> 1];
             const int d = i + off;

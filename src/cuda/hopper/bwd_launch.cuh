@@ -11,10 +11,10 @@ namespace fsdpa {
 namespace cuda {
 namespace hopper {
 
-template <typename T, int D, bool PIPE>
+template <typename T, int D, bool PIPE, bool MASK>
 cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
   using C = BwdCfg<D>;
-  auto kern = bwd_kernel<T, D, PIPE>;
+  auto kern = bwd_kernel<T, D, PIPE, MASK>;
   cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;
   const AttnParams& p = a.p;
@@ -30,14 +30,21 @@ cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
   return cudaGetLastError();
 }
 
+template <typename T, bool MASK>
+cudaError_t launch_bwd_mask(const BwdArgs& a, bool simple, cudaStream_t s) {
+  switch (a.p.head_dim) {
+    case 64: return launch_bwd<T, 64, false, MASK>(a, s);  // PIPE does not fit (C7512)
+    case 128:
+      return simple ? launch_bwd<T, 128, false, MASK>(a, s) : launch_bwd<T, 128, true, MASK>(a, s);
+    default: return cudaErrorNotSupported;
+  }
+}
+
 // simple: the kernel without the PIPE overlaps (bwd_kernel.cuh).
 template <typename T>
 cudaError_t launch_bwd_dtype(const BwdArgs& a, bool simple, cudaStream_t s) {
-  switch (a.p.head_dim) {
-    case 64: return launch_bwd<T, 64, false>(a, s);  // PIPE does not fit (C7512)
-    case 128: return simple ? launch_bwd<T, 128, false>(a, s) : launch_bwd<T, 128, true>(a, s);
-    default: return cudaErrorNotSupported;
-  }
+  return a.p.mask_kind != MaskKind::none ? launch_bwd_mask<T, true>(a, simple, s)
+                                         : launch_bwd_mask<T, false>(a, simple, s);
 }
 
 }  // namespace hopper

@@ -26,9 +26,11 @@ bool hopper_fwd_available(int dev);
 // is no mask or no classification).
 cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, cudaStream_t s);
 
-// The backward's scope: hopper_fwd_supported() for q, k, v, plus dout, dk,
-// dv with the same dtype and alignment rules, and deterministic = 0 (dQ
-// by fp32 atomics). hopper_fwd_available() covers the device.
+// The backward's scope: hopper_fwd_supported() for q, k, v (its mask rule
+// aside), plus dout, dk, dv with the same dtype and alignment rules, and
+// deterministic = 0 (dQ by fp32 atomics); bool and additive masks are in
+// (ALiBi, softcap and dropout are not). hopper_fwd_available() covers the
+// device.
 bool hopper_bwd_supported(const AttnParams& p);
 // dK, dV and dQ (through dqacc: zeroed fp32 [(token * Hq + h) * D + d],
 // then converted into dq). dsum: Delta = rowsum(dO * O) from

@@ -111,13 +111,15 @@ cudaError_t run(const AttnParams& p, cudaStream_t s) {
 }
 
 template <int D>
-cudaError_t run_bwd(const AttnParams& p, const float* dsum, float* dqacc, cudaStream_t s) {
+cudaError_t run_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum, float* dqacc,
+                    cudaStream_t s) {
   using C = hopper::BwdCfg<D>;
   hopper::BwdArgs a;
   memset(&a, 0, sizeof a);
   a.p = p;
   a.dsum = dsum;
   a.dqacc = dqacc;
+  a.mt = mt;
   const bool varlen = p.cu_seqlens_q != nullptr;
   const int64_t nb = varlen ? 1 : p.batch;
   const int64_t sq = varlen ? p.total_q : p.seqlen_q, sk = varlen ? p.total_k : p.seqlen_k;
@@ -136,7 +138,21 @@ cudaError_t run_bwd(const AttnParams& p, const float* dsum, float* dqacc, cudaSt
 }  // namespace
 
 bool hopper_bwd_supported(const AttnParams& p) {
-  if (p.deterministic || !hopper_fwd_supported(p)) return false;
+  // The forward's scope for q, k, v and the band, whatever it says about
+  // masks: bool and additive masks (additive in fp32/fp16/bf16) are in the
+  // backward's scope (bwd_mask.cuh).
+  AttnParams nm = p;
+  nm.mask_kind = MaskKind::none;
+  nm.mask = nullptr;
+  if (p.deterministic || !hopper_fwd_supported(nm)) return false;
+  if (p.mask_kind != MaskKind::none) {
+    if (p.mask == nullptr) return false;
+    if (p.mask_kind == MaskKind::boolean ? p.mask_dtype != DType::u8
+                                         : p.mask_dtype != DType::f32 &&
+                                               p.mask_dtype != DType::f16 &&
+                                               p.mask_dtype != DType::bf16)
+      return false;
+  }
   if (p.dout_dtype != p.dtype || p.lse == nullptr) return false;
   if (p.heads_k > 65535) return false;  // grid.y
   if (!aligned16(p.dout) || !aligned16(p.dk) || !aligned16(p.dv)) return false;
@@ -148,10 +164,9 @@ bool hopper_bwd_supported(const AttnParams& p) {
 
 cudaError_t hopper_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum, float* dqacc,
                        cudaStream_t s) {
-  (void)mt;  // masks are not in hopper_bwd_supported() yet
   switch (p.head_dim) {
-    case 64: return run_bwd<64>(p, dsum, dqacc, s);
-    case 128: return run_bwd<128>(p, dsum, dqacc, s);
+    case 64: return run_bwd<64>(p, mt, dsum, dqacc, s);
+    case 128: return run_bwd<128>(p, mt, dsum, dqacc, s);
     default: return cudaErrorNotSupported;
   }
 }
