@@ -2,7 +2,8 @@
 // block of kBN = 128 keys of one (kv head, sequence); K and V stay in shared
 // memory; the CTA loops over the query blocks (of every query head of the
 // GQA group) whose band reaches its keys. deterministic = 0 only: dQ goes
-// to the fp32 workspace with atomics (then dq_convert_kernel).
+// to the fp32 workspace by TMA reduces (DQR) or atomics (then
+// dq_convert_kernel).
 //
 // CTA = warpgroup 0 (producer) + 2 consumer warpgroups of 64 keys each.
 //   producer warp 0 (one thread): TMA loads of K, V (once) and of Q, dO
@@ -26,8 +27,10 @@
 //            barrier of the two consumer warpgroups, then
 //     dQ   = dS K      wgmma m64n64k16 with both operands MN-major from
 //            smem (warpgroup w: query rows 64w.. at kBM = 128, d columns
-//            64w.. at kBM = 64), added to the fp32 workspace with 16-byte
-//            atomics (the quad exchanges halves of its fragment rows).
+//            64w.. at kBM = 64), added to the fp32 workspace: DQR through
+//            shared memory and a TMA reduce issued by producer warp 2
+//            (bwd_dq.cuh), else with 16-byte atomics (the quad exchanges
+//            halves of its fragment rows).
 //   dS^T has two buffers: a warpgroup writes buffer x again only after
 //   the next iteration's barrier, which the other passes only once its dQ
 //   product of buffer x is done.
@@ -36,6 +39,7 @@
 #include <cuda.h>
 
 #include "cuda/common.cuh"
+#include "cuda/hopper/bwd_dq.cuh"
 #include "cuda/hopper/bwd_mask.cuh"
 #include "cuda/hopper/ptx.cuh"
 #include "cuda/hopper/softmax.cuh"
@@ -57,10 +61,14 @@ struct BwdCfg {
   // (161 KB at D = 64 and 128).
   static constexpr int kSmem =
       1024 + 2 * kBN * D * 2 + 2 * kStages * kBM * D * 2 + 2 * kBN * kBM * 2;
+  // DQR: + the two warpgroups' 64 x 64 fp32 dQ tiles (193 KB).
+  static constexpr int kDqBytes = 2 * 64 * 64 * 4;
+  static constexpr int smem(bool dqr) { return kSmem + (dqr ? kDqBytes : 0); }
 };
 
 struct BwdArgs {
   CUtensorMap tq, tk, tv, tdo;  // 4-d (d, token, head, batch), 128B swizzle
+  CUtensorMap tdq;  // DQR: dqacc as fp32 (d, head, token), box 32 x 1 x 64, 128B swizzle
   AttnParams p;
   const float* dsum;  // Delta, [token * Hq + h]
   float* dqacc;       // fp32 dQ workspace, [(token * Hq + h) * D + d], zeroed
@@ -78,7 +86,15 @@ struct BwdArgs {
 // next_it(), so the ring's stages and phases stay in lockstep: they count
 // the steps done, not the step indices); state 1 runs the unmasked code;
 // state 2 adds the per-element mask to S^T before the exponential.
-template <typename T, int D, bool PIPE, bool MASK>
+//
+// DQR: dQ through shared memory and a TMA reduce (bwd_dq.cuh) instead of
+// the 16-byte atomics: consumer warpgroup w writes its tile, fences it for
+// the async proxy and arrives on `dq full` w; producer warp 2 (one thread)
+// waits for both, issues the reduces and, once they have read the tiles,
+// arrives on `dq empty`, which a warpgroup waits on before writing its
+// tile again (one step later). Rows past the sequence add zeros (P = 0
+// there) to the next sequence's rows or fall outside the map.
+template <typename T, int D, bool PIPE, bool MASK, bool DQR>
 __global__ void __launch_bounds__(BwdCfg<D>::kThreads, 1)
 bwd_kernel(const __grid_constant__ BwdArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -88,16 +104,19 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
   const AttnParams& p = a.p;
 
   extern __shared__ __align__(1024) uint8_t smem_raw[];
-  __shared__ __align__(8) uint64_t bars[1 + 3 * ST];
+  __shared__ __align__(8) uint64_t bars[1 + 3 * ST + 4];
   __shared__ float sL[ST][BM], sDl[ST][BM];
   const uint32_t sK = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sV = sK + kKBytes, sQ = sV + kKBytes, sdO = sQ + ST * kQBytes;
   const uint32_t sS = sdO + ST * kQBytes;  // 2 dS^T buffers
+  const uint32_t sDQ = sS + 2 * kSBytes;   // DQR: 2 fp32 dQ tiles of 16 KB
   const uint32_t b0 = smem_u32(&bars[0]);
   const uint32_t bKV = b0;
   auto bQf = [&](int s) { return b0 + 8u * (1 + s); };
   auto bLf = [&](int s) { return b0 + 8u * (1 + ST + s); };
   auto bE = [&](int s) { return b0 + 8u * (1 + 2 * ST + s); };
+  auto bDqF = [&](int w) { return b0 + 8u * (1 + 3 * ST + w); };
+  auto bDqE = [&](int w) { return b0 + 8u * (1 + 3 * ST + 2 + w); };
 
   const int64_t b = blockIdx.z;
   const int hk = blockIdx.y;
@@ -135,6 +154,10 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       mbar_init(bLf(s), 32);
       mbar_init(bE(s), 256);
     }
+    for (int w = 0; w < 2; ++w) {
+      mbar_init(bDqF(w), 128);
+      mbar_init(bDqE(w), 1);
+    }
     mbar_init_fence();
   }
   __syncthreads();
@@ -168,6 +191,27 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
           tma_load_4d(sdO + s * kQBytes + cb * BM * 128, &a.tdo, bQf(s), cb * 64, qrow, h, bc);
         }
       }
+    } else if (DQR && warp == 2 && lane == 0 && it0 < nit) {
+      // dQ tiles to the workspace (bwd_dq.cuh).
+      tma_prefetch_desc(&a.tdq);
+      for (int it = it0, k = 0; it < nit; it = next_it(it + 1), ++k) {
+        const int h = hk * group + it / nqb;
+        const int tok = static_cast<int>(q_token(p, b, e, (qb0 + it % nqb) * BM));
+#pragma unroll
+        for (int w = 0; w < 2; ++w) {
+          mbar_wait(bDqF(w), k & 1);
+          // D = 128: warpgroup w holds d columns 64w.. of the kBM = 64 rows;
+          // D = 64: rows 64w.. of the kBM = 128, all 64 columns.
+          const int c0 = BM == 64 ? 64 * w : 0, r0 = BM == 64 ? 0 : 64 * w;
+          tma_reduce_add_3d(&a.tdq, sDQ + w * 16384, c0, h, tok + r0);
+          tma_reduce_add_3d(&a.tdq, sDQ + w * 16384 + 8192, c0 + 32, h, tok + r0);
+          bulk_commit();
+        }
+        bulk_wait_read0();
+        mbar_arrive(bDqE(0));
+        mbar_arrive(bDqE(1));
+      }
+      bulk_wait0();
     } else if (warp == 1) {
       for (int it = it0, k = 0; it < nit; it = next_it(it + 1), ++k) {
         const int s = k % ST;
@@ -375,7 +419,14 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       fence_regs<BM / 4>(pa);
       fence_regs<BM / 4>(da);
       mbar_arrive(bE(s));
-      dq_atomics(dq_dst(h, q0), dq);
+      if constexpr (DQR) {
+        mbar_wait(bDqE(cw), (k & 1) ^ 1);  // the reduce of the last step has read the tile
+        dq_frag_to_smem(sDQ + cw * 16384, dq, wq, g, t);
+        fence_proxy_async();
+        mbar_arrive(bDqF(cw));
+      } else {
+        dq_atomics(dq_dst(h, q0), dq);
+      }
     }
     // dK, dV (rows past the sequence are not written).
     T* dkg = static_cast<T*>(p.dk);
@@ -396,9 +447,9 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
 #endif
 }
 
-// bwd_f16.cu, bwd_bf16.cu: D in {64, 128}; simple: PIPE = false.
-cudaError_t bwd_f16(const BwdArgs& a, bool simple, cudaStream_t s);
-cudaError_t bwd_bf16(const BwdArgs& a, bool simple, cudaStream_t s);
+// bwd_f16.cu, bwd_bf16.cu: D in {64, 128}; simple: PIPE = false; dqr: DQR.
+cudaError_t bwd_f16(const BwdArgs& a, bool simple, bool dqr, cudaStream_t s);
+cudaError_t bwd_bf16(const BwdArgs& a, bool simple, bool dqr, cudaStream_t s);
 
 }  // namespace hopper
 }  // namespace cuda

@@ -11,16 +11,17 @@ namespace fsdpa {
 namespace cuda {
 namespace hopper {
 
-template <typename T, int D, bool PIPE, bool MASK>
+template <typename T, int D, bool PIPE, bool MASK, bool DQR>
 cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
   using C = BwdCfg<D>;
-  auto kern = bwd_kernel<T, D, PIPE, MASK>;
-  cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
+  auto kern = bwd_kernel<T, D, PIPE, MASK, DQR>;
+  constexpr int smem = C::smem(DQR);
+  cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   const AttnParams& p = a.p;
   const dim3 grid((p.seqlen_k + C::kBN - 1) / C::kBN, p.heads_k, p.batch);
   if (grid.x > 0) {
-    kern<<<grid, C::kThreads, C::kSmem, s>>>(a);
+    kern<<<grid, C::kThreads, smem, s>>>(a);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
@@ -30,21 +31,27 @@ cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
   return cudaGetLastError();
 }
 
-template <typename T, bool MASK>
+template <typename T, bool MASK, bool DQR>
 cudaError_t launch_bwd_mask(const BwdArgs& a, bool simple, cudaStream_t s) {
   switch (a.p.head_dim) {
-    case 64: return launch_bwd<T, 64, false, MASK>(a, s);  // PIPE does not fit (C7512)
+    case 64: return launch_bwd<T, 64, false, MASK, DQR>(a, s);  // PIPE does not fit (C7512)
     case 128:
-      return simple ? launch_bwd<T, 128, false, MASK>(a, s) : launch_bwd<T, 128, true, MASK>(a, s);
+      return simple ? launch_bwd<T, 128, false, MASK, DQR>(a, s)
+                    : launch_bwd<T, 128, true, MASK, DQR>(a, s);
     default: return cudaErrorNotSupported;
   }
 }
 
-// simple: the kernel without the PIPE overlaps (bwd_kernel.cuh).
+// simple: the kernel without the PIPE overlaps (bwd_kernel.cuh). dqr: dQ by
+// the TMA reduce (bwd_dq.cuh; a.tdq is set) instead of atomics.
 template <typename T>
-cudaError_t launch_bwd_dtype(const BwdArgs& a, bool simple, cudaStream_t s) {
-  return a.p.mask_kind != MaskKind::none ? launch_bwd_mask<T, true>(a, simple, s)
-                                         : launch_bwd_mask<T, false>(a, simple, s);
+cudaError_t launch_bwd_dtype(const BwdArgs& a, bool simple, bool dqr, cudaStream_t s) {
+  const bool m = a.p.mask_kind != MaskKind::none;
+  if (dqr)
+    return m ? launch_bwd_mask<T, true, true>(a, simple, s)
+             : launch_bwd_mask<T, false, true>(a, simple, s);
+  return m ? launch_bwd_mask<T, true, false>(a, simple, s)
+           : launch_bwd_mask<T, false, false>(a, simple, s);
 }
 
 }  // namespace hopper
