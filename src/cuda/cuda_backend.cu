@@ -6,6 +6,11 @@
 //     accumulation), head dims padded to the buckets of tc_buckets.h.
 //     Split-KV (flash-decoding) with an lse-weighted merge when the query
 //     blocks alone cannot fill the GPU and the key range is long.
+//   Decode (decode.cu, use_decode below): fp16/bf16 calls with at most 16
+//     query rows per head and 64 per GQA group, D == Dv in {64, 128},
+//     band-only semantics: the rows of a GQA group share one CTA per key
+//     split, K/V streamed once per group; split partials merged by
+//     splitkv_merge. Taken before the Hopper and tensor-core choice.
 //   fp32: the SIMT kernels (simt.cu), plain fp32 arithmetic (no TF32).
 //   Backward, deterministic = 1: dQ is computed by its own kernel looping
 //   over key blocks, dK/dV by one looping over the query blocks of every
@@ -21,10 +26,11 @@
 //     accepts (deterministic = 0 only) runs hopper/'s wgmma dK/dV/dQ kernel
 //     (use_hopper_bwd).
 //
-// Environment (for tests and benchmarks): FLASHSDPA_CUDA_NO_HOPPER=1 keeps
+// Environment (for tests and benchmarks): FLASHSDPA_CUDA_NO_DECODE=1 turns
+// the decode kernel off (A/B); FLASHSDPA_CUDA_NO_HOPPER=1 keeps
 // the sm_80 kernels on Hopper GPUs; FLASHSDPA_CUDA_SIMT=1 forces the
 // SIMT path for every dtype; FLASHSDPA_CUDA_SPLITS=n forces n KV splits in
-// the tensor-core forward (1 = off); FLASHSDPA_CUDA_DQ_KERNEL=1 keeps the
+// the tensor-core and decode forwards (1 = off); FLASHSDPA_CUDA_DQ_KERNEL=1 keeps the
 // deterministic dQ kernel also when deterministic = 0.
 //
 // check_finite: one strided scan kernel per input and one 32-byte copy back
@@ -194,6 +200,29 @@ int choose_splits(const AttnParams& p, int dp) {
   return n < 2 ? 1 : static_cast<int>(n);
 }
 
+// The decode kernel takes the call (see the header comment).
+bool use_decode(const AttnParams& p) {
+  return !env_flag("FLASHSDPA_CUDA_NO_DECODE") && decode_supported(p);
+}
+
+// Decode forward: one launch, plus the lse-weighted merge when the keys are split.
+cudaError_t run_decode(const AttnParams& p, cudaStream_t s, bool* oom) {
+  const int nsplit = decode_splits(p);
+  if (nsplit <= 1) return decode_fwd(p, 1, nullptr, nullptr, s);
+  const int64_t rows = p.total_q * p.heads_q;
+  Buf opart, lsepart;
+  cudaError_t err = opart.alloc(size_t(nsplit) * rows * p.head_dim * sizeof(float), s);
+  if (err == cudaSuccess) err = lsepart.alloc(size_t(nsplit) * rows * sizeof(float), s);
+  if (err != cudaSuccess) {
+    *oom = true;
+    return err;
+  }
+  err = decode_fwd(p, nsplit, opart.as<float>(), lsepart.as<float>(), s);
+  if (err != cudaSuccess) return err;
+  splitkv_merge(p, nsplit, opart.as<float>(), lsepart.as<float>(), static_cast<int>(p.head_dim), s);
+  return cudaGetLastError();
+}
+
 // The Hopper forward takes the call (see the header comment).
 bool use_hopper(const AttnParams& p, int nsplit) {
   return nsplit <= 1 && !env_flag("FLASHSDPA_CUDA_NO_HOPPER") && hopper_fwd_supported(p) &&
@@ -223,6 +252,10 @@ fsdpa_status forward(const AttnParams& p, void* stream) {
   if (simt) {
     simt_forward(p, s);
     err = cudaGetLastError();
+  } else if (use_decode(p)) {
+    bool oom = false;
+    err = run_decode(p, s, &oom);
+    if (oom) return cuda_fail(err, "split-KV workspace allocation");
   } else {
     const int vec = vec_bits(p, false);
     const int nsplit = choose_splits(p, dp);
