@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Decode kernel (src/cuda/decode.cu) on the benchmark's decode shapes: the
-forced split counts (FLASHSDPA_CUDA_SPLITS), the default heuristic, the
-path before it (FLASHSDPA_CUDA_NO_DECODE=1) and PyTorch's FLASH backend;
-also the max |flashsdpa - FLASH| of the outputs. Prints one table.
+"""Decode kernel (src/cuda/decode.cu) on decode shapes under several
+environment settings (FLASHSDPA_CUDA_SPLITS=n forces the split count,
+FLASHSDPA_CUDA_NO_DECODE=1 the path before it), next to PyTorch's FLASH
+backend; checks each output against FLASH (MHA) or the fp32 math backend
+(GQA). Prints one table of ms (and K+V bytes / time).
 
-    python3 bench/decode_sweep.py --lib .carry-dec/libflashsdpa.so [--splits 2,4,8,16,32]
+    python3 bench/decode_sweep.py --lib .carry-dec/libflashsdpa.so \
+        [--configs "default;n=1;n=2;nodecode"]
 """
 import argparse
 import os
@@ -15,58 +17,73 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_cuda as bc  # noqa: E402
 
+KEYS = {"n": "FLASHSDPA_CUDA_SPLITS", "nodecode": "FLASHSDPA_CUDA_NO_DECODE"}
+
+
+def parse(cfg):
+    env = {}
+    for item in cfg.split(","):
+        item = item.strip()
+        if not item or item == "default":
+            continue
+        k, _, v = item.partition("=")
+        env[KEYS[k]] = v or "1"
+    return env
+
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", default="build/src/libflashsdpa.so")
-    ap.add_argument("--splits", default="2,4,8,16,32,64")
+    ap.add_argument("--configs", default="default;n=1;n=2;n=4;n=8;nodecode")
     ap.add_argument("--reps", type=int, default=20)
     args = ap.parse_args()
     lib = bc.Lib(args.lib)
-    from torch.nn.attention import SDPBackend
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    import torch.nn.functional as F
     g = torch.Generator(device="cuda").manual_seed(0)
     print(f"device: {torch.cuda.get_device_name()}")
     shapes = [(torch.bfloat16, 8, 16, 16, 32768, 128), (torch.float16, 8, 16, 16, 32768, 128),
               (torch.bfloat16, 8, 32, 8, 32768, 128), (torch.bfloat16, 8, 16, 16, 32768, 64),
               (torch.bfloat16, 1, 32, 8, 131072, 128)]
-    lines = []
+    cfgs = [c for c in args.configs.split(";") if c]
+    table = {}
+    names = []
     for dt, B, H, Hk, Sk, D in shapes:
         q = torch.randn(B, H, 1, D, device="cuda", dtype=dt, generator=g)
         k = torch.randn(B, Hk, Sk, D, device="cuda", dtype=dt, generator=g)
         v = torch.randn(B, Hk, Sk, D, device="cuda", dtype=dt, generator=g)
         gb = (k.numel() + v.numel()) * 2 / 1e9
-        name = f"{str(dt)[6:]} B{B} H{H} Hk{Hk} Sk{Sk} D{D} ({gb:.2f} GB K+V)"
+        name = f"{str(dt)[6:]} B{B} H{H}/{Hk} Sk{Sk} D{D}"
+        names.append(name)
         fwd, _, (_, _, out) = bc.flashsdpa_fns(lib, q, k, v, q)
-        res = []
-        for label, env in ([("default", {})] + [(f"n={n}", {"FLASHSDPA_CUDA_SPLITS": n})
-                                                 for n in args.splits.split(",")] +
-                           [("no-decode", {"FLASHSDPA_CUDA_NO_DECODE": "1"})]):
+        with torch.no_grad():
+            if Hk == H:
+                with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                    ref = F.scaled_dot_product_attention(q, k, v)
+            else:
+                with sdpa_kernel(SDPBackend.MATH):
+                    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=True)
+        for cfg in cfgs:
+            env = parse(cfg)
             os.environ.update(env)
+            out.fill_(float("nan"))
+            fwd()
+            torch.cuda.synchronize()
+            err = (out.float() - ref.float()).abs().max().item()
             ms = bc.bench(fwd, warmup=3, reps=args.reps)
             for key in env:
                 del os.environ[key]
-            res.append((label, ms))
+            table[(cfg, name)] = f"{ms:.3f} {gb / ms:.2f}" + ("" if err < 2e-2 else f" ERR{err:.1e}")
         fl, _ = bc.sdpa_fns(SDPBackend.FLASH_ATTENTION, q, k, v, q, False)
         try:
-            ms = bc.bench(fl, warmup=3, reps=args.reps)
+            table[("FLASH", name)] = f"{bc.bench(fl, warmup=3, reps=args.reps):.3f}"
         except Exception as e:  # noqa: BLE001
-            print("FLASH failed:", e)
-            ms = float("nan")
-        res.append(("FLASH", ms))
-        fwd()
-        torch.cuda.synchronize()
-        import torch.nn.functional as F
-        from torch.nn.attention import sdpa_kernel
-        with sdpa_kernel(SDPBackend.MATH if Hk != H else SDPBackend.FLASH_ATTENTION), torch.no_grad():
-            ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=Hk != H) \
-                if Hk != H else F.scaled_dot_product_attention(q, k, v)
-        err = (out.float() - ref.float()).abs().max().item()
-        cells = "  ".join(f"{lab} {ms:.3f} ({gb / ms:.2f} TB/s)" for lab, ms in res)
-        lines.append(f"{name}: max|diff| {err:.2e}\n    {cells}")
-        print(lines[-1], flush=True)
-        del q, k, v
+            table[("FLASH", name)] = f"n/a {type(e).__name__}"
+        del q, k, v, ref
         torch.cuda.empty_cache()
-    print("\n".join(lines))
+    print("config | " + " | ".join(names))
+    for cfg in cfgs + ["FLASH"]:
+        print(f"{cfg} | " + " | ".join(table.get((cfg, n), "-") for n in names))
 
 
 if __name__ == "__main__":

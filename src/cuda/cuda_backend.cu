@@ -40,6 +40,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <mutex>
+
 #include "core/backend.h"
 #include "core/error.h"
 #include "cuda/hopper/hopper.h"
@@ -104,6 +106,45 @@ fsdpa_status cuda_fail(cudaError_t e, const char* what) {
   return set_error(FSDPA_ERROR_INTERNAL, "cuda: %s failed: %s", what, cudaGetErrorString(e));
 }
 
+// Workspaces come from a memory pool of the library's own per device that
+// keeps up to kWorkspaceKeep bytes reserved between calls. The default pool
+// (release threshold 0) hands its memory back at every synchronisation, so
+// the next call mapped it again: ~40 us per allocation, measured on an H100
+// as a split decode call 0.08 ms slower than the same kernels without its
+// two workspaces. Larger workspaces (the backward's dQ accumulator) are
+// still returned at the next synchronisation above the threshold.
+constexpr uint64_t kWorkspaceKeep = uint64_t(64) << 20;
+constexpr int kMaxPoolDevices = 64;
+
+cudaMemPool_t workspace_pool() {
+  int dev = -1;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxPoolDevices) return nullptr;
+  static std::mutex mu;
+  static cudaMemPool_t pools[kMaxPoolDevices];
+  static bool tried[kMaxPoolDevices];
+  std::lock_guard<std::mutex> lock(mu);
+  if (!tried[dev]) {
+    tried[dev] = true;
+    int supported = 0;
+    cudaMemPool_t pool = nullptr;
+    cudaMemPoolProps props;
+    memset(&props, 0, sizeof props);
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = dev;
+    uint64_t keep = kWorkspaceKeep;
+    if (cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, dev) == cudaSuccess &&
+        supported) {
+      if (cudaMemPoolCreate(&pool, &props) == cudaSuccess &&
+          cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep) == cudaSuccess)
+        pools[dev] = pool;
+      else
+        cudaGetLastError();  // no pool of our own: cudaMallocAsync as before
+    }
+  }
+  return pools[dev];
+}
+
 // Stream-ordered workspace, freed on the same stream.
 struct Buf {
   void* ptr = nullptr;
@@ -113,7 +154,9 @@ struct Buf {
   }
   cudaError_t alloc(size_t bytes, cudaStream_t s) {
     stream = s;
-    return cudaMallocAsync(&ptr, bytes < 16 ? 16 : bytes, s);
+    if (bytes < 16) bytes = 16;
+    cudaMemPool_t pool = workspace_pool();
+    return pool ? cudaMallocFromPoolAsync(&ptr, bytes, pool, s) : cudaMallocAsync(&ptr, bytes, s);
   }
   template <typename U> U* as() const { return static_cast<U*>(ptr); }
 };

@@ -27,14 +27,16 @@ namespace {
 
 // ---- tile heuristics (the one place) -------------------------------------
 // Per warp and stage: kKeys rows of K and of V with pitch DP + 8 (about 9 KB
-// at either head dim), so 4 warps x 3 stages fit twice in an H100 SM's
-// shared memory (2 CTAs, 8 warps, up to ~140 KB of loads in flight per SM).
-template <int DP> struct DecodeConfig;
-template <> struct DecodeConfig<64> {
-  static constexpr int kWarps = 4, kKeys = 32, kStages = 3;
-};
-template <> struct DecodeConfig<128> {
-  static constexpr int kWarps = 4, kKeys = 16, kStages = 3;
+// at either head dim), 3 stages, 4 warps: ~64 KB of loads in flight per
+// CTA. Measured on an H100 with bench/decode_sweep.py (Sq 1, Sk 32k, B 8,
+// no split): twice the keys per stage at one CTA per SM ran 0.747 vs
+// 0.738 ms (H 16, D 128) and 0.478 vs 0.389 ms (Hq 32 / Hk 8); the
+// L2::256B prefetch hint on the K/V copies 0-6% faster than without.
+template <int DP> struct DecodeConfig {
+  static constexpr int kWarps = 4;
+  static constexpr int kKeys = DP == 64 ? 32 : 16;
+  static constexpr int kStages = 3;
+  static constexpr int kMinBlocks = 2;  // CTAs per SM the registers must allow
 };
 constexpr int kRows = 16;         // packed query rows per CTA (one m16 fragment)
 constexpr int kMaxRows = 64;      // Sq * G above this: the general kernels
@@ -43,6 +45,11 @@ constexpr int kMaxSplits = 128;
 // A CTA's fixed cost (pipeline fill, epilogue) in units of one CTA step
 // (kWarps * kKeys keys), used by decode_splits' wave model.
 constexpr double kCtaOverheadUnits = 2.0;
+// CTAs per SM the split model fills: one. On an H100 (bf16, Sk 32k, B 8,
+// H 16, D 128) 128 CTAs streamed K/V at 2.9 TB/s (0.740 ms); 256, 512 and
+// 1024 CTAs (2-8 splits) took 0.765-0.785 ms. Hq 32 / Hk 8: 64 CTAs 0.403,
+// 128 0.409, 256 0.423 ms.
+constexpr int kSlotsPerSm = 1;
 
 template <int DP> constexpr size_t decode_pipe_elems() {
   using C = DecodeConfig<DP>;
@@ -52,12 +59,19 @@ template <typename T, int DP> constexpr size_t decode_smem() {
   return (kRows * pitch<DP>() + decode_pipe_elems<DP>()) * sizeof(T);
 }
 
+// cp.async of 16 bytes (zero-filled when !pred) with the L2::256B prefetch
+// hint: K/V rows are streamed once, whole 256-byte blocks at a time.
+__device__ __forceinline__ void cp_async16_pf(void* smem, const void* gmem, bool pred) {
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
+               "l"(gmem), "r"(pred ? 16 : 0));
+}
+
 template <int N> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 template <typename T, int DP>
-__global__ void __launch_bounds__(DecodeConfig<DP>::kWarps * 32, 2)
+__global__ void __launch_bounds__(DecodeConfig<DP>::kWarps * 32, DecodeConfig<DP>::kMinBlocks)
 decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepart) {
   using C = DecodeConfig<DP>;
   constexpr int NW = C::kWarps, KW = C::kKeys, ST = C::kStages, P = pitch<DP>();
@@ -114,6 +128,8 @@ decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepar
   const T* kg = static_cast<const T*>(p.k) + off4(p.k_stride, b, hk, e.k_begin, 0);
   const T* vg = static_cast<const T*>(p.v) + off4(p.v_stride, b, hk, e.k_begin, 0);
   const int64_t ks = p.k_stride[2], vs = p.v_stride[2];
+  // Pointer step of one warp copy (RPI rows; see load_step).
+  const int64_t kstep = (32 / CH) * ks, vstep = (32 / CH) * vs;
   T* myKV = KVs + warp * ST * 2 * KW * P;
   // Warp step t -> stage t % ST; always commits (empty groups past the end)
   // so that the group count per step is fixed.
@@ -121,14 +137,22 @@ decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepar
     if (t < nst) {
       T* Kb = myKV + (t % ST) * 2 * KW * P;
       T* Vb = Kb + KW * P;
-      const int j0 = (s_begin + warp + NW * t) * KW;
-      static_assert(KW * CH % 32 == 0, "whole warp copies");
+      // A warp instruction copies RPI whole rows (512 contiguous bytes
+      // when rows are contiguous); per-lane pointers step by RPI rows.
+      constexpr int RPI = 32 / CH;
+      static_assert(32 % CH == 0 && KW % RPI == 0, "whole rows per warp copy");
+      const int j0 = (s_begin + warp + NW * t) * KW + lane / CH, c = (lane % CH) * 8;
+      const T* ksrc = kg + j0 * ks + c;
+      const T* vsrc = vg + j0 * vs + c;
+      T* kdst = Kb + (lane / CH) * P + c;
+      T* vdst = Vb + (lane / CH) * P + c;
 #pragma unroll
-      for (int y = 0; y < KW * CH / 32; ++y) {
-        const int x = lane + 32 * y, r = x / CH, c = (x % CH) * 8, j = j0 + r;
-        const bool ok = j < e.sk;  // keys past the end: zeros (finite V for P = 0)
-        cp_async16(Kb + r * P + c, ok ? kg + j * ks + c : kg, ok);
-        cp_async16(Vb + r * P + c, ok ? vg + j * vs + c : vg, ok);
+      for (int y = 0; y < KW / RPI; ++y) {
+        const bool ok = j0 + y * RPI < e.sk;  // keys past the end: zeros (finite V for P = 0)
+        cp_async16_pf(kdst + y * RPI * P, ok ? ksrc : kg, ok);
+        cp_async16_pf(vdst + y * RPI * P, ok ? vsrc : vg, ok);
+        ksrc += kstep;
+        vsrc += vstep;
       }
     }
     cp_async_commit();
@@ -307,14 +331,10 @@ template <typename T, int DP> int decode_splits_t(const AttnParams& p) {
   using C = DecodeConfig<DP>;
   const char* env = getenv("FLASHSDPA_CUDA_SPLITS");
   if (env != nullptr && atoi(env) > 0) return atoi(env) > 256 ? 256 : atoi(env);
-  int dev = p.device_id, sms = 0, per_sm = 0;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0)
+  int sms = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, p.device_id) != cudaSuccess ||
+      sms <= 0)
     sms = 108;
-  if (set_smem<T, DP>() != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode_kernel<T, DP>, C::kWarps * 32,
-                                                    decode_smem<T, DP>()) != cudaSuccess ||
-      per_sm <= 0)
-    per_sm = 1;
   // Keys a group can see (a window bounds it).
   int64_t span = p.seqlen_k;
   if (p.window_left >= 0 && p.window_right >= 0) {
@@ -323,7 +343,7 @@ template <typename T, int DP> int decode_splits_t(const AttnParams& p) {
   }
   const int64_t step = int64_t(C::kWarps) * C::kKeys;
   const int64_t units = (span + step - 1) / step;  // CTA steps of one (b, hk, group)
-  const int64_t base = p.batch * p.heads_k * groups_of(p), slots = int64_t(sms) * per_sm;
+  const int64_t base = p.batch * p.heads_k * groups_of(p), slots = int64_t(sms) * kSlotsPerSm;
   // Wave model: time ~ waves * (steps per CTA + fixed cost); the fewest
   // splits among the cheapest.
   int best = 1;
@@ -376,7 +396,8 @@ bool decode_supported(const AttnParams& p) {
 
 int decode_splits(const AttnParams& p) {
   const bool f16 = p.dtype == DType::f16;
-  if (p.head_dim == 64) return f16 ? decode_splits_t<__half, 64>(p) : decode_splits_t<__nv_bfloat16, 64>(p);
+  if (p.head_dim == 64)
+    return f16 ? decode_splits_t<__half, 64>(p) : decode_splits_t<__nv_bfloat16, 64>(p);
   return f16 ? decode_splits_t<__half, 128>(p) : decode_splits_t<__nv_bfloat16, 128>(p);
 }
 
