@@ -185,10 +185,11 @@ def sdpa_fns(backend, q, k, v, do, causal):
     import torch.nn.functional as F
 
     qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
+    gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}
 
     def fwd():
         with sdpa_kernel(backend), torch.no_grad():
-            F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            F.scaled_dot_product_attention(q, k, v, is_causal=causal, **gqa)
 
     def fwdbwd():
         with sdpa_kernel(backend):
@@ -349,20 +350,25 @@ def main():
             torch.cuda.empty_cache()
 
     if "decode" in sections:
+        # Sq = 1 over 32k keys (MHA, then GQA Hq 32 / Hk 8: the same K/V bytes
+        # per query head group); the time is the time to read K and V.
         for dt in dtypes:
-            B, H, Sk, D = 8, 16, 32768, 128
-            q = rand(B, H, 1, D, dtype=dt)
-            k, v = rand(B, H, Sk, D, dtype=dt), rand(B, H, Sk, D, dtype=dt)
-            do = rand(B, H, 1, D, dtype=dt)
-            case = f"{str(dt)[6:]} decode Sq1 Sk{Sk} B{B} H{H} D{D}"
-            f = 4.0 * B * H * Sk * D
-            ours = flashsdpa_fns(lib, q, k, v, do)
-            run(case, "fwd", "flashsdpa", ours[0], f)
-            for name, be in (("FLASH", SDPBackend.FLASH_ATTENTION), ("CUDNN", SDPBackend.CUDNN_ATTENTION),
-                             ("EFFICIENT", SDPBackend.EFFICIENT_ATTENTION)):
-                a, _ = sdpa_fns(be, q, k, v, do, False)
-                run(case, "fwd", name, a, f)
-            del q, k, v, do
+            for B, H, Hk, Sk, D in ((8, 16, 16, 32768, 128), (8, 32, 8, 32768, 128)):
+                q = rand(B, H, 1, D, dtype=dt)
+                k, v = rand(B, Hk, Sk, D, dtype=dt), rand(B, Hk, Sk, D, dtype=dt)
+                do = rand(B, H, 1, D, dtype=dt)
+                gq = f" Hk{Hk}" if Hk != H else ""
+                case = f"{str(dt)[6:]} decode Sq1 Sk{Sk} B{B} H{H}{gq} D{D}"
+                f = 4.0 * B * H * Sk * D
+                ours = flashsdpa_fns(lib, q, k, v, do)
+                run(case, "fwd", "flashsdpa", ours[0], f)
+                for name, be in (("FLASH", SDPBackend.FLASH_ATTENTION), ("CUDNN", SDPBackend.CUDNN_ATTENTION),
+                                 ("EFFICIENT", SDPBackend.EFFICIENT_ATTENTION)):
+                    if name not in refs:
+                        continue
+                    a, _ = sdpa_fns(be, q, k, v, do, False)
+                    run(case, "fwd", name, a, f)
+                del q, k, v, do
 
     if "long" in sections and not args.quick:
         # Forward+backward at S = 64k: extra memory is O(S) (lse, D, no S^2).

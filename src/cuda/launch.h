@@ -65,5 +65,18 @@ cudaError_t tc_bwd_bf16(const AttnParams& p, int dp, int vec, const MaskTiles& m
 void splitkv_merge(const AttnParams& p, int nsplit, const float* opart, const float* lsepart,
                    int dv_stride, cudaStream_t s);
 
+// ---- decode (flash-decoding; decode.cu) ------------------------------------------
+// Small query ranges over long keys: one CTA per (16 packed rows of a GQA
+// group, key split, kv head, batch), K/V streamed once per group.
+// Scope: fp16/bf16, D == Dv in {64, 128}, 16-byte loadable q/k/v, band-only
+// semantics (no mask/ALiBi/softcap/dropout), Sq <= 16, Sq * Hq/Hk <= 64.
+bool decode_supported(const AttnParams& p);
+// Key splits for p (FLASHSDPA_CUDA_SPLITS=n forces n); the heuristic lives in decode.cu.
+int decode_splits(const AttnParams& p);
+// nsplit == 1: writes out and lse. nsplit > 1: opart/lsepart as for
+// tc_fwd_* with dp = head_dim, to be combined by splitkv_merge.
+cudaError_t decode_fwd(const AttnParams& p, int nsplit, float* opart, float* lsepart,
+                       cudaStream_t s);
+
 }  // namespace cuda
 }  // namespace fsdpa

@@ -4,7 +4,8 @@
 // same-precision computation (rounding of the exact result + fp32
 // accumulation). Every case runs on the tensor-core path (fp16/bf16) and
 // again on the SIMT path; outputs are poisoned (NaN) before each run.
-// Plus: bitwise determinism, split-KV decode, long sequences (tensor-core
+// Plus: bitwise determinism, split-KV decode (decode kernel and tensor-core
+// path), long sequences (tensor-core
 // vs the fp32 SIMT path on the GPU), and the NaN-input check.
 //
 // No GPU: prints SKIP and exits 77 (ctest SKIP_RETURN_CODE).
@@ -197,6 +198,44 @@ std::vector<Case> make_grid(bool quick) {
     }
   }
   add_hbm_cases(grid, quick);
+  // The decode kernel's scope (decode.cu: fp16/bf16, D = Dv in {64, 128},
+  // band only, Sq <= 16, Sq * Hq/Hk <= 64 packed rows in groups of 16):
+  // GQA 1/4/8 and MQA, one to four row groups, Sk not a multiple of the
+  // key chunk and Sk below one chunk, rows with no visible key (Sq > Sk
+  // bottom-right), windows, varlen, BSHD, and a batch wide enough for one
+  // split (the kernel writes out itself instead of partials).
+  struct DShape { const char* n; int64_t B, Hq, Hk, Sq, Sk, D; };
+  const DShape ds[] = {
+      {"dec_s1x4097_d128", 2, 4, 4, 1, 4097, 128},
+      {"dec_s4x1000_d64_gqa4", 2, 8, 2, 4, 1000, 64},
+      {"dec_s2x3001_d128_gqa8", 1, 16, 2, 2, 3001, 128},
+      {"dec_s3x777_d64_mqa", 1, 8, 1, 3, 777, 64},
+      {"dec_s16x300_d128_gqa4", 1, 8, 2, 16, 300, 128},
+      {"dec_s16x10_d128", 2, 2, 2, 16, 10, 128},
+      {"dec_s5x3_d64_gqa4", 1, 4, 1, 5, 3, 64},
+      {"dec_b64_s1x200_d64", 64, 8, 8, 1, 200, 64},
+  };
+  for (DT dt : {DT::bf16, DT::f16}) {
+    if (quick && dt != DT::bf16) continue;
+    for (const DShape& x : ds) {
+      auto add = [&](const char* name, auto&& set) {
+        Case c;
+        c.name = std::string(x.n) + "_" + name;
+        c.B = x.B; c.Hq = x.Hq; c.Hk = x.Hk; c.Sq = x.Sq; c.Sk = x.Sk; c.D = x.D; c.Dv = x.D;
+        c.dt = dt;
+        set(c);
+        grid.push_back(c);
+      };
+      add("plain", [](Case&) {});
+      add("causal_br", [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+      if (quick) continue;
+      add("causal_tl", [](Case& c) { c.causal = true; });
+      add("window_br_l100_r0", [](Case& c) { c.wl = 100; c.wr = 0; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+      add("window_tl_l40_r7", [](Case& c) { c.wl = 40; c.wr = 7; });
+      add("varlen_causal_br", [](Case& c) { c.varlen = true; c.B = 3; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+      add("bshd_scale0.3", [](Case& c) { c.bshd = true; c.scale = 0.3f; });
+    }
+  }
   return grid;
 }
 
@@ -537,8 +576,11 @@ bool determinism_case(cudaStream_t s, bool hopper_scope) {
   return ok;
 }
 
-bool splitkv_case(cudaStream_t s) {
-  // Forced split counts must agree with no split (up to fp32 rounding).
+// Forced split counts must agree with no split (up to fp32 rounding); on the
+// decode kernel (decode = true) or the tensor-core split-KV path.
+bool splitkv_case(cudaStream_t s, bool decode) {
+  if (decode) unsetenv("FLASHSDPA_CUDA_NO_DECODE");
+  else setenv("FLASHSDPA_CUDA_NO_DECODE", "1", 1);
   Case c;
   c.B = 1; c.Hq = 4; c.Hk = 1; c.Sq = 2; c.Sk = 3001; c.D = 128; c.Dv = 128; c.dt = DT::f16;
   c.causal = true;
@@ -575,7 +617,9 @@ bool splitkv_case(cudaStream_t s) {
     if (!(e1 <= t1 && e2 <= t2)) ok = false;
   }
   unsetenv("FLASHSDPA_CUDA_SPLITS");
-  printf("%s splitkv forced splits vs fp64 reference:%s\n", ok ? "ok  " : "FAIL", msg.c_str());
+  unsetenv("FLASHSDPA_CUDA_NO_DECODE");
+  printf("%s splitkv%s forced splits vs fp64 reference:%s\n", ok ? "ok  " : "FAIL",
+         decode ? " (decode kernel)" : " (tensor-core path)", msg.c_str());
   return ok;
 }
 
@@ -656,7 +700,8 @@ int main(int argc, char** argv) {
     if (!long_only) {
       tally(determinism_case(s, false));
       tally(determinism_case(s, true));
-      tally(splitkv_case(s));
+      tally(splitkv_case(s, true));
+      tally(splitkv_case(s, false));
       tally(nonfinite_case(s));
     }
     if (do_long && !quick) {

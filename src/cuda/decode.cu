@@ -1,0 +1,415 @@
+// Decode forward (flash-decoding): few query rows, long key ranges.
+//
+// One CTA per (row group, key split, kv head, batch). The query rows of a
+// GQA group (Sq * Hq / Hk of them: row r is query token r / G of query head
+// hk * G + r % G) are packed as the 16 rows of one mma m-fragment, so every
+// K/V byte is read once per group instead of once per query head, and the
+// time is the time to stream K and V: the kernel is a memory pipeline.
+//
+// Each warp runs its own cp.async pipeline of kStages stages of kKeys keys
+// (K and V), on the chunks w, w + NW, w + 2 NW, ... of the CTA's key range
+// (so the CTA as a whole reads contiguous spans), with its own online
+// softmax; no block barrier inside the loop, only cp.async.wait_group and
+// __syncwarp. At the end the warps' (m, l, O) are combined through shared
+// memory; with one split the CTA writes out and lse itself, with several
+// it writes normalised fp32 partials + lse for splitkv_merge (misc.cu).
+//
+// Scope (decode_supported): fp16/bf16, D == Dv in {64, 128}, 16-byte
+// loadable q/k/v, band-only semantics (causal / windows with either
+// alignment), GQA/MQA, varlen, Sq <= 16 and Sq * G <= 64.
+#include <stdlib.h>
+
+#include "cuda/tc.cuh"  // PTX wrappers (ldmatrix, mma.sync, cp.async), pitch<DP>
+
+namespace fsdpa {
+namespace cuda {
+namespace {
+
+// ---- tile heuristics (the one place) -------------------------------------
+// Per warp and stage: kKeys rows of K and of V with pitch DP + 8 (about 9 KB
+// at either head dim), 3 stages, 4 warps: ~64 KB of loads in flight per
+// CTA. Measured on an H100 with bench/decode_sweep.py (Sq 1, Sk 32k, B 8,
+// no split): twice the keys per stage at one CTA per SM ran 0.747 vs
+// 0.738 ms (H 16, D 128) and 0.478 vs 0.389 ms (Hq 32 / Hk 8); the
+// L2::256B prefetch hint on the K/V copies 0-6% faster than without.
+template <int DP> struct DecodeConfig {
+  static constexpr int kWarps = 4;
+  static constexpr int kKeys = DP == 64 ? 32 : 16;
+  static constexpr int kStages = 3;
+  static constexpr int kMinBlocks = 2;  // CTAs per SM the registers must allow
+};
+constexpr int kRows = 16;         // packed query rows per CTA (one m16 fragment)
+constexpr int kMaxRows = 64;      // Sq * G above this: the general kernels
+constexpr int kMaxSq = 16;        // longer query ranges are not decode
+constexpr int kMaxSplits = 128;
+// A CTA's fixed cost (pipeline fill, epilogue) in units of one CTA step
+// (kWarps * kKeys keys), used by decode_splits' wave model.
+constexpr double kCtaOverheadUnits = 2.0;
+// CTAs per SM the split model fills: one. On an H100 (bf16, Sk 32k, B 8,
+// H 16, D 128) 128 CTAs streamed K/V at 2.9 TB/s (0.740 ms); 256, 512 and
+// 1024 CTAs (2-8 splits) took 0.765-0.785 ms. Hq 32 / Hk 8: 64 CTAs 0.403,
+// 128 0.409, 256 0.423 ms.
+constexpr int kSlotsPerSm = 1;
+
+template <int DP> constexpr size_t decode_pipe_elems() {
+  using C = DecodeConfig<DP>;
+  return size_t(C::kWarps) * C::kStages * 2 * C::kKeys * pitch<DP>();
+}
+template <typename T, int DP> constexpr size_t decode_smem() {
+  return (kRows * pitch<DP>() + decode_pipe_elems<DP>()) * sizeof(T);
+}
+
+// cp.async of 16 bytes (zero-filled when !pred) with the L2::256B prefetch
+// hint: K/V rows are streamed once, whole 256-byte blocks at a time.
+__device__ __forceinline__ void cp_async16_pf(void* smem, const void* gmem, bool pred) {
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
+               "l"(gmem), "r"(pred ? 16 : 0));
+}
+
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+template <typename T, int DP>
+__global__ void __launch_bounds__(DecodeConfig<DP>::kWarps * 32, DecodeConfig<DP>::kMinBlocks)
+decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepart) {
+  using C = DecodeConfig<DP>;
+  constexpr int NW = C::kWarps, KW = C::kKeys, ST = C::kStages, P = pitch<DP>();
+  constexpr int NT = NW * 32, CH = DP / 8;  // 16-byte chunks per row
+  static_assert(KW % 16 == 0 && ST >= 2, "decode tile");
+  // The epilogue reuses the pipeline's shared memory for the warps' O, m, l.
+  static_assert((NW * kRows * (DP + 4) + 2 * NW * kRows) * sizeof(float) <=
+                    decode_pipe_elems<DP>() * sizeof(T),
+                "decode epilogue scratch");
+  extern __shared__ __align__(16) char smem_raw[];
+  T* Qs = reinterpret_cast<T*>(smem_raw);
+  T* KVs = Qs + kRows * P;  // [NW][ST][K, V][KW][P]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int rg = blockIdx.x % ngroups, split = blockIdx.x / ngroups;
+  const int64_t hk = blockIdx.y, b = blockIdx.z;
+  const int G = static_cast<int>(p.heads_q / p.heads_k);
+  const Seq e = get_seq(p, b);
+  const int R = e.sq * G, r0 = rg * kRows;
+  if (r0 >= R) return;  // no rows of this batch in this group: nothing to write
+  const int rend = min(R, r0 + kRows);
+
+  // Key range of the group: rows' bands are monotone in the query index, so
+  // the union is [lo(first), hi(last)] and the keys every row sees are
+  // [lo(last), hi(first)].
+  const int i_first = r0 / G, i_last = (rend - 1) / G;
+  const KeyRange kf = visible_keys(i_first, e.sq, e.sk, p.window_left, p.window_right,
+                                   p.bottom_right);
+  const KeyRange kl = visible_keys(i_last, e.sq, e.sk, p.window_left, p.window_right,
+                                   p.bottom_right);
+  const int band_lo_max = static_cast<int>(kl.lo), band_hi_min = static_cast<int>(kf.hi);
+  int sc_lo = 0, sc_hi = -1;  // kKeys-chunks of the union
+  if (kl.hi >= kf.lo && e.sk > 0) {
+    sc_lo = static_cast<int>(kf.lo) / KW;
+    sc_hi = static_cast<int>(kl.hi) / KW;
+  }
+  // This split's chunks: a multiple of NW per split, so the warps get equal shares.
+  const int nsub = sc_hi - sc_lo + 1;
+  const int per = ((nsub + nsplit - 1) / nsplit + NW - 1) / NW * NW;
+  const int s_begin = sc_lo + split * per;
+  const int s_end = min(sc_hi, s_begin + per - 1);
+  const int nst = s_end >= s_begin + warp ? (s_end - s_begin - warp) / NW + 1 : 0;
+
+  // Q tile (zero rows past the group), its own cp.async group.
+  const T* qb = static_cast<const T*>(p.q);
+  for (int x = threadIdx.x; x < kRows * CH; x += NT) {
+    const int row = x / CH, c = (x % CH) * 8, r = r0 + row;
+    const bool ok = r < rend;
+    const T* src = ok ? qb + off4(p.q_stride, b, hk * G + r % G, e.q_begin + r / G, c) : qb;
+    cp_async16(Qs + row * P + c, src, ok);
+  }
+  cp_async_commit();
+
+  const T* kg = static_cast<const T*>(p.k) + off4(p.k_stride, b, hk, e.k_begin, 0);
+  const T* vg = static_cast<const T*>(p.v) + off4(p.v_stride, b, hk, e.k_begin, 0);
+  const int64_t ks = p.k_stride[2], vs = p.v_stride[2];
+  // Pointer step of one warp copy (RPI rows; see load_step).
+  const int64_t kstep = (32 / CH) * ks, vstep = (32 / CH) * vs;
+  T* myKV = KVs + warp * ST * 2 * KW * P;
+  // Warp step t -> stage t % ST; always commits (empty groups past the end)
+  // so that the group count per step is fixed.
+  auto load_step = [&](int t) {
+    if (t < nst) {
+      T* Kb = myKV + (t % ST) * 2 * KW * P;
+      T* Vb = Kb + KW * P;
+      // A warp instruction copies RPI whole rows (512 contiguous bytes
+      // when rows are contiguous); per-lane pointers step by RPI rows.
+      constexpr int RPI = 32 / CH;
+      static_assert(32 % CH == 0 && KW % RPI == 0, "whole rows per warp copy");
+      const int j0 = (s_begin + warp + NW * t) * KW + lane / CH, c = (lane % CH) * 8;
+      const T* ksrc = kg + j0 * ks + c;
+      const T* vsrc = vg + j0 * vs + c;
+      T* kdst = Kb + (lane / CH) * P + c;
+      T* vdst = Vb + (lane / CH) * P + c;
+#pragma unroll
+      for (int y = 0; y < KW / RPI; ++y) {
+        const bool ok = j0 + y * RPI < e.sk;  // keys past the end: zeros (finite V for P = 0)
+        cp_async16_pf(kdst + y * RPI * P, ok ? ksrc : kg, ok);
+        cp_async16_pf(vdst + y * RPI * P, ok ? vsrc : vg, ok);
+        ksrc += kstep;
+        vsrc += vstep;
+      }
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int t = 0; t < ST - 1; ++t) load_step(t);
+  cp_async_wait<ST - 1>();  // the Q group is the oldest
+  __syncthreads();
+  uint32_t qa[DP / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < DP / 16; ++kk) load_a<DP>(qa[kk], Qs, 0, kk * 16, lane);
+
+  // Rows of this thread: g = lane / 4 and g + 8 of the fragment.
+  int rlo[2], rhi[2];
+#pragma unroll
+  for (int x = 0; x < 2; ++x) {
+    const int r = r0 + lane / 4 + 8 * x;
+    rlo[x] = 1;
+    rhi[x] = 0;
+    if (r < rend) {
+      const KeyRange kr = visible_keys(r / G, e.sq, e.sk, p.window_left, p.window_right,
+                                       p.bottom_right);
+      rlo[x] = static_cast<int>(kr.lo);
+      rhi[x] = static_cast<int>(kr.hi);
+    }
+  }
+  const float sl2 = p.scale * kLog2e;
+  float mrow[2] = {neg_inf(), neg_inf()}, lrow[2] = {0.0f, 0.0f};
+  float oacc[DP / 8][4];
+#pragma unroll
+  for (int n = 0; n < DP / 8; ++n) oacc[n][0] = oacc[n][1] = oacc[n][2] = oacc[n][3] = 0.0f;
+
+  for (int t = 0; t < nst; ++t) {
+    cp_async_wait<ST - 2>();
+    __syncwarp();  // every lane's copies of step t landed; stage (t-1) % ST is free
+    load_step(t + ST - 1);
+    const T* Kb = myKV + (t % ST) * 2 * KW * P;
+    const T* Vb = Kb + KW * P;
+    const int j0 = (s_begin + warp + NW * t) * KW;
+
+    float s[KW / 8][4];
+#pragma unroll
+    for (int n = 0; n < KW / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < DP / 16; ++kk)
+#pragma unroll
+      for (int n = 0; n < KW / 8; n += 2) {
+        uint32_t bf[4];
+        load_b_rows_n<DP>(bf, Kb, n * 8, kk * 16, lane);
+        mma16816<T>(s[n], qa[kk], bf[0], bf[1]);
+        mma16816<T>(s[n + 1], qa[kk], bf[2], bf[3]);
+      }
+
+    // Scores in the log2 domain; chunks inside every row's band skip the test.
+    const bool inner = j0 >= band_lo_max && j0 + KW - 1 <= band_hi_min;
+    float mx[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+    for (int n = 0; n < KW / 8; ++n)
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const int r = x / 2, j = j0 + n * 8 + 2 * (lane % 4) + (x % 2);
+        const float v = (inner || (j >= rlo[r] && j <= rhi[r])) ? s[n][x] * sl2 : neg_inf();
+        s[n][x] = v;
+        mx[r] = fmaxf(mx[r], v);
+      }
+    float muse[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      const float mnew = fmaxf(mrow[r], mx[r]);
+      muse[r] = mnew == neg_inf() ? 0.0f : mnew;
+      const float alpha = exp2f(mrow[r] - muse[r]);
+      mrow[r] = mnew;
+      lrow[r] *= alpha;
+#pragma unroll
+      for (int n = 0; n < DP / 8; ++n) {
+        oacc[n][2 * r] *= alpha;
+        oacc[n][2 * r + 1] *= alpha;
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < KW / 8; ++n)
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const float pr = exp2f(s[n][x] - muse[x / 2]);
+        lrow[x / 2] += pr;
+        s[n][x] = pr;
+      }
+    // O += P V, P rounded to T (as the other tensor-core kernels).
+#pragma unroll
+    for (int kk = 0; kk < KW / 16; ++kk) {
+      uint32_t a[4];
+      a[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+      a[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+      a[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      a[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int n = 0; n < DP / 8; n += 2) {
+        uint32_t bf[4];
+        load_b_rows_k<DP>(bf, Vb, kk * 16, n * 8, lane);
+        mma16816<T>(oacc[n], a, bf[0], bf[1]);
+        mma16816<T>(oacc[n + 1], a, bf[2], bf[3]);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done with its stages: reuse them
+
+  // Combine the warps: O_w, m_w, l_w per row -> the CTA's (m, l, O).
+  constexpr int OP = DP + 4;  // float pitch of the scratch rows
+  float* Ow = reinterpret_cast<float*>(KVs);
+  float* Mw = Ow + NW * kRows * OP;
+  float* Lw = Mw + NW * kRows;
+#pragma unroll
+  for (int x = 0; x < 2; ++x) {
+    const int row = lane / 4 + 8 * x;
+    float l = lrow[x];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    if (lane % 4 == 0) {
+      Mw[warp * kRows + row] = mrow[x];
+      Lw[warp * kRows + row] = l;
+    }
+    float* o = Ow + (warp * kRows + row) * OP + 2 * (lane % 4);
+#pragma unroll
+    for (int n = 0; n < DP / 8; ++n)
+      *reinterpret_cast<float2*>(o + n * 8) = make_float2(oacc[n][2 * x], oacc[n][2 * x + 1]);
+  }
+  __syncthreads();
+
+  const int64_t rows_total = p.total_q * p.heads_q;
+  for (int x = threadIdx.x; x < kRows * DP; x += NT) {
+    const int row = x / DP, d = x % DP, r = r0 + row;
+    if (r >= rend) break;  // rows are in order: the rest are past the group too
+    float m = neg_inf();
+#pragma unroll
+    for (int w = 0; w < NW; ++w) m = fmaxf(m, Mw[w * kRows + row]);
+    float l = 0.0f, o = 0.0f;
+    if (m != neg_inf()) {
+#pragma unroll
+      for (int w = 0; w < NW; ++w) {
+        const float f = exp2f(Mw[w * kRows + row] - m);
+        l += f * Lw[w * kRows + row];
+        o += f * Ow[(w * kRows + row) * OP + d];
+      }
+    }
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    const float lse = l > 0.0f ? (m + log2f(l)) * kLn2 : neg_inf();
+    const int i = r / G;
+    const int64_t h = hk * G + r % G;
+    if (nsplit == 1) {
+      static_cast<T*>(p.out)[off4(p.out_stride, b, h, e.q_begin + i, d)] = from_f<T>(o * inv);
+      if (p.lse && d == 0)
+        p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + (e.q_begin + i) * p.lse_stride[2]] = lse;
+    } else {
+      // splitkv_merge reads O only where lse is finite.
+      const int64_t prow = split * rows_total + q_token(p, b, e, i) * p.heads_q + h;
+      opart[prow * DP + d] = o * inv;
+      if (d == 0) lsepart[prow] = lse;
+    }
+  }
+}
+
+template <typename T, int DP> cudaError_t set_smem() {
+  return cudaFuncSetAttribute(decode_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              int(decode_smem<T, DP>()));
+}
+
+int groups_of(const AttnParams& p) {
+  const int64_t rows = p.seqlen_q * (p.heads_q / p.heads_k);
+  return static_cast<int>((rows + kRows - 1) / kRows);
+}
+
+template <typename T, int DP> int decode_splits_t(const AttnParams& p) {
+  using C = DecodeConfig<DP>;
+  const char* env = getenv("FLASHSDPA_CUDA_SPLITS");
+  if (env != nullptr && atoi(env) > 0) return atoi(env) > 256 ? 256 : atoi(env);
+  int sms = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, p.device_id) != cudaSuccess ||
+      sms <= 0)
+    sms = 108;
+  // Keys a group can see (a window bounds it).
+  int64_t span = p.seqlen_k;
+  if (p.window_left >= 0 && p.window_right >= 0) {
+    const int64_t w = p.window_left + p.window_right + p.seqlen_q;
+    if (w < span) span = w;
+  }
+  const int64_t step = int64_t(C::kWarps) * C::kKeys;
+  const int64_t units = (span + step - 1) / step;  // CTA steps of one (b, hk, group)
+  const int64_t base = p.batch * p.heads_k * groups_of(p), slots = int64_t(sms) * kSlotsPerSm;
+  // Wave model: time ~ waves * (steps per CTA + fixed cost); the fewest
+  // splits among the cheapest.
+  int best = 1;
+  double best_cost = 1e300;
+  const int64_t nmax = units < kMaxSplits ? units : kMaxSplits;
+  for (int64_t n = 1; n <= nmax; ++n) {
+    const int64_t waves = (base * n + slots - 1) / slots;
+    const double cost = double(waves) * (double((units + n - 1) / n) + kCtaOverheadUnits);
+    if (cost < best_cost * 0.999) {
+      best_cost = cost;
+      best = static_cast<int>(n);
+    }
+  }
+  // Keep the fp32 partials under 1 GiB.
+  while (best > 1 && int64_t(best) * p.total_q * p.heads_q * DP * 4 > (int64_t(1) << 30)) best /= 2;
+  return best;
+}
+
+template <typename T, int DP>
+cudaError_t decode_launch(const AttnParams& p, int nsplit, float* opart, float* lsepart,
+                          cudaStream_t s) {
+  using C = DecodeConfig<DP>;
+  const cudaError_t err = set_smem<T, DP>();
+  if (err != cudaSuccess) return err;
+  const int ng = groups_of(p);
+  const dim3 grid(static_cast<unsigned>(ng * nsplit), static_cast<unsigned>(p.heads_k),
+                  static_cast<unsigned>(p.batch));
+  decode_kernel<T, DP><<<grid, C::kWarps * 32, decode_smem<T, DP>(), s>>>(p, ng, nsplit, opart,
+                                                                          lsepart);
+  return cudaGetLastError();
+}
+
+bool aligned16(const void* ptr, const int64_t* st) {
+  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && st[3] == 1 && st[0] % 8 == 0 &&
+         st[1] % 8 == 0 && st[2] % 8 == 0;
+}
+
+}  // namespace
+
+bool decode_supported(const AttnParams& p) {
+  if (p.dtype != DType::f16 && p.dtype != DType::bf16) return false;
+  if (p.head_dim != p.head_dim_v || (p.head_dim != 64 && p.head_dim != 128)) return false;
+  if (p.mask_kind != MaskKind::none || p.alibi != nullptr || p.softcap > 0.0f ||
+      p.dropout_p > 0.0f)
+    return false;
+  if (p.seqlen_q > kMaxSq || p.seqlen_q * (p.heads_q / p.heads_k) > kMaxRows) return false;
+  if (p.batch > 65535 || p.heads_k > 65535) return false;  // grid z, y
+  return aligned16(p.q, p.q_stride) && aligned16(p.k, p.k_stride) && aligned16(p.v, p.v_stride);
+}
+
+int decode_splits(const AttnParams& p) {
+  const bool f16 = p.dtype == DType::f16;
+  if (p.head_dim == 64)
+    return f16 ? decode_splits_t<__half, 64>(p) : decode_splits_t<__nv_bfloat16, 64>(p);
+  return f16 ? decode_splits_t<__half, 128>(p) : decode_splits_t<__nv_bfloat16, 128>(p);
+}
+
+cudaError_t decode_fwd(const AttnParams& p, int nsplit, float* opart, float* lsepart,
+                       cudaStream_t s) {
+  const bool f16 = p.dtype == DType::f16;
+  if (p.head_dim == 64)
+    return f16 ? decode_launch<__half, 64>(p, nsplit, opart, lsepart, s)
+               : decode_launch<__nv_bfloat16, 64>(p, nsplit, opart, lsepart, s);
+  return f16 ? decode_launch<__half, 128>(p, nsplit, opart, lsepart, s)
+             : decode_launch<__nv_bfloat16, 128>(p, nsplit, opart, lsepart, s);
+}
+
+}  // namespace cuda
+}  // namespace fsdpa
