@@ -295,17 +295,21 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
           } else if (ws == 2) {
             mode = 2;
           }
-          // The mask's pointer, strides and scale read through volatile
-          // loads (of the kernel parameters): otherwise the compiler hoists
-          // the rows' offsets out of the loop and keeps them in registers
-          // the consumers do not have (ptxas spilled).
-          const volatile AttnParams& vp = p;
+          // The row pointers are rebuilt per block from (b, h, row0) passed
+          // through an empty asm, which the compiler cannot hoist: else it
+          // computes them once per tile and keeps them in registers the
+          // consumers do not have (ptxas spilled O and P). The strides and
+          // the pointer come from the constant bank.
+          int64_t bb = x.b;
+          int hh = x.h, r0 = row0;
+          float sc = p.scale;
+          asm volatile("" : "+l"(bb), "+r"(hh), "+r"(r0), "+f"(sc));
           MaskOp<MK> op;
-          op.inv_scale = 1.0f / vp.scale;
-          const int64_t ro = x.b * vp.mask_stride[0] + x.h * vp.mask_stride[1] +
-                             int64_t(row0) * vp.mask_stride[2] + n0 + 2 * (lane % 4);
-          op.rp[0] = static_cast<const typename MaskElem<MK>::type*>(vp.mask) + ro;
-          op.rp[1] = op.rp[0] + 8 * vp.mask_stride[2];
+          op.inv_scale = 1.0f / sc;
+          const int64_t ro = bb * p.mask_stride[0] + hh * p.mask_stride[1] +
+                             int64_t(r0) * p.mask_stride[2] + n0 + 2 * (lane % 4);
+          op.rp[0] = static_cast<const typename MaskElem<MK>::type*>(p.mask) + ro;
+          op.rp[1] = op.rp[0] + 8 * p.mask_stride[2];
           softmax_block<BN>(s, st, al, sl2, mode, n0, lane, op);
         } else {
           softmax_block<BN>(s, st, al, sl2, mode, n0, lane);
