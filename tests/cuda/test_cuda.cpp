@@ -236,6 +236,48 @@ std::vector<Case> make_grid(bool quick) {
       add("bshd_scale0.3", [](Case& c) { c.bshd = true; c.scale = 0.3f; });
     }
   }
+  // ---- Hopper forward with masks (hm_*: masks built by hmaskify) --------
+  // Shapes in the Hopper forward's scope that choose_splits() does not
+  // split; patterns: block-sparse 128-aligned (bs128) and not (bs96),
+  // random (all tiles mixed), key padding per batch ([B, 1, 1, Sk]),
+  // rows and a whole 128-row query tile with no visible key; bool,
+  // additive float32 and additive in q's dtype (mlow); broadcast over
+  // batch (bcb), heads (bch), both, or per (b, h); with causal / windows.
+  struct MShape { const char* n; int64_t B, Hq, Hk, Sq, Sk, D; };
+  const MShape ms[] = {
+      {"hm_s300x440_d128_gqa", 2, 4, 2, 300, 440, 128},
+      {"hm_s640x1000_d64", 2, 8, 8, 640, 1000, 64},
+      {"hm_s1030x1200_d128_gqa", 1, 16, 4, 1030, 1200, 128},
+      {"hm_s129x300_d64_mqa", 2, 4, 1, 129, 300, 64},
+  };
+  for (DT dt : {DT::bf16, DT::f16}) {
+    if (quick && dt != DT::bf16) continue;
+    for (const MShape& x : ms) {
+      auto add = [&](const char* name, MaskKind mk, auto&& set) {
+        Case c;
+        c.name = std::string(x.n) + "_" + name;
+        c.B = x.B; c.Hq = x.Hq; c.Hk = x.Hk; c.Sq = x.Sq; c.Sk = x.Sk; c.D = x.D; c.Dv = x.D;
+        c.dt = dt;
+        c.mask = mk;
+        set(c);
+        grid.push_back(c);
+      };
+      const MaskKind B = MaskKind::boolean, A = MaskKind::additive;
+      add("bool_bs128_bch", B, [](Case&) {});
+      add("add_bs96_mlow_bch", A, [](Case&) {});
+      add("add_keypad", A, [](Case&) {});
+      add("bool_emptyrows_emptytile", B, [](Case&) {});
+      if (quick) continue;
+      add("bool_bs96", B, [](Case&) {});
+      add("bool_rand_bcb", B, [](Case&) {});
+      add("add_bs128_bcb_bch", A, [](Case&) {});
+      add("add_rand_emptyrows_mlow", A, [](Case&) {});
+      add("bool_bs128_causal_bch", B, [](Case& c) { c.causal = true; });
+      add("add_bs96_window_br_l100_r20", A, [](Case& c) { c.wl = 100; c.wr = 20; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+      add("bool_keypad_causal_br", B, [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+      add("bool_emptytile_window_l200", B, [](Case& c) { c.wl = 200; });
+    }
+  }
   return grid;
 }
 
@@ -359,11 +401,46 @@ void hbm_mask(Problem& pr) {
   pr.p.mask = &pr.mask;
 }
 
+// Cases named "hm_" (the Hopper forward's masks): the mask's layout and
+// pattern come from the name (make_grid): bool (u8) or additive (float32,
+// or q's dtype with "mlow"); [B, Hq, Sq, Sk] with dims of 1 where it
+// broadcasts ("bcb" batch, "bch" heads, "keypad": [B, 1, 1, Sk]).
+void hmaskify(Problem& pr) {
+  const Case& c = pr.c;
+  auto has = [&](const char* t) { return c.name.find(t) != std::string::npos; };
+  const bool keypad = has("_keypad");
+  const int64_t mb = has("_bcb") ? 1 : c.B, mh = has("_bch") || keypad ? 1 : c.Hq;
+  const int64_t mq = keypad ? 1 : c.Sq;
+  const bool bmask = c.mask == MaskKind::boolean;
+  pr.mask = Tensor({mb, mh, mq, c.Sk}, bmask ? DT::u8 : has("_mlow") ? c.dt : DT::f32);
+  std::mt19937 g(7);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  std::bernoulli_distribution keep(0.8);
+  const int64_t bs = has("_bs96") ? 96 : 128;
+  for (int64_t x = 0; x < pr.mask.numel(); ++x) {
+    const int64_t j = x % c.Sk, i = (x / c.Sk) % mq, h = (x / (c.Sk * mq)) % mh,
+                  b = x / (c.Sk * mq * mh);
+    bool vis;
+    if (has("_bs")) vis = (i / bs + j / bs + b + h) % 3 != 0 || i / bs == j / bs;
+    else if (keypad) vis = j < c.Sk - 37 * (b + 1);
+    else vis = keep(g);
+    if (has("_emptyrows") && i % 29 == 3) vis = false;
+    if (has("_emptytile") && i >= 128 && i < 256) vis = false;  // every key block skipped
+    double v = vis ? 0.0 : -INFINITY;
+    // Additive: 0 (no effect: 32x32 tiles of state 1) except in some tiles
+    // (mixed) and everywhere for random patterns.
+    if (vis && !bmask && (!has("_bs") || (i / 32 + j / 32) % 5 == 0)) v = nd(g);
+    pr.mask.set(x, bmask ? (vis ? 1.0 : 0.0) : v);
+  }
+  pr.p.mask = &pr.mask;
+}
+
 // Runs one case on the current path; returns true if it passed.
 bool run_case(const Case& c, bool simt, cudaStream_t s) {
   Problem pr(c);
   if (c.name.find("blockmask") != std::string::npos) blockify(pr);
   if (c.name.rfind("hbm_", 0) == 0) hbm_mask(pr);
+  if (c.name.rfind("hm_", 0) == 0) hmaskify(pr);
   fsdpa_params& p = pr.p;
   const std::string key = std::string(dt_name(c.dt)) + (simt ? "/simt" : "/tc");
   Check chk;

@@ -5,6 +5,7 @@
 #include <cuda.h>  // CUtensorMap (a 128-byte, 64-byte aligned opaque struct)
 
 #include "core/attn_params.h"
+#include "cuda/launch.h"  // MaskTiles
 
 namespace fsdpa {
 namespace cuda {
@@ -34,6 +35,7 @@ struct FwdCfg {
 struct FwdArgs {
   CUtensorMap tq, tk, tv;  // 4-d (d, token, head, batch) maps, 128B swizzle
   AttnParams p;
+  MaskTiles mt;            // mask tile flags (flags == nullptr: every block mixed)
   int n_mblocks;           // query blocks per (head, batch)
   int n_units;             // scheduling units: pairs of query blocks per (head, batch)
 };

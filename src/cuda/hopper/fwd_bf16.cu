@@ -1,11 +1,11 @@
-// Hopper forward instantiations for __nv_bfloat16 (D = 64, 128).
+// Hopper forward instantiations for __nv_bfloat16 (D = 64, 128), no mask.
 #include "cuda/hopper/launch.cuh"
 
 namespace fsdpa {
 namespace cuda {
 namespace hopper {
 cudaError_t fwd_bf16(const FwdArgs& a, int sms, int wg64, cudaStream_t s) {
-  return launch_fwd_dtype<__nv_bfloat16>(a, sms, wg64, s);
+  return launch_fwd_dtype<__nv_bfloat16, kMaskNone>(a, sms, wg64, s);
 }
 }  // namespace hopper
 }  // namespace cuda

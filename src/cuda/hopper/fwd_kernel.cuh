@@ -30,6 +30,7 @@
 #include "cuda/common.cuh"
 #include "cuda/hopper/config.h"
 #include "cuda/hopper/epilogue.cuh"
+#include "cuda/hopper/mask.cuh"
 #include "cuda/hopper/ptx.cuh"
 #include "cuda/hopper/softmax.cuh"
 #include "cuda/hopper/wgmma.cuh"
@@ -87,7 +88,8 @@ __device__ __forceinline__ void for_each_tile(const AttnParams& p, int nmb, int 
   }
 }
 
-template <typename T, int D, int NCW>
+// MK: MaskMode (mask.cuh); kMaskNone is the unmasked kernel.
+template <typename T, int D, int NCW, int MK>
 __global__ void __launch_bounds__(FwdCfg<D, NCW>::kThreads, 1)
 fwd_kernel(const __grid_constant__ FwdArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -95,9 +97,18 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
   constexpr int BM = C::kBM, BN = C::kBN, ST = C::kStages;
   constexpr uint32_t kQBytes = BM * D * 2, kKVBytes = BN * D * 2;
   const AttnParams& p = a.p;
+  // setmaxnreg: with a mask (2 consumer warpgroups only, launch.cuh) the
+  // consumers get 240 (the mask code spilled O and P at 232) and the
+  // producer 24: 24 + 2 * 240 = 3 * 168, the registers the CTA starts with.
+  static_assert(MK == kMaskNone || NCW == 2, "masked kernels have 2 consumer warpgroups");
+  constexpr int kProducerRegs = MK == kMaskNone ? C::kProducerRegs : 24;
+  constexpr int kConsumerRegs = MK == kMaskNone ? C::kConsumerRegs : 240;
 
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   __shared__ __align__(8) uint64_t bars[4 + 4 * ST];
+  // Masked kernels: the producer's word per K stage (key block, last of
+  // the tile, warpgroup states) and per Q slot (0: no live block); mask.cuh.
+  __shared__ uint32_t kinfo[ST], qinfo[2];
   const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;  // 2 Q slots
   const uint32_t sK = sQ + 2 * kQBytes, sV = sK + ST * kKVBytes;
   const uint32_t b0 = smem_u32(&bars[0]);
@@ -127,46 +138,83 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
   const int lane = threadIdx.x % 32;
   if (wg == 0) {
     // ---------------- producer ----------------
-    regs_dealloc<C::kProducerRegs>();
-    if (threadIdx.x == 0) {
-      tma_prefetch_desc(&a.tq);
-      tma_prefetch_desc(&a.tk);
-      tma_prefetch_desc(&a.tv);
+    regs_dealloc<kProducerRegs>();
+    // One thread issues every load. With a mask the whole warp 0 walks
+    // the key blocks (BlockCursor's ballots) and lane 0 issues.
+    if (MK == kMaskNone ? threadIdx.x == 0 : threadIdx.x < 32) {
+      const bool leader = threadIdx.x == 0;
+      if (leader) {
+        tma_prefetch_desc(&a.tq);
+        tma_prefetch_desc(&a.tk);
+        tma_prefetch_desc(&a.tv);
+      }
       const int bc_varlen = p.cu_seqlens_q != nullptr;
       uint32_t kv = 0, qn = 0;  // K/V blocks and Q tiles loaded so far
       for_each_tile<BM, BN>(p, a.n_mblocks, a.n_units, [&](const Tile& x) {
         if (x.nblk == 0) return;
         const int bc = bc_varlen ? 0 : static_cast<int>(x.b);
-        for (int it = 0; it < x.nblk; ++it, ++kv) {
+        const int kb1 = x.kb0 + x.nblk - 1;
+        const CursorCtx cx{x.b, x.h, x.m0, min(BM, x.e.sq - x.m0), kb1, x.e.sk};
+        BlockCursor<MK, BM, BN> cur;
+        uint32_t ws;
+        int kb = cur.next(a.mt, cx, x.kb0, &ws);
+        // Q, into the slot the tile before last let go of.
+        const int q = qn & 1;
+        const uint32_t qph = ((qn >> 1) & 1) ^ 1;
+        ++qn;
+        if constexpr (MK != kMaskNone) {
+          if (kb > kb1) {  // no live block: an empty Q slot (mask.cuh)
+            mbar_wait(bQe(q), qph);
+            if (leader) {
+              qinfo[q] = 0;
+              mbar_arrive(bQf(q));
+            }
+            return;
+          }
+        }
+        for (bool first = true; kb <= kb1; first = false, ++kv) {
+          uint32_t wsn;
+          const int kn = cur.next(a.mt, cx, kb + 1, &wsn);
           const int s = kv % ST;
           const uint32_t ph = (kv / ST) & 1;
-          const int krow = static_cast<int>(x.e.k_begin) + (x.kb0 + it) * BN;
+          const int krow = static_cast<int>(x.e.k_begin) + kb * BN;
           mbar_wait(bKe(s), ph ^ 1);
-          mbar_arrive_expect_tx(bKf(s), kKVBytes);
-#pragma unroll
-          for (int cb = 0; cb < D / 64; ++cb)
-            tma_load_4d(sK + s * kKVBytes + cb * BN * 128, &a.tk, bKf(s), cb * 64, krow, x.hk, bc);
-          if (it == 0) {  // Q, into the slot the tile before last let go of
-            const int q = qn & 1;
-            mbar_wait(bQe(q), ((qn >> 1) & 1) ^ 1);
-            mbar_arrive_expect_tx(bQf(q), kQBytes);
+          if (leader) {
+            if constexpr (MK != kMaskNone)
+              kinfo[s] = uint32_t(kb) | ((ws & 0xFu) << 24) | (kn > kb1 ? 1u << 31 : 0u);
+            mbar_arrive_expect_tx(bKf(s), kKVBytes);
 #pragma unroll
             for (int cb = 0; cb < D / 64; ++cb)
-              tma_load_4d(sQ + q * kQBytes + cb * BM * 128, &a.tq, bQf(q), cb * 64,
-                          static_cast<int>(x.e.q_begin) + x.m0, x.h, bc);
-            ++qn;
+              tma_load_4d(sK + s * kKVBytes + cb * BN * 128, &a.tk, bKf(s), cb * 64, krow, x.hk,
+                          bc);
+          }
+          if (first) {
+            mbar_wait(bQe(q), qph);
+            if (leader) {
+              if constexpr (MK != kMaskNone) qinfo[q] = 1;
+              mbar_arrive_expect_tx(bQf(q), kQBytes);
+#pragma unroll
+              for (int cb = 0; cb < D / 64; ++cb)
+                tma_load_4d(sQ + q * kQBytes + cb * BM * 128, &a.tq, bQf(q), cb * 64,
+                            static_cast<int>(x.e.q_begin) + x.m0, x.h, bc);
+            }
           }
           mbar_wait(bVe(s), ph ^ 1);
-          mbar_arrive_expect_tx(bVf(s), kKVBytes);
+          if (leader) {
+            mbar_arrive_expect_tx(bVf(s), kKVBytes);
 #pragma unroll
-          for (int cb = 0; cb < D / 64; ++cb)
-            tma_load_4d(sV + s * kKVBytes + cb * BN * 128, &a.tv, bVf(s), cb * 64, krow, x.hk, bc);
+            for (int cb = 0; cb < D / 64; ++cb)
+              tma_load_4d(sV + s * kKVBytes + cb * BN * 128, &a.tv, bVf(s), cb * 64, krow, x.hk,
+                          bc);
+          }
+          kb = kn;
+          ws = wsn;
         }
       });
     }
   } else {
     // ---------------- consumers ----------------
-    regs_alloc<C::kConsumerRegs>();
+    regs_alloc<kConsumerRegs>();
     const int cw = wg - 1;
     const int wq = (threadIdx.x / 32) % 4;
     const float sl2 = p.scale * kLog2e;
@@ -227,39 +275,102 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
         band_hi = static_cast<int>(
             visible_keys(wrow0, x.e.sq, x.e.sk, p.window_left, p.window_right, p.bottom_right).hi);
       }
-      auto is_full = [&](int it) {
-        const int n0 = (x.kb0 + it) * BN;
+      auto is_full = [&](int kb) {
+        const int n0 = kb * BN;
         return n0 >= band_lo && n0 + BN - 1 <= band_hi;
       };
 #pragma unroll
       for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
 
+      // The softmax of key block kb (warpgroup state ws, mask.cuh): state 1
+      // as without a mask (the band test only where the block is not
+      // inside every row's band), 2 with the mask per score, 0 all -inf
+      // (the band test with the block moved far left of every band).
+      auto softmax = [&](int kb, int ws, float* al) {
+        int mode = is_full(kb) ? 0 : 1, n0 = kb * BN;
+        if constexpr (MK != kMaskNone) {
+          if (ws == 0) {
+            mode = 1;
+            n0 = -(1 << 30);
+          } else if (ws == 2) {
+            mode = 2;
+          }
+          // The row pointers are rebuilt per block from (b, h, row0) passed
+          // through an empty asm, which the compiler cannot hoist: else it
+          // computes them once per tile and keeps them in registers the
+          // consumers do not have (ptxas spilled O and P). The strides and
+          // the pointer come from the constant bank.
+          int64_t bb = x.b;
+          int hh = x.h, r0 = row0;
+          float sc = p.scale;
+          asm volatile("" : "+l"(bb), "+r"(hh), "+r"(r0), "+f"(sc));
+          MaskOp<MK> op;
+          op.inv_scale = 1.0f / sc;
+          const int64_t ro = bb * p.mask_stride[0] + hh * p.mask_stride[1] +
+                             int64_t(r0) * p.mask_stride[2] + n0 + 2 * (lane % 4);
+          op.rp[0] = static_cast<const typename MaskElem<MK>::type*>(p.mask) + ro;
+          op.rp[1] = op.rp[0] + 8 * p.mask_stride[2];
+          softmax_block<BN>(s, st, al, sl2, mode, n0, lane, op);
+        } else {
+          softmax_block<BN>(s, st, al, sl2, mode, n0, lane);
+        }
+      };
+      // Key block of ring index c (after its K full barrier): without a
+      // mask the band's blocks in order (kb_next), else the producer's word.
+      const int kb1 = x.kb0 + x.nblk - 1;
+      auto block_of = [&](uint32_t c, int kb_next, int* ws, bool* last) -> int {
+        if constexpr (MK == kMaskNone) {
+          *ws = 1;
+          *last = kb_next == kb1;
+          return kb_next;
+        } else {
+          const uint32_t ki = *static_cast<volatile uint32_t*>(&kinfo[c % ST]);
+          *ws = (ki >> (24 + 2 * cw)) & 3;
+          *last = (ki >> 31) != 0;
+          return static_cast<int>(ki & 0xFFFFFFu);
+        }
+      };
+
       if (x.nblk > 0) {
         const int qs = qn & 1;
-        dq = make_desc(sQ + qs * kQBytes + cw * 64 * 128, 16, 1024);
         mbar_wait(bQf(qs), (qn >> 1) & 1);
-        // Block 0: S, softmax, P.
+        bool any = true;
+        if constexpr (MK != kMaskNone) any = *static_cast<volatile uint32_t*>(&qinfo[qs]) != 0;
+        if (!any) {  // every block of the tile masked (mask.cuh): out 0, lse -inf
+          ++qn;
+          store_out<T, D>(p, x.e, x.b, x.h, row0, o, st, sl2, lane);
+          __syncwarp();
+          if (lane == 0) mbar_arrive(bQe(qs));
+          return;
+        }
+        dq = make_desc(sQ + qs * kQBytes + cw * 64 * 128, 16, 1024);
+        uint32_t c = kv;  // ring index of the block in S
+        int wst;
+        bool last;
+        // First block: S, softmax, P.
+        mbar_wait(bKf(c % ST), (c / ST) & 1);
+        int kb = block_of(c, x.kb0, &wst, &last);
         {
-          const int stg = kv % ST;
-          mbar_wait(bKf(stg), (kv / ST) & 1);
+          const int stg = c % ST;
           issue_s(stg);
           wgmma_wait<0>();
           fence_regs<BN / 2>(s);
           if (lane == 0) mbar_arrive(bKe(stg));
           float alpha0[2];
-          softmax_block<BN>(s, st, alpha0, sl2, !is_full(0), x.kb0 * BN, lane);
+          softmax(kb, wst, alpha0);
           p_to_a<T, BN>(s, pa);
         }
         float alpha[2] = {1.0f, 1.0f};
-        for (int it = 1; it < x.nblk; ++it) {
-          const uint32_t cur = kv + it, prev = cur - 1;
-          const int stg = cur % ST, pstg = prev % ST;
-          mbar_wait(bKf(stg), (cur / ST) & 1);
+        while (!last) {
+          const uint32_t nx = c + 1;
+          const int stg = nx % ST, pstg = c % ST;
+          mbar_wait(bKf(stg), (nx / ST) & 1);
+          kb = block_of(nx, kb + 1, &wst, &last);
           issue_s(stg);
-          rescale_o<D>(o, alpha);  // by the max of block it - 1
-          mbar_wait(bVf(pstg), (prev / ST) & 1);
+          rescale_o<D>(o, alpha);  // by the max of the previous block
+          mbar_wait(bVf(pstg), (c / ST) & 1);
           issue_pv(pstg);
-          wgmma_wait<1>();  // S of block it done; P_{it-1} V_{it-1} in flight
+          wgmma_wait<1>();  // S of block kb done; P V of the previous in flight
           fence_regs<BN / 2>(s);
           if (lane == 0) mbar_arrive(bKe(stg));
           // The softmax must run before the wait, not after it: ptxas
@@ -267,7 +378,7 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
           // softmax gets its own block (sl2 > 0 always holds here, but
           // ptxas cannot fold it).
           if (sl2 > 0.0f) {
-            softmax_block<BN>(s, st, alpha, sl2, !is_full(it), (x.kb0 + it) * BN, lane);
+            softmax(kb, wst, alpha);
             fence_regs<BN / 2>(s);
           }
           wgmma_wait<0>();
@@ -275,15 +386,15 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
           fence_regs<BN / 4>(pa);
           if (lane == 0) mbar_arrive(bVe(pstg));
           p_to_a<T, BN>(s, pa);
+          c = nx;
         }
         rescale_o<D>(o, alpha);
-        const uint32_t last = kv + x.nblk - 1;
-        mbar_wait(bVf(last % ST), (last / ST) & 1);
-        issue_pv(last % ST);
+        mbar_wait(bVf(c % ST), (c / ST) & 1);
+        issue_pv(c % ST);
         wgmma_wait<0>();
         fence_regs<D / 2>(o);
-        if (lane == 0) mbar_arrive(bVe(last % ST));
-        kv += x.nblk;
+        if (lane == 0) mbar_arrive(bVe(c % ST));
+        kv = c + 1;
         ++qn;
         // O through the warpgroup's rows of the Q slot (its S products are
         // done), then the slot goes back to the producer.

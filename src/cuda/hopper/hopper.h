@@ -13,9 +13,10 @@ namespace fsdpa {
 namespace cuda {
 
 // The call is in the kernel's scope: fp16/bf16 (out in the same dtype),
-// D == Dv in {64, 128}, no mask / ALiBi / softcap / dropout, scale > 0,
+// D == Dv in {64, 128}, no ALiBi / softcap / dropout, scale > 0,
 // stride_d == 1 and 16-byte aligned rows of q, k, v, out (TMA and 4-byte
-// stores). Causal / windows (both alignments), GQA/MQA and varlen are in.
+// stores). Causal / windows (both alignments), GQA/MQA and varlen are in;
+// so are bool and additive masks with key stride 1 (not with varlen).
 bool hopper_fwd_supported(const AttnParams& p);
 // The build holds sm_90a code for the kernel and device `dev` is a 9.x GPU
 // (checked once per device).
@@ -23,7 +24,9 @@ bool hopper_fwd_available(int dev);
 // Runs the forward; cudaErrorNotSupported (nothing launched) when the
 // tensor maps cannot describe the inputs: the caller falls back.
 // mt: the mask's 32x32 tile flags (cuda/launch.h; flags == nullptr when there
-// is no mask or no classification).
+// is no mask or no classification: then every key block is mixed), used to
+// skip fully masked key blocks and to take the unmasked path where the mask
+// changes nothing.
 cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, cudaStream_t s);
 
 // The backward's scope: hopper_fwd_supported() for q, k, v (its mask rule

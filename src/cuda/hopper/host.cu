@@ -84,6 +84,7 @@ int sm_count(int dev) {
 // +-3% (causal 238-242 vs 271-278). FLASHSDPA_CUDA_HOPPER_D64_WG=2 or 3
 // forces one.
 int wg64(const AttnParams& p) {
+  if (p.mask_kind != MaskKind::none) return 2;  // launch.cuh: masked kernels have 2
   const char* v = getenv("FLASHSDPA_CUDA_HOPPER_D64_WG");
   if (v != nullptr && (atoi(v) == 2 || atoi(v) == 3)) return atoi(v);
   const bool band = p.window_left >= 0 || p.window_right >= 0;
@@ -91,12 +92,13 @@ int wg64(const AttnParams& p) {
 }
 
 template <int D>
-cudaError_t run(const AttnParams& p, cudaStream_t s) {
+cudaError_t run(const AttnParams& p, const MaskTiles& mt, cudaStream_t s) {
   const int w = D == 64 ? wg64(p) : 2;
   const int bm = 64 * w, bn = 128;
   FwdArgs a;
   memset(&a, 0, sizeof a);
   a.p = p;
+  a.mt = mt;
   const bool varlen = p.cu_seqlens_q != nullptr;
   const int64_t nb = varlen ? 1 : p.batch;
   if (!make_map(&a.tq, p.dtype, p.q, p.q_stride, varlen ? p.total_q : p.seqlen_q, p.heads_q, nb,
@@ -107,7 +109,14 @@ cudaError_t run(const AttnParams& p, cudaStream_t s) {
                 D, bn))
     return cudaErrorNotSupported;
   const int sms = sm_count(p.device_id);
-  return p.dtype == DType::bf16 ? hopper::fwd_bf16(a, sms, w, s) : hopper::fwd_f16(a, sms, w, s);
+  const bool bf = p.dtype == DType::bf16;
+  switch (p.mask_kind) {
+    case MaskKind::boolean:
+      return bf ? hopper::fwd_bf16_bool(a, sms, w, s) : hopper::fwd_f16_bool(a, sms, w, s);
+    case MaskKind::additive:
+      return bf ? hopper::fwd_bf16_add(a, sms, w, s) : hopper::fwd_f16_add(a, sms, w, s);
+    default: return bf ? hopper::fwd_bf16(a, sms, w, s) : hopper::fwd_f16(a, sms, w, s);
+  }
 }
 
 // The backward's fp32 dQ workspace [(token * Hq + h) * D + d] as a 3-d map
@@ -205,8 +214,17 @@ bool hopper_fwd_supported(const AttnParams& p) {
   if (p.dtype != DType::f16 && p.dtype != DType::bf16) return false;
   if (p.out_dtype != p.dtype) return false;
   if (p.head_dim != p.head_dim_v || (p.head_dim != 64 && p.head_dim != 128)) return false;
-  if (p.mask_kind != MaskKind::none || p.alibi != nullptr || p.softcap > 0.0f ||
-      p.dropout_p > 0.0f)
+  if (p.alibi != nullptr || p.softcap > 0.0f || p.dropout_p > 0.0f) return false;
+  // Masks: bool (u8) or additive (f32/f16/bf16), strides 0 on broadcast
+  // dims; not with varlen (validate.cpp rejects that combination anyway).
+  if (p.mask_kind == MaskKind::boolean && p.mask_dtype != DType::u8) return false;
+  if (p.mask_kind == MaskKind::additive && p.mask_dtype != DType::f32 &&
+      p.mask_dtype != DType::f16 && p.mask_dtype != DType::bf16)
+    return false;
+  // Key stride 1 (mask.cuh: MaskOp's addressing; a mask broadcast over keys
+  // or with strided keys stays on the sm_80 kernels).
+  if (p.mask_kind != MaskKind::none &&
+      (p.mask == nullptr || p.cu_seqlens_q != nullptr || p.mask_stride[3] != 1))
     return false;
   if (!(p.scale > 0.0f)) return false;
   if (!aligned16(p.q) || !aligned16(p.k) || !aligned16(p.v) || !aligned16(p.out)) return false;
@@ -240,10 +258,9 @@ bool hopper_fwd_available(int dev) {
 }
 
 cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, cudaStream_t s) {
-  (void)mt;  // masks are not in hopper_fwd_supported() yet
   switch (p.head_dim) {
-    case 64: return run<64>(p, s);
-    case 128: return run<128>(p, s);
+    case 64: return run<64>(p, mt, s);
+    case 128: return run<128>(p, mt, s);
     default: return cudaErrorNotSupported;
   }
 }

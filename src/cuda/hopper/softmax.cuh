@@ -10,6 +10,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <type_traits>
+
 #include "cuda/common.cuh"
 #include "cuda/hopper/ptx.cuh"
 
@@ -38,22 +40,34 @@ struct RowState {
   int lo[2], hi[2];
 };
 
-// One key block of N scores: optional band mask (keys outside [lo, hi] ->
-// -inf), new max, alpha = exp(m_old - m_new) for the O rescale, and
+// One key block of N scores: optional per-element work (mode 1: band
+// mask, keys outside [lo, hi] -> -inf; mode 2: band mask, then
+// elem(s, n, x) on the scores inside the band, e.g. a user mask, mask.cuh),
+// new max, alpha = exp(m_old - m_new) for the O rescale, and
 // s <- exp2(s * sl2 - m_new * sl2) in place (fp32), added to l.
 // sl2 = scale * log2(e) > 0, so the max of raw scores is the max of scaled.
-template <int N>
+struct NoElem {
+  __device__ __forceinline__ float operator()(float v, int, int) const { return v; }
+};
+template <int N, typename F = NoElem>
 __device__ __forceinline__ void softmax_block(float* s, RowState& st, float* alpha, float sl2,
-                                              bool mask, int n0, int lane) {
-  if (mask) {
+                                              int mode, int n0, int lane, F&& elem = F()) {
+  if (mode != 0) {
     const int c0 = n0 + 2 * (lane % 4);
 #pragma unroll
-    for (int n = 0; n < N / 8; ++n)
+    for (int n = 0; n < N / 8; ++n) {
+      // elem may load (a mask): the memory clobber every 4 column tiles
+      // keeps the compiler from hoisting all N / 2 loads at once (N / 2
+      // more live registers next to S, O and P: the consumers spilled).
+      if constexpr (!std::is_same_v<std::decay_t<F>, NoElem>)
+        if (n % 4 == 0) asm volatile("" ::: "memory");
 #pragma unroll
       for (int x = 0; x < 4; ++x) {
         const int j = c0 + 8 * n + (x & 1), r = x >> 1;
         if (j < st.lo[r] || j > st.hi[r]) s[4 * n + x] = neg_inf();
+        else if (mode == 2) s[4 * n + x] = elem(s[4 * n + x], n, x);
       }
+    }
   }
   float mx[2] = {st.m[0], st.m[1]};
 #pragma unroll
