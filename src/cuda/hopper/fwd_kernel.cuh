@@ -355,6 +355,10 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
           issue_s(stg);
           wgmma_wait<0>();
           fence_regs<BN / 2>(s);
+          // Masked kernels: every lane read kinfo[stg] (block_of) before
+          // lane 0 hands the stage back and the producer rewrites it
+          // (compute-sanitizer racecheck flagged the unordered reads).
+          if constexpr (MK != kMaskNone) __syncwarp();
           if (lane == 0) mbar_arrive(bKe(stg));
           float alpha0[2];
           softmax(kb, wst, alpha0);
@@ -372,6 +376,7 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
           issue_pv(pstg);
           wgmma_wait<1>();  // S of block kb done; P V of the previous in flight
           fence_regs<BN / 2>(s);
+          if constexpr (MK != kMaskNone) __syncwarp();  // kinfo read (above)
           if (lane == 0) mbar_arrive(bKe(stg));
           // The softmax must run before the wait, not after it: ptxas
           // hoists the wait to the top of the softmax's basic block, so the
