@@ -88,6 +88,17 @@ __device__ __forceinline__ void for_each_tile(const AttnParams& p, int nmb, int 
   }
 }
 
+// A word the producer wrote to shared memory before its mbarrier arrive:
+// lane 0 reads it and broadcasts it, so the only reader is the thread whose
+// arrive later hands the slot back (the reads of the other lanes would be
+// ordered before that arrive by nothing; compute-sanitizer racecheck
+// reported them).
+__device__ __forceinline__ uint32_t lane0_read(const uint32_t* w, int lane) {
+  uint32_t v = 0;
+  if (lane == 0) v = *static_cast<const volatile uint32_t*>(w);
+  return __shfl_sync(0xffffffffu, v, 0);
+}
+
 // MK: MaskMode (mask.cuh); kMaskNone is the unmasked kernel.
 template <typename T, int D, int NCW, int MK>
 __global__ void __launch_bounds__(FwdCfg<D, NCW>::kThreads, 1)
@@ -324,7 +335,7 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
           *last = kb_next == kb1;
           return kb_next;
         } else {
-          const uint32_t ki = *static_cast<volatile uint32_t*>(&kinfo[c % ST]);
+          const uint32_t ki = lane0_read(&kinfo[c % ST], lane);
           *ws = (ki >> (24 + 2 * cw)) & 3;
           *last = (ki >> 31) != 0;
           return static_cast<int>(ki & 0xFFFFFFu);
@@ -335,7 +346,7 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
         const int qs = qn & 1;
         mbar_wait(bQf(qs), (qn >> 1) & 1);
         bool any = true;
-        if constexpr (MK != kMaskNone) any = *static_cast<volatile uint32_t*>(&qinfo[qs]) != 0;
+        if constexpr (MK != kMaskNone) any = lane0_read(&qinfo[qs], lane) != 0;
         if (!any) {  // every block of the tile masked (mask.cuh): out 0, lse -inf
           ++qn;
           store_out<T, D>(p, x.e, x.b, x.h, row0, o, st, sl2, lane);
@@ -355,10 +366,6 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
           issue_s(stg);
           wgmma_wait<0>();
           fence_regs<BN / 2>(s);
-          // Masked kernels: every lane read kinfo[stg] (block_of) before
-          // lane 0 hands the stage back and the producer rewrites it
-          // (compute-sanitizer racecheck flagged the unordered reads).
-          if constexpr (MK != kMaskNone) __syncwarp();
           if (lane == 0) mbar_arrive(bKe(stg));
           float alpha0[2];
           softmax(kb, wst, alpha0);
@@ -376,7 +383,6 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
           issue_pv(pstg);
           wgmma_wait<1>();  // S of block kb done; P V of the previous in flight
           fence_regs<BN / 2>(s);
-          if constexpr (MK != kMaskNone) __syncwarp();  // kinfo read (above)
           if (lane == 0) mbar_arrive(bKe(stg));
           // The softmax must run before the wait, not after it: ptxas
           // hoists the wait to the top of the softmax's basic block, so the
