@@ -14,7 +14,8 @@
 // Hopper backward; --no-hopper (FLASHSDPA_CUDA_NO_HOPPER=1) runs them on the
 // sm_80 kernels.
 // Usage: flashsdpa_cuda_tests [--quick] [--filter SUBSTR] [--threads N] [--no-long]
-//                             [--no-hopper] [--long-only]
+//                             [--no-hopper] [--long-only] [--list]
+// --list prints the grid's cases with their fields and exits (no GPU needed).
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,6 +72,18 @@ struct Dev {
   DLTensor* operator&() { return &dl; }
 };
 
+// A shape of the kernel-scope blocks below (hbm_, h_, dec_, hm_): D == Dv.
+struct ScopeShape { const char* n; int64_t B, Hq, Hk, Sq, Sk, D; };
+// Case x.n + "_" + variant of shape x in dtype dt.
+Case scope_case(const ScopeShape& x, const char* variant, DT dt, MaskKind mask = MaskKind::none) {
+  Case c;
+  c.name = std::string(x.n) + "_" + variant;
+  c.B = x.B; c.Hq = x.Hq; c.Hk = x.Hk; c.Sq = x.Sq; c.Sk = x.Sk; c.D = x.D; c.Dv = x.D;
+  c.dt = dt;
+  c.mask = mask;
+  return c;
+}
+
 // ---- hbm_*: masks on the Hopper backward (sm_90) ------------------------------
 // Shapes in the Hopper kernels' scope (D 64/128, fp16/bf16) with bool and
 // additive masks whose patterns (hbm_mask) make the backward skip steps of
@@ -80,8 +93,7 @@ struct Dev {
 // with causal / windows and GQA/MQA, sizes across the 128 edges. The
 // pattern is named in the case name (see hbm_mask).
 void add_hbm_cases(std::vector<Case>& grid, bool quick) {
-  struct S { const char* n; int64_t B, Hq, Hk, Sq, Sk, D; };
-  const S hs[] = {
+  const ScopeShape hs[] = {
       {"hbm_s300x440_d64_gqa", 2, 4, 2, 300, 440, 64},
       {"hbm_s257x384_d128_gqa", 1, 4, 2, 257, 384, 128},
       {"hbm_s640x520_d128_mqa", 1, 2, 1, 640, 520, 128},
@@ -89,13 +101,9 @@ void add_hbm_cases(std::vector<Case>& grid, bool quick) {
   };
   for (DT dt : {DT::bf16, DT::f16}) {
     if (quick && dt != DT::bf16) continue;
-    for (const S& x : hs) {
+    for (const ScopeShape& x : hs) {
       auto add = [&](const char* name, MaskKind m, auto&& set) {
-        Case c;
-        c.name = std::string(x.n) + "_" + name;
-        c.B = x.B; c.Hq = x.Hq; c.Hk = x.Hk; c.Sq = x.Sq; c.Sk = x.Sk; c.D = x.D; c.Dv = x.D;
-        c.dt = dt;
-        c.mask = m;
+        Case c = scope_case(x, name, dt, m);
         set(c);
         grid.push_back(c);
       };
@@ -164,8 +172,7 @@ std::vector<Case> make_grid(bool quick) {
   // visible key (Sq > Sk bottom-right), GQA/MQA, varlen, BSHD strides.
   // Shapes keep choose_splits() at 1 (Sk <= 448 or >= 132 query blocks of
   // 64 rows): split-KV calls stay on the sm_80 kernels.
-  struct HShape { const char* n; int64_t B, Hq, Hk, Sq, Sk, D; };
-  const HShape hs[] = {
+  const ScopeShape hs[] = {
       {"h_s113x203_d128_gqa", 2, 4, 2, 113, 203, 128},
       {"h_s300x440_d64_mqa", 1, 4, 1, 300, 440, 64},
       {"h_s700x300_d128", 1, 2, 2, 700, 300, 128},
@@ -174,12 +181,9 @@ std::vector<Case> make_grid(bool quick) {
   };
   for (DT dt : {DT::bf16, DT::f16}) {
     if (quick && dt != DT::bf16) continue;
-    for (const HShape& x : hs) {
+    for (const ScopeShape& x : hs) {
       auto add = [&](const char* name, auto&& set) {
-        Case c;
-        c.name = std::string(x.n) + "_" + name;
-        c.B = x.B; c.Hq = x.Hq; c.Hk = x.Hk; c.Sq = x.Sq; c.Sk = x.Sk; c.D = x.D; c.Dv = x.D;
-        c.dt = dt;
+        Case c = scope_case(x, name, dt);
         set(c);
         grid.push_back(c);
       };
@@ -204,8 +208,7 @@ std::vector<Case> make_grid(bool quick) {
   // key chunk and Sk below one chunk, rows with no visible key (Sq > Sk
   // bottom-right), windows, varlen, BSHD, and a batch wide enough for one
   // split (the kernel writes out itself instead of partials).
-  struct DShape { const char* n; int64_t B, Hq, Hk, Sq, Sk, D; };
-  const DShape ds[] = {
+  const ScopeShape ds[] = {
       {"dec_s1x4097_d128", 2, 4, 4, 1, 4097, 128},
       {"dec_s4x1000_d64_gqa4", 2, 8, 2, 4, 1000, 64},
       {"dec_s2x3001_d128_gqa8", 1, 16, 2, 2, 3001, 128},
@@ -217,12 +220,9 @@ std::vector<Case> make_grid(bool quick) {
   };
   for (DT dt : {DT::bf16, DT::f16}) {
     if (quick && dt != DT::bf16) continue;
-    for (const DShape& x : ds) {
+    for (const ScopeShape& x : ds) {
       auto add = [&](const char* name, auto&& set) {
-        Case c;
-        c.name = std::string(x.n) + "_" + name;
-        c.B = x.B; c.Hq = x.Hq; c.Hk = x.Hk; c.Sq = x.Sq; c.Sk = x.Sk; c.D = x.D; c.Dv = x.D;
-        c.dt = dt;
+        Case c = scope_case(x, name, dt);
         set(c);
         grid.push_back(c);
       };
@@ -243,8 +243,7 @@ std::vector<Case> make_grid(bool quick) {
   // rows and a whole 128-row query tile with no visible key; bool,
   // additive float32 and additive in q's dtype (mlow); broadcast over
   // batch (bcb), heads (bch), both, or per (b, h); with causal / windows.
-  struct MShape { const char* n; int64_t B, Hq, Hk, Sq, Sk, D; };
-  const MShape ms[] = {
+  const ScopeShape ms[] = {
       {"hm_s300x440_d128_gqa", 2, 4, 2, 300, 440, 128},
       {"hm_s640x1000_d64", 2, 8, 8, 640, 1000, 64},
       {"hm_s1030x1200_d128_gqa", 1, 16, 4, 1030, 1200, 128},
@@ -252,13 +251,9 @@ std::vector<Case> make_grid(bool quick) {
   };
   for (DT dt : {DT::bf16, DT::f16}) {
     if (quick && dt != DT::bf16) continue;
-    for (const MShape& x : ms) {
+    for (const ScopeShape& x : ms) {
       auto add = [&](const char* name, MaskKind mk, auto&& set) {
-        Case c;
-        c.name = std::string(x.n) + "_" + name;
-        c.B = x.B; c.Hq = x.Hq; c.Hk = x.Hk; c.Sq = x.Sq; c.Sk = x.Sk; c.D = x.D; c.Dv = x.D;
-        c.dt = dt;
-        c.mask = mk;
+        Case c = scope_case(x, name, dt, mk);
         set(c);
         grid.push_back(c);
       };
@@ -719,21 +714,32 @@ bool nonfinite_case(cudaStream_t s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int ndev = 0;
-  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
-    printf("SKIP: no CUDA device\n");
-    return 77;
-  }
-  bool quick = false, do_long = true, long_only = false;
+  bool quick = false, do_long = true, long_only = false, list = false;
   std::string filter;
   int threads = static_cast<int>(std::min(16u, std::max(1u, std::thread::hardware_concurrency())));
   for (int i = 1; i < argc; ++i) {
-    if (!strcmp(argv[i], "--quick")) quick = true;
+    if (!strcmp(argv[i], "--list")) list = true;
+    else if (!strcmp(argv[i], "--quick")) quick = true;
     else if (!strcmp(argv[i], "--no-long")) do_long = false;
     else if (!strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
     else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--no-hopper")) setenv("FLASHSDPA_CUDA_NO_HOPPER", "1", 1);
     else if (!strcmp(argv[i], "--long-only")) long_only = true;
+  }
+  if (list) {  // the grid's cases and their fields, one per line; no GPU needed
+    for (const Case& c : make_grid(quick))
+      printf("%s B%lld Hq%lld Hk%lld Sq%lld Sk%lld D%lld Dv%lld causal%d align%d wl%lld wr%lld "
+             "softcap%g alibi%d mask%d dropout%g varlen%d bshd%d scale%g\n",
+             describe(c).c_str(), (long long)c.B, (long long)c.Hq, (long long)c.Hk,
+             (long long)c.Sq, (long long)c.Sk, (long long)c.D, (long long)c.Dv, c.causal, c.align,
+             (long long)c.wl, (long long)c.wr, c.softcap, c.alibi, static_cast<int>(c.mask),
+             c.dropout, c.varlen, c.bshd, c.scale);
+    return 0;
+  }
+  int ndev = 0;
+  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+    printf("SKIP: no CUDA device\n");
+    return 77;
   }
   cudaDeviceProp prop;
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
