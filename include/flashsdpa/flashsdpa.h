@@ -19,6 +19,8 @@
  *   s_ij  = softcap * tanh(s_ij / softcap)                 if softcap > 0
  *   s_ij += -slope_h * |i + off - j|                         if alibi_slopes
  *   s_ij += mask_ij (float mask) / s_ij = -inf if !mask_ij (bool mask)
+ *           (a float mask value <= -FLT_MAX / 2, e.g. finfo(float32).min,
+ *           counts as -inf)
  *   s_ij  = -inf unless key j is inside the causal/window band of row i
  *   p_ij  = softmax_j(s_ij);  with dropout p_ij *= keep_ij / (1 - dropout_p)
  *   out_i = sum_j p_ij v_j;   lse_i = log sum_j exp(s_ij)

@@ -52,7 +52,7 @@ void head_scores(const AttnParams& p, int64_t b, int64_t h, const SeqExtent& e,
         if (p.mask_kind == MaskKind::boolean) {
           if (m == 0.0) s = kNegInf;
         } else {
-          s += m;
+          s += additive_mask_value(m);
         }
       }
       hs->s[i * e.sk + j] = s;

@@ -6,6 +6,7 @@
 // (src/metal/kernels); tests hold them to this file.
 #pragma once
 
+#include <math.h>
 #include <stdint.h>
 
 #include "core/attn_params.h"
@@ -39,6 +40,20 @@ FSDPA_HD KeyRange visible_keys(int64_t row, int64_t sq, int64_t sk,
   if (lo < 0) lo = 0;
   if (hi > sk - 1) hi = sk - 1;
   return KeyRange{lo, hi};
+}
+
+// An additive mask value at or below -FLT_MAX / 2 masks the score like
+// -inf (finfo(float32 / bfloat16).min, which HF models use for padding, is
+// such a value). Without the rule a row masked everywhere that way would
+// attend uniformly (q.k is absorbed into the huge constant) and the lse,
+// -FLT_MAX + log n, would round to -FLT_MAX, so the lse-based backward
+// (P = exp(S - lse) = 1 instead of 1/n) could not match the forward; in
+// fp32 the score times log2 e overflows as well. With it the row has
+// nothing to attend: out 0, lse -inf.
+constexpr double kMaskedAtOrBelow = -3.4028234663852886e38 / 2;  // exact in fp32 too
+template <typename F>
+FSDPA_HD F additive_mask_value(F v) {
+  return v <= static_cast<F>(kMaskedAtOrBelow) ? -static_cast<F>(INFINITY) : v;
 }
 
 // ALiBi bias added to score (row, col): -slope * |row + off - col|.

@@ -124,7 +124,7 @@ __global__ void mask_tiles_kernel(AttnParams p, uint8_t* flags, int mh_count, in
       any_vis |= keep;
       any_effect |= !keep;
     } else {
-      const float v = load_dyn(p.mask, o, p.mask_dtype);
+      const float v = additive_mask_value(load_dyn(p.mask, o, p.mask_dtype));
       any_vis |= v != neg_inf();
       any_effect |= v != 0.0f;
     }

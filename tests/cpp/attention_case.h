@@ -2,13 +2,17 @@
 // the library and of the fp64 reference on it. Shared by the C++ tests.
 #pragma once
 
+#include <float.h>
+
 #include <string>
 
 #include "test_tensor.h"
 
 namespace fsdpa_test {
 
-enum class MaskKind { none, boolean, additive, empty_rows };
+// finfo_min_rows: additive, every 5th row -FLT_MAX on every key (HF's
+// padding value; core/semantics.h additive_mask_value: those rows see no key).
+enum class MaskKind { none, boolean, additive, empty_rows, finfo_min_rows };
 
 struct Case {
   std::string name;
@@ -95,11 +99,14 @@ struct Problem {
         mask.set(i, c.mask == MaskKind::empty_rows && row % 7 == 3 ? 0 : keep(g));
       }
       p.mask = &mask;
-    } else if (c.mask == MaskKind::additive) {
+    } else if (c.mask == MaskKind::additive || c.mask == MaskKind::finfo_min_rows) {
       // [Sq, Sk] float32: broadcast over batch and heads, some -inf.
       mask = Tensor({c.Sq, c.Sk}, DT::f32);
       std::normal_distribution<double> n(0.0, 1.0);
-      for (int64_t i = 0; i < mask.numel(); ++i) mask.set(i, i % 11 == 5 ? -INFINITY : n(g));
+      for (int64_t i = 0; i < mask.numel(); ++i) {
+        const bool lowest = c.mask == MaskKind::finfo_min_rows && (i / c.Sk) % 5 == 2;
+        mask.set(i, lowest ? -FLT_MAX : i % 11 == 5 ? -INFINITY : n(g));
+      }
       p.mask = &mask;
     }
     if (c.alibi) {

@@ -73,6 +73,7 @@ inline void add_feature_cases(std::vector<Case>& grid, const Case& base) {
   add("bool_mask", [](Case& c) { c.mask = MaskKind::boolean; });
   add("additive_mask", [](Case& c) { c.mask = MaskKind::additive; });
   add("empty_rows", [](Case& c) { c.mask = MaskKind::empty_rows; });
+  add("finfo_min_rows", [](Case& c) { c.mask = MaskKind::finfo_min_rows; });
   add("alibi", [](Case& c) { c.alibi = true; });
   add("alibi_causal_br", [](Case& c) { c.alibi = true; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
   add("softcap", [](Case& c) { c.softcap = 2.0f; c.scale = 1.0f; });

@@ -52,7 +52,7 @@ __device__ __forceinline__ void mask_frag_t(float* sc, const AttnParams& p, int6
         if constexpr (BOOL) {
           s = v != 0 ? s * sl2 : neg_inf();
         } else {
-          s = fmaf(s, sl2, to_f(v) * kLog2e);
+          s = fmaf(s, sl2, additive_mask_value(to_f(v)) * kLog2e);
         }
       }
     }

@@ -52,7 +52,7 @@ __device__ __forceinline__ float mask_load(const typename MaskElem<MK>::type* pt
 template <int MK>
 __device__ __forceinline__ float mask_apply(float x, float v, float inv_scale) {
   if constexpr (MK == kMaskBool) return v != 0.0f ? x : neg_inf();
-  else return fmaf(v, inv_scale, x);
+  else return fmaf(additive_mask_value(v), inv_scale, x);
 }
 
 // States of key block kb (BN keys) for the tile's rows [m0, m0 + mrows)

@@ -293,7 +293,9 @@ inline float score(constant FsdpaMetalArgs& a, device const mask_t* mask, HeadCt
 #if FSDPA_MASK == 1
   if (mask[mo] == 0) return -INFINITY;
 #else
-  v += ld_mask(mask, mo);
+  // core/semantics.h additive_mask_value: at or below -FLT_MAX / 2 is -inf.
+  const float mv = ld_mask(mask, mo);
+  v += mv <= -1.7014117331926443e38f ? -INFINITY : mv;
 #endif
 #endif
   return v;

@@ -36,7 +36,8 @@ int main(int argc, char** argv) {
     p.cu_seqlens_q = p.cu_seqlens_k = c.varlen ? cu : nullptr;
     if (c.mask != Mask::none) {
       p.mask = &dummy;
-      const bool additive = c.mask == Mask::additive || c.mask == Mask::additive_qdtype;
+      const bool additive = c.mask == Mask::additive || c.mask == Mask::additive_qdtype ||
+                            c.mask == Mask::finfo_min_rows;
       p.mask_kind = additive ? MaskKind::additive : MaskKind::boolean;
       p.mask_dtype = !additive ? DType::u8 : c.mask == Mask::additive_qdtype ? p.dtype : DType::f32;
     }

@@ -12,7 +12,7 @@
 
 namespace fsdpa_metal_test {
 
-enum class Mask { none, boolean, additive, empty_rows, additive_qdtype };  // additive_qdtype: mask in q's dtype
+enum class Mask { none, boolean, additive, empty_rows, additive_qdtype, finfo_min_rows };  // additive_qdtype: mask in q's dtype; finfo_min_rows: attention_case.h
 
 struct MCase {
   std::string name;
@@ -90,6 +90,7 @@ inline std::vector<MCase> metal_grid(bool reduced) {
     add("additive_mask", [](MCase& c) { c.mask = Mask::additive; });
     if (dt > 0) add("additive_mask_qdtype", [](MCase& c) { c.mask = Mask::additive_qdtype; });
     add("empty_rows", [](MCase& c) { c.mask = Mask::empty_rows; });
+    add("finfo_min_rows", [](MCase& c) { c.mask = Mask::finfo_min_rows; });
     add("alibi", [](MCase& c) { c.alibi = true; });
     add("alibi_causal_br", [](MCase& c) { c.alibi = true; c.causal = true; c.align = 1; });
     add("softcap", [](MCase& c) { c.softcap = 2.0f; c.scale = 1.0f; });

@@ -42,6 +42,7 @@ Case to_case(const MCase& m) {
   c.mask = m.mask == Mask::none ? MaskKind::none
            : m.mask == Mask::boolean ? MaskKind::boolean
            : m.mask == Mask::additive || m.mask == Mask::additive_qdtype ? MaskKind::additive
+           : m.mask == Mask::finfo_min_rows                           ? MaskKind::finfo_min_rows
                                                                         : MaskKind::empty_rows;
   c.dropout = m.dropout;
   c.varlen = m.varlen;
