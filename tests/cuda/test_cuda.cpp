@@ -262,7 +262,9 @@ std::vector<Case> make_grid(bool quick) {
       add("add_bs96_mlow_bch", A, [](Case&) {});
       add("add_keypad", A, [](Case&) {});
       add("bool_emptyrows_emptytile", B, [](Case&) {});
+      add("add_finfo_emptyrows_emptytile", A, [](Case&) {});
       if (quick) continue;
+      add("add_finfo_bs128_emptyrows_mlow_bch", A, [](Case&) {});
       add("bool_bs96", B, [](Case&) {});
       add("bool_rand_bcb", B, [](Case&) {});
       add("add_bs128_bcb_bch", A, [](Case&) {});
@@ -421,7 +423,12 @@ void hmaskify(Problem& pr) {
     else vis = keep(g);
     if (has("_emptyrows") && i % 29 == 3) vis = false;
     if (has("_emptytile") && i >= 128 && i < 256) vis = false;  // every key block skipped
-    double v = vis ? 0.0 : -INFINITY;
+    // "_finfo": masked entries hold the mask dtype's lowest finite value
+    // (HF models' finfo.min; masks like -inf for fp32 / bf16, see
+    // additive_mask_value; fp16's -65504 is an ordinary large bias).
+    const double lowest = pr.mask.dtype == DT::f16 ? -65504.0
+                          : pr.mask.dtype == DT::bf16 ? -3.3895313892515355e38 : -3.4028234663852886e38;
+    double v = vis ? 0.0 : has("_finfo") ? lowest : -INFINITY;
     // Additive: 0 (no effect: 32x32 tiles of state 1) except in some tiles
     // (mixed) and everywhere for random patterns.
     if (vis && !bmask && (!has("_bs") || (i / 32 + j / 32) % 5 == 0)) v = nd(g);
