@@ -106,9 +106,6 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
   extern __shared__ __align__(1024) uint8_t smem_raw[];
   __shared__ __align__(8) uint64_t bars[1 + 3 * ST + 4];
   __shared__ float sL[ST][BM], sDl[ST][BM];
-  // MASK: the natural lse too (+inf where sL is), for additive masks
-  // (mask_frag_t).
-  __shared__ float sLn[MASK ? ST : 1][BM];
   const uint32_t sK = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sV = sK + kKBytes, sQ = sV + kKBytes, sdO = sQ + ST * kQBytes;
   const uint32_t sS = sdO + ST * kQBytes;  // 2 dS^T buffers
@@ -224,15 +221,14 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
         mbar_wait(bE(s), ph ^ 1);
         for (int r = lane; r < BM; r += 32) {
           const int i = q0 + r;
-          float l2 = __int_as_float(0x7f800000), ln = l2, dl = 0.0f;
+          float l2 = __int_as_float(0x7f800000), dl = 0.0f;
           if (i < e.sq) {
             const float l = p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] +
                                   (e.q_begin + i) * p.lse_stride[2]];
-            if (l != neg_inf()) l2 = l * kLog2e, ln = l;
+            if (l != neg_inf()) l2 = l * kLog2e;
             dl = a.dsum[q_token(p, b, e, i) * p.heads_q + h];
           }
           sL[s][r] = l2;
-          if constexpr (MASK) sLn[s][r] = ln;
           sDl[s][r] = dl;
         }
         mbar_arrive(bLf(s));
@@ -326,13 +322,11 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       mbar_wait(bLf(s), ph);
       wgmma_wait<1>();
       fence_regs<BM / 2>(sc);
-      // Mixed mask step: sc becomes the final score times log2 e (minus
-      // the lse for additive masks: lsub = false).
+      // Mixed mask step: sc becomes the final score times log2 e.
       float mul = sl2;
-      bool lsub = true;
       if constexpr (MASK) {
         if (mst == 2) {
-          if (mask_frag<BM>(sc, p, b, h, q0, keys, t, e, sl2, sLn[s])) lsub = false;
+          mask_frag<BM>(sc, p, b, h, q0, keys, t, e, sl2);
           mul = 1.0f;
         }
       }
@@ -342,8 +336,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
         const float2 l2 = *reinterpret_cast<const float2*>(&sL[s][8 * n + 2 * t]);
 #pragma unroll
         for (int x = 0; x < 4; ++x) {
-          // (a select, not a product: lv is +inf on rows with no visible key)
-          const float lv = lsub ? ((x & 1) ? l2.y : l2.x) : 0.0f;
+          const float lv = (x & 1) ? l2.y : l2.x;
           float pr = ex2(fmaf(sc[4 * n + x], mul, -lv));
           if (!full) {
             const int i = q0 + 8 * n + 2 * t + (x & 1), j = keys[x >> 1];

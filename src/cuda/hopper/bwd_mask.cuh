@@ -23,19 +23,12 @@ __device__ __forceinline__ int bwd_step_state(const MaskTiles& mt, int64_t b, in
 // The S^T fragment of a consumer thread: element 4n + x is (query q0 + 8n
 // + 2t + (x & 1), key keys[x >> 1]). Turns the raw dot products into the
 // final scores times log2 e: sc = sc * sl2 + mask * log2 e (-inf where a
-// bool mask is false). Additive masks also subtract the row's lse (ln: the
-// natural lse per row of the step, +inf for rows with no visible key): the
-// value and the lse are combined first, while both are exact floats, since
-// a large bias (fp16's finfo.min, -65504) would otherwise be rounded at its
-// magnitude twice (times log2 e, then with the score) before the lse
-// cancels it: the gradients of such rows came out at 2-3x the error of a
-// same-precision reference. Returns whether the lse is already subtracted.
-// Elements past the sequence are left alone (the band test of the caller
-// zeroes them).
+// bool mask is false). Elements past the sequence are left alone (the band
+// test of the caller zeroes them).
 template <int BM, typename M, bool BOOL>
-__device__ __forceinline__ bool mask_frag_t(float* sc, const AttnParams& p, int64_t b, int h,
+__device__ __forceinline__ void mask_frag_t(float* sc, const AttnParams& p, int64_t b, int h,
                                             int q0, const int* keys, int t, const Seq& e,
-                                            float sl2, const float* ln) {
+                                            float sl2) {
   const M* m = static_cast<const M*>(p.mask) + b * p.mask_stride[0] + h * p.mask_stride[1];
   int64_t jo[2];
   bool jin[2];
@@ -50,7 +43,6 @@ __device__ __forceinline__ bool mask_frag_t(float* sc, const AttnParams& p, int6
     for (int y = 0; y < 2; ++y) {
       const int i = q0 + 8 * n + 2 * t + y;
       if (i >= e.sq) continue;
-      const float lr = ln[8 * n + 2 * t + y];
       const M* row = m + int64_t(i) * p.mask_stride[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
@@ -60,24 +52,25 @@ __device__ __forceinline__ bool mask_frag_t(float* sc, const AttnParams& p, int6
         if constexpr (BOOL) {
           s = v != 0 ? s * sl2 : neg_inf();
         } else {
-          s = fmaf(s, sl2, (additive_mask_value(to_f(v)) - lr) * kLog2e);
+          s = fmaf(s, sl2, additive_mask_value(to_f(v)) * kLog2e);
         }
       }
     }
-  return !BOOL;
 }
 
 template <int BM>
-__device__ __forceinline__ bool mask_frag(float* sc, const AttnParams& p, int64_t b, int h, int q0,
-                                          const int* keys, int t, const Seq& e, float sl2,
-                                          const float* ln) {
-  if (p.mask_kind == MaskKind::boolean)
-    return mask_frag_t<BM, uint8_t, true>(sc, p, b, h, q0, keys, t, e, sl2, ln);
-  switch (p.mask_dtype) {
-    case DType::f16: return mask_frag_t<BM, __half, false>(sc, p, b, h, q0, keys, t, e, sl2, ln);
-    case DType::bf16:
-      return mask_frag_t<BM, __nv_bfloat16, false>(sc, p, b, h, q0, keys, t, e, sl2, ln);
-    default: return mask_frag_t<BM, float, false>(sc, p, b, h, q0, keys, t, e, sl2, ln);
+__device__ __forceinline__ void mask_frag(float* sc, const AttnParams& p, int64_t b, int h, int q0,
+                                          const int* keys, int t, const Seq& e, float sl2) {
+  if (p.mask_kind == MaskKind::boolean) {
+    mask_frag_t<BM, uint8_t, true>(sc, p, b, h, q0, keys, t, e, sl2);
+  } else {
+    switch (p.mask_dtype) {
+      case DType::f16: mask_frag_t<BM, __half, false>(sc, p, b, h, q0, keys, t, e, sl2); break;
+      case DType::bf16:
+        mask_frag_t<BM, __nv_bfloat16, false>(sc, p, b, h, q0, keys, t, e, sl2);
+        break;
+      default: mask_frag_t<BM, float, false>(sc, p, b, h, q0, keys, t, e, sl2); break;
+    }
   }
 }
 
