@@ -23,8 +23,8 @@
 //     hopper_fwd_supported() accepts and that would not split the keys
 //     runs the wgmma/TMA kernel of hopper/ (use_hopper below, the one place
 //     that decides); the backward of the calls that hopper_bwd_supported()
-//     accepts (deterministic = 0 only) runs hopper/'s wgmma dK/dV/dQ kernel
-//     (use_hopper_bwd).
+//     accepts runs hopper/'s wgmma dK/dV/dQ kernel (use_hopper_bwd); with
+//     deterministic = 1 its dQ adds take turns in key-block order.
 //
 // Environment (for tests and benchmarks): FLASHSDPA_CUDA_NO_DECODE=1 turns
 // the decode kernel off (A/B); FLASHSDPA_CUDA_NO_HOPPER=1 keeps
@@ -272,8 +272,8 @@ bool use_hopper(const AttnParams& p, int nsplit) {
          hopper_fwd_available(p.device_id);
 }
 
-// The Hopper backward takes the call (deterministic = 0; FLASHSDPA_CUDA_NO_HOPPER
-// turns it off as well).
+// The Hopper backward takes the call (FLASHSDPA_CUDA_NO_HOPPER turns it off
+// as well).
 bool use_hopper_bwd(const AttnParams& p) {
   return !env_flag("FLASHSDPA_CUDA_NO_HOPPER") && hopper_bwd_supported(p) &&
          hopper_fwd_available(p.device_id);
@@ -364,7 +364,7 @@ fsdpa_status backward(const AttnParams& p, void* stream) {
     done = true;
   } else if (use_hopper_bwd(p)) {
     Buf& dqacc = hdqacc;
-    const size_t bytes = size_t(p.total_q) * p.heads_q * p.head_dim * sizeof(float);
+    const size_t bytes = hopper_bwd_workspace_bytes(p);
     err = dqacc.alloc(bytes, s);
     if (err != cudaSuccess) return cuda_fail(err, "dQ workspace allocation");
     err = cudaMemsetAsync(dqacc.ptr, 0, bytes, s);

@@ -14,7 +14,10 @@
 // Hopper backward; --no-hopper (FLASHSDPA_CUDA_NO_HOPPER=1) runs them on the
 // sm_80 kernels.
 // Usage: flashsdpa_cuda_tests [--quick] [--filter SUBSTR] [--threads N] [--no-long]
-//                             [--no-hopper] [--long-only] [--list]
+//                             [--no-hopper] [--long-only] [--list] [--deterministic]
+//                             [--determinism-only]
+// --deterministic runs the grid's backwards with deterministic = 1;
+// --determinism-only runs only the bitwise determinism cases.
 // --list prints the grid's cases with their fields and exits (no GPU needed).
 #include <cuda_runtime.h>
 #include <stdio.h>
@@ -300,6 +303,7 @@ struct Stats {
   }
 };
 Stats g_stats;
+bool g_deterministic = false;  // --deterministic: every grid case with deterministic = 1
 std::mutex g_print;
 
 // setenv is process-wide: the path is chosen by the backend from the
@@ -448,6 +452,7 @@ bool run_case(const Case& c, bool simt, cudaStream_t s) {
   if (c.name.rfind("hbm_", 0) == 0) hbm_mask(pr);
   if (c.name.rfind("hm_", 0) == 0) hmaskify(pr);
   fsdpa_params& p = pr.p;
+  p.deterministic = g_deterministic;
   const std::string key = std::string(dt_name(c.dt)) + (simt ? "/simt" : "/tc");
   Check chk;
 
@@ -620,31 +625,54 @@ bool long_case(const char* name, int64_t B, int64_t H, int64_t Hk, int64_t Sq, i
   return ok;
 }
 
-bool determinism_case(cudaStream_t s, bool hopper_scope) {
+// Three runs of forward + deterministic backward give the same bits. The
+// first case (dropout, ALiBi) runs the sm_80 kernels; the others are in the
+// Hopper kernels' scope (on sm_90: the dQ adds of the key blocks in turns),
+// with many key blocks per query block (Sk 2100: 17 turns), GQA, windows
+// and a mask with skipped steps (hbm_ patterns).
+Case determinism_case_n(int n) {
   Case c;
   c.B = 2; c.Hq = 4; c.Hk = 2; c.Sq = 300; c.Sk = 701; c.D = 64; c.Dv = 64; c.dt = DT::bf16;
   c.causal = true;
-  c.dropout = 0.1f;
-  c.alibi = true;
-  if (hopper_scope) {  // no dropout/ALiBi, no split: the Hopper forward on sm_90
-    c.dropout = 0.0f;
-    c.alibi = false;
+  c.name = "determinism_sm80_dropout_alibi";
+  if (n == 0) {
+    c.dropout = 0.1f;
+    c.alibi = true;
+  } else if (n == 1) {
     c.Sk = 440;
+    c.name = "determinism_hopper_d64_causal";
+  } else if (n == 2) {
+    c.B = 1; c.Hq = 8; c.Sq = 1000; c.Sk = 2100; c.D = c.Dv = 128; c.causal = false;
+    c.name = "determinism_hopper_d128_gqa_s1000x2100";
+  } else {
+    c.Sq = 700; c.Sk = 1500; c.D = c.Dv = 128; c.causal = false; c.wl = 600; c.wr = 100;
+    c.align = FSDPA_ALIGN_BOTTOM_RIGHT;
+    c.mask = MaskKind::boolean;
+    c.name = "hbm_determinism_hopper_d128_bs128_window";
   }
+  return c;
+}
+constexpr int kDeterminismCases = 4;
+
+bool determinism_case(cudaStream_t s, const Case& c) {
   Problem pr(c);
+  if (c.name.rfind("hbm_", 0) == 0) hbm_mask(pr);
   pr.p.deterministic = 1;
-  Dev q(pr.q), k(pr.k), v(pr.v), dout(pr.dout), al(pr.alibi);
-  if (!hopper_scope) pr.p.alibi_slopes = &al.dl;
+  Dev q(pr.q), k(pr.k), v(pr.v), dout(pr.dout);
+  std::unique_ptr<Dev> al, mask;
+  if (c.alibi) { al.reset(new Dev(pr.alibi)); pr.p.alibi_slopes = &al->dl; }
+  if (pr.p.mask) { mask.reset(new Dev(pr.mask)); pr.p.mask = &mask->dl; }
   std::vector<uint8_t> first[5];
   bool ok = true;
   for (int run = 0; run < 3; ++run) {
-    Tensor out = pr.make(4, 300, 0, 64, c.dt), lse = pr.make_lse();
-    Tensor dq = pr.make(4, 300, 0, 64, c.dt), dk = pr.make(2, c.Sk, 0, 64, c.dt),
-           dv = pr.make(2, c.Sk, 0, 64, c.dt);
+    Tensor out = pr.make(c.Hq, c.Sq, pr.total_q, c.Dv, c.dt), lse = pr.make_lse();
+    Tensor dq = pr.make(c.Hq, c.Sq, pr.total_q, c.D, c.dt),
+           dk = pr.make(c.Hk, c.Sk, pr.total_k, c.D, c.dt),
+           dv = pr.make(c.Hk, c.Sk, pr.total_k, c.Dv, c.dt);
     Dev o(out, false), l(lse, false), a(dq, false), b(dk, false), d(dv, false);
     if (fsdpa_forward(&pr.p, &q, &k, &v, &o, &l, s) != FSDPA_OK ||
         fsdpa_backward(&pr.p, &dout, &q, &k, &v, &o, &l, &a, &b, &d, s) != FSDPA_OK) {
-      printf("FAIL determinism: %s\n", fsdpa_last_error());
+      printf("FAIL %s: %s\n", c.name.c_str(), fsdpa_last_error());
       return false;
     }
     o.to_host(out, s); l.to_host(lse, s); a.to_host(dq, s); b.to_host(dk, s); d.to_host(dv, s);
@@ -654,8 +682,8 @@ bool determinism_case(cudaStream_t s, bool hopper_scope) {
       else if (first[x] != all[x]->bytes) ok = false;
     }
   }
-  printf("%s determinism%s: 3 runs of forward + deterministic backward bitwise identical\n",
-         ok ? "ok  " : "FAIL", hopper_scope ? " (no dropout/ALiBi)" : "");
+  printf("%s %s: 3 runs of forward + deterministic backward bitwise identical\n",
+         ok ? "ok  " : "FAIL", c.name.c_str());
   return ok;
 }
 
@@ -725,7 +753,7 @@ bool nonfinite_case(cudaStream_t s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, do_long = true, long_only = false, list = false;
+  bool quick = false, do_long = true, long_only = false, list = false, determinism_only = false;
   std::string filter;
   int threads = static_cast<int>(std::min(16u, std::max(1u, std::thread::hardware_concurrency())));
   for (int i = 1; i < argc; ++i) {
@@ -736,7 +764,10 @@ int main(int argc, char** argv) {
     else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--no-hopper")) setenv("FLASHSDPA_CUDA_NO_HOPPER", "1", 1);
     else if (!strcmp(argv[i], "--long-only")) long_only = true;
+    else if (!strcmp(argv[i], "--deterministic")) g_deterministic = true;
+    else if (!strcmp(argv[i], "--determinism-only")) determinism_only = true;
   }
+  if (determinism_only) filter = "\x01";  // no grid case matches
   if (list) {  // the grid's cases and their fields, one per line; no GPU needed
     for (const Case& c : make_grid(quick))
       printf("%s B%lld Hq%lld Hk%lld Sq%lld Sk%lld D%lld Dv%lld causal%d align%d wl%lld wr%lld "
@@ -790,10 +821,11 @@ int main(int argc, char** argv) {
   cudaStream_t s;
   CUDA_OK(cudaStreamCreate(&s));
   auto tally = [&](bool ok) { (ok ? passed : failed)++; };
+  if (determinism_only)
+    for (int n = 0; n < kDeterminismCases; ++n) tally(determinism_case(s, determinism_case_n(n)));
   if (filter.empty()) {
     if (!long_only) {
-      tally(determinism_case(s, false));
-      tally(determinism_case(s, true));
+      for (int n = 0; n < kDeterminismCases; ++n) tally(determinism_case(s, determinism_case_n(n)));
       tally(splitkv_case(s, true));
       tally(splitkv_case(s, false));
       tally(nonfinite_case(s));

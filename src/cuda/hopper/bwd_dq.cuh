@@ -34,6 +34,27 @@ __device__ __forceinline__ void bulk_wait0() {
   asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 }
 
+// Deterministic dQ (BwdArgs::dq_sem != nullptr): the CTAs that add to one
+// (sequence, head, query block) of the workspace take turns in the order
+// of their key blocks. A CTA waits until the block's counter equals its
+// rank among them, adds its tile, waits until the adds are done and
+// increments the counter (release); the next one acquires it. The counter
+// is read and written by the generic proxy, the adds are async-proxy
+// operations: proxy fences order the two (after the acquire, before the
+// release). Lower key blocks are lower block indices, so they are resident
+// or done when a CTA waits on them (no deadlock), as in FlashAttention-3.
+__device__ __forceinline__ void sem_wait_eq(const int* ptr, int v) {
+  int cur;
+  do {
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(cur) : "l"(ptr) : "memory");
+  } while (cur != v);
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+}
+__device__ __forceinline__ void sem_release_inc(int* ptr) {
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+  asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(ptr) : "memory");
+}
+
 // The wgmma m64n64 fp32 accumulator fragment dq[32] of thread (warp wq of
 // the warpgroup, g = lane / 4, t = lane % 4) -- element 4n + x is row wq *
 // 16 + g + 8 (x >> 1), column 8n + 2t + (x & 1) -- into the warpgroup's

@@ -1,7 +1,7 @@
 // The Hopper backward kernel (sm_90a), FlashAttention-3 style: one CTA per
 // block of kBN = 128 keys of one (kv head, sequence); K and V stay in shared
 // memory; the CTA loops over the query blocks (of every query head of the
-// GQA group) whose band reaches its keys. deterministic = 0 only: dQ goes
+// GQA group) whose band reaches its keys. dQ goes
 // to the fp32 workspace by TMA reduces (DQR) or atomics (then
 // dq_convert_kernel).
 //
@@ -73,6 +73,11 @@ struct BwdArgs {
   const float* dsum;  // Delta, [token * Hq + h]
   float* dqacc;       // fp32 dQ workspace, [(token * Hq + h) * D + d], zeroed
   MaskTiles mt;       // tile flags of the mask (flags == nullptr: every step mixed)
+  // Deterministic dQ (DQR only): one zeroed turn counter per (sequence,
+  // query head, query block of kBM rows), [(b * Hq + h) * sem_nqb + qb];
+  // nullptr: the adds in any order.
+  int* dq_sem;
+  int sem_nqb;
 };
 
 // PIPE: dV += P^T dO is issued as soon as P^T is known, so that it runs
@@ -191,7 +196,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
           tma_load_4d(sdO + s * kQBytes + cb * BM * 128, &a.tdo, bQf(s), cb * 64, qrow, h, bc);
         }
       }
-    } else if (DQR && warp == 2 && lane == 0 && it0 < nit) {
+    } else if (DQR && warp == 2 && lane == 0 && it0 < nit && a.dq_sem == nullptr) {
       // dQ tiles to the workspace (bwd_dq.cuh).
       tma_prefetch_desc(&a.tdq);
       for (int it = it0, k = 0; it < nit; it = next_it(it + 1), ++k) {
@@ -212,6 +217,45 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
         mbar_arrive(bDqE(1));
       }
       bulk_wait0();
+    } else if (DQR && warp == 2 && lane == 0 && nit > 0) {
+      // Deterministic dQ: the same, in turns (bwd_dq.cuh, sem_wait_eq).
+      // Every step of the band takes its turn, the masked ones too (they
+      // only pass it on), so that the rank of this CTA in the block's turns
+      // is its distance from the first key block whose band reaches the
+      // block: key block nb reaches rows up to nb * BN + BN - 1 + wl - off
+      // (rows_for_keys), and every key block between that one and this
+      // one reaches the block as well (both ends of the band grow with the
+      // keys).
+      tma_prefetch_desc(&a.tdq);
+      const int64_t off = diag_offset(p.bottom_right, e.sq, e.sk);
+      const int nkb = static_cast<int>(blockIdx.x);
+      for (int it = 0, k = 0; it < nit; ++it) {
+        const int h = hk * group + it / nqb;
+        const int qb = qb0 + it % nqb, q0 = qb * BM;
+        int first = 0;
+        if (p.window_left >= 0) {
+          const int64_t x = q0 + off - p.window_left - (BN - 1);
+          first = x <= 0 ? 0 : static_cast<int>((x + BN - 1) / BN);
+        }
+        int* sem = a.dq_sem + (b * p.heads_q + h) * a.sem_nqb + qb;
+        sem_wait_eq(sem, nkb - first);
+        if (state_of(it) != 0) {
+          const int tok = static_cast<int>(q_token(p, b, e, q0));
+#pragma unroll
+          for (int w = 0; w < 2; ++w) {
+            mbar_wait(bDqF(w), k & 1);
+            const int c0 = BM == 64 ? 64 * w : 0, r0 = BM == 64 ? 0 : 64 * w;
+            tma_reduce_add_3d(&a.tdq, sDQ + w * 16384, c0, h, tok + r0);
+            tma_reduce_add_3d(&a.tdq, sDQ + w * 16384 + 8192, c0 + 32, h, tok + r0);
+            bulk_commit();
+          }
+          bulk_wait0();  // the adds are done (not only read): then the next CTA's turn
+          mbar_arrive(bDqE(0));
+          mbar_arrive(bDqE(1));
+          ++k;
+        }
+        sem_release_inc(sem);
+      }
     } else if (warp == 1) {
       for (int it = it0, k = 0; it < nit; it = next_it(it + 1), ++k) {
         const int s = k % ST;

@@ -30,14 +30,19 @@ bool hopper_fwd_available(int dev);
 cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, cudaStream_t s);
 
 // The backward's scope: hopper_fwd_supported() for q, k, v (its mask rule
-// aside), plus dout, dk, dv with the same dtype and alignment rules, and
-// deterministic = 0 (dQ by fp32 atomics); bool and additive masks are in
-// (ALiBi, softcap and dropout are not). hopper_fwd_available() covers the
-// device.
+// aside), plus dout, dk, dv with the same dtype and alignment rules; bool
+// and additive masks are in (ALiBi, softcap and dropout are not).
+// deterministic = 1 is in: the dQ adds then take turns in a fixed order
+// (bwd_dq.cuh). hopper_fwd_available() covers the device.
 bool hopper_bwd_supported(const AttnParams& p);
-// dK, dV and dQ (through dqacc: zeroed fp32 [(token * Hq + h) * D + d],
-// then converted into dq). dsum: Delta = rowsum(dO * O) from
-// bwd_preprocess. cudaErrorNotSupported (nothing launched): fall back.
+// Bytes of the zeroed workspace that hopper_bwd takes: the fp32 dQ, and
+// with deterministic = 1 the turn counters after it.
+size_t hopper_bwd_workspace_bytes(const AttnParams& p);
+// dK, dV and dQ (through dqacc: the zeroed workspace, dQ as fp32
+// [(token * Hq + h) * D + d], then converted into dq). dsum: Delta =
+// rowsum(dO * O) from bwd_preprocess. cudaErrorNotSupported (nothing
+// launched, e.g. deterministic = 1 with FLASHSDPA_CUDA_HOPPER_BWD_DQ=atomic):
+// fall back.
 cudaError_t hopper_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum, float* dqacc,
                        cudaStream_t s);
 

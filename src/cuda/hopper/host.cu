@@ -170,6 +170,12 @@ cudaError_t run_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum,
   // The TMA reduce needs the workspace as a tensor map (else: atomics).
   const bool dqr = bwd_dq_tma() && make_dq_map(&a.tdq, dqacc, D, p.heads_q,
                                                varlen ? p.total_q : p.batch * p.seqlen_q);
+  if (p.deterministic) {
+    // The turn counters follow dQ in the workspace (hopper_bwd_workspace_bytes).
+    if (!dqr) return cudaErrorNotSupported;  // atomics: no fixed order
+    a.sem_nqb = static_cast<int>((p.seqlen_q + C::kBM - 1) / C::kBM);
+    a.dq_sem = reinterpret_cast<int*>(dqacc + p.total_q * p.heads_q * D);
+  }
   return p.dtype == DType::bf16 ? hopper::bwd_bf16(a, simple, dqr, s)
                                 : hopper::bwd_f16(a, simple, dqr, s);
 }
@@ -183,7 +189,7 @@ bool hopper_bwd_supported(const AttnParams& p) {
   AttnParams nm = p;
   nm.mask_kind = MaskKind::none;
   nm.mask = nullptr;
-  if (p.deterministic || !hopper_fwd_supported(nm)) return false;
+  if (!hopper_fwd_supported(nm)) return false;
   if (p.mask_kind != MaskKind::none) {
     if (p.mask == nullptr) return false;
     if (p.mask_kind == MaskKind::boolean ? p.mask_dtype != DType::u8
@@ -199,6 +205,14 @@ bool hopper_bwd_supported(const AttnParams& p) {
   for (const int64_t* x : st)
     if (x[3] != 1 || x[0] % 8 != 0 || x[1] % 8 != 0 || x[2] % 8 != 0) return false;
   return true;
+}
+
+size_t hopper_bwd_workspace_bytes(const AttnParams& p) {
+  const size_t dq = size_t(p.total_q) * p.heads_q * p.head_dim * sizeof(float);
+  if (!p.deterministic) return dq;
+  // + one int per (sequence, query head, block of 64 query rows: the
+  // smallest kBM)
+  return dq + size_t(p.batch) * p.heads_q * ((p.seqlen_q + 63) / 64) * sizeof(int);
 }
 
 cudaError_t hopper_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum, float* dqacc,
