@@ -166,18 +166,22 @@ std::vector<Case> make_grid(bool quick) {
     add("blockmask_additive", [](Case& c) { c.mask = MaskKind::additive; });
     add("blockmask_additive_softcap_window", [](Case& c) { c.mask = MaskKind::additive; c.softcap = 3.0f; c.wl = 70; });
   }
-  // The Hopper forward's scope (D = Dv in {64, 128}, fp16/bf16, band only):
-  // tiles of 128 query rows x 128 keys, so sizes around and across those
-  // edges, windows crossing key blocks, rows and whole blocks with no
-  // visible key (Sq > Sk bottom-right), GQA/MQA, varlen, BSHD strides.
-  // Shapes keep choose_splits() at 1 (Sk <= 448 or >= 132 query blocks of
-  // 64 rows): split-KV calls stay on the sm_80 kernels.
+  // The Hopper forward's scope (D = Dv in {64, 128, 256}, fp16/bf16, band
+  // only): tiles of 128 query rows x 128 keys (80 at D = 256), so sizes
+  // around and across those edges, windows crossing key blocks, rows and
+  // whole blocks with no visible key (Sq > Sk bottom-right), GQA/MQA,
+  // varlen, BSHD strides. Shapes keep choose_splits() at 1 (Sk <= 448 or
+  // >= 132 query blocks of 64 rows; at D = 256 Sk <= 224 or >= 132 blocks):
+  // split-KV calls stay on the sm_80 kernels.
   const ScopeShape hs[] = {
       {"h_s113x203_d128_gqa", 2, 4, 2, 113, 203, 128},
       {"h_s300x440_d64_mqa", 1, 4, 1, 300, 440, 64},
       {"h_s700x300_d128", 1, 2, 2, 700, 300, 128},
       {"h_s600x1100_d128_gqa", 1, 16, 4, 600, 1100, 128},
       {"h_s129x128_d64", 2, 2, 2, 129, 128, 64},
+      {"h_s300x440_d256_gqa", 2, 16, 4, 300, 440, 256},
+      {"h_s129x200_d256", 2, 2, 2, 129, 200, 256},
+      {"h_s300x170_d256_mqa", 1, 4, 1, 300, 170, 256},
   };
   for (DT dt : {DT::bf16, DT::f16}) {
     if (quick && dt != DT::bf16) continue;
