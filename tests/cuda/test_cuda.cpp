@@ -620,16 +620,18 @@ bool long_case(const char* name, int64_t B, int64_t H, int64_t Hk, int64_t Sq, i
   return ok;
 }
 
-bool determinism_case(cudaStream_t s, bool hopper_scope) {
+// D: 64, or 256 (hopper_scope only: the Hopper forward's 80-key blocks; Sk
+// 200 keeps choose_splits() at 1 there).
+bool determinism_case(cudaStream_t s, bool hopper_scope, int D = 64) {
   Case c;
-  c.B = 2; c.Hq = 4; c.Hk = 2; c.Sq = 300; c.Sk = 701; c.D = 64; c.Dv = 64; c.dt = DT::bf16;
+  c.B = 2; c.Hq = 4; c.Hk = 2; c.Sq = 300; c.Sk = 701; c.D = D; c.Dv = D; c.dt = DT::bf16;
   c.causal = true;
   c.dropout = 0.1f;
   c.alibi = true;
   if (hopper_scope) {  // no dropout/ALiBi, no split: the Hopper forward on sm_90
     c.dropout = 0.0f;
     c.alibi = false;
-    c.Sk = 440;
+    c.Sk = D == 256 ? 200 : 440;
   }
   Problem pr(c);
   pr.p.deterministic = 1;
@@ -638,9 +640,9 @@ bool determinism_case(cudaStream_t s, bool hopper_scope) {
   std::vector<uint8_t> first[5];
   bool ok = true;
   for (int run = 0; run < 3; ++run) {
-    Tensor out = pr.make(4, 300, 0, 64, c.dt), lse = pr.make_lse();
-    Tensor dq = pr.make(4, 300, 0, 64, c.dt), dk = pr.make(2, c.Sk, 0, 64, c.dt),
-           dv = pr.make(2, c.Sk, 0, 64, c.dt);
+    Tensor out = pr.make(4, 300, 0, D, c.dt), lse = pr.make_lse();
+    Tensor dq = pr.make(4, 300, 0, D, c.dt), dk = pr.make(2, c.Sk, 0, D, c.dt),
+           dv = pr.make(2, c.Sk, 0, D, c.dt);
     Dev o(out, false), l(lse, false), a(dq, false), b(dk, false), d(dv, false);
     if (fsdpa_forward(&pr.p, &q, &k, &v, &o, &l, s) != FSDPA_OK ||
         fsdpa_backward(&pr.p, &dout, &q, &k, &v, &o, &l, &a, &b, &d, s) != FSDPA_OK) {
@@ -654,8 +656,8 @@ bool determinism_case(cudaStream_t s, bool hopper_scope) {
       else if (first[x] != all[x]->bytes) ok = false;
     }
   }
-  printf("%s determinism%s: 3 runs of forward + deterministic backward bitwise identical\n",
-         ok ? "ok  " : "FAIL", hopper_scope ? " (no dropout/ALiBi)" : "");
+  printf("%s determinism%s%s: 3 runs of forward + deterministic backward bitwise identical\n",
+         ok ? "ok  " : "FAIL", hopper_scope ? " (no dropout/ALiBi)" : "", D != 64 ? " D256" : "");
   return ok;
 }
 
@@ -794,6 +796,7 @@ int main(int argc, char** argv) {
     if (!long_only) {
       tally(determinism_case(s, false));
       tally(determinism_case(s, true));
+      tally(determinism_case(s, true, 256));
       tally(splitkv_case(s, true));
       tally(splitkv_case(s, false));
       tally(nonfinite_case(s));

@@ -375,6 +375,7 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
           wgmma_wait<0>();
           fence_regs<BN / 2>(s);
           if (lane == 0) mbar_arrive(bKe(stg));
+          if (QS == 1 && last && lane == 0) mbar_arrive(bQe(qs));  // Q read for the last time
           float alpha0[2];
           softmax(kb, wst, alpha0);
           p_to_a<T, BN>(s, pa);
@@ -392,6 +393,7 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
           wgmma_wait<1>();  // S of block kb done; P V of the previous in flight
           fence_regs<BN / 2>(s);
           if (lane == 0) mbar_arrive(bKe(stg));
+          if (QS == 1 && last && lane == 0) mbar_arrive(bQe(qs));  // Q read for the last time
           // The softmax must run before the wait, not after it: ptxas
           // hoists the wait to the top of the softmax's basic block, so the
           // softmax gets its own block (sl2 > 0 always holds here, but
@@ -415,12 +417,19 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
         if (lane == 0) mbar_arrive(bVe(c % ST));
         kv = c + 1;
         ++qn;
-        // O through the warpgroup's rows of the Q slot (its S products are
-        // done), then the slot goes back to the producer.
-        store_out_staged<T, D, BM>(p, x.e, x.b, x.h, x.m0 + cw * 64, o, st, sl2,
-                                   sQ + qs * kQBytes + cw * 64 * 128, 1 + cw);
-        __syncwarp();
-        if (lane == 0) mbar_arrive(bQe(qs));
+        if constexpr (QS == 1) {
+          // The slot went back to the producer after the last S product
+          // (the next tile's Q loads under this P V and epilogue): O from
+          // the fragments straight to global memory.
+          store_out<T, D>(p, x.e, x.b, x.h, row0, o, st, sl2, lane);
+        } else {
+          // O through the warpgroup's rows of the Q slot (its S products
+          // are done), then the slot goes back to the producer.
+          store_out_staged<T, D, BM>(p, x.e, x.b, x.h, x.m0 + cw * 64, o, st, sl2,
+                                     sQ + qs * kQBytes + cw * 64 * 128, 1 + cw);
+          __syncwarp();
+          if (lane == 0) mbar_arrive(bQe(qs));
+        }
       } else {
         store_out<T, D>(p, x.e, x.b, x.h, row0, o, st, sl2, lane);
       }
