@@ -16,7 +16,7 @@
 //   alternates between two slots (one at D = 256: config.h), so the
 //   producer loads the next tile's Q and first blocks while the consumers
 //   finish the current one (at D = 256 the first K and V blocks, then Q
-//   once the epilogue has let go of the slot).
+//   once the consumers' last S product of the tile is done).
 //
 // Consumer loop over the key blocks the tile's band reaches:
 //   S = Q K^T   wgmma m64n{kBN}k16, A = Q and B = K from smem (K-major)
