@@ -169,18 +169,22 @@ std::vector<Case> make_grid(bool quick) {
     add("blockmask_additive", [](Case& c) { c.mask = MaskKind::additive; });
     add("blockmask_additive_softcap_window", [](Case& c) { c.mask = MaskKind::additive; c.softcap = 3.0f; c.wl = 70; });
   }
-  // The Hopper forward's scope (D = Dv in {64, 128}, fp16/bf16, band only):
-  // tiles of 128 query rows x 128 keys, so sizes around and across those
-  // edges, windows crossing key blocks, rows and whole blocks with no
-  // visible key (Sq > Sk bottom-right), GQA/MQA, varlen, BSHD strides.
-  // Shapes keep choose_splits() at 1 (Sk <= 448 or >= 132 query blocks of
-  // 64 rows): split-KV calls stay on the sm_80 kernels.
+  // The Hopper forward's scope (D = Dv in {64, 128, 256}, fp16/bf16, band
+  // only): tiles of 128 query rows x 128 keys (80 at D = 256), so sizes
+  // around and across those edges, windows crossing key blocks, rows and
+  // whole blocks with no visible key (Sq > Sk bottom-right), GQA/MQA,
+  // varlen, BSHD strides. Shapes keep choose_splits() at 1 (Sk <= 448 or
+  // >= 132 query blocks of 64 rows; at D = 256 Sk <= 224 or >= 132 blocks):
+  // split-KV calls stay on the sm_80 kernels.
   const ScopeShape hs[] = {
       {"h_s113x203_d128_gqa", 2, 4, 2, 113, 203, 128},
       {"h_s300x440_d64_mqa", 1, 4, 1, 300, 440, 64},
       {"h_s700x300_d128", 1, 2, 2, 700, 300, 128},
       {"h_s600x1100_d128_gqa", 1, 16, 4, 600, 1100, 128},
       {"h_s129x128_d64", 2, 2, 2, 129, 128, 64},
+      {"h_s300x440_d256_gqa", 2, 16, 4, 300, 440, 256},
+      {"h_s129x200_d256", 2, 2, 2, 129, 200, 256},
+      {"h_s300x170_d256_mqa", 1, 4, 1, 300, 170, 256},
   };
   for (DT dt : {DT::bf16, DT::f16}) {
     if (quick && dt != DT::bf16) continue;
@@ -628,8 +632,8 @@ bool long_case(const char* name, int64_t B, int64_t H, int64_t Hk, int64_t Sq, i
 // Three runs of forward + deterministic backward give the same bits. The
 // first case (dropout, ALiBi) runs the sm_80 kernels; the others are in the
 // Hopper kernels' scope (on sm_90: the dQ adds of the key blocks in turns),
-// with many key blocks per query block (Sk 2100: 17 turns), GQA, windows
-// and a mask with skipped steps (hbm_ patterns).
+// with many key blocks per query block (Sk 2100: 17 turns), GQA, D 256,
+// windows and a mask with skipped steps (hbm_ patterns).
 Case determinism_case_n(int n) {
   Case c;
   c.B = 2; c.Hq = 4; c.Hk = 2; c.Sq = 300; c.Sk = 701; c.D = 64; c.Dv = 64; c.dt = DT::bf16;
@@ -644,6 +648,10 @@ Case determinism_case_n(int n) {
   } else if (n == 2) {
     c.B = 1; c.Hq = 8; c.Sq = 1000; c.Sk = 2100; c.D = c.Dv = 128; c.causal = false;
     c.name = "determinism_hopper_d128_gqa_s1000x2100";
+  } else if (n == 3) {
+    // the Hopper forward's 80-key blocks; Sk 200 keeps choose_splits() at 1
+    c.Sk = 200; c.D = c.Dv = 256;
+    c.name = "determinism_hopper_d256_causal";
   } else {
     c.Sq = 700; c.Sk = 1500; c.D = c.Dv = 128; c.causal = false; c.wl = 600; c.wr = 100;
     c.align = FSDPA_ALIGN_BOTTOM_RIGHT;
@@ -652,7 +660,7 @@ Case determinism_case_n(int n) {
   }
   return c;
 }
-constexpr int kDeterminismCases = 4;
+constexpr int kDeterminismCases = 5;
 
 bool determinism_case(cudaStream_t s, const Case& c) {
   Problem pr(c);

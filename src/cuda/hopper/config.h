@@ -13,23 +13,35 @@ namespace hopper {
 
 // CTA: 1 producer warpgroup (one thread issues TMA) + NCW consumer
 // warpgroups of 64 query rows each; K/V in a kStages-deep ring of kBN-key
-// tiles. Persistent: one CTA per SM walks the (query block, head, batch)
-// tiles.
-template <int D, int NCW>
+// tiles; Q in kQSlots slots. Persistent: one CTA per SM walks the (query
+// block, head, batch) tiles.
+//   D 64 / 128: 128 keys per block, 2 Q slots (the next tile's Q loads
+//   under the current tile).
+//   D 256 (2 consumer warpgroups, unmasked only): 80 keys per block (64
+//   with FLASHSDPA_CUDA_HOPPER_D256_BN=64), 1 Q slot: Q 64 KB + K, V
+//   2 x 2 x 40 KB = 224 KB of the 227 KB opt-in. O is 128 fp32 registers per
+//   consumer thread, S 40, P 20.
+template <int D>
+constexpr int fwd_default_bn() { return D == 256 ? 80 : 128; }
+
+template <int D, int NCW, int BN = fwd_default_bn<D>()>
 struct FwdCfg {
   static constexpr int kConsumers = NCW;
   static constexpr int kBM = 64 * NCW;
-  static constexpr int kBN = 128;
+  static constexpr int kBN = BN;
   static constexpr int kStages = 2;
+  static constexpr int kQSlots = D == 256 ? 1 : 2;
   static constexpr int kThreads = 128 * (NCW + 1);
   // setmaxnreg: producer / consumer registers per thread; the CTA's sum
   // stays within the 64K registers of the SM (the entry cap is
   // 64K / kThreads).
-  static constexpr int kProducerRegs = NCW == 2 ? 40 : 32;
-  static constexpr int kConsumerRegs = NCW == 2 ? 232 : 160;
-  // Dynamic shared memory: 2 Q tiles + K and V rings, + 1 KB to align to
-  // the 1024-byte swizzle atom (D = 128: 193 KB).
-  static constexpr int kSmem = 1024 + (2 * kBM + 2 * kStages * kBN) * D * 2;
+  static constexpr int kProducerRegs = D == 256 ? 24 : NCW == 2 ? 40 : 32;
+  static constexpr int kConsumerRegs = D == 256 ? 240 : NCW == 2 ? 232 : 160;
+  // Dynamic shared memory: Q slots + K and V rings, + 1 KB to align to
+  // the 1024-byte swizzle atom (D = 128: 193 KB; D = 256: 225 KB).
+  static constexpr int kSmem = 1024 + (kQSlots * kBM + 2 * kStages * kBN) * D * 2;
+  static_assert(kSmem <= 227 * 1024, "shared memory over the opt-in limit");
+  static_assert(kBN % 16 == 0 && kBN <= 256, "wgmma N / TMA box");
 };
 
 struct FwdArgs {

@@ -6,15 +6,17 @@
 // warpgroups, each owning 64 query rows of the current tile of kBM rows.
 // Tiles are handed out in units of two (for_each_tile below).
 //
-//   smem: Q [2 slots][D/64 column blocks][kBM rows][64]
+//   smem: Q [kQSlots][D/64 column blocks][kBM rows][64]
 //         K, V rings: [kStages][D/64][kBN keys][64]
 //   Every tile row is 128 bytes (64 elements); 16-byte chunk c of row r
 //   sits at chunk c ^ (r % 8) (TMA's and wgmma's 128B swizzle).
 //   mbarriers: Q full / empty per slot; K and V full (TMA transaction bytes) and
 //   empty (one arrive per consumer warp once the wgmma reading the stage
 //   is done). The K/V ring's stage and phase run on across tiles, and Q
-//   alternates between two slots, so the producer loads the next tile's Q
-//   and first blocks while the consumers finish the current one.
+//   alternates between two slots (one at D = 256: config.h), so the
+//   producer loads the next tile's Q and first blocks while the consumers
+//   finish the current one (at D = 256 the first K and V blocks, then Q
+//   once the consumers' last S product of the tile is done).
 //
 // Consumer loop over the key blocks the tile's band reaches:
 //   S = Q K^T   wgmma m64n{kBN}k16, A = Q and B = K from smem (K-major)
@@ -100,18 +102,20 @@ __device__ __forceinline__ uint32_t lane0_read(const uint32_t* w, int lane) {
 }
 
 // MK: MaskMode (mask.cuh); kMaskNone is the unmasked kernel.
-template <typename T, int D, int NCW, int MK>
-__global__ void __launch_bounds__(FwdCfg<D, NCW>::kThreads, 1)
+// BN: keys per block (config.h).
+template <typename T, int D, int NCW, int MK, int BN_ = fwd_default_bn<D>()>
+__global__ void __launch_bounds__(FwdCfg<D, NCW, BN_>::kThreads, 1)
 fwd_kernel(const __grid_constant__ FwdArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using C = FwdCfg<D, NCW>;
-  constexpr int BM = C::kBM, BN = C::kBN, ST = C::kStages;
+  using C = FwdCfg<D, NCW, BN_>;
+  constexpr int BM = C::kBM, BN = C::kBN, ST = C::kStages, QS = C::kQSlots;
   constexpr uint32_t kQBytes = BM * D * 2, kKVBytes = BN * D * 2;
   const AttnParams& p = a.p;
   // setmaxnreg: with a mask (2 consumer warpgroups only, launch.cuh) the
   // consumers get 240 (the mask code spilled O and P at 232) and the
   // producer 24: 24 + 2 * 240 = 3 * 168, the registers the CTA starts with.
   static_assert(MK == kMaskNone || NCW == 2, "masked kernels have 2 consumer warpgroups");
+  static_assert(MK == kMaskNone || (BN == 128 && QS == 2), "masks: 128-key blocks (mask.cuh)");
   constexpr int kProducerRegs = MK == kMaskNone ? C::kProducerRegs : 24;
   constexpr int kConsumerRegs = MK == kMaskNone ? C::kConsumerRegs : 240;
 
@@ -120,8 +124,8 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
   // Masked kernels: the producer's word per K stage (key block, last of
   // the tile, warpgroup states) and per Q slot (0: no live block); mask.cuh.
   __shared__ uint32_t kinfo[ST], qinfo[2];
-  const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;  // 2 Q slots
-  const uint32_t sK = sQ + 2 * kQBytes, sV = sK + ST * kKVBytes;
+  const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;  // QS Q slots
+  const uint32_t sK = sQ + QS * kQBytes, sV = sK + ST * kKVBytes;
   const uint32_t b0 = smem_u32(&bars[0]);
   auto bQf = [&](int q) { return b0 + 8u * q; };
   auto bQe = [&](int q) { return b0 + 8u * (2 + q); };
@@ -131,7 +135,7 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
   auto bVe = [&](int s) { return b0 + 8u * (4 + 3 * ST + s); };
 
   if (threadIdx.x == 0) {
-    for (int q = 0; q < 2; ++q) {
+    for (int q = 0; q < QS; ++q) {
       mbar_init(bQf(q), 1);
       mbar_init(bQe(q), 4 * NCW);
     }
@@ -170,8 +174,8 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
         uint32_t ws;
         int kb = cur.next(a.mt, cx, x.kb0, &ws);
         // Q, into the slot the tile before last let go of.
-        const int q = qn & 1;
-        const uint32_t qph = ((qn >> 1) & 1) ^ 1;
+        const int q = qn % QS;
+        const uint32_t qph = ((qn / QS) & 1) ^ 1;
         ++qn;
         if constexpr (MK != kMaskNone) {
           if (kb > kb1) {  // no live block: an empty Q slot (mask.cuh)
@@ -199,7 +203,7 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
               tma_load_4d(sK + s * kKVBytes + cb * BN * 128, &a.tk, bKf(s), cb * 64, krow, x.hk,
                           bc);
           }
-          if (first) {
+          auto load_q = [&] {
             mbar_wait(bQe(q), qph);
             if (leader) {
               if constexpr (MK != kMaskNone) qinfo[q] = 1;
@@ -209,7 +213,10 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
                 tma_load_4d(sQ + q * kQBytes + cb * BM * 128, &a.tq, bQf(q), cb * 64,
                             static_cast<int>(x.e.q_begin) + x.m0, x.h, bc);
             }
-          }
+          };
+          // One Q slot: its empty wait lasts until the previous tile's
+          // epilogue is done, so V goes first (its stage is free earlier).
+          if (QS > 1 && first) load_q();
           mbar_wait(bVe(s), ph ^ 1);
           if (leader) {
             mbar_arrive_expect_tx(bVf(s), kKVBytes);
@@ -218,6 +225,7 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
               tma_load_4d(sV + s * kKVBytes + cb * BN * 128, &a.tv, bVf(s), cb * 64, krow, x.hk,
                           bc);
           }
+          if (QS == 1 && first) load_q();
           kb = kn;
           ws = wsn;
         }
@@ -343,8 +351,8 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
       };
 
       if (x.nblk > 0) {
-        const int qs = qn & 1;
-        mbar_wait(bQf(qs), (qn >> 1) & 1);
+        const int qs = qn % QS;
+        mbar_wait(bQf(qs), (qn / QS) & 1);
         bool any = true;
         if constexpr (MK != kMaskNone) any = lane0_read(&qinfo[qs], lane) != 0;
         if (!any) {  // every block of the tile masked (mask.cuh): out 0, lse -inf
@@ -367,6 +375,7 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
           wgmma_wait<0>();
           fence_regs<BN / 2>(s);
           if (lane == 0) mbar_arrive(bKe(stg));
+          if (QS == 1 && last && lane == 0) mbar_arrive(bQe(qs));  // Q read for the last time
           float alpha0[2];
           softmax(kb, wst, alpha0);
           p_to_a<T, BN>(s, pa);
@@ -384,6 +393,7 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
           wgmma_wait<1>();  // S of block kb done; P V of the previous in flight
           fence_regs<BN / 2>(s);
           if (lane == 0) mbar_arrive(bKe(stg));
+          if (QS == 1 && last && lane == 0) mbar_arrive(bQe(qs));  // Q read for the last time
           // The softmax must run before the wait, not after it: ptxas
           // hoists the wait to the top of the softmax's basic block, so the
           // softmax gets its own block (sl2 > 0 always holds here, but
@@ -407,12 +417,19 @@ fwd_kernel(const __grid_constant__ FwdArgs a) {
         if (lane == 0) mbar_arrive(bVe(c % ST));
         kv = c + 1;
         ++qn;
-        // O through the warpgroup's rows of the Q slot (its S products are
-        // done), then the slot goes back to the producer.
-        store_out_staged<T, D, BM>(p, x.e, x.b, x.h, x.m0 + cw * 64, o, st, sl2,
-                                   sQ + qs * kQBytes + cw * 64 * 128, 1 + cw);
-        __syncwarp();
-        if (lane == 0) mbar_arrive(bQe(qs));
+        if constexpr (QS == 1) {
+          // The slot went back to the producer after the last S product
+          // (the next tile's Q loads under this P V and epilogue): O from
+          // the fragments straight to global memory.
+          store_out<T, D>(p, x.e, x.b, x.h, row0, o, st, sl2, lane);
+        } else {
+          // O through the warpgroup's rows of the Q slot (its S products
+          // are done), then the slot goes back to the producer.
+          store_out_staged<T, D, BM>(p, x.e, x.b, x.h, x.m0 + cw * 64, o, st, sl2,
+                                     sQ + qs * kQBytes + cw * 64 * 128, 1 + cw);
+          __syncwarp();
+          if (lane == 0) mbar_arrive(bQe(qs));
+        }
       } else {
         store_out<T, D>(p, x.e, x.b, x.h, row0, o, st, sl2, lane);
       }

@@ -15,7 +15,7 @@ d[4i + 2..3] = row g + 8 (g = lane / 4 + 16 * warp-in-group, t = lane % 4).
 
     python3 src/cuda/hopper/gen_wgmma.py > src/cuda/hopper/wgmma.cuh
 """
-NS = [64, 128, 256]
+NS = [64, 80, 128, 256]
 TYPES = [("__half", "f16"), ("__nv_bfloat16", "bf16")]
 
 

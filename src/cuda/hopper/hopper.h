@@ -13,10 +13,11 @@ namespace fsdpa {
 namespace cuda {
 
 // The call is in the kernel's scope: fp16/bf16 (out in the same dtype),
-// D == Dv in {64, 128}, no ALiBi / softcap / dropout, scale > 0,
+// D == Dv in {64, 128, 256}, no ALiBi / softcap / dropout, scale > 0,
 // stride_d == 1 and 16-byte aligned rows of q, k, v, out (TMA and 4-byte
 // stores). Causal / windows (both alignments), GQA/MQA and varlen are in;
-// so are bool and additive masks with key stride 1 (not with varlen).
+// so are bool and additive masks with key stride 1 (not with varlen), at
+// D 64 / 128 only (D = 256: unmasked).
 bool hopper_fwd_supported(const AttnParams& p);
 // The build holds sm_90a code for the kernel and device `dev` is a 9.x GPU
 // (checked once per device).
@@ -29,7 +30,7 @@ bool hopper_fwd_available(int dev);
 // changes nothing.
 cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, cudaStream_t s);
 
-// The backward's scope: hopper_fwd_supported() for q, k, v (its mask rule
+// The backward's scope: D 64 / 128 and hopper_fwd_supported() for q, k, v (its mask rule
 // aside), plus dout, dk, dv with the same dtype and alignment rules; bool
 // and additive masks are in (ALiBi, softcap and dropout are not).
 // deterministic = 1 is in: the dQ adds then take turns in a fixed order

@@ -91,10 +91,16 @@ int wg64(const AttnParams& p) {
   return p.seqlen_k >= 8192 || (!band && p.seqlen_k >= 4096) ? 3 : 2;
 }
 
+// Keys per block at D = 256: 80 (default) or 64 (FLASHSDPA_CUDA_HOPPER_D256_BN=64).
+int bn256() {
+  const char* v = getenv("FLASHSDPA_CUDA_HOPPER_D256_BN");
+  return v != nullptr && atoi(v) == 64 ? 64 : hopper::fwd_default_bn<256>();
+}
+
 template <int D>
 cudaError_t run(const AttnParams& p, const MaskTiles& mt, cudaStream_t s) {
   const int w = D == 64 ? wg64(p) : 2;
-  const int bm = 64 * w, bn = 128;
+  const int bm = 64 * w, bn = D == 256 ? bn256() : hopper::fwd_default_bn<D>();
   FwdArgs a;
   memset(&a, 0, sizeof a);
   a.p = p;
@@ -115,7 +121,10 @@ cudaError_t run(const AttnParams& p, const MaskTiles& mt, cudaStream_t s) {
       return bf ? hopper::fwd_bf16_bool(a, sms, w, s) : hopper::fwd_f16_bool(a, sms, w, s);
     case MaskKind::additive:
       return bf ? hopper::fwd_bf16_add(a, sms, w, s) : hopper::fwd_f16_add(a, sms, w, s);
-    default: return bf ? hopper::fwd_bf16(a, sms, w, s) : hopper::fwd_f16(a, sms, w, s);
+    default: {
+      const int v = D == 256 ? bn : w;  // launch_fwd_dtype's variant argument
+      return bf ? hopper::fwd_bf16(a, sms, v, s) : hopper::fwd_f16(a, sms, v, s);
+    }
   }
 }
 
@@ -190,6 +199,7 @@ bool hopper_bwd_supported(const AttnParams& p) {
   nm.mask_kind = MaskKind::none;
   nm.mask = nullptr;
   if (!hopper_fwd_supported(nm)) return false;
+  if (p.head_dim == 256) return false;  // no D = 256 backward kernel (forward only)
   if (p.mask_kind != MaskKind::none) {
     if (p.mask == nullptr) return false;
     if (p.mask_kind == MaskKind::boolean ? p.mask_dtype != DType::u8
@@ -227,7 +237,11 @@ cudaError_t hopper_bwd(const AttnParams& p, const MaskTiles& mt, const float* ds
 bool hopper_fwd_supported(const AttnParams& p) {
   if (p.dtype != DType::f16 && p.dtype != DType::bf16) return false;
   if (p.out_dtype != p.dtype) return false;
-  if (p.head_dim != p.head_dim_v || (p.head_dim != 64 && p.head_dim != 128)) return false;
+  if (p.head_dim != p.head_dim_v ||
+      (p.head_dim != 64 && p.head_dim != 128 && p.head_dim != 256))
+    return false;
+  // D = 256: unmasked only (the mask code walks 128-key blocks).
+  if (p.head_dim == 256 && p.mask_kind != MaskKind::none) return false;
   if (p.alibi != nullptr || p.softcap > 0.0f || p.dropout_p > 0.0f) return false;
   // Masks: bool (u8) or additive (f32/f16/bf16), strides 0 on broadcast
   // dims; not with varlen (validate.cpp rejects that combination anyway).
@@ -275,6 +289,7 @@ cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, cudaStream_t s)
   switch (p.head_dim) {
     case 64: return run<64>(p, mt, s);
     case 128: return run<128>(p, mt, s);
+    case 256: return run<256>(p, mt, s);
     default: return cudaErrorNotSupported;
   }
 }

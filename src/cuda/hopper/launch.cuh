@@ -14,11 +14,11 @@ namespace hopper {
 
 // a: tensor maps, params and mask tiles filled by the caller (host.cu); the
 // tile counts are set here. sms: multiprocessors of the device (one
-// persistent CTA each). MK: MaskMode (mask.cuh).
-template <typename T, int D, int NCW, int MK>
+// persistent CTA each). MK: MaskMode (mask.cuh). BN: keys per block.
+template <typename T, int D, int NCW, int MK, int BN = fwd_default_bn<D>()>
 cudaError_t launch_fwd(FwdArgs a, int sms, cudaStream_t s) {
-  using C = FwdCfg<D, NCW>;
-  auto kern = fwd_kernel<T, D, NCW, MK>;
+  using C = FwdCfg<D, NCW, BN>;
+  auto kern = fwd_kernel<T, D, NCW, MK, BN>;
   cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;
   a.n_mblocks = static_cast<int>((a.p.seqlen_q + C::kBM - 1) / C::kBM);
@@ -30,7 +30,8 @@ cudaError_t launch_fwd(FwdArgs a, int sms, cudaStream_t s) {
   return cudaGetLastError();
 }
 
-// D in {64, 128}; wg64 = consumer warpgroups at D = 64 (2 or 3; 2 with a mask).
+// D in {64, 128, 256}; wg64 = consumer warpgroups at D = 64 (2 or 3; 2
+// with a mask), keys per block at D = 256 (80 or 64; host.cu).
 template <typename T, int MK>
 cudaError_t launch_fwd_dtype(const FwdArgs& a, int sms, int wg64, cudaStream_t s) {
   switch (a.p.head_dim) {
@@ -41,6 +42,13 @@ cudaError_t launch_fwd_dtype(const FwdArgs& a, int sms, int wg64, cudaStream_t s
       if constexpr (MK == kMaskNone) return launch_fwd<T, 64, 3, MK>(a, sms, s);
       return cudaErrorNotSupported;
     case 128: return launch_fwd<T, 128, 2, MK>(a, sms, s);
+    case 256:
+      // Unmasked only (the mask code walks 128-key blocks).
+      if constexpr (MK == kMaskNone) {
+        if (wg64 == 64) return launch_fwd<T, 256, 2, MK, 64>(a, sms, s);
+        return launch_fwd<T, 256, 2, MK>(a, sms, s);
+      }
+      return cudaErrorNotSupported;
     default: return cudaErrorNotSupported;
   }
 }
