@@ -8,6 +8,7 @@
 #include "cuda/hopper/config.h"
 #include "cuda/hopper/hopper.h"
 #include "cuda/hopper/bwd_kernel.cuh"
+#include "cuda/hopper/bwd256_kernel.cuh"
 #include "cuda/hopper/launch.cuh"
 
 namespace fsdpa {
@@ -174,9 +175,43 @@ cudaError_t run_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum,
                                 : hopper::bwd_f16(a, simple, dqr, s);
 }
 
+// D = 256 (bwd256_kernel.cuh): 64-key blocks, 64-row query blocks, dQ by
+// atomics. FLASHSDPA_CUDA_HOPPER_BWD256=0 keeps the sm_80 kernels there.
+bool bwd256_enabled() {
+  const char* v = getenv("FLASHSDPA_CUDA_HOPPER_BWD256");
+  return v == nullptr || strcmp(v, "0") != 0;
+}
+
+cudaError_t run_bwd256(const AttnParams& p, const float* dsum, float* dqacc, cudaStream_t s) {
+  using C = hopper::Bwd256Cfg;
+  hopper::BwdArgs a;
+  memset(&a, 0, sizeof a);
+  a.p = p;
+  a.dsum = dsum;
+  a.dqacc = dqacc;
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  const int64_t nb = varlen ? 1 : p.batch;
+  const int64_t sq = varlen ? p.total_q : p.seqlen_q, sk = varlen ? p.total_k : p.seqlen_k;
+  if (!make_map(&a.tq, p.dtype, p.q, p.q_stride, sq, p.heads_q, nb, C::D, C::kBM) ||
+      !make_map(&a.tdo, p.dtype, p.dout, p.dout_stride, sq, p.heads_q, nb, C::D, C::kBM) ||
+      !make_map(&a.tk, p.dtype, p.k, p.k_stride, sk, p.heads_k, nb, C::D, C::kBN) ||
+      !make_map(&a.tv, p.dtype, p.v, p.v_stride, sk, p.heads_k, nb, C::D, C::kBN))
+    return cudaErrorNotSupported;
+  return p.dtype == DType::bf16 ? hopper::bwd256_bf16(a, s) : hopper::bwd256_f16(a, s);
+}
+
 }  // namespace
 
 bool hopper_bwd_supported(const AttnParams& p) {
+  if (p.head_dim == 256 || p.head_dim_v == 256) {
+    // D = Dv = 256 without a mask (bwd256_kernel.cuh); the other rules as
+    // at D = 128.
+    if (p.head_dim != p.head_dim_v || p.mask_kind != MaskKind::none || !bwd256_enabled())
+      return false;
+    AttnParams q = p;
+    q.head_dim = q.head_dim_v = 128;
+    return hopper_bwd_supported(q);
+  }
   // The forward's scope for q, k, v and the band, whatever it says about
   // masks: bool and additive masks (additive in fp32/fp16/bf16) are in the
   // backward's scope (bwd_mask.cuh).
@@ -206,6 +241,7 @@ cudaError_t hopper_bwd(const AttnParams& p, const MaskTiles& mt, const float* ds
   switch (p.head_dim) {
     case 64: return run_bwd<64>(p, mt, dsum, dqacc, s);
     case 128: return run_bwd<128>(p, mt, dsum, dqacc, s);
+    case 256: return run_bwd256(p, dsum, dqacc, s);
     default: return cudaErrorNotSupported;
   }
 }
