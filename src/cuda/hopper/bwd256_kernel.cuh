@@ -17,11 +17,12 @@
 //          to shared memory ([64 keys][64 queries], 128B swizzle: the two
 //          warpgroups write one half each; two buffers), fence.proxy.async,
 //          named barrier of the two warpgroups, then
-//   dV_w += P^T dO[:, 128w..]   wgmma m64n128k16 `st`: A = P^T K-major
-//   dK_w += dS^T Q[:, 128w..]   and B MN-major, both from smem (4 k steps)
 //   dQ[:, 128w..] = dS K[:, 128w..]  wgmma m64n128k16 `tt` (A = dS^T's
 //          buffer read MN-major), added to the fp32 workspace with 16-byte
-//          atomics (the quad exchanges half rows, as bwd_kernel.cuh).
+//          atomics (the quad exchanges half rows, as bwd_kernel.cuh) while
+//   dV_w += P^T dO[:, 128w..]   wgmma m64n128k16 `st`: A = P^T K-major
+//   dK_w += dS^T Q[:, 128w..]   and B MN-major, both from smem (4 k steps)
+//          run.
 // Accumulators per thread: dK_w, dV_w 64 + 64, dQ 64, S^T/dP^T 16 + 16
 // (not live together with dQ).
 // The P^T/dS^T buffer of step k is written again at step k + 2, after the
@@ -277,6 +278,13 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
       named_bar_sync(1, 256);
       wgmma_fence();
       {
+        // dQ = dS K first (its atomics then run under dV and dK): A = dS
+        // (queries x keys) read MN-major from dS^T's buffer, B = K MN-major.
+        const uint64_t aSt = make_desc(pbase + kP, BN * 128, 1024);
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk)
+          Wgmma<T, 128>::tt(dq, mnmaj(aSt, kk), mnmaj(dK_b, kk), kk > 0);
+        wgmma_commit();
         const uint64_t aP = make_desc(pbase, 16, 1024);
         const uint64_t aS = make_desc(pbase + kP, 16, 1024);
         // B: dO and Q MN-major, d columns 128 cw .. + 128 (LBO: 64-column blocks).
@@ -289,18 +297,9 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
         for (int kk = 0; kk < BM / 16; ++kk)
           Wgmma<T, 128>::st(dk, aS + ((kk * 32) >> 4), mnmaj(bQ, kk), 1);
         wgmma_commit();
-        // dQ = dS K: A = dS (queries x keys) read MN-major from dS^T's buffer.
-        const uint64_t aSt = make_desc(pbase + kP, BN * 128, 1024);
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk)
-          Wgmma<T, 128>::tt(dq, mnmaj(aSt, kk), mnmaj(dK_b, kk), kk > 0);
-        wgmma_commit();
       }
-      wgmma_wait<0>();
-      fence_regs<64>(dv);
-      fence_regs<64>(dk);
+      wgmma_wait<1>();
       fence_regs<64>(dq);
-      mbar_arrive(bE(s));
       // dQ atomics: element 4n + x of dq is query row q0 + wq * 16 + g +
       // 8 (x >> 1), d column 128 cw + 8n + 2t + (x & 1). Even t: row g,
       // columns 8n + 2t .. + 3; odd t: row g + 8, columns 8n + 2(t - 1) .. + 3.
@@ -320,6 +319,11 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
           if (dst != nullptr) atomicAdd(reinterpret_cast<float4*>(dst + 8 * n), v);
         }
       }
+      wgmma_wait<0>();
+      fence_regs<64>(dv);
+      fence_regs<64>(dk);
+      fence_regs<64>(dq);
+      mbar_arrive(bE(s));  // Q, dO and lse / Delta of stage s read
     }
     // dK, dV: element 4n + x is key keys[x >> 1], d column 128 cw + 8n + 2t
     // + (x & 1); rows past the sequence are not written.
