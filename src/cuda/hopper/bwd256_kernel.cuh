@@ -63,7 +63,19 @@ struct Bwd256Cfg {
   static constexpr int kSmem = 1024 + 2 * kTile + 2 * kStages * kTile + 2 * 2 * kPS;
 };
 
-template <typename T>
+// DQR: dQ through shared memory and a TMA reduce (bwd_dq.cuh's box layout)
+// instead of the atomics. There is no free shared memory for a separate dQ
+// tile, so warpgroup w stages its 64 x 128 fp32 dQ in the step's Q and dO
+// blocks of d columns 128w.. (16 KB each), which after its own dK and dV
+// products nobody reads any more (the other warpgroup's S^T / dP^T reads
+// of them finished before the named barrier): dQ columns 64.. go to the dO
+// blocks once dV is done (under dK), columns 0..63 to the Q blocks once dK
+// is done. Producer warp 2 (one thread) waits on the stage's `dq full`
+// barrier (256 arrivals), issues 8 reduces (64 rows x 32 columns each),
+// and arrives on the stage's `empty` barrier once they have read shared
+// memory (257 arrivals with DQR), so the next loads into the stage wait
+// for them. Rows past the sequence add zeros (P = 0 there).
+template <typename T, bool DQR>
 __global__ void __launch_bounds__(Bwd256Cfg::kThreads, 1)
 bwd256_kernel(const __grid_constant__ BwdArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -73,7 +85,7 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
   const AttnParams& p = a.p;
 
   extern __shared__ __align__(1024) uint8_t smem_raw[];
-  __shared__ __align__(8) uint64_t bars[1 + 3 * ST];
+  __shared__ __align__(8) uint64_t bars[1 + 4 * ST];
   __shared__ float sL[ST][BM], sDl[ST][BM];
   const uint32_t sK = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sV = sK + kT, sQ = sV + kT, sdO = sQ + ST * kT;
@@ -83,6 +95,7 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
   auto bQf = [&](int s) { return b0 + 8u * (1 + s); };
   auto bLf = [&](int s) { return b0 + 8u * (1 + ST + s); };
   auto bE = [&](int s) { return b0 + 8u * (1 + 2 * ST + s); };
+  auto bDqF = [&](int s) { return b0 + 8u * (1 + 3 * ST + s); };
 
   const int64_t b = blockIdx.z;
   const int hk = blockIdx.y;
@@ -105,7 +118,8 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
     for (int s = 0; s < ST; ++s) {
       mbar_init(bQf(s), 1);
       mbar_init(bLf(s), 32);
-      mbar_init(bE(s), 256);
+      mbar_init(bE(s), DQR ? 257 : 256);
+      mbar_init(bDqF(s), 256);
     }
     mbar_init_fence();
   }
@@ -140,6 +154,28 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
           tma_load_4d(sdO + s * kT + cb * BM * 128, &a.tdo, bQf(s), cb * 64, qrow, h, bc);
         }
       }
+    } else if (DQR && warp == 2 && lane == 0 && nit > 0) {
+      // dQ tiles (staged in the stage's Q and dO blocks) to the workspace.
+      tma_prefetch_desc(&a.tdq);
+      for (int it = 0; it < nit; ++it) {
+        const int s = it % ST;
+        const uint32_t ph = (it / ST) & 1;
+        const int h = hk * group + it / nqb;
+        const int tok = static_cast<int>(q_token(p, b, e, (qb0 + it % nqb) * BM));
+        mbar_wait(bDqF(s), ph);
+#pragma unroll
+        for (int w = 0; w < 2; ++w) {
+          const uint32_t rq = sQ + s * kT + 2 * w * 8192, ro = sdO + s * kT + 2 * w * 8192;
+          tma_reduce_add_3d(&a.tdq, rq, 128 * w, h, tok);
+          tma_reduce_add_3d(&a.tdq, rq + 8192, 128 * w + 32, h, tok);
+          tma_reduce_add_3d(&a.tdq, ro, 128 * w + 64, h, tok);
+          tma_reduce_add_3d(&a.tdq, ro + 8192, 128 * w + 96, h, tok);
+        }
+        bulk_commit();
+        bulk_wait_read0();
+        mbar_arrive(bE(s));
+      }
+      bulk_wait0();
     } else if (warp == 1) {
       for (int it = 0; it < nit; ++it) {
         const int s = it % ST;
@@ -293,10 +329,25 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
 #pragma unroll
         for (int kk = 0; kk < BM / 16; ++kk)
           Wgmma<T, 128>::st(dv, aP + ((kk * 32) >> 4), mnmaj(bdO, kk), 1);
+        if constexpr (DQR) wgmma_commit();  // dV alone: its dO blocks free first
 #pragma unroll
         for (int kk = 0; kk < BM / 16; ++kk)
           Wgmma<T, 128>::st(dk, aS + ((kk * 32) >> 4), mnmaj(bQ, kk), 1);
         wgmma_commit();
+      }
+      if constexpr (DQR) {
+        wgmma_wait<1>();  // dQ and dV done
+        fence_regs<64>(dq);
+        fence_regs<64>(dv);
+        dq_frag_to_smem(sdO + s * kT + 2 * cw * 8192, dq + 32, wq, g, t);
+        wgmma_wait<0>();
+        fence_regs<64>(dk);
+        fence_regs<64>(dq);
+        dq_frag_to_smem(sQ + s * kT + 2 * cw * 8192, dq, wq, g, t);
+        fence_proxy_async();
+        mbar_arrive(bDqF(s));
+        mbar_arrive(bE(s));
+        continue;
       }
       wgmma_wait<1>();
       fence_regs<64>(dq);
@@ -345,9 +396,10 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
 #endif
 }
 
-// bwd256_{f16,bf16}.cu (bwd256_launch.cuh): the kernel, then dq_convert_kernel.
-cudaError_t bwd256_f16(const BwdArgs& a, cudaStream_t s);
-cudaError_t bwd256_bf16(const BwdArgs& a, cudaStream_t s);
+// bwd256_{f16,bf16}.cu (bwd256_launch.cuh): the kernel, then
+// dq_convert_kernel. dqr: dQ by the TMA reduce (a.tdq set), else atomics.
+cudaError_t bwd256_f16(const BwdArgs& a, bool dqr, cudaStream_t s);
+cudaError_t bwd256_bf16(const BwdArgs& a, bool dqr, cudaStream_t s);
 
 }  // namespace hopper
 }  // namespace cuda

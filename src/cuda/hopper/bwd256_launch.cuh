@@ -13,9 +13,9 @@ namespace cuda {
 namespace hopper {
 
 template <typename T>
-cudaError_t launch_bwd256(const BwdArgs& a, cudaStream_t s) {
+cudaError_t launch_bwd256(const BwdArgs& a, bool dqr, cudaStream_t s) {
   using C = Bwd256Cfg;
-  auto kern = bwd256_kernel<T>;
+  auto kern = dqr ? bwd256_kernel<T, true> : bwd256_kernel<T, false>;
   cudaError_t err =
       cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;

@@ -176,7 +176,7 @@ cudaError_t run_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum,
 }
 
 // D = 256 (bwd256_kernel.cuh): 64-key blocks, 64-row query blocks, dQ by
-// atomics. FLASHSDPA_CUDA_HOPPER_BWD256=0 keeps the sm_80 kernels there.
+// the TMA reduce (or atomics). FLASHSDPA_CUDA_HOPPER_BWD256=0 keeps the sm_80 kernels there.
 bool bwd256_enabled() {
   const char* v = getenv("FLASHSDPA_CUDA_HOPPER_BWD256");
   return v == nullptr || strcmp(v, "0") != 0;
@@ -197,7 +197,11 @@ cudaError_t run_bwd256(const AttnParams& p, const float* dsum, float* dqacc, cud
       !make_map(&a.tk, p.dtype, p.k, p.k_stride, sk, p.heads_k, nb, C::D, C::kBN) ||
       !make_map(&a.tv, p.dtype, p.v, p.v_stride, sk, p.heads_k, nb, C::D, C::kBN))
     return cudaErrorNotSupported;
-  return p.dtype == DType::bf16 ? hopper::bwd256_bf16(a, s) : hopper::bwd256_f16(a, s);
+  // FLASHSDPA_CUDA_HOPPER_BWD_DQ=atomic: dQ by atomics (as at D 64/128).
+  const bool dqr = bwd_dq_tma() && make_dq_map(&a.tdq, dqacc, C::D, p.heads_q,
+                                               varlen ? p.total_q : p.batch * p.seqlen_q);
+  return p.dtype == DType::bf16 ? hopper::bwd256_bf16(a, dqr, s)
+                                : hopper::bwd256_f16(a, dqr, s);
 }
 
 }  // namespace
