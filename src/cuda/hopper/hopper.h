@@ -31,9 +31,10 @@ cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, cudaStream_t s)
 
 // The backward's scope: hopper_fwd_supported() for q, k, v (its mask rule
 // aside), plus dout, dk, dv with the same dtype and alignment rules, and
-// deterministic = 0 (dQ by fp32 atomics); bool and additive masks are in
-// (ALiBi, softcap and dropout are not). hopper_fwd_available() covers the
-// device.
+// deterministic = 0 (dQ by fp32 TMA reduces or atomics); bool and additive
+// masks are in (ALiBi, softcap and dropout are not). Also D = Dv = 256
+// without a mask (bwd256_kernel.cuh; FLASHSDPA_CUDA_HOPPER_BWD256=0: off),
+// the other rules as at D = 128. hopper_fwd_available() covers the device.
 bool hopper_bwd_supported(const AttnParams& p);
 // dK, dV and dQ (through dqacc: zeroed fp32 [(token * Hq + h) * D + d],
 // then converted into dq). dsum: Delta = rowsum(dO * O) from
