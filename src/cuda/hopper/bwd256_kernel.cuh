@@ -18,11 +18,12 @@
 //          warpgroups write one half each; two buffers), fence.proxy.async,
 //          named barrier of the two warpgroups, then
 //   dQ[:, 128w..] = dS K[:, 128w..]  wgmma m64n128k16 `tt` (A = dS^T's
-//          buffer read MN-major), added to the fp32 workspace with 16-byte
-//          atomics (the quad exchanges half rows, as bwd_kernel.cuh) while
+//          buffer read MN-major), then
 //   dV_w += P^T dO[:, 128w..]   wgmma m64n128k16 `st`: A = P^T K-major
-//   dK_w += dS^T Q[:, 128w..]   and B MN-major, both from smem (4 k steps)
-//          run.
+//   dK_w += dS^T Q[:, 128w..]   and B MN-major, both from smem (4 k steps);
+//   dQ goes to the fp32 workspace by a TMA reduce (DQR, default: below) or
+//   with 16-byte atomics issued while dV and dK run (the quad exchanges
+//   half rows, as bwd_kernel.cuh).
 // Accumulators per thread: dK_w, dV_w 64 + 64, dQ 64, S^T/dP^T 16 + 16
 // (not live together with dQ).
 // The P^T/dS^T buffer of step k is written again at step k + 2, after the
@@ -34,7 +35,7 @@
 // key: P = 0) and Delta of the step's rows to shared memory.
 //
 // Shared memory: 1 KB alignment + 64 KB K, V + 128 KB ring + 32 KB P^T/dS^T
-// (2 buffers) = 225 KB dynamic, + 1.1 KB static.
+// (2 buffers) = 225 KB dynamic, + 2 KB static (ptxas): the 227 KB limit.
 // No masks (bool/additive masks at D = 256 stay on the sm_80 kernels).
 #pragma once
 
@@ -388,8 +389,10 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
       T* pv = dvg + off4(p.dv_stride, b, hk, e.k_begin + j, 0) + 128 * cw + 2 * t;
 #pragma unroll
       for (int n = 0; n < 16; ++n) {
-        *reinterpret_cast<uint32_t*>(pk + 8 * n) = pack_pair<T>(dk[4 * n + 2 * r], dk[4 * n + 2 * r + 1]);
-        *reinterpret_cast<uint32_t*>(pv + 8 * n) = pack_pair<T>(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
+        *reinterpret_cast<uint32_t*>(pk + 8 * n) =
+            pack_pair<T>(dk[4 * n + 2 * r], dk[4 * n + 2 * r + 1]);
+        *reinterpret_cast<uint32_t*>(pv + 8 * n) =
+            pack_pair<T>(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
       }
     }
   }

@@ -176,7 +176,8 @@ cudaError_t run_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum,
 }
 
 // D = 256 (bwd256_kernel.cuh): 64-key blocks, 64-row query blocks, dQ by
-// the TMA reduce (or atomics). FLASHSDPA_CUDA_HOPPER_BWD256=0 keeps the sm_80 kernels there.
+// the TMA reduce (or atomics). FLASHSDPA_CUDA_HOPPER_BWD256=0 keeps the
+// sm_80 kernels there.
 bool bwd256_enabled() {
   const char* v = getenv("FLASHSDPA_CUDA_HOPPER_BWD256");
   return v == nullptr || strcmp(v, "0") != 0;
