@@ -123,6 +123,41 @@ void add_hbm_cases(std::vector<Case>& grid, bool quick) {
   }
 }
 
+// ---- hb256_*: the Hopper backward at D = Dv = 256 (bwd256_kernel.cuh) ----
+// 64-key CTAs and 64-row query steps: sizes across those edges, GQA/MQA,
+// causal both alignments (rows and steps with no visible key), windows
+// across blocks, varlen, BSHD strides, scale 0.3 (forward and backward vs
+// the fp64 reference; no masks: those stay on the sm_80 kernels at D 256).
+void add_hb256_cases(std::vector<Case>& grid, bool quick) {
+  const ScopeShape hs[] = {
+      {"hb256_s300x440_gqa", 2, 4, 2, 300, 440, 256},
+      {"hb256_s129x300_mqa", 1, 4, 1, 129, 300, 256},
+      {"hb256_s700x257", 1, 2, 2, 700, 257, 256},
+      {"hb256_s64x64", 1, 2, 2, 64, 64, 256},
+  };
+  for (DT dt : {DT::bf16, DT::f16}) {
+    if (quick && dt != DT::bf16) continue;
+    for (const ScopeShape& x : hs) {
+      auto add = [&](const char* name, auto&& set) {
+        Case c = scope_case(x, name, dt);
+        set(c);
+        grid.push_back(c);
+      };
+      if (quick && x.Sq != 300 && x.Sq != 129) continue;
+      add("causal_br", [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+      if (quick) continue;
+      add("plain", [](Case&) {});
+      add("causal_tl", [](Case& c) { c.causal = true; });
+      add("window_tl_l130_r0", [](Case& c) { c.wl = 130; c.wr = 0; });
+      add("window_br_l64_r64", [](Case& c) { c.wl = 64; c.wr = 64; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+      add("varlen_causal_br", [](Case& c) { c.varlen = true; c.B = 3; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+      add("varlen_window", [](Case& c) { c.varlen = true; c.B = 3; c.wl = 90; c.wr = 10; });
+      add("bshd_causal", [](Case& c) { c.bshd = true; c.causal = true; });
+      add("scale0.3", [](Case& c) { c.scale = 0.3f; });
+    }
+  }
+}
+
 std::vector<Case> make_grid(bool quick) {
   std::vector<Case> grid;
   const DT dts[] = {DT::f32, DT::f16, DT::bf16};
@@ -209,6 +244,7 @@ std::vector<Case> make_grid(bool quick) {
     }
   }
   add_hbm_cases(grid, quick);
+  add_hb256_cases(grid, quick);
   // The decode kernel's scope (decode.cu: fp16/bf16, D = Dv in {64, 128},
   // band only, Sq <= 16, Sq * Hq/Hk <= 64 packed rows in groups of 16):
   // GQA 1/4/8 and MQA, one to four row groups, Sk not a multiple of the

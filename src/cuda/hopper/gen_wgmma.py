@@ -8,6 +8,9 @@ accumulators for f16/bf16 inputs, for the N this folder's kernels use.
   tt: A and B from shared memory, both MN-major (imm-trans-a = imm-trans-b =
       1; the backward's dQ = dS K with dS stored [keys][queries] and K
       [keys][d]).
+  st: A from shared memory K-major, B from shared memory MN-major
+      (imm-trans-b = 1; the D = 256 backward's dV += P^T dO with P^T
+      stored [keys][queries] and dO [queries][d]).
 
 The accumulator is a float[N / 2] per thread in the layout of the PTX ISA
 ("wgmma m64nNk16 D fragment"): d[4i + 0..1] = row g, cols 8i + 2t + 0..1;
@@ -15,7 +18,7 @@ d[4i + 2..3] = row g + 8 (g = lane / 4 + 16 * warp-in-group, t = lane % 4).
 
     python3 src/cuda/hopper/gen_wgmma.py > src/cuda/hopper/wgmma.cuh
 """
-NS = [64, 80, 128, 256]
+NS = [32, 64, 80, 128, 256]
 TYPES = [("__half", "f16"), ("__nv_bfloat16", "bf16")]
 
 
@@ -56,6 +59,17 @@ for n in NS:
         print('        "{\\n.reg .pred p;\\n"')
         print(f'        "setp.ne.b32 p, %{nr + 2}, 0;\\n"')
         print(f'        "{ins} {{{regs(nr, 0)}}}, %{nr}, %{nr + 1}, p, 1, 1, 1, 1;\\n"')
+        print('        "}\\n"')
+        print(f"        : {outs(nr)}")
+        print('        : "l"(da), "l"(db), "r"(scale_d));')
+        print("  }")
+        # st
+        print("  // D (+)= A(desc, K-major) * B(desc, MN-major).")
+        print("  static __device__ __forceinline__ void st(float* d, uint64_t da, uint64_t db, int scale_d) {")
+        print("    asm volatile(")
+        print('        "{\\n.reg .pred p;\\n"')
+        print(f'        "setp.ne.b32 p, %{nr + 2}, 0;\\n"')
+        print(f'        "{ins} {{{regs(nr, 0)}}}, %{nr}, %{nr + 1}, p, 1, 1, 0, 1;\\n"')
         print('        "}\\n"')
         print(f"        : {outs(nr)}")
         print('        : "l"(da), "l"(db), "r"(scale_d));')

@@ -30,11 +30,13 @@ bool hopper_fwd_available(int dev);
 // changes nothing.
 cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, cudaStream_t s);
 
-// The backward's scope: D 64 / 128 and hopper_fwd_supported() for q, k, v (its mask rule
+// The backward's scope: hopper_fwd_supported() for q, k, v (its mask rule
 // aside), plus dout, dk, dv with the same dtype and alignment rules; bool
-// and additive masks are in (ALiBi, softcap and dropout are not).
+// and additive masks are in (ALiBi, softcap and dropout are not);
 // deterministic = 1 is in: the dQ adds then take turns in a fixed order
-// (bwd_dq.cuh). hopper_fwd_available() covers the device.
+// (bwd_dq.cuh). Also D = Dv = 256 without a mask and with deterministic = 0
+// (bwd256_kernel.cuh; FLASHSDPA_CUDA_HOPPER_BWD256=0: off), the other
+// rules as at D = 128. hopper_fwd_available() covers the device.
 bool hopper_bwd_supported(const AttnParams& p);
 // Bytes of the zeroed workspace that hopper_bwd takes: the fp32 dQ, and
 // with deterministic = 1 the turn counters after it.

@@ -8,6 +8,7 @@
 #include "cuda/hopper/config.h"
 #include "cuda/hopper/hopper.h"
 #include "cuda/hopper/bwd_kernel.cuh"
+#include "cuda/hopper/bwd256_kernel.cuh"
 #include "cuda/hopper/launch.cuh"
 
 namespace fsdpa {
@@ -189,9 +190,43 @@ cudaError_t run_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum,
                                 : hopper::bwd_f16(a, simple, dqr, s);
 }
 
+// D = 256 (bwd256_kernel.cuh): 64-key blocks, 64-row query blocks, dQ by
+// the TMA reduce (or atomics). FLASHSDPA_CUDA_HOPPER_BWD256=0 keeps the
+// sm_80 kernels there.
+bool bwd256_enabled() {
+  const char* v = getenv("FLASHSDPA_CUDA_HOPPER_BWD256");
+  return v == nullptr || strcmp(v, "0") != 0;
+}
+
+cudaError_t run_bwd256(const AttnParams& p, const float* dsum, float* dqacc, cudaStream_t s) {
+  using C = hopper::Bwd256Cfg;
+  hopper::BwdArgs a;
+  memset(&a, 0, sizeof a);
+  a.p = p;
+  a.dsum = dsum;
+  a.dqacc = dqacc;
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  const int64_t nb = varlen ? 1 : p.batch;
+  const int64_t sq = varlen ? p.total_q : p.seqlen_q, sk = varlen ? p.total_k : p.seqlen_k;
+  if (!make_map(&a.tq, p.dtype, p.q, p.q_stride, sq, p.heads_q, nb, C::D, C::kBM) ||
+      !make_map(&a.tdo, p.dtype, p.dout, p.dout_stride, sq, p.heads_q, nb, C::D, C::kBM) ||
+      !make_map(&a.tk, p.dtype, p.k, p.k_stride, sk, p.heads_k, nb, C::D, C::kBN) ||
+      !make_map(&a.tv, p.dtype, p.v, p.v_stride, sk, p.heads_k, nb, C::D, C::kBN))
+    return cudaErrorNotSupported;
+  // FLASHSDPA_CUDA_HOPPER_BWD_DQ=atomic: dQ by atomics (as at D 64/128).
+  const bool dqr = bwd_dq_tma() && make_dq_map(&a.tdq, dqacc, C::D, p.heads_q,
+                                               varlen ? p.total_q : p.batch * p.seqlen_q);
+  return p.dtype == DType::bf16 ? hopper::bwd256_bf16(a, dqr, s)
+                                : hopper::bwd256_f16(a, dqr, s);
+}
+
 }  // namespace
 
 bool hopper_bwd_supported(const AttnParams& p) {
+  // D = Dv = 256 (bwd256_kernel.cuh): no mask, deterministic = 0.
+  if (p.head_dim == 256 &&
+      (p.mask_kind != MaskKind::none || p.deterministic || !bwd256_enabled()))
+    return false;
   // The forward's scope for q, k, v and the band, whatever it says about
   // masks: bool and additive masks (additive in fp32/fp16/bf16) are in the
   // backward's scope (bwd_mask.cuh).
@@ -199,7 +234,6 @@ bool hopper_bwd_supported(const AttnParams& p) {
   nm.mask_kind = MaskKind::none;
   nm.mask = nullptr;
   if (!hopper_fwd_supported(nm)) return false;
-  if (p.head_dim == 256) return false;  // no D = 256 backward kernel (forward only)
   if (p.mask_kind != MaskKind::none) {
     if (p.mask == nullptr) return false;
     if (p.mask_kind == MaskKind::boolean ? p.mask_dtype != DType::u8
@@ -230,6 +264,7 @@ cudaError_t hopper_bwd(const AttnParams& p, const MaskTiles& mt, const float* ds
   switch (p.head_dim) {
     case 64: return run_bwd<64>(p, mt, dsum, dqacc, s);
     case 128: return run_bwd<128>(p, mt, dsum, dqacc, s);
+    case 256: return run_bwd256(p, dsum, dqacc, s);
     default: return cudaErrorNotSupported;
   }
 }

@@ -1,0 +1,37 @@
+// Launch of the D = 256 Hopper backward (included by bwd256_<dtype>.cu): the
+// dK/dV/dQ kernel (bwd256_kernel.cuh), then the sm_80 path's conversion of
+// the fp32 dQ workspace.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "cuda/hopper/bwd256_kernel.cuh"
+#include "cuda/tc.cuh"
+
+namespace fsdpa {
+namespace cuda {
+namespace hopper {
+
+template <typename T>
+cudaError_t launch_bwd256(const BwdArgs& a, bool dqr, cudaStream_t s) {
+  using C = Bwd256Cfg;
+  auto kern = dqr ? bwd256_kernel<T, true> : bwd256_kernel<T, false>;
+  cudaError_t err =
+      cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
+  if (err != cudaSuccess) return err;
+  const AttnParams& p = a.p;
+  const dim3 grid((p.seqlen_k + C::kBN - 1) / C::kBN, p.heads_k, p.batch);
+  if (grid.x > 0) {
+    kern<<<grid, C::kThreads, C::kSmem, s>>>(a);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  const int64_t work = (p.seqlen_q * ((p.head_dim + 1) / 2) + 255) / 256;
+  const int bx = static_cast<int>(work < 1024 ? work : 1024);
+  if (bx > 0) dq_convert_kernel<T><<<dim3(bx, p.heads_q, p.batch), 256, 0, s>>>(p, a.dqacc, C::D);
+  return cudaGetLastError();
+}
+
+}  // namespace hopper
+}  // namespace cuda
+}  // namespace fsdpa
