@@ -217,7 +217,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
         mbar_arrive(bDqE(1));
       }
       bulk_wait0();
-    } else if (DQR && warp == 2 && lane == 0 && nit > 0) {
+    } else if (DQR && warp == 2 && lane == 0 && nit > 0 && a.dq_sem != nullptr) {
       // Deterministic dQ: the same, in turns (bwd_dq.cuh, sem_wait_eq).
       // Every step of the band takes its turn, the masked ones too (they
       // only pass it on), so that the rank of this CTA in the block's turns
