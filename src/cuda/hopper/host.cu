@@ -92,16 +92,10 @@ int wg64(const AttnParams& p) {
   return p.seqlen_k >= 8192 || (!band && p.seqlen_k >= 4096) ? 3 : 2;
 }
 
-// Keys per block at D = 256: 80 (default) or 64 (FLASHSDPA_CUDA_HOPPER_D256_BN=64).
-int bn256() {
-  const char* v = getenv("FLASHSDPA_CUDA_HOPPER_D256_BN");
-  return v != nullptr && atoi(v) == 64 ? 64 : hopper::fwd_default_bn<256>();
-}
-
 template <int D>
 cudaError_t run(const AttnParams& p, const MaskTiles& mt, cudaStream_t s) {
   const int w = D == 64 ? wg64(p) : 2;
-  const int bm = 64 * w, bn = D == 256 ? bn256() : hopper::fwd_default_bn<D>();
+  const int bm = 64 * w, bn = hopper::fwd_default_bn<D>();
   FwdArgs a;
   memset(&a, 0, sizeof a);
   a.p = p;
@@ -122,10 +116,7 @@ cudaError_t run(const AttnParams& p, const MaskTiles& mt, cudaStream_t s) {
       return bf ? hopper::fwd_bf16_bool(a, sms, w, s) : hopper::fwd_f16_bool(a, sms, w, s);
     case MaskKind::additive:
       return bf ? hopper::fwd_bf16_add(a, sms, w, s) : hopper::fwd_f16_add(a, sms, w, s);
-    default: {
-      const int v = D == 256 ? bn : w;  // launch_fwd_dtype's variant argument
-      return bf ? hopper::fwd_bf16(a, sms, v, s) : hopper::fwd_f16(a, sms, v, s);
-    }
+    default: return bf ? hopper::fwd_bf16(a, sms, w, s) : hopper::fwd_f16(a, sms, w, s);
   }
 }
 

@@ -31,7 +31,7 @@ cudaError_t launch_fwd(FwdArgs a, int sms, cudaStream_t s) {
 }
 
 // D in {64, 128, 256}; wg64 = consumer warpgroups at D = 64 (2 or 3; 2
-// with a mask), keys per block at D = 256 (80 or 64; host.cu).
+// with a mask).
 template <typename T, int MK>
 cudaError_t launch_fwd_dtype(const FwdArgs& a, int sms, int wg64, cudaStream_t s) {
   switch (a.p.head_dim) {
@@ -44,10 +44,7 @@ cudaError_t launch_fwd_dtype(const FwdArgs& a, int sms, int wg64, cudaStream_t s
     case 128: return launch_fwd<T, 128, 2, MK>(a, sms, s);
     case 256:
       // Unmasked only (the mask code walks 128-key blocks).
-      if constexpr (MK == kMaskNone) {
-        if (wg64 == 64) return launch_fwd<T, 256, 2, MK, 64>(a, sms, s);
-        return launch_fwd<T, 256, 2, MK>(a, sms, s);
-      }
+      if constexpr (MK == kMaskNone) return launch_fwd<T, 256, 2, MK>(a, sms, s);
       return cudaErrorNotSupported;
     default: return cudaErrorNotSupported;
   }
