@@ -169,6 +169,21 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
 
   const int wg = threadIdx.x / 128;
   const int lane = threadIdx.x % 32;
+  // DQR, producer warp 2: waits for the two warpgroups' dQ tiles of the
+  // k-th step done (query head h, rows q0..) and issues their reduces.
+  auto reduce_step = [&](int h, int q0, int k) {
+    const int tok = static_cast<int>(q_token(p, b, e, q0));
+#pragma unroll
+    for (int w = 0; w < 2; ++w) {
+      mbar_wait(bDqF(w), k & 1);
+      // D = 128: warpgroup w holds d columns 64w.. of the kBM = 64 rows;
+      // D = 64: rows 64w.. of the kBM = 128, all 64 columns.
+      const int c0 = BM == 64 ? 64 * w : 0, r0 = BM == 64 ? 0 : 64 * w;
+      tma_reduce_add_3d(&a.tdq, sDQ + w * 16384, c0, h, tok + r0);
+      tma_reduce_add_3d(&a.tdq, sDQ + w * 16384 + 8192, c0 + 32, h, tok + r0);
+      bulk_commit();
+    }
+  };
   if (wg == 0) {
     // ---------------- producer ----------------
     regs_dealloc<C::kProducerRegs>();
@@ -200,18 +215,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       // dQ tiles to the workspace (bwd_dq.cuh).
       tma_prefetch_desc(&a.tdq);
       for (int it = it0, k = 0; it < nit; it = next_it(it + 1), ++k) {
-        const int h = hk * group + it / nqb;
-        const int tok = static_cast<int>(q_token(p, b, e, (qb0 + it % nqb) * BM));
-#pragma unroll
-        for (int w = 0; w < 2; ++w) {
-          mbar_wait(bDqF(w), k & 1);
-          // D = 128: warpgroup w holds d columns 64w.. of the kBM = 64 rows;
-          // D = 64: rows 64w.. of the kBM = 128, all 64 columns.
-          const int c0 = BM == 64 ? 64 * w : 0, r0 = BM == 64 ? 0 : 64 * w;
-          tma_reduce_add_3d(&a.tdq, sDQ + w * 16384, c0, h, tok + r0);
-          tma_reduce_add_3d(&a.tdq, sDQ + w * 16384 + 8192, c0 + 32, h, tok + r0);
-          bulk_commit();
-        }
+        reduce_step(hk * group + it / nqb, (qb0 + it % nqb) * BM, k);
         bulk_wait_read0();
         mbar_arrive(bDqE(0));
         mbar_arrive(bDqE(1));
@@ -240,15 +244,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
         int* sem = a.dq_sem + (b * p.heads_q + h) * a.sem_nqb + qb;
         sem_wait_eq(sem, nkb - first);
         if (state_of(it) != 0) {
-          const int tok = static_cast<int>(q_token(p, b, e, q0));
-#pragma unroll
-          for (int w = 0; w < 2; ++w) {
-            mbar_wait(bDqF(w), k & 1);
-            const int c0 = BM == 64 ? 64 * w : 0, r0 = BM == 64 ? 0 : 64 * w;
-            tma_reduce_add_3d(&a.tdq, sDQ + w * 16384, c0, h, tok + r0);
-            tma_reduce_add_3d(&a.tdq, sDQ + w * 16384 + 8192, c0 + 32, h, tok + r0);
-            bulk_commit();
-          }
+          reduce_step(h, q0, k);
           bulk_wait0();  // the adds are done (not only read): then the next CTA's turn
           mbar_arrive(bDqE(0));
           mbar_arrive(bDqE(1));
