@@ -184,18 +184,7 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
         const int h = hk * group + it / nqb;
         const int q0 = (qb0 + it % nqb) * BM;
         mbar_wait(bE(s), ph ^ 1);
-        for (int r = lane; r < BM; r += 32) {
-          const int i = q0 + r;
-          float l2 = __int_as_float(0x7f800000), dl = 0.0f;
-          if (i < e.sq) {
-            const float l = p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] +
-                                  (e.q_begin + i) * p.lse_stride[2]];
-            if (l != neg_inf()) l2 = l * kLog2e;
-            dl = a.dsum[q_token(p, b, e, i) * p.heads_q + h];
-          }
-          sL[s][r] = l2;
-          sDl[s][r] = dl;
-        }
+        lse_delta_rows<BM>(sL[s], sDl[s], p, a.dsum, b, h, q0, e, lane);
         mbar_arrive(bLf(s));
       }
     }

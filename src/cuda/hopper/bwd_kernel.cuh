@@ -80,6 +80,27 @@ struct BwdArgs {
   int sem_nqb;
 };
 
+// Producer warp 1's part of a step: lse * log2 e (+inf for rows past the
+// sequence or with no visible key, so that P = 0 there without a test) and
+// Delta of the step's BM rows q0.. of head h into shared memory.
+template <int BM>
+__device__ __forceinline__ void lse_delta_rows(float* sl, float* sdl, const AttnParams& p,
+                                               const float* dsum, int64_t b, int h, int q0,
+                                               const Seq& e, int lane) {
+  for (int r = lane; r < BM; r += 32) {
+    const int i = q0 + r;
+    float l2 = __int_as_float(0x7f800000), dl = 0.0f;
+    if (i < e.sq) {
+      const float l =
+          p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + (e.q_begin + i) * p.lse_stride[2]];
+      if (l != neg_inf()) l2 = l * kLog2e;
+      dl = dsum[q_token(p, b, e, i) * p.heads_q + h];
+    }
+    sl[r] = l2;
+    sdl[r] = dl;
+  }
+}
+
 // PIPE: dV += P^T dO is issued as soon as P^T is known, so that it runs
 // under dP^T and the dS arithmetic. PIPE = false: dV and dK are issued
 // together after dS (the first version; FLASHSDPA_CUDA_HOPPER_BWD_SIMPLE=1,
@@ -259,18 +280,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
         const int h = hk * group + it / nqb;
         const int q0 = (qb0 + it % nqb) * BM;
         mbar_wait(bE(s), ph ^ 1);
-        for (int r = lane; r < BM; r += 32) {
-          const int i = q0 + r;
-          float l2 = __int_as_float(0x7f800000), dl = 0.0f;
-          if (i < e.sq) {
-            const float l = p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] +
-                                  (e.q_begin + i) * p.lse_stride[2]];
-            if (l != neg_inf()) l2 = l * kLog2e;
-            dl = a.dsum[q_token(p, b, e, i) * p.heads_q + h];
-          }
-          sL[s][r] = l2;
-          sDl[s][r] = dl;
-        }
+        lse_delta_rows<BM>(sL[s], sDl[s], p, a.dsum, b, h, q0, e, lane);
         mbar_arrive(bLf(s));
       }
     }
