@@ -146,31 +146,40 @@ bool bwd_dq_tma() {
   return !(v != nullptr && strcmp(v, "atomic") == 0);
 }
 
+// The arguments both backward kernels take: q, dO in boxes of bm rows, k, v
+// in boxes of bn, and the dQ workspace as a map for the TMA reduce (*dqr:
+// false when FLASHSDPA_CUDA_HOPPER_BWD_DQ=atomic or the map fails: then
+// atomics). False when a tensor map cannot describe the inputs.
+bool bwd_args(hopper::BwdArgs* a, const AttnParams& p, const MaskTiles& mt, const float* dsum,
+              float* dqacc, int D, int bm, int bn, bool* dqr) {
+  memset(a, 0, sizeof *a);
+  a->p = p;
+  a->dsum = dsum;
+  a->dqacc = dqacc;
+  a->mt = mt;
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  const int64_t nb = varlen ? 1 : p.batch;
+  const int64_t sq = varlen ? p.total_q : p.seqlen_q, sk = varlen ? p.total_k : p.seqlen_k;
+  if (!make_map(&a->tq, p.dtype, p.q, p.q_stride, sq, p.heads_q, nb, D, bm) ||
+      !make_map(&a->tdo, p.dtype, p.dout, p.dout_stride, sq, p.heads_q, nb, D, bm) ||
+      !make_map(&a->tk, p.dtype, p.k, p.k_stride, sk, p.heads_k, nb, D, bn) ||
+      !make_map(&a->tv, p.dtype, p.v, p.v_stride, sk, p.heads_k, nb, D, bn))
+    return false;
+  *dqr = bwd_dq_tma() && make_dq_map(&a->tdq, dqacc, D, p.heads_q, p.total_q);
+  return true;
+}
+
 template <int D>
 cudaError_t run_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum, float* dqacc,
                     cudaStream_t s) {
   using C = hopper::BwdCfg<D>;
   hopper::BwdArgs a;
-  memset(&a, 0, sizeof a);
-  a.p = p;
-  a.dsum = dsum;
-  a.dqacc = dqacc;
-  a.mt = mt;
-  const bool varlen = p.cu_seqlens_q != nullptr;
-  const int64_t nb = varlen ? 1 : p.batch;
-  const int64_t sq = varlen ? p.total_q : p.seqlen_q, sk = varlen ? p.total_k : p.seqlen_k;
-  if (!make_map(&a.tq, p.dtype, p.q, p.q_stride, sq, p.heads_q, nb, D, C::kBM) ||
-      !make_map(&a.tdo, p.dtype, p.dout, p.dout_stride, sq, p.heads_q, nb, D, C::kBM) ||
-      !make_map(&a.tk, p.dtype, p.k, p.k_stride, sk, p.heads_k, nb, D, C::kBN) ||
-      !make_map(&a.tv, p.dtype, p.v, p.v_stride, sk, p.heads_k, nb, D, C::kBN))
-    return cudaErrorNotSupported;
+  bool dqr;
+  if (!bwd_args(&a, p, mt, dsum, dqacc, D, C::kBM, C::kBN, &dqr)) return cudaErrorNotSupported;
   // FLASHSDPA_CUDA_HOPPER_BWD_SIMPLE=1: the kernel without the overlaps of
   // PIPE (bwd_kernel.cuh), for comparison.
   const char* v = getenv("FLASHSDPA_CUDA_HOPPER_BWD_SIMPLE");
   const bool simple = v != nullptr && *v != '\0' && strcmp(v, "0") != 0;
-  // The TMA reduce needs the workspace as a tensor map (else: atomics).
-  const bool dqr = bwd_dq_tma() && make_dq_map(&a.tdq, dqacc, D, p.heads_q,
-                                               varlen ? p.total_q : p.batch * p.seqlen_q);
   if (p.deterministic) {
     // The turn counters follow dQ in the workspace (hopper_bwd_workspace_bytes).
     if (!dqr) return cudaErrorNotSupported;  // atomics: no fixed order
@@ -192,21 +201,9 @@ bool bwd256_enabled() {
 cudaError_t run_bwd256(const AttnParams& p, const float* dsum, float* dqacc, cudaStream_t s) {
   using C = hopper::Bwd256Cfg;
   hopper::BwdArgs a;
-  memset(&a, 0, sizeof a);
-  a.p = p;
-  a.dsum = dsum;
-  a.dqacc = dqacc;
-  const bool varlen = p.cu_seqlens_q != nullptr;
-  const int64_t nb = varlen ? 1 : p.batch;
-  const int64_t sq = varlen ? p.total_q : p.seqlen_q, sk = varlen ? p.total_k : p.seqlen_k;
-  if (!make_map(&a.tq, p.dtype, p.q, p.q_stride, sq, p.heads_q, nb, C::D, C::kBM) ||
-      !make_map(&a.tdo, p.dtype, p.dout, p.dout_stride, sq, p.heads_q, nb, C::D, C::kBM) ||
-      !make_map(&a.tk, p.dtype, p.k, p.k_stride, sk, p.heads_k, nb, C::D, C::kBN) ||
-      !make_map(&a.tv, p.dtype, p.v, p.v_stride, sk, p.heads_k, nb, C::D, C::kBN))
+  bool dqr;
+  if (!bwd_args(&a, p, MaskTiles{nullptr, 0, 0, 0, 0}, dsum, dqacc, C::D, C::kBM, C::kBN, &dqr))
     return cudaErrorNotSupported;
-  // FLASHSDPA_CUDA_HOPPER_BWD_DQ=atomic: dQ by atomics (as at D 64/128).
-  const bool dqr = bwd_dq_tma() && make_dq_map(&a.tdq, dqacc, C::D, p.heads_q,
-                                               varlen ? p.total_q : p.batch * p.seqlen_q);
   return p.dtype == DType::bf16 ? hopper::bwd256_bf16(a, dqr, s)
                                 : hopper::bwd256_f16(a, dqr, s);
 }
