@@ -87,6 +87,26 @@ Case scope_case(const ScopeShape& x, const char* variant, DT dt, MaskKind mask =
   return c;
 }
 
+// Appends the variants of every shape in dtypes bf16 and fp16 (bf16 only
+// with quick): variants(x, add) calls add(name, [mask kind,] set) for each,
+// which appends scope_case(x, name, dt, mask kind) changed by set(Case&).
+inline void apply_variant(Case& c, MaskKind m) { c.mask = m; }
+template <typename F>
+void apply_variant(Case& c, F&& set) { set(c); }
+template <size_t N, typename F>
+void add_scope_cases(std::vector<Case>& grid, const ScopeShape (&shapes)[N], bool quick,
+                     F&& variants) {
+  for (DT dt : {DT::bf16, DT::f16}) {
+    if (quick && dt != DT::bf16) continue;
+    for (const ScopeShape& x : shapes)
+      variants(x, [&](const char* name, auto&&... a) {
+        Case c = scope_case(x, name, dt);
+        (apply_variant(c, a), ...);
+        grid.push_back(c);
+      });
+  }
+}
+
 // ---- hbm_*: masks on the Hopper backward (sm_90) ------------------------------
 // Shapes in the Hopper kernels' scope (D 64/128, fp16/bf16) with bool and
 // additive masks whose patterns (hbm_mask) make the backward skip steps of
@@ -102,25 +122,17 @@ void add_hbm_cases(std::vector<Case>& grid, bool quick) {
       {"hbm_s640x520_d128_mqa", 1, 2, 1, 640, 520, 128},
       {"hbm_s129x260_d64", 2, 2, 2, 129, 260, 64},
   };
-  for (DT dt : {DT::bf16, DT::f16}) {
-    if (quick && dt != DT::bf16) continue;
-    for (const ScopeShape& x : hs) {
-      auto add = [&](const char* name, MaskKind m, auto&& set) {
-        Case c = scope_case(x, name, dt, m);
-        set(c);
-        grid.push_back(c);
-      };
-      add("bs128", MaskKind::boolean, [](Case&) {});
-      add("bs48_causal_br", MaskKind::boolean, [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-      add("add96", MaskKind::additive, [](Case&) {});
-      if (quick) continue;
-      add("perbh_window_l150_r20", MaskKind::boolean, [](Case& c) { c.wl = 150; c.wr = 20; });
-      add("bs128_causal_tl", MaskKind::boolean, [](Case& c) { c.causal = true; });
-      add("addbh_causal_tl", MaskKind::additive, [](Case& c) { c.causal = true; });
-      add("add96_window_br_l64_r64", MaskKind::additive, [](Case& c) { c.wl = 64; c.wr = 64; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-      add("dense_bool", MaskKind::boolean, [](Case&) {});
-    }
-  }
+  add_scope_cases(grid, hs, quick, [&](const ScopeShape& x, auto&& add) {
+    add("bs128", MaskKind::boolean, [](Case&) {});
+    add("bs48_causal_br", MaskKind::boolean, [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    add("add96", MaskKind::additive, [](Case&) {});
+    if (quick) return;
+    add("perbh_window_l150_r20", MaskKind::boolean, [](Case& c) { c.wl = 150; c.wr = 20; });
+    add("bs128_causal_tl", MaskKind::boolean, [](Case& c) { c.causal = true; });
+    add("addbh_causal_tl", MaskKind::additive, [](Case& c) { c.causal = true; });
+    add("add96_window_br_l64_r64", MaskKind::additive, [](Case& c) { c.wl = 64; c.wr = 64; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    add("dense_bool", MaskKind::boolean, [](Case&) {});
+  });
 }
 
 // ---- hb256_*: the Hopper backward at D = Dv = 256 (bwd256_kernel.cuh) ----
@@ -135,27 +147,19 @@ void add_hb256_cases(std::vector<Case>& grid, bool quick) {
       {"hb256_s700x257", 1, 2, 2, 700, 257, 256},
       {"hb256_s64x64", 1, 2, 2, 64, 64, 256},
   };
-  for (DT dt : {DT::bf16, DT::f16}) {
-    if (quick && dt != DT::bf16) continue;
-    for (const ScopeShape& x : hs) {
-      auto add = [&](const char* name, auto&& set) {
-        Case c = scope_case(x, name, dt);
-        set(c);
-        grid.push_back(c);
-      };
-      if (quick && x.Sq != 300 && x.Sq != 129) continue;
-      add("causal_br", [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-      if (quick) continue;
-      add("plain", [](Case&) {});
-      add("causal_tl", [](Case& c) { c.causal = true; });
-      add("window_tl_l130_r0", [](Case& c) { c.wl = 130; c.wr = 0; });
-      add("window_br_l64_r64", [](Case& c) { c.wl = 64; c.wr = 64; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-      add("varlen_causal_br", [](Case& c) { c.varlen = true; c.B = 3; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-      add("varlen_window", [](Case& c) { c.varlen = true; c.B = 3; c.wl = 90; c.wr = 10; });
-      add("bshd_causal", [](Case& c) { c.bshd = true; c.causal = true; });
-      add("scale0.3", [](Case& c) { c.scale = 0.3f; });
-    }
-  }
+  add_scope_cases(grid, hs, quick, [&](const ScopeShape& x, auto&& add) {
+    if (quick && x.Sq != 300 && x.Sq != 129) return;
+    add("causal_br", [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    if (quick) return;
+    add("plain", [](Case&) {});
+    add("causal_tl", [](Case& c) { c.causal = true; });
+    add("window_tl_l130_r0", [](Case& c) { c.wl = 130; c.wr = 0; });
+    add("window_br_l64_r64", [](Case& c) { c.wl = 64; c.wr = 64; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    add("varlen_causal_br", [](Case& c) { c.varlen = true; c.B = 3; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    add("varlen_window", [](Case& c) { c.varlen = true; c.B = 3; c.wl = 90; c.wr = 10; });
+    add("bshd_causal", [](Case& c) { c.bshd = true; c.causal = true; });
+    add("scale0.3", [](Case& c) { c.scale = 0.3f; });
+  });
 }
 
 std::vector<Case> make_grid(bool quick) {
@@ -221,28 +225,20 @@ std::vector<Case> make_grid(bool quick) {
       {"h_s129x200_d256", 2, 2, 2, 129, 200, 256},
       {"h_s300x170_d256_mqa", 1, 4, 1, 300, 170, 256},
   };
-  for (DT dt : {DT::bf16, DT::f16}) {
-    if (quick && dt != DT::bf16) continue;
-    for (const ScopeShape& x : hs) {
-      auto add = [&](const char* name, auto&& set) {
-        Case c = scope_case(x, name, dt);
-        set(c);
-        grid.push_back(c);
-      };
-      add("plain", [](Case&) {});
-      add("causal_tl", [](Case& c) { c.causal = true; });
-      add("causal_br", [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-      if (quick) continue;
-      add("window_tl_l130_r0", [](Case& c) { c.wl = 130; c.wr = 0; });
-      add("window_br_l64_r64", [](Case& c) { c.wl = 64; c.wr = 64; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-      add("window_tl_right50", [](Case& c) { c.wr = 50; });
-      add("window_br_left200", [](Case& c) { c.wl = 200; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-      add("varlen_causal_br", [](Case& c) { c.varlen = true; c.B = 3; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-      add("varlen_window", [](Case& c) { c.varlen = true; c.B = 3; c.wl = 90; c.wr = 10; });
-      add("bshd_causal", [](Case& c) { c.bshd = true; c.causal = true; });
-      add("scale0.3", [](Case& c) { c.scale = 0.3f; });
-    }
-  }
+  add_scope_cases(grid, hs, quick, [&](const ScopeShape& x, auto&& add) {
+    add("plain", [](Case&) {});
+    add("causal_tl", [](Case& c) { c.causal = true; });
+    add("causal_br", [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    if (quick) return;
+    add("window_tl_l130_r0", [](Case& c) { c.wl = 130; c.wr = 0; });
+    add("window_br_l64_r64", [](Case& c) { c.wl = 64; c.wr = 64; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    add("window_tl_right50", [](Case& c) { c.wr = 50; });
+    add("window_br_left200", [](Case& c) { c.wl = 200; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    add("varlen_causal_br", [](Case& c) { c.varlen = true; c.B = 3; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    add("varlen_window", [](Case& c) { c.varlen = true; c.B = 3; c.wl = 90; c.wr = 10; });
+    add("bshd_causal", [](Case& c) { c.bshd = true; c.causal = true; });
+    add("scale0.3", [](Case& c) { c.scale = 0.3f; });
+  });
   add_hbm_cases(grid, quick);
   add_hb256_cases(grid, quick);
   // The decode kernel's scope (decode.cu: fp16/bf16, D = Dv in {64, 128},
@@ -261,24 +257,16 @@ std::vector<Case> make_grid(bool quick) {
       {"dec_s5x3_d64_gqa4", 1, 4, 1, 5, 3, 64},
       {"dec_b64_s1x200_d64", 64, 8, 8, 1, 200, 64},
   };
-  for (DT dt : {DT::bf16, DT::f16}) {
-    if (quick && dt != DT::bf16) continue;
-    for (const ScopeShape& x : ds) {
-      auto add = [&](const char* name, auto&& set) {
-        Case c = scope_case(x, name, dt);
-        set(c);
-        grid.push_back(c);
-      };
-      add("plain", [](Case&) {});
-      add("causal_br", [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-      if (quick) continue;
-      add("causal_tl", [](Case& c) { c.causal = true; });
-      add("window_br_l100_r0", [](Case& c) { c.wl = 100; c.wr = 0; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-      add("window_tl_l40_r7", [](Case& c) { c.wl = 40; c.wr = 7; });
-      add("varlen_causal_br", [](Case& c) { c.varlen = true; c.B = 3; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-      add("bshd_scale0.3", [](Case& c) { c.bshd = true; c.scale = 0.3f; });
-    }
-  }
+  add_scope_cases(grid, ds, quick, [&](const ScopeShape& x, auto&& add) {
+    add("plain", [](Case&) {});
+    add("causal_br", [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    if (quick) return;
+    add("causal_tl", [](Case& c) { c.causal = true; });
+    add("window_br_l100_r0", [](Case& c) { c.wl = 100; c.wr = 0; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    add("window_tl_l40_r7", [](Case& c) { c.wl = 40; c.wr = 7; });
+    add("varlen_causal_br", [](Case& c) { c.varlen = true; c.B = 3; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    add("bshd_scale0.3", [](Case& c) { c.bshd = true; c.scale = 0.3f; });
+  });
   // ---- Hopper forward with masks (hm_*: masks built by hmaskify) --------
   // Shapes in the Hopper forward's scope that choose_splits() does not
   // split; patterns: block-sparse 128-aligned (bs128) and not (bs96),
@@ -292,36 +280,28 @@ std::vector<Case> make_grid(bool quick) {
       {"hm_s1030x1200_d128_gqa", 1, 16, 4, 1030, 1200, 128},
       {"hm_s129x300_d64_mqa", 2, 4, 1, 129, 300, 64},
   };
-  for (DT dt : {DT::bf16, DT::f16}) {
-    if (quick && dt != DT::bf16) continue;
-    for (const ScopeShape& x : ms) {
-      auto add = [&](const char* name, MaskKind mk, auto&& set) {
-        Case c = scope_case(x, name, dt, mk);
-        set(c);
-        grid.push_back(c);
-      };
-      const MaskKind B = MaskKind::boolean, A = MaskKind::additive;
-      add("bool_bs128_bch", B, [](Case&) {});
-      add("add_bs96_mlow_bch", A, [](Case&) {});
-      add("add_keypad", A, [](Case&) {});
-      add("bool_emptyrows_emptytile", B, [](Case&) {});
-      add("add_finfo_emptyrows_emptytile", A, [](Case&) {});
-      if (quick) continue;
-      // Not with "_emptyrows": in fp16 a row masked entirely with -65504 is an
-      // ordinary row of scores near -65504, and fp32 holds its lse to 4e-3
-      // only: the Hopper backward's gradients there measured 2.2-2.8x the
-      // reference's error (hopper/README.md, Not done).
-      add("add_finfo_bs128_mlow_bch", A, [](Case&) {});
-      add("bool_bs96", B, [](Case&) {});
-      add("bool_rand_bcb", B, [](Case&) {});
-      add("add_bs128_bcb_bch", A, [](Case&) {});
-      add("add_rand_emptyrows_mlow", A, [](Case&) {});
-      add("bool_bs128_causal_bch", B, [](Case& c) { c.causal = true; });
-      add("add_bs96_window_br_l100_r20", A, [](Case& c) { c.wl = 100; c.wr = 20; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-      add("bool_keypad_causal_br", B, [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-      add("bool_emptytile_window_l200", B, [](Case& c) { c.wl = 200; });
-    }
-  }
+  add_scope_cases(grid, ms, quick, [&](const ScopeShape& x, auto&& add) {
+    const MaskKind B = MaskKind::boolean, A = MaskKind::additive;
+    add("bool_bs128_bch", B, [](Case&) {});
+    add("add_bs96_mlow_bch", A, [](Case&) {});
+    add("add_keypad", A, [](Case&) {});
+    add("bool_emptyrows_emptytile", B, [](Case&) {});
+    add("add_finfo_emptyrows_emptytile", A, [](Case&) {});
+    if (quick) return;
+    // Not with "_emptyrows": in fp16 a row masked entirely with -65504 is an
+    // ordinary row of scores near -65504, and fp32 holds its lse to 4e-3
+    // only: the Hopper backward's gradients there measured 2.2-2.8x the
+    // reference's error (hopper/README.md, Not done).
+    add("add_finfo_bs128_mlow_bch", A, [](Case&) {});
+    add("bool_bs96", B, [](Case&) {});
+    add("bool_rand_bcb", B, [](Case&) {});
+    add("add_bs128_bcb_bch", A, [](Case&) {});
+    add("add_rand_emptyrows_mlow", A, [](Case&) {});
+    add("bool_bs128_causal_bch", B, [](Case& c) { c.causal = true; });
+    add("add_bs96_window_br_l100_r20", A, [](Case& c) { c.wl = 100; c.wr = 20; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    add("bool_keypad_causal_br", B, [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
+    add("bool_emptytile_window_l200", B, [](Case& c) { c.wl = 200; });
+  });
   return grid;
 }
 
