@@ -217,6 +217,25 @@ def flex_fns(q, k, v, do, mask_mod, S):
     return fwd, fwdbwd
 
 
+def with_env(assign: str, fn):
+    """fn with the environment variable NAME=VALUE set during the call (the
+    library reads its kernel switches per call)."""
+    name, value = assign.split("=", 1)
+
+    def wrapped():
+        old = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            fn()
+        finally:
+            if old is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = old
+
+    return wrapped
+
+
 # ---------------------------------------------------------------- main ------
 # fsdpa_params.deterministic of the "flashsdpa" rows (--deterministic).
 DETERMINISTIC = 0
@@ -239,6 +258,9 @@ def main():
                     help="fsdpa_params.deterministic of flashsdpa (0: dQ by atomics, like FLASH; 1: bit-reproducible)")
     ap.add_argument("--det-too", action="store_true",
                     help="also time flashsdpa with deterministic = 1 as column 'det' (fwd+bwd, dense and mask)")
+    ap.add_argument("--ab", default="",
+                    help="NAME=VALUE: also time flashsdpa with this environment variable set, as column 'ab' "
+                         "(a kernel variant against the default, in one process on the same inputs)")
     ap.add_argument("--refs", default="FLASH,CUDNN,EFFICIENT", help="PyTorch SDPA backends to compare with")
     ap.add_argument("--modes", default="fwd,fwd+bwd", help="fwd,fwd+bwd (dense and mask sections)")
     args = ap.parse_args()
@@ -293,6 +315,8 @@ def main():
                         if args.det_too:
                             det = flashsdpa_fns(lib, q, k, v, do, causal, deterministic=1)
                             impls.append(("det", None, det[1]))
+                        if args.ab:
+                            impls.append(("ab", *(with_env(args.ab, fn) for fn in ours[:2])))
                         for name, be in (("FLASH", SDPBackend.FLASH_ATTENTION),
                                          ("CUDNN", SDPBackend.CUDNN_ATTENTION),
                                          ("EFFICIENT", SDPBackend.EFFICIENT_ATTENTION)):
@@ -390,7 +414,7 @@ def main():
     by = {}
     for case, mode, impl, ms, tf in rows:
         by.setdefault((case, mode), {})[impl] = (ms, tf)
-    others = (["det"] if args.det_too else []) + ["FLASH", "CUDNN", "EFFICIENT", "flex"]
+    others = (["det"] if args.det_too else []) + (["ab"] if args.ab else []) + ["FLASH", "CUDNN", "EFFICIENT", "flex"]
     lines = ["| case | mode | flashsdpa ms | TFLOP/s | " + " | ".join(f"{o} TFLOP/s (ratio)" for o in others) + " |",
              "|---|---|---|---|" + "---|" * len(others)]
     ratios = {o: {"fwd": [], "fwd+bwd": []} for o in others}

@@ -11,10 +11,10 @@ namespace fsdpa {
 namespace cuda {
 namespace hopper {
 
-template <typename T, int D, bool PIPE, bool MASK, bool DQR>
+template <typename T, int D, bool PIPE, bool MASK, bool DQR, bool XS>
 cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
   using C = BwdCfg<D>;
-  auto kern = bwd_kernel<T, D, PIPE, MASK, DQR>;
+  auto kern = bwd_kernel<T, D, PIPE, MASK, DQR, XS>;
   constexpr int smem = C::smem(DQR);
   cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
@@ -31,19 +31,22 @@ cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
   return cudaGetLastError();
 }
 
+// XS (the overlap across steps, bwd_kernel.cuh) needs the TMA reduce; with
+// a mask at D = 128 ptxas serialises its wgmmas (C7512: too few registers),
+// so that kernel keeps the in-step order.
 template <typename T, bool MASK, bool DQR>
 cudaError_t launch_bwd_mask(const BwdArgs& a, bool simple, cudaStream_t s) {
   switch (a.p.head_dim) {
-    case 64: return launch_bwd<T, 64, false, MASK, DQR>(a, s);  // PIPE does not fit (C7512)
+    case 64: return launch_bwd<T, 64, false, MASK, DQR, DQR>(a, s);  // PIPE does not fit (C7512)
     case 128:
-      return simple ? launch_bwd<T, 128, false, MASK, DQR>(a, s)
-                    : launch_bwd<T, 128, true, MASK, DQR>(a, s);
+      return simple ? launch_bwd<T, 128, false, MASK, DQR, false>(a, s)
+                    : launch_bwd<T, 128, true, MASK, DQR, DQR && !MASK>(a, s);
     default: return cudaErrorNotSupported;
   }
 }
 
-// simple: the kernel without the PIPE overlaps (bwd_kernel.cuh). dqr: dQ by
-// the TMA reduce (bwd_dq.cuh; a.tdq is set) instead of atomics.
+// simple: the kernel without the PIPE and XS overlaps (bwd_kernel.cuh). dqr:
+// dQ by the TMA reduce (bwd_dq.cuh; a.tdq is set) instead of atomics.
 template <typename T>
 cudaError_t launch_bwd_dtype(const BwdArgs& a, bool simple, bool dqr, cudaStream_t s) {
   const bool m = a.p.mask_kind != MaskKind::none;
