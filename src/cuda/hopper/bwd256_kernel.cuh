@@ -37,6 +37,8 @@
 // Shared memory: 1 KB alignment + 64 KB K, V + 128 KB ring + 32 KB P^T/dS^T
 // (2 buffers) = 225 KB dynamic, + 2 KB static (ptxas): the 227 KB limit.
 // No masks (bool/additive masks at D = 256 stay on the sm_80 kernels).
+// deterministic = 1 (DQR only): the reduces of a query block take turns in
+// key-block order (bwd_kernel.cuh, bwd_dq.cuh).
 #pragma once
 
 #include <cuda.h>
@@ -156,13 +158,22 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
         }
       }
     } else if (DQR && warp == 2 && lane == 0 && nit > 0) {
-      // dQ tiles (staged in the stage's Q and dO blocks) to the workspace.
+      // dQ tiles (staged in the stage's Q and dO blocks) to the workspace;
+      // with dq_sem (deterministic) in key-block turns, as in bwd_kernel.cuh
+      // (no step is skipped here: every step takes its turn).
       tma_prefetch_desc(&a.tdq);
+      const int64_t off = diag_offset(p.bottom_right, e.sq, e.sk);
       for (int it = 0; it < nit; ++it) {
         const int s = it % ST;
         const uint32_t ph = (it / ST) & 1;
         const int h = hk * group + it / nqb;
-        const int tok = static_cast<int>(q_token(p, b, e, (qb0 + it % nqb) * BM));
+        const int qb = qb0 + it % nqb;
+        const int tok = static_cast<int>(q_token(p, b, e, qb * BM));
+        int* sem = nullptr;
+        if (a.dq_sem != nullptr) {
+          sem = a.dq_sem + (b * p.heads_q + h) * a.sem_nqb + qb;
+          sem_wait_eq(sem, static_cast<int>(blockIdx.x) - first_key_block<BN>(p, qb * BM, off));
+        }
         mbar_wait(bDqF(s), ph);
 #pragma unroll
         for (int w = 0; w < 2; ++w) {
@@ -173,7 +184,12 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
           tma_reduce_add_3d(&a.tdq, ro + 8192, 128 * w + 96, h, tok);
         }
         bulk_commit();
-        bulk_wait_read0();
+        if (sem != nullptr) {
+          bulk_wait0();  // the adds are done (not only read): then the next CTA's turn
+          sem_release_inc(sem);
+        } else {
+          bulk_wait_read0();
+        }
         mbar_arrive(bE(s));
       }
       bulk_wait0();

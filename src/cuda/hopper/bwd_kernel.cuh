@@ -101,6 +101,19 @@ __device__ __forceinline__ void lse_delta_rows(float* sl, float* sdl, const Attn
   }
 }
 
+// Deterministic dQ: the first key block (of BN keys) whose band reaches
+// the query rows q0.. (off: diag_offset). Key block nb reaches rows up to
+// nb * BN + BN - 1 + wl - off (rows_for_keys), and every key block between
+// that one and a later one that reaches the rows reaches them as well (both
+// ends of the band grow with the keys), so a CTA's rank among the CTAs
+// adding to the rows is its key block minus this one.
+template <int BN>
+__device__ __forceinline__ int first_key_block(const AttnParams& p, int q0, int64_t off) {
+  if (p.window_left < 0) return 0;
+  const int64_t x = q0 + off - p.window_left - (BN - 1);
+  return x <= 0 ? 0 : static_cast<int>((x + BN - 1) / BN);
+}
+
 // PIPE: dV += P^T dO is issued as soon as P^T is known, so that it runs
 // under dP^T and the dS arithmetic. PIPE = false: dV and dK are issued
 // together after dS (the first version; FLASHSDPA_CUDA_HOPPER_BWD_SIMPLE=1,
@@ -256,24 +269,14 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       // Deterministic dQ: the same, in turns (bwd_dq.cuh, sem_wait_eq).
       // Every step of the band takes its turn, the masked ones too (they
       // only pass it on), so that the rank of this CTA in the block's turns
-      // is its distance from the first key block whose band reaches the
-      // block: key block nb reaches rows up to nb * BN + BN - 1 + wl - off
-      // (rows_for_keys), and every key block between that one and this
-      // one reaches the block as well (both ends of the band grow with the
-      // keys).
+      // is its distance from first_key_block.
       tma_prefetch_desc(&a.tdq);
       const int64_t off = diag_offset(p.bottom_right, e.sq, e.sk);
-      const int nkb = static_cast<int>(blockIdx.x);
       for (int it = 0, k = 0; it < nit; ++it) {
         const int h = hk * group + it / nqb;
         const int qb = qb0 + it % nqb, q0 = qb * BM;
-        int first = 0;
-        if (p.window_left >= 0) {
-          const int64_t x = q0 + off - p.window_left - (BN - 1);
-          first = x <= 0 ? 0 : static_cast<int>((x + BN - 1) / BN);
-        }
         int* sem = a.dq_sem + (b * p.heads_q + h) * a.sem_nqb + qb;
-        sem_wait_eq(sem, nkb - first);
+        sem_wait_eq(sem, static_cast<int>(blockIdx.x) - first_key_block<BN>(p, q0, off));
         if (state_of(it) != 0) {
           reduce_step(h, q0, k);
           bulk_wait0();  // the adds are done (not only read): then the next CTA's turn

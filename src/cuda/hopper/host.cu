@@ -147,9 +147,11 @@ bool bwd_dq_tma() {
 }
 
 // The arguments both backward kernels take: q, dO in boxes of bm rows, k, v
-// in boxes of bn, and the dQ workspace as a map for the TMA reduce (*dqr:
-// false when FLASHSDPA_CUDA_HOPPER_BWD_DQ=atomic or the map fails: then
-// atomics). False when a tensor map cannot describe the inputs.
+// in boxes of bn, the dQ workspace as a map for the TMA reduce (*dqr: false
+// when FLASHSDPA_CUDA_HOPPER_BWD_DQ=atomic or the map fails: then atomics)
+// and, with deterministic = 1, its turn counters (one per bm query rows).
+// False when a tensor map cannot describe the inputs, or deterministic = 1
+// without the TMA reduce (atomics have no fixed order).
 bool bwd_args(hopper::BwdArgs* a, const AttnParams& p, const MaskTiles& mt, const float* dsum,
               float* dqacc, int D, int bm, int bn, bool* dqr) {
   memset(a, 0, sizeof *a);
@@ -166,6 +168,12 @@ bool bwd_args(hopper::BwdArgs* a, const AttnParams& p, const MaskTiles& mt, cons
       !make_map(&a->tv, p.dtype, p.v, p.v_stride, sk, p.heads_k, nb, D, bn))
     return false;
   *dqr = bwd_dq_tma() && make_dq_map(&a->tdq, dqacc, D, p.heads_q, p.total_q);
+  if (p.deterministic) {
+    // The counters follow dQ in the workspace (hopper_bwd_workspace_bytes).
+    if (!*dqr) return false;
+    a->sem_nqb = static_cast<int>((p.seqlen_q + bm - 1) / bm);
+    a->dq_sem = reinterpret_cast<int*>(dqacc + p.total_q * p.heads_q * D);
+  }
   return true;
 }
 
@@ -180,12 +188,6 @@ cudaError_t run_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum,
   // PIPE (bwd_kernel.cuh), for comparison.
   const char* v = getenv("FLASHSDPA_CUDA_HOPPER_BWD_SIMPLE");
   const bool simple = v != nullptr && *v != '\0' && strcmp(v, "0") != 0;
-  if (p.deterministic) {
-    // The turn counters follow dQ in the workspace (hopper_bwd_workspace_bytes).
-    if (!dqr) return cudaErrorNotSupported;  // atomics: no fixed order
-    a.sem_nqb = static_cast<int>((p.seqlen_q + C::kBM - 1) / C::kBM);
-    a.dq_sem = reinterpret_cast<int*>(dqacc + p.total_q * p.heads_q * D);
-  }
   return p.dtype == DType::bf16 ? hopper::bwd_bf16(a, simple, dqr, s)
                                 : hopper::bwd_f16(a, simple, dqr, s);
 }
@@ -211,10 +213,8 @@ cudaError_t run_bwd256(const AttnParams& p, const float* dsum, float* dqacc, cud
 }  // namespace
 
 bool hopper_bwd_supported(const AttnParams& p) {
-  // D = Dv = 256 (bwd256_kernel.cuh): no mask, deterministic = 0.
-  if (p.head_dim == 256 &&
-      (p.mask_kind != MaskKind::none || p.deterministic || !bwd256_enabled()))
-    return false;
+  // D = Dv = 256 (bwd256_kernel.cuh): no mask.
+  if (p.head_dim == 256 && (p.mask_kind != MaskKind::none || !bwd256_enabled())) return false;
   // The forward's scope for q, k, v and the band, whatever it says about
   // masks: bool and additive masks (additive in fp32/fp16/bf16) are in the
   // backward's scope (bwd_mask.cuh).
