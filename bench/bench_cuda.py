@@ -350,6 +350,8 @@ def main():
             f = 4.0 * B * H * S * S * D * vis
             for mode, idx, mul in (("fwd", 0, 1.0), ("fwd+bwd", 1, 3.5)):
                 run(case, mode, "flashsdpa", ours[idx], f * mul)
+                if args.ab:
+                    run(case, mode, "ab", with_env(args.ab, ours[idx]), f * mul)
                 run(case, mode, "flex", flex[idx], f * mul)
 
             # Block-sparse: 128x128 blocks, keep a block iff (qb + kb) % 3 != 0
@@ -369,6 +371,8 @@ def main():
             f = 4.0 * B * H * S * S * D * vis
             for mode, idx, mul in (("fwd", 0, 1.0), ("fwd+bwd", 1, 3.5)):
                 run(case, mode, "flashsdpa", ours[idx], f * mul)
+                if args.ab:
+                    run(case, mode, "ab", with_env(args.ab, ours[idx]), f * mul)
                 run(case, mode, "flex", flex[idx], f * mul)
             del q, k, v, do, mask
             torch.cuda.empty_cache()

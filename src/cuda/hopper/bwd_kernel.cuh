@@ -142,8 +142,9 @@ __device__ __forceinline__ int first_key_block(const AttnParams& p, int q0, int6
 // stage go back); step k + 1 issues S^T first, then waits for both, writes
 // that dQ to its tile and issues dP^T. The tensor pipe goes from one
 // step's dQ straight to the next step's S^T instead of waiting for the dQ
-// write-out, the loop and the barriers in between (+4-18% fwd+bwd, bf16,
-// D 64/128). Only dq[] (defined by wgmma alone) stays in flight across the
+// write-out, the loop and the barriers in between (H100, bf16, fwd+bwd:
+// +4-18% on the dense D 64/128 cases, neutral with the bench's block-sparse
+// mask). Only dq[] (defined by wgmma alone) stays in flight across the
 // loop's back edge; issuing dP^T before the write-out as well needs more
 // registers than there are (C7512).
 template <typename T, int D, bool PIPE, bool MASK, bool DQR, bool XS>
@@ -386,28 +387,33 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       const uint64_t ddO_b = make_desc(sdO + s * kQBytes, 16, 1024);
 
       float sc[BM / 2], dp[BM / 2];
-      int mst = 1;
-      bool last = it + 1 >= nit;
-      if constexpr (MASK) {
-        mbar_wait(bQf(s), ph);
-        it = sStep[s][0];
-        mst = sStep[s][1] & 3;
-        last = sStep[s][1] >> 2;
-      }
-      const int h = hk * group + it / nqb;
-      const int q0 = (qb0 + it % nqb) * BM;
-      // Every (query, key) of the step visible: no per-element test.
-      bool full = q0 + BM <= e.sq && n0 + BN <= e.sk;
-      if (full) {
-        const KeyRange r0 =
-            visible_keys(q0, e.sq, e.sk, p.window_left, p.window_right, p.bottom_right);
-        const KeyRange r1 =
-            visible_keys(q0 + BM - 1, e.sq, e.sk, p.window_left, p.window_right, p.bottom_right);
-        full = r1.lo <= n0 && r0.hi >= n0 + BN - 1;
-      }
-      // Without a mask, the above before the wait (XS: with fewer registers
-      // live than after it; C7512).
-      if constexpr (!MASK) mbar_wait(bQf(s), ph);
+      // The step's query head h and rows q0.., its mask state, whether it is
+      // the last, and whether every (query, key) of it is visible (no
+      // per-element test). With a mask the step comes from sStep, read once
+      // the stage is full and the S^T product issued; without one the step
+      // is known and this runs before the wait (XS: fewer registers live
+      // there than after it, C7512).
+      int h, q0, mst = 1;
+      bool last = it + 1 >= nit, full;
+      auto locate = [&] {
+        if constexpr (MASK) {
+          it = sStep[s][0];
+          mst = sStep[s][1] & 3;
+          last = sStep[s][1] >> 2;
+        }
+        h = hk * group + it / nqb;
+        q0 = (qb0 + it % nqb) * BM;
+        full = q0 + BM <= e.sq && n0 + BN <= e.sk;
+        if (full) {
+          const KeyRange r0 =
+              visible_keys(q0, e.sq, e.sk, p.window_left, p.window_right, p.bottom_right);
+          const KeyRange r1 =
+              visible_keys(q0 + BM - 1, e.sq, e.sk, p.window_left, p.window_right, p.bottom_right);
+          full = r1.lo <= n0 && r0.hi >= n0 + BN - 1;
+        }
+      };
+      if constexpr (!MASK) locate();
+      mbar_wait(bQf(s), ph);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk)
@@ -417,6 +423,10 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
         wgmma_wait<0>();
         dq_to_tile(k - 1);
         wgmma_fence();
+      }
+      if constexpr (MASK) {
+        locate();
+        wgmma_fence();  // else ptxas injects one (info C7519)
       }
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk)

@@ -31,18 +31,14 @@ cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
   return cudaGetLastError();
 }
 
-// XS (the overlap across steps, bwd_kernel.cuh) needs the TMA reduce, and
-// the masked kernels do without it: at D = 128 it measured slower there
-// (H100, bf16, the bench's block-sparse mask, fwd+bwd: 323 -> 301 TFLOP/s
-// at S = 4096, 341 -> 318 at 16384).
+// XS (the overlap across steps, bwd_kernel.cuh) needs the TMA reduce.
 template <typename T, bool MASK, bool DQR>
 cudaError_t launch_bwd_mask(const BwdArgs& a, bool simple, cudaStream_t s) {
-  constexpr bool XS = DQR && !MASK;
   switch (a.p.head_dim) {
-    case 64: return launch_bwd<T, 64, false, MASK, DQR, XS>(a, s);  // PIPE does not fit (C7512)
+    case 64: return launch_bwd<T, 64, false, MASK, DQR, DQR>(a, s);  // PIPE does not fit (C7512)
     case 128:
       return simple ? launch_bwd<T, 128, false, MASK, DQR, false>(a, s)
-                    : launch_bwd<T, 128, true, MASK, DQR, XS>(a, s);
+                    : launch_bwd<T, 128, true, MASK, DQR, DQR>(a, s);
     default: return cudaErrorNotSupported;
   }
 }
