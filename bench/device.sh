@@ -1,0 +1,108 @@
+#!/bin/bash
+# One call on a lent GPU (issue 5): tests, sanitizers, benchmark and the
+# Python suite on the binaries built here by bench/hopper_carry.sh (carried
+# in .carry/: libflashsdpa.so and flashsdpa_cuda_tests for 90a-real). On the
+# device: `bash bench/device.sh STEPS` with carry [".carry", ".devdeps"]
+# (".whl" too for pytest). STEPS, a comma list, run in this order:
+#   info    GPU name and clocks, HGMMA count per Hopper kernel (cuobjdump)
+#   quick   flashsdpa_cuda_tests --quick; stops the call unless it passes
+#   full    --no-long (every case but the long ones: about 450 s on an H100,
+#           so give it a call of its own)
+#   det     --determinism-only, then the Hopper cases with deterministic = 1
+#           (--deterministic: h_s1*, the masked hbm_*, the D 256 hb256_*)
+#   masks   the masked backward cases with every step on the per-element
+#           path (FLASHSDPA_CUDA_NO_MASK_SKIP=1)
+#   san     compute-sanitizer memcheck + racecheck on a reduced grid
+#           (h_s1* both deterministic settings, hbm_s257*, hb256_*)
+#   bench   bench/bench_cuda.py, the whole grid with the deterministic
+#           column (about 190 s); BENCH_ARGS replaces its arguments, e.g.
+#           BENCH_ARGS="--only dense --dims 128 --ab NAME=VALUE"
+#   pytest  builds the Python package here (wheels of scikit-build-core,
+#           nanobind, pathspec carried in .whl; --no-build-isolation) and
+#           runs tests/python on CUDA
+# Logs land in $OUT (at most 8 files come back); a crash keeps what was
+# written, since every test log is line-buffered.
+set -o pipefail
+STEPS=${1:-info,quick}
+OUT=${OUT:-/tmp/device_out}
+mkdir -p "$OUT"
+CARRY=${CARRY:-.carry}
+LIB=$CARRY/libflashsdpa.so
+TEST=$CARRY/flashsdpa_cuda_tests
+export LD_LIBRARY_PATH=$PWD/$CARRY:$PWD/.devdeps/lib:$LD_LIBRARY_PATH
+T0=$(date +%s)
+has() { [[ ",$STEPS," == *",$1,"* ]]; }
+el() { echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
+# tests LOG SECONDS ARGS...: one run of the test driver, appended to
+# $OUT/LOG; prints its failures and summary.
+tests() {
+  local log=$OUT/$1 secs=$2
+  shift 2
+  el "tests $*"
+  timeout "$secs" stdbuf -oL "$TEST" "$@" >>"$log" 2>&1
+  local rc=$?
+  [ $rc -eq 124 ] && echo "  timed out after ${secs}s"
+  grep -iE "^FAIL|^SKIP|illegal|error|CUDA TESTS" "$log" | tail -6
+  return $rc
+}
+# san TOOL ARGS...: compute-sanitizer over the test driver, one thread.
+san() {
+  local tool=$1
+  shift
+  el "$tool $*"
+  timeout 120 compute-sanitizer --tool "$tool" --print-limit 20 "$TEST" --threads 1 "$@" \
+    >>"$OUT/san_$tool.log" 2>&1
+  tail -1 "$OUT/san_$tool.log"
+}
+
+if has info; then
+  nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$OUT/info.txt"
+  cuobjdump --dump-sass "$LIB" 2>/dev/null |
+    awk '/Function : /{f=$3} /HGMMA/{c[f]++} END{for(k in c) print c[k], k}' | grep hopper |
+    tee -a "$OUT/info.txt" | wc -l | sed 's/$/ Hopper kernels with HGMMA/'
+fi
+if has quick; then
+  tests quick.log 200 --quick
+  grep -q "CUDA TESTS: .* 0 failed" "$OUT/quick.log" || exit 1
+fi
+if has full; then
+  tests full.log 560 --no-long
+fi
+if has det; then
+  tests det.log 60 --determinism-only
+  tests det.log 100 --no-long --deterministic --filter h_s1
+  tests det.log 100 --no-long --deterministic --filter hbm_s
+  tests det.log 100 --no-long --deterministic --filter hb256
+fi
+if has masks; then
+  FLASHSDPA_CUDA_NO_MASK_SKIP=1 tests masks.log 100 --no-long --filter hbm_s
+fi
+if has san; then
+  for tool in memcheck racecheck; do
+    san $tool --quick --filter h_s1
+    san $tool --quick --deterministic --filter h_s1
+    san $tool --quick --filter hbm_s257
+    san $tool --quick --filter hb256
+  done
+fi
+if has bench; then
+  el bench
+  # shellcheck disable=SC2086
+  PYTHONUNBUFFERED=1 timeout 400 python3 bench/bench_cuda.py --lib "$LIB" --results "$OUT/bench.md" \
+    --png "$OUT/bench_cuda.png" ${BENCH_ARGS:---det-too} >"$OUT/bench.log" 2>&1
+  echo "  rc=$?"
+  grep "^Geometric" "$OUT/bench.md"
+fi
+if has pytest; then
+  el pytest build
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl &&
+    export PYTHONPATH=/tmp/site
+  CMAKE_BUILD_PARALLEL_LEVEL=16 timeout 240 python3 -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps \
+    -C cmake.define.FLASHSDPA_CUDA_ARCHITECTURES=90a-real -C cmake.define.CMAKE_PREFIX_PATH=$PWD/.devdeps \
+    -C cmake.define.FLASHSDPA_BUILD_TESTS=OFF -C build-dir=/tmp/build-py --target /tmp/pyinst . >"$OUT/pip.log" 2>&1 ||
+    tail -30 "$OUT/pip.log"
+  el pytest run
+  (cd tests/python && PYTHONPATH=/tmp/pyinst:/tmp/site timeout 200 python3 -m pytest -q -p no:cacheprovider 2>&1 |
+    tee "$OUT/pytest.log" | tail -3)
+fi
+el end
