@@ -346,45 +346,59 @@ fsdpa_status backward(const AttnParams& p, void* stream) {
   Buf dsum;
   cudaError_t err = dsum.alloc(size_t(p.total_q) * p.heads_q * sizeof(float), s);
   if (err != cudaSuccess) return cuda_fail(err, "workspace allocation");
-  bwd_preprocess(p, dsum.as<float>(), s);
-  err = cudaGetLastError();
-  if (err != cudaSuccess) return cuda_fail(err, "backward preprocess launch");
   const int dp = bucket_for(p.head_dim, p.head_dim_v);
   const bool simt = p.dtype == DType::f32 || dp == 0 || env_flag("FLASHSDPA_CUDA_SIMT");
-  bool done = false;
-  Buf hdqacc, flags;
+  Buf flags;
   MaskTiles mt{nullptr, 0, 0, 0, 0};
   if (!simt) {
     st = classify_mask(p, flags, &mt, s);
     if (st != FSDPA_OK) return st;
   }
+  // The fp32 dQ workspace, [token * Hq + h][dq_cols], zeroed by the
+  // preprocess: the Hopper kernels' (head_dim columns, then the
+  // deterministic turn counters, zeroed here), or the sm_80 kernels' when
+  // they add dQ by atomics (non-deterministic; FLASHSDPA_CUDA_DQ_KERNEL=1
+  // keeps their separate dQ kernel).
+  const bool hopper = !simt && use_hopper_bwd(p);
+  const bool tc_atomics = !simt && !p.deterministic && !env_flag("FLASHSDPA_CUDA_DQ_KERNEL");
+  const int dq_cols = hopper ? static_cast<int>(p.head_dim) : dp;
+  const size_t dq_bytes = size_t(p.total_q) * p.heads_q * dq_cols * sizeof(float);
+  Buf dqacc;
+  if (hopper || tc_atomics) {
+    const size_t bytes = hopper ? hopper_bwd_workspace_bytes(p) : dq_bytes;
+    err = dqacc.alloc(bytes, s);
+    if (err != cudaSuccess) return cuda_fail(err, "dQ workspace allocation");
+    if (bytes > dq_bytes)
+      err = cudaMemsetAsync(dqacc.as<char>() + dq_bytes, 0, bytes - dq_bytes, s);
+    if (err != cudaSuccess) return cuda_fail(err, "dQ workspace zeroing");
+  }
+  bwd_preprocess(p, dsum.as<float>(), dqacc.as<float>(), dq_cols, s);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return cuda_fail(err, "backward preprocess launch");
+  bool done = false;
   if (simt) {
     simt_backward(p, dsum.as<float>(), s);
     err = cudaGetLastError();
     done = true;
-  } else if (use_hopper_bwd(p)) {
-    Buf& dqacc = hdqacc;
-    const size_t bytes = hopper_bwd_workspace_bytes(p);
-    err = dqacc.alloc(bytes, s);
-    if (err != cudaSuccess) return cuda_fail(err, "dQ workspace allocation");
-    err = cudaMemsetAsync(dqacc.ptr, 0, bytes, s);
-    if (err != cudaSuccess) return cuda_fail(err, "dQ workspace zeroing");
+  } else if (hopper) {
     err = hopper_bwd(p, mt, dsum.as<float>(), dqacc.as<float>(), s);
     done = err != cudaErrorNotSupported;
   }
   if (!done) {
     auto run = p.dtype == DType::f16 ? tc_bwd_f16 : tc_bwd_bf16;
     // Non-deterministic: dQ by fp32 atomics in the dK/dV kernel (5 products).
-    // FLASHSDPA_CUDA_DQ_KERNEL=1 keeps the separate dQ kernel.
-    Buf dqacc;
-    if (!p.deterministic && !env_flag("FLASHSDPA_CUDA_DQ_KERNEL")) {
+    float* dq = tc_atomics ? dqacc.as<float>() : nullptr;
+    Buf own;
+    if (hopper && tc_atomics && dp != dq_cols) {
+      // The Hopper kernels declined after all, and their workspace rows
+      // are narrower: a workspace of this path's own.
       const size_t bytes = size_t(p.total_q) * p.heads_q * dp * sizeof(float);
-      err = dqacc.alloc(bytes, s);
+      err = own.alloc(bytes, s);
+      if (err == cudaSuccess) err = cudaMemsetAsync(own.ptr, 0, bytes, s);
       if (err != cudaSuccess) return cuda_fail(err, "dQ workspace allocation");
-      err = cudaMemsetAsync(dqacc.ptr, 0, bytes, s);
-      if (err != cudaSuccess) return cuda_fail(err, "dQ workspace zeroing");
+      dq = own.as<float>();
     }
-    err = run(p, dp, vec_bits(p, true), mt, dsum.as<float>(), dqacc.as<float>(), s);
+    err = run(p, dp, vec_bits(p, true), mt, dsum.as<float>(), dq, s);
   }
   if (err != cudaSuccess) return cuda_fail(err, "backward kernel launch");
   return FSDPA_OK;

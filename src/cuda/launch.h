@@ -17,8 +17,11 @@ void simt_forward(const AttnParams& p, cudaStream_t s);
 void simt_backward(const AttnParams& p, const float* dsum, cudaStream_t s);
 
 // ---- shared pieces -----------------------------------------------------------
-// dsum[t * Hq + h] = sum_d dO * O over the rows of every sequence.
-void bwd_preprocess(const AttnParams& p, float* dsum, cudaStream_t s);
+// dsum[t * Hq + h] = sum_d dO * O over the rows of every sequence; dqacc
+// != nullptr: also zeroes row t * Hq + h of the fp32 dQ workspace (dp
+// floats per row) for each of those rows, in the same pass (the rows of
+// tokens no sequence covers are left as they are: nothing reads them).
+void bwd_preprocess(const AttnParams& p, float* dsum, float* dqacc, int dp, cudaStream_t s);
 // Varlen: out = 0 and lse = -inf for query tokens after the last sequence.
 void varlen_uncovered(const AttnParams& p, cudaStream_t s);
 // Varlen: zero dq, dk, dv everywhere (tokens no sequence covers stay 0).

@@ -1,7 +1,9 @@
 // Small kernels around the attention kernels: the backward's preprocess
-// (D = rowsum(dO * O)), zeroing of varlen gradients, the NaN/Inf check of
+// (D = rowsum(dO * O), zeroing the dQ workspace in the same pass), zeroing of varlen gradients, the NaN/Inf check of
 // device inputs, and the lse-weighted merge of split-KV partials.
 #include <float.h>
+
+#include <type_traits>
 
 #include "cuda/common.cuh"
 #include "cuda/launch.h"
@@ -21,7 +23,9 @@ __device__ __forceinline__ void store_dyn(void* base, int64_t idx, DType t, floa
   }
 }
 
-__global__ void preprocess_kernel(AttnParams p, float* dsum) {
+// The generic preprocess (any dtype, any strides): one warp per row. dqacc
+// != nullptr: also zeroes the row's dp floats of the fp32 dQ workspace.
+__global__ void preprocess_kernel(AttnParams p, float* dsum, float* dqacc, int dp) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t b = blockIdx.z, h = blockIdx.y;
   const int i = blockIdx.x * kWarps + warp;
@@ -32,7 +36,75 @@ __global__ void preprocess_kernel(AttnParams p, float* dsum) {
     acc += load_dyn(p.dout, off4(p.dout_stride, b, h, e.q_begin + i, d), p.dout_dtype) *
            load_dyn(p.out, off4(p.out_stride, b, h, e.q_begin + i, d), p.dtype);
   acc = warp_sum(acc);
-  if (lane == 0) dsum[q_token(p, b, e, i) * p.heads_q + h] = acc;
+  const int64_t row = q_token(p, b, e, i) * p.heads_q + h;
+  if (lane == 0) dsum[row] = acc;
+  if (dqacc != nullptr)
+    for (int d = lane; d < dp; d += 32) dqacc[row * dp + d] = 0.0f;
+}
+
+// sum over 8 lanes of x . y, two 16-byte vectors of 8 halves / bfloat16s.
+template <typename T>
+__device__ __forceinline__ float dot8(const uint4& x, const uint4& y) {
+  using T2 = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
+  const T2* a = reinterpret_cast<const T2*>(&x);
+  const T2* c = reinterpret_cast<const T2*>(&y);
+  float s = 0.0f;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    float2 u, v;
+    if constexpr (std::is_same<T, __half>::value) {
+      u = __half22float2(a[k]);
+      v = __half22float2(c[k]);
+    } else {
+      u = __bfloat1622float2(a[k]);
+      v = __bfloat1622float2(c[k]);
+    }
+    s = fmaf(u.x, v.x, fmaf(u.y, v.y, s));
+  }
+  return s;
+}
+
+// The preprocess of 16-bit O and dO with unit-stride, 16-byte aligned rows
+// (preprocess_vec_ok): 8 lanes per row, 16-byte loads, the dot product
+// reduced over the 8 lanes, and the dQ workspace row zeroed with 16-byte
+// stores (dp % 4 == 0). It replaces one warp per row with 2-byte loads and
+// a separate memset of the workspace: H100, bf16, D 128, 32k tokens x 16
+// heads, 345 + 81 us before.
+constexpr int kVecLanes = 8, kVecThreads = 256;
+template <typename T>
+__global__ void __launch_bounds__(kVecThreads)
+preprocess_vec_kernel(AttnParams p, float* dsum, float* dqacc, int dp) {
+  const int j = threadIdx.x % kVecLanes;
+  const int64_t b = blockIdx.z, h = blockIdx.y;
+  const int i = blockIdx.x * (kVecThreads / kVecLanes) + threadIdx.x / kVecLanes;
+  const Seq e = get_seq(p, b);
+  // No early return: the whole warp takes part in the shuffles.
+  const bool in = i < e.sq;
+  const int64_t row = in ? q_token(p, b, e, i) * p.heads_q + h : 0;
+  float acc = 0.0f;
+  if (in) {
+    const T* o = static_cast<const T*>(p.out) + off4(p.out_stride, b, h, e.q_begin + i, 0);
+    const T* g = static_cast<const T*>(p.dout) + off4(p.dout_stride, b, h, e.q_begin + i, 0);
+    for (int c = 8 * j; c < p.head_dim_v; c += 8 * kVecLanes)
+      acc += dot8<T>(*reinterpret_cast<const uint4*>(o + c), *reinterpret_cast<const uint4*>(g + c));
+    if (dqacc != nullptr) {
+      float4* z = reinterpret_cast<float4*>(dqacc + row * dp);
+      for (int c = j; c < dp / 4; c += kVecLanes) z[c] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+  }
+#pragma unroll
+  for (int o = kVecLanes / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (in && j == 0) dsum[row] = acc;
+}
+
+bool aligned16(const void* ptr, const int64_t* stride) {
+  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && stride[3] == 1 && stride[0] % 8 == 0 &&
+         stride[1] % 8 == 0 && stride[2] % 8 == 0;
+}
+bool preprocess_vec_ok(const AttnParams& p, int dp) {
+  return (p.dtype == DType::f16 || p.dtype == DType::bf16) && p.dout_dtype == p.dtype &&
+         p.head_dim_v % 8 == 0 && dp % 4 == 0 && aligned16(p.out, p.out_stride) &&
+         aligned16(p.dout, p.dout_stride);
 }
 
 // Zeroes a [T, H, D] varlen tensor with (b, h, s, d) strides (b stride 0).
@@ -142,9 +214,19 @@ int grid_for(int64_t n) {
 
 }  // namespace
 
-void bwd_preprocess(const AttnParams& p, float* dsum, cudaStream_t s) {
+void bwd_preprocess(const AttnParams& p, float* dsum, float* dqacc, int dp, cudaStream_t s) {
+  if (p.seqlen_q == 0) return;
+  if (preprocess_vec_ok(p, dp)) {
+    constexpr int rows = kVecThreads / kVecLanes;
+    const dim3 grid((p.seqlen_q + rows - 1) / rows, p.heads_q, p.batch);
+    if (p.dtype == DType::f16)
+      preprocess_vec_kernel<__half><<<grid, kVecThreads, 0, s>>>(p, dsum, dqacc, dp);
+    else
+      preprocess_vec_kernel<__nv_bfloat16><<<grid, kVecThreads, 0, s>>>(p, dsum, dqacc, dp);
+    return;
+  }
   const dim3 grid((p.seqlen_q + kWarps - 1) / kWarps, p.heads_q, p.batch);
-  if (grid.x > 0) preprocess_kernel<<<grid, kWarps * 32, 0, s>>>(p, dsum);
+  preprocess_kernel<<<grid, kWarps * 32, 0, s>>>(p, dsum, dqacc, dp);
 }
 
 namespace {

@@ -861,23 +861,53 @@ tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum, float* dq
   }
 }
 
-// dq = dqacc (fp32 [token * Hq + h][DP]) in the output dtype, rows of every
-// sequence (ADQ backward). Grid: (row blocks, Hq, B).
-template <typename T>
+// dq = dqacc (fp32 [token * Hq + h][dp]) in the output dtype, rows of every
+// sequence. Grid: (row blocks, Hq, B). VEC8 (dq_convert_vec8): 8 elements
+// per thread, two 16-byte loads and one 16-byte store (H100, bf16, D 128,
+// 32k tokens x 16 heads: 181 us with a pair per thread); else a pair.
+template <typename T, bool VEC8>
 __global__ void dq_convert_kernel(AttnParams p, const float* dqacc, int dp) {
   const int64_t b = blockIdx.z, h = blockIdx.y;
   const Seq e = get_seq(p, b);
   const int D = static_cast<int>(p.head_dim);
-  const int hd = (D + 1) / 2;  // pairs per row
+  constexpr int kPer = VEC8 ? 8 : 2;
+  const int hd = (D + kPer - 1) / kPer;  // units per row
   T* dqg = static_cast<T*>(p.dq);
-  const bool vec = p.dq_stride[3] == 1 && D % 2 == 0;
   for (int x = blockIdx.x * blockDim.x + threadIdx.x; x < e.sq * hd; x += gridDim.x * blockDim.x) {
-    const int i = x / hd, d = (x % hd) * 2;
+    const int i = x / hd, d = (x % hd) * kPer;
     const float* src = dqacc + (q_token(p, b, e, i) * p.heads_q + h) * dp + d;
     const int64_t off = off4(p.dq_stride, b, h, e.q_begin + i, 0);
-    store_pair<T>(dqg, off, p.dq_stride[3], d, D, src[0], d + 1 < D ? src[1] : 0.0f,
-                  vec && (reinterpret_cast<uintptr_t>(dqg + off) % 4 == 0));
+    if constexpr (VEC8) {
+      const float4 u = *reinterpret_cast<const float4*>(src);
+      const float4 w = *reinterpret_cast<const float4*>(src + 4);
+      *reinterpret_cast<uint4*>(dqg + off + d) =
+          make_uint4(pack2<T>(u.x, u.y), pack2<T>(u.z, u.w), pack2<T>(w.x, w.y), pack2<T>(w.z, w.w));
+    } else {
+      const bool vec = p.dq_stride[3] == 1 && D % 2 == 0;
+      store_pair<T>(dqg, off, p.dq_stride[3], d, D, src[0], d + 1 < D ? src[1] : 0.0f,
+                    vec && (reinterpret_cast<uintptr_t>(dqg + off) % 4 == 0));
+    }
   }
+}
+
+// 16-byte rows: unit d stride, 16-byte aligned dq rows and workspace rows.
+inline bool dq_convert_vec8(const AttnParams& p, int dp) {
+  return p.head_dim % 8 == 0 && dp % 4 == 0 && p.dq_stride[3] == 1 &&
+         reinterpret_cast<uintptr_t>(p.dq) % 16 == 0 && p.dq_stride[0] % 8 == 0 &&
+         p.dq_stride[1] % 8 == 0 && p.dq_stride[2] % 8 == 0;
+}
+
+template <typename T>
+void launch_dq_convert(const AttnParams& p, const float* dqacc, int dp, cudaStream_t s) {
+  const bool v8 = dq_convert_vec8(p, dp);
+  const int per = v8 ? 8 : 2;
+  const int64_t work = (p.seqlen_q * ((p.head_dim + per - 1) / per) + 255) / 256;
+  const dim3 grid(static_cast<unsigned>(work < 1024 ? work : 1024), p.heads_q, p.batch);
+  if (grid.x == 0) return;
+  if (v8)
+    dq_convert_kernel<T, true><<<grid, 256, 0, s>>>(p, dqacc, dp);
+  else
+    dq_convert_kernel<T, false><<<grid, 256, 0, s>>>(p, dqacc, dp);
 }
 
 }  // namespace cuda

@@ -64,9 +64,7 @@ cudaError_t tc_bwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, c
   if (dqacc != nullptr) {
     cudaError_t err = tc_dkdv_launch<T, DP, GEN, true>(p, vec, mt, dsum, dqacc, s);
     if (err != cudaSuccess) return err;
-    const int64_t work = (p.seqlen_q * ((p.head_dim + 1) / 2) + 255) / 256;
-    const int bx = static_cast<int>(work < 1024 ? work : 1024);
-    if (bx > 0) dq_convert_kernel<T><<<dim3(bx, p.heads_q, p.batch), 256, 0, s>>>(p, dqacc, DP);
+    launch_dq_convert<T>(p, dqacc, DP, s);
     return cudaGetLastError();
   }
   {

@@ -26,9 +26,7 @@ cudaError_t launch_bwd256(const BwdArgs& a, bool dqr, cudaStream_t s) {
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  const int64_t work = (p.seqlen_q * ((p.head_dim + 1) / 2) + 255) / 256;
-  const int bx = static_cast<int>(work < 1024 ? work : 1024);
-  if (bx > 0) dq_convert_kernel<T><<<dim3(bx, p.heads_q, p.batch), 256, 0, s>>>(p, a.dqacc, C::D);
+  launch_dq_convert<T>(p, a.dqacc, C::D, s);
   return cudaGetLastError();
 }
 
