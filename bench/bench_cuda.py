@@ -261,6 +261,9 @@ def main():
     ap.add_argument("--ab", default="",
                     help="NAME=VALUE: also time flashsdpa with this environment variable set, as column 'ab' "
                          "(a kernel variant against the default, in one process on the same inputs)")
+    ap.add_argument("--ab-lib", default="",
+                    help="PATH: also time this other build of libflashsdpa.so, as column 'ab' (two builds "
+                         "in one process on the same inputs)")
     ap.add_argument("--refs", default="FLASH,CUDNN,EFFICIENT", help="PyTorch SDPA backends to compare with")
     ap.add_argument("--modes", default="fwd,fwd+bwd", help="fwd,fwd+bwd (dense and mask sections)")
     args = ap.parse_args()
@@ -269,6 +272,7 @@ def main():
     modes = set(args.modes.split(","))
 
     lib = Lib(args.lib)
+    ab_lib = Lib(args.ab_lib) if args.ab_lib else None
     dev = torch.cuda.get_device_name()
     print(f"device: {dev}; torch {torch.__version__}; flashsdpa backends: {lib.lib.fsdpa_backends().decode()}")
     from torch.nn.attention import SDPBackend
@@ -317,6 +321,8 @@ def main():
                             impls.append(("det", None, det[1]))
                         if args.ab:
                             impls.append(("ab", *(with_env(args.ab, fn) for fn in ours[:2])))
+                        elif ab_lib:
+                            impls.append(("ab", *flashsdpa_fns(ab_lib, q, k, v, do, causal)[:2]))
                         for name, be in (("FLASH", SDPBackend.FLASH_ATTENTION),
                                          ("CUDNN", SDPBackend.CUDNN_ATTENTION),
                                          ("EFFICIENT", SDPBackend.EFFICIENT_ATTENTION)):
@@ -346,12 +352,15 @@ def main():
             vis = sum(min(i, W) + 1 for i in range(S)) / (S * S)
             case = f"bf16 D128 S{S} window{W} causal"
             ours = flashsdpa_fns(lib, q, k, v, do, causal=True, window_left=W)
+            ab = flashsdpa_fns(ab_lib, q, k, v, do, causal=True, window_left=W) if ab_lib else None
             flex = flex_fns(q, k, v, do, win, S)
             f = 4.0 * B * H * S * S * D * vis
             for mode, idx, mul in (("fwd", 0, 1.0), ("fwd+bwd", 1, 3.5)):
                 run(case, mode, "flashsdpa", ours[idx], f * mul)
                 if args.ab:
                     run(case, mode, "ab", with_env(args.ab, ours[idx]), f * mul)
+                elif ab:
+                    run(case, mode, "ab", ab[idx], f * mul)
                 run(case, mode, "flex", flex[idx], f * mul)
 
             # Block-sparse: 128x128 blocks, keep a block iff (qb + kb) % 3 != 0
@@ -367,12 +376,15 @@ def main():
             vis = mask.float().mean().item()
             case = f"bf16 D128 S{S} block-sparse {vis:.2f}"
             ours = flashsdpa_fns(lib, q, k, v, do, mask=mask)
+            ab = flashsdpa_fns(ab_lib, q, k, v, do, mask=mask) if ab_lib else None
             flex = flex_fns(q, k, v, do, blocks, S)
             f = 4.0 * B * H * S * S * D * vis
             for mode, idx, mul in (("fwd", 0, 1.0), ("fwd+bwd", 1, 3.5)):
                 run(case, mode, "flashsdpa", ours[idx], f * mul)
                 if args.ab:
                     run(case, mode, "ab", with_env(args.ab, ours[idx]), f * mul)
+                elif ab:
+                    run(case, mode, "ab", ab[idx], f * mul)
                 run(case, mode, "flex", flex[idx], f * mul)
             del q, k, v, do, mask
             torch.cuda.empty_cache()
@@ -418,7 +430,7 @@ def main():
     by = {}
     for case, mode, impl, ms, tf in rows:
         by.setdefault((case, mode), {})[impl] = (ms, tf)
-    others = (["det"] if args.det_too else []) + (["ab"] if args.ab else []) + ["FLASH", "CUDNN", "EFFICIENT", "flex"]
+    others = (["det"] if args.det_too else []) + (["ab"] if args.ab or ab_lib else []) + ["FLASH", "CUDNN", "EFFICIENT", "flex"]
     lines = ["| case | mode | flashsdpa ms | TFLOP/s | " + " | ".join(f"{o} TFLOP/s (ratio)" for o in others) + " |",
              "|---|---|---|---|" + "---|" * len(others)]
     ratios = {o: {"fwd": [], "fwd+bwd": []} for o in others}
