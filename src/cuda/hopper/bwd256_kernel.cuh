@@ -100,10 +100,9 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
   auto bE = [&](int s) { return b0 + 8u * (1 + 2 * ST + s); };
   auto bDqF = [&](int s) { return b0 + 8u * (1 + 3 * ST + s); };
 
-  const BwdTile tile = bwd_tile(a);
-  const int64_t b = tile.b;
-  const int hk = tile.hk;
-  const int n0 = tile.nb * BN;
+  const int64_t b = blockIdx.z;
+  const int hk = blockIdx.y;
+  const int n0 = blockIdx.x * BN;
   const Seq e = get_seq(p, b);
   if (n0 >= e.sk) return;  // varlen: a shorter sequence (grads zeroed by the caller)
   const int group = static_cast<int>(p.heads_q / p.heads_k);
@@ -173,7 +172,7 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
         int* sem = nullptr;
         if (a.dq_sem != nullptr) {
           sem = a.dq_sem + (b * p.heads_q + h) * a.sem_nqb + qb;
-          sem_wait_eq(sem, tile.nb - first_key_block<BN>(p, qb * BM, off));
+          sem_wait_eq(sem, static_cast<int>(blockIdx.x) - first_key_block<BN>(p, qb * BM, off));
         }
         mbar_wait(bDqF(s), ph);
 #pragma unroll

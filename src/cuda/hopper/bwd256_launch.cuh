@@ -20,7 +20,7 @@ cudaError_t launch_bwd256(const BwdArgs& a, bool dqr, cudaStream_t s) {
       cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;
   const AttnParams& p = a.p;
-  const dim3 grid(static_cast<unsigned>(int64_t(a.nkb) * p.heads_k * p.batch));
+  const dim3 grid((p.seqlen_k + C::kBN - 1) / C::kBN, p.heads_k, p.batch);
   if (grid.x > 0) {
     kern<<<grid, C::kThreads, C::kSmem, s>>>(a);
     err = cudaGetLastError();

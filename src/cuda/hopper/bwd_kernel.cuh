@@ -78,34 +78,7 @@ struct BwdArgs {
   // nullptr: the adds in any order.
   int* dq_sem;
   int sem_nqb;
-  int nkb;          // key blocks per (kv head, sequence)
-  int sched_group;  // (kv head, sequence) pairs per scheduling group (bwd_tile)
 };
-
-// The CTA's key block and (kv head, sequence). The grid is 1-d: the CTAs go
-// in groups of sched_group (kv head, sequence) pairs and, within a group,
-// key block by key block (block 0 of each pair of the group, then block 1,
-// ...). With a causal band the low key blocks have the most steps, so each
-// group starts its longest CTAs first and ends with its shortest; the last
-// group's then leave no SM running alone at the end (one pair per group,
-// the former grid, ran the last pair's longest CTA into the tail: H100,
-// bf16, ...). sched_group * Sq spans about 32k query rows (host.cu), so
-// the Q and dO of the CTAs that run together stay within the L2.
-struct BwdTile {
-  int nb, hk;
-  int64_t b;
-};
-__device__ __forceinline__ BwdTile bwd_tile(const BwdArgs& a) {
-  // 32-bit: the host keeps nkb * heads_k * batch below 2^31.
-  const unsigned hk = static_cast<unsigned>(a.p.heads_k);
-  const unsigned pairs = hk * static_cast<unsigned>(a.p.batch);
-  const unsigned per_group = a.sched_group * a.nkb;
-  const unsigned gi = blockIdx.x / per_group, r = blockIdx.x - gi * per_group;
-  const unsigned first = gi * a.sched_group;
-  const unsigned size = min(unsigned(a.sched_group), pairs - first);
-  const unsigned pair = first + r % size;
-  return BwdTile{static_cast<int>(r / size), static_cast<int>(pair % hk), pair / hk};
-}
 
 // Producer warp 1's part of a step: lse * log2 e (+inf for rows past the
 // sequence or with no visible key, so that P = 0 there without a test) and
@@ -202,10 +175,9 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
   auto bDqF = [&](int w) { return b0 + 8u * (1 + 3 * ST + w); };
   auto bDqE = [&](int w) { return b0 + 8u * (1 + 3 * ST + 2 + w); };
 
-  const BwdTile tile = bwd_tile(a);
-  const int64_t b = tile.b;
-  const int hk = tile.hk;
-  const int n0 = tile.nb * BN;
+  const int64_t b = blockIdx.z;
+  const int hk = blockIdx.y;
+  const int n0 = blockIdx.x * BN;
   const Seq e = get_seq(p, b);
   if (n0 >= e.sk) return;  // varlen: a shorter sequence (grads zeroed by the caller)
   const int group = static_cast<int>(p.heads_q / p.heads_k);
@@ -318,7 +290,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
         const int h = hk * group + it / nqb;
         const int qb = qb0 + it % nqb, q0 = qb * BM;
         int* sem = a.dq_sem + (b * p.heads_q + h) * a.sem_nqb + qb;
-        sem_wait_eq(sem, tile.nb - first_key_block<BN>(p, q0, off));
+        sem_wait_eq(sem, static_cast<int>(blockIdx.x) - first_key_block<BN>(p, q0, off));
         if (state_of(it) != 0) {
           reduce_step(h, q0, k);
           bulk_wait0();  // the adds are done (not only read): then the next CTA's turn
@@ -397,9 +369,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
     // full`. XS calls it with k = -1 too (before the first step), rather
     // than branch around the accesses of dq[]: ptxas serialises every wgmma
     // when they sit on a divergent path (info C7518). The warpgroup then
-    // writes its idle tile and tells nobody. (Moving the fence and `dq
-    // full` later in the step, off the path to dP^T, costs the D = 128
-    // kernel its wgmma overlap: C7512.)
+    // writes its idle tile and tells nobody.
     auto dq_to_tile = [&](int k) {
       if (k >= 0) mbar_wait(bDqE(cw), (k & 1) ^ 1);  // the reduce of step k - 1 has read it
       fence_regs<32>(dq);

@@ -19,7 +19,7 @@ cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
   cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   const AttnParams& p = a.p;
-  const dim3 grid(static_cast<unsigned>(int64_t(a.nkb) * p.heads_k * p.batch));
+  const dim3 grid((p.seqlen_k + C::kBN - 1) / C::kBN, p.heads_k, p.batch);
   if (grid.x > 0) {
     kern<<<grid, C::kThreads, smem, s>>>(a);
     err = cudaGetLastError();

@@ -168,15 +168,6 @@ bool bwd_args(hopper::BwdArgs* a, const AttnParams& p, const MaskTiles& mt, cons
       !make_map(&a->tv, p.dtype, p.v, p.v_stride, sk, p.heads_k, nb, D, bn))
     return false;
   *dqr = bwd_dq_tma() && make_dq_map(&a->tdq, dqacc, D, p.heads_q, p.total_q);
-  // The CTA order (bwd_tile): groups of (kv head, sequence) pairs that
-  // span about 32k query rows. FLASHSDPA_CUDA_HOPPER_BWD_GROUP=n sets the
-  // pairs per group (1: one pair after the other, the former order).
-  a->nkb = static_cast<int>((p.seqlen_k + bn - 1) / bn);
-  const int64_t pairs = p.heads_k * p.batch;
-  int64_t g = (32768 + p.seqlen_q - 1) / (p.seqlen_q > 0 ? p.seqlen_q : 1);
-  if (const char* v = getenv("FLASHSDPA_CUDA_HOPPER_BWD_GROUP")) g = atoi(v) > 0 ? atoi(v) : g;
-  a->sched_group = static_cast<int>(g < pairs ? g : pairs > 0 ? pairs : 1);
-  if (a->nkb * pairs > 0x7fffffff) return false;  // the 1-d grid's limit
   if (p.deterministic) {
     // The counters follow dQ in the workspace (hopper_bwd_workspace_bytes).
     if (!*dqr) return false;
