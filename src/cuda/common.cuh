@@ -43,6 +43,14 @@ __device__ __forceinline__ float load_dyn(const void* base, int64_t idx, DType t
   }
 }
 
+// Host: the rows of a 4-d (b, h, s, d) 16-bit tensor can be moved with
+// 16-byte accesses (aligned base, unit d stride, other strides a multiple
+// of 8 elements).
+inline bool rows16(const void* ptr, const int64_t* st) {
+  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && st[3] == 1 && st[0] % 8 == 0 &&
+         st[1] % 8 == 0 && st[2] % 8 == 0;
+}
+
 __device__ __forceinline__ int64_t off4(const int64_t* st, int64_t b, int64_t h, int64_t t,
                                         int64_t d) {
   return b * st[0] + h * st[1] + t * st[2] + d * st[3];

@@ -376,11 +376,6 @@ cudaError_t decode_launch(const AttnParams& p, int nsplit, float* opart, float* 
   return cudaGetLastError();
 }
 
-bool aligned16(const void* ptr, const int64_t* st) {
-  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && st[3] == 1 && st[0] % 8 == 0 &&
-         st[1] % 8 == 0 && st[2] % 8 == 0;
-}
-
 }  // namespace
 
 bool decode_supported(const AttnParams& p) {
@@ -391,7 +386,7 @@ bool decode_supported(const AttnParams& p) {
     return false;
   if (p.seqlen_q > kMaxSq || p.seqlen_q * (p.heads_q / p.heads_k) > kMaxRows) return false;
   if (p.batch > 65535 || p.heads_k > 65535) return false;  // grid z, y
-  return aligned16(p.q, p.q_stride) && aligned16(p.k, p.k_stride) && aligned16(p.v, p.v_stride);
+  return rows16(p.q, p.q_stride) && rows16(p.k, p.k_stride) && rows16(p.v, p.v_stride);
 }
 
 int decode_splits(const AttnParams& p) {

@@ -98,14 +98,10 @@ preprocess_vec_kernel(AttnParams p, float* dsum, float* dqacc, int dp) {
   if (in && j == 0) dsum[row] = acc;
 }
 
-bool aligned16(const void* ptr, const int64_t* stride) {
-  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && stride[3] == 1 && stride[0] % 8 == 0 &&
-         stride[1] % 8 == 0 && stride[2] % 8 == 0;
-}
 bool preprocess_vec_ok(const AttnParams& p, int dp) {
   return (p.dtype == DType::f16 || p.dtype == DType::bf16) && p.dout_dtype == p.dtype &&
-         p.head_dim_v % 8 == 0 && dp % 4 == 0 && aligned16(p.out, p.out_stride) &&
-         aligned16(p.dout, p.dout_stride);
+         p.head_dim_v % 8 == 0 && dp % 4 == 0 && rows16(p.out, p.out_stride) &&
+         rows16(p.dout, p.dout_stride);
 }
 
 // Zeroes a [T, H, D] varlen tensor with (b, h, s, d) strides (b stride 0).

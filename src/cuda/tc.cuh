@@ -891,11 +891,9 @@ __global__ void dq_convert_kernel(AttnParams p, const float* dqacc, int dp) {
   }
 }
 
-// 16-byte rows: unit d stride, 16-byte aligned dq rows and workspace rows.
+// 16-byte dq rows and workspace rows.
 inline bool dq_convert_vec8(const AttnParams& p, int dp) {
-  return p.head_dim % 8 == 0 && dp % 4 == 0 && p.dq_stride[3] == 1 &&
-         reinterpret_cast<uintptr_t>(p.dq) % 16 == 0 && p.dq_stride[0] % 8 == 0 &&
-         p.dq_stride[1] % 8 == 0 && p.dq_stride[2] % 8 == 0;
+  return p.head_dim % 8 == 0 && dp % 4 == 0 && rows16(p.dq, p.dq_stride);
 }
 
 template <typename T>
