@@ -28,6 +28,7 @@ import math
 import os
 import statistics
 import sys
+import time
 
 import torch
 
@@ -145,9 +146,16 @@ class Lib:
 
 
 # ---------------------------------------------------------------- timing ----
-def bench(fn, warmup=3, reps=10):
-    for _ in range(warmup):
+def bench(fn, warmup=3, reps=10, warm_s=0.05):
+    # Warm up for at least `warmup` calls and `warm_s` seconds of wall time:
+    # a short kernel (decode, 0.7 ms) run right after an idle stretch (a
+    # torch.compile, the process start) otherwise meets the GPU still at
+    # low clocks, and whichever implementation is timed first pays for it.
+    t0, n = time.perf_counter(), 0
+    while n < warmup or time.perf_counter() - t0 < warm_s:
         fn()
+        torch.cuda.synchronize()
+        n += 1
     ts = []
     for _ in range(reps):
         a = torch.cuda.Event(enable_timing=True)
@@ -463,7 +471,7 @@ def main():
     cmd = "python " + " ".join(sys.argv)
     entry = (f"\n## CUDA backend: {dev}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
              f"Command: `{cmd}` (torch {torch.__version__}). Median of {args.reps} CUDA-event timings "
-             f"after 3 warm-ups; ratio = their time / flashsdpa time (> 1: flashsdpa faster).\n\n"
+             f"after warm-up (at least 3 calls and 50 ms); ratio = their time / flashsdpa time (> 1: flashsdpa faster).\n\n"
              f"{table}\n\n{summary}\n")
     if args.results:
         with open(args.results, "a") as fh:

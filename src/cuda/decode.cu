@@ -26,12 +26,11 @@ namespace cuda {
 namespace {
 
 // ---- tile heuristics (the one place) -------------------------------------
-// Per warp and stage: kKeys rows of K and of V with pitch DP + 8 (about 9 KB
-// at either head dim), 3 stages, 4 warps: ~64 KB of loads in flight per
-// CTA. Measured on an H100 with bench/decode_sweep.py (Sq 1, Sk 32k, B 8,
-// no split): twice the keys per stage at one CTA per SM ran 0.747 vs
-// 0.738 ms (H 16, D 128) and 0.478 vs 0.389 ms (Hq 32 / Hk 8); the
-// L2::256B prefetch hint on the K/V copies 0-6% faster than without.
+// Per warp and stage: kKeys rows of K and of V (8 KB at either head dim), 3
+// stages, 4 warps: 64 KB of loads in flight per CTA. Measured on an H100
+// with bench/decode_sweep.py (Sq 1, Sk 32k, B 8, no split): twice the keys
+// per stage at one CTA per SM ran 0.747 vs 0.738 ms (H 16, D 128) and 0.478
+// vs 0.389 ms (Hq 32 / Hk 8); 4 or 5 stages, or 8 warps, no faster.
 template <int DP> struct DecodeConfig {
   static constexpr int kWarps = 4;
   static constexpr int kKeys = DP == 64 ? 32 : 16;
@@ -53,17 +52,22 @@ constexpr int kSlotsPerSm = 1;
 
 template <int DP> constexpr size_t decode_pipe_elems() {
   using C = DecodeConfig<DP>;
-  return size_t(C::kWarps) * C::kStages * 2 * C::kKeys * pitch<DP>();
+  return size_t(C::kWarps) * C::kStages * 2 * C::kKeys * DP;
 }
 template <typename T, int DP> constexpr size_t decode_smem() {
   return (kRows * pitch<DP>() + decode_pipe_elems<DP>()) * sizeof(T);
 }
 
-// cp.async of 16 bytes (zero-filled when !pred) with the L2::256B prefetch
-// hint: K/V rows are streamed once, whole 256-byte blocks at a time.
-__device__ __forceinline__ void cp_async16_pf(void* smem, const void* gmem, bool pred) {
-  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
-               "l"(gmem), "r"(pred ? 16 : 0));
+// Element offset of (row, col) in a K/V stage: unpadded rows of DP, the
+// 16-byte chunk c of row r stored at chunk c ^ (r % 8). The 8 lanes that
+// copy one aligned 128-byte global segment then fill one 128-byte line of
+// shared memory, so each such copy is one L2 request of 4 sectors; and the
+// 8 rows an ldmatrix reads sit in 8 different bank groups. (With rows
+// padded to DP + 8 instead, the copies' shared-memory side straddled lines
+// and the L2 saw 2.7x the requests for 1.5x the sectors; ncu on an H100,
+// bf16 B 8 H 16 Sk 32k D 128: 720 -> 698 us, DRAM 89% -> 92% of peak.)
+template <int DP> __device__ __forceinline__ int kv_off(int row, int col) {
+  return row * DP + ((((col >> 3) ^ (row & 7)) << 3) | (col & 7));
 }
 
 template <int N> __device__ __forceinline__ void cp_async_wait() {
@@ -77,13 +81,14 @@ decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepar
   constexpr int NW = C::kWarps, KW = C::kKeys, ST = C::kStages, P = pitch<DP>();
   constexpr int NT = NW * 32, CH = DP / 8;  // 16-byte chunks per row
   static_assert(KW % 16 == 0 && ST >= 2, "decode tile");
+  static_assert(kRows * P * sizeof(T) % 128 == 0, "K/V stages start on a 128-byte line (kv_off)");
   // The epilogue reuses the pipeline's shared memory for the warps' O, m, l.
   static_assert((NW * kRows * (DP + 4) + 2 * NW * kRows) * sizeof(float) <=
                     decode_pipe_elems<DP>() * sizeof(T),
                 "decode epilogue scratch");
   extern __shared__ __align__(16) char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);
-  T* KVs = Qs + kRows * P;  // [NW][ST][K, V][KW][P]
+  T* KVs = Qs + kRows * P;  // [NW][ST][K, V][KW][DP], swizzled (kv_off)
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int rg = blockIdx.x % ngroups, split = blockIdx.x / ngroups;
@@ -130,27 +135,25 @@ decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepar
   const int64_t ks = p.k_stride[2], vs = p.v_stride[2];
   // Pointer step of one warp copy (RPI rows; see load_step).
   const int64_t kstep = (32 / CH) * ks, vstep = (32 / CH) * vs;
-  T* myKV = KVs + warp * ST * 2 * KW * P;
+  T* myKV = KVs + warp * ST * 2 * KW * DP;
   // Warp step t -> stage t % ST; always commits (empty groups past the end)
   // so that the group count per step is fixed.
   auto load_step = [&](int t) {
     if (t < nst) {
-      T* Kb = myKV + (t % ST) * 2 * KW * P;
-      T* Vb = Kb + KW * P;
+      T* Kb = myKV + (t % ST) * 2 * KW * DP;
+      T* Vb = Kb + KW * DP;
       // A warp instruction copies RPI whole rows (512 contiguous bytes
       // when rows are contiguous); per-lane pointers step by RPI rows.
       constexpr int RPI = 32 / CH;
       static_assert(32 % CH == 0 && KW % RPI == 0, "whole rows per warp copy");
-      const int j0 = (s_begin + warp + NW * t) * KW + lane / CH, c = (lane % CH) * 8;
+      const int r = lane / CH, c = (lane % CH) * 8, j0 = (s_begin + warp + NW * t) * KW + r;
       const T* ksrc = kg + j0 * ks + c;
       const T* vsrc = vg + j0 * vs + c;
-      T* kdst = Kb + (lane / CH) * P + c;
-      T* vdst = Vb + (lane / CH) * P + c;
 #pragma unroll
       for (int y = 0; y < KW / RPI; ++y) {
         const bool ok = j0 + y * RPI < e.sk;  // keys past the end: zeros (finite V for P = 0)
-        cp_async16_pf(kdst + y * RPI * P, ok ? ksrc : kg, ok);
-        cp_async16_pf(vdst + y * RPI * P, ok ? vsrc : vg, ok);
+        cp_async16(Kb + kv_off<DP>(r + y * RPI, c), ok ? ksrc : kg, ok);
+        cp_async16(Vb + kv_off<DP>(r + y * RPI, c), ok ? vsrc : vg, ok);
         ksrc += kstep;
         vsrc += vstep;
       }
@@ -189,8 +192,8 @@ decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepar
     cp_async_wait<ST - 2>();
     __syncwarp();  // every lane's copies of step t landed; stage (t-1) % ST is free
     load_step(t + ST - 1);
-    const T* Kb = myKV + (t % ST) * 2 * KW * P;
-    const T* Vb = Kb + KW * P;
+    const T* Kb = myKV + (t % ST) * 2 * KW * DP;
+    const T* Vb = Kb + KW * DP;
     const int j0 = (s_begin + warp + NW * t) * KW;
 
     float s[KW / 8][4];
@@ -201,7 +204,9 @@ decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepar
 #pragma unroll
       for (int n = 0; n < KW / 8; n += 2) {
         uint32_t bf[4];
-        load_b_rows_n<DP>(bf, Kb, n * 8, kk * 16, lane);
+        // K as the B operand (load_b_rows_n's addressing, swizzled).
+        ldsm_x4(bf, Kb + kv_off<DP>(n * 8 + (lane % 8) + (lane / 16) * 8,
+                                    kk * 16 + ((lane / 8) % 2) * 8));
         mma16816<T>(s[n], qa[kk], bf[0], bf[1]);
         mma16816<T>(s[n + 1], qa[kk], bf[2], bf[3]);
       }
@@ -253,7 +258,9 @@ decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepar
 #pragma unroll
       for (int n = 0; n < DP / 8; n += 2) {
         uint32_t bf[4];
-        load_b_rows_k<DP>(bf, Vb, kk * 16, n * 8, lane);
+        // V as the B operand, transposed (load_b_rows_k's addressing, swizzled).
+        ldsm_x4_t(bf, Vb + kv_off<DP>(kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8,
+                                      n * 8 + (lane / 16) * 8));
         mma16816<T>(oacc[n], a, bf[0], bf[1]);
         mma16816<T>(oacc[n + 1], a, bf[2], bf[3]);
       }
