@@ -196,13 +196,21 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
     else
       return bwd_step_state<BM, BN>(a.mt, b, hk * group + itx / nqb, (qb0 + itx % nqb) * BM, n0, e);
   };
-  // The first step at or after itx that is not entirely masked.
+  // The first step at or after itx that is not entirely masked (a serial
+  // walk: for the first step; the producer warps walk with StepWalk).
   auto next_it = [&](int itx) -> int {
     if constexpr (MASK)
       while (itx < nit && state_of(itx) == 0) ++itx;
     return itx;
   };
   const int it0 = next_it(0);
+  // The step after itx for a producer warp (every lane calls it), and in
+  // *st its mask state.
+  auto advance = [&](StepWalk& wk, int itx, int* st) -> int {
+    if constexpr (MASK) return wk.next(itx + 1, nit, state_of, threadIdx.x % 32, st);
+    *st = 1;
+    return itx + 1;
+  };
 
   if (threadIdx.x == 0) {
     mbar_init(bKV, 1);
@@ -240,45 +248,62 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
     // ---------------- producer ----------------
     regs_dealloc<C::kProducerRegs>();
     const int warp = threadIdx.x / 32;
-    if (warp == 0 && lane == 0 && it0 < nit) {
-      tma_prefetch_desc(&a.tq);
-      tma_prefetch_desc(&a.tdo);
-      const int krow = static_cast<int>(e.k_begin) + n0;
-      mbar_arrive_expect_tx(bKV, 2 * kKBytes);
+    // Warps 0, 1 and (DQR) 2 walk the same steps, each with its whole
+    // warp (StepWalk); one lane issues the TMA and barrier operations.
+    if (warp == 0 && it0 < nit) {
+      if (lane == 0) {
+        tma_prefetch_desc(&a.tq);
+        tma_prefetch_desc(&a.tdo);
+        const int krow = static_cast<int>(e.k_begin) + n0;
+        mbar_arrive_expect_tx(bKV, 2 * kKBytes);
 #pragma unroll
-      for (int cb = 0; cb < D / 64; ++cb) {
-        tma_load_4d(sK + cb * BN * 128, &a.tk, bKV, cb * 64, krow, hk, bc);
-        tma_load_4d(sV + cb * BN * 128, &a.tv, bKV, cb * 64, krow, hk, bc);
+        for (int cb = 0; cb < D / 64; ++cb) {
+          tma_load_4d(sK + cb * BN * 128, &a.tk, bKV, cb * 64, krow, hk, bc);
+          tma_load_4d(sV + cb * BN * 128, &a.tv, bKV, cb * 64, krow, hk, bc);
+        }
       }
+      StepWalk wk;
+      int st = 1;
+      if constexpr (MASK) wk.next(it0, nit, state_of, lane, &st);
       for (int it = it0, k = 0; it < nit; ++k) {
         const int s = k % ST;
         const uint32_t ph = (k / ST) & 1;
         const int h = hk * group + it / nqb;
         const int qrow = static_cast<int>(e.q_begin) + (qb0 + it % nqb) * BM;
-        const int nxt = next_it(it + 1);
+        int st_next;
+        const int nxt = advance(wk, it, &st_next);
         mbar_wait(bE(s), ph ^ 1);
-        if constexpr (MASK) {  // read by the consumers after the stage's full barrier
-          sStep[s][0] = it;
-          sStep[s][1] = state_of(it) | (nxt >= nit ? 4 : 0);
-        }
-        mbar_arrive_expect_tx(bQf(s), 2 * kQBytes);
+        if (lane == 0) {
+          if constexpr (MASK) {  // read by the consumers after the stage's full barrier
+            sStep[s][0] = it;
+            sStep[s][1] = st | (nxt >= nit ? 4 : 0);
+          }
+          mbar_arrive_expect_tx(bQf(s), 2 * kQBytes);
 #pragma unroll
-        for (int cb = 0; cb < D / 64; ++cb) {
-          tma_load_4d(sQ + s * kQBytes + cb * BM * 128, &a.tq, bQf(s), cb * 64, qrow, h, bc);
-          tma_load_4d(sdO + s * kQBytes + cb * BM * 128, &a.tdo, bQf(s), cb * 64, qrow, h, bc);
+          for (int cb = 0; cb < D / 64; ++cb) {
+            tma_load_4d(sQ + s * kQBytes + cb * BM * 128, &a.tq, bQf(s), cb * 64, qrow, h, bc);
+            tma_load_4d(sdO + s * kQBytes + cb * BM * 128, &a.tdo, bQf(s), cb * 64, qrow, h, bc);
+          }
         }
+        __syncwarp();
         it = nxt;
+        st = st_next;
       }
-    } else if (DQR && warp == 2 && lane == 0 && it0 < nit && a.dq_sem == nullptr) {
+    } else if (DQR && warp == 2 && it0 < nit && a.dq_sem == nullptr) {
       // dQ tiles to the workspace (bwd_dq.cuh).
-      tma_prefetch_desc(&a.tdq);
-      for (int it = it0, k = 0; it < nit; it = next_it(it + 1), ++k) {
-        reduce_step(hk * group + it / nqb, (qb0 + it % nqb) * BM, k);
-        bulk_wait_read0();
-        mbar_arrive(bDqE(0));
-        mbar_arrive(bDqE(1));
+      if (lane == 0) tma_prefetch_desc(&a.tdq);
+      StepWalk wk;
+      int st;
+      for (int it = it0, k = 0; it < nit; it = advance(wk, it, &st), ++k) {
+        if (lane == 0) {
+          reduce_step(hk * group + it / nqb, (qb0 + it % nqb) * BM, k);
+          bulk_wait_read0();
+          mbar_arrive(bDqE(0));
+          mbar_arrive(bDqE(1));
+        }
+        __syncwarp();
       }
-      bulk_wait0();
+      if (lane == 0) bulk_wait0();
     } else if (DQR && warp == 2 && lane == 0 && nit > 0 && a.dq_sem != nullptr) {
       // Deterministic dQ: the same, in turns (bwd_dq.cuh, sem_wait_eq).
       // Every step of the band takes its turn, the masked ones too (they
@@ -301,7 +326,9 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
         sem_release_inc(sem);
       }
     } else if (warp == 1) {
-      for (int it = it0, k = 0; it < nit; it = next_it(it + 1), ++k) {
+      StepWalk wk;
+      int st;
+      for (int it = it0, k = 0; it < nit; it = advance(wk, it, &st), ++k) {
         const int s = k % ST;
         const uint32_t ph = (k / ST) & 1;
         const int h = hk * group + it / nqb;

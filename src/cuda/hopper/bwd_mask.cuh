@@ -14,6 +14,41 @@ namespace hopper {
 // 0: every (query, key) of the step is masked (the step is skipped by the
 // producer and the consumers alike), 1: the mask changes nothing there, 2:
 // mixed (per-element mask). q0 < sq and n0 < sk.
+// A warp's walk over the steps of a CTA (MASK): every lane calls next()
+// with the same arguments. Lane l classifies step c0 + l of an aligned
+// window of 32 steps and __ballot_sync gathers the window's live (state !=
+// 0) and mixed (state 2) bits: one round of tile-flag loads per 32 steps,
+// issued by all lanes at once. (A single thread walking step by step made
+// 2-3 lookups per step, each a few dependent L2 loads, on a producer with
+// 24 registers: with every step visible, the masked backward ran 1.19x the
+// unmasked one's time on an H100.)
+struct StepWalk {
+  int c0 = -32;
+  uint32_t live = 0, mixed = 0;
+  // The first step >= itx that is not entirely masked (nit if none), and
+  // in *st its state (1 or 2).
+  template <typename F>
+  __device__ __forceinline__ int next(int itx, int nit, const F& state_of, int lane, int* st) {
+    while (itx < nit) {
+      if (itx < c0 || itx >= c0 + 32) {
+        c0 = itx & ~31;
+        const int s = c0 + lane < nit ? state_of(c0 + lane) : 0;
+        live = __ballot_sync(0xffffffffu, s != 0);
+        mixed = __ballot_sync(0xffffffffu, s == 2);
+      }
+      const uint32_t bits = live >> (itx - c0);
+      if (bits != 0) {
+        itx += __ffs(bits) - 1;
+        *st = (mixed >> (itx - c0)) & 1u ? 2 : 1;
+        return itx;
+      }
+      itx = c0 + 32;
+    }
+    *st = 0;
+    return nit;
+  }
+};
+
 template <int BM, int BN>
 __device__ __forceinline__ int bwd_step_state(const MaskTiles& mt, int64_t b, int h, int q0,
                                               int n0, const Seq& e) {
