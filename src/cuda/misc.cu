@@ -204,6 +204,66 @@ __global__ void mask_tiles_kernel(AttnParams p, uint8_t* flags, int mh_count, in
     flags[(blockIdx.z * int64_t(nti) + ti) * ntj + tj] = !any_vis ? 0 : !any_effect ? 1 : 2;
 }
 
+// The same flags for a bool mask whose rows are 16-byte aligned with unit
+// column stride (mask_tiles_vec_ok): 4 threads per tile, 8 rows each, 32
+// bytes per row in two 16-byte loads; a warp covers 8 tiles side by side
+// (256 contiguous bytes per row). The kernel above (a block of 256 threads
+// per tile, byte loads) took 90 us for a 4096 x 4096 mask on an H100, on
+// every forward and backward call.
+constexpr int kTilesPerWarp = 8;
+__device__ __forceinline__ bool any_zero_byte(uint32_t x) {
+  return ((x - 0x01010101u) & ~x & 0x80808080u) != 0;
+}
+__global__ void mask_tiles_bool_kernel(AttnParams p, uint8_t* flags, int mh_count, int nti,
+                                       int ntj) {
+  static_assert(kMaskTile == 32, "32 rows = 4 threads x 8, 32 bytes = 2 x 16-byte loads");
+  const int lane = threadIdx.x % 32, rg = lane / kTilesPerWarp;
+  const int tj = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * kTilesPerWarp +
+                 lane % kTilesPerWarp;
+  const int ti = blockIdx.y;
+  const int64_t mb = blockIdx.z / mh_count, mh = blockIdx.z % mh_count;
+  bool vis = false, eff = false;
+  if (tj < ntj) {
+    const int j0 = tj * kMaskTile, ncols = min(kMaskTile, static_cast<int>(p.seqlen_k) - j0);
+    const uint8_t* base = static_cast<const uint8_t*>(p.mask) + mb * p.mask_stride[0] +
+                          mh * p.mask_stride[1] + j0;
+#pragma unroll
+    for (int y = 0; y < 8; ++y) {
+      const int i = ti * kMaskTile + rg * 8 + y;
+      if (i >= p.seqlen_q) break;
+      const uint8_t* row = base + int64_t(i) * p.mask_stride[2];
+      if (ncols == kMaskTile) {
+        const uint4 u = reinterpret_cast<const uint4*>(row)[0];
+        const uint4 w = reinterpret_cast<const uint4*>(row)[1];
+        vis |= (u.x | u.y | u.z | u.w | w.x | w.y | w.z | w.w) != 0;
+        eff |= any_zero_byte(u.x) || any_zero_byte(u.y) || any_zero_byte(u.z) ||
+               any_zero_byte(u.w) || any_zero_byte(w.x) || any_zero_byte(w.y) ||
+               any_zero_byte(w.z) || any_zero_byte(w.w);
+      } else {
+        for (int c = 0; c < ncols; ++c) {
+          vis |= row[c] != 0;
+          eff |= row[c] == 0;
+        }
+      }
+    }
+  }
+  // The tile's 4 row groups: lanes l, l ^ 8, l ^ 16, l ^ 24 (every lane
+  // shuffles: bitwise or, not a short-circuit ||).
+  int bits = (vis ? 1 : 0) | (eff ? 2 : 0);
+  bits |= __shfl_xor_sync(0xffffffffu, bits, 8);
+  bits |= __shfl_xor_sync(0xffffffffu, bits, 16);
+  vis = bits & 1;
+  eff = bits & 2;
+  if (rg == 0 && tj < ntj)
+    flags[(blockIdx.z * int64_t(nti) + ti) * ntj + tj] = !vis ? 0 : !eff ? 1 : 2;
+}
+
+bool mask_tiles_vec_ok(const AttnParams& p) {
+  const int64_t* st = p.mask_stride;
+  return p.mask_kind == MaskKind::boolean && reinterpret_cast<uintptr_t>(p.mask) % 16 == 0 &&
+         st[3] == 1 && st[0] % 16 == 0 && st[1] % 16 == 0 && st[2] % 16 == 0;
+}
+
 int grid_for(int64_t n) {
   const int64_t g = (n + 255) / 256;
   return static_cast<int>(g < 4096 ? (g < 1 ? 1 : g) : 4096);
@@ -252,10 +312,18 @@ MaskTiles mask_tiles(const AttnParams& p, uint8_t* flags, cudaStream_t s) {
   if (p.mask_kind == MaskKind::none || flags == nullptr || d.nti == 0 || d.ntj == 0 ||
       d.mb * d.mh > 65535 || d.nti > 65535)
     return mt;
-  const dim3 grid(static_cast<unsigned>(d.ntj), static_cast<unsigned>(d.nti),
-                  static_cast<unsigned>(d.mb * d.mh));
-  mask_tiles_kernel<<<grid, 256, 0, s>>>(p, flags, static_cast<int>(d.mh),
-                                         static_cast<int>(d.nti), static_cast<int>(d.ntj));
+  if (mask_tiles_vec_ok(p)) {
+    constexpr int kTilesPerBlock = 8 * kTilesPerWarp;  // 256 threads
+    const dim3 grid(static_cast<unsigned>((d.ntj + kTilesPerBlock - 1) / kTilesPerBlock),
+                    static_cast<unsigned>(d.nti), static_cast<unsigned>(d.mb * d.mh));
+    mask_tiles_bool_kernel<<<grid, 256, 0, s>>>(p, flags, static_cast<int>(d.mh),
+                                                static_cast<int>(d.nti), static_cast<int>(d.ntj));
+  } else {
+    const dim3 grid(static_cast<unsigned>(d.ntj), static_cast<unsigned>(d.nti),
+                    static_cast<unsigned>(d.mb * d.mh));
+    mask_tiles_kernel<<<grid, 256, 0, s>>>(p, flags, static_cast<int>(d.mh),
+                                           static_cast<int>(d.nti), static_cast<int>(d.ntj));
+  }
   mt.flags = flags;
   mt.nti = static_cast<int>(d.nti);
   mt.ntj = static_cast<int>(d.ntj);
