@@ -257,6 +257,8 @@ def main():
     ap.add_argument("--results", default="bench/RESULTS.md")
     ap.add_argument("--png", default="bench/bench_cuda.png")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--warm-ms", type=float, default=50,
+                    help="warm-up: at least 3 calls and this many ms of wall time per implementation")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--only", default="", help="comma list of sections: dense,mask,decode,long")
     ap.add_argument("--dims", default="", help="dense head dims, e.g. 64,128 (default 64,128,256)")
@@ -290,7 +292,7 @@ def main():
 
     def run(case, mode, impl, fn, flops):
         try:
-            ms = bench(fn, reps=args.reps)
+            ms = bench(fn, reps=args.reps, warm_s=args.warm_ms * 1e-3)
             tf = flops / (ms * 1e-3) / 1e12
             rows.append((case, mode, impl, ms, tf))
             print(f"  {case:38s} {mode:7s} {impl:10s} {ms:9.3f} ms {tf:7.1f} TFLOP/s", flush=True)

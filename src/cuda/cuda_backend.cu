@@ -307,7 +307,13 @@ fsdpa_status forward(const AttnParams& p, void* stream) {
     st = classify_mask(p, flags, &mt, s);
     if (st != FSDPA_OK) return st;
     if (use_hopper(p, nsplit)) {
-      err = hopper_fwd(p, mt, s);
+      Buf counter;
+      if (hopper_fwd_dynamic(p)) {
+        err = counter.alloc(sizeof(int), s);
+        if (err == cudaSuccess) err = cudaMemsetAsync(counter.ptr, 0, sizeof(int), s);
+        if (err != cudaSuccess) return cuda_fail(err, "tile counter");
+      }
+      err = hopper_fwd(p, mt, counter.as<int>(), s);
       if (err != cudaErrorNotSupported) {
         if (err != cudaSuccess) return cuda_fail(err, "forward kernel launch");
         return FSDPA_OK;

@@ -224,6 +224,9 @@ std::vector<Case> make_grid(bool quick) {
       {"h_s300x440_d256_gqa", 2, 16, 4, 300, 440, 256},
       {"h_s129x200_d256", 2, 2, 2, 129, 200, 256},
       {"h_s300x170_d256_mqa", 1, 4, 1, 300, 170, 256},
+      // 144 tiles: more than one per CTA on an H100 (132 SMs), so causal
+      // and windowed calls take tiles from the dynamic scheduler's counter.
+      {"h_s1100x1100_d64_gqa", 1, 16, 4, 1100, 1100, 64},
   };
   add_scope_cases(grid, hs, quick, [&](const ScopeShape& x, auto&& add) {
     add("plain", [](Case&) {});
@@ -859,6 +862,9 @@ int main(int argc, char** argv) {
       tally(long_case("s4096_b2h4_f16_d64_fwd_bwd", 2, 4, 4, 4096, 4096, 64, DT::f16, false, true, s));
       tally(long_case("decode_s1_k65536_bf16_d128", 4, 8, 1, 1, 65536, 128, DT::bf16, false, false, s));
       tally(long_case("q4096_k65536_causal_br_bf16_d64_fwd", 1, 1, 1, 4096, 65536, 64, DT::bf16, true, false, s));
+      // The dynamic schedule in sections of 4 heads (K/V 4 MB each): 320
+      // tiles, the last section partial.
+      tally(long_case("s8192_h5_causal_bf16_d128_fwd", 1, 5, 5, 8192, 8192, 128, DT::bf16, true, false, s));
     }
   }
   CUDA_OK(cudaStreamDestroy(s));

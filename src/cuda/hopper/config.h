@@ -34,9 +34,11 @@ struct FwdCfg {
   static constexpr int kThreads = 128 * (NCW + 1);
   // setmaxnreg: producer / consumer registers per thread; the CTA's sum
   // stays within the 64K registers of the SM (the entry cap is
-  // 64K / kThreads).
-  static constexpr int kProducerRegs = D == 256 ? 24 : NCW == 2 ? 40 : 32;
-  static constexpr int kConsumerRegs = D == 256 ? 240 : NCW == 2 ? 232 : 160;
+  // 64K / kThreads). D = 256 too: its consumers fit 232 since the tile
+  // arithmetic moved to the producer (fwd_kernel.cuh: TileRing), and 24
+  // left the producer spilling in its TMA loop.
+  static constexpr int kProducerRegs = NCW == 2 ? 40 : 32;
+  static constexpr int kConsumerRegs = NCW == 2 ? 232 : 160;
   // Dynamic shared memory: Q slots + K and V rings, + 1 KB to align to
   // the 1024-byte swizzle atom (D = 128: 193 KB; D = 256: 225 KB).
   static constexpr int kSmem = 1024 + (kQSlots * kBM + 2 * kStages * kBN) * D * 2;
@@ -49,7 +51,12 @@ struct FwdArgs {
   AttnParams p;
   MaskTiles mt;            // mask tile flags (flags == nullptr: every block mixed)
   int n_mblocks;           // query blocks per (head, batch)
-  int n_units;             // scheduling units: pairs of query blocks per (head, batch)
+  int n_units;             // scheduling units (fwd_kernel.cuh: unit_tiles)
+  // Dynamic scheduling (fwd_kernel.cuh), causal and windowed calls: a
+  // zeroed counter in device memory, and the (batch, head) pairs per L2
+  // section. nullptr: the static schedule.
+  int* tile_counter;
+  int sched_heads;
 };
 
 }  // namespace hopper

@@ -28,7 +28,12 @@ bool hopper_fwd_available(int dev);
 // is no mask or no classification: then every key block is mixed), used to
 // skip fully masked key blocks and to take the unmasked path where the mask
 // changes nothing.
-cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, cudaStream_t s);
+// tile_counter: a zeroed int in device memory when hopper_fwd_dynamic(p)
+// (causal and windowed calls hand out their tiles longest first from it;
+// FLASHSDPA_CUDA_HOPPER_STATIC=1 turns that off), else nullptr.
+bool hopper_fwd_dynamic(const AttnParams& p);
+cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, int* tile_counter,
+                       cudaStream_t s);
 
 // The backward's scope: hopper_fwd_supported() for q, k, v (its mask rule
 // aside), plus dout, dk, dv with the same dtype and alignment rules; bool

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <algorithm>
+
 #include "cuda/hopper/config.h"
 #include "cuda/hopper/hopper.h"
 #include "cuda/hopper/bwd_kernel.cuh"
@@ -92,14 +94,26 @@ int wg64(const AttnParams& p) {
   return p.seqlen_k >= 8192 || (!band && p.seqlen_k >= 4096) ? 3 : 2;
 }
 
+// (batch, head) pairs per section of the dynamic schedule (fwd_kernel.cuh):
+// their K/V take about 16 MB, a third of an H100's L2, so the CTAs running
+// at once (they span one or two sections) keep theirs there.
+int sched_heads(const AttnParams& p, int D) {
+  const int64_t kv_bytes = 4 * p.seqlen_k * D;  // K and V of one KV head, 2 bytes each
+  const int64_t per_kv = std::max<int64_t>(1, (int64_t(16) << 20) / std::max<int64_t>(kv_bytes, 1));
+  const int64_t g = per_kv * (p.heads_q / p.heads_k);  // query heads sharing a KV head
+  return static_cast<int>(std::min<int64_t>(g, p.heads_q * p.batch));
+}
+
 template <int D>
-cudaError_t run(const AttnParams& p, const MaskTiles& mt, cudaStream_t s) {
+cudaError_t run(const AttnParams& p, const MaskTiles& mt, int* tile_counter, cudaStream_t s) {
   const int w = D == 64 ? wg64(p) : 2;
   const int bm = 64 * w, bn = hopper::fwd_default_bn<D>();
   FwdArgs a;
   memset(&a, 0, sizeof a);
   a.p = p;
   a.mt = mt;
+  a.tile_counter = tile_counter;
+  a.sched_heads = sched_heads(p, D);
   const bool varlen = p.cu_seqlens_q != nullptr;
   const int64_t nb = varlen ? 1 : p.batch;
   if (!make_map(&a.tq, p.dtype, p.q, p.q_stride, varlen ? p.total_q : p.seqlen_q, p.heads_q, nb,
@@ -308,11 +322,18 @@ bool hopper_fwd_available(int dev) {
 #endif
 }
 
-cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, cudaStream_t s) {
+bool hopper_fwd_dynamic(const AttnParams& p) {
+  const char* v = getenv("FLASHSDPA_CUDA_HOPPER_STATIC");
+  const bool forced_static = v != nullptr && *v != '\0' && strcmp(v, "0") != 0;
+  return (p.window_left >= 0 || p.window_right >= 0) && !forced_static;
+}
+
+cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, int* tile_counter,
+                       cudaStream_t s) {
   switch (p.head_dim) {
-    case 64: return run<64>(p, mt, s);
-    case 128: return run<128>(p, mt, s);
-    case 256: return run<256>(p, mt, s);
+    case 64: return run<64>(p, mt, tile_counter, s);
+    case 128: return run<128>(p, mt, tile_counter, s);
+    case 256: return run<256>(p, mt, tile_counter, s);
     default: return cudaErrorNotSupported;
   }
 }

@@ -22,7 +22,8 @@ cudaError_t launch_fwd(FwdArgs a, int sms, cudaStream_t s) {
   cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;
   a.n_mblocks = static_cast<int>((a.p.seqlen_q + C::kBM - 1) / C::kBM);
-  const int64_t units = int64_t((a.n_mblocks + 1) / 2) * a.p.heads_q * a.p.batch;
+  const int64_t per_head = a.tile_counter != nullptr ? a.n_mblocks : (a.n_mblocks + 1) / 2;
+  const int64_t units = per_head * a.p.heads_q * a.p.batch;
   if (units >= (int64_t(1) << 31)) return cudaErrorNotSupported;
   a.n_units = static_cast<int>(units);
   const int grid = static_cast<int>(units < sms ? units : sms);
