@@ -473,7 +473,7 @@ def main():
     cmd = "python " + " ".join(sys.argv)
     entry = (f"\n## CUDA backend: {dev}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
              f"Command: `{cmd}` (torch {torch.__version__}). Median of {args.reps} CUDA-event timings "
-             f"after warm-up (at least 3 calls and 50 ms); ratio = their time / flashsdpa time (> 1: flashsdpa faster).\n\n"
+             f"after warm-up (at least 3 calls and {args.warm_ms:g} ms); ratio = their time / flashsdpa time (> 1: flashsdpa faster).\n\n"
              f"{table}\n\n{summary}\n")
     if args.results:
         with open(args.results, "a") as fh:
