@@ -44,6 +44,7 @@
 
 #include "core/backend.h"
 #include "core/error.h"
+#include "cuda/env.h"
 #include "cuda/hopper/hopper.h"
 #include "cuda/launch.h"
 #include "cuda/tc_buckets.h"
@@ -65,16 +66,6 @@ struct DeviceGuard {
     if (prev >= 0) cudaSetDevice(prev);
   }
 };
-
-bool env_flag(const char* name) {
-  const char* v = getenv(name);
-  return v != nullptr && *v != '\0' && strcmp(v, "0") != 0;
-}
-
-int env_int(const char* name, int def) {
-  const char* v = getenv(name);
-  return v != nullptr && *v != '\0' ? atoi(v) : def;
-}
 
 int bucket_for(int64_t d, int64_t dv) {
   const int64_t m = d > dv ? d : dv;

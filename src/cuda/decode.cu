@@ -19,6 +19,7 @@
 // alignment), GQA/MQA, varlen, Sq <= 16 and Sq * G <= 64.
 #include <stdlib.h>
 
+#include "cuda/env.h"
 #include "cuda/tc.cuh"  // PTX wrappers (ldmatrix, mma.sync, cp.async), pitch<DP>
 
 namespace fsdpa {
@@ -336,8 +337,8 @@ int groups_of(const AttnParams& p) {
 
 template <typename T, int DP> int decode_splits_t(const AttnParams& p) {
   using C = DecodeConfig<DP>;
-  const char* env = getenv("FLASHSDPA_CUDA_SPLITS");
-  if (env != nullptr && atoi(env) > 0) return atoi(env) > 256 ? 256 : atoi(env);
+  const int forced = env_int("FLASHSDPA_CUDA_SPLITS", 0);
+  if (forced > 0) return forced > 256 ? 256 : forced;
   int sms = 0;
   if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, p.device_id) != cudaSuccess ||
       sms <= 0)

@@ -51,7 +51,7 @@ struct FwdArgs {
   AttnParams p;
   MaskTiles mt;            // mask tile flags (flags == nullptr: every block mixed)
   int n_mblocks;           // query blocks per (head, batch)
-  int n_units;             // scheduling units (fwd_kernel.cuh: unit_tiles)
+  int n_units;             // scheduling units (fwd_kernel.cuh: unit_tile)
   // Dynamic scheduling (fwd_kernel.cuh), causal and windowed calls: a
   // zeroed counter in device memory, and the (batch, head) pairs per L2
   // section. nullptr: the static schedule.

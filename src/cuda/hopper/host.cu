@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "cuda/env.h"
 #include "cuda/hopper/config.h"
 #include "cuda/hopper/hopper.h"
 #include "cuda/hopper/bwd_kernel.cuh"
@@ -200,8 +201,7 @@ cudaError_t run_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum,
   if (!bwd_args(&a, p, mt, dsum, dqacc, D, C::kBM, C::kBN, &dqr)) return cudaErrorNotSupported;
   // FLASHSDPA_CUDA_HOPPER_BWD_SIMPLE=1: the kernel without the overlaps of
   // PIPE (bwd_kernel.cuh), for comparison.
-  const char* v = getenv("FLASHSDPA_CUDA_HOPPER_BWD_SIMPLE");
-  const bool simple = v != nullptr && *v != '\0' && strcmp(v, "0") != 0;
+  const bool simple = env_flag("FLASHSDPA_CUDA_HOPPER_BWD_SIMPLE");
   return p.dtype == DType::bf16 ? hopper::bwd_bf16(a, simple, dqr, s)
                                 : hopper::bwd_f16(a, simple, dqr, s);
 }
@@ -323,9 +323,7 @@ bool hopper_fwd_available(int dev) {
 }
 
 bool hopper_fwd_dynamic(const AttnParams& p) {
-  const char* v = getenv("FLASHSDPA_CUDA_HOPPER_STATIC");
-  const bool forced_static = v != nullptr && *v != '\0' && strcmp(v, "0") != 0;
-  return (p.window_left >= 0 || p.window_right >= 0) && !forced_static;
+  return (p.window_left >= 0 || p.window_right >= 0) && !env_flag("FLASHSDPA_CUDA_HOPPER_STATIC");
 }
 
 cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, int* tile_counter,
