@@ -151,6 +151,9 @@ def bench(fn, warmup=3, reps=10, warm_s=0.05):
     # a short kernel (decode, 0.7 ms) run right after an idle stretch (a
     # torch.compile, the process start) otherwise meets the GPU still at
     # low clocks, and whichever implementation is timed first pays for it.
+    # Longer is not better: under a sustained load the H100's power cap
+    # lowers the clock, so a 500 ms warm-up measured 1 ms kernels lower
+    # still (bench/RESULTS.md, session 8).
     t0, n = time.perf_counter(), 0
     while n < warmup or time.perf_counter() - t0 < warm_s:
         fn()

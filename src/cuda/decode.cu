@@ -17,8 +17,6 @@
 // Scope (decode_supported): fp16/bf16, D == Dv in {64, 128}, 16-byte
 // loadable q/k/v, band-only semantics (causal / windows with either
 // alignment), GQA/MQA, varlen, Sq <= 16 and Sq * G <= 64.
-#include <stdlib.h>
-
 #include "cuda/env.h"
 #include "cuda/tc.cuh"  // PTX wrappers (ldmatrix, mma.sync, cp.async), pitch<DP>
 
