@@ -98,7 +98,7 @@ if has pytest; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl &&
     export PYTHONPATH=/tmp/site
   CMAKE_BUILD_PARALLEL_LEVEL=16 timeout 240 python3 -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps \
-    -C cmake.define.FLASHSDPA_CUDA_ARCHITECTURES=90a-real -C cmake.define.CMAKE_PREFIX_PATH=$PWD/.devdeps \
+    -C cmake.define.FLASHSDPA_WITH_CUDA=ON -C cmake.define.FLASHSDPA_CUDA_ARCHITECTURES=90a-real -C cmake.define.CMAKE_PREFIX_PATH=$PWD/.devdeps \
     -C cmake.define.FLASHSDPA_BUILD_TESTS=OFF -C build-dir=/tmp/build-py --target /tmp/pyinst . >"$OUT/pip.log" 2>&1 ||
     tail -30 "$OUT/pip.log"
   el pytest run

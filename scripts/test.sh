@@ -29,5 +29,8 @@ echo "== Python package"
 # CUDA off here: CI has no GPU and the C++ build above already compiled it.
 "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation \
   -C cmake.define.FLASHSDPA_WITH_CUDA=OFF -C build-dir=build-py .
+echo "== manylinux wheel (reusing that build) and its smoke test in a fresh virtual environment"
+BUILD_DIR=build-py bash scripts/build_wheel.sh
+bash tests/packaging/wheel_smoke.sh
 echo "== pytest"
 cd tests/python && "$PY" -m pytest -q -p no:cacheprovider

@@ -27,7 +27,8 @@
  * where off = 0 for top-left alignment and Sk - Sq (per sequence) for
  * bottom-right alignment. The band of row i is
  *   i + off - window_left <= j <= i + off + window_right
- * (a negative bound is unbounded; causal forces window_right = 0).
+ * (-1 is unbounded, any other negative bound is rejected; causal forces
+ * window_right = 0).
  * A row with no visible key gives out = 0 and lse = -inf, never NaN.
  * GQA/MQA: query head h reads key/value head h / (Hq / Hk).
  */

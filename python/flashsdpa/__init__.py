@@ -31,10 +31,18 @@ def get_num_threads() -> int:
     return _C.get_num_threads()
 
 
+# The names below need PyTorch. Installed without it (``pip install
+# flashsdpa``), the low-level ``_C`` API works, and using any of them raises
+# an ImportError that says how to get them (module ``__getattr__`` below).
+_TORCH_API = frozenset({
+    "scaled_dot_product_attention", "flash_attn_func", "flash_attn_varlen_func", "enable", "disable",
+    "enabled", "is_enabled", "stats", "reset_stats", "register_device_runner",
+})
+
 try:
     import torch as _torch  # noqa: F401
 except ImportError:  # the low-level _C API works without PyTorch
-    pass
+    _torch = None
 else:
     from ._api import flash_attn_func, flash_attn_varlen_func, scaled_dot_product_attention
     from ._patch import disable, enable, enabled, is_enabled, reset_stats, stats
@@ -50,16 +58,12 @@ else:
         from . import metal as _metal  # noqa: F401  (registers itself on import)
 
 __all__ = ["set_num_threads", "get_num_threads", "backends", "__version__"]
-if "scaled_dot_product_attention" in globals():
-    __all__ += [
-        "scaled_dot_product_attention",
-        "flash_attn_func",
-        "flash_attn_varlen_func",
-        "enable",
-        "disable",
-        "enabled",
-        "is_enabled",
-        "stats",
-        "reset_stats",
-        "register_device_runner",
-    ]
+if _torch is not None:
+    __all__ += sorted(_TORCH_API)
+
+def __getattr__(name: str):
+    if _torch is None and name in _TORCH_API:
+        raise ImportError(
+            f"flashsdpa.{name} needs PyTorch, which is not installed: "
+            "pip install 'flashsdpa[torch]' (or install torch)")
+    raise AttributeError(f"module 'flashsdpa' has no attribute {name!r}")
