@@ -39,6 +39,11 @@ else:
     from ._api import flash_attn_func, flash_attn_varlen_func, scaled_dot_product_attention
     from ._patch import disable, enable, enabled, is_enabled, reset_stats, stats
     from ._ops import register_device_runner
+    from . import _aten
+
+    # PyTorch's flash-attention registry: registered, never activated here
+    # (torch.nn.attention.activate_flash_attention_impl("flashsdpa") does that).
+    _aten.register()
 
     # The MPS path (flashsdpa/metal.py): registers its runners with
     # _ops.register_device_runner("mps", ...) where MPS, torch.mps.compile_shader
