@@ -1,7 +1,10 @@
 """flashsdpa: exact, memory-efficient attention (forward and backward).
 
 * :func:`scaled_dot_product_attention` — PyTorch's SDPA, computed by flashsdpa.
-* :func:`flash_attn_func`, :func:`flash_attn_varlen_func` — the FlashAttention API.
+* :func:`flash_attn_func`, :func:`flash_attn_varlen_func` and the packed
+  ``flash_attn_{,varlen_}{qkv,kv}packed_func`` — the FlashAttention 2.x API.
+* ``torch.nn.attention.activate_flash_attention_impl("flashsdpa")`` — flashsdpa
+  as PyTorch's flash-attention implementation (registered on import, not active).
 * :func:`enable` / :func:`disable` / :func:`enabled` / :func:`is_enabled` — patch
   ``torch.nn.functional.scaled_dot_product_attention`` so existing models use
   flashsdpa where it can, falling back to PyTorch elsewhere; :func:`stats`.
@@ -37,6 +40,8 @@ except ImportError:  # the low-level _C API works without PyTorch
     pass
 else:
     from ._api import flash_attn_func, flash_attn_varlen_func, scaled_dot_product_attention
+    from ._packed import (flash_attn_kvpacked_func, flash_attn_qkvpacked_func,
+                          flash_attn_varlen_kvpacked_func, flash_attn_varlen_qkvpacked_func)
     from ._patch import disable, enable, enabled, is_enabled, reset_stats, stats
     from ._ops import register_device_runner
     from . import _aten
@@ -60,6 +65,10 @@ if "scaled_dot_product_attention" in globals():
         "scaled_dot_product_attention",
         "flash_attn_func",
         "flash_attn_varlen_func",
+        "flash_attn_qkvpacked_func",
+        "flash_attn_kvpacked_func",
+        "flash_attn_varlen_qkvpacked_func",
+        "flash_attn_varlen_kvpacked_func",
         "enable",
         "disable",
         "enabled",
