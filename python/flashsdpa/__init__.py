@@ -8,6 +8,8 @@
 * :func:`enable` / :func:`disable` / :func:`enabled` / :func:`is_enabled` — patch
   ``torch.nn.functional.scaled_dot_product_attention`` so existing models use
   flashsdpa where it can, falling back to PyTorch elsewhere; :func:`stats`.
+* :func:`register_transformers` — an ``attn_implementation`` for Hugging Face models.
+* ``flashsdpa.distributed`` — ring / zigzag context parallelism over torch.distributed.
 * ``flashsdpa._C`` — the C ABI on any DLPack-capable arrays (NumPy, PyTorch, ...).
 """
 from __future__ import annotations
@@ -44,6 +46,7 @@ else:
                           flash_attn_varlen_kvpacked_func, flash_attn_varlen_qkvpacked_func)
     from ._patch import disable, enable, enabled, is_enabled, reset_stats, stats
     from ._ops import register_device_runner
+    from ._hf import register_transformers
     from . import _aten
 
     # PyTorch's flash-attention registry: registered, never activated here
@@ -76,4 +79,5 @@ if "scaled_dot_product_attention" in globals():
         "stats",
         "reset_stats",
         "register_device_runner",
+        "register_transformers",
     ]
