@@ -1,0 +1,220 @@
+"""Context parallelism: attention over a sequence split across the ranks of a
+torch.distributed group (NCCL on GPUs, gloo on CPUs).
+
+:func:`ring_flash_attn_func` and :func:`zigzag_ring_flash_attn_func` take the
+arguments of the ring-flash-attention package, so switching is one import.
+Tensors are ``(B, S_local, H, D)``; each rank holds a slice of the sequence:
+
+* ``ring_``: the contiguous slice ``rank`` of ``world_size`` equal slices;
+* ``zigzag_``: chunks ``rank`` and ``2 * world_size - 1 - rank`` of
+  ``2 * world_size`` equal chunks, concatenated (this balances causal work).
+
+:func:`shard` cuts a full tensor into either layout. K/V blocks travel around
+the ring by point-to-point sends (``batch_isend_irecv``), each step's transfer
+overlapping the attention of the block in hand; only the ``Hk`` key/value heads
+travel (GQA). Each block runs flashsdpa's kernel with its log-sum-exp, and the
+partial results are merged in float32. With ``causal=True`` blocks entirely in
+the future are skipped. The backward runs flashsdpa's backward kernel per
+block against the merged output and log-sum-exp, accumulates dq in float32 and
+sends the float32 dK/dV accumulators around the ring back to their owners.
+
+Not supported (a clear error): dropout, ALiBi, sliding windows, varlen.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from . import _ops
+from ._api import _check_qkv
+from ._ring_comm import Ring
+
+__all__ = ["ring_flash_attn_func", "zigzag_ring_flash_attn_func", "shard"]
+
+_KV_TAG, _DKV_TAG = 0, 1
+
+
+def shard(x: Tensor, rank: int, world_size: int, zigzag: bool = False, dim: int = 1) -> Tensor:
+    """This rank's part of the full sequence ``x`` (sequence along ``dim``)."""
+    parts = 2 * world_size if zigzag else world_size
+    if x.shape[dim] % parts:
+        raise ValueError(f"x: sequence length {x.shape[dim]} is not a multiple of {parts}")
+    chunks = x.chunk(parts, dim)
+    if not zigzag:
+        return chunks[rank]
+    return torch.cat([chunks[rank], chunks[parts - 1 - rank]], dim)
+
+
+# ---------------------------------------------------------------------------
+# which part of the local queries sees which part of a block, per layout
+
+
+def _block_plan(zigzag: bool, causal: bool, rank: int, src: int, s_local: int):
+    """(query rows, key rows, causal) of the block from rank ``src`` that this
+    rank attends to, or None to skip it. Rows are slices of the local sequence."""
+    everything = slice(0, s_local)
+    if not causal:
+        return everything, everything, False
+    if src == rank:  # the diagonal block: local order follows global order
+        return everything, everything, True
+    if not zigzag:  # contiguous slices: earlier ranks are entirely in the past
+        return (everything, everything, False) if src < rank else None
+    half = s_local // 2
+    if src < rank:  # its first chunk is in the past of both ours, its second in the future
+        return everything, slice(0, half), False
+    return slice(half, s_local), everything, False  # only our second chunk sees it
+
+
+def _bhsd(t: Tensor) -> Tensor:
+    return t.transpose(1, 2)
+
+
+def _block_forward(q, k, v, scale, causal):
+    """flashsdpa's forward on (B, S, H, D) views; (out fp32 (B, S, H, D), lse (B, S, H, 1))."""
+    out, lse = _ops.call_fwd(_bhsd(q), _bhsd(k), _bhsd(v), None, None, None, None, 0, 0, scale,
+                             causal, True, -1, -1, 0.0, 0.0, None, False,
+                             _ops.default_check_finite(q.device), True)
+    return _bhsd(out).float(), lse.transpose(1, 2).unsqueeze(-1)
+
+
+def _merge(out: Tensor, lse: Tensor, blk_out: Tensor, blk_lse: Tensor) -> None:
+    """out, lse <- the softmax-weighted union of (out, lse) and the block's, in
+    place, in float32. Rows without any visible key keep out = 0, lse = -inf."""
+    top = torch.maximum(lse, blk_lse)
+    top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
+    w_old, w_blk = torch.exp(lse - top), torch.exp(blk_lse - top)
+    total = w_old + w_blk
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    out.mul_(w_old / safe).add_(blk_out * (w_blk / safe))
+    lse.copy_(top + torch.log(total))
+
+
+def _block_backward(dout, q, k, v, out, lse, scale, causal, deterministic):
+    """flashsdpa's backward of one block against the merged out and lse."""
+    dq, dk, dv = _ops.bwd(_bhsd(dout), _bhsd(q), _bhsd(k), _bhsd(v), _bhsd(out), lse, None, None,
+                          None, None, 0, 0, scale, causal, True, -1, -1, 0.0, 0.0, None,
+                          deterministic, False)
+    return _bhsd(dq), _bhsd(dk), _bhsd(dv)
+
+
+class _RingAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, scale, causal, deterministic, zigzag, group):
+        ring = Ring(group)
+        b, s, hq, _ = q.shape
+        out = q.new_zeros(q.shape[:-1] + v.shape[-1:], dtype=torch.float32)
+        lse = q.new_full((b, s, hq, 1), float("-inf"), dtype=torch.float32)
+        kv = torch.stack([k, v]) if k.shape == v.shape else None
+        if kv is None:
+            raise ValueError("k, v: context parallelism needs equal key and value shapes")
+        for step in range(ring.world_size):
+            transfer = ring.start(kv, _KV_TAG) if step + 1 < ring.world_size else None
+            plan = _block_plan(zigzag, causal, ring.rank, ring.source(step), s)
+            if plan is not None:
+                rows, keys, blk_causal = plan
+                blk_out, blk_lse = _block_forward(q[:, rows], kv[0][:, keys], kv[1][:, keys],
+                                                  scale, blk_causal)
+                _merge(out[:, rows], lse[:, rows], blk_out, blk_lse)
+            if transfer is not None:
+                kv = transfer.wait()
+        out = out.to(q.dtype)
+        lse = lse.squeeze(-1).transpose(1, 2).contiguous()  # (B, H, S), like flash_attn
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.args = (scale, causal, deterministic, zigzag, group)
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        scale, causal, deterministic, zigzag, group = ctx.args
+        ring = Ring(group)
+        s = q.shape[1]
+        dout = dout.to(q.dtype)
+        dq = torch.zeros_like(q, dtype=torch.float32)
+        kv = torch.stack([k, v])
+        dkv_transfer = None
+        for step in range(ring.world_size):
+            kv_transfer = ring.start(kv, _KV_TAG) if step + 1 < ring.world_size else None
+            dkv = torch.zeros_like(kv, dtype=torch.float32)
+            plan = _block_plan(zigzag, causal, ring.rank, ring.source(step), s)
+            if plan is not None:
+                rows, keys, blk_causal = plan
+                dq_b, dk_b, dv_b = _block_backward(dout[:, rows], q[:, rows], kv[0][:, keys],
+                                                   kv[1][:, keys], out[:, rows],
+                                                   lse[:, :, rows], scale, blk_causal,
+                                                   deterministic)
+                dq[:, rows] += dq_b
+                dkv[0][:, keys] += dk_b
+                dkv[1][:, keys] += dv_b
+            if dkv_transfer is not None:  # the accumulator of this block, from the previous rank
+                dkv += dkv_transfer.wait()
+            dkv_transfer = ring.start(dkv, _DKV_TAG)
+            if kv_transfer is not None:
+                kv = kv_transfer.wait()
+        dkv = dkv_transfer.wait()  # our own block's, back from its trip around the ring
+        return (dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype)) + (None,) * 5
+
+
+def _ring_attention(q, k, v, dropout_p, softmax_scale, causal, window_size, alibi_slopes,
+                    deterministic, return_attn_probs, group, zigzag):
+    _check_qkv(q, k, v, 4)
+    if dropout_p:
+        raise NotImplementedError("dropout_p: dropout is not supported under context parallelism")
+    if alibi_slopes is not None:
+        raise NotImplementedError("alibi_slopes: ALiBi is not supported under context parallelism")
+    if tuple(int(w) for w in window_size) != (-1, -1) and any(int(w) >= 0 for w in window_size):
+        raise NotImplementedError("window_size: sliding windows are not supported under context "
+                                  "parallelism")
+    if zigzag and q.shape[1] % 2:
+        raise ValueError(f"q: zigzag needs an even local sequence length, got {q.shape[1]}")
+    if k.shape[1] != q.shape[1]:
+        raise ValueError(f"k: local sequence length {k.shape[1]} differs from q's {q.shape[1]}")
+    out, lse = _RingAttention.apply(q, k, v, softmax_scale, bool(causal), bool(deterministic),
+                                    zigzag, group)
+    if return_attn_probs:
+        return out, lse, None
+    return out
+
+
+def ring_flash_attn_func(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: Tuple[int, int] = (-1, -1),
+    alibi_slopes: Optional[Tensor] = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+    group: Optional[dist.ProcessGroup] = None,
+):
+    """Attention over a sequence cut into ``world_size`` contiguous slices, one
+    per rank of ``group``: ``q`` ``(B, S_local, Hq, D)``, ``k``/``v``
+    ``(B, S_local, Hk, D)``. Returns this rank's ``out`` ``(B, S_local, Hq, D)``
+    and, with ``return_attn_probs``, ``(out, lse (B, Hq, S_local) float32, None)``."""
+    return _ring_attention(q, k, v, dropout_p, softmax_scale, causal, window_size,
+                           alibi_slopes, deterministic, return_attn_probs, group, False)
+
+
+def zigzag_ring_flash_attn_func(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: Tuple[int, int] = (-1, -1),
+    alibi_slopes: Optional[Tensor] = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+    group: Optional[dist.ProcessGroup] = None,
+):
+    """:func:`ring_flash_attn_func` with the zigzag layout: rank r holds chunks
+    r and 2W-1-r of the sequence cut into 2W chunks (see :func:`shard`)."""
+    return _ring_attention(q, k, v, dropout_p, softmax_scale, causal, window_size,
+                           alibi_slopes, deterministic, return_attn_probs, group, True)

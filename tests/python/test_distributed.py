@@ -1,0 +1,143 @@
+"""flashsdpa.distributed on CPU: 2, 3 and 4 gloo processes on 127.0.0.1.
+Every rank checks its slice of out, lse, dq, dk, dv against attention over the
+whole sequence in one process, with FlashAttention's 2x rule (truth: fp64;
+same-precision reference: PyTorch's math SDPA in the test dtype), for ring and
+zigzag layouts, causal or not, MHA and GQA, float32 and bfloat16, and that no
+value is NaN."""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import time
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import flashsdpa
+from flashsdpa import distributed as fd
+
+TIMEOUT_S = 120
+
+CASES = [  # (layout, causal, hq, hk, dtype)
+    (layout, causal, hq, hk, dtype)
+    for layout in ("ring", "zigzag")
+    for causal in (False, True)
+    for hq, hk in ((4, 4), (4, 2))
+    for dtype in (torch.float32, torch.bfloat16)
+]
+# 2 ranks run every case; 3 and 4 ranks (slower to start) pair MHA with fp32
+# and GQA with bf16, which still covers both layouts, both masks, both dtypes.
+CASES_BY_WORLD = {2: CASES, 3: [c for c in CASES if (c[2] == c[3]) == (c[4] == torch.float32)]}
+CASES_BY_WORLD[4] = CASES_BY_WORLD[3]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _check_case(rank, world, layout, causal, hq, hk, dtype):
+    from conftest import assert_close_rule, torch_math_sdpa
+
+    zigzag = layout == "zigzag"
+    b, d = 2, 16
+    s_total = 2 * world * 5  # 5 rows per zigzag chunk, 10 per ring slice
+    g = torch.Generator().manual_seed(1000 + 7 * hq + hk + int(causal))
+    q = torch.randn(b, s_total, hq, d, generator=g)
+    k = torch.randn(b, s_total, hk, d, generator=g)
+    v = torch.randn(b, s_total, hk, d, generator=g)
+    dout = torch.randn(b, s_total, hq, d, generator=g)
+
+    def full(q_, k_, v_):  # single-process attention over the whole sequence, (B, S, H, D)
+        o = torch_math_sdpa(q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2),
+                            is_causal=causal, enable_gqa=True)
+        return o.transpose(1, 2)
+
+    def grads(fn, ts, do):
+        ts = [t.detach().clone().requires_grad_() for t in ts]
+        o = fn(*ts)
+        return [o.detach()] + list(torch.autograd.grad(o, ts, do.to(o.dtype)))
+
+    ref = grads(full, [t.double() for t in (q, k, v)], dout.double())
+    pt = grads(full, [t.to(dtype) for t in (q, k, v)], dout)
+
+    fn = fd.zigzag_ring_flash_attn_func if zigzag else fd.ring_flash_attn_func
+    local = [fd.shard(t.to(dtype), rank, world, zigzag).requires_grad_() for t in (q, k, v)]
+    out, lse, probs = fn(*local, causal=causal, return_attn_probs=True)
+    assert probs is None and lse.dtype == torch.float32 and lse.shape == (b, hq, local[0].shape[1])
+    ours = [out.detach()] + list(torch.autograd.grad(out, local,
+                                                     fd.shard(dout, rank, world, zigzag).to(dtype)))
+    what = f"world {world} rank {rank} {layout} causal={causal} hq={hq} hk={hk} {dtype}"
+    for name, a, bb, c in zip(["out", "dq", "dk", "dv"], ours, pt, ref):
+        assert a.dtype == dtype, f"{what} {name}: dtype {a.dtype}"
+        assert not torch.isnan(a).any(), f"{what} {name}: NaN"
+        assert_close_rule(f"{what} {name}", a, fd.shard(bb, rank, world, zigzag),
+                          fd.shard(c, rank, world, zigzag), dtype)
+    # lse: the natural-log log-sum-exp of this rank's rows over the whole sequence
+    q64, k64 = (t.to(dtype).double() for t in (q, k))  # the inputs the kernels saw
+    s = torch.einsum("bqhd,bkhd->bhqk", q64, k64.repeat_interleave(hq // hk, 2))
+    s = s / d ** 0.5
+    if causal:
+        s = s.masked_fill(torch.ones(s_total, s_total, dtype=torch.bool).triu(1), float("-inf"))
+    full_lse = torch.logsumexp(s, -1)
+    torch.testing.assert_close(lse.double(), fd.shard(full_lse, rank, world, zigzag, dim=2),
+                               atol=1e-4, rtol=1e-4, msg=what + " lse")
+
+
+def _worker(rank, world, port, errors):
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=world, timeout=datetime.timedelta(seconds=60))
+        torch.set_num_threads(1)
+        flashsdpa.set_num_threads(1)
+        for case in CASES_BY_WORLD[world]:
+            _check_case(rank, world, *case)
+        flashsdpa.reset_stats()
+        dist.barrier()
+        dist.destroy_process_group()
+    except BaseException:
+        errors.put(f"rank {rank}: {traceback.format_exc()}")
+        raise
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_ring_and_zigzag_match_single_process(world):
+    ctx = mp.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.environ["PYTHONPATH"] = here + os.pathsep + os.environ.get("PYTHONPATH", "")
+    procs = mp.start_processes(_worker, args=(world, _free_port(), errors), nprocs=world,
+                               join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while not procs.join(timeout=1):
+            if time.monotonic() > deadline:
+                pytest.fail(f"{world} processes did not finish within {TIMEOUT_S} s")
+    except mp.ProcessRaisedException:
+        msgs = []
+        while not errors.empty():
+            msgs.append(errors.get())
+        pytest.fail("\n".join(msgs) or "a rank failed")
+    finally:
+        for p in procs.processes:
+            if p.is_alive():
+                p.kill()
+
+
+def test_unsupported_arguments_raise_clear_errors():
+    q = torch.randn(1, 4, 2, 8)
+    with pytest.raises(NotImplementedError, match="dropout_p"):
+        fd.ring_flash_attn_func(q, q, q, dropout_p=0.1)
+    with pytest.raises(NotImplementedError, match="window_size"):
+        fd.ring_flash_attn_func(q, q, q, window_size=(3, 0))
+    with pytest.raises(NotImplementedError, match="alibi_slopes"):
+        fd.zigzag_ring_flash_attn_func(q, q, q, alibi_slopes=torch.ones(2))
+    with pytest.raises(RuntimeError, match="not initialised"):
+        fd.ring_flash_attn_func(q, q, q)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        fd.shard(torch.randn(1, 6, 1, 1), 0, 2, zigzag=True)
