@@ -141,3 +141,18 @@ def test_unsupported_arguments_raise_clear_errors():
         fd.ring_flash_attn_func(q, q, q)
     with pytest.raises(ValueError, match="multiple of 4"):
         fd.shard(torch.randn(1, 6, 1, 1), 0, 2, zigzag=True)
+
+
+def test_merge_keeps_rows_without_keys_finite():
+    """Partials of rows that see nothing (lse -inf) merge without NaN: a row
+    empty in both stays out 0, lse -inf; a row empty in one takes the other."""
+    out = torch.zeros(1, 3, 1, 2)
+    lse = torch.tensor([-float("inf"), -float("inf"), 0.5]).view(1, 3, 1, 1)
+    blk_out = torch.tensor([[0.0, 0.0], [1.0, 2.0], [3.0, 4.0]]).view(1, 3, 1, 2)
+    blk_lse = torch.tensor([-float("inf"), 0.25, -float("inf")]).view(1, 3, 1, 1)
+    out[0, 2, 0] = torch.tensor([5.0, 6.0])
+    fd._merge(out, lse, blk_out, blk_lse)
+    assert not out.isnan().any() and not lse.isnan().any()
+    assert torch.equal(out[0, 0, 0], torch.zeros(2)) and lse[0, 0, 0, 0] == -float("inf")
+    assert torch.equal(out[0, 1, 0], torch.tensor([1.0, 2.0])) and lse[0, 1, 0, 0] == 0.25
+    assert torch.equal(out[0, 2, 0], torch.tensor([5.0, 6.0])) and lse[0, 2, 0, 0] == 0.5

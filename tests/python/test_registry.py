@@ -261,3 +261,22 @@ def test_cuda_ops_dropout_roundtrips_rng_state_and_fall_back_when_unsupported():
         assert fwd(None, q.to(dt), k.to(dt), v.to(dt), None, None, 16, 16, 0.0, False, rdm,
                    **kw) == "aten"
     assert original.calls == 4 and flashsdpa.stats()["fallback_total"] == 4
+
+
+def test_native_fast_paths_are_reached_by_neither_route(active):
+    """Documented limitation (README): nn.TransformerEncoderLayer's and
+    nn.MultiheadAttention's inference fast path computes attention inside
+    _native_multi_head_attention, and need_weights=True needs the
+    probabilities; neither calls aten's flash operators on CPU."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True).eval()
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    x = torch.randn(2, 40, 32)
+    with torch.no_grad():
+        layer(x)
+        mha(x, x, x, need_weights=True)
+        mha(x, x, x, need_weights=False)
+    assert flashsdpa.stats()["dispatched"] == 0
+    layer.train()  # outside the fast path the layer's SDPA call does reach flashsdpa
+    layer(x)
+    assert flashsdpa.stats()["dispatched_via_aten"] == 1
