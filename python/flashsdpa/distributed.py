@@ -13,12 +13,14 @@ Tensors are ``(B, S_local, H, D)``; each rank holds a slice of the sequence:
 the ring by point-to-point sends (``batch_isend_irecv``), each step's transfer
 overlapping the attention of the block in hand; only the ``Hk`` key/value heads
 travel (GQA). Each block runs flashsdpa's kernel with its log-sum-exp, and the
-partial results are merged in float32. With ``causal=True`` blocks entirely in
-the future are skipped. The backward runs flashsdpa's backward kernel per
+partial results are merged in float32. With ``causal=True`` or a
+``window_size``, each block runs only where its band has keys: blocks entirely
+in the future or outside the window are skipped. The backward runs flashsdpa's backward kernel per
 block against the merged output and log-sum-exp, accumulates dq in float32 and
 sends the float32 dK/dV accumulators around the ring back to their owners.
 
-Not supported (a clear error): dropout, ALiBi, sliding windows, varlen.
+Not supported (a clear error): dropout, ALiBi. Varlen (``cu_seqlens``) context
+parallelism does not exist yet.
 """
 from __future__ import annotations
 
@@ -49,33 +51,62 @@ def shard(x: Tensor, rank: int, world_size: int, zigzag: bool = False, dim: int 
 
 
 # ---------------------------------------------------------------------------
-# which part of the local queries sees which part of a block, per layout
+# Which local queries see which local keys of a block. Every local sequence is
+# one (ring) or two (zigzag) chunks, each a contiguous run of global positions;
+# a (query chunk, key chunk) pair is one kernel call with its own band.
 
 
-def _block_plan(zigzag: bool, causal: bool, rank: int, src: int, s_local: int):
-    """(query rows, key rows, causal) of the block from rank ``src`` that this
-    rank attends to, or None to skip it. Rows are slices of the local sequence."""
-    everything = slice(0, s_local)
-    if not causal:
-        return everything, everything, False
-    if src == rank:  # the diagonal block: local order follows global order
-        return everything, everything, True
-    if not zigzag:  # contiguous slices: earlier ranks are entirely in the past
-        return (everything, everything, False) if src < rank else None
-    half = s_local // 2
-    if src < rank:  # its first chunk is in the past of both ours, its second in the future
-        return everything, slice(0, half), False
-    return slice(half, s_local), everything, False  # only our second chunk sees it
+def _chunks(zigzag: bool, rank: int, world_size: int, s_local: int):
+    """[(local slice, global start)] of a rank's local sequence."""
+    if not zigzag:
+        return [(slice(0, s_local), rank * s_local)]
+    c = s_local // 2
+    return [(slice(0, c), rank * c), (slice(c, s_local), (2 * world_size - 1 - rank) * c)]
+
+
+def _band(offset: int, lq: int, lk: int, window_left: int, window_right: int):
+    """Query row i of a chunk sees key j of another when
+    ``i + offset - window_left <= j <= i + offset + window_right`` (offset: the
+    query chunk's global start minus the key chunk's; -1 = unbounded). Returns
+    None if no row sees any key, else (first row, first key, window_left',
+    window_right') of the same band in the sub-problem rows[first row:] x
+    keys[first key:] with top-left alignment, which is what the kernel takes."""
+    lo = None if window_left < 0 else offset - window_left  # j >= i + lo
+    hi = None if window_right < 0 else offset + window_right  # j <= i + hi
+    if (hi is not None and lq - 1 + hi < 0) or (lo is not None and lo > lk - 1):
+        return None
+    if (lo is None or lq - 1 + lo <= 0) and (hi is None or hi >= lk - 1):
+        return 0, 0, -1, -1  # every row sees every key
+    first_key = lo if lo is not None and lo > 0 else 0  # keys no row sees
+    first_row = -hi if hi is not None and hi < 0 else 0  # rows that see no key
+    shift = first_row - first_key
+    return (first_row, first_key, -1 if lo is None else -(lo + shift),
+            -1 if hi is None else hi + shift)
+
+
+def _sub_blocks(zigzag, rank, src, world_size, s_local, window_left, window_right):
+    """[(query rows, key rows, window_left, window_right)] of the block from rank src."""
+    out = []
+    for q_rows, q_start in _chunks(zigzag, rank, world_size, s_local):
+        for k_rows, k_start in _chunks(zigzag, src, world_size, s_local):
+            lq, lk = q_rows.stop - q_rows.start, k_rows.stop - k_rows.start
+            band = _band(q_start - k_start, lq, lk, window_left, window_right)
+            if band is not None:
+                r0, k0, wl, wr = band
+                out.append((slice(q_rows.start + r0, q_rows.stop),
+                            slice(k_rows.start + k0, k_rows.stop), wl, wr))
+    return out
 
 
 def _bhsd(t: Tensor) -> Tensor:
     return t.transpose(1, 2)
 
 
-def _block_forward(q, k, v, scale, causal):
-    """flashsdpa's forward on (B, S, H, D) views; (out fp32 (B, S, H, D), lse (B, S, H, 1))."""
+def _block_forward(q, k, v, scale, window_left, window_right):
+    """flashsdpa's forward on (B, S, H, D) views, top-left aligned band;
+    (out fp32 (B, S, H, D), lse (B, S, H, 1))."""
     out, lse = _ops.call_fwd(_bhsd(q), _bhsd(k), _bhsd(v), None, None, None, None, 0, 0, scale,
-                             causal, True, -1, -1, 0.0, 0.0, None, False,
+                             False, False, window_left, window_right, 0.0, 0.0, None, False,
                              _ops.default_check_finite(q.device), True)
     return _bhsd(out).float(), lse.transpose(1, 2).unsqueeze(-1)
 
@@ -92,17 +123,17 @@ def _merge(out: Tensor, lse: Tensor, blk_out: Tensor, blk_lse: Tensor) -> None:
     lse.copy_(top + torch.log(total))
 
 
-def _block_backward(dout, q, k, v, out, lse, scale, causal, deterministic):
+def _block_backward(dout, q, k, v, out, lse, scale, window_left, window_right, deterministic):
     """flashsdpa's backward of one block against the merged out and lse."""
     dq, dk, dv = _ops.bwd(_bhsd(dout), _bhsd(q), _bhsd(k), _bhsd(v), _bhsd(out), lse, None, None,
-                          None, None, 0, 0, scale, causal, True, -1, -1, 0.0, 0.0, None,
-                          deterministic, False)
+                          None, None, 0, 0, scale, False, False, window_left, window_right, 0.0,
+                          0.0, None, deterministic, False)
     return _bhsd(dq), _bhsd(dk), _bhsd(dv)
 
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, scale, causal, deterministic, zigzag, group):
+    def forward(ctx, q, k, v, scale, window, deterministic, zigzag, group):
         ring = Ring(group)
         b, s, hq, _ = q.shape
         out = q.new_zeros(q.shape[:-1] + v.shape[-1:], dtype=torch.float32)
@@ -112,25 +143,24 @@ class _RingAttention(torch.autograd.Function):
             raise ValueError("k, v: context parallelism needs equal key and value shapes")
         for step in range(ring.world_size):
             transfer = ring.start(kv, _KV_TAG) if step + 1 < ring.world_size else None
-            plan = _block_plan(zigzag, causal, ring.rank, ring.source(step), s)
-            if plan is not None:
-                rows, keys, blk_causal = plan
+            for rows, keys, wl, wr in _sub_blocks(zigzag, ring.rank, ring.source(step),
+                                                  ring.world_size, s, *window):
                 blk_out, blk_lse = _block_forward(q[:, rows], kv[0][:, keys], kv[1][:, keys],
-                                                  scale, blk_causal)
+                                                  scale, wl, wr)
                 _merge(out[:, rows], lse[:, rows], blk_out, blk_lse)
             if transfer is not None:
                 kv = transfer.wait()
         out = out.to(q.dtype)
         lse = lse.squeeze(-1).transpose(1, 2).contiguous()  # (B, H, S), like flash_attn
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.args = (scale, causal, deterministic, zigzag, group)
+        ctx.args = (scale, window, deterministic, zigzag, group)
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        scale, causal, deterministic, zigzag, group = ctx.args
+        scale, window, deterministic, zigzag, group = ctx.args
         ring = Ring(group)
         s = q.shape[1]
         dout = dout.to(q.dtype)
@@ -140,13 +170,11 @@ class _RingAttention(torch.autograd.Function):
         for step in range(ring.world_size):
             kv_transfer = ring.start(kv, _KV_TAG) if step + 1 < ring.world_size else None
             dkv = torch.zeros_like(kv, dtype=torch.float32)
-            plan = _block_plan(zigzag, causal, ring.rank, ring.source(step), s)
-            if plan is not None:
-                rows, keys, blk_causal = plan
+            for rows, keys, wl, wr in _sub_blocks(zigzag, ring.rank, ring.source(step),
+                                                  ring.world_size, s, *window):
                 dq_b, dk_b, dv_b = _block_backward(dout[:, rows], q[:, rows], kv[0][:, keys],
                                                    kv[1][:, keys], out[:, rows],
-                                                   lse[:, :, rows], scale, blk_causal,
-                                                   deterministic)
+                                                   lse[:, :, rows], scale, wl, wr, deterministic)
                 dq[:, rows] += dq_b
                 dkv[0][:, keys] += dk_b
                 dkv[1][:, keys] += dv_b
@@ -166,15 +194,14 @@ def _ring_attention(q, k, v, dropout_p, softmax_scale, causal, window_size, alib
         raise NotImplementedError("dropout_p: dropout is not supported under context parallelism")
     if alibi_slopes is not None:
         raise NotImplementedError("alibi_slopes: ALiBi is not supported under context parallelism")
-    if tuple(int(w) for w in window_size) != (-1, -1) and any(int(w) >= 0 for w in window_size):
-        raise NotImplementedError("window_size: sliding windows are not supported under context "
-                                  "parallelism")
+    wl, wr = (int(w) for w in window_size)
+    window = (-1 if wl < 0 else wl, 0 if causal else (-1 if wr < 0 else wr))
     if zigzag and q.shape[1] % 2:
         raise ValueError(f"q: zigzag needs an even local sequence length, got {q.shape[1]}")
     if k.shape[1] != q.shape[1]:
         raise ValueError(f"k: local sequence length {k.shape[1]} differs from q's {q.shape[1]}")
-    out, lse = _RingAttention.apply(q, k, v, softmax_scale, bool(causal), bool(deterministic),
-                                    zigzag, group)
+    out, lse = _RingAttention.apply(q, k, v, softmax_scale, window, bool(deterministic), zigzag,
+                                    group)
     if return_attn_probs:
         return out, lse, None
     return out

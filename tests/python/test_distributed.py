@@ -2,8 +2,8 @@
 Every rank checks its slice of out, lse, dq, dk, dv against attention over the
 whole sequence in one process, with FlashAttention's 2x rule (truth: fp64;
 same-precision reference: PyTorch's math SDPA in the test dtype), for ring and
-zigzag layouts, causal or not, MHA and GQA, float32 and bfloat16, and that no
-value is NaN."""
+zigzag layouts, causal or not, sliding windows, MHA and GQA, float32 and
+bfloat16, and that no value is NaN."""
 from __future__ import annotations
 
 import datetime
@@ -22,17 +22,24 @@ from flashsdpa import distributed as fd
 
 TIMEOUT_S = 120
 
-CASES = [  # (layout, causal, hq, hk, dtype)
-    (layout, causal, hq, hk, dtype)
+CASES = [  # (layout, causal, window_size, hq, hk, dtype)
+    (layout, causal, (-1, -1), hq, hk, dtype)
     for layout in ("ring", "zigzag")
     for causal in (False, True)
     for hq, hk in ((4, 4), (4, 2))
     for dtype in (torch.float32, torch.bfloat16)
 ]
+# sliding windows that cut through chunks (5 rows per zigzag chunk, 10 per ring slice)
+RING_WINDOWS, ZIGZAG_WINDOWS = ([(layout, causal, window, 4, 2, dtype)
+                                 for causal, window, dtype in ((True, (7, -1), torch.float32),
+                                                               (False, (5, 3), torch.bfloat16),
+                                                               (False, (-1, 12), torch.float32))]
+                                for layout in ("ring", "zigzag"))
 # 2 ranks run every case; 3 and 4 ranks (slower to start) pair MHA with fp32
 # and GQA with bf16, which still covers both layouts, both masks, both dtypes.
-CASES_BY_WORLD = {2: CASES, 3: [c for c in CASES if (c[2] == c[3]) == (c[4] == torch.float32)]}
-CASES_BY_WORLD[4] = CASES_BY_WORLD[3]
+SUBSET = [c for c in CASES if (c[3] == c[4]) == (c[5] == torch.float32)]
+CASES_BY_WORLD = {2: CASES + RING_WINDOWS + ZIGZAG_WINDOWS, 3: SUBSET + RING_WINDOWS,
+                  4: SUBSET + ZIGZAG_WINDOWS}
 
 
 def _free_port() -> int:
@@ -41,7 +48,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _check_case(rank, world, layout, causal, hq, hk, dtype):
+def _check_case(rank, world, layout, causal, window, hq, hk, dtype):
     from conftest import assert_close_rule, torch_math_sdpa
 
     zigzag = layout == "zigzag"
@@ -53,9 +60,18 @@ def _check_case(rank, world, layout, causal, hq, hk, dtype):
     v = torch.randn(b, s_total, hk, d, generator=g)
     dout = torch.randn(b, s_total, hq, d, generator=g)
 
+    i, j = torch.arange(s_total).view(-1, 1), torch.arange(s_total).view(1, -1)
+    allowed = torch.ones(s_total, s_total, dtype=torch.bool)
+    if window[0] >= 0:
+        allowed &= j >= i - window[0]
+    if causal:
+        allowed &= j <= i
+    elif window[1] >= 0:
+        allowed &= j <= i + window[1]
+
     def full(q_, k_, v_):  # single-process attention over the whole sequence, (B, S, H, D)
         o = torch_math_sdpa(q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2),
-                            is_causal=causal, enable_gqa=True)
+                            attn_mask=allowed, enable_gqa=True)
         return o.transpose(1, 2)
 
     def grads(fn, ts, do):
@@ -68,11 +84,12 @@ def _check_case(rank, world, layout, causal, hq, hk, dtype):
 
     fn = fd.zigzag_ring_flash_attn_func if zigzag else fd.ring_flash_attn_func
     local = [fd.shard(t.to(dtype), rank, world, zigzag).requires_grad_() for t in (q, k, v)]
-    out, lse, probs = fn(*local, causal=causal, return_attn_probs=True)
+    out, lse, probs = fn(*local, causal=causal, window_size=window, return_attn_probs=True)
     assert probs is None and lse.dtype == torch.float32 and lse.shape == (b, hq, local[0].shape[1])
     ours = [out.detach()] + list(torch.autograd.grad(out, local,
                                                      fd.shard(dout, rank, world, zigzag).to(dtype)))
-    what = f"world {world} rank {rank} {layout} causal={causal} hq={hq} hk={hk} {dtype}"
+    what = (f"world {world} rank {rank} {layout} causal={causal} window={window} hq={hq} "
+            f"hk={hk} {dtype}")
     for name, a, bb, c in zip(["out", "dq", "dk", "dv"], ours, pt, ref):
         assert a.dtype == dtype, f"{what} {name}: dtype {a.dtype}"
         assert not torch.isnan(a).any(), f"{what} {name}: NaN"
@@ -82,8 +99,7 @@ def _check_case(rank, world, layout, causal, hq, hk, dtype):
     q64, k64 = (t.to(dtype).double() for t in (q, k))  # the inputs the kernels saw
     s = torch.einsum("bqhd,bkhd->bhqk", q64, k64.repeat_interleave(hq // hk, 2))
     s = s / d ** 0.5
-    if causal:
-        s = s.masked_fill(torch.ones(s_total, s_total, dtype=torch.bool).triu(1), float("-inf"))
+    s = s.masked_fill(~allowed, float("-inf"))
     full_lse = torch.logsumexp(s, -1)
     torch.testing.assert_close(lse.double(), fd.shard(full_lse, rank, world, zigzag, dim=2),
                                atol=1e-4, rtol=1e-4, msg=what + " lse")
@@ -133,8 +149,6 @@ def test_unsupported_arguments_raise_clear_errors():
     q = torch.randn(1, 4, 2, 8)
     with pytest.raises(NotImplementedError, match="dropout_p"):
         fd.ring_flash_attn_func(q, q, q, dropout_p=0.1)
-    with pytest.raises(NotImplementedError, match="window_size"):
-        fd.ring_flash_attn_func(q, q, q, window_size=(3, 0))
     with pytest.raises(NotImplementedError, match="alibi_slopes"):
         fd.zigzag_ring_flash_attn_func(q, q, q, alibi_slopes=torch.ones(2))
     with pytest.raises(RuntimeError, match="not initialised"):
@@ -156,3 +170,31 @@ def test_merge_keeps_rows_without_keys_finite():
     assert torch.equal(out[0, 0, 0], torch.zeros(2)) and lse[0, 0, 0, 0] == -float("inf")
     assert torch.equal(out[0, 1, 0], torch.tensor([1.0, 2.0])) and lse[0, 1, 0, 0] == 0.25
     assert torch.equal(out[0, 2, 0], torch.tensor([5.0, 6.0])) and lse[0, 2, 0, 0] == 0.5
+
+
+def test_band_matches_the_mask_it_stands_for():
+    """_band's sub-problem (rows and keys cut off, top-left band) selects exactly
+    the (row, key) pairs of the global band, for every offset and window."""
+    for lq, lk in ((5, 5), (4, 7)):
+        for offset in range(-12, 13):
+            for wl in (-1, 0, 2, 6):
+                for wr in (-1, 0, 3):
+                    i, j = torch.arange(lq).view(-1, 1), torch.arange(lk).view(1, -1)
+                    want = torch.ones(lq, lk, dtype=torch.bool)
+                    if wl >= 0:
+                        want &= j >= i + offset - wl
+                    if wr >= 0:
+                        want &= j <= i + offset + wr
+                    band = fd._band(offset, lq, lk, wl, wr)
+                    got = torch.zeros(lq, lk, dtype=torch.bool)
+                    if band is not None:
+                        r0, k0, bl, br = band
+                        ii, jj = i[r0:] - r0, j[:, k0:] - k0
+                        sub = torch.ones(lq - r0, lk - k0, dtype=torch.bool)
+                        if bl >= 0:
+                            sub &= jj >= ii - bl
+                        if br >= 0:
+                            sub &= jj <= ii + br
+                        got[r0:, k0:] = sub
+                    assert torch.equal(got, want), (lq, lk, offset, wl, wr, band)
+                    assert band is None or want.any(), "an empty band must be skipped"
