@@ -17,7 +17,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import flashsdpa
 from flashsdpa import _aten
-from conftest import LOWP, assert_close_rule, attention_ref, run_with_grads, torch_math_sdpa
+from conftest import (DEVICES, LOWP, assert_close_rule, attention_ref, run_with_grads,
+                      torch_math_sdpa)
 
 attention = torch.nn.attention
 HAS_REGISTRY = hasattr(attention, "register_flash_attention_impl")
@@ -280,3 +281,24 @@ def test_native_fast_paths_are_reached_by_neither_route(active):
     layer.train()  # outside the fast path the layer's SDPA call does reach flashsdpa
     layer(x)
     assert flashsdpa.stats()["dispatched_via_aten"] == 1
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="no CUDA device / CUDA backend")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("causal", [False, True])
+def test_cuda_sdpa_reaches_flashsdpa_through_aten(causal, dtype, active):
+    """On a GPU, PyTorch's SDPA picks its flash backend for these calls, whose
+    aten operators are now flashsdpa's."""
+    (q, k, v), dout = qkv(hk=4, sq=200, sk=200, d=64, seed=10)
+    dev = [t.cuda().to(dtype) for t in (q, k, v)]
+    ours = run_with_grads(ROUTES["sdpa_kernel_flash"], dev, dout.cuda(), is_causal=causal)
+    st = flashsdpa.stats()
+    assert st["dispatched_by_device"].get("cuda") == 1 and st["dispatched_via_aten"] == 1, st
+    assert st["backward"] == 1 and st["fallback_total"] == 0, st
+    attention.restore_flash_attention_impl()
+    pt = run_with_grads(torch_math_sdpa, dev, dout.cuda(), is_causal=causal)
+    ref = run_with_grads(torch_math_sdpa, [t.double() for t in (q, k, v)], dout.double(),
+                         is_causal=causal)
+    attention.activate_flash_attention_impl("flashsdpa")
+    for name, a, b, c in zip(["out", "dq", "dk", "dv"], ours, pt, ref):
+        assert_close_rule(name, a, b, c, dtype)
