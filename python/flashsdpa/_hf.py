@@ -103,8 +103,14 @@ def attention_forward(
         return out.view(b, sq, hq, -1), None
 
     if attention_mask is not None:  # 2-D padding mask (B, Sk): True/1 = a real token
-        keep_k = attention_mask[:, -sk:].bool()
-        keep_q = keep_k[:, -sq:]
+        mask = attention_mask[:, -sk:].bool()
+        keep_k = mask
+        if mask.shape[1] < sk:  # a static cache: the slots after the mask are unused
+            keep_k = torch.nn.functional.pad(mask, (0, sk - mask.shape[1]), value=False)
+        if sq == 1:  # a decode step: the query is a real token
+            keep_q = mask.new_ones(b, 1)
+        else:  # a prompt, or a chunk after a cache: its tokens end the mask
+            keep_q = mask[:, -sq:]
         len_k, len_q = keep_k.sum(-1, dtype=torch.int32), keep_q.sum(-1, dtype=torch.int32)
         out_packed = flash_attn_varlen_func(q[keep_q], k[keep_k], v[keep_k], _cu_seqlens(len_q),
                                             _cu_seqlens(len_k), int(len_q.max()),

@@ -106,15 +106,16 @@ def test_mistral_sliding_window():
     check_2x(mistral(), rows=am.bool(), grads=True, input_ids=ids, attention_mask=am)
 
 
-@pytest.mark.parametrize("maker", [llama, mistral], ids=["llama", "mistral"])
-def test_batched_generate_left_padding(maker):
+@pytest.mark.parametrize("maker,cache", [(llama, "dynamic"), (mistral, "dynamic"),
+                                         (llama, "static")], ids=["llama", "mistral", "static"])
+def test_batched_generate_left_padding(maker, cache):
     model = maker()
     ids = torch.randint(1, 80, (3, 12), generator=torch.Generator().manual_seed(3))
     am = torch.ones_like(ids)
     am[0, :5] = 0
     am[1, :2] = 0
     kw = dict(input_ids=ids, attention_mask=am, max_new_tokens=9, do_sample=False,
-              pad_token_id=0)
+              pad_token_id=0, cache_implementation=cache)
     outs = {}
     for impl in ("eager", NAME):
         model.set_attn_implementation(impl)
