@@ -19,8 +19,9 @@ in the future or outside the window are skipped. The backward runs flashsdpa's b
 block against the merged output and log-sum-exp, accumulates dq in float32 and
 sends the float32 dK/dV accumulators around the ring back to their owners.
 
-Not supported (a clear error): dropout, ALiBi. Varlen (``cu_seqlens``) context
-parallelism does not exist yet.
+:func:`ring_flash_attn_varlen_func` does the same for packed sequences (piece
+r of every sequence on rank r). Not supported (a clear error): dropout, ALiBi,
+sliding windows with varlen, a zigzag varlen layout.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ from . import _ops
 from ._api import _check_qkv
 from ._ring_comm import Ring
 
-__all__ = ["ring_flash_attn_func", "zigzag_ring_flash_attn_func", "shard"]
+__all__ = ["ring_flash_attn_func", "zigzag_ring_flash_attn_func", "ring_flash_attn_varlen_func",
+           "shard"]
 
 _KV_TAG, _DKV_TAG = 0, 1
 
@@ -98,16 +100,47 @@ def _sub_blocks(zigzag, rank, src, world_size, s_local, window_left, window_righ
     return out
 
 
+class _Layout:
+    """Which global rows a rank's local rows are: contiguous slices (ring),
+    chunks r and 2W-1-r (zigzag), or, with ``cu_seqlens``, piece r of W equal
+    pieces of every packed sequence (varlen ring; tensors seen as (1, total, H, D))."""
+
+    def __init__(self, zigzag: bool = False, cu_seqlens: Optional[Tensor] = None,
+                 max_seqlen: int = 0):
+        self.zigzag, self.cu_seqlens, self.max_seqlen = zigzag, cu_seqlens, int(max_seqlen)
+
+    def sub_blocks(self, rank, src, world_size, s_local, window):
+        if self.cu_seqlens is None:
+            return _sub_blocks(self.zigzag, rank, src, world_size, s_local, *window)
+        # Without windows (checked by the caller) a block's band depends only on
+        # the order of the pieces, the same in every sequence.
+        everything = slice(0, s_local)
+        if window[1] < 0 or src < rank:  # not causal, or the past: all of it
+            return [(everything, everything, -1, -1)]
+        return [(everything, everything, -1, 0)] if src == rank else []
+
+    def varlen(self):
+        return None if self.cu_seqlens is None else (self.cu_seqlens, self.max_seqlen)
+
+
 def _bhsd(t: Tensor) -> Tensor:
     return t.transpose(1, 2)
 
 
-def _block_forward(q, k, v, scale, window_left, window_right):
-    """flashsdpa's forward on (B, S, H, D) views, top-left aligned band;
+def _block_forward(q, k, v, scale, window_left, window_right, varlen):
+    """flashsdpa's forward on (B, S, H, D) views, top-left aligned band (per
+    sequence with varlen = (cu_seqlens, max_seqlen), B = 1);
     (out fp32 (B, S, H, D), lse (B, S, H, 1))."""
+    check = _ops.default_check_finite(q.device)
+    if varlen is not None:
+        cu, max_len = varlen
+        out, lse = _ops.call_fwd(q[0], k[0], v[0], None, None, cu, cu, max_len, max_len, scale,
+                                 False, False, window_left, window_right, 0.0, 0.0, None, False,
+                                 check, False)
+        return out[None].float(), lse.transpose(0, 1)[None, :, :, None]
     out, lse = _ops.call_fwd(_bhsd(q), _bhsd(k), _bhsd(v), None, None, None, None, 0, 0, scale,
                              False, False, window_left, window_right, 0.0, 0.0, None, False,
-                             _ops.default_check_finite(q.device), True)
+                             check, True)
     return _bhsd(out).float(), lse.transpose(1, 2).unsqueeze(-1)
 
 
@@ -123,8 +156,15 @@ def _merge(out: Tensor, lse: Tensor, blk_out: Tensor, blk_lse: Tensor) -> None:
     lse.copy_(top + torch.log(total))
 
 
-def _block_backward(dout, q, k, v, out, lse, scale, window_left, window_right, deterministic):
-    """flashsdpa's backward of one block against the merged out and lse."""
+def _block_backward(dout, q, k, v, out, lse, scale, window_left, window_right, deterministic,
+                    varlen):
+    """flashsdpa's backward of one block against the merged out and lse (B, H, S)."""
+    if varlen is not None:
+        cu, max_len = varlen
+        grads = _ops.bwd(dout[0], q[0], k[0], v[0], out[0], lse[0], None, None, cu, cu, max_len,
+                         max_len, scale, False, False, window_left, window_right, 0.0, 0.0,
+                         None, deterministic, False)
+        return tuple(g[None] for g in grads)
     dq, dk, dv = _ops.bwd(_bhsd(dout), _bhsd(q), _bhsd(k), _bhsd(v), _bhsd(out), lse, None, None,
                           None, None, 0, 0, scale, False, False, window_left, window_right, 0.0,
                           0.0, None, deterministic, False)
@@ -133,7 +173,7 @@ def _block_backward(dout, q, k, v, out, lse, scale, window_left, window_right, d
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, scale, window, deterministic, zigzag, group):
+    def forward(ctx, q, k, v, scale, window, deterministic, layout, group):
         ring = Ring(group)
         b, s, hq, _ = q.shape
         out = q.new_zeros(q.shape[:-1] + v.shape[-1:], dtype=torch.float32)
@@ -143,24 +183,24 @@ class _RingAttention(torch.autograd.Function):
             raise ValueError("k, v: context parallelism needs equal key and value shapes")
         for step in range(ring.world_size):
             transfer = ring.start(kv, _KV_TAG) if step + 1 < ring.world_size else None
-            for rows, keys, wl, wr in _sub_blocks(zigzag, ring.rank, ring.source(step),
-                                                  ring.world_size, s, *window):
+            for rows, keys, wl, wr in layout.sub_blocks(ring.rank, ring.source(step),
+                                                        ring.world_size, s, window):
                 blk_out, blk_lse = _block_forward(q[:, rows], kv[0][:, keys], kv[1][:, keys],
-                                                  scale, wl, wr)
+                                                  scale, wl, wr, layout.varlen())
                 _merge(out[:, rows], lse[:, rows], blk_out, blk_lse)
             if transfer is not None:
                 kv = transfer.wait()
         out = out.to(q.dtype)
         lse = lse.squeeze(-1).transpose(1, 2).contiguous()  # (B, H, S), like flash_attn
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.args = (scale, window, deterministic, zigzag, group)
+        ctx.args = (scale, window, deterministic, layout, group)
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        scale, window, deterministic, zigzag, group = ctx.args
+        scale, window, deterministic, layout, group = ctx.args
         ring = Ring(group)
         s = q.shape[1]
         dout = dout.to(q.dtype)
@@ -170,11 +210,12 @@ class _RingAttention(torch.autograd.Function):
         for step in range(ring.world_size):
             kv_transfer = ring.start(kv, _KV_TAG) if step + 1 < ring.world_size else None
             dkv = torch.zeros_like(kv, dtype=torch.float32)
-            for rows, keys, wl, wr in _sub_blocks(zigzag, ring.rank, ring.source(step),
-                                                  ring.world_size, s, *window):
+            for rows, keys, wl, wr in layout.sub_blocks(ring.rank, ring.source(step),
+                                                        ring.world_size, s, window):
                 dq_b, dk_b, dv_b = _block_backward(dout[:, rows], q[:, rows], kv[0][:, keys],
                                                    kv[1][:, keys], out[:, rows],
-                                                   lse[:, :, rows], scale, wl, wr, deterministic)
+                                                   lse[:, :, rows], scale, wl, wr, deterministic,
+                                                   layout.varlen())
                 dq[:, rows] += dq_b
                 dkv[0][:, keys] += dk_b
                 dkv[1][:, keys] += dv_b
@@ -188,19 +229,18 @@ class _RingAttention(torch.autograd.Function):
 
 
 def _ring_attention(q, k, v, dropout_p, softmax_scale, causal, window_size, alibi_slopes,
-                    deterministic, return_attn_probs, group, zigzag):
-    _check_qkv(q, k, v, 4)
+                    deterministic, return_attn_probs, group, layout):
     if dropout_p:
         raise NotImplementedError("dropout_p: dropout is not supported under context parallelism")
     if alibi_slopes is not None:
         raise NotImplementedError("alibi_slopes: ALiBi is not supported under context parallelism")
     wl, wr = (int(w) for w in window_size)
     window = (-1 if wl < 0 else wl, 0 if causal else (-1 if wr < 0 else wr))
-    if zigzag and q.shape[1] % 2:
+    if layout.zigzag and q.shape[1] % 2:
         raise ValueError(f"q: zigzag needs an even local sequence length, got {q.shape[1]}")
     if k.shape[1] != q.shape[1]:
         raise ValueError(f"k: local sequence length {k.shape[1]} differs from q's {q.shape[1]}")
-    out, lse = _RingAttention.apply(q, k, v, softmax_scale, window, bool(deterministic), zigzag,
+    out, lse = _RingAttention.apply(q, k, v, softmax_scale, window, bool(deterministic), layout,
                                     group)
     if return_attn_probs:
         return out, lse, None
@@ -224,8 +264,9 @@ def ring_flash_attn_func(
     per rank of ``group``: ``q`` ``(B, S_local, Hq, D)``, ``k``/``v``
     ``(B, S_local, Hk, D)``. Returns this rank's ``out`` ``(B, S_local, Hq, D)``
     and, with ``return_attn_probs``, ``(out, lse (B, Hq, S_local) float32, None)``."""
+    _check_qkv(q, k, v, 4)
     return _ring_attention(q, k, v, dropout_p, softmax_scale, causal, window_size,
-                           alibi_slopes, deterministic, return_attn_probs, group, False)
+                           alibi_slopes, deterministic, return_attn_probs, group, _Layout())
 
 
 def zigzag_ring_flash_attn_func(
@@ -243,5 +284,43 @@ def zigzag_ring_flash_attn_func(
 ):
     """:func:`ring_flash_attn_func` with the zigzag layout: rank r holds chunks
     r and 2W-1-r of the sequence cut into 2W chunks (see :func:`shard`)."""
+    _check_qkv(q, k, v, 4)
     return _ring_attention(q, k, v, dropout_p, softmax_scale, causal, window_size,
-                           alibi_slopes, deterministic, return_attn_probs, group, True)
+                           alibi_slopes, deterministic, return_attn_probs, group,
+                           _Layout(zigzag=True))
+
+
+def ring_flash_attn_varlen_func(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens: Tensor,
+    max_seqlen: int,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: Tuple[int, int] = (-1, -1),
+    alibi_slopes: Optional[Tensor] = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+    group: Optional[dist.ProcessGroup] = None,
+):
+    """Packed sequences under context parallelism: every sequence is cut into
+    ``world_size`` equal contiguous pieces and rank r holds piece r of each,
+    packed: ``q`` ``(total_local, Hq, D)``, ``k``/``v`` ``(total_local, Hk, D)``,
+    ``cu_seqlens`` the int32 ``(B + 1,)`` prefix sums of the local piece lengths
+    (the same on every rank), ``max_seqlen`` the longest local piece. Returns
+    ``out`` ``(total_local, Hq, D)`` and, with ``return_attn_probs``,
+    ``(out, lse (Hq, total_local) float32, None)``. No sliding windows."""
+    _check_qkv(q, k, v, 3)
+    if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dtype != torch.int32:
+        raise TypeError("cu_seqlens: expected an int32 torch.Tensor")
+    if tuple(int(w) for w in window_size) != (-1, -1):
+        raise NotImplementedError("window_size: sliding windows are not supported by the varlen "
+                                  "ring")
+    res = _ring_attention(q[None], k[None], v[None], dropout_p, softmax_scale, causal,
+                          window_size, alibi_slopes, deterministic, return_attn_probs, group,
+                          _Layout(cu_seqlens=cu_seqlens, max_seqlen=max_seqlen))
+    if return_attn_probs:
+        return res[0][0], res[1][0], None
+    return res[0]

@@ -2,8 +2,8 @@
 Every rank checks its slice of out, lse, dq, dk, dv against attention over the
 whole sequence in one process, with FlashAttention's 2x rule (truth: fp64;
 same-precision reference: PyTorch's math SDPA in the test dtype), for ring and
-zigzag layouts, causal or not, sliding windows, MHA and GQA, float32 and
-bfloat16, and that no value is NaN."""
+zigzag layouts and packed sequences (varlen), causal or not, sliding windows,
+MHA and GQA, float32 and bfloat16, and that no value is NaN."""
 from __future__ import annotations
 
 import datetime
@@ -105,6 +105,54 @@ def _check_case(rank, world, layout, causal, window, hq, hk, dtype):
                                atol=1e-4, rtol=1e-4, msg=what + " lse")
 
 
+VARLEN_CASES = {2: [(c, d) for c in (False, True) for d in (torch.float32, torch.bfloat16)],
+                3: [(False, torch.bfloat16), (True, torch.float32)],
+                4: [(False, torch.float32), (True, torch.bfloat16)]}
+
+
+def _check_varlen_case(rank, world, causal, dtype):
+    """ring_flash_attn_varlen_func: piece `rank` of every packed sequence."""
+    from conftest import assert_close_rule, torch_math_sdpa
+
+    hq, hk, d = 4, 2, 16
+    local_lengths = [3, 1, 6]
+    lengths = [n * world for n in local_lengths]
+    g = torch.Generator().manual_seed(2000 + int(causal))
+    q, k, v, dout = (torch.randn(sum(lengths), h, d, generator=g) for h in (hq, hk, hk, hq))
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+
+    def local_rows(x):  # piece `rank` of each sequence, packed
+        return torch.cat([x[s + rank * n: s + (rank + 1) * n]
+                          for s, n in zip(starts, local_lengths)])
+
+    def full(q_, k_, v_):  # each whole sequence on its own, in one process
+        outs = []
+        for s, n in zip(starts, lengths):
+            sl = slice(s, s + n)
+            o = torch_math_sdpa(q_[sl].transpose(0, 1)[None], k_[sl].transpose(0, 1)[None],
+                                v_[sl].transpose(0, 1)[None], is_causal=causal, enable_gqa=True)
+            outs.append(o[0].transpose(0, 1))
+        return torch.cat(outs)
+
+    def grads(fn, ts, do):
+        ts = [t.detach().clone().requires_grad_() for t in ts]
+        o = fn(*ts)
+        return [o.detach()] + list(torch.autograd.grad(o, ts, do.to(o.dtype)))
+
+    ref = grads(full, [t.double() for t in (q, k, v)], dout.double())
+    pt = grads(full, [t.to(dtype) for t in (q, k, v)], dout)
+    cu = torch.tensor([0] + torch.tensor(local_lengths).cumsum(0).tolist(), dtype=torch.int32)
+    local = [local_rows(t.to(dtype)).requires_grad_() for t in (q, k, v)]
+    out, lse, _ = fd.ring_flash_attn_varlen_func(*local, cu, max(local_lengths), causal=causal,
+                                                 return_attn_probs=True)
+    assert lse.shape == (hq, local[0].shape[0])
+    ours = [out.detach()] + list(torch.autograd.grad(out, local, local_rows(dout).to(dtype)))
+    what = f"varlen world {world} rank {rank} causal={causal} {dtype}"
+    for name, a, bb, c in zip(["out", "dq", "dk", "dv"], ours, pt, ref):
+        assert not torch.isnan(a).any(), f"{what} {name}: NaN"
+        assert_close_rule(f"{what} {name}", a, local_rows(bb), local_rows(c), dtype)
+
+
 def _worker(rank, world, port, errors):
     try:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -113,6 +161,8 @@ def _worker(rank, world, port, errors):
         flashsdpa.set_num_threads(1)
         for case in CASES_BY_WORLD[world]:
             _check_case(rank, world, *case)
+        for case in VARLEN_CASES[world]:
+            _check_varlen_case(rank, world, *case)
         flashsdpa.reset_stats()
         dist.barrier()
         dist.destroy_process_group()
@@ -122,7 +172,7 @@ def _worker(rank, world, port, errors):
 
 
 @pytest.mark.parametrize("world", [2, 3, 4])
-def test_ring_and_zigzag_match_single_process(world):
+def test_context_parallel_matches_single_process(world):
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
     here = os.path.dirname(os.path.abspath(__file__))
@@ -153,6 +203,11 @@ def test_unsupported_arguments_raise_clear_errors():
         fd.zigzag_ring_flash_attn_func(q, q, q, alibi_slopes=torch.ones(2))
     with pytest.raises(RuntimeError, match="not initialised"):
         fd.ring_flash_attn_func(q, q, q)
+    with pytest.raises(NotImplementedError, match="window_size"):
+        fd.ring_flash_attn_varlen_func(q[0], q[0], q[0], torch.tensor([0, 4], dtype=torch.int32),
+                                       4, window_size=(2, 0))
+    with pytest.raises(TypeError, match="cu_seqlens"):
+        fd.ring_flash_attn_varlen_func(q[0], q[0], q[0], torch.tensor([0, 4]), 4)
     with pytest.raises(ValueError, match="multiple of 4"):
         fd.shard(torch.randn(1, 6, 1, 1), 0, 2, zigzag=True)
 
