@@ -247,7 +247,8 @@ def _flash_attention_forward_no_dropout_inplace(original):
 def _flash_backward_into(grad_out, query, key, value, out, logsumexp, cum_seq_q, cum_seq_k,
                          max_q, max_k, dropout_p, is_causal, rng_state, scale, window_size_left,
                          window_size_right, transposed):
-    """FA2's backward problem; transposed: tensors are [B, S, H, D] (else [B, H, S, D] or varlen)."""
+    """FA2's backward problem; transposed: the tensors are [B, S, H, D] (else
+    [B, H, S, D], or varlen)."""
     dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
     p = _params(scale, is_causal, True, window_size_left, window_size_right, dropout_p,
                 _rng_from_state(dropout_p, rng_state))

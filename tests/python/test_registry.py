@@ -7,7 +7,6 @@ tensors (the kernels pick the backend from the tensors' device), against the
 FlashAttention-semantics reference."""
 from __future__ import annotations
 
-import importlib
 import logging
 
 import pytest
