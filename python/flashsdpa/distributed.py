@@ -15,9 +15,10 @@ overlapping the attention of the block in hand; only the ``Hk`` key/value heads
 travel (GQA). Each block runs flashsdpa's kernel with its log-sum-exp, and the
 partial results are merged in float32. With ``causal=True`` or a
 ``window_size``, each block runs only where its band has keys: blocks entirely
-in the future or outside the window are skipped. The backward runs flashsdpa's backward kernel per
-block against the merged output and log-sum-exp, accumulates dq in float32 and
-sends the float32 dK/dV accumulators around the ring back to their owners.
+in the future or outside the window are skipped. The backward runs flashsdpa's
+backward kernel per block against the merged output and log-sum-exp,
+accumulates dq in float32 and sends the float32 dK/dV accumulators around the
+ring back to their owners.
 
 :func:`ring_flash_attn_varlen_func` does the same for packed sequences (piece
 r of every sequence on rank r). Not supported (a clear error): dropout, ALiBi,
