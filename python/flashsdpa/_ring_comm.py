@@ -38,12 +38,6 @@ class Ring:
         recv = torch.empty_like(send)
         ops = [dist.P2POp(dist.isend, send, self._next, self.group, tag),
                dist.P2POp(dist.irecv, recv, self._prev, self.group, tag)]
-        # Even ranks send first, odd ranks receive first: with two ranks both
-        # directions join the same pair of ranks, and a fixed order on both
-        # ends keeps backends that match messages in posting order (gloo) from
-        # pairing a send with the wrong receive.
-        if self.rank % 2 == 1:
-            ops.reverse()
         return Transfer(dist.batch_isend_irecv(ops), recv)
 
 
