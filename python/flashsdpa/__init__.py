@@ -1,10 +1,15 @@
 """flashsdpa: exact, memory-efficient attention (forward and backward).
 
 * :func:`scaled_dot_product_attention` — PyTorch's SDPA, computed by flashsdpa.
-* :func:`flash_attn_func`, :func:`flash_attn_varlen_func` — the FlashAttention API.
+* :func:`flash_attn_func`, :func:`flash_attn_varlen_func` and the packed
+  ``flash_attn_{,varlen_}{qkv,kv}packed_func`` — the FlashAttention 2.x API.
+* ``torch.nn.attention.activate_flash_attention_impl("flashsdpa")`` — flashsdpa
+  as PyTorch's flash-attention implementation (registered on import, not active).
 * :func:`enable` / :func:`disable` / :func:`enabled` / :func:`is_enabled` — patch
   ``torch.nn.functional.scaled_dot_product_attention`` so existing models use
   flashsdpa where it can, falling back to PyTorch elsewhere; :func:`stats`.
+* :func:`register_transformers` — an ``attn_implementation`` for Hugging Face models.
+* ``flashsdpa.distributed`` — ring / zigzag context parallelism over torch.distributed.
 * ``flashsdpa._C`` — the C ABI on any DLPack-capable arrays (NumPy, PyTorch, ...).
 """
 from __future__ import annotations
@@ -37,6 +42,8 @@ def get_num_threads() -> int:
 _TORCH_API = frozenset({
     "scaled_dot_product_attention", "flash_attn_func", "flash_attn_varlen_func", "enable", "disable",
     "enabled", "is_enabled", "stats", "reset_stats", "register_device_runner",
+    "flash_attn_qkvpacked_func", "flash_attn_kvpacked_func", "flash_attn_varlen_qkvpacked_func",
+    "flash_attn_varlen_kvpacked_func", "register_transformers",
 })
 
 try:
@@ -45,8 +52,16 @@ except ImportError:  # the low-level _C API works without PyTorch
     _torch = None
 else:
     from ._api import flash_attn_func, flash_attn_varlen_func, scaled_dot_product_attention
+    from ._packed import (flash_attn_kvpacked_func, flash_attn_qkvpacked_func,
+                          flash_attn_varlen_kvpacked_func, flash_attn_varlen_qkvpacked_func)
     from ._patch import disable, enable, enabled, is_enabled, reset_stats, stats
     from ._ops import register_device_runner
+    from ._hf import register_transformers
+    from . import _aten
+
+    # PyTorch's flash-attention registry: registered, never activated here
+    # (torch.nn.attention.activate_flash_attention_impl("flashsdpa") does that).
+    _aten.register()
 
     # The MPS path (flashsdpa/metal.py): registers its runners with
     # _ops.register_device_runner("mps", ...) where MPS, torch.mps.compile_shader
@@ -60,6 +75,7 @@ else:
 __all__ = ["set_num_threads", "get_num_threads", "backends", "__version__"]
 if _torch is not None:
     __all__ += sorted(_TORCH_API)
+
 
 def __getattr__(name: str):
     if _torch is None and name in _TORCH_API:

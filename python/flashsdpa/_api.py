@@ -189,8 +189,9 @@ def flash_attn_func(
     softcap: float = 0.0,
     alibi_slopes: Optional[Tensor] = None,
     deterministic: bool = False,
-    return_lse: bool = False,
     return_attn_probs: bool = False,
+    *,
+    return_lse: bool = False,
 ) -> Union[Tensor, Tuple[Tensor, ...]]:
     """FlashAttention's ``flash_attn_func``: ``q`` ``(B, Sq, Hq, D)``, ``k``/``v``
     ``(B, Sk, Hk, D)`` with ``Hq % Hk == 0`` (MQA/GQA).
@@ -203,7 +204,9 @@ def flash_attn_func(
     ``return_lse``, also the log-sum-exp ``(B, Hq, Sq)`` in float32.
     ``deterministic`` makes the backward bit-reproducible.
     ``return_attn_probs`` (FlashAttention's testing flag) returns ``(out, lse,
-    None)``: the probabilities are never materialised.
+    None)``: the probabilities are never materialised. The positional order is
+    flash-attn 2.x's (``return_attn_probs`` is the 11th); ``return_lse`` is
+    keyword-only.
     """
     _check_qkv(q, k, v, 4)
     wl, wr = _window(window_size)
@@ -233,8 +236,9 @@ def flash_attn_varlen_func(
     softcap: float = 0.0,
     alibi_slopes: Optional[Tensor] = None,
     deterministic: bool = False,
-    return_lse: bool = False,
     return_attn_probs: bool = False,
+    *,
+    return_lse: bool = False,
 ) -> Union[Tensor, Tuple[Tensor, ...]]:
     """FlashAttention's ``flash_attn_varlen_func``: sequences packed along the
     first dim, ``q`` ``(total_q, Hq, D)``, ``k``/``v`` ``(total_k, Hk, D)``;

@@ -28,15 +28,19 @@ _logged: set = set()
 _config: Dict[str, object] = {"enabled": False, "min_seq_len": 0, "backends": KNOWN_BACKENDS}
 
 
-def _fallback(reason: str, *args, **kwargs):
+def note_fallback(reason: str, to: str = "torch's scaled_dot_product_attention") -> None:
+    """Counts (and logs once per reason) a call that went to PyTorch instead."""
     if not torch.compiler.is_compiling():
         with _lock:
             _fallbacks[reason] += 1
             first = reason not in _logged
             _logged.add(reason)
         if first:
-            logger.info("flashsdpa: falling back to torch's scaled_dot_product_attention (%s)",
-                        reason)
+            logger.info("flashsdpa: falling back to %s (%s)", to, reason)
+
+
+def _fallback(reason: str, *args, **kwargs):
+    note_fallback(reason)
     return _original(*args, **kwargs)
 
 
@@ -132,9 +136,12 @@ def stats() -> Dict[str, object]:
     """Counts since the last :func:`reset_stats`.
 
     ``dispatched``: forward calls that ran on flashsdpa kernels (any entry
-    point, eager or compiled); ``dispatched_by_device``; ``backward``: backward
+    point, eager or compiled); ``dispatched_by_device``; ``dispatched_via_aten``:
+    those that came through aten's flash operators (the ``flashsdpa``
+    implementation of PyTorch's flash-attention registry); ``backward``: backward
     calls; ``fallbacks``: {reason: count} of patched SDPA calls that went to
-    PyTorch (counted in eager mode; a compiled graph decides at trace time).
+    PyTorch (counted in eager mode; a compiled graph decides at trace time), and
+    of aten flash calls that went to aten's own kernel (reasons ``aten:...``).
     """
     c = dict(_ops.counters)
     with _lock:
@@ -144,6 +151,7 @@ def stats() -> Dict[str, object]:
         "dispatched": c.get("dispatched", 0),
         "dispatched_by_device": {k.split(":", 1)[1]: n for k, n in c.items()
                                  if k.startswith("dispatched:")},
+        "dispatched_via_aten": c.get("dispatched_via_aten", 0),
         "backward": c.get("backward", 0),
         "fallbacks": fb,
         "fallback_total": sum(fb.values()),

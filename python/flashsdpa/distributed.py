@@ -1,0 +1,327 @@
+"""Context parallelism: attention over a sequence split across the ranks of a
+torch.distributed group (NCCL on GPUs, gloo on CPUs).
+
+:func:`ring_flash_attn_func` and :func:`zigzag_ring_flash_attn_func` take the
+arguments of the ring-flash-attention package, so switching is one import.
+Tensors are ``(B, S_local, H, D)``; each rank holds a slice of the sequence:
+
+* ``ring_``: the contiguous slice ``rank`` of ``world_size`` equal slices;
+* ``zigzag_``: chunks ``rank`` and ``2 * world_size - 1 - rank`` of
+  ``2 * world_size`` equal chunks, concatenated (this balances causal work).
+
+:func:`shard` cuts a full tensor into either layout. K/V blocks travel around
+the ring by point-to-point sends (``batch_isend_irecv``), each step's transfer
+overlapping the attention of the block in hand; only the ``Hk`` key/value heads
+travel (GQA). Each block runs flashsdpa's kernel with its log-sum-exp, and the
+partial results are merged in float32. With ``causal=True`` or a
+``window_size``, each block runs only where its band has keys: blocks entirely
+in the future or outside the window are skipped. The backward runs flashsdpa's
+backward kernel per block against the merged output and log-sum-exp,
+accumulates dq in float32 and sends the float32 dK/dV accumulators around the
+ring back to their owners.
+
+:func:`ring_flash_attn_varlen_func` does the same for packed sequences (piece
+r of every sequence on rank r). Not supported (a clear error): dropout, ALiBi,
+sliding windows with varlen, a zigzag varlen layout.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from . import _ops
+from ._api import _check_qkv
+from ._ring_comm import Ring
+
+__all__ = ["ring_flash_attn_func", "zigzag_ring_flash_attn_func", "ring_flash_attn_varlen_func",
+           "shard"]
+
+_KV_TAG, _DKV_TAG = 0, 1
+
+
+def shard(x: Tensor, rank: int, world_size: int, zigzag: bool = False, dim: int = 1) -> Tensor:
+    """This rank's part of the full sequence ``x`` (sequence along ``dim``)."""
+    parts = 2 * world_size if zigzag else world_size
+    if x.shape[dim] % parts:
+        raise ValueError(f"x: sequence length {x.shape[dim]} is not a multiple of {parts}")
+    chunks = x.chunk(parts, dim)
+    if not zigzag:
+        return chunks[rank]
+    return torch.cat([chunks[rank], chunks[parts - 1 - rank]], dim)
+
+
+# ---------------------------------------------------------------------------
+# Which local queries see which local keys of a block. Every local sequence is
+# one (ring) or two (zigzag) chunks, each a contiguous run of global positions;
+# a (query chunk, key chunk) pair is one kernel call with its own band.
+
+
+def _chunks(zigzag: bool, rank: int, world_size: int, s_local: int):
+    """[(local slice, global start)] of a rank's local sequence."""
+    if not zigzag:
+        return [(slice(0, s_local), rank * s_local)]
+    c = s_local // 2
+    return [(slice(0, c), rank * c), (slice(c, s_local), (2 * world_size - 1 - rank) * c)]
+
+
+def _band(offset: int, lq: int, lk: int, window_left: int, window_right: int):
+    """Query row i of a chunk sees key j of another when
+    ``i + offset - window_left <= j <= i + offset + window_right`` (offset: the
+    query chunk's global start minus the key chunk's; -1 = unbounded). Returns
+    None if no row sees any key, else (first row, first key, window_left',
+    window_right') of the same band in the sub-problem rows[first row:] x
+    keys[first key:] with top-left alignment, which is what the kernel takes."""
+    lo = None if window_left < 0 else offset - window_left  # j >= i + lo
+    hi = None if window_right < 0 else offset + window_right  # j <= i + hi
+    if (hi is not None and lq - 1 + hi < 0) or (lo is not None and lo > lk - 1):
+        return None
+    if (lo is None or lq - 1 + lo <= 0) and (hi is None or hi >= lk - 1):
+        return 0, 0, -1, -1  # every row sees every key
+    first_key = lo if lo is not None and lo > 0 else 0  # keys no row sees
+    first_row = -hi if hi is not None and hi < 0 else 0  # rows that see no key
+    shift = first_row - first_key
+    return (first_row, first_key, -1 if lo is None else -(lo + shift),
+            -1 if hi is None else hi + shift)
+
+
+def _sub_blocks(zigzag, rank, src, world_size, s_local, window_left, window_right):
+    """[(query rows, key rows, window_left, window_right)] of the block from rank src."""
+    out = []
+    for q_rows, q_start in _chunks(zigzag, rank, world_size, s_local):
+        for k_rows, k_start in _chunks(zigzag, src, world_size, s_local):
+            lq, lk = q_rows.stop - q_rows.start, k_rows.stop - k_rows.start
+            band = _band(q_start - k_start, lq, lk, window_left, window_right)
+            if band is not None:
+                r0, k0, wl, wr = band
+                out.append((slice(q_rows.start + r0, q_rows.stop),
+                            slice(k_rows.start + k0, k_rows.stop), wl, wr))
+    return out
+
+
+class _Layout:
+    """Which global rows a rank's local rows are: contiguous slices (ring),
+    chunks r and 2W-1-r (zigzag), or, with ``cu_seqlens``, piece r of W equal
+    pieces of every packed sequence (varlen ring; tensors seen as (1, total, H, D))."""
+
+    def __init__(self, zigzag: bool = False, cu_seqlens: Optional[Tensor] = None,
+                 max_seqlen: int = 0):
+        self.zigzag, self.cu_seqlens, self.max_seqlen = zigzag, cu_seqlens, int(max_seqlen)
+
+    def sub_blocks(self, rank, src, world_size, s_local, window):
+        if self.cu_seqlens is None:
+            return _sub_blocks(self.zigzag, rank, src, world_size, s_local, *window)
+        # Without windows (checked by the caller) a block's band depends only on
+        # the order of the pieces, the same in every sequence.
+        everything = slice(0, s_local)
+        if window[1] < 0 or src < rank:  # not causal, or the past: all of it
+            return [(everything, everything, -1, -1)]
+        return [(everything, everything, -1, 0)] if src == rank else []
+
+    def varlen(self):
+        return None if self.cu_seqlens is None else (self.cu_seqlens, self.max_seqlen)
+
+
+def _bhsd(t: Tensor) -> Tensor:
+    return t.transpose(1, 2)
+
+
+def _block_forward(q, k, v, scale, window_left, window_right, varlen):
+    """flashsdpa's forward on (B, S, H, D) views, top-left aligned band (per
+    sequence with varlen = (cu_seqlens, max_seqlen), B = 1);
+    (out fp32 (B, S, H, D), lse (B, S, H, 1))."""
+    check = _ops.default_check_finite(q.device)
+    if varlen is not None:
+        cu, max_len = varlen
+        out, lse = _ops.call_fwd(q[0], k[0], v[0], None, None, cu, cu, max_len, max_len, scale,
+                                 False, False, window_left, window_right, 0.0, 0.0, None, False,
+                                 check, False)
+        return out[None].float(), lse.transpose(0, 1)[None, :, :, None]
+    out, lse = _ops.call_fwd(_bhsd(q), _bhsd(k), _bhsd(v), None, None, None, None, 0, 0, scale,
+                             False, False, window_left, window_right, 0.0, 0.0, None, False,
+                             check, True)
+    return _bhsd(out).float(), lse.transpose(1, 2).unsqueeze(-1)
+
+
+def _merge(out: Tensor, lse: Tensor, blk_out: Tensor, blk_lse: Tensor) -> None:
+    """out, lse <- the softmax-weighted union of (out, lse) and the block's, in
+    place, in float32. Rows without any visible key keep out = 0, lse = -inf."""
+    top = torch.maximum(lse, blk_lse)
+    top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
+    w_old, w_blk = torch.exp(lse - top), torch.exp(blk_lse - top)
+    total = w_old + w_blk
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    out.mul_(w_old / safe).add_(blk_out * (w_blk / safe))
+    lse.copy_(top + torch.log(total))
+
+
+def _block_backward(dout, q, k, v, out, lse, scale, window_left, window_right, deterministic,
+                    varlen):
+    """flashsdpa's backward of one block against the merged out and lse (B, H, S)."""
+    if varlen is not None:
+        cu, max_len = varlen
+        grads = _ops.bwd(dout[0], q[0], k[0], v[0], out[0], lse[0], None, None, cu, cu, max_len,
+                         max_len, scale, False, False, window_left, window_right, 0.0, 0.0,
+                         None, deterministic, False)
+        return tuple(g[None] for g in grads)
+    dq, dk, dv = _ops.bwd(_bhsd(dout), _bhsd(q), _bhsd(k), _bhsd(v), _bhsd(out), lse, None, None,
+                          None, None, 0, 0, scale, False, False, window_left, window_right, 0.0,
+                          0.0, None, deterministic, False)
+    return _bhsd(dq), _bhsd(dk), _bhsd(dv)
+
+
+class _RingAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, scale, window, deterministic, layout, group):
+        ring = Ring(group)
+        b, s, hq, _ = q.shape
+        out = q.new_zeros(q.shape[:-1] + v.shape[-1:], dtype=torch.float32)
+        lse = q.new_full((b, s, hq, 1), float("-inf"), dtype=torch.float32)
+        kv = torch.stack([k, v]) if k.shape == v.shape else None
+        if kv is None:
+            raise ValueError("k, v: context parallelism needs equal key and value shapes")
+        for step in range(ring.world_size):
+            transfer = ring.start(kv, _KV_TAG) if step + 1 < ring.world_size else None
+            for rows, keys, wl, wr in layout.sub_blocks(ring.rank, ring.source(step),
+                                                        ring.world_size, s, window):
+                blk_out, blk_lse = _block_forward(q[:, rows], kv[0][:, keys], kv[1][:, keys],
+                                                  scale, wl, wr, layout.varlen())
+                _merge(out[:, rows], lse[:, rows], blk_out, blk_lse)
+            if transfer is not None:
+                kv = transfer.wait()
+        out = out.to(q.dtype)
+        lse = lse.squeeze(-1).transpose(1, 2).contiguous()  # (B, H, S), like flash_attn
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.args = (scale, window, deterministic, layout, group)
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        scale, window, deterministic, layout, group = ctx.args
+        ring = Ring(group)
+        s = q.shape[1]
+        dout = dout.to(q.dtype)
+        dq = torch.zeros_like(q, dtype=torch.float32)
+        kv = torch.stack([k, v])
+        dkv_transfer = None
+        for step in range(ring.world_size):
+            kv_transfer = ring.start(kv, _KV_TAG) if step + 1 < ring.world_size else None
+            dkv = torch.zeros_like(kv, dtype=torch.float32)
+            for rows, keys, wl, wr in layout.sub_blocks(ring.rank, ring.source(step),
+                                                        ring.world_size, s, window):
+                dq_b, dk_b, dv_b = _block_backward(dout[:, rows], q[:, rows], kv[0][:, keys],
+                                                   kv[1][:, keys], out[:, rows],
+                                                   lse[:, :, rows], scale, wl, wr, deterministic,
+                                                   layout.varlen())
+                dq[:, rows] += dq_b
+                dkv[0][:, keys] += dk_b
+                dkv[1][:, keys] += dv_b
+            if dkv_transfer is not None:  # the accumulator of this block, from the previous rank
+                dkv += dkv_transfer.wait()
+            dkv_transfer = ring.start(dkv, _DKV_TAG)
+            if kv_transfer is not None:
+                kv = kv_transfer.wait()
+        dkv = dkv_transfer.wait()  # our own block's, back from its trip around the ring
+        return (dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype)) + (None,) * 5
+
+
+def _ring_attention(q, k, v, dropout_p, softmax_scale, causal, window_size, alibi_slopes,
+                    deterministic, return_attn_probs, group, layout):
+    if dropout_p:
+        raise NotImplementedError("dropout_p: dropout is not supported under context parallelism")
+    if alibi_slopes is not None:
+        raise NotImplementedError("alibi_slopes: ALiBi is not supported under context parallelism")
+    wl, wr = (int(w) for w in window_size)
+    window = (-1 if wl < 0 else wl, 0 if causal else (-1 if wr < 0 else wr))
+    if layout.zigzag and q.shape[1] % 2:
+        raise ValueError(f"q: zigzag needs an even local sequence length, got {q.shape[1]}")
+    if k.shape[1] != q.shape[1]:
+        raise ValueError(f"k: local sequence length {k.shape[1]} differs from q's {q.shape[1]}")
+    out, lse = _RingAttention.apply(q, k, v, softmax_scale, window, bool(deterministic), layout,
+                                    group)
+    if return_attn_probs:
+        return out, lse, None
+    return out
+
+
+def ring_flash_attn_func(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: Tuple[int, int] = (-1, -1),
+    alibi_slopes: Optional[Tensor] = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+    group: Optional[dist.ProcessGroup] = None,
+):
+    """Attention over a sequence cut into ``world_size`` contiguous slices, one
+    per rank of ``group``: ``q`` ``(B, S_local, Hq, D)``, ``k``/``v``
+    ``(B, S_local, Hk, D)``. Returns this rank's ``out`` ``(B, S_local, Hq, D)``
+    and, with ``return_attn_probs``, ``(out, lse (B, Hq, S_local) float32, None)``."""
+    _check_qkv(q, k, v, 4)
+    return _ring_attention(q, k, v, dropout_p, softmax_scale, causal, window_size,
+                           alibi_slopes, deterministic, return_attn_probs, group, _Layout())
+
+
+def zigzag_ring_flash_attn_func(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: Tuple[int, int] = (-1, -1),
+    alibi_slopes: Optional[Tensor] = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+    group: Optional[dist.ProcessGroup] = None,
+):
+    """:func:`ring_flash_attn_func` with the zigzag layout: rank r holds chunks
+    r and 2W-1-r of the sequence cut into 2W chunks (see :func:`shard`)."""
+    _check_qkv(q, k, v, 4)
+    return _ring_attention(q, k, v, dropout_p, softmax_scale, causal, window_size,
+                           alibi_slopes, deterministic, return_attn_probs, group,
+                           _Layout(zigzag=True))
+
+
+def ring_flash_attn_varlen_func(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens: Tensor,
+    max_seqlen: int,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: Tuple[int, int] = (-1, -1),
+    alibi_slopes: Optional[Tensor] = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+    group: Optional[dist.ProcessGroup] = None,
+):
+    """Packed sequences under context parallelism: every sequence is cut into
+    ``world_size`` equal contiguous pieces and rank r holds piece r of each,
+    packed: ``q`` ``(total_local, Hq, D)``, ``k``/``v`` ``(total_local, Hk, D)``,
+    ``cu_seqlens`` the int32 ``(B + 1,)`` prefix sums of the local piece lengths
+    (the same on every rank), ``max_seqlen`` the longest local piece. Returns
+    ``out`` ``(total_local, Hq, D)`` and, with ``return_attn_probs``,
+    ``(out, lse (Hq, total_local) float32, None)``. No sliding windows."""
+    _check_qkv(q, k, v, 3)
+    if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dtype != torch.int32:
+        raise TypeError("cu_seqlens: expected an int32 torch.Tensor")
+    if tuple(int(w) for w in window_size) != (-1, -1):
+        raise NotImplementedError("window_size: sliding windows are not supported by the varlen "
+                                  "ring")
+    res = _ring_attention(q[None], k[None], v[None], dropout_p, softmax_scale, causal,
+                          window_size, alibi_slopes, deterministic, return_attn_probs, group,
+                          _Layout(cu_seqlens=cu_seqlens, max_seqlen=max_seqlen))
+    if return_attn_probs:
+        return res[0][0], res[1][0], None
+    return res[0]
