@@ -15,7 +15,7 @@ through the C ABI. Instead this module
    ``src/metal/kernels/fsdpa_metal_args.h``. Nothing here waits for the GPU:
    the argument block goes in by ``setBytes`` (see :func:`_args_words`), the
    placeholder buffer is allocated once per device, and no value is read
-   back (tests/metal/attention/test_metal_mps_emu.py fails on any blocking
+   back (tests/metal/mps_emu/test_metal_mps_emu.py fails on any blocking
    copy or synchronisation in this path).
 
 Where the kernels cannot run as compiled, calls fall back with a reason in
@@ -63,6 +63,20 @@ _DTYPE_CODE = {
     torch.uint8: 4,
     torch.int32: 5,
 }
+
+# Fallback reasons (flashsdpa.stats()["fallbacks"]).
+FAST_MATH = "device:mps-fast-math"
+GPU_MISMATCH = "device:mps-gpu-mismatch"
+
+
+class Unsupported(RuntimeError):
+    """The MPS kernels cannot run here; ``fallback_reason`` is the stats() key
+    under which the SDPA patch falls back to PyTorch (flashsdpa/_patch.py)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.fallback_reason = reason
+
 
 # What every kernel assumes of the GPU (fsdpa_attention.metal): 32-lane
 # simdgroups and at most 32 KiB of static threadgroup memory.
@@ -196,19 +210,6 @@ def _dummy(device: torch.device) -> torch.Tensor:
     if t is None:
         t = _dummies[device] = torch.empty(16, dtype=torch.uint8, device=device)
     return t
-
-
-FAST_MATH = "device:mps-fast-math"
-GPU_MISMATCH = "device:mps-gpu-mismatch"
-
-
-class Unsupported(RuntimeError):
-    """The MPS kernels cannot run here; ``fallback_reason`` is the stats() key
-    under which the SDPA patch falls back to PyTorch (flashsdpa/_patch.py)."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.fallback_reason = reason
 
 
 def _kernel(lib, key: str, name: str, threads: int):

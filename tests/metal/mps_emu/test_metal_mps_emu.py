@@ -148,10 +148,6 @@ def test_forward_backward_gqa_on_emulator(fake, case, dtype):
                              for n, t in opts.items()})
     kernels = [d[1] for d in fake.dispatches]
     assert kernels == ["fsdpa_forward", "fsdpa_backward_preprocess", "fsdpa_backward_dq", "fsdpa_backward_dkdv"]
-    if mask is not None:  # PyTorch's math gives NaN on the empty row; flashsdpa's semantics: 0
-        for t in ref + pt:
-            if t.shape[-2] == 37:
-                t[:, :, 3] = 0
     for name, a, b, c in zip(["out", "dq", "dk", "dv"], ours, pt, ref):
         assert_close_rule(name, a, b, c, dtype)
 
@@ -261,7 +257,7 @@ def test_fast_math_falls_back_with_a_reason(fake):
     with flashsdpa.enabled():
         out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
     assert flashsdpa.stats()["fallbacks"] == {"device:mps-fast-math": 1}
-    assert fake.dispatches == [] and fake.compiled == [] or all(d[1] != "fsdpa_forward" for d in fake.dispatches)
+    assert fake.dispatches == []
     torch.testing.assert_close(out, torch_math_sdpa(q, k, v, enable_gqa=True))
     with pytest.raises(RuntimeError, match="PYTORCH_MPS_FAST_MATH"):
         flashsdpa.scaled_dot_product_attention(q, k, v, enable_gqa=True)
