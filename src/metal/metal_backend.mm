@@ -75,8 +75,11 @@ bool metal_available() {
   return s.device != nil && [s.device supportsFamily:MTLGPUFamilyApple7];
 }
 
-// Pipeline of `kernel` under config c, compiled on first use.
-id<MTLComputePipelineState> pipeline(const KernelConfig& c, const char* kernel, std::string* err) {
+// Pipeline of `kernel` under config c, compiled on first use. On failure:
+// nil, *err the reason and *code FSDPA_ERROR_INTERNAL (compilation) or
+// FSDPA_ERROR_UNSUPPORTED (a GPU the kernels were not written for).
+id<MTLComputePipelineState> pipeline(const KernelConfig& c, const char* kernel, std::string* err, fsdpa_status* code) {
+  *code = FSDPA_ERROR_INTERNAL;
   MetalState& s = state();
   const std::string key = key_name(c.key);
   std::lock_guard<std::mutex> lock(s.mu);
@@ -116,6 +119,7 @@ id<MTLComputePipelineState> pipeline(const KernelConfig& c, const char* kernel, 
   }
   // The kernels assume 32-lane simdgroups (lane layout of simdgroup_matrix,
   // row reductions) and static threadgroup arrays within the device limit.
+  *code = FSDPA_ERROR_UNSUPPORTED;
   if (pso.threadExecutionWidth != 32) {
     *err = std::string("the GPU runs ") + kernel + " with " + std::to_string((unsigned long)pso.threadExecutionWidth) +
            "-wide simdgroups; the kernels need 32";
@@ -145,8 +149,9 @@ fsdpa_status run_plan(const Plan& plan, Bindings& b, void* stream) {
   if (plan.dispatches.size() > 4) return set_error(FSDPA_ERROR_INTERNAL, "metal: too many dispatches");
   if (plan.dispatches.empty()) return FSDPA_OK;
   for (size_t i = 0; i < plan.dispatches.size(); ++i) {
-    psos[i] = pipeline(plan.config, plan.dispatches[i].kernel, &err);
-    if (psos[i] == nil) return set_error(FSDPA_ERROR_UNSUPPORTED, "metal: %s", err.c_str());
+    fsdpa_status code = FSDPA_OK;
+    psos[i] = pipeline(plan.config, plan.dispatches[i].kernel, &err, &code);
+    if (psos[i] == nil) return set_error(code, "metal: %s", err.c_str());
     const NSUInteger threads = plan.dispatches[i].threads[0];
     if (threads > psos[i].maxTotalThreadsPerThreadgroup)
       return set_error(FSDPA_ERROR_UNSUPPORTED, "metal: %s needs %lu threads per threadgroup, the pipeline allows %lu",
