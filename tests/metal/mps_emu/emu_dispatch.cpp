@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include <fsdpa_msl_emu/detail.h>  // KernelInfo: the declared max threads
 #include <fsdpa_msl_emu/emu.h>
 
 namespace {

@@ -95,11 +95,16 @@ def parse_source(pre):
     structs = {}
     for name, body in re.findall(r"struct\s+(\w+)\s*\{(.*?)\}\s*;", pre, re.S):
         size = align = 0
-        for ftype, fname, count in re.findall(r"(\w+)\s+(\w+)\s*(?:\[([^\]]+)\])?\s*;", body):
-            fs = SCALAR_SIZES.get(resolve(ftype))
+        for stmt in body.split(";"):
+            m = re.match(r"\s*(\w+)\s+(.+)", stmt, re.S)
+            if not m:
+                continue
+            fs = SCALAR_SIZES.get(resolve(m.group(1)))
             if fs is None:
-                break
-            size = (size + fs - 1) // fs * fs + fs * (c_eval(count) if count else 1)
+                break  # a member of unknown size: the struct is not sized
+            for decl in m.group(2).split(","):  # `int a, b[4];`
+                dm = re.fullmatch(r"\s*\w+\s*(?:\[([^\]]+)\])?\s*", decl)
+                size = (size + fs - 1) // fs * fs + fs * (c_eval(dm.group(1)) if dm.group(1) else 1)
             align = max(align, fs)
         else:
             structs[name] = (size + align - 1) // align * align

@@ -266,6 +266,7 @@ def test_fast_math_falls_back_with_a_reason(fake):
 @pytest.mark.parametrize("mismatch", ["simd_width", "max_threads"])
 def test_gpu_mismatch_falls_back_with_a_reason(fake, mismatch):
     q, k, v, _ = inputs(torch.float32)
+    q.requires_grad_(mismatch == "simd_width")  # through the custom operator, and the direct eager call
     if mismatch == "simd_width":
         fake.simd_width = 64
     else:
