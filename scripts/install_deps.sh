@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in libhwy-dev libgtest-dev libgmock-dev libdlpack-dev ninja-build pkgconf; do
+# clang: the Objective-C++ compiler of the simulated macOS build (tests/metal/macsim);
+# pkgconf: the installed-package consumer test (tests/consumer).
+for pkg in libhwy-dev libgtest-dev libgmock-dev libdlpack-dev ninja-build clang pkgconf; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -41,6 +41,9 @@ def check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa,
     if not _ops.device_available(dev.type):
         return Unsupported(f"device:{dev.type}-unavailable", RuntimeError,
                            f"flashsdpa has no backend for device '{dev.type}' in this build/machine")
+    why = _ops.device_unsupported(dev.type)
+    if why is not None:  # e.g. "device:mps-fast-math" (flashsdpa/metal.py)
+        return Unsupported(why[0], RuntimeError, why[1])
     if query.dtype not in _DTYPES:
         return Unsupported(f"dtype:{str(query.dtype).replace('torch.', '')}", TypeError,
                            f"query: unsupported dtype {query.dtype}; expected float32, float16 "

@@ -51,17 +51,27 @@ def _count(*keys: str) -> None:
 _DL_DEVICE = {"cpu": _C.DL_CPU, "cuda": _C.DL_CUDA}
 _runners: Dict[str, Tuple[Callable, Callable]] = {}
 _available: Dict[str, bool] = {}
+_unsupported: Dict[str, Callable] = {}
 
 
-def register_device_runner(device_type: str, forward: Callable, backward: Callable) -> None:
+def register_device_runner(device_type: str, forward: Callable, backward: Callable,
+                           unsupported: Optional[Callable] = None) -> None:
     """Registers the launchers for a PyTorch device type without a DLPack path.
 
     ``forward(params, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q,
     cu_seqlens_k, device)`` and ``backward(params, dout, q, k, v, out, lse, dq,
     dk, dv, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, device)`` take the
     ``flashsdpa._C.Params`` and torch tensors, and write the outputs in place.
+    ``unsupported()``, if given, returns ``(reason, message)`` while the runner
+    cannot run (the SDPA patch then falls back, counted under ``reason``), else
+    None. A runner that finds out only when called raises a RuntimeError with a
+    ``fallback_reason`` attribute before it launches anything.
     """
     _runners[device_type] = (forward, backward)
+    if unsupported is not None:
+        _unsupported[device_type] = unsupported
+    else:
+        _unsupported.pop(device_type, None)
     _available.pop(device_type, None)
 
 
@@ -79,6 +89,12 @@ def device_available(device_type: str) -> bool:
             ok = False
         _available[device_type] = ok
     return ok
+
+
+def device_unsupported(device_type: str) -> Optional[Tuple[str, str]]:
+    """(fallback reason, message) if this device's runner cannot run now, else None."""
+    check = _unsupported.get(device_type)
+    return None if check is None else check()
 
 
 def _stream(t: Tensor) -> int:

@@ -63,14 +63,24 @@ def _why_not(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa) -> 
 def _patched_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                   enable_gqa=False):
     reason = _why_not(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
-    if reason is not None:
-        if enable_gqa:  # the keyword exists since PyTorch 2.5; pass it only when used
-            return _fallback(reason, query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                             is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+    if reason is None:
+        # NaN/Inf inputs propagate as in PyTorch instead of raising.
+        if torch.compiler.is_compiling():  # traced graphs keep no exception handler
+            return _api._sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, False)
+        try:
+            return _api._sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, False)
+        except RuntimeError as e:
+            # A device runner that finds out at its first launch that it cannot
+            # run here (flashsdpa/metal.py: a kernel that breaks the GPU
+            # assumptions) raises before launching anything, naming the reason.
+            reason = getattr(e, "fallback_reason", None)
+            if reason is None:
+                raise
+    if enable_gqa:  # the keyword exists since PyTorch 2.5; pass it only when used
         return _fallback(reason, query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                         is_causal=is_causal, scale=scale)
-    # NaN/Inf inputs propagate as in PyTorch instead of raising.
-    return _api._sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, False)
+                         is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+    return _fallback(reason, query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                     is_causal=is_causal, scale=scale)
 
 
 def enable(min_seq_len: int = 0, backends: Optional[Iterable[str]] = None) -> None:

@@ -12,7 +12,19 @@ through the C ABI. Instead this module
    (PyTorch >= 2.7) and caches the library;
 3. runs the dispatches on PyTorch's own MPS stream (``compile_shader``
    kernels encode there), binding every tensor at the buffer index of
-   ``src/metal/kernels/fsdpa_metal_args.h``.
+   ``src/metal/kernels/fsdpa_metal_args.h``. Nothing here waits for the GPU:
+   the argument block goes in by ``setBytes`` (see :func:`_args_words`), the
+   placeholder buffer is allocated once per device, and no value is read
+   back (tests/metal/mps_emu/test_metal_mps_emu.py fails on any blocking
+   copy or synchronisation in this path).
+
+Where the kernels cannot run as compiled, calls fall back with a reason in
+``flashsdpa.stats()["fallbacks"]`` (:func:`unsupported`):
+``"device:mps-fast-math"`` when ``PYTORCH_MPS_FAST_MATH`` makes PyTorch
+compile them with fast math (which may fold the kernels' ``-INFINITY`` tests
+for masked and empty rows), and ``"device:mps-gpu-mismatch"`` when a compiled
+kernel breaks the kernels' assumptions (32-wide simdgroups, the planner's
+threadgroup size, 32 KiB of threadgroup memory).
 
 It plugs into the operators with ``flashsdpa._ops.register_device_runner``
 (see :func:`register`). When MPS, ``compile_shader`` or the planner binding is
@@ -27,9 +39,10 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import subprocess
 import threading
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -51,8 +64,30 @@ _DTYPE_CODE = {
     torch.int32: 5,
 }
 
+# Fallback reasons (flashsdpa.stats()["fallbacks"]).
+FAST_MATH = "device:mps-fast-math"
+GPU_MISMATCH = "device:mps-gpu-mismatch"
+
+
+class Unsupported(RuntimeError):
+    """The MPS kernels cannot run here; ``fallback_reason`` is the stats() key
+    under which the SDPA patch falls back to PyTorch (flashsdpa/_patch.py)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.fallback_reason = reason
+
+
+# What every kernel assumes of the GPU (fsdpa_attention.metal): 32-lane
+# simdgroups and at most 32 KiB of static threadgroup memory.
+SIMD_WIDTH = 32
+THREADGROUP_MEMORY_BYTES = 32 * 1024
+
 _lock = threading.Lock()
 _libraries: Dict[str, object] = {}  # key -> compiled library (torch.mps.compile_shader)
+_checked: Dict[Tuple[str, str], int] = {}  # (key, kernel) -> max threads per threadgroup, once checked
+_dummies: Dict[torch.device, torch.Tensor] = {}  # per device: bound at the indices a call leaves empty
+_gpu_mismatch: Optional[Tuple[str, str]] = None  # (reason, message) once a kernel failed its checks
 _family: Optional[int] = None
 
 
@@ -72,6 +107,31 @@ def available() -> bool:
         return hasattr(_C(), "metal_plan")
     except Exception:
         return False
+
+
+def fast_math_requested() -> bool:
+    """True if ``PYTORCH_MPS_FAST_MATH`` makes PyTorch compile shaders with fast math.
+
+    PyTorch reads it as an integer (``std::stoi(val) != 0``); a value that is
+    not an integer counts as set, to be safe."""
+    val = os.environ.get("PYTORCH_MPS_FAST_MATH")
+    if val is None or val.strip() == "":
+        return False
+    try:
+        return int(val.strip()) != 0
+    except ValueError:
+        return True
+
+
+def unsupported() -> Optional[Tuple[str, str]]:
+    """(fallback reason, message) if the MPS kernels must not run here, else None.
+
+    Checked before every call by the SDPA patch (flashsdpa._ops)."""
+    if fast_math_requested():
+        return (FAST_MATH,
+                "flashsdpa (mps): PYTORCH_MPS_FAST_MATH is set, so PyTorch would compile the kernels "
+                "with fast math, which breaks their -INFINITY tests (masked and empty rows); unset it")
+    return _gpu_mismatch
 
 
 def gpu_family() -> int:
@@ -118,8 +178,12 @@ def _library(key: str, source: str):
 
 
 def clear_cache() -> None:
+    global _gpu_mismatch
     with _lock:
         _libraries.clear()
+        _checked.clear()
+        _dummies.clear()
+        _gpu_mismatch = None
 
 
 def library_cache_size() -> int:
@@ -127,14 +191,63 @@ def library_cache_size() -> int:
         return len(_libraries)
 
 
+def _args_words(args: bytes) -> List[int]:
+    """The argument block as compile_shader binds it: a list of Python ints.
+
+    PyTorch binds a list of ints as ``std::vector<int64_t>`` and passes it with
+    ``setBytes`` (torch/csrc/mps/Module.cpp), so the struct's bytes read as
+    little-endian int64 words arrive unchanged at ``[[buffer(0)]]`` without a
+    tensor, a host-to-device copy or a wait (FsdpaMetalArgs' size is a multiple
+    of 8, plan.cpp asserts it)."""
+    if len(args) % 8:
+        raise RuntimeError(f"flashsdpa (mps): argument block of {len(args)} bytes is not whole int64 words")
+    return list(struct.unpack(f"<{len(args) // 8}q", args))
+
+
+def _dummy(device: torch.device) -> torch.Tensor:
+    """16 bytes bound at the buffer indices a call leaves empty; one per device."""
+    t = _dummies.get(device)
+    if t is None:
+        t = _dummies[device] = torch.empty(16, dtype=torch.uint8, device=device)
+    return t
+
+
+def _kernel(lib, key: str, name: str, threads: int):
+    """The kernel `name` of a library, checked once against the kernels' GPU assumptions."""
+    global _gpu_mismatch
+    fn = getattr(lib, name)
+    limit = _checked.get((key, name))
+    if limit is None:
+        width = int(fn.thread_execution_width)
+        limit = int(fn.max_threads_per_threadgroup)
+        tg_mem = int(fn.static_thread_group_memory_length)
+        problem = None
+        if width != SIMD_WIDTH:
+            problem = f"runs {width}-wide simdgroups; the kernels need {SIMD_WIDTH}"
+        elif tg_mem > THREADGROUP_MEMORY_BYTES:
+            problem = f"declares {tg_mem} bytes of threadgroup memory, more than {THREADGROUP_MEMORY_BYTES}"
+        if problem is not None:
+            _gpu_mismatch = (GPU_MISMATCH, f"flashsdpa (mps): kernel {name} of {key} {problem}")
+            raise Unsupported(*_gpu_mismatch)
+        _checked[(key, name)] = limit
+    if threads > limit:
+        _gpu_mismatch = (GPU_MISMATCH, f"flashsdpa (mps): kernel {name} of {key} needs {threads} threads "
+                                       f"per threadgroup, the compiled pipeline allows {limit}")
+        raise Unsupported(*_gpu_mismatch)
+    return fn
+
+
 def _run(plan, buffers: List[Optional[torch.Tensor]], device: torch.device) -> None:
-    """Runs a planned call: every dispatch with all NUM_BUFFERS buffers bound in index order."""
+    """Runs a planned call: every dispatch with all NUM_BUFFERS buffers bound in index order.
+
+    Never waits for the GPU: everything bound is either a tensor already on
+    the device or the argument block, which goes in by setBytes."""
     lib = _library(plan.key, plan.source)
-    args = torch.frombuffer(bytearray(plan.args), dtype=torch.uint8).to(device)
-    dummy = torch.empty(16, dtype=torch.uint8, device=device)
-    bound = [args] + [b if b is not None else dummy for b in buffers[1:]]
-    for name, grid, threads in zip(plan.kernels, plan.grid, plan.threads):
-        fn = getattr(lib, name)
+    dummy = _dummy(device)
+    bound = [_args_words(plan.args)] + [b if b is not None else dummy for b in buffers[1:]]
+    kernels = [(_kernel(lib, plan.key, name, int(t[0]) * int(t[1]) * int(t[2])), grid, t)
+               for name, grid, t in zip(plan.kernels, plan.grid, plan.threads)]  # all checked before any runs
+    for fn, grid, threads in kernels:
         # compile_shader dispatches *threads* (dispatchThreads); whole
         # threadgroups of `group_size` give the planner's threadgroup grid.
         total = tuple(int(g) * int(t) for g, t in zip(grid, threads))
@@ -167,8 +280,15 @@ def _check_finite(params, **named) -> None:
             raise ValueError(f"flashsdpa (mps): {name}: contains a non-finite value (NaN or Inf)")
 
 
+def _check_supported() -> None:
+    why = unsupported()
+    if why is not None:
+        raise Unsupported(*why)
+
+
 def forward(params, q, k, v, out, lse, mask, alibi, cu_q, cu_k, device) -> None:
     """Runner of flashsdpa::fwd for mps tensors (signature of _ops.register_device_runner)."""
+    _check_supported()
     _check_finite(params, q=q, k=k, v=v)
     bufs = _buffers(q=q, k=k, v=v, out=out, lse=lse, mask=mask, alibi=alibi, cu_q=cu_q, cu_k=cu_k)
     _run(_plan(False, params, bufs), bufs, q.device)
@@ -176,6 +296,7 @@ def forward(params, q, k, v, out, lse, mask, alibi, cu_q, cu_k, device) -> None:
 
 def backward(params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k, device) -> None:
     """Runner of flashsdpa::bwd for mps tensors."""
+    _check_supported()
     _check_finite(params, q=q, k=k, v=v, dout=dout)
     bufs = _buffers(q=q, k=k, v=v, out=out, lse=lse, mask=mask, alibi=alibi, cu_q=cu_q, cu_k=cu_k,
                     dout=dout, dq=dq, dk=dk, dv=dv)
@@ -190,7 +311,7 @@ def register() -> bool:
         return False
     from . import _ops
 
-    _ops.register_device_runner("mps", forward, backward)
+    _ops.register_device_runner("mps", forward, backward, unsupported=unsupported)
     return True
 
 

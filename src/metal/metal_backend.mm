@@ -9,7 +9,12 @@
 //     encodes the planner's dispatches in order on one compute encoder,
 //   * check_finite on CPU-readable (shared) inputs.
 //
-// NOT COMPILED OR RUN IN CI (no Apple hardware there): see docs/metal.md.
+// Not run in CI (no Apple hardware there). CI compiles it syntax-only
+// against stub Metal headers (tests/metal/macsim) and checks that a macOS
+// configure builds it with ARC; see docs/metal.md for what only a Mac shows.
+//
+// Memory: ARC releases every buffer, option and function object made here
+// (the Delta scratch of a backward call with the call's autorelease pool).
 //
 // DLPack on kDLMetal: DLTensor.data is the id<MTLBuffer>; the element
 // offset is DLTensor.byte_offset. The core currently folds byte_offset into
@@ -18,6 +23,10 @@
 // (reported to the lead).
 #import <Foundation/Foundation.h>
 #import <Metal/Metal.h>
+
+#if !__has_feature(objc_arc)
+#error "metal_backend.mm must be compiled with -fobjc-arc (see src/metal/CMakeLists.txt)"
+#endif
 
 #include <algorithm>
 #include <mutex>
@@ -38,6 +47,7 @@ namespace {
 struct MetalState {
   id<MTLDevice> device = nil;
   id<MTLCommandQueue> queue = nil;
+  id<MTLBuffer> dummy = nil;  // bound at the indices a call leaves empty; one per process
   GpuFamily family = GpuFamily::apple7;
   std::mutex mu;
   std::unordered_map<std::string, id<MTLLibrary>> libraries;              // by key name
@@ -50,6 +60,7 @@ MetalState& state() {
     st->device = MTLCreateSystemDefaultDevice();
     if (st->device != nil) {
       st->queue = [st->device newCommandQueue];
+      st->dummy = [st->device newBufferWithLength:16 options:MTLResourceStorageModePrivate];
       if ([st->device supportsFamily:MTLGPUFamilyApple9]) st->family = GpuFamily::apple9;
       else if ([st->device supportsFamily:MTLGPUFamilyApple8]) st->family = GpuFamily::apple8;
       else st->family = GpuFamily::apple7;
@@ -64,8 +75,11 @@ bool metal_available() {
   return s.device != nil && [s.device supportsFamily:MTLGPUFamilyApple7];
 }
 
-// Pipeline of `kernel` under config c, compiled on first use.
-id<MTLComputePipelineState> pipeline(const KernelConfig& c, const char* kernel, std::string* err) {
+// Pipeline of `kernel` under config c, compiled on first use. On failure:
+// nil, *err the reason and *code FSDPA_ERROR_INTERNAL (compilation) or
+// FSDPA_ERROR_UNSUPPORTED (a GPU the kernels were not written for).
+id<MTLComputePipelineState> pipeline(const KernelConfig& c, const char* kernel, std::string* err, fsdpa_status* code) {
+  *code = FSDPA_ERROR_INTERNAL;
   MetalState& s = state();
   const std::string key = key_name(c.key);
   std::lock_guard<std::mutex> lock(s.mu);
@@ -79,9 +93,15 @@ id<MTLComputePipelineState> pipeline(const KernelConfig& c, const char* kernel, 
     const std::string src = assemble_source(c, embedded_kernel_file);
     MTLCompileOptions* opts = [MTLCompileOptions new];
     opts.languageVersion = MTLLanguageVersion3_0;
-    // The kernels rely on IEEE infinities (masked scores, empty rows).
-    if (@available(macOS 15.0, *)) opts.mathMode = MTLMathModeSafe;
-    else opts.fastMathEnabled = NO;
+    // The kernels rely on IEEE infinities (masked scores, empty rows) and
+    // precise exp/log. From macOS 15, mathMode replaces fastMathEnabled and
+    // the function precision is a separate setting whose default is fast.
+    if (@available(macOS 15.0, *)) {
+      opts.mathMode = MTLMathModeSafe;
+      opts.mathFloatingPointFunctions = MTLMathFloatingPointFunctionsPrecise;
+    } else {
+      opts.fastMathEnabled = NO;
+    }
     NSError* e = nil;
     lib = [s.device newLibraryWithSource:[NSString stringWithUTF8String:src.c_str()] options:opts error:&e];
     if (lib == nil) {
@@ -95,6 +115,20 @@ id<MTLComputePipelineState> pipeline(const KernelConfig& c, const char* kernel, 
   id<MTLComputePipelineState> pso = fn ? [s.device newComputePipelineStateWithFunction:fn error:&e] : nil;
   if (pso == nil) {
     *err = std::string("creating the pipeline ") + kernel + ": " + (e ? e.localizedDescription.UTF8String : "no such function");
+    return nil;
+  }
+  // The kernels assume 32-lane simdgroups (lane layout of simdgroup_matrix,
+  // row reductions) and static threadgroup arrays within the device limit.
+  *code = FSDPA_ERROR_UNSUPPORTED;
+  if (pso.threadExecutionWidth != 32) {
+    *err = std::string("the GPU runs ") + kernel + " with " + std::to_string((unsigned long)pso.threadExecutionWidth) +
+           "-wide simdgroups; the kernels need 32";
+    return nil;
+  }
+  if (pso.staticThreadgroupMemoryLength > s.device.maxThreadgroupMemoryLength) {
+    *err = std::string(kernel) + " declares " + std::to_string((unsigned long)pso.staticThreadgroupMemoryLength) +
+           " bytes of threadgroup memory, the GPU has " +
+           std::to_string((unsigned long)s.device.maxThreadgroupMemoryLength);
     return nil;
   }
   s.pipelines[key + "/" + kernel] = pso;
@@ -115,15 +149,17 @@ fsdpa_status run_plan(const Plan& plan, Bindings& b, void* stream) {
   if (plan.dispatches.size() > 4) return set_error(FSDPA_ERROR_INTERNAL, "metal: too many dispatches");
   if (plan.dispatches.empty()) return FSDPA_OK;
   for (size_t i = 0; i < plan.dispatches.size(); ++i) {
-    psos[i] = pipeline(plan.config, plan.dispatches[i].kernel, &err);
-    if (psos[i] == nil) return set_error(FSDPA_ERROR_INTERNAL, "metal: %s", err.c_str());
+    fsdpa_status code = FSDPA_OK;
+    psos[i] = pipeline(plan.config, plan.dispatches[i].kernel, &err, &code);
+    if (psos[i] == nil) return set_error(code, "metal: %s", err.c_str());
     const NSUInteger threads = plan.dispatches[i].threads[0];
     if (threads > psos[i].maxTotalThreadsPerThreadgroup)
       return set_error(FSDPA_ERROR_UNSUPPORTED, "metal: %s needs %lu threads per threadgroup, the pipeline allows %lu",
                        plan.dispatches[i].kernel, (unsigned long)threads,
                        (unsigned long)psos[i].maxTotalThreadsPerThreadgroup);
   }
-  id<MTLBuffer> dummy = [s.device newBufferWithLength:16 options:MTLResourceStorageModePrivate];
+  id<MTLBuffer> dummy = s.dummy;
+  if (dummy == nil) return set_error(FSDPA_ERROR_OUT_OF_MEMORY, "metal: the 16-byte placeholder buffer");
   id<MTLCommandQueue> queue = stream ? (__bridge id<MTLCommandQueue>)stream : s.queue;
   id<MTLCommandBuffer> cb = [queue commandBuffer];
   id<MTLComputeCommandEncoder> enc = [cb computeCommandEncoder];  // serial dispatch: each sees the previous one's writes
@@ -207,6 +243,7 @@ fsdpa_status backward(const AttnParams& p, void* stream) {
     b.buf[FSDPA_BUF_DV] = as_buffer(p.dv);
     if (const fsdpa_status st = check_inputs(p, b, stream, true); st != FSDPA_OK) return st;
     const NSUInteger delta_bytes = NSUInteger(std::max<int64_t>(plan.delta_elements, 1)) * sizeof(float);
+    // Released by ARC when `b` goes out of scope, after run_plan has waited.
     b.buf[FSDPA_BUF_DELTA] = [state().device newBufferWithLength:delta_bytes options:MTLResourceStorageModePrivate];
     if (b.buf[FSDPA_BUF_DELTA] == nil) return set_error(FSDPA_ERROR_OUT_OF_MEMORY, "metal: Delta scratch");
     return run_plan(plan, b, stream);

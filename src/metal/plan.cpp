@@ -126,6 +126,13 @@ std::vector<std::pair<std::string, std::string>> kernel_defines(const KernelConf
       {"FSDPA_DKV_BK", n(c.dkv.parallel)},    // keys per threadgroup
       {"FSDPA_DKV_BQ", n(c.dkv.traversal)},   // queries per step
       {"FSDPA_PRE_ROWS", n(c.pre_rows)},
+      // Threads per threadgroup the host dispatches, declared by each kernel
+      // as [[max_total_threads_per_threadgroup(FSDPA_THREADS_<NAME>)]] (kernel
+      // fsdpa_<name>; tests/metal/attention/test_metal_lint.cpp checks both).
+      {"FSDPA_THREADS_FORWARD", n(threads_per_threadgroup(Pass::forward, c))},
+      {"FSDPA_THREADS_BACKWARD_PREPROCESS", n(threads_per_threadgroup(Pass::backward_preprocess, c))},
+      {"FSDPA_THREADS_BACKWARD_DQ", n(threads_per_threadgroup(Pass::backward_dq, c))},
+      {"FSDPA_THREADS_BACKWARD_DKDV", n(threads_per_threadgroup(Pass::backward_dkdv, c))},
   };
 }
 

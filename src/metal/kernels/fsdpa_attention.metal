@@ -13,6 +13,8 @@
 //   FSDPA_BAND FSDPA_ALIBI FSDPA_SOFTCAP FSDPA_DROPOUT FSDPA_VARLEN   0/1
 //   FSDPA_FWD_BQ/BK FSDPA_DQ_BQ/BK FSDPA_DKV_BQ/BK  tile rows (queries / keys), multiples of 8
 //   FSDPA_PRE_ROWS     rows (= simdgroups) per threadgroup of the Delta pass
+//   FSDPA_THREADS_<K>  threads per threadgroup the host dispatches kernel fsdpa_<k> with,
+//                      declared as its [[max_total_threads_per_threadgroup]]
 //
 // Structure: each simdgroup owns 8 rows of its threadgroup's tile (query
 // rows in the forward and dQ kernels, key rows in the dK/dV kernel). Tiles
@@ -316,6 +318,7 @@ inline long row_offset(constant FSDPA_I64* st, uint b, uint h, long tok) {
 #define F_BK FSDPA_FWD_BK
 #define F_NT ((F_BQ / 8) * 32)
 
+[[max_total_threads_per_threadgroup(FSDPA_THREADS_FORWARD)]]
 kernel void fsdpa_forward(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
                           device const io_t* q [[buffer(FSDPA_BUF_Q)]],
                           device const io_t* k [[buffer(FSDPA_BUF_K)]],
@@ -442,6 +445,7 @@ kernel void fsdpa_forward(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
 }
 
 // ====================================================================== backward: Delta
+[[max_total_threads_per_threadgroup(FSDPA_THREADS_BACKWARD_PREPROCESS)]]
 kernel void fsdpa_backward_preprocess(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
                                       device const io_t* out [[buffer(FSDPA_BUF_OUT)]],
                                       device const io_t* dout [[buffer(FSDPA_BUF_DOUT)]],
@@ -474,6 +478,7 @@ kernel void fsdpa_backward_preprocess(constant FsdpaMetalArgs& a [[buffer(FSDPA_
 #define Q_BK FSDPA_DQ_BK
 #define Q_NT ((Q_BQ / 8) * 32)
 
+[[max_total_threads_per_threadgroup(FSDPA_THREADS_BACKWARD_DQ)]]
 kernel void fsdpa_backward_dq(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
                               device const io_t* q [[buffer(FSDPA_BUF_Q)]],
                               device const io_t* k [[buffer(FSDPA_BUF_K)]],
@@ -596,6 +601,7 @@ kernel void fsdpa_backward_dq(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS
 #define K_BK FSDPA_DKV_BK
 #define K_NT ((K_BK / 8) * 32)
 
+[[max_total_threads_per_threadgroup(FSDPA_THREADS_BACKWARD_DKDV)]]
 kernel void fsdpa_backward_dkdv(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
                                 device const io_t* q [[buffer(FSDPA_BUF_Q)]],
                                 device const io_t* k [[buffer(FSDPA_BUF_K)]],

@@ -4,6 +4,11 @@
 // The test binary then compiles exactly those defines for the emulator, and
 // the test looks each case's library up by the key the planner computes
 // from the validated call.
+//
+// Mode "all" (.github/workflows/macos-metal.yml, Apple's compiler on a Mac)
+// instead lists the specialisations of every family, dtype and head dim
+// (D = Dv, and Dv = D / 2 rounded to 8), each plain, with each mask kind,
+// and with every feature on at once.
 #include <stdio.h>
 #include <string.h>
 
@@ -16,11 +21,52 @@
 using namespace fsdpa;
 using namespace fsdpa_metal_test;
 
+namespace {
+std::set<std::string> seen;
+
+void print(const AttnParams& p, int family) {
+  const metal::KernelConfig cfg = metal::kernel_config(metal::make_key(p, static_cast<metal::GpuFamily>(family)));
+  const std::string name = "mtl_" + metal::key_name(cfg.key);
+  if (!seen.insert(name).second) return;
+  printf("%s", name.c_str());
+  for (const auto& [k, v] : metal::kernel_defines(cfg)) printf(" %s=%s", k.c_str(), v.c_str());
+  printf("\n");
+}
+
+void list_all() {
+  static const float dummy = 0;
+  static const int32_t cu[2] = {0, 0};
+  const DType dtypes[] = {DType::f32, DType::f16, DType::bf16};
+  for (int family : {7, 8, 9})
+    for (DType dt : dtypes)
+      for (int d = 8; d <= 256; d += 8)
+        for (int dv : {d, (d / 2 + 7) / 8 * 8}) {
+          for (int variant = 0; variant < 5; ++variant) {
+            AttnParams p{};
+            p.dtype = dt, p.head_dim = d, p.head_dim_v = dv;
+            p.window_left = p.window_right = -1;
+            if (variant == 1) p.mask = &dummy, p.mask_kind = MaskKind::boolean, p.mask_dtype = DType::u8;
+            if (variant == 2) p.mask = &dummy, p.mask_kind = MaskKind::additive, p.mask_dtype = DType::f32;
+            if (variant == 3) p.mask = &dummy, p.mask_kind = MaskKind::additive, p.mask_dtype = dt;
+            if (variant == 4) {  // everything at once
+              p.mask = &dummy, p.mask_kind = MaskKind::boolean, p.mask_dtype = DType::u8;
+              p.window_left = 16, p.window_right = 0, p.alibi = &dummy, p.softcap = 5.0f, p.dropout_p = 0.1f;
+              p.cu_seqlens_q = p.cu_seqlens_k = cu;
+            }
+            print(p, family);
+          }
+        }
+}
+}  // namespace
+
 int main(int argc, char** argv) {
+  if (argc > 1 && strcmp(argv[1], "all") == 0) {
+    list_all();
+    return 0;
+  }
   const bool reduced = argc > 1 && strcmp(argv[1], "reduced") == 0;
   static const float dummy = 0;
   static const int32_t cu[2] = {0, 0};
-  std::set<std::string> seen;
   for (const MCase& c : metal_grid(reduced)) {
     // The fields of a validated AttnParams that the key depends on
     // (core/validate.cpp folds causal into window_right = 0).
@@ -41,13 +87,7 @@ int main(int argc, char** argv) {
       p.mask_kind = additive ? MaskKind::additive : MaskKind::boolean;
       p.mask_dtype = !additive ? DType::u8 : c.mask == Mask::additive_qdtype ? p.dtype : DType::f32;
     }
-    const metal::KernelConfig cfg =
-        metal::kernel_config(metal::make_key(p, static_cast<metal::GpuFamily>(c.family)));
-    const std::string name = "mtl_" + metal::key_name(cfg.key);
-    if (!seen.insert(name).second) continue;
-    printf("%s", name.c_str());
-    for (const auto& [k, v] : metal::kernel_defines(cfg)) printf(" %s=%s", k.c_str(), v.c_str());
-    printf("\n");
+    print(p, c.family);
   }
   return 0;
 }

@@ -56,14 +56,24 @@ class FakeC:
         return FakePlan(backward)
 
 
+class FakeKernel:
+    thread_execution_width = 32
+    max_threads_per_threadgroup = 1024
+    static_thread_group_memory_length = 0
+
+    def __init__(self, lib, name):
+        self.lib, self.name = lib, name
+
+    def __call__(self, *bufs, threads, group_size):
+        self.lib.dispatches.append((self.name, bufs, threads, group_size))
+
+
 class FakeLib:
     def __init__(self):
         self.dispatches = []
 
     def __getattr__(self, name):
-        def kernel(*bufs, threads, group_size):
-            self.dispatches.append((name, bufs, threads, group_size))
-        return kernel
+        return FakeKernel(self, name)
 
 
 class Params:
@@ -107,7 +117,8 @@ class MetalGlue(unittest.TestCase):
         (name, bufs, threads, group), = lib.dispatches
         self.assertEqual(name, "fsdpa_forward")
         self.assertEqual(len(bufs), self.m.NUM_BUFFERS)
-        self.assertEqual(bytes(bufs[0].tolist()), FakePlan(False).args)
+        # the argument block goes in by setBytes: a list of int64 words
+        self.assertEqual(b"".join(w.to_bytes(8, "little", signed=True) for w in bufs[0]), FakePlan(False).args)
         self.assertEqual(bufs[self.m.BUF_OUT].data_ptr(), out.data_ptr())  # the tensor itself, no copy
         self.assertEqual(bufs[self.m.BUF_MASK].numel(), 16)  # absent: the dummy buffer
         self.assertEqual(threads, (128, 3, 1))

@@ -7,6 +7,15 @@
 // order chosen by the schedule). A fiber runs until it blocks at a
 // rendezvous (threadgroup_barrier, SIMD-group collective), exits, fails or is
 // preempted; then the scheduler picks the next ready fiber.
+// macOS's <ucontext.h> refuses to compile without _XOPEN_SOURCE (its
+// ucontext routines are "deprecated"); glibc accepts it too. Defined before
+// any include, since the system headers read it once.
+#if !defined(_XOPEN_SOURCE)
+#define _XOPEN_SOURCE 700
+#endif
+#if defined(__APPLE__) && !defined(_DARWIN_C_SOURCE)
+#define _DARWIN_C_SOURCE 1  // keeps MAP_ANON, sigaltstack... visible under _XOPEN_SOURCE
+#endif
 #include <signal.h>
 #include <sys/mman.h>
 // FSDPA_EMU_FORCE_UCONTEXT: use the portable ucontext path on x86-64 too
