@@ -1,7 +1,8 @@
 """flashsdpa: exact, memory-efficient attention (forward and backward).
 
 * :func:`scaled_dot_product_attention` — PyTorch's SDPA, computed by flashsdpa.
-* :func:`flash_attn_func`, :func:`flash_attn_varlen_func` — the FlashAttention API.
+* :func:`flash_attn_func`, :func:`flash_attn_varlen_func` — the FlashAttention API;
+  :func:`flash_attn_with_kvcache` (KV cache, paged KV) and :func:`merge_attn_states`.
 * :func:`enable` / :func:`disable` / :func:`enabled` / :func:`is_enabled` — patch
   ``torch.nn.functional.scaled_dot_product_attention`` so existing models use
   flashsdpa where it can, falling back to PyTorch elsewhere; :func:`stats`.
@@ -37,6 +38,8 @@ except ImportError:  # the low-level _C API works without PyTorch
     pass
 else:
     from ._api import flash_attn_func, flash_attn_varlen_func, scaled_dot_product_attention
+    from ._kvcache import flash_attn_with_kvcache
+    from ._merge import merge_attn_states
     from ._patch import disable, enable, enabled, is_enabled, reset_stats, stats
     from ._ops import register_device_runner
 
@@ -55,6 +58,8 @@ if "scaled_dot_product_attention" in globals():
         "scaled_dot_product_attention",
         "flash_attn_func",
         "flash_attn_varlen_func",
+        "flash_attn_with_kvcache",
+        "merge_attn_states",
         "enable",
         "disable",
         "enabled",

@@ -13,18 +13,37 @@
 namespace fsdpa::cpu {
 namespace {
 
+// Packs keys [tok0, tok0 + n) of kv-head hk of sequence b of K or V (strides
+// st) into a row-major [rows_padded x ld] fp32 panel, zero padded, each row
+// read where the cache addressing puts it (its cache row and page).
+// Returns false if a packed element is NaN or Inf.
+bool pack_kv_rows(const AttnParams& p, const void* base, const int64_t* st, int64_t b, int64_t hk,
+                  int64_t tok0, int64_t n, int64_t dim, float* dst, int64_t ld,
+                  int64_t rows_padded) {
+  bool finite = true;
+  for (int64_t r = 0; r < rows_padded; ++r) {
+    float* row = dst + r * ld;
+    int64_t written = 0;
+    if (r < n) {
+      finite &= load_f32(base, kv_offset(p, st, b, hk, tok0 + r, 0), st[3], dim, p.dtype, 1.0f,
+                         row);
+      written = dim;
+    }
+    std::fill(row + written, row + ld, 0.0f);
+  }
+  return finite;
+}
+
 // K^T [Dp x kBlockK] and V [kBlockK x Dvp] of key block kb of (b, hk), fp32,
 // zero padded; `tmp` holds kBlockK x Dp floats.
 void pack_kv_tile(const AttnParams& p, const BlockLayout& L, int64_t b, int64_t hk, int64_t kb,
                   int64_t dp, int64_t dvp, float* kt, float* v, float* tmp, NonFiniteFlags& nf) {
   const SeqExtent& e = L.seq[b];
   const int64_t j0 = kb * kBlockK, n = std::min<int64_t>(kBlockK, e.sk - j0);
-  flag_if(pack_rows(p.k, p.k_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim, 1.0f, tmp,
-                    dp, kBlockK),
+  flag_if(pack_kv_rows(p, p.k, p.k_stride, b, hk, e.k_begin + j0, n, p.head_dim, tmp, dp, kBlockK),
           nf.k);
   transpose(tmp, dp, kBlockK, dp, kt, kBlockK);
-  flag_if(pack_rows(p.v, p.v_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim_v, 1.0f, v,
-                    dvp, kBlockK),
+  flag_if(pack_kv_rows(p, p.v, p.v_stride, b, hk, e.k_begin + j0, n, p.head_dim_v, v, dvp, kBlockK),
           nf.v);
 }
 
@@ -75,7 +94,7 @@ bool rows_finite(const AttnParams& p, const void* base, const int64_t* st, int64
                  int64_t tok, int64_t n, int64_t dim, float* tmp) {
   bool finite = true;
   for (int64_t r = 0; r < n; ++r)
-    finite &= load_f32(base, offset4(st, b, hk, tok + r, 0), st[3], dim, p.dtype, 1.0f, tmp);
+    finite &= load_f32(base, kv_offset(p, st, b, hk, tok + r, 0), st[3], dim, p.dtype, 1.0f, tmp);
   return finite;
 }
 
@@ -109,12 +128,16 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
            kBlockK, false);
       v = pk.v_block(kb0 + kb, hk, p.heads_k);
     } else if (in_place) {
-      // Decode, fp32/bf16 with contiguous rows: K and V read where they are.
+      // Decode, fp32/bf16 with contiguous rows: K and V read where they are,
+      // one run of equally spaced rows (a page, or the whole block) at a time.
       n = std::min<int64_t>(kBlockK, c.e.sk - j0);
       const int64_t tok = c.e.k_begin + j0;
-      dot_rows_src(rows, n, p.head_dim, qs, pk.dp,
-                   element_ptr(p.k, p.dtype, offset4(p.k_stride, c.b, hk, tok, 0)), bf16,
-                   p.k_stride[2], S, kBlockK);
+      for (int64_t j = 0, run; j < n; j += run) {
+        run = std::min(n - j, kv_contiguous_rows(p, tok + j));
+        dot_rows_src(rows, run, p.head_dim, qs, pk.dp,
+                     element_ptr(p.k, p.dtype, kv_offset(p, p.k_stride, c.b, hk, tok + j, 0)),
+                     bf16, p.k_stride[2], S + j, kBlockK);
+      }
       for (int64_t r = 0; r < rows; ++r) std::fill(S + r * kBlockK + n, S + (r + 1) * kBlockK, 0.0f);
       // A NaN/Inf in these K rows makes a score non-finite; only then scan
       // (unless q, which poisons every score, is already flagged).
@@ -128,11 +151,11 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       float* v_tile = k_rows + kBlockK * pk.dp;
       const SeqExtent& e = c.e;
       n = std::min<int64_t>(kBlockK, e.sk - j0);
-      flag_if(pack_rows(p.k, p.k_stride, p.dtype, c.b, hk, e.k_begin + j0, n, p.head_dim, 1.0f,
-                        k_rows, pk.dp, kBlockK),
+      flag_if(pack_kv_rows(p, p.k, p.k_stride, c.b, hk, e.k_begin + j0, n, p.head_dim, k_rows,
+                           pk.dp, kBlockK),
               nf.k);
-      flag_if(pack_rows(p.v, p.v_stride, p.dtype, c.b, hk, e.k_begin + j0, n, p.head_dim_v, 1.0f,
-                        v_tile, pk.dvp, kBlockK),
+      flag_if(pack_kv_rows(p, p.v, p.v_stride, c.b, hk, e.k_begin + j0, n, p.head_dim_v, v_tile,
+                           pk.dvp, kBlockK),
               nf.v);
       gemm_bt(rows, kBlockK, pk.dp, qs, pk.dp, k_rows, pk.dp, S, kBlockK);
       v = v_tile;
@@ -155,9 +178,12 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       gemm(rows, pk.dvp, kBlockK, S, kBlockK, v, pk.dvp, st.o, pk.dvp, true);
     } else {
       const int64_t tok = c.e.k_begin + j0;
-      accum_rows_src(rows, n, p.head_dim_v, S, kBlockK,
-                     element_ptr(p.v, p.dtype, offset4(p.v_stride, c.b, hk, tok, 0)), bf16,
-                     p.v_stride[2], st.o, pk.dvp);
+      for (int64_t j = 0, run; j < n; j += run) {
+        run = std::min(n - j, kv_contiguous_rows(p, tok + j));
+        accum_rows_src(rows, run, p.head_dim_v, S + j, kBlockK,
+                       element_ptr(p.v, p.dtype, kv_offset(p, p.v_stride, c.b, hk, tok + j, 0)),
+                       bf16, p.v_stride[2], st.o, pk.dvp);
+      }
       // Likewise a NaN/Inf in these V rows (0 * Inf is NaN too) poisons O.
       if (p.check_finite && !nf.q && !nf.k && !nf.v && !all_finite(st.o, rows * pk.dvp))
         flag_if(rows_finite(p, p.v, p.v_stride, c.b, hk, tok, n, p.head_dim_v, tiles), nf.v);
@@ -200,7 +226,9 @@ fsdpa_status forward(const AttnParams& p) {
 
   // Tasks: (q-block, head) pairs, optionally split along the keys.
   const int64_t tasks = L.q_blocks() * p.heads_q;
-  const int64_t max_kblocks = (p.seqlen_k + kBlockK - 1) / kBlockK;
+  int64_t max_kblocks = 0;  // of any sequence (seqused_k may be below seqlen_k)
+  for (int64_t b = 0; b < p.batch; ++b)
+    max_kblocks = std::max(max_kblocks, L.k_block0[b + 1] - L.k_block0[b]);
   const int splits = key_splits(tasks, max_kblocks, pool_threads());
 
   const int64_t per_thread = kBlockQ * dp + kBlockQ * kBlockK + kBlockQ * dvp + 2 * kBlockQ +
