@@ -480,3 +480,67 @@ def test_c_abi_checks_values():
     with pytest.raises(ValueError, match="v: size of dim 2 \\(page_size\\)"):
         _C.forward(p, q.transpose(1, 2), kc.transpose(1, 2), vc[:, :8].transpose(1, 2), out,
                    block_table=bt)
+
+
+# ---------------------------------------------------------------------------
+# A tiny random Hugging Face Llama generating through flash_attn_with_kvcache
+
+
+class _PagedModelCache:
+    """One paged KV cache per layer, as a serving engine keeps it."""
+
+    def __init__(self, cfg, batch, capacity, page_size, gen):
+        hk = cfg.num_key_value_heads
+        d = cfg.hidden_size // cfg.num_attention_heads
+        pages = -(-capacity // page_size)
+        perm = torch.randperm(batch * pages, generator=gen)
+        self.block_table = perm.view(batch, pages).to(torch.int32)
+        shape = (batch * pages, page_size, hk, d)
+        self.k = [torch.full(shape, float("nan")) for _ in range(cfg.num_hidden_layers)]
+        self.v = [torch.full(shape, float("nan")) for _ in range(cfg.num_hidden_layers)]
+        self.seqlens = torch.zeros(batch, dtype=torch.int32)
+
+
+def test_hf_llama_generates_with_paged_cache():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96,
+                                   num_hidden_layers=2, num_attention_heads=8,
+                                   num_key_value_heads=2, max_position_embeddings=128)
+    torch.manual_seed(6)
+    model = transformers.LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa").eval()
+    prompt = torch.randint(0, 97, (2, 11))
+    new_tokens = 16
+    with torch.no_grad():
+        expected = model.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                  max_new_tokens=new_tokens, do_sample=False, min_new_tokens=new_tokens)
+    cache = _PagedModelCache(cfg, 2, 64, 16, torch.Generator().manual_seed(0))
+
+    calls = []
+
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
+        # HF hands over this step's rotated q/k/v (B, H, S, D); the cache is ours.
+        li = module.layer_idx
+        calls.append(li)
+        out = flashsdpa.flash_attn_with_kvcache(
+            query.transpose(1, 2), cache.k[li], cache.v[li], k=key.transpose(1, 2),
+            v=value.transpose(1, 2), cache_seqlens=cache.seqlens, block_table=cache.block_table,
+            softmax_scale=scaling, causal=True)
+        return out, None
+
+    transformers.AttentionInterface.register("paged_kv_cache_test", attention)
+    transformers.AttentionMaskInterface.register(
+        "paged_kv_cache_test", transformers.masking_utils.sdpa_mask)
+    model.set_attn_implementation("paged_kv_cache_test")
+    try:
+        ids, step = prompt, prompt
+        with torch.no_grad():
+            for _ in range(new_tokens):
+                pos = cache.seqlens.long().unsqueeze(1) + torch.arange(step.shape[1])
+                logits = model(input_ids=step, position_ids=pos, use_cache=False).logits
+                cache.seqlens += step.shape[1]
+                step = logits[:, -1].argmax(-1, keepdim=True)
+                ids = torch.cat([ids, step], dim=1)
+    finally:
+        model.set_attn_implementation("sdpa")
+    assert len(calls) == new_tokens * cfg.num_hidden_layers
+    assert torch.equal(ids, expected), (ids, expected)
