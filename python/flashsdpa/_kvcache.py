@@ -170,6 +170,14 @@ def flash_attn_with_kvcache(
     wl, wr = (int(x) for x in window_size)
     wl, wr = (-1 if wl < 0 else wl), (-1 if wr < 0 else wr)
     seqused_k = cache_seqlens
+    if cache_leftpad is not None:  # checked before the append writes anything
+        end = (cache_seqlens + (k.shape[1] if k is not None else 0)
+               if cache_seqlens is not None else torch.full_like(cache_leftpad, capacity))
+        bad = (cache_leftpad < 0) | (cache_leftpad > end)
+        if bool(bad.any()):
+            b = int(bad.nonzero()[0])
+            raise ValueError(f"cache_leftpad: entry {b} is {int(cache_leftpad[b])}, outside "
+                             f"0..{int(end[b])} (the sequence's cache length)")
     if k is not None:
         if cache_seqlens is None:
             raise ValueError("cache_seqlens: required to append k and v (where they go)")
