@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import subprocess
 import sys
 import time
@@ -103,9 +104,11 @@ def main():
     bw = copy_bandwidth_gbs()
     model = cpu_model()
     threads = flashsdpa.get_num_threads()
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [
         f"CPU: {model}; {threads} flashsdpa threads, torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads; measured copy bandwidth {bw:.1f} GB/s (read+write).",
+        f"{torch.get_num_threads()} threads; measured copy bandwidth {bw:.1f} GB/s (read+write); "
+        f"load average {load} (1/5/15 min) at the start.",
         f"Decode step, Sq = 1, Hq/Hk = {hq}/{hk}, D = Dv = {d}, {args.dtype}. GB/s = K+V bytes "
         "/ time; ratio = torch SDPA time / flashsdpa time (contiguous equivalent).",
         "",

@@ -177,11 +177,6 @@ bool host_readable(int32_t device_type) {
 
 // The caller's params with the fields its header did not have yet (a
 // smaller struct_size: an older caller) at their defaults.
-fsdpa_params& params_storage() {
-  thread_local fsdpa_params storage;
-  return storage;
-}
-
 fsdpa_status read_params(const fsdpa_params* caller, fsdpa_params* full) {
   FSDPA_CHECK_ARG(caller->struct_size >= FSDPA_PARAMS_SIZE_V0_1,
                   "params: struct_size %u is smaller than any fsdpa_params (%zu); "
@@ -306,8 +301,9 @@ fsdpa_status check_kv_cache(const fsdpa_params* params, const View& q, const Vie
 fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* caller_params,
                               const CallTensors& t, AttnParams* p) {
   FSDPA_CHECK_ARG(caller_params != nullptr, "params: is NULL");
-  FSDPA_TRY(read_params(caller_params, &params_storage()));
-  const fsdpa_params* params = &params_storage();
+  fsdpa_params full_params;
+  FSDPA_TRY(read_params(caller_params, &full_params));
+  const fsdpa_params* params = &full_params;
   FSDPA_CHECK_ARG(p != nullptr, "internal: output params is NULL");
   memset(p, 0, sizeof(*p));
 
