@@ -140,80 +140,95 @@ def flash_attn_with_kvcache(
         raise ValueError("rotary_cos, rotary_sin: pass both or neither")
     if rotary_cos is not None and k is None:
         raise ValueError("rotary_cos: rotary embedding needs the new k and v to rotate")
-    batch, s_q = q.shape[0], q.shape[1]
-    paged = block_table is not None
-    if paged:
+    batch = q.shape[0]
+    if block_table is not None:
         if not isinstance(block_table, Tensor) or block_table.dtype != torch.int32:
             raise TypeError("block_table: must be an int32 torch.Tensor")
         if block_table.dim() != 2:
             raise ValueError(f"block_table: expected rank 2, got {block_table.dim()}")
-        capacity = block_table.shape[1] * k_cache.shape[1]
+        capacity, n_rows = block_table.shape[1] * k_cache.shape[1], block_table.shape[0]
     else:
-        capacity = k_cache.shape[1]
+        capacity, n_rows = k_cache.shape[1], k_cache.shape[0]
     if isinstance(cache_seqlens, int):
         cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
     cache_seqlens = _int32_vector("cache_seqlens", cache_seqlens, batch, q.device)
     cache_batch_idx = _int32_vector("cache_batch_idx", cache_batch_idx, batch, q.device)
     cache_leftpad = _int32_vector("cache_leftpad", cache_leftpad, batch, q.device)
-    if cache_seqlens is not None and bool(((cache_seqlens < 0) | (cache_seqlens > capacity)).any()):
-        b = int(((cache_seqlens < 0) | (cache_seqlens > capacity)).nonzero()[0])
-        raise ValueError(f"cache_seqlens: entry {b} is {int(cache_seqlens[b])}, outside "
-                         f"0..{capacity} (the cache length)")
+    s_new = k.shape[1] if k is not None else 0
+    # Every value is checked before the append writes anything.
+    if cache_seqlens is not None:
+        _raise_first("cache_seqlens", cache_seqlens, (cache_seqlens < 0) | (cache_seqlens > capacity),
+                     f"outside 0..{capacity} (the cache length)")
     rows = cache_batch_idx if cache_batch_idx is not None else torch.arange(
         batch, dtype=torch.int32, device=q.device)
-    n_rows = block_table.shape[0] if paged else k_cache.shape[0]
-    if cache_batch_idx is not None and bool(((rows < 0) | (rows >= n_rows)).any()):
-        b = int(((rows < 0) | (rows >= n_rows)).nonzero()[0])
-        raise ValueError(f"cache_batch_idx: entry {b} is {int(rows[b])}, outside the {n_rows} "
-                         f"cache rows of {'block_table' if paged else 'k_cache'}")
-
-    wl, wr = (int(x) for x in window_size)
-    wl, wr = (-1 if wl < 0 else wl), (-1 if wr < 0 else wr)
+    if cache_batch_idx is not None:
+        _raise_first("cache_batch_idx", rows, (rows < 0) | (rows >= n_rows),
+                     f"outside the {n_rows} cache rows of "
+                     f"{'block_table' if block_table is not None else 'k_cache'}")
+    if cache_leftpad is not None:
+        end = (cache_seqlens + s_new if cache_seqlens is not None
+               else torch.full_like(cache_leftpad, capacity))
+        _raise_first("cache_leftpad", cache_leftpad, (cache_leftpad < 0) | (cache_leftpad > end),
+                     "above the sequence's cache length or negative")
+    wl, wr = _window(window_size)
     seqused_k = cache_seqlens
-    if cache_leftpad is not None:  # checked before the append writes anything
-        end = (cache_seqlens + (k.shape[1] if k is not None else 0)
-               if cache_seqlens is not None else torch.full_like(cache_leftpad, capacity))
-        bad = (cache_leftpad < 0) | (cache_leftpad > end)
-        if bool(bad.any()):
-            b = int(bad.nonzero()[0])
-            raise ValueError(f"cache_leftpad: entry {b} is {int(cache_leftpad[b])}, outside "
-                             f"0..{int(end[b])} (the sequence's cache length)")
     if k is not None:
         if cache_seqlens is None:
             raise ValueError("cache_seqlens: required to append k and v (where they go)")
-        s_new = k.shape[1]
-        for name, t, cache in (("k", k, k_cache), ("v", v, v_cache)):
-            if t.dim() != 4 or t.shape[0] != batch or t.shape[2:] != cache.shape[2:]:
-                raise ValueError(f"{name}: shape {tuple(t.shape)}, expected ({batch}, S_new, "
-                                 f"{cache.shape[2]}, {cache.shape[3]})")
-            if t.dtype != cache.dtype:
-                raise TypeError(f"{name}: dtype {t.dtype} differs from the cache's {cache.dtype}")
-        first, second = _cache_slots(cache_seqlens, s_new, rows, block_table if paged else None,
-                                     k_cache.shape[1], k_cache.shape[0], capacity)
-        if rotary_cos is not None:
-            rd = 2 * rotary_cos.shape[-1]
-            if rotary_cos.shape != rotary_sin.shape or rotary_cos.dim() != 2 or rd > q.shape[-1]:
-                raise ValueError(f"rotary_cos: shape {tuple(rotary_cos.shape)} must be "
-                                 f"(seqlen_ro, rotary_dim / 2) with rotary_dim <= {q.shape[-1]}, "
-                                 f"as rotary_sin {tuple(rotary_sin.shape)}")
-            pos_k = cache_seqlens.long().unsqueeze(1) + torch.arange(s_new, device=q.device)
-            k = _rotate(k, _rotary_at(rotary_cos, pos_k, "rotary_cos"),
-                        _rotary_at(rotary_sin, pos_k, "rotary_sin"), rotary_interleaved)
-            if causal or wl >= 0 or wr >= 0:
-                pos_q = cache_seqlens.long().unsqueeze(1) + torch.arange(s_q, device=q.device)
-            else:  # every query token sits at position cache_seqlens
-                pos_q = cache_seqlens.long().unsqueeze(1).expand(batch, s_q)
-            q = _rotate(q, _rotary_at(rotary_cos, pos_q, "rotary_cos"),
-                        _rotary_at(rotary_sin, pos_q, "rotary_sin"), rotary_interleaved)
-        with torch.no_grad():
-            k_cache[first, second] = k
-            v_cache[first, second] = v
+        q = _append(q, k, v, k_cache, v_cache, cache_seqlens, rows, block_table, capacity,
+                    rotary_cos, rotary_sin, rotary_interleaved,
+                    rotate_q_per_token=causal or wl >= 0 or wr >= 0)
         seqused_k = cache_seqlens + s_new
 
     out, lse = _attend(q, k_cache, v_cache, None, None, 0, 0, seqused_k, cache_batch_idx,
                        cache_leftpad, block_table, softmax_scale, causal, wl, wr, softcap,
                        alibi_slopes)
     return (out, lse) if return_softmax_lse else out
+
+
+def _window(window_size) -> Tuple[int, int]:
+    wl, wr = (int(x) for x in window_size)
+    return (-1 if wl < 0 else wl), (-1 if wr < 0 else wr)
+
+
+def _raise_first(name: str, values: Tensor, bad: Tensor, why: str) -> None:
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0])
+        raise ValueError(f"{name}: entry {b} is {int(values[b])}, {why}")
+
+
+def _append(q, k, v, k_cache, v_cache, cache_seqlens, rows, block_table, capacity, rotary_cos,
+            rotary_sin, interleaved, rotate_q_per_token):
+    """Writes k/v (rotated when rotary_cos/sin are given) into the caches at
+    cache_seqlens; returns q, rotated likewise (at cache_seqlens + i per
+    token when rotate_q_per_token, else all at cache_seqlens)."""
+    batch, s_q, s_new = q.shape[0], q.shape[1], k.shape[1]
+    for name, t, cache in (("k", k, k_cache), ("v", v, v_cache)):
+        if t.dim() != 4 or t.shape[0] != batch or t.shape[2:] != cache.shape[2:]:
+            raise ValueError(f"{name}: shape {tuple(t.shape)}, expected ({batch}, S_new, "
+                             f"{cache.shape[2]}, {cache.shape[3]})")
+        if t.dtype != cache.dtype:
+            raise TypeError(f"{name}: dtype {t.dtype} differs from the cache's {cache.dtype}")
+    first, second = _cache_slots(cache_seqlens, s_new, rows, block_table, k_cache.shape[1],
+                                 k_cache.shape[0], capacity)
+    if rotary_cos is not None:
+        rd = 2 * rotary_cos.shape[-1]
+        if rotary_cos.shape != rotary_sin.shape or rotary_cos.dim() != 2 or rd > q.shape[-1]:
+            raise ValueError(f"rotary_cos: shape {tuple(rotary_cos.shape)} must be "
+                             f"(seqlen_ro, rotary_dim / 2) with rotary_dim <= {q.shape[-1]}, "
+                             f"as rotary_sin {tuple(rotary_sin.shape)}")
+        start = cache_seqlens.long().unsqueeze(1)
+        pos_k = start + torch.arange(s_new, device=q.device)
+        pos_q = (start + torch.arange(s_q, device=q.device) if rotate_q_per_token
+                 else start.expand(batch, s_q))
+        k = _rotate(k, _rotary_at(rotary_cos, pos_k, "rotary_cos"),
+                    _rotary_at(rotary_sin, pos_k, "rotary_sin"), interleaved)
+        q = _rotate(q, _rotary_at(rotary_cos, pos_q, "rotary_cos"),
+                    _rotary_at(rotary_sin, pos_q, "rotary_sin"), interleaved)
+    with torch.no_grad():
+        k_cache[first, second] = k
+        v_cache[first, second] = v
+    return q
 
 
 def _attend(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
@@ -267,8 +282,7 @@ def varlen_with_cache(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
         raise RuntimeError("flashsdpa: block_table / seqused_k are forward only (no gradient)")
     batch = cu_seqlens_q.shape[0] - 1
     seqused_k = _int32_vector("seqused_k", seqused_k, batch, q.device)
-    wl, wr = (int(x) for x in window_size)
-    wl, wr = (-1 if wl < 0 else wl), (-1 if wr < 0 else wr)
+    wl, wr = _window(window_size)
     return _attend(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
                    seqused_k, None, None, block_table, softmax_scale, causal, wl, wr, softcap,
                    alibi_slopes)
