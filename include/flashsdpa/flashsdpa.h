@@ -126,9 +126,12 @@ typedef struct fsdpa_params {
    * then read as NULL.
    *
    * seqused_k [B]: sequence b uses only its first seqused_k[b] keys (the
-   *   cache length, FlashAttention's cache_seqlens / seqused_k).
+   *   cache length, FlashAttention's cache_seqlens / seqused_k): in the
+   *   padded form cache positions [0, seqused_k[b]) of its cache row, in
+   *   the varlen form the first seqused_k[b] tokens from cu_seqlens_k[b].
    * cache_batch_idx [B] (padded form): sequence b reads cache row
-   *   cache_batch_idx[b] of k/v, or of block_table when paged.
+   *   cache_batch_idx[b] of k/v, or of block_table when paged; k/v (or
+   *   block_table) may then have any number of rows.
    * cache_leftpad [B] (padded form): sequence b's keys start at cache
    *   position cache_leftpad[b]; key j of the semantics above is cache
    *   position cache_leftpad[b] + j, and Sk of sequence b is
@@ -137,8 +140,11 @@ typedef struct fsdpa_params {
    *   page pool, logical shape [num_pages, Hk, page_size, D] (Dv for v; any
    *   strides; a [num_pages, page_size, Hk, D] buffer is passed as a view),
    *   any page_size >= 1. Cache position t of sequence b is row t % page_size
-   *   of page block_table[b, t / page_size]. In the varlen form
-   *   cu_seqlens_k (or seqused_k) gives the lengths and positions start at 0.
+   *   of page block_table[b, t / page_size]. In the varlen form the
+   *   lengths come from cu_seqlens_k (or seqused_k) and each sequence's
+   *   positions start at 0 of its own block_table row.
+   * Not combined with mask or dropout. CPU only so far: CUDA and Metal
+   *   return FSDPA_ERROR_UNSUPPORTED.
    * Checks: on the CPU every used page index, seqused_k and cache_leftpad
    * entry is checked (an error naming the argument). On GPUs the values
    * live in device memory and are the caller's contract: a page index in
