@@ -127,7 +127,7 @@ def _expected(s, dtype):
     """Model the append (and rotary), then each sequence's truth."""
     m, o = s["model"], s["o"]
     windowed = o.get("causal") or "window" in o
-    outs64, outs_lp, qs = [], [], []
+    outs64, outs_lp = [], []
     for b in range(s["batch"]):
         row, c = s["row_of"][b], int(s["seqlens"][b])
         q = s["q"][b]
@@ -150,7 +150,6 @@ def _expected(s, dtype):
         outs64.append(attention_ref(qh.double(), kh.double(), vh.double(), **kw)[0].transpose(0, 1))
         lp = qh.float() if dtype == torch.float32 else qh
         outs_lp.append(attention_ref(lp, kh.to(lp.dtype), vh.to(lp.dtype), **kw)[0].transpose(0, 1))
-        qs.append(q)
     return torch.stack(outs64), torch.stack(outs_lp)
 
 
