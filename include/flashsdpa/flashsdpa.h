@@ -121,7 +121,45 @@ typedef struct fsdpa_params {
 
   int32_t deterministic;  /* backward: bit-reproducible reductions */
   int32_t check_finite;   /* default 1: NaN/Inf in q, k, v, dout is an error */
+
+  /* ---- KV cache (added after 0.1.0; forward only; int32, on q's device) ----
+   * A caller built against 0.1.0 passes a smaller struct_size: these fields
+   * then read as NULL.
+   *
+   * seqused_k [B]: sequence b uses only its first seqused_k[b] keys (the
+   *   cache length, FlashAttention's cache_seqlens / seqused_k): in the
+   *   padded form cache positions [0, seqused_k[b]) of its cache row, in
+   *   the varlen form the first seqused_k[b] tokens from cu_seqlens_k[b].
+   * cache_batch_idx [B] (padded form): sequence b reads cache row
+   *   cache_batch_idx[b] of k/v, or of block_table when paged; k/v (or
+   *   block_table) may then have any number of rows.
+   * cache_leftpad [B] (padded form): sequence b's keys start at cache
+   *   position cache_leftpad[b]; key j of the semantics above is cache
+   *   position cache_leftpad[b] + j, and Sk of sequence b is
+   *   seqused_k[b] (or the cache length) - cache_leftpad[b].
+   * block_table [B or B_cache, max_pages]: paged KV. k and v are then the
+   *   page pool, logical shape [num_pages, Hk, page_size, D] (Dv for v; any
+   *   strides; a [num_pages, page_size, Hk, D] buffer is passed as a view),
+   *   any page_size >= 1. Cache position t of sequence b is row t % page_size
+   *   of page block_table[b, t / page_size]. In the varlen form the
+   *   lengths come from cu_seqlens_k (or seqused_k) and each sequence's
+   *   positions start at 0 of its own block_table row.
+   * Not combined with mask or dropout. CPU only so far: CUDA and Metal
+   *   return FSDPA_ERROR_UNSUPPORTED.
+   * Checks: on the CPU every used page index, seqused_k and cache_leftpad
+   * entry is checked (an error naming the argument). On GPUs the values
+   * live in device memory and are the caller's contract: a page index in
+   * [0, num_pages), 0 <= cache_leftpad[b] <= seqused_k[b] <= the cache
+   * length (max_pages * page_size when paged). */
+  const DLTensor* seqused_k;
+  const DLTensor* cache_batch_idx;
+  const DLTensor* cache_leftpad;
+  const DLTensor* block_table;
 } fsdpa_params;
+
+/* struct_size of the first release's fsdpa_params (before the KV cache
+ * fields); the library accepts any struct_size from this one up. */
+#define FSDPA_PARAMS_SIZE_V0_1 offsetof(fsdpa_params, seqused_k)
 
 /* Fills *p with the defaults (no mask, no dropout, scale NaN = 1/sqrt(D)). */
 FSDPA_API void fsdpa_params_init(fsdpa_params* p);
@@ -139,6 +177,23 @@ FSDPA_API fsdpa_status fsdpa_backward(const fsdpa_params* p, const DLTensor* dou
                                       const DLTensor* v, const DLTensor* out,
                                       const DLTensor* lse, DLTensor* dq,
                                       DLTensor* dk, DLTensor* dv, void* stream);
+
+/* Merges two attention results over disjoint key sets into the result over
+ * their union (cascade / split-KV / context-parallel pieces):
+ *   lse = log(exp(lse_a) + exp(lse_b))
+ *   out = exp(lse_a - lse) * out_a + exp(lse_b - lse) * out_b
+ * lse is the natural-log log-sum-exp that fsdpa_forward returns. A part
+ * with lse = -inf contributes nothing; both -inf gives out 0, lse -inf
+ * (never NaN); lse = +inf or NaN is an error on the CPU.
+ * Shapes: out_a, out_b, out [..., Dv] (rank 1..4, any strides, one dtype
+ * of float32/float16/bfloat16), lse_a, lse_b, lse float32 of logical shape
+ * out's minus the last dim (any strides: fsdpa_forward's lse [B, Hq, Sq]
+ * for an out stored [B, Sq, Hq, Dv], or the varlen lse [Hq, total], is
+ * passed as a transposed view).
+ * out may alias out_a (in place); lse may alias lse_a. */
+FSDPA_API fsdpa_status fsdpa_merge_attn_states(const DLTensor* out_a, const DLTensor* lse_a,
+                                               const DLTensor* out_b, const DLTensor* lse_b,
+                                               DLTensor* out, DLTensor* lse, void* stream);
 
 /* The fp64 reference of the same semantics (CPU tensors only), the oracle
  * every backend is tested against. Inputs of any supported dtype or float64;

@@ -2,7 +2,8 @@
 
 * :func:`scaled_dot_product_attention` — PyTorch's SDPA, computed by flashsdpa.
 * :func:`flash_attn_func`, :func:`flash_attn_varlen_func` and the packed
-  ``flash_attn_{,varlen_}{qkv,kv}packed_func`` — the FlashAttention 2.x API.
+  ``flash_attn_{,varlen_}{qkv,kv}packed_func`` — the FlashAttention 2.x API;
+  :func:`flash_attn_with_kvcache` (KV cache, paged KV) and :func:`merge_attn_states`.
 * ``torch.nn.attention.activate_flash_attention_impl("flashsdpa")`` — flashsdpa
   as PyTorch's flash-attention implementation (registered on import, not active).
 * :func:`enable` / :func:`disable` / :func:`enabled` / :func:`is_enabled` — patch
@@ -43,7 +44,8 @@ _TORCH_API = frozenset({
     "scaled_dot_product_attention", "flash_attn_func", "flash_attn_varlen_func", "enable", "disable",
     "enabled", "is_enabled", "stats", "reset_stats", "register_device_runner",
     "flash_attn_qkvpacked_func", "flash_attn_kvpacked_func", "flash_attn_varlen_qkvpacked_func",
-    "flash_attn_varlen_kvpacked_func", "register_transformers",
+    "flash_attn_varlen_kvpacked_func", "register_transformers", "flash_attn_with_kvcache",
+    "merge_attn_states",
 })
 
 try:
@@ -54,6 +56,8 @@ else:
     from ._api import flash_attn_func, flash_attn_varlen_func, scaled_dot_product_attention
     from ._packed import (flash_attn_kvpacked_func, flash_attn_qkvpacked_func,
                           flash_attn_varlen_kvpacked_func, flash_attn_varlen_qkvpacked_func)
+    from ._kvcache import flash_attn_with_kvcache
+    from ._merge import merge_attn_states
     from ._patch import disable, enable, enabled, is_enabled, reset_stats, stats
     from ._ops import register_device_runner
     from ._hf import register_transformers

@@ -6,7 +6,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import _ops
+from . import _kvcache, _ops
 
 __all__ = ["scaled_dot_product_attention", "flash_attn_func", "flash_attn_varlen_func"]
 
@@ -240,7 +240,9 @@ def flash_attn_varlen_func(
     alibi_slopes: Optional[Tensor] = None,
     deterministic: bool = False,
     return_attn_probs: bool = False,
+    block_table: Optional[Tensor] = None,
     *,
+    seqused_k: Optional[Tensor] = None,
     return_lse: bool = False,
 ) -> Union[Tensor, Tuple[Tensor, ...]]:
     """FlashAttention's ``flash_attn_varlen_func``: sequences packed along the
@@ -249,7 +251,18 @@ def flash_attn_varlen_func(
     entries, on q's device). Same options as :func:`flash_attn_func`; each
     sequence is its own problem (bottom-right alignment per sequence). Returns
     ``out`` ``(total_q, Hq, Dv)`` and, with ``return_lse``, lse ``(Hq, total_q)``.
+    ``block_table`` (int32 ``(B, max_pages)``; k/v are then page pools
+    ``(num_pages, page_size, Hk, D)``, any page size) and ``seqused_k`` (int32
+    ``(B,)``, keys used per sequence) read a KV cache in place (forward only;
+    see :func:`flash_attn_with_kvcache`).
     """
+    if block_table is not None or seqused_k is not None:
+        out, lse = _kvcache.varlen_with_cache(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+            softmax_scale, causal, window_size, softcap, alibi_slopes, block_table, seqused_k)
+        if return_attn_probs:
+            return out, lse, None
+        return (out, lse) if return_lse else out
     _check_qkv(q, k, v, 3)
     for name, c in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
         if not isinstance(c, Tensor):

@@ -144,14 +144,21 @@ NB_MODULE(_C, m) {
   m.def(
       "forward",
       [](const Params& params, Array q, Array k, Array v, Out out, OptOut lse, OptArray mask,
-         OptArray alibi_slopes, OptArray cu_seqlens_q, OptArray cu_seqlens_k, uintptr_t stream) {
+         OptArray alibi_slopes, OptArray cu_seqlens_q, OptArray cu_seqlens_k, uintptr_t stream,
+         OptArray seqused_k, OptArray cache_batch_idx, OptArray cache_leftpad,
+         OptArray block_table) {
         DLTensor tq = to_dl(q), tk = to_dl(k), tv = to_dl(v), to = to_dl(out);
         OptDL tl(lse), tm(mask), ta(alibi_slopes), tcq(cu_seqlens_q), tck(cu_seqlens_k);
+        OptDL tsk(seqused_k), tbi(cache_batch_idx), tlp(cache_leftpad), tbt(block_table);
         fsdpa_params p = params.p;
         p.mask = tm.get();
         p.alibi_slopes = ta.get();
         p.cu_seqlens_q = tcq.get();
         p.cu_seqlens_k = tck.get();
+        p.seqused_k = tsk.get();
+        p.cache_batch_idx = tbi.get();
+        p.cache_leftpad = tlp.get();
+        p.block_table = tbt.get();
         fsdpa_status s;
         {
           nb::gil_scoped_release nogil;
@@ -163,8 +170,29 @@ NB_MODULE(_C, m) {
       nb::arg("lse").none() = nb::none(), nb::arg("mask").none() = nb::none(),
       nb::arg("alibi_slopes").none() = nb::none(), nb::arg("cu_seqlens_q").none() = nb::none(),
       nb::arg("cu_seqlens_k").none() = nb::none(), nb::arg("stream") = 0,
+      nb::arg("seqused_k").none() = nb::none(), nb::arg("cache_batch_idx").none() = nb::none(),
+      nb::arg("cache_leftpad").none() = nb::none(), nb::arg("block_table").none() = nb::none(),
       "fsdpa_forward: writes out (and lse if given). stream: the backend's stream handle as an "
-      "int (cudaStream_t for CUDA), 0 = default.");
+      "int (cudaStream_t for CUDA), 0 = default. seqused_k, cache_batch_idx, cache_leftpad, "
+      "block_table: the KV-cache parameters (int32; see flashsdpa.h).");
+
+  m.def(
+      "merge_attn_states",
+      [](Array out_a, Array lse_a, Array out_b, Array lse_b, Out out, Out lse,
+         uintptr_t stream) {
+        DLTensor ta = to_dl(out_a), tla = to_dl(lse_a), tb = to_dl(out_b), tlb = to_dl(lse_b),
+                 to = to_dl(out), tl = to_dl(lse);
+        fsdpa_status s;
+        {
+          nb::gil_scoped_release nogil;
+          s = fsdpa_merge_attn_states(&ta, &tla, &tb, &tlb, &to, &tl, as_stream(stream));
+        }
+        check(s);
+      },
+      nb::arg("out_a"), nb::arg("lse_a"), nb::arg("out_b"), nb::arg("lse_b"), nb::arg("out"),
+      nb::arg("lse"), nb::arg("stream") = 0,
+      "fsdpa_merge_attn_states: out/lse of the union of two attention results (lse of logical "
+      "shape out.shape[:-1], natural log).");
 
   m.def(
       "backward",
@@ -197,14 +225,21 @@ NB_MODULE(_C, m) {
   m.def(
       "reference_forward",
       [](const Params& params, Array q, Array k, Array v, Out out, OptOut lse, OptArray mask,
-         OptArray alibi_slopes, OptArray cu_seqlens_q, OptArray cu_seqlens_k) {
+         OptArray alibi_slopes, OptArray cu_seqlens_q, OptArray cu_seqlens_k,
+         OptArray seqused_k, OptArray cache_batch_idx, OptArray cache_leftpad,
+         OptArray block_table) {
         DLTensor tq = to_dl(q), tk = to_dl(k), tv = to_dl(v), to = to_dl(out);
         OptDL tl(lse), tm(mask), ta(alibi_slopes), tcq(cu_seqlens_q), tck(cu_seqlens_k);
+        OptDL tsk(seqused_k), tbi(cache_batch_idx), tlp(cache_leftpad), tbt(block_table);
         fsdpa_params p = params.p;
         p.mask = tm.get();
         p.alibi_slopes = ta.get();
         p.cu_seqlens_q = tcq.get();
         p.cu_seqlens_k = tck.get();
+        p.seqused_k = tsk.get();
+        p.cache_batch_idx = tbi.get();
+        p.cache_leftpad = tlp.get();
+        p.block_table = tbt.get();
         fsdpa_status s;
         {
           nb::gil_scoped_release nogil;
@@ -215,7 +250,9 @@ NB_MODULE(_C, m) {
       nb::arg("params"), nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"),
       nb::arg("lse").none() = nb::none(), nb::arg("mask").none() = nb::none(),
       nb::arg("alibi_slopes").none() = nb::none(), nb::arg("cu_seqlens_q").none() = nb::none(),
-      nb::arg("cu_seqlens_k").none() = nb::none(),
+      nb::arg("cu_seqlens_k").none() = nb::none(), nb::arg("seqused_k").none() = nb::none(),
+      nb::arg("cache_batch_idx").none() = nb::none(),
+      nb::arg("cache_leftpad").none() = nb::none(), nb::arg("block_table").none() = nb::none(),
       "fsdpa_reference_forward: the fp64 oracle (CPU tensors; outputs may be float64).");
 
   m.def(

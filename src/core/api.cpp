@@ -101,6 +101,27 @@ fsdpa_status fsdpa_backward(const fsdpa_params* params, const DLTensor* dout, co
   });
 }
 
+fsdpa_status fsdpa_merge_attn_states(const DLTensor* out_a, const DLTensor* lse_a,
+                                     const DLTensor* out_b, const DLTensor* lse_b, DLTensor* out,
+                                     DLTensor* lse, void* stream) {
+  return guarded([&] {
+    MergeTensors t;
+    t.out_a = out_a; t.lse_a = lse_a; t.out_b = out_b; t.lse_b = lse_b; t.out = out; t.lse = lse;
+    MergeParams m;
+    fsdpa_status s = make_merge_params(t, &m);
+    if (s != FSDPA_OK) return s;
+    const Backend* be = find_backend(m.device_type);
+    if (be == nullptr || !be->available())
+      return set_error(FSDPA_ERROR_DEVICE,
+                       "out_a: no available backend for DLPack device type %d (compiled in: %s)",
+                       m.device_type, backend_names());
+    if (be->merge == nullptr)
+      return set_error(FSDPA_ERROR_UNSUPPORTED,
+                       "out_a: merge_attn_states is not supported on %s yet", be->name);
+    return be->merge(m, stream);
+  });
+}
+
 fsdpa_status fsdpa_reference_forward(const fsdpa_params* params, const DLTensor* q,
                                      const DLTensor* k, const DLTensor* v, DLTensor* out,
                                      DLTensor* lse) {

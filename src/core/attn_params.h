@@ -73,11 +73,28 @@ struct AttnParams {
   int32_t deterministic;
   int32_t check_finite;
 
+  // ---- KV cache (forward only; int32 host or device pointers, or null) --
+  const int32_t* seqused_k;        // [batch] keys used per sequence
+  const int32_t* cache_batch_idx;  // [batch] cache row of each sequence
+  const int32_t* cache_leftpad;    // [batch] first cache position used
+  // Paged KV: k/v strides are (page, head, row in page, dim); cache position
+  // t of sequence b is row t % page_size of page
+  // block_table[row * block_table_stride + t / page_size].
+  const int32_t* block_table;
+  int64_t block_table_stride;      // elements between block_table rows
+  int64_t page_size;
+  int64_t num_pages;
+
   // ---- backward only ----------------------------------------------------
   const void* dout; int64_t dout_stride[4];
   void* dq;         int64_t dq_stride[4];
   void* dk;         int64_t dk_stride[4];
   void* dv;         int64_t dv_stride[4];
 };
+
+// True if any KV-cache parameter is set (backends without support refuse).
+inline bool uses_kv_cache(const AttnParams& p) {
+  return p.seqused_k || p.cache_batch_idx || p.cache_leftpad || p.block_table;
+}
 
 }  // namespace fsdpa

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "core/attn_params.h"
+#include "core/merge.h"
 #include "flashsdpa/flashsdpa.h"
 
 namespace fsdpa {
@@ -19,6 +20,8 @@ struct Backend {
   // FSDPA_ERROR_NONFINITE_INPUT) is theirs to do, ideally fused with reading.
   fsdpa_status (*forward)(const AttnParams& p, void* stream);
   fsdpa_status (*backward)(const AttnParams& p, void* stream);
+  // fsdpa_merge_attn_states on this device (null: not supported here yet).
+  fsdpa_status (*merge)(const MergeParams& m, void* stream);
 };
 
 // The compiled-in backend serving `device_type`, or null.

@@ -14,14 +14,44 @@ struct SeqExtent {
 };
 
 inline SeqExtent seq_extent(const AttnParams& p, int64_t b) {
-  if (p.cu_seqlens_q == nullptr) return {0, 0, p.seqlen_q, p.seqlen_k};
-  return {p.cu_seqlens_q[b], p.cu_seqlens_k[b], int64_t(p.cu_seqlens_q[b + 1]) - p.cu_seqlens_q[b],
-          int64_t(p.cu_seqlens_k[b + 1]) - p.cu_seqlens_k[b]};
+  SeqExtent e{0, 0, p.seqlen_q, p.seqlen_k};
+  if (p.cu_seqlens_q != nullptr) {
+    e.q_begin = p.cu_seqlens_q[b];
+    e.sq = int64_t(p.cu_seqlens_q[b + 1]) - p.cu_seqlens_q[b];
+    // Paged sequences start at position 0 of their own page table.
+    e.k_begin = p.block_table ? 0 : p.cu_seqlens_k[b];
+    e.sk = int64_t(p.cu_seqlens_k[b + 1]) - p.cu_seqlens_k[b];
+  }
+  if (p.seqused_k) e.sk = p.seqused_k[b];
+  if (p.cache_leftpad) {
+    e.k_begin += p.cache_leftpad[b];
+    e.sk -= p.cache_leftpad[b];
+  }
+  return e;
 }
 
 // Offset of element (b, h, token, d) given (b, h, s, d) strides.
 inline int64_t offset4(const int64_t* st, int64_t b, int64_t h, int64_t tok, int64_t d) {
   return b * st[0] + h * st[1] + tok * st[2] + d * st[3];
+}
+
+// Offset of element (b, hk, tok, d) of K or V (strides st): through the
+// cache row of sequence b and, when paged, its page table. tok is a cache
+// position (SeqExtent::k_begin + key index).
+inline int64_t kv_offset(const AttnParams& p, const int64_t* st, int64_t b, int64_t hk,
+                         int64_t tok, int64_t d) {
+  const int64_t row = p.cache_batch_idx ? p.cache_batch_idx[b] : b;
+  if (p.block_table) {
+    const int64_t page = p.block_table[row * p.block_table_stride + tok / p.page_size];
+    return offset4(st, page, hk, tok % p.page_size, d);
+  }
+  return offset4(st, row, hk, tok, d);
+}
+
+// Keys from cache position tok on that are stored at a constant row
+// stride (the rest of tok's page; unbounded without pages).
+inline int64_t kv_contiguous_rows(const AttnParams& p, int64_t tok) {
+  return p.block_table ? p.page_size - tok % p.page_size : INT64_MAX;
 }
 
 inline int64_t lse_offset(const AttnParams& p, int64_t b, int64_t h, int64_t tok) {

@@ -39,7 +39,7 @@ void head_scores(const AttnParams& p, int64_t b, int64_t h, const SeqExtent& e,
       double dot = 0;
       for (int64_t d = 0; d < p.head_dim; ++d)
         dot += load_as_double(p.q, offset4(p.q_stride, b, h, e.q_begin + i, d), p.dtype) *
-               load_as_double(p.k, offset4(p.k_stride, b, hk, e.k_begin + j, d), p.dtype);
+               load_as_double(p.k, kv_offset(p, p.k_stride, b, hk, e.k_begin + j, d), p.dtype);
       double s = double(p.scale) * dot;
       if (p.softcap > 0) {
         const double t = tanh(s / p.softcap);
@@ -119,7 +119,7 @@ void reference_forward(const AttnParams& p) {
             const double pij = hs.s[i * e.sk + j];
             if (pij == 0) continue;
             acc += pij * dropout_factor(p, b, h, i, j, thr) *
-                   load_as_double(p.v, offset4(p.v_stride, b, hk, e.k_begin + j, d), p.dtype);
+                   load_as_double(p.v, kv_offset(p, p.v_stride, b, hk, e.k_begin + j, d), p.dtype);
           }
           store_from_double(p.out, offset4(p.out_stride, b, h, e.q_begin + i, d), p.out_dtype,
                             acc);
@@ -156,7 +156,7 @@ void reference_backward(const AttnParams& p) {
         return load_as_double(p.dout, offset4(p.dout_stride, b, h, e.q_begin + i, d), p.dout_dtype);
       };
       auto vv = [&](int64_t j, int64_t d) {
-        return load_as_double(p.v, offset4(p.v_stride, b, hk, e.k_begin + j, d), p.dtype);
+        return load_as_double(p.v, kv_offset(p, p.v_stride, b, hk, e.k_begin + j, d), p.dtype);
       };
       // dP_ij = (dO_i . V_j) * Z_ij ; D_i = sum_j P_ij dP_ij ; dV_j += P_ij Z_ij dO_i
       dp.assign(e.sq * e.sk, 0.0);
@@ -188,7 +188,7 @@ void reference_backward(const AttnParams& p) {
           }
           ds *= p.scale;
           for (int64_t d = 0; d < p.head_dim; ++d) {
-            dqi[d] += ds * load_as_double(p.k, offset4(p.k_stride, b, hk, e.k_begin + j, d),
+            dqi[d] += ds * load_as_double(p.k, kv_offset(p, p.k_stride, b, hk, e.k_begin + j, d),
                                           p.dtype);
             dk[kv_index(b, hk, e.k_begin + j, d, p.head_dim)] +=
                 ds * load_as_double(p.q, offset4(p.q_stride, b, h, e.q_begin + i, d), p.dtype);

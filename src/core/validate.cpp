@@ -175,15 +175,135 @@ bool host_readable(int32_t device_type) {
   return device_type == kDLCPU || device_type == kDLCUDAHost;
 }
 
+// The caller's params with the fields its header did not have yet (a
+// smaller struct_size: an older caller) at their defaults.
+fsdpa_status read_params(const fsdpa_params* caller, fsdpa_params* full) {
+  FSDPA_CHECK_ARG(caller->struct_size >= FSDPA_PARAMS_SIZE_V0_1,
+                  "params: struct_size %u is smaller than any fsdpa_params (%zu); "
+                  "call fsdpa_params_init()",
+                  caller->struct_size, (size_t)FSDPA_PARAMS_SIZE_V0_1);
+  fsdpa_params_init(full);
+  const size_t known = caller->struct_size < sizeof(fsdpa_params) ? caller->struct_size
+                                                                  : sizeof(fsdpa_params);
+  memcpy(static_cast<void*>(full), caller, known);
+  full->struct_size = sizeof(fsdpa_params);
+  return FSDPA_OK;
+}
+
+// One int32 [n] vector argument of the KV cache (seqused_k, ...).
+fsdpa_status int32_vector(const char* name, const DLTensor* t, const View& q, int64_t n,
+                          const int32_t** out) {
+  View v{};
+  FSDPA_TRY(view_of(name, t, 1, 1, &v));
+  FSDPA_TRY(check_same_device(q, v));
+  FSDPA_CHECK_ARG(v.dtype == DType::i32, "%s: dtype must be int32, got %s", name,
+                  dtype_name(v.dtype));
+  FSDPA_TRY(check_shape(v, {n}, {"batch"}));
+  FSDPA_CHECK_ARG(v.stride[0] == 1 || n <= 1, "%s: must be contiguous", name);
+  *out = static_cast<const int32_t*>(v.data);
+  return FSDPA_OK;
+}
+
+// The KV-cache arguments: shapes always, values when host-readable (on a
+// GPU they are the caller's contract, see flashsdpa.h). `cache_rows` is the
+// batch size of the (contiguous) cache, `capacity` the positions per
+// sequence the cache holds.
+fsdpa_status check_kv_cache(const fsdpa_params* params, const View& q, const View& k,
+                            bool varlen, AttnParams* p) {
+  const int64_t B = p->batch;
+  if (params->seqused_k) FSDPA_TRY(int32_vector("seqused_k", params->seqused_k, q, B, &p->seqused_k));
+  if (params->cache_batch_idx)
+    FSDPA_TRY(int32_vector("cache_batch_idx", params->cache_batch_idx, q, B, &p->cache_batch_idx));
+  if (params->cache_leftpad)
+    FSDPA_TRY(int32_vector("cache_leftpad", params->cache_leftpad, q, B, &p->cache_leftpad));
+  FSDPA_CHECK_ARG(!varlen || (!p->cache_batch_idx && !p->cache_leftpad),
+                  "%s: not supported in the varlen form (cu_seqlens)",
+                  p->cache_batch_idx ? "cache_batch_idx" : "cache_leftpad");
+  int64_t cache_rows = k.shape[0], capacity = k.shape[2];
+  if (params->block_table) {
+    View bt{};
+    FSDPA_TRY(view_of("block_table", params->block_table, 2, 2, &bt));
+    FSDPA_TRY(check_same_device(q, bt));
+    FSDPA_CHECK_ARG(bt.dtype == DType::i32, "block_table: dtype must be int32, got %s",
+                    dtype_name(bt.dtype));
+    FSDPA_CHECK_ARG(bt.stride[1] == 1 || bt.shape[1] <= 1,
+                    "block_table: the pages dim must be contiguous (stride 1)");
+    FSDPA_CHECK_ARG(bt.shape[1] >= 1, "block_table: has no page columns");
+    FSDPA_CHECK_ARG(k.shape[2] >= 1, "k: page size is 0");
+    if (!p->cache_batch_idx)
+      FSDPA_TRY(check_shape(bt, {B}, {"batch"}));
+    p->block_table = static_cast<const int32_t*>(bt.data);
+    p->block_table_stride = bt.stride[0];
+    p->page_size = k.shape[2];
+    p->num_pages = k.shape[0];
+    cache_rows = bt.shape[0];
+    capacity = bt.shape[1] * p->page_size;
+  } else if (!varlen && !p->cache_batch_idx) {
+    FSDPA_TRY(check_shape(k, {B}, {"batch"}));
+  }
+  if (!varlen) p->seqlen_k = capacity;
+  if (!host_readable(p->device_type)) return FSDPA_OK;
+  for (int64_t b = 0; b < B; ++b) {
+    if (p->cache_batch_idx) {
+      const int32_t row = p->cache_batch_idx[b];
+      FSDPA_CHECK_ARG(row >= 0 && row < cache_rows,
+                      "cache_batch_idx: entry %lld is %d, outside the %lld cache rows of %s",
+                      (long long)b, row, (long long)cache_rows,
+                      p->block_table ? "block_table" : "k/v");
+    }
+    // Cache positions [begin, end) of sequence b.
+    int64_t end = capacity;
+    if (varlen) {
+      end = int64_t(p->cu_seqlens_k[b + 1]) - p->cu_seqlens_k[b];
+      if (p->block_table)
+        FSDPA_CHECK_ARG(p->seqused_k || end <= capacity,
+                        "cu_seqlens_k: sequence %lld has %lld keys but its block_table row "
+                        "holds %lld",
+                        (long long)b, (long long)end, (long long)capacity);
+    }
+    if (p->seqused_k) {
+      const int64_t used = p->seqused_k[b];
+      const int64_t limit = varlen && !p->block_table ? end : capacity;
+      FSDPA_CHECK_ARG(used >= 0 && used <= limit,
+                      "seqused_k: entry %lld is %lld, outside 0..%lld (the keys the %s holds)",
+                      (long long)b, (long long)used, (long long)limit,
+                      varlen && !p->block_table ? "cu_seqlens_k sequence" : "cache");
+      if (varlen)
+        FSDPA_CHECK_ARG(used <= p->seqlen_k, "seqused_k: entry %lld is %lld > max_seqlen_k %lld",
+                        (long long)b, (long long)used, (long long)p->seqlen_k);
+      end = used;
+    }
+    int64_t begin = 0;
+    if (p->cache_leftpad) {
+      begin = p->cache_leftpad[b];
+      FSDPA_CHECK_ARG(begin >= 0 && begin <= end,
+                      "cache_leftpad: entry %lld is %lld, outside 0..%lld (the sequence's "
+                      "cache length)",
+                      (long long)b, (long long)begin, (long long)end);
+    }
+    if (p->block_table && end > begin) {
+      const int64_t row = p->cache_batch_idx ? p->cache_batch_idx[b] : b;
+      for (int64_t i = begin / p->page_size; i <= (end - 1) / p->page_size; ++i) {
+        const int32_t page = p->block_table[row * p->block_table_stride + i];
+        FSDPA_CHECK_ARG(page >= 0 && page < p->num_pages,
+                        "block_table: entry [%lld, %lld] is %d, outside the page pool "
+                        "0..%lld (k has %lld pages; sequence %lld)",
+                        (long long)row, (long long)i, page, (long long)p->num_pages - 1,
+                        (long long)p->num_pages, (long long)b);
+      }
+    }
+  }
+  return FSDPA_OK;
+}
+
 }  // namespace
 
-fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* params, const CallTensors& t,
-                              AttnParams* p) {
-  FSDPA_CHECK_ARG(params != nullptr, "params: is NULL");
-  FSDPA_CHECK_ARG(params->struct_size >= sizeof(fsdpa_params),
-                  "params: struct_size %u is smaller than this library's fsdpa_params (%zu); "
-                  "call fsdpa_params_init()",
-                  params->struct_size, sizeof(fsdpa_params));
+fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* caller_params,
+                              const CallTensors& t, AttnParams* p) {
+  FSDPA_CHECK_ARG(caller_params != nullptr, "params: is NULL");
+  fsdpa_params full_params;
+  FSDPA_TRY(read_params(caller_params, &full_params));
+  const fsdpa_params* params = &full_params;
   FSDPA_CHECK_ARG(p != nullptr, "internal: output params is NULL");
   memset(p, 0, sizeof(*p));
 
@@ -195,10 +315,21 @@ fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* params, const C
                   "%s: varlen needs both cu_seqlens_q and cu_seqlens_k",
                   params->cu_seqlens_q ? "cu_seqlens_k" : "cu_seqlens_q");
   const int rank = varlen ? 3 : 4;
+  const bool paged = params->block_table != nullptr;
+  const bool kv_cache = paged || params->seqused_k || params->cache_batch_idx ||
+                        params->cache_leftpad;
+  const char* kv_arg = paged ? "block_table"
+                       : params->seqused_k ? "seqused_k"
+                       : params->cache_batch_idx ? "cache_batch_idx" : "cache_leftpad";
+  FSDPA_CHECK_ARG(!kv_cache || kind == CallKind::forward || kind == CallKind::reference_forward,
+                  "%s: the KV-cache parameters are for the forward only", kv_arg);
+  // A paged k/v is the page pool [num_pages, Hk, page_size, D] in both forms.
+  const int kv_rank = paged ? 4 : rank;
+  const bool kv_varlen = varlen && !paged;
 
   View q, k, v;
   FSDPA_TRY(view_of("q", t.q, rank, rank, &q));
-  FSDPA_TRY(view_of("k", t.k, rank, rank, &k));
+  FSDPA_TRY(view_of("k", t.k, kv_rank, kv_rank, &k));
   FSDPA_TRY(check_same_device(q, k));
   const int32_t dev = q.t->device.device_type;
   if (kind != CallKind::forward && kind != CallKind::backward)
@@ -223,6 +354,7 @@ fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* params, const C
   const int hd = 1;               // heads dim, in both forms
   const int sd = varlen ? 0 : 2;  // sequence dim
   const int dd = rank - 1;        // feature dim
+  const int kdd = kv_rank - 1;    // feature dim of k/v
   p->heads_q = q.shape[hd];
   p->heads_k = k.shape[hd];
   p->head_dim = q.shape[dd];
@@ -234,8 +366,8 @@ fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* params, const C
   FSDPA_CHECK_ARG(p->head_dim >= 1 && p->head_dim <= FSDPA_MAX_HEAD_DIM,
                   "q: head dim %lld is outside 1..%d", (long long)p->head_dim,
                   FSDPA_MAX_HEAD_DIM);
-  FSDPA_CHECK_ARG(k.shape[dd] == p->head_dim, "k: head dim %lld differs from q's %lld",
-                  (long long)k.shape[dd], (long long)p->head_dim);
+  FSDPA_CHECK_ARG(k.shape[kdd] == p->head_dim, "k: head dim %lld differs from q's %lld",
+                  (long long)k.shape[kdd], (long long)p->head_dim);
 
   if (varlen) {
     View cq, ck;
@@ -263,7 +395,7 @@ fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* params, const C
     p->seqlen_q = params->max_seqlen_q;
     p->seqlen_k = params->max_seqlen_k;
     p->total_q = q.shape[0];
-    p->total_k = k.shape[0];
+    p->total_k = paged ? 0 : k.shape[0];
     p->cu_seqlens_q = static_cast<const int32_t*>(cq.data);
     p->cu_seqlens_k = static_cast<const int32_t*>(ck.data);
     if (host_readable(dev)) {
@@ -272,6 +404,12 @@ fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* params, const C
           {"cu_seqlens_q", p->cu_seqlens_q, p->total_q, p->seqlen_q},
           {"cu_seqlens_k", p->cu_seqlens_k, p->total_k, p->seqlen_k}};
       for (const auto& l : lists) {
+        if (paged && l.cu == p->cu_seqlens_k) {  // lengths only: checked with the pages
+          for (int64_t b = 0; b < p->batch; ++b)
+            FSDPA_CHECK_ARG(l.cu[b + 1] >= l.cu[b], "%s: not non-decreasing at index %lld (%d > %d)",
+                            l.name, (long long)b, l.cu[b], l.cu[b + 1]);
+          continue;
+        }
         FSDPA_CHECK_ARG(l.cu[0] == 0, "%s: first element must be 0, got %d", l.name, l.cu[0]);
         for (int64_t b = 0; b < p->batch; ++b) {
           const int64_t len = int64_t(l.cu[b + 1]) - l.cu[b];
@@ -289,7 +427,7 @@ fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* params, const C
     p->batch = q.shape[0];
     p->seqlen_q = q.shape[sd];
     p->seqlen_k = k.shape[sd];
-    FSDPA_TRY(check_shape(k, {p->batch}, {"batch"}));
+    if (!kv_cache) FSDPA_TRY(check_shape(k, {p->batch}, {"batch"}));
     p->total_q = p->batch * p->seqlen_q;
     p->total_k = p->batch * p->seqlen_k;
   }
@@ -297,7 +435,7 @@ fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* params, const C
                   "q: batch * heads * seqlen_q = %lld exceeds 2^32 (row index limit)",
                   (long long)(p->batch * p->heads_q * p->seqlen_q));
   bhsd_strides(q, varlen, p->q_stride);
-  bhsd_strides(k, varlen, p->k_stride);
+  bhsd_strides(k, kv_varlen, p->k_stride);
   p->q = q.data;
   p->k = k.data;
 
@@ -342,25 +480,33 @@ fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* params, const C
     return FSDPA_OK;
   }
 
-  FSDPA_TRY(view_of("v", t.v, rank, rank, &v));
+  FSDPA_TRY(view_of("v", t.v, kv_rank, kv_rank, &v));
   FSDPA_TRY(check_same_device(q, v));
   FSDPA_CHECK_ARG(v.dtype == q.dtype, "v: dtype %s differs from q's %s", dtype_name(v.dtype),
                   dtype_name(q.dtype));
-  p->head_dim_v = v.shape[dd];
+  p->head_dim_v = v.shape[kdd];
   FSDPA_CHECK_ARG(p->head_dim_v >= 1 && p->head_dim_v <= FSDPA_MAX_HEAD_DIM,
                   "v: head dim %lld is outside 1..%d", (long long)p->head_dim_v,
                   FSDPA_MAX_HEAD_DIM);
-  if (varlen) {
+  if (kv_varlen) {
     FSDPA_CHECK_ARG(v.shape[0] == p->total_k && v.shape[1] == p->heads_k,
                     "v: shape [%lld, %lld, *] differs from k's [%lld, %lld, *]",
                     (long long)v.shape[0], (long long)v.shape[1], (long long)p->total_k,
                     (long long)p->heads_k);
   } else {
-    FSDPA_TRY(check_shape(v, {p->batch, p->heads_k, p->seqlen_k},
-                          {"batch", "heads_k", "seqlen_k"}));
+    FSDPA_TRY(check_shape(v, {k.shape[0], p->heads_k, k.shape[2]},
+                          {paged ? "num_pages" : "batch", "heads_k",
+                           paged ? "page_size" : "seqlen_k"}));
   }
-  bhsd_strides(v, varlen, p->v_stride);
+  bhsd_strides(v, kv_varlen, p->v_stride);
   p->v = v.data;
+  if (kv_cache) {
+    FSDPA_CHECK_ARG(params->mask == nullptr,
+                    "mask: not supported together with the KV-cache parameters");
+    FSDPA_CHECK_ARG(params->dropout_p == 0.0f,
+                    "dropout_p: must be 0 with the KV-cache parameters (inference)");
+    FSDPA_TRY(check_kv_cache(params, q, k, varlen, p));
+  }
 
   // Shapes of the remaining tensors, by role.
   auto check_like = [&](const View& x, const View& like, int64_t last) -> fsdpa_status {
@@ -492,9 +638,75 @@ fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* params, const C
   // separate pass would cost as much as a decode step); the reference scans.
   if (p->check_finite && is_reference) {
     FSDPA_TRY(check_finite_host(q));
-    FSDPA_TRY(check_finite_host(k));
-    FSDPA_TRY(check_finite_host(v));
+    // A KV cache holds unused rows (anything, e.g. torch.empty): the scan
+    // would see them. The reference reads only used rows, where a NaN/Inf
+    // shows up in its output.
+    if (!kv_cache) {
+      FSDPA_TRY(check_finite_host(k));
+      FSDPA_TRY(check_finite_host(v));
+    }
   }
+  return FSDPA_OK;
+}
+
+fsdpa_status make_merge_params(const MergeTensors& t, MergeParams* m) {
+  FSDPA_CHECK_ARG(m != nullptr, "internal: output params is NULL");
+  memset(m, 0, sizeof(*m));
+  View oa{}, ob{}, o{}, la{}, lb{}, l{};
+  FSDPA_TRY(view_of("out_a", t.out_a, 1, 4, &oa));
+  const int rank = oa.rank;
+  FSDPA_TRY(view_of("out_b", t.out_b, rank, rank, &ob));
+  FSDPA_TRY(view_of("out", t.out, rank, rank, &o));
+  FSDPA_TRY(view_of("lse_a", t.lse_a, rank - 1, rank - 1, &la));
+  FSDPA_TRY(view_of("lse_b", t.lse_b, rank - 1, rank - 1, &lb));
+  FSDPA_TRY(view_of("lse", t.lse, rank - 1, rank - 1, &l));
+  FSDPA_CHECK_ARG(oa.dtype == DType::f32 || oa.dtype == DType::f16 || oa.dtype == DType::bf16,
+                  "out_a: unsupported dtype %s; expected float32, float16 or bfloat16",
+                  dtype_name(oa.dtype));
+  for (const View* x : {&ob, &o}) {
+    FSDPA_TRY(check_same_device(oa, *x));
+    FSDPA_CHECK_ARG(x->dtype == oa.dtype, "%s: dtype %s differs from out_a's %s", x->name,
+                    dtype_name(x->dtype), dtype_name(oa.dtype));
+    for (int d = 0; d < rank; ++d)
+      FSDPA_CHECK_ARG(x->shape[d] == oa.shape[d], "%s: size of dim %d is %lld, expected %lld (as out_a)",
+                      x->name, d, (long long)x->shape[d], (long long)oa.shape[d]);
+  }
+  for (const View* x : {&la, &lb, &l}) {
+    FSDPA_TRY(check_same_device(oa, *x));
+    FSDPA_CHECK_ARG(x->dtype == DType::f32, "%s: dtype must be float32, got %s", x->name,
+                    dtype_name(x->dtype));
+    for (int d = 0; d < rank - 1; ++d)
+      FSDPA_CHECK_ARG(x->shape[d] == oa.shape[d],
+                      "%s: size of dim %d is %lld, expected %lld (out_a's dims without the last)",
+                      x->name, d, (long long)x->shape[d], (long long)oa.shape[d]);
+  }
+  FSDPA_TRY(check_writable(o));
+  FSDPA_TRY(check_writable(l));
+  m->device_type = oa.t->device.device_type;
+  m->device_id = oa.t->device.device_id;
+  m->dtype = oa.dtype;
+  m->dim = oa.shape[rank - 1];
+  // Leading dims, padded in front to three.
+  const int lead = rank - 1, pad = 3 - lead;
+  for (int d = 0; d < 3; ++d) {
+    const int src = d - pad;
+    m->shape[d] = src < 0 ? 1 : oa.shape[src];
+    m->out_a_stride[d] = src < 0 ? 0 : oa.stride[src];
+    m->out_b_stride[d] = src < 0 ? 0 : ob.stride[src];
+    m->out_stride[d] = src < 0 ? 0 : o.stride[src];
+    m->lse_a_stride[d] = src < 0 ? 0 : la.stride[src];
+    m->lse_b_stride[d] = src < 0 ? 0 : lb.stride[src];
+    m->lse_stride[d] = src < 0 ? 0 : l.stride[src];
+  }
+  m->out_a_stride[3] = oa.stride[rank - 1];
+  m->out_b_stride[3] = ob.stride[rank - 1];
+  m->out_stride[3] = o.stride[rank - 1];
+  m->out_a = oa.data;
+  m->out_b = ob.data;
+  m->out = o.data;
+  m->lse_a = static_cast<const float*>(la.data);
+  m->lse_b = static_cast<const float*>(lb.data);
+  m->lse = static_cast<float*>(l.data);
   return FSDPA_OK;
 }
 

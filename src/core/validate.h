@@ -3,6 +3,7 @@
 #pragma once
 
 #include "core/attn_params.h"
+#include "core/merge.h"
 #include "flashsdpa/flashsdpa.h"
 
 namespace fsdpa {
@@ -31,5 +32,17 @@ struct CallTensors {
 // thread's last error.
 fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* params,
                               const CallTensors& t, AttnParams* out);
+
+struct MergeTensors {
+  const DLTensor* out_a = nullptr;
+  const DLTensor* lse_a = nullptr;
+  const DLTensor* out_b = nullptr;
+  const DLTensor* lse_b = nullptr;
+  const DLTensor* out = nullptr;
+  const DLTensor* lse = nullptr;
+};
+
+// Validates the tensors of fsdpa_merge_attn_states and fills *m.
+fsdpa_status make_merge_params(const MergeTensors& t, MergeParams* m);
 
 }  // namespace fsdpa

@@ -13,18 +13,37 @@
 namespace fsdpa::cpu {
 namespace {
 
+// Packs keys [tok0, tok0 + n) of kv-head hk of sequence b of K or V (strides
+// st) into a row-major [rows_padded x ld] fp32 panel, zero padded, each row
+// read where the cache addressing puts it (its cache row and page).
+// Returns false if a packed element is NaN or Inf.
+bool pack_kv_rows(const AttnParams& p, const void* base, const int64_t* st, int64_t b, int64_t hk,
+                  int64_t tok0, int64_t n, int64_t dim, float* dst, int64_t ld,
+                  int64_t rows_padded) {
+  bool finite = true;
+  for (int64_t r = 0; r < rows_padded; ++r) {
+    float* row = dst + r * ld;
+    int64_t written = 0;
+    if (r < n) {
+      finite &= load_f32(base, kv_offset(p, st, b, hk, tok0 + r, 0), st[3], dim, p.dtype, 1.0f,
+                         row);
+      written = dim;
+    }
+    std::fill(row + written, row + ld, 0.0f);
+  }
+  return finite;
+}
+
 // K^T [Dp x kBlockK] and V [kBlockK x Dvp] of key block kb of (b, hk), fp32,
 // zero padded; `tmp` holds kBlockK x Dp floats.
 void pack_kv_tile(const AttnParams& p, const BlockLayout& L, int64_t b, int64_t hk, int64_t kb,
                   int64_t dp, int64_t dvp, float* kt, float* v, float* tmp, NonFiniteFlags& nf) {
   const SeqExtent& e = L.seq[b];
   const int64_t j0 = kb * kBlockK, n = std::min<int64_t>(kBlockK, e.sk - j0);
-  flag_if(pack_rows(p.k, p.k_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim, 1.0f, tmp,
-                    dp, kBlockK),
+  flag_if(pack_kv_rows(p, p.k, p.k_stride, b, hk, e.k_begin + j0, n, p.head_dim, tmp, dp, kBlockK),
           nf.k);
   transpose(tmp, dp, kBlockK, dp, kt, kBlockK);
-  flag_if(pack_rows(p.v, p.v_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim_v, 1.0f, v,
-                    dvp, kBlockK),
+  flag_if(pack_kv_rows(p, p.v, p.v_stride, b, hk, e.k_begin + j0, n, p.head_dim_v, v, dvp, kBlockK),
           nf.v);
 }
 
@@ -75,7 +94,7 @@ bool rows_finite(const AttnParams& p, const void* base, const int64_t* st, int64
                  int64_t tok, int64_t n, int64_t dim, float* tmp) {
   bool finite = true;
   for (int64_t r = 0; r < n; ++r)
-    finite &= load_f32(base, offset4(st, b, hk, tok + r, 0), st[3], dim, p.dtype, 1.0f, tmp);
+    finite &= load_f32(base, kv_offset(p, st, b, hk, tok + r, 0), st[3], dim, p.dtype, 1.0f, tmp);
   return finite;
 }
 
@@ -86,13 +105,17 @@ struct RowState {
   float* l;  // running sum of exp (before dropout)
 };
 
-// Online softmax of rows [i0, i0 + rows) over key blocks [kb_begin, kb_end).
-// `tiles` is scratch for on-the-fly K/V tiles (kBlockK * (Dp + Dvp)).
+// Online softmax of rows [i0, i0 + rows) of `heads` consecutive query heads
+// (c: the first; more than one only without dropout, for GQA decode: their
+// rows are stacked head after head and share each K/V read) over key blocks
+// [kb_begin, kb_end). `tiles` is scratch for on-the-fly K/V tiles
+// (kBlockK * (Dp + Dvp)).
 void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const HeadCtx& c,
-            const float* qs, int64_t i0, int64_t rows, int64_t kb_begin, int64_t kb_end,
-            float* S, float* tiles, RowState st, NonFiniteFlags& nf) {
+            int64_t heads, const float* qs, int64_t i0, int64_t head_rows, int64_t kb_begin,
+            int64_t kb_end, float* S, float* tiles, RowState st, NonFiniteFlags& nf) {
   const int64_t hk = kv_head(p, c.h);
   const int64_t kb0 = L.k_block0[c.b];
+  const int64_t rows = heads * head_rows;
   for (int64_t r = 0; r < rows; ++r) {
     st.m[r] = kNegInf;
     st.l[r] = 0.0f;
@@ -109,12 +132,16 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
            kBlockK, false);
       v = pk.v_block(kb0 + kb, hk, p.heads_k);
     } else if (in_place) {
-      // Decode, fp32/bf16 with contiguous rows: K and V read where they are.
+      // Decode, fp32/bf16 with contiguous rows: K and V read where they are,
+      // one run of equally spaced rows (a page, or the whole block) at a time.
       n = std::min<int64_t>(kBlockK, c.e.sk - j0);
       const int64_t tok = c.e.k_begin + j0;
-      dot_rows_src(rows, n, p.head_dim, qs, pk.dp,
-                   element_ptr(p.k, p.dtype, offset4(p.k_stride, c.b, hk, tok, 0)), bf16,
-                   p.k_stride[2], S, kBlockK);
+      for (int64_t j = 0, run; j < n; j += run) {
+        run = std::min(n - j, kv_contiguous_rows(p, tok + j));
+        dot_rows_src(rows, run, p.head_dim, qs, pk.dp,
+                     element_ptr(p.k, p.dtype, kv_offset(p, p.k_stride, c.b, hk, tok + j, 0)),
+                     bf16, p.k_stride[2], S + j, kBlockK);
+      }
       for (int64_t r = 0; r < rows; ++r) std::fill(S + r * kBlockK + n, S + (r + 1) * kBlockK, 0.0f);
       // A NaN/Inf in these K rows makes a score non-finite; only then scan
       // (unless q, which poisons every score, is already flagged).
@@ -128,16 +155,18 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       float* v_tile = k_rows + kBlockK * pk.dp;
       const SeqExtent& e = c.e;
       n = std::min<int64_t>(kBlockK, e.sk - j0);
-      flag_if(pack_rows(p.k, p.k_stride, p.dtype, c.b, hk, e.k_begin + j0, n, p.head_dim, 1.0f,
-                        k_rows, pk.dp, kBlockK),
+      flag_if(pack_kv_rows(p, p.k, p.k_stride, c.b, hk, e.k_begin + j0, n, p.head_dim, k_rows,
+                           pk.dp, kBlockK),
               nf.k);
-      flag_if(pack_rows(p.v, p.v_stride, p.dtype, c.b, hk, e.k_begin + j0, n, p.head_dim_v, 1.0f,
-                        v_tile, pk.dvp, kBlockK),
+      flag_if(pack_kv_rows(p, p.v, p.v_stride, c.b, hk, e.k_begin + j0, n, p.head_dim_v, v_tile,
+                           pk.dvp, kBlockK),
               nf.v);
       gemm_bt(rows, kBlockK, pk.dp, qs, pk.dp, k_rows, pk.dp, S, kBlockK);
       v = v_tile;
     }
-    score_epilogue(c, i0, rows, j0, S, kBlockK, nullptr);
+    for (int64_t g = 0; g < heads; ++g)
+      score_epilogue(g == 0 ? c : make_head_ctx(p, c.e, c.b, c.h + g), i0, head_rows, j0,
+                     S + g * head_rows * kBlockK, kBlockK, nullptr);
     for (int64_t r = 0; r < rows; ++r) {
       float* s = S + r * kBlockK;
       const float m_new = std::max(st.m[r], row_max(s, kBlockK));
@@ -149,15 +178,18 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       st.l[r] = st.l[r] * alpha + exp_sub_sum(s, kBlockK, m_new);
       if (alpha != 1.0f) scale_row(st.o + r * pk.dvp, pk.dvp, alpha);
       st.m[r] = m_new;
-      if (p.dropout_p > 0) apply_dropout_row(c, i0 + r, j0, s);
+      if (p.dropout_p > 0) apply_dropout_row(c, i0 + r, j0, s);  // heads == 1 here
     }
     if (v) {
       gemm(rows, pk.dvp, kBlockK, S, kBlockK, v, pk.dvp, st.o, pk.dvp, true);
     } else {
       const int64_t tok = c.e.k_begin + j0;
-      accum_rows_src(rows, n, p.head_dim_v, S, kBlockK,
-                     element_ptr(p.v, p.dtype, offset4(p.v_stride, c.b, hk, tok, 0)), bf16,
-                     p.v_stride[2], st.o, pk.dvp);
+      for (int64_t j = 0, run; j < n; j += run) {
+        run = std::min(n - j, kv_contiguous_rows(p, tok + j));
+        accum_rows_src(rows, run, p.head_dim_v, S + j, kBlockK,
+                       element_ptr(p.v, p.dtype, kv_offset(p, p.v_stride, c.b, hk, tok + j, 0)),
+                       bf16, p.v_stride[2], st.o, pk.dvp);
+      }
       // Likewise a NaN/Inf in these V rows (0 * Inf is NaN too) poisons O.
       if (p.check_finite && !nf.q && !nf.k && !nf.v && !all_finite(st.o, rows * pk.dvp))
         flag_if(rows_finite(p, p.v, p.v_stride, c.b, hk, tok, n, p.head_dim_v, tiles), nf.v);
@@ -166,8 +198,8 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
 }
 
 // Writes out = o / l and lse = m + log(l) (0 and -inf for empty rows).
-void finish_rows(const AttnParams& p, const HeadCtx& c, int64_t i0, int64_t rows, int64_t dvp,
-                 RowState st) {
+void finish_head_rows(const AttnParams& p, const HeadCtx& c, int64_t i0, int64_t rows,
+                      int64_t dvp, RowState st) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t tok = c.e.q_begin + i0 + r;
     const bool empty = st.l[r] == 0.0f;
@@ -175,6 +207,17 @@ void finish_rows(const AttnParams& p, const HeadCtx& c, int64_t i0, int64_t rows
     store_f32(p.out, offset4(p.out_stride, c.b, c.h, tok, 0), p.out_stride[3], p.head_dim_v,
               p.dtype, st.o + r * dvp, inv);
     if (p.lse) p.lse[lse_offset(p, c.b, c.h, tok)] = empty ? kNegInf : st.m[r] + logf(st.l[r]);
+  }
+}
+
+// Writes out = o / l and lse = m + log(l) (0 and -inf for empty rows) of
+// rows [i0, i0 + rows) of `heads` stacked query heads from c.h on.
+void finish_rows(const AttnParams& p, const HeadCtx& c, int64_t heads, int64_t i0, int64_t rows,
+                 int64_t dvp, RowState st) {
+  for (int64_t g = 0; g < heads; ++g) {
+    const HeadCtx cg = g == 0 ? c : make_head_ctx(p, c.e, c.b, c.h + g);
+    finish_head_rows(p, cg, i0, rows, dvp,
+                     RowState{st.o + g * rows * dvp, st.m + g * rows, st.l + g * rows});
   }
 }
 
@@ -198,9 +241,16 @@ fsdpa_status forward(const AttnParams& p) {
   const PackedKV pk = pack_kv(p, L, p.seqlen_q > kBlockQ, nf);
   const int64_t dp = pk.dp, dvp = pk.dvp;
 
-  // Tasks: (q-block, head) pairs, optionally split along the keys.
-  const int64_t tasks = L.q_blocks() * p.heads_q;
-  const int64_t max_kblocks = (p.seqlen_k + kBlockK - 1) / kBlockK;
+  // Tasks: (q-block, head) pairs, optionally split along the keys. GQA
+  // decode: (q-block, kv-head) pairs, the group's query heads stacked as rows.
+  const int64_t group = p.heads_q / p.heads_k;
+  const int64_t task_heads =
+      stack_gqa_heads(p.seqlen_q, group, p.dropout_p > 0) ? group : 1;
+  const int64_t head_tasks = p.heads_q / task_heads;
+  const int64_t tasks = L.q_blocks() * head_tasks;
+  int64_t max_kblocks = 0;  // of any sequence (seqused_k may be below seqlen_k)
+  for (int64_t b = 0; b < p.batch; ++b)
+    max_kblocks = std::max(max_kblocks, L.k_block0[b + 1] - L.k_block0[b]);
   const int splits = key_splits(tasks, max_kblocks, pool_threads());
 
   const int64_t per_thread = kBlockQ * dp + kBlockQ * kBlockK + kBlockQ * dvp + 2 * kBlockQ +
@@ -219,7 +269,7 @@ fsdpa_status forward(const AttnParams& p) {
     // starting them early leaves short tasks to even out the threads' ends.
     const int64_t t = tasks * splits - 1 - order;
     const int64_t task = t / splits, split = t % splits;
-    const int64_t gqb = task / p.heads_q, h = task % p.heads_q;
+    const int64_t gqb = task / head_tasks, h = task % head_tasks * task_heads;
     const int64_t b = seq_of[gqb];
     const SeqExtent& e = L.seq[b];
     const int64_t i0 = (gqb - L.q_block0[b]) * kBlockQ;
@@ -240,28 +290,30 @@ fsdpa_status forward(const AttnParams& p) {
     visible_key_blocks(c, i0, i0 + rows, &kb_lo, &kb_hi);
     const int64_t span = kb_hi - kb_lo;
     const int64_t s_lo = kb_lo + span * split / splits, s_hi = kb_lo + span * (split + 1) / splits;
-    flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, rows, p.head_dim, p.scale,
-                      qs, dp, rows),
-            nf.q);
-    attend(p, pk, L, c, qs, i0, rows, s_lo, s_hi, S, qs + per_thread - kBlockK * (2 * dp + dvp), st,
-           nf);
-    if (splits == 1) finish_rows(p, c, i0, rows, dvp, st);
+    for (int64_t g = 0; g < task_heads; ++g)
+      flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h + g, e.q_begin + i0, rows, p.head_dim,
+                        p.scale, qs + g * rows * dp, dp, rows),
+              nf.q);
+    attend(p, pk, L, c, task_heads, qs, i0, rows, s_lo, s_hi, S,
+           qs + per_thread - kBlockK * (2 * dp + dvp), st, nf);
+    if (splits == 1) finish_rows(p, c, task_heads, i0, rows, dvp, st);
   });
 
   if (splits > 1) {
     // Merge the splits of each task in split order (deterministic).
     parallel_for(tasks, [&](int64_t task) {
-      const int64_t gqb = task / p.heads_q, h = task % p.heads_q;
+      const int64_t gqb = task / head_tasks, h = task % head_tasks * task_heads;
       const int64_t b = seq_of[gqb];
       const SeqExtent& e = L.seq[b];
       const int64_t i0 = (gqb - L.q_block0[b]) * kBlockQ;
       const int64_t rows = std::min<int64_t>(kBlockQ, e.sq - i0);
+      const int64_t all_rows = task_heads * rows;
       float* first = partials + task * splits * part_sz;
       RowState acc{first, first + kBlockQ * dvp, first + kBlockQ * dvp + kBlockQ};
       for (int s = 1; s < splits; ++s) {
         float* part = first + s * part_sz;
         const RowState o{part, part + kBlockQ * dvp, part + kBlockQ * dvp + kBlockQ};
-        for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t r = 0; r < all_rows; ++r) {
           const float m = std::max(acc.m[r], o.m[r]);
           if (m == kNegInf) continue;
           const float a = expf(acc.m[r] - m), bw = expf(o.m[r] - m);
@@ -271,7 +323,7 @@ fsdpa_status forward(const AttnParams& p) {
           acc.m[r] = m;
         }
       }
-      finish_rows(p, make_head_ctx(p, e, b, h), i0, rows, dvp, acc);
+      finish_rows(p, make_head_ctx(p, e, b, h), task_heads, i0, rows, dvp, acc);
     });
   }
   return nf.status(p);

@@ -15,6 +15,14 @@ constexpr int kBlockK = 64;
 // gemm, which pays off only with more rows.
 constexpr int kInPlaceMaxRows = 16;
 
+// GQA decode: the query heads of a group read the same K/V, so one task
+// takes all of them, stacked as rows (at most kInPlaceMaxRows in all), and
+// reads each K/V row once instead of once per head: decode is bound by
+// reading K/V. (Dropout keeps one head per task: its row ids are per head.)
+inline bool stack_gqa_heads(int64_t seqlen_q, int64_t group, bool dropout) {
+  return group > 1 && !dropout && seqlen_q * group <= kInPlaceMaxRows;
+}
+
 // How long idle pool threads (and a caller waiting for them) spin before
 // sleeping: long enough to catch the next call of a decode loop, short
 // enough not to hold a core from other work for long.

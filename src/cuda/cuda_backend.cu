@@ -271,6 +271,12 @@ bool use_hopper_bwd(const AttnParams& p) {
 }
 
 fsdpa_status forward(const AttnParams& p, void* stream) {
+  // No CUDA kernel reads a paged or per-sequence-length cache yet; refuse
+  // rather than read the wrong rows.
+  if (uses_kv_cache(p))
+    return set_error(FSDPA_ERROR_UNSUPPORTED,
+                     "block_table / seqused_k / cache_batch_idx / cache_leftpad: the KV-cache "
+                     "parameters are not supported on cuda yet");
   DeviceGuard guard(p.device_id);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   fsdpa_status st = check_inputs(p, false, s);
@@ -407,9 +413,11 @@ bool available() {
 }
 
 }  // namespace
+
+fsdpa_status merge(const MergeParams& m, void* stream);  // merge.cu
 }  // namespace cuda
 
 extern const Backend kCudaBackend = {"cuda", kDLCUDA, cuda::available, cuda::forward,
-                                     cuda::backward};
+                                     cuda::backward, cuda::merge};
 
 }  // namespace fsdpa

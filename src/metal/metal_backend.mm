@@ -255,5 +255,5 @@ fsdpa_status backward(const AttnParams& p, void* stream) {
 
 namespace fsdpa {
 extern const Backend kMetalBackend = {"metal", kDLMetal, &metal::metal_available, &metal::forward,
-                                      &metal::backward};
+                                      &metal::backward, nullptr};
 }  // namespace fsdpa

@@ -66,6 +66,10 @@ uint32_t ceil_div(int64_t a, int64_t b) { return static_cast<uint32_t>(std::max<
 }  // namespace
 
 KernelKey make_key(const AttnParams& p, GpuFamily family) {
+  if (uses_kv_cache(p))
+    throw std::runtime_error(
+        "block_table / seqused_k / cache_batch_idx / cache_leftpad: the KV-cache parameters are "
+        "not supported on metal yet");
   if (p.dtype != DType::f32 && p.dtype != DType::f16 && p.dtype != DType::bf16)
     throw std::invalid_argument("metal: dtype must be float32, float16 or bfloat16");
   if (p.head_dim > 256 || p.head_dim_v > 256) throw std::invalid_argument("metal: head dims above 256");
