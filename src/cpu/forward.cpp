@@ -79,6 +79,41 @@ bool rows_finite(const AttnParams& p, const void* base, const int64_t* st, int64
   return finite;
 }
 
+// max(a, b) that is NaN if either is: a NaN score must reach the output
+// (std::max and the SIMD row max may drop it).
+inline float max_keep_nan(float a, float b) { return a != a || b != b ? NAN : std::max(a, b); }
+
+// check_finite covers every element of K and V in the sequences, also keys
+// the causal/window band hides from every row (a key hidden by a bool mask
+// is checked too). The decode paths read only the key blocks some row can
+// see: scan the rest here.
+void check_unread_kv(const AttnParams& p, const BlockLayout& L, NonFiniteFlags& nf) {
+  parallel_for(p.batch * p.heads_k, [&](int64_t task) {
+    const int64_t b = task / p.heads_k, hk = task % p.heads_k;
+    const SeqExtent& e = L.seq[b];
+    int64_t kb_lo = 0, kb_hi = 0;
+    if (e.sq > 0) visible_key_blocks(make_head_ctx(p, e, b, 0), 0, e.sq, &kb_lo, &kb_hi);
+    const int64_t read_lo = std::min(kb_lo * kBlockK, e.sk);
+    const int64_t read_hi = std::min(kb_hi * kBlockK, e.sk);
+    std::vector<float> tmp(std::max(p.head_dim, p.head_dim_v));
+    auto scan = [&](int64_t j0, int64_t j1) {
+      if (j1 <= j0) return;
+      flag_if(rows_finite(p, p.k, p.k_stride, b, hk, e.k_begin + j0, j1 - j0, p.head_dim,
+                          tmp.data()),
+              nf.k);
+      flag_if(rows_finite(p, p.v, p.v_stride, b, hk, e.k_begin + j0, j1 - j0, p.head_dim_v,
+                          tmp.data()),
+              nf.v);
+    };
+    if (read_hi <= read_lo) {
+      scan(0, e.sk);
+    } else {
+      scan(0, read_lo);
+      scan(read_hi, e.sk);
+    }
+  });
+}
+
 // Running state of the online softmax for the rows of one q-block.
 struct RowState {
   float* o;  // [kBlockQ x dvp], unnormalised
@@ -140,9 +175,13 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
     score_epilogue(c, i0, rows, j0, S, kBlockK, nullptr);
     for (int64_t r = 0; r < rows; ++r) {
       float* s = S + r * kBlockK;
-      const float m_new = std::max(st.m[r], row_max(s, kBlockK));
+      const float m_new = max_keep_nan(st.m[r], row_max(s, kBlockK));
       if (m_new == kNegInf) {  // nothing visible yet in this row
-        std::fill(s, s + kBlockK, 0.0f);
+        // Unless a score is NaN (the SIMD max may skip it): then the row is
+        // NaN, through its sum and, via P = NaN, its output.
+        const bool nan_score = std::any_of(s, s + kBlockK, [](float x) { return x != x; });
+        std::fill(s, s + kBlockK, nan_score ? NAN : 0.0f);
+        if (nan_score) st.m[r] = st.l[r] = NAN;
         continue;
       }
       const float alpha = expf(st.m[r] - m_new);  // 0 when m was -inf
@@ -165,12 +204,16 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
   }
 }
 
-// Writes out = o / l and lse = m + log(l) (0 and -inf for empty rows).
+// Writes out = o / l and lse = m + log(l) (0 and -inf for empty rows; NaN
+// where a score was NaN or +inf).
 void finish_rows(const AttnParams& p, const HeadCtx& c, int64_t i0, int64_t rows, int64_t dvp,
                  RowState st) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t tok = c.e.q_begin + i0 + r;
     const bool empty = st.l[r] == 0.0f;
+    // An empty row's o may hold 0 * NaN from a NaN in V of a masked key of
+    // its tile: write exact zeros (semantics: never NaN).
+    if (empty) std::fill(st.o + r * dvp, st.o + r * dvp + p.head_dim_v, 0.0f);
     const float inv = empty ? 0.0f : 1.0f / st.l[r];
     store_f32(p.out, offset4(p.out_stride, c.b, c.h, tok, 0), p.out_stride[3], p.head_dim_v,
               p.dtype, st.o + r * dvp, inv);
@@ -262,7 +305,7 @@ fsdpa_status forward(const AttnParams& p) {
         float* part = first + s * part_sz;
         const RowState o{part, part + kBlockQ * dvp, part + kBlockQ * dvp + kBlockQ};
         for (int64_t r = 0; r < rows; ++r) {
-          const float m = std::max(acc.m[r], o.m[r]);
+          const float m = max_keep_nan(acc.m[r], o.m[r]);
           if (m == kNegInf) continue;
           const float a = expf(acc.m[r] - m), bw = expf(o.m[r] - m);
           for (int64_t d = 0; d < dvp; ++d)
@@ -274,6 +317,7 @@ fsdpa_status forward(const AttnParams& p) {
       finish_rows(p, make_head_ctx(p, e, b, h), i0, rows, dvp, acc);
     });
   }
+  if (p.check_finite && !pk.kt && !nf.q && !nf.k && !nf.v) check_unread_kv(p, L, nf);
   return nf.status(p);
 }
 

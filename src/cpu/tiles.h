@@ -267,7 +267,7 @@ inline void score_epilogue(const HeadCtx& c, int64_t i0, int64_t rows, int64_t j
       } else {
         float add[kBlockK];
         load_f32(p.mask, base, p.mask_stride[3], ncols, p.mask_dtype, 1.0f, add);
-        for (int64_t j = 0; j < ncols; ++j) s[j] += additive_mask_value(add[j]);
+        for (int64_t j = 0; j < ncols; ++j) s[j] = add_mask_value(s[j], add[j]);
       }
     }
   }
