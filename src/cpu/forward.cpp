@@ -62,13 +62,6 @@ PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all, NonFi
   return pk;
 }
 
-// Decode steps with few query rows read fp32/bf16 K and V in place
-// (contiguous rows) instead of copying each tile.
-bool reads_kv_in_place(const AttnParams& p, int64_t rows) {
-  return rows <= kInPlaceMaxRows && (p.dtype == DType::f32 || p.dtype == DType::bf16) &&
-         p.k_stride[3] == 1 && p.v_stride[3] == 1;
-}
-
 // False if rows [tok, tok + n) of kv-head hk of K or V hold a NaN/Inf
 // (`tmp`: dim floats).
 bool rows_finite(const AttnParams& p, const void* base, const int64_t* st, int64_t b, int64_t hk,
@@ -134,7 +127,9 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
   }
   std::fill(st.o, st.o + kBlockQ * pk.dvp, 0.0f);
   const bool bf16 = p.dtype == DType::bf16;
-  const bool in_place = !pk.kt && reads_kv_in_place(p, rows);
+  // Decode steps with few query rows read fp32/bf16 K and V in place
+  // (contiguous rows) instead of copying each tile.
+  const bool in_place = forward_score_gemm(p, rows) == ScoreGemm::rows_in_place;
   for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
     const int64_t j0 = kb * kBlockK;
     int64_t n = kBlockK;  // keys of this block (fewer at the sequence end)
@@ -238,7 +233,7 @@ fsdpa_status forward(const AttnParams& p) {
   if (L.q_blocks() == 0) return FSDPA_OK;
   // Packing all of K/V once pays off when more than one q-block reads it.
   NonFiniteFlags nf;
-  const PackedKV pk = pack_kv(p, L, p.seqlen_q > kBlockQ, nf);
+  const PackedKV pk = pack_kv(p, L, forward_packs_all_kv(p), nf);
   const int64_t dp = pk.dp, dvp = pk.dvp;
 
   // Tasks: (q-block, head) pairs, optionally split along the keys.
