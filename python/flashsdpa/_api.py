@@ -58,9 +58,10 @@ def check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa, s
     if query.shape[-1] > MAX_HEAD_DIM or value.shape[-1] > MAX_HEAD_DIM:
         return Unsupported(f"head_dim>{MAX_HEAD_DIM}", ValueError,
                            f"head dims {query.shape[-1]}/{value.shape[-1]} exceed {MAX_HEAD_DIM}")
-    for name, check in (("dropout_p", _checks.dropout_p), ("scale", _checks.scale)):
+    for name, check, arg in (("dropout_p", _checks.dropout_p, dropout_p),
+                             ("scale", _checks.scale, scale)):
         try:
-            check(dropout_p if name == "dropout_p" else scale)
+            check(arg)
         except (TypeError, ValueError) as e:
             return Unsupported(name, type(e), str(e))
     if is_causal and attn_mask is not None:
@@ -158,9 +159,6 @@ def scaled_dot_product_attention(
                  _ops.default_check_finite(query.device))
 
 
-_window = _checks.window
-
-
 def _alibi(alibi_slopes: Optional[Tensor]) -> Optional[Tensor]:
     if alibi_slopes is None:
         return None
@@ -209,7 +207,7 @@ def flash_attn_func(
     None)``: the probabilities are never materialised.
     """
     _check_qkv(q, k, v, 4)
-    wl, wr = _window(window_size)
+    wl, wr = _checks.window(window_size)
     rng = _ops.new_rng(dropout_p)
     out, lse = _ops.call_fwd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None,
                              _alibi(alibi_slopes), None, None, 0, 0, softmax_scale, bool(causal),
@@ -249,7 +247,7 @@ def flash_attn_varlen_func(
     _check_qkv(q, k, v, 3)
     cu_seqlens_q = _checks.cu_seqlens("cu_seqlens_q", cu_seqlens_q, q)
     cu_seqlens_k = _checks.cu_seqlens("cu_seqlens_k", cu_seqlens_k, q)
-    wl, wr = _window(window_size)
+    wl, wr = _checks.window(window_size)
     rng = _ops.new_rng(dropout_p)
     out, lse = _ops.call_fwd(q, k, v, None, _alibi(alibi_slopes), cu_seqlens_q, cu_seqlens_k,
                              int(max_seqlen_q), int(max_seqlen_k), softmax_scale, bool(causal),

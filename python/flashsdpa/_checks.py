@@ -7,7 +7,6 @@ import math
 import numbers
 from typing import Optional, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,7 +34,7 @@ def dropout_p(x) -> float:
     p = real("dropout_p", x)
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout_p: {p} is outside [0, 1)")
-    if float(np.float32(p)) >= 1.0:  # the kernels take it as float32
+    if p >= 1.0 - 2.0**-25:  # rounds to 1.0 in float32, the kernels' precision
         raise ValueError(f"dropout_p: {p!r} rounds to 1.0 in float32, the precision the kernels "
                          "use; it must be below 1 - 2**-25")
     return p
