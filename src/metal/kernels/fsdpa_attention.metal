@@ -407,14 +407,14 @@ kernel void fsdpa_forward(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
         }
       } else {
         // Nothing attended yet, unless a score is NaN (max skips NaN): then
-        // the row is NaN (l stays NaN, as in PyTorch).
-        float nan_seen = 0.0f;
+        // the row is NaN (l stays NaN, as in PyTorch). A NaN in this lane's
+        // psum reaches the whole row through row_sum4 below (no shuffle
+        // here: lanes of other rows may take the other branch).
         for (int n = 0; n < F_BK / 8; ++n) {
           const float2 e = sc[n].thread_elements();
-          nan_seen = max(nan_seen, float(isnan(e[0]) || isnan(e[1])));
+          if (isnan(e[0]) || isnan(e[1])) psum = NAN;
           set_elems(sc[n], float2(0.0f, 0.0f));
         }
-        if (row_max4(nan_seen) != 0.0f) psum = NAN;
       }
       psum = row_sum4(psum);
       l = l * alpha + psum;
