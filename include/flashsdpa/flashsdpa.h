@@ -31,6 +31,32 @@
  * window_right = 0).
  * A row with no visible key gives out = 0 and lse = -inf, never NaN.
  * GQA/MQA: query head h reads key/value head h / (Hq / Hk).
+ *
+ * NaN and Inf (check_finite = 0; they propagate as through PyTorch's
+ * softmax):
+ *   - Row i attends key j when the final s_ij is not -inf. Keys outside
+ *     the causal/window band, keys a bool mask hides and keys a float
+ *     mask value of -inf (or <= -FLT_MAX / 2) hides are not attended
+ *     whatever q and k hold: s_ij = -inf even if q.k is NaN (PyTorch's
+ *     math backend adds -inf to NaN and gets NaN there). Other float mask
+ *     values are added: NaN stays NaN.
+ *   - A row with a NaN or +inf score (NaN/Inf in q or k, NaN or +inf in
+ *     the float mask, a NaN ALiBi slope, ...) gives out = NaN in every
+ *     column and lse = NaN.
+ *   - A row whose scores are all -inf attends nothing: out = 0, lse =
+ *     -inf, whatever v holds.
+ *   - Otherwise a NaN/Inf in v_jd makes out_id non-finite in every row i
+ *     whose p_ij (after dropout) is not 0. Where p_ij is 0 (the key is not
+ *     attended, p underflows, dropout drops it) the effect is unspecified:
+ *     the reference ignores unattended keys, a kernel may give 0 * NaN =
+ *     NaN for keys in a tile it computes (PyTorch's math backend gives
+ *     NaN in every row, its flash backend only in tiles it computes).
+ *   - Backward: the gradients are computed with the same IEEE arithmetic
+ *     (a NaN row gives NaN gradients where it reaches them).
+ * check_finite = 1 (the default): a NaN/Inf anywhere in q, k, v (forward)
+ * or also dout (backward), masked or not, is FSDPA_ERROR_NONFINITE_INPUT
+ * naming the tensor (varlen tokens after the last sequence belong to no
+ * row: a backend may skip them; masks and ALiBi slopes are not checked).
  */
 #ifndef FLASHSDPA_FLASHSDPA_H
 #define FLASHSDPA_FLASHSDPA_H

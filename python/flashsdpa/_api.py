@@ -6,7 +6,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import _kvcache, _ops
+from . import _checks, _kvcache, _ops
+from ._autocast import autocast_sdpa_args
 
 __all__ = ["scaled_dot_product_attention", "flash_attn_func", "flash_attn_varlen_func"]
 
@@ -25,7 +26,7 @@ class Unsupported:
         self.reason, self.exc, self.message, self.shape = reason, exc, message, shape
 
 
-def check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa,
+def check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa, scale=None,
                ) -> Optional[Unsupported]:
     """Returns None if flashsdpa can compute this SDPA call with PyTorch's
     exact semantics, else why not."""
@@ -60,8 +61,12 @@ def check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa,
     if query.shape[-1] > MAX_HEAD_DIM or value.shape[-1] > MAX_HEAD_DIM:
         return Unsupported(f"head_dim>{MAX_HEAD_DIM}", ValueError,
                            f"head dims {query.shape[-1]}/{value.shape[-1]} exceed {MAX_HEAD_DIM}")
-    if not (0.0 <= dropout_p < 1.0):
-        return Unsupported("dropout_p", ValueError, f"dropout_p={dropout_p} is outside [0, 1)")
+    for name, check, arg in (("dropout_p", _checks.dropout_p, dropout_p),
+                             ("scale", _checks.scale, scale)):
+        try:
+            check(arg)
+        except (TypeError, ValueError) as e:
+            return Unsupported(name, type(e), str(e))
     if is_causal and attn_mask is not None:
         return Unsupported("causal_with_mask", ValueError,
                            "is_causal=True and an explicit attn_mask are mutually exclusive "
@@ -149,16 +154,12 @@ def scaled_dot_product_attention(
     batch broadcasting between q and k, float64, nested tensors, or a float
     mask that requires grad).
     """
-    why = check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
+    query, key, value, attn_mask = autocast_sdpa_args(query, key, value, attn_mask)
+    why = check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa, scale)
     if why is not None and not why.shape:
         raise why.exc(f"flashsdpa: {why.message}")
     return _sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale,
                  _ops.default_check_finite(query.device))
-
-
-def _window(window_size) -> Tuple[int, int]:
-    wl, wr = (int(x) for x in window_size)
-    return (-1 if wl < 0 else wl), (-1 if wr < 0 else wr)
 
 
 def _alibi(alibi_slopes: Optional[Tensor]) -> Optional[Tensor]:
@@ -212,11 +213,11 @@ def flash_attn_func(
     keyword-only.
     """
     _check_qkv(q, k, v, 4)
-    wl, wr = _window(window_size)
+    wl, wr = _checks.window(window_size)
     rng = _ops.new_rng(dropout_p)
     out, lse = _ops.call_fwd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None,
                              _alibi(alibi_slopes), None, None, 0, 0, softmax_scale, bool(causal),
-                             True, wl, wr, float(softcap), float(dropout_p), rng,
+                             True, wl, wr, _checks.real("softcap", softcap), float(dropout_p), rng,
                              bool(deterministic), _ops.default_check_finite(q.device), True)
     out = out.transpose(1, 2)
     if return_attn_probs:
@@ -264,14 +265,13 @@ def flash_attn_varlen_func(
             return out, lse, None
         return (out, lse) if return_lse else out
     _check_qkv(q, k, v, 3)
-    for name, c in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
-        if not isinstance(c, Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor")
-    wl, wr = _window(window_size)
+    cu_seqlens_q = _checks.cu_seqlens("cu_seqlens_q", cu_seqlens_q, q)
+    cu_seqlens_k = _checks.cu_seqlens("cu_seqlens_k", cu_seqlens_k, q)
+    wl, wr = _checks.window(window_size)
     rng = _ops.new_rng(dropout_p)
     out, lse = _ops.call_fwd(q, k, v, None, _alibi(alibi_slopes), cu_seqlens_q, cu_seqlens_k,
                              int(max_seqlen_q), int(max_seqlen_k), softmax_scale, bool(causal),
-                             True, wl, wr, float(softcap), float(dropout_p), rng,
+                             True, wl, wr, _checks.real("softcap", softcap), float(dropout_p), rng,
                              bool(deterministic), _ops.default_check_finite(q.device), False)
     if return_attn_probs:
         return out, lse, None

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.dlpack import to_dlpack
 
-from . import _C
+from . import _C, _checks
 
 __all__ = ["fwd", "call_fwd", "bwd", "register_device_runner", "device_available", "counters"]
 
@@ -165,8 +165,10 @@ def _params(
     check_finite: bool,
 ) -> "_C.Params":
     p = _C.Params()
+    scale = _checks.scale(scale)
+    dropout_p = _checks.dropout_p(dropout_p)
     if scale is not None:
-        p.scale = float(scale)
+        p.scale = scale
     p.causal = bool(causal)
     p.align = _C.ALIGN_BOTTOM_RIGHT if bottom_right else _C.ALIGN_TOP_LEFT
     p.window_left = int(window_left)
@@ -355,6 +357,6 @@ def new_rng(dropout_p: float) -> Optional[Tensor]:
     """Seed and offset for one dropout call, drawn from PyTorch's default CPU
     generator (so ``torch.manual_seed`` makes runs reproducible). No random
     numbers are consumed when ``dropout_p == 0``."""
-    if dropout_p <= 0.0:
+    if _checks.dropout_p(dropout_p) <= 0.0:
         return None
     return torch.randint(0, 2**62, (2,), dtype=torch.int64, device="cpu")

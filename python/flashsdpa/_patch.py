@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _api, _ops
+from ._autocast import autocast_sdpa_args
 
 __all__ = ["enable", "disable", "enabled", "is_enabled", "stats", "reset_stats"]
 
@@ -44,11 +45,12 @@ def _fallback(reason: str, *args, **kwargs):
     return _original(*args, **kwargs)
 
 
-def _why_not(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa) -> Optional[str]:
+def _why_not(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa,
+             scale=None) -> Optional[str]:
     if (isinstance(query, torch.Tensor) and query.device.type in KNOWN_BACKENDS
             and query.device.type not in _config["backends"]):
         return f"device:{query.device.type}-disabled"
-    why = _api.check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
+    why = _api.check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa, scale)
     if why is not None:
         return why.reason
     if query.numel() == 0 or key.numel() == 0 or value.numel() == 0:
@@ -62,7 +64,10 @@ def _why_not(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa) -> 
 @functools.wraps(_original)
 def _patched_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                   enable_gqa=False):
-    reason = _why_not(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)
+    # Inside torch.autocast, cast as aten does for SDPA (torch's own function
+    # would, and a fallback then sees the same dtypes).
+    query, key, value, attn_mask = autocast_sdpa_args(query, key, value, attn_mask)
+    reason = _why_not(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa, scale)
     if reason is None:
         # NaN/Inf inputs propagate as in PyTorch instead of raising.
         if torch.compiler.is_compiling():  # traced graphs keep no exception handler

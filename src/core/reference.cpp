@@ -22,6 +22,8 @@ struct HeadScores {
   int64_t sq, sk;
   std::vector<double> s;       // final scores (-inf = masked)
   std::vector<double> capped;  // tanh(x / softcap) where softcap > 0
+  std::vector<uint8_t> masked;  // final score -inf: the key is not attended
+  bool attended(int64_t i, int64_t j) const { return !masked[i * sk + j]; }
 };
 
 void head_scores(const AttnParams& p, int64_t b, int64_t h, const SeqExtent& e,
@@ -52,7 +54,7 @@ void head_scores(const AttnParams& p, int64_t b, int64_t h, const SeqExtent& e,
         if (p.mask_kind == MaskKind::boolean) {
           if (m == 0.0) s = kNegInf;
         } else {
-          s += additive_mask_value(m);
+          s = add_mask_value(s, m);
         }
       }
       hs->s[i * e.sk + j] = s;
@@ -60,13 +62,26 @@ void head_scores(const AttnParams& p, int64_t b, int64_t h, const SeqExtent& e,
   }
 }
 
-// Softmax in place (rows with no finite score become all-zero); returns lse.
+// Softmax in place; returns lse. A row whose scores are all -inf (nothing
+// attended) becomes all-zero with lse -inf; a row with a NaN or +inf score
+// becomes all-NaN with lse NaN (as softmax does in PyTorch).
 void softmax_rows(HeadScores* hs, std::vector<double>* lse) {
   lse->assign(hs->sq, kNegInf);
+  hs->masked.resize(hs->s.size());
+  for (size_t t = 0; t < hs->s.size(); ++t) hs->masked[t] = hs->s[t] == kNegInf;
   for (int64_t i = 0; i < hs->sq; ++i) {
     double* row = &hs->s[i * hs->sk];
     double mx = kNegInf;
-    for (int64_t j = 0; j < hs->sk; ++j) mx = fmax(mx, row[j]);
+    bool nan = false;
+    for (int64_t j = 0; j < hs->sk; ++j) {
+      nan |= isnan(row[j]) || row[j] == INFINITY;
+      mx = fmax(mx, row[j]);
+    }
+    if (nan) {
+      for (int64_t j = 0; j < hs->sk; ++j) row[j] = NAN;
+      (*lse)[i] = NAN;
+      continue;
+    }
     if (mx == kNegInf) {
       for (int64_t j = 0; j < hs->sk; ++j) row[j] = 0;
       continue;
@@ -116,8 +131,8 @@ void reference_forward(const AttnParams& p) {
         for (int64_t d = 0; d < p.head_dim_v; ++d) {
           double acc = 0;
           for (int64_t j = 0; j < e.sk; ++j) {
+            if (!hs.attended(i, j)) continue;  // V of a masked key is not read
             const double pij = hs.s[i * e.sk + j];
-            if (pij == 0) continue;
             acc += pij * dropout_factor(p, b, h, i, j, thr) *
                    load_as_double(p.v, kv_offset(p, p.v_stride, b, hk, e.k_begin + j, d), p.dtype);
           }
@@ -163,8 +178,8 @@ void reference_backward(const AttnParams& p) {
       dsum.assign(e.sq, 0.0);
       for (int64_t i = 0; i < e.sq; ++i) {
         for (int64_t j = 0; j < e.sk; ++j) {
+          if (!hs.attended(i, j)) continue;
           const double pij = hs.s[i * e.sk + j];
-          if (pij == 0) continue;
           const double z = dropout_factor(p, b, h, i, j, thr);
           double dot = 0;
           for (int64_t d = 0; d < p.head_dim_v; ++d) dot += dout(i, d) * vv(j, d);
@@ -179,8 +194,8 @@ void reference_backward(const AttnParams& p) {
       for (int64_t i = 0; i < e.sq; ++i) {
         std::vector<double> dqi(p.head_dim, 0.0);
         for (int64_t j = 0; j < e.sk; ++j) {
+          if (!hs.attended(i, j)) continue;
           const double pij = hs.s[i * e.sk + j];
-          if (pij == 0) continue;
           double ds = pij * (dp[i * e.sk + j] - dsum[i]);
           if (p.softcap > 0) {
             const double t = hs.capped[i * e.sk + j];

@@ -56,6 +56,17 @@ FSDPA_HD F additive_mask_value(F v) {
   return v <= static_cast<F>(kMaskedAtOrBelow) ? -static_cast<F>(INFINITY) : v;
 }
 
+// Score s plus the additive mask value v. A value that masks (-inf, or at
+// or below -FLT_MAX / 2) masks the key as a bool mask does: the result is
+// -inf whatever s is (NaN and +inf included), so a masked key is never
+// attended and tiles masked everywhere may be skipped. Otherwise s + v, in
+// which NaN stays NaN.
+template <typename F>
+FSDPA_HD F add_mask_value(F s, F v) {
+  const F a = additive_mask_value(v);
+  return a == -static_cast<F>(INFINITY) ? a : s + a;
+}
+
 // ALiBi bias added to score (row, col): -slope * |row + off - col|.
 FSDPA_HD float alibi_bias(float slope, int64_t row, int64_t col, int64_t off) {
   int64_t dist = row + off - col;

@@ -1,7 +1,10 @@
 #include "core/validate.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
+
+#include <utility>
 
 #include <initializer_list>
 #include <limits>
@@ -48,6 +51,19 @@ struct View {
   void* data;
 };
 
+// "int64", "float64", "uint16", ... for an error message.
+void dl_dtype_text(DLDataType dt, char* buf, size_t n) {
+  const char* kind = dt.code == kDLInt      ? "int"
+                     : dt.code == kDLUInt   ? "uint"
+                     : dt.code == kDLFloat  ? "float"
+                     : dt.code == kDLBfloat ? "bfloat"
+                     : dt.code == kDLComplex ? "complex"
+                     : dt.code == FSDPA_DL_BOOL ? "bool"
+                                             : nullptr;
+  if (kind) snprintf(buf, n, "%s%d", kind, dt.bits);
+  else snprintf(buf, n, "DLPack code %d, %d bits", dt.code, dt.bits);
+}
+
 fsdpa_status dtype_of(const char* name, DLDataType dt, DType* out) {
   FSDPA_CHECK_ARG(dt.lanes == 1, "%s: vector dtypes (lanes=%d) are not supported", name,
                   dt.lanes);
@@ -57,10 +73,11 @@ fsdpa_status dtype_of(const char* name, DLDataType dt, DType* out) {
   else if (dt.code == kDLFloat && dt.bits == 64) *out = DType::f64;
   else if ((dt.code == FSDPA_DL_BOOL || dt.code == kDLUInt) && dt.bits == 8) *out = DType::u8;
   else if (dt.code == kDLInt && dt.bits == 32) *out = DType::i32;
-  else
-    return set_error(FSDPA_ERROR_INVALID_ARGUMENT,
-                     "%s: unsupported dtype (DLPack code %d, %d bits)",
-                     name, dt.code, dt.bits);
+  else {
+    char text[48];
+    dl_dtype_text(dt, text, sizeof text);
+    return set_error(FSDPA_ERROR_INVALID_ARGUMENT, "%s: unsupported dtype %s", name, text);
+  }
   return FSDPA_OK;
 }
 
@@ -121,11 +138,40 @@ fsdpa_status check_shape(const View& v, std::initializer_list<int64_t> want,
   return FSDPA_OK;
 }
 
+int64_t gcd64(int64_t a, int64_t b) {
+  while (b != 0) {
+    const int64_t t = a % b;
+    a = b;
+    b = t;
+  }
+  return a;
+}
+
 // Outputs must not write one memory location from two logical elements.
+// Exact for any two dims: dims d, e (sizes n_d, n_e, strides s_d, s_e)
+// alias iff a s_d = b s_e for some 0 < |a| < n_d, |b| < n_e, and the
+// smallest such pair is a = s_e / g, b = s_d / g with g = gcd(s_d, s_e).
+// That catches stride 0, equal strides and every view whose dims step over
+// each other (e.g. heads spaced closer than a head's rows). An overlap that
+// needs three dims at once is not searched for (no common layout has one).
 fsdpa_status check_writable(const View& v) {
-  for (int d = 0; d < v.rank; ++d)
-    FSDPA_CHECK_ARG(v.shape[d] <= 1 || v.stride[d] != 0,
+  if (has_zero_size(v)) return FSDPA_OK;  // no elements to alias
+  for (int d = 0; d < v.rank; ++d) {
+    if (v.shape[d] <= 1) continue;
+    FSDPA_CHECK_ARG(v.stride[d] != 0,
                     "%s: stride 0 in dim %d of an output (it would alias elements)", v.name, d);
+    for (int e = d + 1; e < v.rank; ++e) {
+      if (v.shape[e] <= 1) continue;
+      const int64_t sd = v.stride[d] < 0 ? -v.stride[d] : v.stride[d];
+      const int64_t se = v.stride[e] < 0 ? -v.stride[e] : v.stride[e];
+      if (se == 0) continue;  // reported when the loop reaches e
+      const int64_t g = gcd64(sd, se);
+      FSDPA_CHECK_ARG(!(se / g < v.shape[d] && sd / g < v.shape[e]),
+                      "%s: strides %lld (dim %d) and %lld (dim %d) make two elements of "
+                      "this output share memory",
+                      v.name, (long long)v.stride[d], d, (long long)v.stride[e], e);
+    }
+  }
   return FSDPA_OK;
 }
 
@@ -371,6 +417,14 @@ fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* caller_params,
 
   if (varlen) {
     View cq, ck;
+    for (const auto& [name, c] : {std::pair{"cu_seqlens_q", params->cu_seqlens_q},
+                                  std::pair{"cu_seqlens_k", params->cu_seqlens_k}}) {
+      if (c->dtype.code == kDLInt && c->dtype.bits == 32 && c->dtype.lanes == 1) continue;
+      char text[48];
+      dl_dtype_text(c->dtype, text, sizeof text);
+      return set_error(FSDPA_ERROR_INVALID_ARGUMENT, "%s: dtype %s is not supported; expected int32",
+                       name, text);
+    }
     FSDPA_TRY(view_of("cu_seqlens_q", params->cu_seqlens_q, 1, 1, &cq));
     FSDPA_TRY(view_of("cu_seqlens_k", params->cu_seqlens_k, 1, 1, &ck));
     FSDPA_CHECK_ARG(cq.dtype == DType::i32, "cu_seqlens_q: dtype must be int32, got %s",

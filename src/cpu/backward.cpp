@@ -128,8 +128,20 @@ fsdpa_status backward(const AttnParams& p) {
           const float* qs = Q.qs.get() + r0 * dp;
           const float* dout = Q.dout.get() + r0 * dvp;
 
-          // P = exp(S - lse), masked entries 0.
-          gemm(rows, kBlockK, dp, qs, dp, T.kt, kBlockK, T.s, kBlockK, false);
+          // P = exp(S - lse), masked entries 0; S computed as the forward did.
+          switch (forward_score_gemm(p, rows)) {
+            case ScoreGemm::packed_kt:
+              gemm(rows, kBlockK, dp, qs, dp, T.kt, kBlockK, T.s, kBlockK, false);
+              break;
+            case ScoreGemm::rows_in_place:  // fp32 copies of the rows: the same FMAs
+              dot_rows_src(rows, n, p.head_dim, qs, dp, T.krow, false, dp, T.s, kBlockK);
+              for (int64_t r = 0; r < rows; ++r)
+                std::fill(T.s + r * kBlockK + n, T.s + (r + 1) * kBlockK, 0.0f);
+              break;
+            case ScoreGemm::rows_copied:
+              gemm_bt(rows, kBlockK, dp, qs, dp, T.krow, dp, T.s, kBlockK);
+              break;
+          }
           score_epilogue(c, i0, rows, j0, T.s, kBlockK, p.softcap > 0 ? T.t : nullptr);
           for (int64_t r = 0; r < rows; ++r) {
             float* s = T.s + r * kBlockK;

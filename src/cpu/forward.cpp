@@ -81,13 +81,6 @@ PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all, NonFi
   return pk;
 }
 
-// Decode steps with few query rows read fp32/bf16 K and V in place
-// (contiguous rows) instead of copying each tile.
-bool reads_kv_in_place(const AttnParams& p, int64_t rows) {
-  return rows <= kInPlaceMaxRows && (p.dtype == DType::f32 || p.dtype == DType::bf16) &&
-         p.k_stride[3] == 1 && p.v_stride[3] == 1;
-}
-
 // False if rows [tok, tok + n) of kv-head hk of K or V hold a NaN/Inf
 // (`tmp`: dim floats).
 bool rows_finite(const AttnParams& p, const void* base, const int64_t* st, int64_t b, int64_t hk,
@@ -96,6 +89,41 @@ bool rows_finite(const AttnParams& p, const void* base, const int64_t* st, int64
   for (int64_t r = 0; r < n; ++r)
     finite &= load_f32(base, kv_offset(p, st, b, hk, tok + r, 0), st[3], dim, p.dtype, 1.0f, tmp);
   return finite;
+}
+
+// max(a, b) that is NaN if either is: a NaN score must reach the output
+// (std::max and the SIMD row max may drop it).
+inline float max_keep_nan(float a, float b) { return a != a || b != b ? NAN : std::max(a, b); }
+
+// check_finite covers every element of K and V in the sequences, also keys
+// the causal/window band hides from every row (a key hidden by a bool mask
+// is checked too). The decode paths read only the key blocks some row can
+// see: scan the rest here.
+void check_unread_kv(const AttnParams& p, const BlockLayout& L, NonFiniteFlags& nf) {
+  parallel_for(p.batch * p.heads_k, [&](int64_t task) {
+    const int64_t b = task / p.heads_k, hk = task % p.heads_k;
+    const SeqExtent& e = L.seq[b];
+    int64_t kb_lo = 0, kb_hi = 0;
+    if (e.sq > 0) visible_key_blocks(make_head_ctx(p, e, b, 0), 0, e.sq, &kb_lo, &kb_hi);
+    const int64_t read_lo = std::min(kb_lo * kBlockK, e.sk);
+    const int64_t read_hi = std::min(kb_hi * kBlockK, e.sk);
+    std::vector<float> tmp(std::max(p.head_dim, p.head_dim_v));
+    auto scan = [&](int64_t j0, int64_t j1) {
+      if (j1 <= j0) return;
+      flag_if(rows_finite(p, p.k, p.k_stride, b, hk, e.k_begin + j0, j1 - j0, p.head_dim,
+                          tmp.data()),
+              nf.k);
+      flag_if(rows_finite(p, p.v, p.v_stride, b, hk, e.k_begin + j0, j1 - j0, p.head_dim_v,
+                          tmp.data()),
+              nf.v);
+    };
+    if (read_hi <= read_lo) {
+      scan(0, e.sk);
+    } else {
+      scan(0, read_lo);
+      scan(read_hi, e.sk);
+    }
+  });
 }
 
 // Running state of the online softmax for the rows of one q-block.
@@ -122,7 +150,9 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
   }
   std::fill(st.o, st.o + kBlockQ * pk.dvp, 0.0f);
   const bool bf16 = p.dtype == DType::bf16;
-  const bool in_place = !pk.kt && reads_kv_in_place(p, rows);
+  // Decode steps with few query rows read fp32/bf16 K and V in place
+  // (contiguous rows) instead of copying each tile.
+  const bool in_place = forward_score_gemm(p, rows) == ScoreGemm::rows_in_place;
   for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
     const int64_t j0 = kb * kBlockK;
     int64_t n = kBlockK;  // keys of this block (fewer at the sequence end)
@@ -169,9 +199,13 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
                      S + g * head_rows * kBlockK, kBlockK, nullptr);
     for (int64_t r = 0; r < rows; ++r) {
       float* s = S + r * kBlockK;
-      const float m_new = std::max(st.m[r], row_max(s, kBlockK));
+      const float m_new = max_keep_nan(st.m[r], row_max(s, kBlockK));
       if (m_new == kNegInf) {  // nothing visible yet in this row
-        std::fill(s, s + kBlockK, 0.0f);
+        // Unless a score is NaN (the SIMD max may skip it): then the row is
+        // NaN, through its sum and, via P = NaN, its output.
+        const bool nan_score = std::any_of(s, s + kBlockK, [](float x) { return x != x; });
+        std::fill(s, s + kBlockK, nan_score ? NAN : 0.0f);
+        if (nan_score) st.m[r] = st.l[r] = NAN;
         continue;
       }
       const float alpha = expf(st.m[r] - m_new);  // 0 when m was -inf
@@ -197,12 +231,16 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
   }
 }
 
-// Writes out = o / l and lse = m + log(l) (0 and -inf for empty rows).
+// Writes out = o / l and lse = m + log(l) (0 and -inf for empty rows; NaN
+// where a score was NaN or +inf).
 void finish_head_rows(const AttnParams& p, const HeadCtx& c, int64_t i0, int64_t rows,
                       int64_t dvp, RowState st) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t tok = c.e.q_begin + i0 + r;
     const bool empty = st.l[r] == 0.0f;
+    // An empty row's o may hold 0 * NaN from a NaN in V of a masked key of
+    // its tile: write exact zeros (semantics: never NaN).
+    if (empty) std::fill(st.o + r * dvp, st.o + r * dvp + p.head_dim_v, 0.0f);
     const float inv = empty ? 0.0f : 1.0f / st.l[r];
     store_f32(p.out, offset4(p.out_stride, c.b, c.h, tok, 0), p.out_stride[3], p.head_dim_v,
               p.dtype, st.o + r * dvp, inv);
@@ -238,7 +276,7 @@ fsdpa_status forward(const AttnParams& p) {
   if (L.q_blocks() == 0) return FSDPA_OK;
   // Packing all of K/V once pays off when more than one q-block reads it.
   NonFiniteFlags nf;
-  const PackedKV pk = pack_kv(p, L, p.seqlen_q > kBlockQ, nf);
+  const PackedKV pk = pack_kv(p, L, forward_packs_all_kv(p), nf);
   const int64_t dp = pk.dp, dvp = pk.dvp;
 
   // Tasks: (q-block, head) pairs, optionally split along the keys. GQA
@@ -314,7 +352,7 @@ fsdpa_status forward(const AttnParams& p) {
         float* part = first + s * part_sz;
         const RowState o{part, part + kBlockQ * dvp, part + kBlockQ * dvp + kBlockQ};
         for (int64_t r = 0; r < all_rows; ++r) {
-          const float m = std::max(acc.m[r], o.m[r]);
+          const float m = max_keep_nan(acc.m[r], o.m[r]);
           if (m == kNegInf) continue;
           const float a = expf(acc.m[r] - m), bw = expf(o.m[r] - m);
           for (int64_t d = 0; d < dvp; ++d)
@@ -326,6 +364,7 @@ fsdpa_status forward(const AttnParams& p) {
       finish_rows(p, make_head_ctx(p, e, b, h), task_heads, i0, rows, dvp, acc);
     });
   }
+  if (p.check_finite && !pk.kt && !nf.q && !nf.k && !nf.v) check_unread_kv(p, L, nf);
   return nf.status(p);
 }
 

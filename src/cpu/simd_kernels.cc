@@ -305,8 +305,11 @@ float ExpSubSum(float* HWY_RESTRICT x, int n, float m) {
   auto sum = hn::Zero(d);
   for (int i = 0; i < n; i += lanes) {
     // exp(-inf) is 0 in Highway's Exp (its input is clamped), masked scores
-    // therefore contribute nothing.
-    const auto e = hn::Exp(d, hn::Sub(hn::LoadU(d, x + i), vm));
+    // therefore contribute nothing. The clamp would also turn NaN into a
+    // number: a NaN score (or +inf, which makes x - m NaN) stays NaN, so it
+    // reaches the row's sum and output as in PyTorch.
+    const auto x_m = hn::Sub(hn::LoadU(d, x + i), vm);
+    const auto e = hn::IfThenElse(hn::IsNaN(x_m), x_m, hn::Exp(d, x_m));
     hn::StoreU(e, d, x + i);
     sum = hn::Add(sum, e);
   }

@@ -48,7 +48,8 @@ bool convert_row(const void* src, bool bf16, int64_t n, float mul, float* dst);
 // dp[i] = p[i] * (dp[i] - delta): the softmax backward of one row.
 void softmax_grad_row(const float* p, float* dp, float delta, int n);
 
-// x[i] = exp(x[i] - m) for i < n (n multiple of kPanelAlign); -inf -> 0.
+// x[i] = exp(x[i] - m) for i < n (n multiple of kPanelAlign); -inf -> 0,
+// NaN stays NaN (also x = m = +inf).
 // Returns the sum of the results.
 float exp_sub_sum(float* x, int n, float m);
 

@@ -5,8 +5,11 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <new>
 #include <thread>
 #include <vector>
+
+#include <pthread.h>
 
 #include "core/settings.h"
 #include "cpu/heuristics.h"
@@ -60,6 +63,18 @@ class Pool {
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
+  }
+
+  Pool* abandoned_before_ = nullptr;  // chain of pools a forked child gave up
+
+  // Held from fork()'s prepare handler to its parent handler.
+  void lock_for_fork() {
+    job_mu_.lock();
+    mu_.lock();
+  }
+  void unlock_after_fork() {
+    mu_.unlock();
+    job_mu_.unlock();
   }
 
   void run(int threads, int64_t n, const std::function<void(int64_t)>& fn) {
@@ -134,9 +149,56 @@ class Pool {
   bool stop_ = false;
 };
 
+// fork(): a child has only the thread that forked, so the parent's
+// workers do not exist there and a job would wait for them forever
+// (DataLoader workers and multiprocessing fork pools hit this). The prepare
+// handler takes the pool's locks, so no job is half published at the fork
+// and the parent carries on unchanged; the child abandons the inherited
+// pool (its std::thread objects name threads that do not exist: they can
+// be neither joined nor destroyed, and its condition variables may count
+// waiters that are gone) and builds a fresh one on its next call.
+std::mutex g_pool_mu;  // guards g_pool; held across fork()
+Pool* g_pool = nullptr;
+Pool* g_abandoned = nullptr;  // kept reachable, so leak checkers stay quiet
+
+void before_fork() {
+  g_pool_mu.lock();
+  // A fork from inside a task would wait for its own job: skip the job lock
+  // there (the child then abandons a pool in the middle of a job, which it
+  // does anyway).
+  if (g_pool && !t_inside_pool) g_pool->lock_for_fork();
+}
+void after_fork_in_parent() {
+  if (g_pool && !t_inside_pool) g_pool->unlock_after_fork();
+  g_pool_mu.unlock();
+}
+void after_fork_in_child() {
+  if (g_pool) {  // abandoned on purpose: see above
+    g_pool->abandoned_before_ = g_abandoned;
+    g_abandoned = g_pool;
+  }
+  g_pool = nullptr;
+  t_inside_pool = false;
+  new (&g_pool_mu) std::mutex();  // the forking thread held it
+}
+
+// The process-wide pool, destroyed (workers joined) at exit.
+struct PoolOwner {
+  ~PoolOwner() {
+    std::lock_guard<std::mutex> lk(g_pool_mu);
+    delete g_pool;
+    g_pool = nullptr;
+  }
+};
+
 Pool& pool() {
-  static Pool p;
-  return p;
+  static PoolOwner owner;
+  static const int registered = pthread_atfork(before_fork, after_fork_in_parent,
+                                               after_fork_in_child);
+  (void)registered;
+  std::lock_guard<std::mutex> lk(g_pool_mu);
+  if (!g_pool) g_pool = new Pool();
+  return *g_pool;
 }
 
 }  // namespace

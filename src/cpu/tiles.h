@@ -267,7 +267,7 @@ inline void score_epilogue(const HeadCtx& c, int64_t i0, int64_t rows, int64_t j
       } else {
         float add[kBlockK];
         load_f32(p.mask, base, p.mask_stride[3], ncols, p.mask_dtype, 1.0f, add);
-        for (int64_t j = 0; j < ncols; ++j) s[j] += additive_mask_value(add[j]);
+        for (int64_t j = 0; j < ncols; ++j) s[j] = add_mask_value(s[j], add[j]);
       }
     }
   }
@@ -281,6 +281,25 @@ inline void score_epilogue(const HeadCtx& c, int64_t i0, int64_t rows, int64_t j
       }
     }
   }
+}
+
+// How the forward computes the scores S = Q K^T of a q-block of `rows` rows.
+// The backward recomputes S the same way, so P = exp(S - lse) sees the
+// forward's scores bit for bit: a row with one visible key gets P = 1
+// exactly (dV = dO), and large logits carry no forward/backward rounding
+// mismatch (which, times |S|, exceeded 2x PyTorch's fp32 gradient error).
+enum class ScoreGemm {
+  packed_kt,      // prefill: K^T panels packed once, gemm
+  rows_in_place,  // decode, few fp32/bf16 rows, contiguous K/V rows: dot_rows_src
+  rows_copied,    // other decode: K rows copied per block, gemm_bt
+};
+inline bool forward_packs_all_kv(const AttnParams& p) { return p.seqlen_q > kBlockQ; }
+inline ScoreGemm forward_score_gemm(const AttnParams& p, int64_t rows) {
+  if (forward_packs_all_kv(p)) return ScoreGemm::packed_kt;
+  if (rows <= kInPlaceMaxRows && (p.dtype == DType::f32 || p.dtype == DType::bf16) &&
+      p.k_stride[3] == 1 && p.v_stride[3] == 1)
+    return ScoreGemm::rows_in_place;
+  return ScoreGemm::rows_copied;
 }
 
 // Multiplies a row of probabilities by the dropout keep mask / (1 - p).

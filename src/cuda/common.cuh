@@ -141,7 +141,7 @@ __device__ __forceinline__ float score_of(const AttnParams& p, const ScoreCtx& c
     if (p.mask_kind == MaskKind::boolean) {
       if (static_cast<const uint8_t*>(p.mask)[mo] == 0) s = neg_inf();
     } else {
-      s += additive_mask_value(load_dyn(p.mask, mo, p.mask_dtype));
+      s = add_mask_value(s, load_dyn(p.mask, mo, p.mask_dtype));
     }
   }
   return s;

@@ -297,17 +297,22 @@ decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepar
     float m = neg_inf();
 #pragma unroll
     for (int w = 0; w < NW; ++w) m = fmaxf(m, Mw[w * kRows + row]);
+    // Merged also when every warp's max is -inf: a warp whose scores were
+    // all NaN has max -inf (fmaxf skips NaN) but l NaN, which must reach the
+    // row (f = 0 there, and 0 * NaN is NaN). A row that attended nothing
+    // ends with l == 0: out 0, lse -inf; a NaN l gives NaN out and lse.
+    const float muse = m == neg_inf() ? 0.0f : m;
     float l = 0.0f, o = 0.0f;
-    if (m != neg_inf()) {
 #pragma unroll
-      for (int w = 0; w < NW; ++w) {
-        const float f = exp2f(Mw[w * kRows + row] - m);
-        l += f * Lw[w * kRows + row];
-        o += f * Ow[(w * kRows + row) * OP + d];
-      }
+    for (int w = 0; w < NW; ++w) {
+      const float f = exp2f(Mw[w * kRows + row] - muse);
+      l += f * Lw[w * kRows + row];
+      o += f * Ow[(w * kRows + row) * OP + d];
     }
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    const float lse = l > 0.0f ? (m + log2f(l)) * kLn2 : neg_inf();
+    const bool empty = l == 0.0f;
+    const float inv = empty ? 0.0f : 1.0f / l;
+    const float lse = empty ? neg_inf() : (m + log2f(l)) * kLn2;
+    o = empty ? 0.0f : o;
     const int i = r / G;
     const int64_t h = hk * G + r % G;
     if (nsplit == 1) {

@@ -142,9 +142,14 @@ __global__ void merge_kernel(AttnParams p, int nsplit, const float* opart, const
   const int64_t row = q_token(p, b, e, i) * p.heads_q + h;
   const int64_t rows = p.total_q * p.heads_q;
   float mx = neg_inf();
-  for (int s = 0; s < nsplit; ++s) mx = fmaxf(mx, lsepart[s * rows + row]);
-  float lse = neg_inf();
-  if (mx != neg_inf()) {
+  bool nan_row = false;  // a split saw a NaN or +inf score: the row is NaN
+  for (int s = 0; s < nsplit; ++s) {
+    const float ls = lsepart[s * rows + row];
+    mx = fmaxf(mx, ls);  // skips NaN
+    nan_row |= isnan(ls);
+  }
+  float lse = nan_row ? NAN : neg_inf();
+  if (!nan_row && mx != neg_inf()) {
     float sum = 0.0f;
     for (int s = 0; s < nsplit; ++s) sum += expf(lsepart[s * rows + row] - mx);
     lse = mx + logf(sum);

@@ -50,7 +50,12 @@ simt_fwd_kernel(AttnParams p) {
       s = score_of(p, c, dot, i, j, r, &t);
     }
     const float mnew = fmaxf(m, warp_max(s));
-    if (mnew == neg_inf()) continue;
+    if (mnew == neg_inf()) {
+      // Nothing attended yet, unless a score is NaN (fmaxf skips NaN): then
+      // the row is NaN (l stays NaN through every later block).
+      if (__any_sync(0xffffffffu, isnan(s))) l = NAN;
+      continue;
+    }
     const float pj = s == neg_inf() ? 0.0f : expf(s - mnew);
     const float alpha = m == neg_inf() ? 0.0f : expf(m - mnew);
     l = l * alpha + warp_sum(pj);
@@ -70,16 +75,19 @@ simt_fwd_kernel(AttnParams p) {
       }
     }
   }
-  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+  // l == 0: nothing attended (out 0, lse -inf); l NaN: a NaN or +inf score
+  // was attended, and out and lse are NaN (as in PyTorch).
+  const bool empty = l == 0.0f;
+  const float inv = empty ? 0.0f : 1.0f / l;
   T* out = static_cast<T*>(p.out);
 #pragma unroll
   for (int u = 0; u < kPerLane; ++u) {
     const int d = lane + 32 * u;
-    if (d < Dv) out[off4(p.out_stride, b, h, e.q_begin + i, d)] = from_f<T>(o[u] * inv);
+    if (d < Dv) out[off4(p.out_stride, b, h, e.q_begin + i, d)] = from_f<T>(empty ? 0.0f : o[u] * inv);
   }
   if (p.lse && lane == 0)
     p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + (e.q_begin + i) * p.lse_stride[2]] =
-        l > 0.0f ? m + logf(l) : neg_inf();
+        empty ? neg_inf() : m + logf(l);
 }
 
 // dS of (i, j) from the recomputed score; p_out gets the probability.

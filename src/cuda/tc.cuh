@@ -396,8 +396,13 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
     float l = lrow[r];
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    const float lse = l > 0.0f ? (mrow[r] + log2f(l)) * kLn2 : neg_inf();
+    // l == 0: nothing attended (out 0, never the 0 * NaN of a masked V).
+    // A NaN or +inf score made l NaN (exp2 keeps NaN; fmaxf skipped it in
+    // the max): inv and lse are NaN too, as in PyTorch.
+    const bool empty = l == 0.0f;
+    const float inv = empty ? 0.0f : 1.0f / l;
+    const float lse = empty ? neg_inf() : (mrow[r] + log2f(l)) * kLn2;
+    auto scaled = [empty, inv](float o) { return empty ? 0.0f : o * inv; };
     const int i = rows[r];
     if (i >= e.sq) continue;
     if (nsplit == 1) {
@@ -406,7 +411,7 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
 #pragma unroll
       for (int n = 0; n < DP / 8; ++n)
         store_pair<T>(og, off, p.out_stride[3], n * 8 + 2 * (lane % 4), Dv,
-                      oacc[mi][n][2 * rr2] * inv, oacc[mi][n][2 * rr2 + 1] * inv, vec & kVecO);
+                      scaled(oacc[mi][n][2 * rr2]), scaled(oacc[mi][n][2 * rr2 + 1]), vec & kVecO);
       if (p.lse && lane % 4 == 0)
         p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + (e.q_begin + i) * p.lse_stride[2]] = lse;
     } else {
@@ -415,7 +420,7 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
       for (int n = 0; n < DP / 8; ++n) {
         const int d = n * 8 + 2 * (lane % 4);
         *reinterpret_cast<float2*>(opart + row * DP + d) =
-            make_float2(oacc[mi][n][2 * rr2] * inv, oacc[mi][n][2 * rr2 + 1] * inv);
+            make_float2(scaled(oacc[mi][n][2 * rr2]), scaled(oacc[mi][n][2 * rr2 + 1]));
       }
       if (lane % 4 == 0) lsepart[row] = lse;
     }

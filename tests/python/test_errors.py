@@ -112,8 +112,11 @@ def test_varlen_bad_cu_seqlens():
                                          good, 6, 6)
     with pytest.raises(ValueError, match=r"cu_seqlens_k: sequence 1 has length 6 > max_seqlen 5"):
         flashsdpa.flash_attn_varlen_func(q, q, q, good, good, 6, 5)
-    with pytest.raises(TypeError, match=r"cu_seqlens_q: (unsupported dtype|dtype must be int32)"):
-        flashsdpa.flash_attn_varlen_func(q, q, q, good.long(), good, 6, 6)
+    with pytest.raises(TypeError, match=r"cu_seqlens_q: dtype float32 is not supported; expected int32"):
+        flashsdpa.flash_attn_varlen_func(q, q, q, good.float(), good, 6, 6)
+    # int64 (what cumsum returns) is converted
+    assert torch.equal(flashsdpa.flash_attn_varlen_func(q, q, q, good.long(), good, 6, 6),
+                       flashsdpa.flash_attn_varlen_func(q, q, q, good, good, 6, 6))
     with pytest.raises(ValueError, match=r"last element 12 exceeds the 10 tokens"):
         flashsdpa.flash_attn_varlen_func(q, q, q, torch.tensor([0, 4, 12], dtype=torch.int32),
                                          good, 8, 6)

@@ -87,7 +87,9 @@ __device__ __forceinline__ void mask_frag_t(float* sc, const AttnParams& p, int6
         if constexpr (BOOL) {
           s = v != 0 ? s * sl2 : neg_inf();
         } else {
-          s = fmaf(s, sl2, additive_mask_value(to_f(v)) * kLog2e);
+          // core/semantics.h add_mask_value: a masking value gives -inf, NaN s too.
+          const float a = additive_mask_value(to_f(v));
+          s = a == neg_inf() ? a : fmaf(s, sl2, a * kLog2e);
         }
       }
     }

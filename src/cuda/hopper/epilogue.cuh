@@ -21,17 +21,22 @@ __device__ __forceinline__ void store_out(const AttnParams& p, const Seq& e, int
     float l = st.l[r];
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    // l == 0: nothing attended (out 0, never the 0 * NaN of a masked V); a
+    // NaN or +inf score made l NaN (ex2 keeps NaN, fmaxf skipped it in the
+    // max): out and lse NaN, as in PyTorch.
+    const bool empty = l == 0.0f;
+    const float inv = empty ? 0.0f : 1.0f / l;
+    auto scaled = [empty, inv](float x) { return empty ? 0.0f : x * inv; };
     const int i = row0 + 8 * r;
     if (i >= e.sq) continue;
     T* dst = og + off4(p.out_stride, b, h, e.q_begin + i, 0) + 2 * (lane % 4);
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
       *reinterpret_cast<uint32_t*>(dst + 8 * n) =
-          pack_pair<T>(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
+          pack_pair<T>(scaled(o[4 * n + 2 * r]), scaled(o[4 * n + 2 * r + 1]));
     if (p.lse != nullptr && lane % 4 == 0)
       p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + (e.q_begin + i) * p.lse_stride[2]] =
-          l > 0.0f ? (st.m[r] * sl2 + log2f(l)) * kLn2 : neg_inf();
+          empty ? neg_inf() : (st.m[r] * sl2 + log2f(l)) * kLn2;
   }
 }
 
@@ -53,19 +58,24 @@ __device__ __forceinline__ void store_out_staged(const AttnParams& p, const Seq&
     float l = st.l[r];
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    // l == 0: nothing attended (out 0, never the 0 * NaN of a masked V); a
+    // NaN or +inf score made l NaN (ex2 keeps NaN, fmaxf skipped it in the
+    // max): out and lse NaN, as in PyTorch.
+    const bool empty = l == 0.0f;
+    const float inv = empty ? 0.0f : 1.0f / l;
+    auto scaled = [empty, inv](float x) { return empty ? 0.0f : x * inv; };
     const int rr = r0 + 8 * r;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
       const uint32_t addr = sq_base + (n / 8) * BM * 128 + rr * 128 +
                             (((n % 8) ^ (rr % 8)) << 4) + 4 * (lane % 4);
-      const uint32_t v = pack_pair<T>(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
+      const uint32_t v = pack_pair<T>(scaled(o[4 * n + 2 * r]), scaled(o[4 * n + 2 * r + 1]));
       asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
     }
     const int i = wrow0 + rr;
     if (p.lse != nullptr && lane % 4 == 0 && i < e.sq)
       p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + (e.q_begin + i) * p.lse_stride[2]] =
-          l > 0.0f ? (st.m[r] * sl2 + log2f(l)) * kLn2 : neg_inf();
+          empty ? neg_inf() : (st.m[r] * sl2 + log2f(l)) * kLn2;
   }
   named_bar_sync(bar, 128);
   T* og = static_cast<T*>(p.out);

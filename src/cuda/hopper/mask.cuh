@@ -52,7 +52,11 @@ __device__ __forceinline__ float mask_load(const typename MaskElem<MK>::type* pt
 template <int MK>
 __device__ __forceinline__ float mask_apply(float x, float v, float inv_scale) {
   if constexpr (MK == kMaskBool) return v != 0.0f ? x : neg_inf();
-  else return fmaf(additive_mask_value(v), inv_scale, x);
+  else {
+    // A masking value gives -inf whatever x is (NaN too): core/semantics.h add_mask_value.
+    const float a = additive_mask_value(v);
+    return a == neg_inf() ? a : fmaf(a, inv_scale, x);
+  }
 }
 
 // States of key block kb (BN keys) for the tile's rows [m0, m0 + mrows)

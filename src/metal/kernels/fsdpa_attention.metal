@@ -295,9 +295,10 @@ inline float score(constant FsdpaMetalArgs& a, device const mask_t* mask, HeadCt
 #if FSDPA_MASK == 1
   if (mask[mo] == 0) return -INFINITY;
 #else
-  // core/semantics.h additive_mask_value: at or below -FLT_MAX / 2 is -inf.
+  // core/semantics.h add_mask_value: at or below -FLT_MAX / 2 masks the key
+  // (-inf whatever v is, NaN included).
   const float mv = ld_mask(mask, mo);
-  v += mv <= -1.7014117331926443e38f ? -INFINITY : mv;
+  v = mv <= -1.7014117331926443e38f ? -INFINITY : v + mv;
 #endif
 #endif
   return v;
@@ -408,7 +409,15 @@ kernel void fsdpa_forward(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
           set_elems(sc[n], e);
         }
       } else {
-        for (int n = 0; n < F_BK / 8; ++n) set_elems(sc[n], float2(0.0f, 0.0f));
+        // Nothing attended yet, unless a score is NaN (max skips NaN): then
+        // the row is NaN (l stays NaN, as in PyTorch). A NaN in this lane's
+        // psum reaches the whole row through row_sum4 below (no shuffle
+        // here: lanes of other rows may take the other branch).
+        for (int n = 0; n < F_BK / 8; ++n) {
+          const float2 e = sc[n].thread_elements();
+          if (isnan(e[0]) || isnan(e[1])) psum = NAN;
+          set_elems(sc[n], float2(0.0f, 0.0f));
+        }
       }
       psum = row_sum4(psum);
       l = l * alpha + psum;
@@ -427,19 +436,21 @@ kernel void fsdpa_forward(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
         }
     }
 
-    // out = O / l, lse = m + log(l); empty rows: 0 and -inf
+    // out = O / l, lse = m + log(l); empty rows (l == 0): 0 and -inf; a NaN
+    // or +inf score made l NaN: out and lse NaN.
     if (i < s.sq) {
-      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+      const bool empty = l == 0.0f;
+      const float inv = empty ? 0.0f : 1.0f / l;
       const long ob = row_offset(a.out_stride, b, h, long(s.q_begin + i));
       for (int t = 0; t < FSDPA_DVP / 8; ++t) {
         const float2 e = acc[t].thread_elements();
         for (int u = 0; u < 2; ++u) {
           const int d = t * 8 + int(rc.y) + u;
-          if (d < a.head_dim_v) out[ob + long(d) * a.out_stride[3]] = to_io(e[u] * inv);
+          if (d < a.head_dim_v) out[ob + long(d) * a.out_stride[3]] = to_io(empty ? 0.0f : e[u] * inv);
         }
       }
       if (a.has_lse != 0 && rc.y == 0)
-        lse[row_offset(a.lse_stride, b, h, long(s.q_begin + i))] = l > 0.0f ? m + log(l) : -INFINITY;
+        lse[row_offset(a.lse_stride, b, h, long(s.q_begin + i))] = empty ? -INFINITY : m + log(l);
     }
   }
 }
