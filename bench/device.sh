@@ -11,7 +11,7 @@
 #   det     --determinism-only, then the Hopper cases with deterministic = 1
 #           (--deterministic: h_s1*, the masked hbm_*, the D 256 hb256_*)
 #   masks   the masked backward cases with every step on the per-element
-#           path (FLASHSDPA_CUDA_NO_MASK_SKIP=1)
+#           path (FLASHSDPA_CUDA_FORCE=mask_skip=0)
 #   san     compute-sanitizer memcheck + racecheck on a reduced grid
 #           (h_s1* both deterministic settings, hbm_s257*, hb256_*)
 #   bench   bench/bench_cuda.py, the whole grid with the deterministic
@@ -100,7 +100,7 @@ if has det; then
   tests det.log 100 --no-long --deterministic --filter hb256
 fi
 if has masks; then
-  FLASHSDPA_CUDA_NO_MASK_SKIP=1 tests masks.log 100 --no-long --filter hbm_s
+  FLASHSDPA_CUDA_FORCE=mask_skip=0 tests masks.log 100 --no-long --filter hbm_s
 fi
 if has san; then
   for tool in memcheck racecheck; do
@@ -125,7 +125,7 @@ fi
 if has sweep; then
   el sweep
   # shellcheck disable=SC2086
-  PYTHONUNBUFFERED=1 timeout 480 python3 bench/bench_sweep.py --lib "$LIB" --results "$OUT/sweep.md" \
+  PYTHONUNBUFFERED=1 timeout 480 python3 bench/bench_sweep.py --results "$OUT/sweep.md" \
     --png "$OUT/sweep.png" ${SWEEP_ARGS:---quick} >"$OUT/sweep.log" 2>&1
   echo "  rc=$?"
   tail -25 "$OUT/sweep.log"

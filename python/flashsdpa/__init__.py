@@ -2,6 +2,8 @@
 
 * :func:`scaled_dot_product_attention` — PyTorch's SDPA, computed by flashsdpa.
 * :func:`flash_attn_func`, :func:`flash_attn_varlen_func` — the FlashAttention API.
+* :func:`explain` — the plan (kernel family, tiles, splits, workspace) a call
+  would run, and why.
 * :func:`enable` / :func:`disable` / :func:`enabled` / :func:`is_enabled` — patch
   ``torch.nn.functional.scaled_dot_product_attention`` so existing models use
   flashsdpa where it can, falling back to PyTorch elsewhere; :func:`stats`.
@@ -37,6 +39,7 @@ except ImportError:  # the low-level _C API works without PyTorch
     pass
 else:
     from ._api import flash_attn_func, flash_attn_varlen_func, scaled_dot_product_attention
+    from ._explain import explain
     from ._patch import disable, enable, enabled, is_enabled, reset_stats, stats
     from ._ops import register_device_runner
 
@@ -53,6 +56,7 @@ __all__ = ["set_num_threads", "get_num_threads", "backends", "__version__"]
 if "scaled_dot_product_attention" in globals():
     __all__ += [
         "scaled_dot_product_attention",
+        "explain",
         "flash_attn_func",
         "flash_attn_varlen_func",
         "enable",

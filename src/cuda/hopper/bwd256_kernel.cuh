@@ -21,7 +21,7 @@
 //          buffer read MN-major), then
 //   dV_w += P^T dO[:, 128w..]   wgmma m64n128k16 `st`: A = P^T K-major
 //   dK_w += dS^T Q[:, 128w..]   and B MN-major, both from smem (4 k steps);
-//   dQ goes to the fp32 workspace by a TMA reduce (DQR, default: below) or
+//   dQ goes to the fp32 workspace by a TMA reduce (DQ_TMA_REDUCE, default: below) or
 //   with 16-byte atomics issued while dV and dK run (the quad exchanges
 //   half rows, as bwd_kernel.cuh).
 // Accumulators per thread: dK_w, dV_w 64 + 64, dQ 64, S^T/dP^T 16 + 16
@@ -37,7 +37,7 @@
 // Shared memory: 1 KB alignment + 64 KB K, V + 128 KB ring + 32 KB P^T/dS^T
 // (2 buffers) = 225 KB dynamic, + 2 KB static (ptxas): the 227 KB limit.
 // No masks (bool/additive masks at D = 256 stay on the sm_80 kernels).
-// deterministic = 1 (DQR only): the reduces of a query block take turns in
+// deterministic = 1 (DQ_TMA_REDUCE only): the reduces of a query block take turns in
 // key-block order (bwd_kernel.cuh, bwd_dq.cuh).
 #pragma once
 
@@ -66,7 +66,7 @@ struct Bwd256Cfg {
   static constexpr int kSmem = 1024 + 2 * kTile + 2 * kStages * kTile + 2 * 2 * kPS;
 };
 
-// DQR: dQ through shared memory and a TMA reduce (bwd_dq.cuh's box layout)
+// DQ_TMA_REDUCE: dQ through shared memory and a TMA reduce (bwd_dq.cuh's box layout)
 // instead of the atomics. There is no free shared memory for a separate dQ
 // tile, so warpgroup w stages its 64 x 128 fp32 dQ in the step's Q and dO
 // blocks of d columns 128w.. (16 KB each), which after its own dK and dV
@@ -76,9 +76,9 @@ struct Bwd256Cfg {
 // is done. Producer warp 2 (one thread) waits on the stage's `dq full`
 // barrier (256 arrivals), issues 8 reduces (64 rows x 32 columns each),
 // and arrives on the stage's `empty` barrier once they have read shared
-// memory (257 arrivals with DQR), so the next loads into the stage wait
+// memory (257 arrivals with DQ_TMA_REDUCE), so the next loads into the stage wait
 // for them. Rows past the sequence add zeros (P = 0 there).
-template <typename T, bool DQR>
+template <typename T, bool DQ_TMA_REDUCE>
 __global__ void __launch_bounds__(Bwd256Cfg::kThreads, 1)
 bwd256_kernel(const __grid_constant__ BwdArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -121,7 +121,7 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
     for (int s = 0; s < ST; ++s) {
       mbar_init(bQf(s), 1);
       mbar_init(bLf(s), 32);
-      mbar_init(bE(s), DQR ? 257 : 256);
+      mbar_init(bE(s), DQ_TMA_REDUCE ? 257 : 256);
       mbar_init(bDqF(s), 256);
     }
     mbar_init_fence();
@@ -157,7 +157,7 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
           tma_load_4d(sdO + s * kT + cb * BM * 128, &a.tdo, bQf(s), cb * 64, qrow, h, bc);
         }
       }
-    } else if (DQR && warp == 2 && lane == 0 && nit > 0) {
+    } else if (DQ_TMA_REDUCE && warp == 2 && lane == 0 && nit > 0) {
       // dQ tiles (staged in the stage's Q and dO blocks) to the workspace;
       // with dq_sem (deterministic) in key-block turns, as in bwd_kernel.cuh
       // (no step is skipped here: every step takes its turn).
@@ -335,13 +335,13 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
 #pragma unroll
         for (int kk = 0; kk < BM / 16; ++kk)
           Wgmma<T, 128>::st(dv, aP + ((kk * 32) >> 4), mnmaj(bdO, kk), 1);
-        if constexpr (DQR) wgmma_commit();  // dV alone: its dO blocks free first
+        if constexpr (DQ_TMA_REDUCE) wgmma_commit();  // dV alone: its dO blocks free first
 #pragma unroll
         for (int kk = 0; kk < BM / 16; ++kk)
           Wgmma<T, 128>::st(dk, aS + ((kk * 32) >> 4), mnmaj(bQ, kk), 1);
         wgmma_commit();
       }
-      if constexpr (DQR) {
+      if constexpr (DQ_TMA_REDUCE) {
         wgmma_wait<1>();  // dQ and dV done
         fence_regs<64>(dq);
         fence_regs<64>(dv);
@@ -406,8 +406,8 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
 
 // bwd256_{f16,bf16}.cu (bwd256_launch.cuh): the kernel, then
 // dq_convert_kernel. dqr: dQ by the TMA reduce (a.tdq set), else atomics.
-cudaError_t bwd256_f16(const BwdArgs& a, bool dqr, cudaStream_t s);
-cudaError_t bwd256_bf16(const BwdArgs& a, bool dqr, cudaStream_t s);
+cudaError_t bwd256_f16(const BwdArgs& a, cudaStream_t s);
+cudaError_t bwd256_bf16(const BwdArgs& a, cudaStream_t s);
 
 }  // namespace hopper
 }  // namespace cuda

@@ -1,4 +1,4 @@
-// dQ of the Hopper backward through a TMA reduce (bwd_kernel.cuh, DQR =
+// dQ of the Hopper backward through a TMA reduce (bwd_kernel.cuh, DQ_TMA_REDUCE =
 // true): each consumer warpgroup writes its 64 x 64 fp32 dQ tile into
 // shared memory (two 64-row x 32-column boxes, 128B swizzle) and one
 // producer thread adds the boxes to the fp32 workspace with

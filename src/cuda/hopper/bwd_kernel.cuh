@@ -2,7 +2,7 @@
 // block of kBN = 128 keys of one (kv head, sequence); K and V stay in shared
 // memory; the CTA loops over the query blocks (of every query head of the
 // GQA group) whose band reaches its keys. dQ goes
-// to the fp32 workspace by TMA reduces (DQR) or atomics (then
+// to the fp32 workspace by TMA reduces (DQ_TMA_REDUCE) or atomics (then
 // dq_convert_kernel).
 //
 // CTA = warpgroup 0 (producer) + 2 consumer warpgroups of 64 keys each.
@@ -27,7 +27,7 @@
 //            barrier of the two consumer warpgroups, then
 //     dQ   = dS K      wgmma m64n64k16 with both operands MN-major from
 //            smem (warpgroup w: query rows 64w.. at kBM = 128, d columns
-//            64w.. at kBM = 64), added to the fp32 workspace: DQR through
+//            64w.. at kBM = 64), added to the fp32 workspace: DQ_TMA_REDUCE through
 //            shared memory and a TMA reduce issued by producer warp 2
 //            (bwd_dq.cuh), else with 16-byte atomics (the quad exchanges
 //            halves of its fragment rows).
@@ -61,19 +61,19 @@ struct BwdCfg {
   // (161 KB at D = 64 and 128).
   static constexpr int kSmem =
       1024 + 2 * kBN * D * 2 + 2 * kStages * kBM * D * 2 + 2 * kBN * kBM * 2;
-  // DQR: + the two warpgroups' 64 x 64 fp32 dQ tiles (193 KB).
+  // DQ_TMA_REDUCE: + the two warpgroups' 64 x 64 fp32 dQ tiles (193 KB).
   static constexpr int kDqBytes = 2 * 64 * 64 * 4;
   static constexpr int smem(bool dqr) { return kSmem + (dqr ? kDqBytes : 0); }
 };
 
 struct BwdArgs {
   CUtensorMap tq, tk, tv, tdo;  // 4-d (d, token, head, batch), 128B swizzle
-  CUtensorMap tdq;  // DQR: dqacc as fp32 (d, head, token), box 32 x 1 x 64, 128B swizzle
+  CUtensorMap tdq;  // DQ_TMA_REDUCE: dqacc as fp32 (d, head, token), box 32 x 1 x 64, 128B swizzle
   AttnParams p;
   const float* dsum;  // Delta, [token * Hq + h]
   float* dqacc;       // fp32 dQ workspace, [(token * Hq + h) * D + d], zeroed
   MaskTiles mt;       // tile flags of the mask (flags == nullptr: every step mixed)
-  // Deterministic dQ (DQR only): one zeroed turn counter per (sequence,
+  // Deterministic dQ (DQ_TMA_REDUCE only): one zeroed turn counter per (sequence,
   // query head, query block of kBM rows), [(b * Hq + h) * sem_nqb + qb];
   // nullptr: the adds in any order.
   int* dq_sem;
@@ -114,10 +114,9 @@ __device__ __forceinline__ int first_key_block(const AttnParams& p, int q0, int6
   return x <= 0 ? 0 : static_cast<int>((x + BN - 1) / BN);
 }
 
-// PIPE: dV += P^T dO is issued as soon as P^T is known, so that it runs
-// under dP^T and the dS arithmetic. PIPE = false: dV and dK are issued
-// together after dS (the first version; FLASHSDPA_CUDA_HOPPER_BWD_SIMPLE=1,
-// and always at D = 64, where P's 32 registers held across the dS
+// DV_UNDER_DP: dV += P^T dO is issued as soon as P^T is known, so that it runs
+// under dP^T and the dS arithmetic. DV_UNDER_DP = false: dV and dK are issued
+// together after dS (the first version, kept at D = 64, where P's 32 registers held across the dS
 // arithmetic make ptxas serialise every wgmma, info C7512).
 //
 // MASK: bool or additive mask (bwd_mask.cuh). Steps whose mask state is 0
@@ -129,7 +128,7 @@ __device__ __forceinline__ int first_key_block(const AttnParams& p, int q0, int6
 // block-sparse mask); state 1 runs the unmasked code; state 2 adds the
 // per-element mask to S^T before the exponential.
 //
-// DQR: dQ through shared memory and a TMA reduce (bwd_dq.cuh) instead of
+// DQ_TMA_REDUCE: dQ through shared memory and a TMA reduce (bwd_dq.cuh) instead of
 // the 16-byte atomics: consumer warpgroup w writes its tile, fences it for
 // the async proxy and arrives on `dq full` w; producer warp 2 (one thread)
 // waits for both, issues the reduces and, once they have read the tiles,
@@ -137,7 +136,7 @@ __device__ __forceinline__ int first_key_block(const AttnParams& p, int q0, int6
 // tile again (one step later). Rows past the sequence add zeros (P = 0
 // there) to the next sequence's rows or fall outside the map.
 //
-// XS (DQR only): overlap across steps. Step k leaves its dQ product in
+// OVERLAP_STEPS (DQ_TMA_REDUCE only): overlap across steps. Step k leaves its dQ product in
 // flight (dV and dK are waited for, so their register operands and the
 // stage go back); step k + 1 issues S^T first, then waits for both, writes
 // that dQ to its tile and issues dP^T. The tensor pipe goes from one
@@ -147,7 +146,7 @@ __device__ __forceinline__ int first_key_block(const AttnParams& p, int q0, int6
 // mask). Only dq[] (defined by wgmma alone) stays in flight across the
 // loop's back edge; issuing dP^T before the write-out as well needs more
 // registers than there are (C7512).
-template <typename T, int D, bool PIPE, bool MASK, bool DQR, bool XS>
+template <typename T, int D, bool DV_UNDER_DP, bool MASK, bool DQ_TMA_REDUCE, bool OVERLAP_STEPS>
 __global__ void __launch_bounds__(BwdCfg<D>::kThreads, 1)
 bwd_kernel(const __grid_constant__ BwdArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -166,7 +165,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
   const uint32_t sK = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sV = sK + kKBytes, sQ = sV + kKBytes, sdO = sQ + ST * kQBytes;
   const uint32_t sS = sdO + ST * kQBytes;  // 2 dS^T buffers
-  const uint32_t sDQ = sS + 2 * kSBytes;   // DQR: 2 fp32 dQ tiles of 16 KB
+  const uint32_t sDQ = sS + 2 * kSBytes;   // DQ_TMA_REDUCE: 2 fp32 dQ tiles of 16 KB
   const uint32_t b0 = smem_u32(&bars[0]);
   const uint32_t bKV = b0;
   auto bQf = [&](int s) { return b0 + 8u * (1 + s); };
@@ -229,7 +228,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
 
   const int wg = threadIdx.x / 128;
   const int lane = threadIdx.x % 32;
-  // DQR, producer warp 2: waits for the two warpgroups' dQ tiles of the
+  // DQ_TMA_REDUCE, producer warp 2: waits for the two warpgroups' dQ tiles of the
   // k-th step done (query head h, rows q0..) and issues their reduces.
   auto reduce_step = [&](int h, int q0, int k) {
     const int tok = static_cast<int>(q_token(p, b, e, q0));
@@ -248,7 +247,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
     // ---------------- producer ----------------
     regs_dealloc<C::kProducerRegs>();
     const int warp = threadIdx.x / 32;
-    // Warps 0, 1 and (DQR) 2 walk the same steps, each with its whole
+    // Warps 0, 1 and (DQ_TMA_REDUCE) 2 walk the same steps, each with its whole
     // warp (StepWalk); one lane issues the TMA and barrier operations.
     if (warp == 0 && it0 < nit) {
       if (lane == 0) {
@@ -289,7 +288,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
         it = nxt;
         st = st_next;
       }
-    } else if (DQR && warp == 2 && it0 < nit && a.dq_sem == nullptr) {
+    } else if (DQ_TMA_REDUCE && warp == 2 && it0 < nit && a.dq_sem == nullptr) {
       // dQ tiles to the workspace (bwd_dq.cuh).
       if (lane == 0) tma_prefetch_desc(&a.tdq);
       StepWalk wk;
@@ -304,7 +303,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
         __syncwarp();
       }
       if (lane == 0) bulk_wait0();
-    } else if (DQR && warp == 2 && lane == 0 && nit > 0 && a.dq_sem != nullptr) {
+    } else if (DQ_TMA_REDUCE && warp == 2 && lane == 0 && nit > 0 && a.dq_sem != nullptr) {
       // Deterministic dQ: the same, in turns (bwd_dq.cuh, sem_wait_eq).
       // Every step of the band takes its turn, the masked ones too (they
       // only pass it on), so that the rank of this CTA in the block's turns
@@ -392,8 +391,8 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       }
     };
     float dq[32];
-    // DQR: the dQ of the k-th step into this warpgroup's tile, then `dq
-    // full`. XS calls it with k = -1 too (before the first step), rather
+    // DQ_TMA_REDUCE: the dQ of the k-th step into this warpgroup's tile, then `dq
+    // full`. OVERLAP_STEPS calls it with k = -1 too (before the first step), rather
     // than branch around the accesses of dq[]: ptxas serialises every wgmma
     // when they sit on a divergent path (info C7518). The warpgroup then
     // writes its idle tile and tells nobody.
@@ -418,7 +417,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       // the last, and whether every (query, key) of it is visible (no
       // per-element test). With a mask the step comes from sStep, read once
       // the stage is full and the S^T product issued; without one the step
-      // is known and this runs before the wait (XS: fewer registers live
+      // is known and this runs before the wait (OVERLAP_STEPS: fewer registers live
       // there than after it, C7512).
       int h, q0, mst = 1;
       bool last = it + 1 >= nit, full;
@@ -446,19 +445,19 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       for (int kk = 0; kk < D / 16; ++kk)
         Wgmma<T, BM>::ss(sc, kmaj(dK_a, BN, kk), kmaj(dQ_b, BM, kk), kk > 0);
       wgmma_commit();
-      // EL: the step's lse values read into registers before the dQ
+      // EARLY_LSE: the step's lse values read into registers before the dQ
       // write-out, whose 16 stores per thread queued ahead of them (ncu:
       // 7% of the consumers' stall samples on the exponential's first
       // FMAs). H100 fwd+bwd, D 128, 12 cases: +3% geomean (+3-9% on ten,
       // -4/-6% at S 16384 causal). Not at D = 64: 32 more registers there.
-      constexpr bool EL = XS && BM == 64;
+      constexpr bool EARLY_LSE = OVERLAP_STEPS && BM == 64;
       float2 lse2[BM / 8];
-      if constexpr (EL) {
+      if constexpr (EARLY_LSE) {
         mbar_wait(bLf(s), ph);
 #pragma unroll
         for (int n = 0; n < BM / 8; ++n) lse2[n] = *reinterpret_cast<const float2*>(&sL[s][8 * n + 2 * t]);
       }
-      if constexpr (XS) {  // S^T ran right after the last step's dQ
+      if constexpr (OVERLAP_STEPS) {  // S^T ran right after the last step's dQ
         wgmma_wait<0>();
         dq_to_tile(k - 1);
         wgmma_fence();
@@ -471,7 +470,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       for (int kk = 0; kk < D / 16; ++kk)
         Wgmma<T, BM>::ss(dp, kmaj(dV_a, BN, kk), kmaj(ddO_b, BM, kk), kk > 0);
       wgmma_commit();
-      if constexpr (!EL) mbar_wait(bLf(s), ph);
+      if constexpr (!EARLY_LSE) mbar_wait(bLf(s), ph);
       wgmma_wait<1>();
       fence_regs<BM / 2>(sc);
       // Mixed mask step: sc becomes the final score times log2 e.
@@ -485,7 +484,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       // P^T
 #pragma unroll
       for (int n = 0; n < BM / 8; ++n) {
-        const float2 l2 = EL ? lse2[n] : *reinterpret_cast<const float2*>(&sL[s][8 * n + 2 * t]);
+        const float2 l2 = EARLY_LSE ? lse2[n] : *reinterpret_cast<const float2*>(&sL[s][8 * n + 2 * t]);
 #pragma unroll
         for (int x = 0; x < 4; ++x) {
           const float lv = (x & 1) ? l2.y : l2.x;
@@ -501,7 +500,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
         }
       }
       uint32_t pa[BM / 4], da[BM / 4];
-      if constexpr (PIPE) {
+      if constexpr (DV_UNDER_DP) {
         // dV += P^T dO now, under dP^T and the dS arithmetic.
         p_to_a<T, BM>(sc, pa);
         fence_regs<BM / 4>(pa);
@@ -526,11 +525,11 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
           dp[4 * n + x] = sc[4 * n + x] * (dp[4 * n + x] - dv_) * p.scale;
         }
       }
-      if constexpr (!PIPE) p_to_a<T, BM>(sc, pa);
+      if constexpr (!DV_UNDER_DP) p_to_a<T, BM>(sc, pa);
       p_to_a<T, BM>(dp, da);
       wgmma_fence();
       {
-        if constexpr (!PIPE) {
+        if constexpr (!DV_UNDER_DP) {
           const uint64_t b1 = make_desc(sdO + s * kQBytes, BM * 128, 1024);
 #pragma unroll
           for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T, D>::rs(dv, pa + 4 * kk, mnmaj(b1, kk), 1);
@@ -564,7 +563,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
           Wgmma<T, 64>::tt(dq, mnmaj(a1, kk), mnmaj(dK_b, kk), kk > 0);
       }
       wgmma_commit();
-      if constexpr (XS)
+      if constexpr (OVERLAP_STEPS)
         wgmma_wait<1>();  // dV, dK done; dQ stays in flight into the next step
       else
         wgmma_wait<0>();
@@ -573,15 +572,15 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       fence_regs<BM / 4>(pa);
       fence_regs<BM / 4>(da);
       mbar_arrive(bE(s));
-      if constexpr (!DQR) {
+      if constexpr (!DQ_TMA_REDUCE) {
         fence_regs<32>(dq);
         dq_atomics(dq_dst(h, q0), dq);
-      } else if constexpr (!XS) {
+      } else if constexpr (!OVERLAP_STEPS) {
         dq_to_tile(k);
       }
       it = last ? nit : it + 1;  // MASK: the next step's index comes with its stage
     }
-    if constexpr (XS) {  // the last step's dQ
+    if constexpr (OVERLAP_STEPS) {  // the last step's dQ
       wgmma_wait<0>();
       dq_to_tile(k - 1);
     }
@@ -604,9 +603,9 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
 #endif
 }
 
-// bwd_f16.cu, bwd_bf16.cu: D in {64, 128}; simple: PIPE = XS = false; dqr: DQR.
-cudaError_t bwd_f16(const BwdArgs& a, bool simple, bool dqr, cudaStream_t s);
-cudaError_t bwd_bf16(const BwdArgs& a, bool simple, bool dqr, cudaStream_t s);
+// bwd_f16.cu, bwd_bf16.cu: D in {64, 128} (bwd_launch.cuh: the variant run).
+cudaError_t bwd_f16(const BwdArgs& a, cudaStream_t s);
+cudaError_t bwd_bf16(const BwdArgs& a, cudaStream_t s);
 
 }  // namespace hopper
 }  // namespace cuda
