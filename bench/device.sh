@@ -28,7 +28,9 @@
 #           python/ (PYTHONPATH is set for the later steps)
 #   overhead  bench/overhead.py: a small call's device and host time per
 #           layer against PyTorch's backends, the profile, CUDA-graph replay
+#   pyquick tests/python/test_cuda.py and test_fast_path.py (after build)
 #   sweep   bench/bench_sweep.py (SWEEP_ARGS, default --quick)
+# KEEP_GOING=1: a failed quick step does not stop the call.
 # Logs land in $OUT (at most 8 files come back); a crash keeps what was
 # written, since every test log is line-buffered.
 set -o pipefail
@@ -88,7 +90,7 @@ if has info; then
 fi
 if has quick; then
   tests quick.log 200 --quick
-  grep -q "CUDA TESTS: .* 0 failed" "$OUT/quick.log" || exit 1
+  grep -q "CUDA TESTS: .* 0 failed" "$OUT/quick.log" || [ -n "$KEEP_GOING" ] || exit 1
 fi
 if has full; then
   tests full.log 560 --no-long
@@ -120,7 +122,12 @@ if has bench; then
 fi
 if has overhead; then
   el overhead
-  PYTHONUNBUFFERED=1 timeout 150 python3 bench/overhead.py --profile --graph 2>&1 | tee "$OUT/overhead.log" | tail -60
+  PYTHONUNBUFFERED=1 timeout 150 python3 bench/overhead.py ${OVERHEAD_ARGS:---profile --graph} 2>&1 |
+    tee "$OUT/overhead.log" | tail -45
+fi
+if has pyquick; then
+  el pyquick
+  (cd tests/python && timeout 120 python3 -m pytest -q -p no:cacheprovider test_cuda.py test_fast_path.py 2>&1 | tail -4)
 fi
 if has sweep; then
   el sweep
