@@ -16,7 +16,7 @@ namespace hopper {
 template <typename T>
 cudaError_t launch_bwd256(const BwdArgs& a, cudaStream_t s) {
   using C = Bwd256Cfg;
-  auto kern = bwd256_kernel<T, true>;
+  auto kern = bwd256_kernel<T>;
   cudaError_t err =
       cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;

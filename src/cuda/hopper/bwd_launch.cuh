@@ -11,11 +11,11 @@ namespace fsdpa {
 namespace cuda {
 namespace hopper {
 
-template <typename T, int D, bool DV_UNDER_DP, bool MASK, bool DQ_TMA_REDUCE, bool OVERLAP_STEPS>
+template <typename T, int D, bool DV_UNDER_DP, bool MASK>
 cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
   using C = BwdCfg<D>;
-  auto kern = bwd_kernel<T, D, DV_UNDER_DP, MASK, DQ_TMA_REDUCE, OVERLAP_STEPS>;
-  constexpr int smem = C::smem(DQ_TMA_REDUCE);
+  auto kern = bwd_kernel<T, D, DV_UNDER_DP, MASK>;
+  constexpr int smem = C::kSmemTotal;
   cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   const AttnParams& p = a.p;
@@ -29,19 +29,19 @@ cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
   return cudaGetLastError();
 }
 
-// The one variant per (D, mask) that the A/B runs kept (bench/RESULTS.md,
-// hopper/README.md): dQ by TMA reduces with the overlap across steps; dV
-// issued under dP^T at D = 128 (at D = 64 it does not fit, C7512).
+// The variant per (D, mask) that the A/B runs kept (bench/RESULTS.md,
+// hopper/README.md): dV issued under dP^T at D = 128 (at D = 64 it does not
+// fit, C7512).
 template <typename T>
 cudaError_t launch_bwd_dtype(const BwdArgs& a, cudaStream_t s) {
   const bool m = a.p.mask_kind != MaskKind::none;
   switch (a.p.head_dim) {
     case 64:
-      return m ? launch_bwd<T, 64, false, true, true, true>(a, s)
-               : launch_bwd<T, 64, false, false, true, true>(a, s);
+      return m ? launch_bwd<T, 64, false, true>(a, s)
+               : launch_bwd<T, 64, false, false>(a, s);
     case 128:
-      return m ? launch_bwd<T, 128, true, true, true, true>(a, s)
-               : launch_bwd<T, 128, true, false, true, true>(a, s);
+      return m ? launch_bwd<T, 128, true, true>(a, s)
+               : launch_bwd<T, 128, true, false>(a, s);
     default: return cudaErrorInvalidValue;
   }
 }
