@@ -28,6 +28,7 @@
 #           python/ (PYTHONPATH is set for the later steps)
 #   overhead  bench/overhead.py: a small call's device and host time per
 #           layer against PyTorch's backends, the profile, CUDA-graph replay
+#   carried the Python extension in $CARRY (bench/cuda_carry.sh) is used
 #   pyquick tests/python/test_cuda.py and test_fast_path.py (after build)
 #   sweep   bench/bench_sweep.py (SWEEP_ARGS, default --quick)
 # KEEP_GOING=1: a failed quick step does not stop the call.
@@ -79,6 +80,11 @@ san() {
   tail -1 "$OUT/san_$tool.log"
 }
 
+if has carried; then
+  # The Python extension built here for the device's Python (3.12) and
+  # carried with the library (bench/cuda_carry.sh).
+  cp "$CARRY"/_C*.so python/flashsdpa/ && export PYTHONPATH=$PWD/python:$PYTHONPATH
+fi
 LIB=$CARRY/libflashsdpa.so
 TEST=$CARRY/flashsdpa_cuda_tests
 export LD_LIBRARY_PATH=$CARRY:$PWD/$CARRY:$PWD/.devdeps/lib:$LD_LIBRARY_PATH
@@ -89,7 +95,7 @@ if has info; then
     tee -a "$OUT/info.txt" | wc -l | sed 's/$/ Hopper kernels with HGMMA/'
 fi
 if has quick; then
-  tests quick.log 200 --quick
+  tests quick.log ${QUICK_S:-200} --quick
   grep -q "CUDA TESTS: .* 0 failed" "$OUT/quick.log" || [ -n "$KEEP_GOING" ] || exit 1
 fi
 if has full; then
