@@ -12,7 +12,7 @@ events, median of the calls in a fixed time window after warm-up (L2 not
 flushed; the inputs of the large cases exceed it). Ratio = the peer's time /
 ours (> 1: flashsdpa faster); "best" = the fastest peer that runs the case.
 
-    python bench/bench_sweep.py [--quick] [--results out.md] [--png out.png]
+    python bench/bench_sweep.py [--quick | --targets] [--results out.md] [--png out.png]
         [--budget-s 420]
 
 Prints one line per case, then the geomeans, the worst case and the issue's
@@ -38,11 +38,18 @@ PEERS = {"cuDNN": SDPBackend.CUDNN_ATTENTION, "FLASH": SDPBackend.FLASH_ATTENTIO
          "EFF": SDPBackend.EFFICIENT_ATTENTION}
 
 
-def cases(quick: bool):
-    """(name, B, Hq, Hk, S, D, causal, dtype)."""
+def cases(quick: bool, targets: bool = False):
+    """(B, Hq, Hk, S, D, causal, dtype)."""
     out = []
     bf, fp = torch.bfloat16, torch.float16
     add = lambda b, hq, hk, s, d, c, dt=bf: out.append((b, hq, hk, s, d, c, dt))
+    if targets:  # the issue's targets alone: the tiny call, S <= 1024 at D 64/128
+        for c in (False, True):
+            add(1, 1, 1, 128, 64, c)
+            for d in (64, 128):
+                add(16, 16, 16, 1000, d, c)
+                add(64, 16, 16, 256, d, c)
+        return out
     # The tiny call and small batch*heads.
     for c in (False, True):
         add(1, 1, 1, 128, 64, c)
@@ -143,6 +150,7 @@ def gmean(xs):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--targets", action="store_true", help="only the issue's target cases")
     ap.add_argument("--results", default="")
     ap.add_argument("--png", default="")
     ap.add_argument("--budget-s", type=float, default=420.0)
@@ -164,7 +172,7 @@ def main():
     print(hdr + "   (us; ratio = peer time / ours)")
     rows = []
     skipped = 0
-    for (b, hq, hk, s, d, causal, dt) in cases(a.quick):
+    for (b, hq, hk, s, d, causal, dt) in cases(a.quick, a.targets):
         if time.time() - t_start > a.budget_s:
             skipped += 1
             continue
