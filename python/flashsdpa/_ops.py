@@ -82,8 +82,9 @@ def device_available(device_type: str) -> bool:
 
 
 def _stream(t: Tensor) -> int:
+    # The raw handle of the current stream, without building a Stream object.
     if t.device.type == "cuda":
-        return torch.cuda.current_stream(t.device).cuda_stream
+        return torch._C._cuda_getCurrentRawStream(t.device.index)
     return 0
 
 
@@ -134,6 +135,9 @@ def _runner(device: torch.device) -> Tuple[Callable, Callable]:
     )
 
 
+_params_cache: Dict[tuple, "_C.Params"] = {}
+
+
 def _params(
     scale: Optional[float],
     causal: bool,
@@ -148,6 +152,16 @@ def _params(
     deterministic: bool,
     check_finite: bool,
 ) -> "_C.Params":
+    """The call's fsdpa_params. Without dropout the object depends on the
+    scalars alone and is reused (building one costs a dozen attribute sets:
+    a few us of a small call's host time); nobody mutates it afterwards."""
+    key = None
+    if dropout_p <= 0.0:
+        key = (scale, causal, bottom_right, window_left, window_right, softcap, max_seqlen_q,
+               max_seqlen_k, deterministic, check_finite)
+        p = _params_cache.get(key)
+        if p is not None:
+            return p
     p = _C.Params()
     if scale is not None:
         p.scale = float(scale)
@@ -167,6 +181,10 @@ def _params(
         p.offset = offset & 0xFFFFFFFFFFFFFFFF
     p.deterministic = bool(deterministic)
     p.check_finite = bool(check_finite)
+    if key is not None:
+        if len(_params_cache) > 256:  # varlen calls bring many max_seqlen values
+            _params_cache.clear()
+        _params_cache[key] = p
     return p
 
 
