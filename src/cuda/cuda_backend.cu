@@ -1,12 +1,12 @@
-// The CUDA backend: picks a path per call and launches it on the caller's
-// stream.
+// The CUDA backend: plans each call (plan.h) and launches the plan on the
+// caller's stream.
 //
 // Paths
 //   fp16 / bf16: tensor-core kernels (tc.cuh; mma.sync m16n8k16, fp32
 //     accumulation), head dims padded to the buckets of tc_buckets.h.
 //     Split-KV (flash-decoding) with an lse-weighted merge when the query
 //     blocks alone cannot fill the GPU and the key range is long.
-//   Decode (decode.cu, use_decode below): fp16/bf16 calls with at most 16
+//   Decode (decode.cu): fp16/bf16 calls with at most 16
 //     query rows per head and 64 per GQA group, D == Dv in {64, 128},
 //     band-only semantics: the rows of a GQA group share one CTA per key
 //     split, K/V streamed once per group; split partials merged by
@@ -19,12 +19,11 @@
 //   an fp32 dQ workspace with atomics (5 matrix products instead of 7), then
 //   a conversion kernel writes dq.
 //
-//   Hopper (sm_90a build on a 9.x GPU): the forward of the calls that
-//     hopper_fwd_supported() accepts and that would not split the keys
-//     runs the wgmma/TMA kernel of hopper/ (use_hopper below, the one place
-//     that decides); the backward of the calls that hopper_bwd_supported()
-//     accepts runs hopper/'s wgmma dK/dV/dQ kernel (use_hopper_bwd); with
-//     deterministic = 1 its dQ adds take turns in key-block order.
+//   Hopper (sm_90a build on a 9.x GPU): the forward of the calls in
+//     hopper_fwd_scope() that would not split the keys runs the wgmma/TMA
+//     kernel of hopper/; the backward of the calls in hopper_bwd_scope()
+//     runs hopper/'s wgmma dK/dV/dQ kernel; with deterministic = 1 its dQ
+//     adds take turns in key-block order.
 //
 // Every call is planned first (plan.h: make_plan, the one place that
 // decides, with the reasons; explain() prints it), then run. The one

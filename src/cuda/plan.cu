@@ -114,11 +114,14 @@ Override read_override() {
   const char* v = getenv("FLASHSDPA_CUDA_FORCE");
   if (v == nullptr || *v == '\0') return ov;
   snprintf(ov.text, sizeof ov.text, "%s", v);
-  char buf[64];
-  snprintf(buf, sizeof buf, "%s", v);
-  char* save = nullptr;
   bool first = true;
-  for (char* tok = strtok_r(buf, ",", &save); tok != nullptr; tok = strtok_r(nullptr, ",", &save)) {
+  for (const char* at = v; *at != '\0';) {
+    // The next comma-separated token.
+    char tok[32];
+    const char* end = strchr(at, ',');
+    const size_t n = end != nullptr ? size_t(end - at) : strlen(at);
+    snprintf(tok, sizeof tok, "%.*s", int(n < sizeof tok - 1 ? n : sizeof tok - 1), at);
+    at += end != nullptr ? n + 1 : n;
     if (first) {
       first = false;
       static const Family fams[] = {Family::simt, Family::sm80, Family::decode, Family::hopper};
@@ -142,7 +145,6 @@ Override read_override() {
       return ov;
     }
   }
-  ov.set = ov.family_set || ov.splits > 0 || !ov.mask_skip;
   return ov;
 }
 

@@ -35,9 +35,8 @@ const char* family_name(Family f);
 // parse, or a forced family outside its scope for the call, is an error of
 // the call (FSDPA_ERROR_INVALID_ARGUMENT / FSDPA_ERROR_UNSUPPORTED).
 struct Override {
-  bool set = false;       // the variable is set and not "auto"
   Family family = Family::sm80;
-  bool family_set = false;
+  bool family_set = false;  // FAMILY given and not "auto"
   int splits = 0;         // > 0: forced
   bool mask_skip = true;
   const char* error = nullptr;  // the value does not parse
