@@ -309,7 +309,7 @@ fsdpa_status backward(const AttnParams& p, void* stream) {
 // The plan of a call, as text (fsdpa_explain). Nothing runs on the device.
 fsdpa_status explain(const AttnParams& p, bool backward, char* buf, size_t size) {
   const Override ov = read_override();
-  const Plan plan = make_plan(p, backward, device_info(p.device_id), ov);
+  const Plan plan = make_plan(p, backward, device_info(p.device_id), ov, true);
   format_plan(plan, ov, buf, size);
   if (plan.error != nullptr)
     return set_error(static_cast<fsdpa_status>(plan.error_status), "cuda: %s", plan.error);

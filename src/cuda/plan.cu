@@ -22,6 +22,7 @@ namespace {
 
 // Appends one line to plan.why.
 void note(Plan& plan, const char* fmt, ...) {
+  if (!plan.with_reasons) return;
   const size_t n = strlen(plan.why);
   if (n + 2 >= sizeof plan.why) return;
   va_list ap;
@@ -168,9 +169,11 @@ DeviceInfo device_info(int dev) {
   return cache[dev];
 }
 
-Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const Override& ov) {
+Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const Override& ov,
+               bool with_reasons) {
   Plan plan;
   plan.backward = backward;
+  plan.with_reasons = with_reasons;
   if (ov.error != nullptr) {
     fail(plan, FSDPA_ERROR_INVALID_ARGUMENT, ov.error);
     return plan;

@@ -69,7 +69,10 @@ struct Plan {
   // Workspace, one stream-ordered allocation carved into these slices.
   Slice dsum, flags, dq, dq_turns, opart, lsepart, counter;
   size_t workspace_bytes = 0;
-  // Why: one line per decision ("family hopper: ...", "splits 1: ...").
+  // Why: one line per decision ("family hopper: ...", "splits 1: ..."),
+  // written only when make_plan is asked for reasons (explain), so that a
+  // call does not format text it never shows.
+  bool with_reasons = false;
   char why[1024] = {};
   // Set when the override forces something the call cannot run (the call
   // fails with this message and status).
@@ -77,9 +80,10 @@ struct Plan {
   int error_status = 0;
 };
 
-// The plan for p (forward or backward) on a device with dev, under ov.
-// Pure: reads nothing but its arguments.
-Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const Override& ov);
+// The plan for p (forward or backward) on a device with dev, under ov;
+// with_reasons fills Plan::why. Pure: reads nothing but its arguments.
+Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const Override& ov,
+               bool with_reasons = false);
 
 // Writes the plan as text (NUL-terminated, truncated to size).
 void format_plan(const Plan& plan, const Override& ov, char* buf, size_t size);
