@@ -92,8 +92,12 @@ _NO_GUARD = contextlib.nullcontext()
 
 
 def _guard(device: torch.device):
-    # PyTorch exports CUDA tensors through DLPack only from their own device.
-    return torch.cuda.device(device) if device.type == "cuda" else _NO_GUARD
+    # PyTorch exports CUDA tensors through DLPack only from their own device;
+    # switching costs a context manager and two device exchanges, so only
+    # when the tensors are on another device than the current one.
+    if device.type != "cuda" or device.index == torch.cuda.current_device():
+        return _NO_GUARD
+    return torch.cuda.device(device)
 
 
 def _dl(t: Optional[Tensor]):
