@@ -279,12 +279,13 @@ def call_fwd(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars):
     autograd the kernel is called directly (the dispatcher costs about 30 us
     per call on a CPU: inference-time decode steps are dominated by it); with
     autograd, through `_EagerAttention`, a plain ``torch.autograd.Function``
-    with the same formula as the operator's ``register_autograd``. The
-    operator's autograd wrapper costs about 0.6 ms of host time per training
-    step (torch/_library/utils.py ``fill_defaults`` walks the 20-argument
-    schema quadratically, and the unused lse gradient is materialised as a
-    zero tensor): a B1 H1 S128 D64 fwd+bwd took 723 us against FLASH's 108 us
-    on an H100 (issue 18)."""
+    with the same formula as the operator's ``register_autograd``. Issue 18
+    measured a B1 H1 S128 D64 fwd+bwd at 723 us against FLASH's 108 us on an
+    H100, the host stalling ~600 us around the backward; on the development
+    machine's profile the operator's autograd wrapper spent most of a small
+    call's host time in torch/_library/utils.py ``fill_defaults`` (it walks
+    the 20-argument schema quadratically), and it materialised the unused
+    lse gradient as a zero tensor (bench/RESULTS.md, issue 18)."""
     tensors = (q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k)
     if _eager_call(tensors):
         grad = torch.is_grad_enabled() and any(
