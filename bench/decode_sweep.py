@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Decode kernel (src/cuda/decode.cu) on decode shapes under several
-environment settings (FLASHSDPA_CUDA_SPLITS=n forces the split count,
-FLASHSDPA_CUDA_NO_DECODE=1 the path before it) and PyTorch's FLASH backend
+settings of the override FLASHSDPA_CUDA_FORCE (n=N: decode,splits=N forces
+the split count; nodecode: the path before it, sm80) and PyTorch's FLASH backend
 (config "FLASH"), timed in the order given (a config may repeat, so that
 order effects show); checks each output against FLASH (MHA) or the fp32
 math backend (GQA). Prints one table of ms (and K+V bytes / time).
@@ -18,18 +18,17 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_cuda as bc  # noqa: E402
 
-KEYS = {"n": "FLASHSDPA_CUDA_SPLITS", "nodecode": "FLASHSDPA_CUDA_NO_DECODE"}
-
-
 def parse(cfg):
-    env = {}
-    for item in cfg.split(","):
-        item = item.strip()
-        if not item or item == "default":
-            continue
-        k, _, v = item.partition("=")
-        env[KEYS[k]] = v or "1"
-    return env
+    """A config ("default", "n=4", "nodecode") as the environment it sets."""
+    item = cfg.strip()
+    if not item or item == "default":
+        return {}
+    if item == "nodecode":
+        return {"FLASHSDPA_CUDA_FORCE": "sm80"}
+    k, _, v = item.partition("=")
+    if k != "n":
+        raise SystemExit(f"unknown config {cfg!r}: expected default, n=N or nodecode")
+    return {"FLASHSDPA_CUDA_FORCE": f"decode,splits={int(v)}"}
 
 
 def main():

@@ -11,7 +11,7 @@
 #   det     --determinism-only, then the Hopper cases with deterministic = 1
 #           (--deterministic: h_s1*, the masked hbm_*, the D 256 hb256_*)
 #   masks   the masked backward cases with every step on the per-element
-#           path (FLASHSDPA_CUDA_NO_MASK_SKIP=1)
+#           path (FLASHSDPA_CUDA_FORCE=mask_skip=0)
 #   san     compute-sanitizer memcheck + racecheck on a reduced grid
 #           (h_s1* both deterministic settings, hbm_s257*, hb256_*)
 #   bench   bench/bench_cuda.py, the whole grid with the deterministic
@@ -20,6 +20,18 @@
 #   pytest  builds the Python package here (wheels of scikit-build-core,
 #           nanobind, pathspec carried in .whl; --no-build-isolation) and
 #           runs tests/python on CUDA
+#   build   (first) builds libflashsdpa.so, the test driver and the Python
+#           extension here, on the device, for 90a-real into /tmp/build-dev
+#           (about 3 min on 16 cores; Highway, GoogleTest, DLPack from the
+#           Debian packages unpacked into $DEVDEPS, default .devdeps) and
+#           uses them in place of .carry; the package then imports from
+#           python/ (PYTHONPATH is set for the later steps)
+#   overhead  bench/overhead.py: a small call's device and host time per
+#           layer against PyTorch's backends, the profile, CUDA-graph replay
+#   carried the Python extension in $CARRY (bench/cuda_carry.sh) is used
+#   pyquick tests/python/test_cuda.py and test_fast_path.py (after build)
+#   sweep   bench/bench_sweep.py (SWEEP_ARGS, default --quick)
+# KEEP_GOING=1: a failed quick step does not stop the call.
 # Logs land in $OUT (at most 8 files come back); a crash keeps what was
 # written, since every test log is line-buffered.
 set -o pipefail
@@ -27,11 +39,24 @@ STEPS=${1:-info,quick}
 OUT=${OUT:-/tmp/device_out}
 mkdir -p "$OUT"
 CARRY=${CARRY:-.carry}
-LIB=$CARRY/libflashsdpa.so
-TEST=$CARRY/flashsdpa_cuda_tests
-export LD_LIBRARY_PATH=$PWD/$CARRY:$PWD/.devdeps/lib:$LD_LIBRARY_PATH
 T0=$(date +%s)
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
+if has build; then
+  DEVDEPS=${DEVDEPS:-$PWD/.devdeps}
+  echo "[build] cmake for 90a-real"
+  cmake -S . -B /tmp/build-dev -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHSDPA_CUDA_ARCHITECTURES=90a-real \
+    -DFLASHSDPA_BUILD_PYTHON=ON -DFLASHSDPA_METAL_EMU_TESTS=OFF -DCMAKE_PREFIX_PATH="$DEVDEPS" \
+    >"$OUT/build.log" 2>&1 &&
+    cmake --build /tmp/build-dev -j16 --target flashsdpa flashsdpa_cuda_tests _C >>"$OUT/build.log" 2>&1 ||
+    { tail -40 "$OUT/build.log"; exit 1; }
+  mkdir -p /tmp/carry
+  cp -L /tmp/build-dev/src/libflashsdpa.so /tmp/build-dev/flashsdpa_cuda_tests /tmp/carry/
+  cp -L "$DEVDEPS"/lib/x86_64-linux-gnu/libhwy.so.1 /tmp/carry/
+  cp /tmp/build-dev/python/_C*.so python/flashsdpa/
+  CARRY=/tmp/carry
+  export PYTHONPATH=$PWD/python:$PYTHONPATH
+  echo "[build] done in $(( $(date +%s) - T0 ))s"
+fi
 el() { echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
 # tests LOG SECONDS ARGS...: one run of the test driver, appended to
 # $OUT/LOG; prints its failures and summary.
@@ -55,6 +80,14 @@ san() {
   tail -1 "$OUT/san_$tool.log"
 }
 
+if has carried; then
+  # The Python extension built here for the device's Python (3.12) and
+  # carried with the library (bench/cuda_carry.sh).
+  cp "$CARRY"/_C*.so python/flashsdpa/ && export PYTHONPATH=$PWD/python:$PYTHONPATH
+fi
+LIB=$CARRY/libflashsdpa.so
+TEST=$CARRY/flashsdpa_cuda_tests
+export LD_LIBRARY_PATH=$CARRY:$PWD/$CARRY:$PWD/.devdeps/lib:$LD_LIBRARY_PATH
 if has info; then
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$OUT/info.txt"
   cuobjdump --dump-sass "$LIB" 2>/dev/null |
@@ -62,8 +95,8 @@ if has info; then
     tee -a "$OUT/info.txt" | wc -l | sed 's/$/ Hopper kernels with HGMMA/'
 fi
 if has quick; then
-  tests quick.log 200 --quick
-  grep -q "CUDA TESTS: .* 0 failed" "$OUT/quick.log" || exit 1
+  tests quick.log ${QUICK_S:-200} --quick
+  grep -q "CUDA TESTS: .* 0 failed" "$OUT/quick.log" || [ -n "$KEEP_GOING" ] || exit 1
 fi
 if has full; then
   tests full.log 560 --no-long
@@ -75,7 +108,7 @@ if has det; then
   tests det.log 100 --no-long --deterministic --filter hb256
 fi
 if has masks; then
-  FLASHSDPA_CUDA_NO_MASK_SKIP=1 tests masks.log 100 --no-long --filter hbm_s
+  FLASHSDPA_CUDA_FORCE=mask_skip=0 tests masks.log 100 --no-long --filter hbm_s
 fi
 if has san; then
   for tool in memcheck racecheck; do
@@ -92,6 +125,23 @@ if has bench; then
     --png "$OUT/bench_cuda.png" ${BENCH_ARGS:---det-too} >"$OUT/bench.log" 2>&1
   echo "  rc=$?"
   grep "^Geometric" "$OUT/bench.md"
+fi
+if has overhead; then
+  el overhead
+  PYTHONUNBUFFERED=1 timeout 150 python3 bench/overhead.py ${OVERHEAD_ARGS:---profile --graph} 2>&1 |
+    tee "$OUT/overhead.log" | tail -45
+fi
+if has pyquick; then
+  el pyquick
+  (cd tests/python && timeout 120 python3 -m pytest -q -p no:cacheprovider test_cuda.py test_fast_path.py 2>&1 | tail -4)
+fi
+if has sweep; then
+  el sweep
+  # shellcheck disable=SC2086
+  PYTHONUNBUFFERED=1 timeout 480 python3 bench/bench_sweep.py --results "$OUT/sweep.md" \
+    --png "$OUT/sweep.png" ${SWEEP_ARGS:---quick} >"$OUT/sweep.log" 2>&1
+  echo "  rc=$?"
+  tail -25 "$OUT/sweep.log"
 fi
 if has pytest; then
   el pytest build

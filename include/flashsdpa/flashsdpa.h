@@ -221,6 +221,22 @@ FSDPA_API fsdpa_status fsdpa_merge_attn_states(const DLTensor* out_a, const DLTe
                                                const DLTensor* out_b, const DLTensor* lse_b,
                                                DLTensor* out, DLTensor* lse, void* stream);
 
+/* The plan that fsdpa_forward (backward = 0) or fsdpa_backward (backward =
+ * 1) would run for these arguments, as text: the backend, the kernel family,
+ * its tiles, splits and workspace bytes, and the reason for each choice
+ * (e.g. why the Hopper kernels do or do not take the call). Written into
+ * buf (NUL-terminated, truncated to size bytes). The tensors are checked as
+ * the call would check them, but nothing is read from or written to them
+ * and nothing runs on the device. In the forward, dout, dq, dk, dv may be
+ * NULL. Returns what the call would return for an invalid argument or an
+ * unsatisfiable override, else FSDPA_OK. */
+FSDPA_API fsdpa_status fsdpa_explain(const fsdpa_params* p, int32_t backward,
+                                     const DLTensor* dout, const DLTensor* q,
+                                     const DLTensor* k, const DLTensor* v,
+                                     const DLTensor* out, const DLTensor* lse,
+                                     const DLTensor* dq, const DLTensor* dk,
+                                     const DLTensor* dv, char* buf, size_t size);
+
 /* The fp64 reference of the same semantics (CPU tensors only), the oracle
  * every backend is tested against. Inputs of any supported dtype or float64;
  * outputs may be float64. O(Sq*Sk) memory: for tests, not for use. */

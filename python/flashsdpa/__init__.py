@@ -6,6 +6,8 @@
   :func:`flash_attn_with_kvcache` (KV cache, paged KV) and :func:`merge_attn_states`.
 * ``torch.nn.attention.activate_flash_attention_impl("flashsdpa")`` — flashsdpa
   as PyTorch's flash-attention implementation (registered on import, not active).
+* :func:`explain` — the plan (kernel family, tiles, splits, workspace) a call
+  would run, and why.
 * :func:`enable` / :func:`disable` / :func:`enabled` / :func:`is_enabled` — patch
   ``torch.nn.functional.scaled_dot_product_attention`` so existing models use
   flashsdpa where it can, falling back to PyTorch elsewhere; :func:`stats`.
@@ -45,7 +47,7 @@ _TORCH_API = frozenset({
     "enabled", "is_enabled", "stats", "reset_stats", "register_device_runner",
     "flash_attn_qkvpacked_func", "flash_attn_kvpacked_func", "flash_attn_varlen_qkvpacked_func",
     "flash_attn_varlen_kvpacked_func", "register_transformers", "flash_attn_with_kvcache",
-    "merge_attn_states",
+    "merge_attn_states", "explain",
 })
 
 try:
@@ -58,6 +60,7 @@ else:
                           flash_attn_varlen_kvpacked_func, flash_attn_varlen_qkvpacked_func)
     from ._kvcache import flash_attn_with_kvcache
     from ._merge import merge_attn_states
+    from ._explain import explain
     from ._patch import disable, enable, enabled, is_enabled, reset_stats, stats
     from ._ops import register_device_runner
     from ._hf import register_transformers

@@ -98,8 +98,9 @@ def device_unsupported(device_type: str) -> Optional[Tuple[str, str]]:
 
 
 def _stream(t: Tensor) -> int:
+    # The raw handle of the current stream, without building a Stream object.
     if t.device.type == "cuda":
-        return torch.cuda.current_stream(t.device).cuda_stream
+        return torch._C._cuda_getCurrentRawStream(t.device.index)
     return 0
 
 
@@ -107,8 +108,12 @@ _NO_GUARD = contextlib.nullcontext()
 
 
 def _guard(device: torch.device):
-    # PyTorch exports CUDA tensors through DLPack only from their own device.
-    return torch.cuda.device(device) if device.type == "cuda" else _NO_GUARD
+    # PyTorch exports CUDA tensors through DLPack only from their own device;
+    # switching costs a context manager and two device exchanges, so only
+    # when the tensors are on another device than the current one.
+    if device.type != "cuda" or device.index == torch.cuda.current_device():
+        return _NO_GUARD
+    return torch.cuda.device(device)
 
 
 def _dl(t: Optional[Tensor]):
@@ -150,6 +155,9 @@ def _runner(device: torch.device) -> Tuple[Callable, Callable]:
     )
 
 
+_params_cache: Dict[tuple, "_C.Params"] = {}
+
+
 def _params(
     scale: Optional[float],
     causal: bool,
@@ -164,6 +172,16 @@ def _params(
     deterministic: bool,
     check_finite: bool,
 ) -> "_C.Params":
+    """The call's fsdpa_params. Without dropout the object depends on the
+    scalars alone and is reused (building one costs a dozen attribute sets:
+    a few us of a small call's host time); nobody mutates it afterwards."""
+    key = None
+    if dropout_p <= 0.0:
+        key = (scale, causal, bottom_right, window_left, window_right, softcap, max_seqlen_q,
+               max_seqlen_k, deterministic, check_finite)
+        p = _params_cache.get(key)
+        if p is not None:
+            return p
     p = _C.Params()
     scale = _checks.scale(scale)
     dropout_p = _checks.dropout_p(dropout_p)
@@ -185,6 +203,10 @@ def _params(
         p.offset = offset & 0xFFFFFFFFFFFFFFFF
     p.deterministic = bool(deterministic)
     p.check_finite = bool(check_finite)
+    if key is not None:
+        if len(_params_cache) > 256:  # varlen calls bring many max_seqlen values
+            _params_cache.clear()
+        _params_cache[key] = p
     return p
 
 
@@ -251,23 +273,46 @@ def _fwd_kernel(
 fwd = torch.library.custom_op("flashsdpa::fwd", mutates_args=())(_fwd_kernel)
 
 
-def _plain_eager_call(tensors) -> bool:
-    """True when going through the operator would only end up calling the
-    kernel: eager mode, no autograd graph to record, plain tensors, and no
-    torch function/dispatch modes or functorch transforms watching."""
+def _eager_call(tensors) -> bool:
+    """True in plain eager mode: plain tensors, no torch.compile, no torch
+    function/dispatch modes or functorch transforms watching. Then the call
+    can skip the torch.library dispatcher (and, with autograd, its
+    autograd wrapper) without anyone noticing."""
     if (torch.compiler.is_compiling() or torch._C._len_torch_function_stack()
             or torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active()):
         return False
+    return all(t is None or type(t) is Tensor for t in tensors)
+
+
+def _plain_eager_call(tensors) -> bool:
+    """Eager mode (`_eager_call`) and no autograd graph to record."""
+    if not _eager_call(tensors):
+        return False
     grad = torch.is_grad_enabled()
-    return all(t is None or (type(t) is Tensor and not (grad and t.requires_grad)) for t in tensors)
+    return not any(t is not None and grad and t.requires_grad for t in tensors)
 
 
 def call_fwd(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars):
-    """``fwd``, skipping the dispatcher (about 30 us per call on a CPU) when
-    that changes nothing: inference-time decode steps are dominated by it."""
+    """``fwd``, skipping the dispatcher when that changes nothing. Without
+    autograd the kernel is called directly (the dispatcher costs about 30 us
+    per call on a CPU: inference-time decode steps are dominated by it); with
+    autograd, through `_EagerAttention`, a plain ``torch.autograd.Function``
+    with the same formula as the operator's ``register_autograd``. Issue 18
+    measured a B1 H1 S128 D64 fwd+bwd at 723 us against FLASH's 108 us on an
+    H100, the host stalling ~600 us around the backward; on the development
+    machine's profile the operator's autograd wrapper spent most of a small
+    call's host time in torch/_library/utils.py ``fill_defaults`` (it walks
+    the 20-argument schema quadratically), and it materialised the unused
+    lse gradient as a zero tensor (bench/RESULTS.md, issue 18)."""
     tensors = (q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k)
-    op = _fwd_kernel if _plain_eager_call(tensors) else fwd
-    return op(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars)
+    if _eager_call(tensors):
+        grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in tensors)
+        if not grad:
+            return _fwd_kernel(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars)
+        return _EagerAttention.apply(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
+                                     *scalars)
+    return fwd(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars)
 
 
 @fwd.register_fake
@@ -281,8 +326,7 @@ def _fwd_fake(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqle
 # backward
 
 
-@torch.library.custom_op("flashsdpa::bwd", mutates_args=())
-def bwd(
+def _bwd_kernel(
     dout: Tensor,
     q: Tensor,
     k: Tensor,
@@ -319,6 +363,9 @@ def bwd(
     return dq, dk, dv
 
 
+bwd = torch.library.custom_op("flashsdpa::bwd", mutates_args=())(_bwd_kernel)
+
+
 @bwd.register_fake
 def _bwd_fake(dout, q, k, v, out, lse, *args):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -351,6 +398,29 @@ def _backward(ctx, dout, _dlse):
 
 
 fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerAttention(torch.autograd.Function):
+    """The operator's autograd formula (`_setup_context`, `_backward`) as a
+    plain autograd.Function for eager calls (`call_fwd`): same kernels, same
+    saved tensors, the backward calls the kernel without the dispatcher. The
+    lse output is not differentiable and its gradient is never materialised."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        ctx.set_materialize_grads(False)
+        out, lse = _fwd_kernel(*args)
+        _setup_context(ctx, args, (out, lse))
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        if dout is None:
+            return (None,) * _N_FWD_ARGS
+        q, k, v, out, lse, mask, alibi, cu_q, cu_k, rng = ctx.saved_tensors
+        dq, dk, dv = _bwd_kernel(dout, q, k, v, out, lse, mask, alibi, cu_q, cu_k, *ctx.scalars[:9],
+                                 rng, *ctx.scalars[9:])
+        return (dq, dk, dv) + (None,) * (_N_FWD_ARGS - 3)
 
 
 def new_rng(dropout_p: float) -> Optional[Tensor]:

@@ -281,6 +281,34 @@ NB_MODULE(_C, m) {
       "fsdpa_reference_backward: fp64 oracle gradients (CPU tensors).");
 
   m.def(
+      "explain",
+      [](const Params& params, bool backward, Array q, Array k, Array v, Array out, Array lse,
+         OptArray dout, OptArray dq, OptArray dk, OptArray dv, OptArray mask,
+         OptArray alibi_slopes, OptArray cu_seqlens_q, OptArray cu_seqlens_k) {
+        DLTensor tq = to_dl(q), tk = to_dl(k), tv = to_dl(v), to = to_dl(out), tl = to_dl(lse);
+        OptDL tdo(dout), tdq(dq), tdk(dk), tdv(dv);
+        OptDL tm(mask), ta(alibi_slopes), tcq(cu_seqlens_q), tck(cu_seqlens_k);
+        fsdpa_params p = params.p;
+        p.mask = tm.get();
+        p.alibi_slopes = ta.get();
+        p.cu_seqlens_q = tcq.get();
+        p.cu_seqlens_k = tck.get();
+        char buf[2048];
+        check(fsdpa_explain(&p, backward ? 1 : 0, tdo.get(), &tq, &tk, &tv, &to, &tl, tdq.get(),
+                            tdk.get(), tdv.get(), buf, sizeof buf));
+        return std::string(buf);
+      },
+      nb::arg("params"), nb::arg("backward"), nb::arg("q"), nb::arg("k"), nb::arg("v"),
+      nb::arg("out"), nb::arg("lse"), nb::arg("dout").none() = nb::none(),
+      nb::arg("dq").none() = nb::none(), nb::arg("dk").none() = nb::none(),
+      nb::arg("dv").none() = nb::none(), nb::arg("mask").none() = nb::none(),
+      nb::arg("alibi_slopes").none() = nb::none(), nb::arg("cu_seqlens_q").none() = nb::none(),
+      nb::arg("cu_seqlens_k").none() = nb::none(),
+      "fsdpa_explain: the plan (backend, kernel family, tiles, splits, workspace bytes, and "
+      "why) that forward (backward=False) or backward would run for these arguments. "
+      "Nothing runs.");
+
+  m.def(
       "dropout_mask",
       [](const Params& params, Array q, Array k, Out keep) {
         DLTensor tq = to_dl(q), tk = to_dl(k), tkeep = to_dl(keep);

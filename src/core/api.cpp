@@ -1,6 +1,7 @@
 // The C ABI entry points: validate, pick the backend by device, run, and
 // turn exceptions into statuses (nothing may unwind through C).
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include <atomic>
@@ -119,6 +120,35 @@ fsdpa_status fsdpa_merge_attn_states(const DLTensor* out_a, const DLTensor* lse_
       return set_error(FSDPA_ERROR_UNSUPPORTED,
                        "out_a: merge_attn_states is not supported on %s yet", be->name);
     return be->merge(m, stream);
+  });
+}
+
+fsdpa_status fsdpa_explain(const fsdpa_params* params, int32_t backward, const DLTensor* dout,
+                           const DLTensor* q, const DLTensor* k, const DLTensor* v,
+                           const DLTensor* out, const DLTensor* lse, const DLTensor* dq,
+                           const DLTensor* dk, const DLTensor* dv, char* buf, size_t size) {
+  return guarded([&] {
+    if (buf != nullptr && size > 0) buf[0] = '\0';
+    CallTensors t;
+    t.q = q; t.k = k; t.v = v; t.out = out; t.lse = lse;
+    if (backward) {
+      t.dout = dout; t.dq = dq; t.dk = dk; t.dv = dv;
+    }
+    const CallKind kind = backward ? CallKind::backward : CallKind::forward;
+    AttnParams p;
+    fsdpa_status s = make_attn_params(kind, params, t, &p);
+    if (s != FSDPA_OK) return s;
+    const Backend* be = find_backend(p.device_type);
+    if (be == nullptr)
+      return set_error(FSDPA_ERROR_DEVICE,
+                       "q: no backend for DLPack device type %d in this build (compiled in: %s)",
+                       p.device_type, backend_names());
+    if (buf == nullptr || size == 0) return FSDPA_OK;
+    if (be->explain == nullptr) {
+      snprintf(buf, size, "backend %s: no plan to explain\n", be->name);
+      return FSDPA_OK;
+    }
+    return be->explain(p, backward != 0, buf, size);
   });
 }
 

@@ -22,6 +22,11 @@ struct Backend {
   fsdpa_status (*backward)(const AttnParams& p, void* stream);
   // fsdpa_merge_attn_states on this device (null: not supported here yet).
   fsdpa_status (*merge)(const MergeParams& m, void* stream);
+  // The plan the backend would run for p (forward or backward) as text,
+  // with the reason for each choice, written into buf (NUL-terminated,
+  // truncated to size); launches nothing. Null: the backend has no plan
+  // to tell (fsdpa_explain says so).
+  fsdpa_status (*explain)(const AttnParams& p, bool backward, char* buf, size_t size);
 };
 
 // The compiled-in backend serving `device_type`, or null.

@@ -1,6 +1,10 @@
 #include "cpu/cpu_backend.h"
 
+#include <stdio.h>
+
 #include "core/backend.h"
+#include "cpu/heuristics.h"
+#include "core/settings.h"
 
 namespace fsdpa {
 namespace {
@@ -8,10 +12,24 @@ bool cpu_available() { return true; }
 fsdpa_status cpu_forward(const AttnParams& p, void*) { return cpu::forward(p); }
 fsdpa_status cpu_backward(const AttnParams& p, void*) { return cpu::backward(p); }
 fsdpa_status cpu_merge(const MergeParams& m, void*) { return cpu::merge(m); }
+
+// The CPU backend has one kernel family (tiles of kBlockQ queries x kBlockK
+// keys, Highway SIMD, its own thread pool); its plan names it.
+fsdpa_status cpu_explain(const AttnParams& p, bool backward, char* buf, size_t size) {
+  if (size == 0) return FSDPA_OK;
+  snprintf(buf, size,
+           "backend cpu, %s: family tiles, %d query rows x %d keys per tile, %d threads, "
+           "workspace per thread\n"
+           "family tiles: the CPU backend's only kernel family (Highway SIMD, any dtype, every "
+           "semantic)\n",
+           backward ? "backward" : "forward", cpu::kBlockQ, cpu::kBlockK, cpu_thread_count());
+  (void)p;
+  return FSDPA_OK;
+}
 }  // namespace
 
 extern const Backend kCpuBackend;
 const Backend kCpuBackend = {"cpu", kDLCPU, cpu_available, cpu_forward, cpu_backward,
-                          cpu_merge};
+                          cpu_merge, cpu_explain};
 
 }  // namespace fsdpa

@@ -1,12 +1,12 @@
-// The CUDA backend: picks a path per call and launches it on the caller's
-// stream.
+// The CUDA backend: plans each call (plan.h) and launches the plan on the
+// caller's stream.
 //
 // Paths
 //   fp16 / bf16: tensor-core kernels (tc.cuh; mma.sync m16n8k16, fp32
 //     accumulation), head dims padded to the buckets of tc_buckets.h.
 //     Split-KV (flash-decoding) with an lse-weighted merge when the query
 //     blocks alone cannot fill the GPU and the key range is long.
-//   Decode (decode.cu, use_decode below): fp16/bf16 calls with at most 16
+//   Decode (decode.cu): fp16/bf16 calls with at most 16
 //     query rows per head and 64 per GQA group, D == Dv in {64, 128},
 //     band-only semantics: the rows of a GQA group share one CTA per key
 //     split, K/V streamed once per group; split partials merged by
@@ -19,19 +19,15 @@
 //   an fp32 dQ workspace with atomics (5 matrix products instead of 7), then
 //   a conversion kernel writes dq.
 //
-//   Hopper (sm_90a build on a 9.x GPU): the forward of the calls that
-//     hopper_fwd_supported() accepts and that would not split the keys
-//     runs the wgmma/TMA kernel of hopper/ (use_hopper below, the one place
-//     that decides); the backward of the calls that hopper_bwd_supported()
-//     accepts runs hopper/'s wgmma dK/dV/dQ kernel (use_hopper_bwd); with
-//     deterministic = 1 its dQ adds take turns in key-block order.
+//   Hopper (sm_90a build on a 9.x GPU): the forward of the calls in
+//     hopper_fwd_scope() that would not split the keys runs the wgmma/TMA
+//     kernel of hopper/; the backward of the calls in hopper_bwd_scope()
+//     runs hopper/'s wgmma dK/dV/dQ kernel; with deterministic = 1 its dQ
+//     adds take turns in key-block order.
 //
-// Environment (for tests and benchmarks): FLASHSDPA_CUDA_NO_DECODE=1 turns
-// the decode kernel off (A/B); FLASHSDPA_CUDA_NO_HOPPER=1 keeps
-// the sm_80 kernels on Hopper GPUs; FLASHSDPA_CUDA_SIMT=1 forces the
-// SIMT path for every dtype; FLASHSDPA_CUDA_SPLITS=n forces n KV splits in
-// the tensor-core and decode forwards (1 = off); FLASHSDPA_CUDA_DQ_KERNEL=1 keeps the
-// deterministic dQ kernel also when deterministic = 0.
+// Every call is planned first (plan.h: make_plan, the one place that
+// decides, with the reasons; explain() prints it), then run. The one
+// override for A/B work and tests is FLASHSDPA_CUDA_FORCE (plan.h).
 //
 // check_finite: one strided scan kernel per input and one 32-byte copy back
 // (a stream synchronisation per call); pass check_finite = 0 to skip it.
@@ -44,7 +40,7 @@
 
 #include "core/backend.h"
 #include "core/error.h"
-#include "cuda/env.h"
+#include "cuda/plan.h"
 #include "cuda/hopper/hopper.h"
 #include "cuda/launch.h"
 #include "cuda/tc_buckets.h"
@@ -66,15 +62,6 @@ struct DeviceGuard {
     if (prev >= 0) cudaSetDevice(prev);
   }
 };
-
-int bucket_for(int64_t d, int64_t dv) {
-  const int64_t m = d > dv ? d : dv;
-#define FSDPA_BUCKET(B) \
-  if (m <= B) return B;
-  FSDPA_TC_BUCKETS(FSDPA_BUCKET)
-#undef FSDPA_BUCKET
-  return 0;
-}
 
 bool vec_ok(const void* ptr, const int64_t* st, int64_t dim) {
   return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && st[3] == 1 && dim % 8 == 0 &&
@@ -196,78 +183,33 @@ fsdpa_status check_inputs(const AttnParams& p, bool backward, cudaStream_t s) {
   return FSDPA_OK;
 }
 
-// Tile flags of the mask for block skipping (tensor-core path).
-fsdpa_status classify_mask(const AttnParams& p, Buf& flags, MaskTiles* mt, cudaStream_t s) {
-  const int64_t bytes = mask_tiles_bytes(p);
-  if (bytes <= 0 || env_flag("FLASHSDPA_CUDA_NO_MASK_SKIP")) return FSDPA_OK;
-  const cudaError_t err = flags.alloc(bytes, s);
-  if (err != cudaSuccess) return cuda_fail(err, "mask tile workspace allocation");
-  *mt = mask_tiles(p, flags.as<uint8_t>(), s);
+// The plan for p, or its error reported.
+fsdpa_status plan_call(const AttnParams& p, bool backward, Plan* plan) {
+  const Override ov = read_override();
+  *plan = make_plan(p, backward, device_info(p.device_id), ov);
+  if (plan->error != nullptr)
+    return set_error(static_cast<fsdpa_status>(plan->error_status), "cuda: %s", plan->error);
   return FSDPA_OK;
 }
 
-int sm_count(int dev) {
-  int n = 0;
-  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0)
-    n = 108;
-  return n;
-}
-
-// Number of KV splits for the tensor-core forward.
-int choose_splits(const AttnParams& p, int dp) {
-  const int forced = env_int("FLASHSDPA_CUDA_SPLITS", 0);
-  if (forced > 0) return forced > 256 ? 256 : forced;
-  const int bm = tc_fwd_block_m(dp);
-  const int bn = dp <= 128 ? 64 : 32;  // the split-KV kernel's keys per step
-  const int64_t ctas = (p.seqlen_q + bm - 1) / bm * p.heads_q * p.batch;
-  const int64_t nkb = (p.seqlen_k + bn - 1) / bn;
-  const int sms = sm_count(p.device_id);
-  if (ctas >= sms || nkb < 8) return 1;
-  // About two full waves of 2 blocks per SM (measured on an H100, decode
-  // B*H = 128, Sk = 32k: 4 or 8 splits 0.84 ms, 5 splits 0.96 ms (a partial
-  // third wave), 16 splits 0.92 ms).
-  int64_t n = 4 * sms / ctas;
-  if (n > nkb / 4) n = nkb / 4;
-  if (n > 64) n = 64;
-  // Keep the fp32 partials under 1 GiB.
-  while (n > 1 && n * p.total_q * p.heads_q * dp * 4 > (int64_t(1) << 30)) n /= 2;
-  return n < 2 ? 1 : static_cast<int>(n);
-}
-
-// The decode kernel takes the call (see the header comment).
-bool use_decode(const AttnParams& p) {
-  return !env_flag("FLASHSDPA_CUDA_NO_DECODE") && decode_supported(p);
-}
-
-// Decode forward: one launch, plus the lse-weighted merge when the keys are split.
-cudaError_t run_decode(const AttnParams& p, cudaStream_t s, bool* oom) {
-  const int nsplit = decode_splits(p);
-  if (nsplit <= 1) return decode_fwd(p, 1, nullptr, nullptr, s);
-  const int64_t rows = p.total_q * p.heads_q;
-  Buf opart, lsepart;
-  cudaError_t err = opart.alloc(size_t(nsplit) * rows * p.head_dim * sizeof(float), s);
-  if (err == cudaSuccess) err = lsepart.alloc(size_t(nsplit) * rows * sizeof(float), s);
-  if (err != cudaSuccess) {
-    *oom = true;
-    return err;
+// The plan's workspace: one stream-ordered allocation, carved by the plan.
+struct Workspace {
+  Buf buf;
+  template <typename U> U* at(const Slice& s) const {
+    return s.bytes == 0 ? nullptr : reinterpret_cast<U*>(buf.as<char>() + s.off);
   }
-  err = decode_fwd(p, nsplit, opart.as<float>(), lsepart.as<float>(), s);
-  if (err != cudaSuccess) return err;
-  splitkv_merge(p, nsplit, opart.as<float>(), lsepart.as<float>(), static_cast<int>(p.head_dim), s);
-  return cudaGetLastError();
+};
+
+fsdpa_status alloc_workspace(const Plan& plan, Workspace& ws, cudaStream_t s) {
+  if (plan.workspace_bytes == 0) return FSDPA_OK;
+  const cudaError_t err = ws.buf.alloc(plan.workspace_bytes, s);
+  return err == cudaSuccess ? FSDPA_OK : cuda_fail(err, "workspace allocation");
 }
 
-// The Hopper forward takes the call (see the header comment).
-bool use_hopper(const AttnParams& p, int nsplit) {
-  return nsplit <= 1 && !env_flag("FLASHSDPA_CUDA_NO_HOPPER") && hopper_fwd_supported(p) &&
-         hopper_fwd_available(p.device_id);
-}
-
-// The Hopper backward takes the call (FLASHSDPA_CUDA_NO_HOPPER turns it off
-// as well).
-bool use_hopper_bwd(const AttnParams& p) {
-  return !env_flag("FLASHSDPA_CUDA_NO_HOPPER") && hopper_bwd_supported(p) &&
-         hopper_fwd_available(p.device_id);
+MaskTiles classify_mask(const AttnParams& p, const Plan& plan, const Workspace& ws,
+                        cudaStream_t s) {
+  if (!plan.mask_tiles) return MaskTiles{nullptr, 0, 0, 0, 0};
+  return mask_tiles(p, ws.at<uint8_t>(plan.flags), s);
 }
 
 fsdpa_status forward(const AttnParams& p, void* stream) {
@@ -286,50 +228,41 @@ fsdpa_status forward(const AttnParams& p, void* stream) {
     const cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? FSDPA_OK : cuda_fail(e, "forward kernel launch");
   }
-  const int dp = bucket_for(p.head_dim, p.head_dim_v);
-  const bool simt = p.dtype == DType::f32 || dp == 0 || env_flag("FLASHSDPA_CUDA_SIMT");
+  Plan plan;
+  if ((st = plan_call(p, false, &plan)) != FSDPA_OK) return st;
+  Workspace ws;
+  if ((st = alloc_workspace(plan, ws, s)) != FSDPA_OK) return st;
+  float* opart = ws.at<float>(plan.opart);
+  float* lsepart = ws.at<float>(plan.lsepart);
   cudaError_t err = cudaSuccess;
-  if (simt) {
-    simt_forward(p, s);
-    err = cudaGetLastError();
-  } else if (use_decode(p)) {
-    bool oom = false;
-    err = run_decode(p, s, &oom);
-    if (oom) return cuda_fail(err, "split-KV workspace allocation");
-  } else {
-    const int vec = vec_bits(p, false);
-    const int nsplit = choose_splits(p, dp);
-    Buf flags;
-    MaskTiles mt{nullptr, 0, 0, 0, 0};
-    st = classify_mask(p, flags, &mt, s);
-    if (st != FSDPA_OK) return st;
-    if (use_hopper(p, nsplit)) {
-      Buf counter;
-      if (hopper_fwd_dynamic(p)) {
-        err = counter.alloc(sizeof(int), s);
-        if (err == cudaSuccess) err = cudaMemsetAsync(counter.ptr, 0, sizeof(int), s);
-        if (err != cudaSuccess) return cuda_fail(err, "tile counter");
-      }
-      err = hopper_fwd(p, mt, counter.as<int>(), s);
-      if (err != cudaErrorNotSupported) {
-        if (err != cudaSuccess) return cuda_fail(err, "forward kernel launch");
-        return FSDPA_OK;
-      }
-    }
-    auto run = p.dtype == DType::f16 ? tc_fwd_f16 : tc_fwd_bf16;
-    if (nsplit <= 1) {
-      err = run(p, dp, vec, mt, 1, nullptr, nullptr, s);
-    } else {
-      const int64_t rows = p.total_q * p.heads_q;
-      Buf opart, lsepart;
-      err = opart.alloc(size_t(nsplit) * rows * dp * sizeof(float), s);
-      if (err == cudaSuccess) err = lsepart.alloc(size_t(nsplit) * rows * sizeof(float), s);
-      if (err != cudaSuccess) return cuda_fail(err, "split-KV workspace allocation");
-      err = run(p, dp, vec, mt, nsplit, opart.as<float>(), lsepart.as<float>(), s);
-      if (err == cudaSuccess) {
-        splitkv_merge(p, nsplit, opart.as<float>(), lsepart.as<float>(), dp, s);
+  switch (plan.family) {
+    case Family::simt:
+      simt_forward(p, s);
+      err = cudaGetLastError();
+      break;
+    case Family::decode:
+      err = decode_fwd(p, plan.splits, opart, lsepart, s);
+      if (err == cudaSuccess && plan.splits > 1) {
+        splitkv_merge(p, plan.splits, opart, lsepart, static_cast<int>(p.head_dim), s);
         err = cudaGetLastError();
       }
+      break;
+    case Family::hopper: {
+      const MaskTiles mt = classify_mask(p, plan, ws, s);
+      int* counter = ws.at<int>(plan.counter);
+      if (counter != nullptr) err = cudaMemsetAsync(counter, 0, sizeof(int), s);
+      if (err == cudaSuccess) err = hopper_fwd(p, mt, counter, s);
+      break;
+    }
+    case Family::sm80: {
+      const MaskTiles mt = classify_mask(p, plan, ws, s);
+      auto run = p.dtype == DType::f16 ? tc_fwd_f16 : tc_fwd_bf16;
+      err = run(p, plan.head_bucket, vec_bits(p, false), mt, plan.splits, opart, lsepart, s);
+      if (err == cudaSuccess && plan.splits > 1) {
+        splitkv_merge(p, plan.splits, opart, lsepart, plan.head_bucket, s);
+        err = cudaGetLastError();
+      }
+      break;
     }
   }
   if (err != cudaSuccess) return cuda_fail(err, "forward kernel launch");
@@ -346,64 +279,46 @@ fsdpa_status backward(const AttnParams& p, void* stream) {
     const cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? FSDPA_OK : cuda_fail(e, "backward kernel launch");
   }
-  Buf dsum;
-  cudaError_t err = dsum.alloc(size_t(p.total_q) * p.heads_q * sizeof(float), s);
-  if (err != cudaSuccess) return cuda_fail(err, "workspace allocation");
-  const int dp = bucket_for(p.head_dim, p.head_dim_v);
-  const bool simt = p.dtype == DType::f32 || dp == 0 || env_flag("FLASHSDPA_CUDA_SIMT");
-  Buf flags;
-  MaskTiles mt{nullptr, 0, 0, 0, 0};
-  if (!simt) {
-    st = classify_mask(p, flags, &mt, s);
-    if (st != FSDPA_OK) return st;
-  }
-  // The fp32 dQ workspace, [token * Hq + h][dq_cols], zeroed by the
-  // preprocess: the Hopper kernels' (head_dim columns, then the
-  // deterministic turn counters, zeroed here), or the sm_80 kernels' when
-  // they add dQ by atomics (non-deterministic; FLASHSDPA_CUDA_DQ_KERNEL=1
-  // keeps their separate dQ kernel).
-  const bool hopper = !simt && use_hopper_bwd(p);
-  const bool tc_atomics = !simt && !p.deterministic && !env_flag("FLASHSDPA_CUDA_DQ_KERNEL");
-  const int dq_cols = hopper ? static_cast<int>(p.head_dim) : dp;
-  const size_t dq_bytes = size_t(p.total_q) * p.heads_q * dq_cols * sizeof(float);
-  Buf dqacc;
-  if (hopper || tc_atomics) {
-    const size_t bytes = hopper ? hopper_bwd_workspace_bytes(p) : dq_bytes;
-    err = dqacc.alloc(bytes, s);
-    if (err != cudaSuccess) return cuda_fail(err, "dQ workspace allocation");
-    if (bytes > dq_bytes)
-      err = cudaMemsetAsync(dqacc.as<char>() + dq_bytes, 0, bytes - dq_bytes, s);
-    if (err != cudaSuccess) return cuda_fail(err, "dQ workspace zeroing");
-  }
-  bwd_preprocess(p, dsum.as<float>(), dqacc.as<float>(), dq_cols, s);
+  Plan plan;
+  if ((st = plan_call(p, true, &plan)) != FSDPA_OK) return st;
+  Workspace ws;
+  if ((st = alloc_workspace(plan, ws, s)) != FSDPA_OK) return st;
+  float* dsum = ws.at<float>(plan.dsum);
+  // The fp32 dQ workspace, [token * Hq + h][dq_cols], is zeroed by the
+  // preprocess row by row; the deterministic turn counters after it here.
+  float* dqacc = ws.at<float>(plan.dq);
+  cudaError_t err = cudaSuccess;
+  if (plan.dq_turns.bytes > 0)
+    err = cudaMemsetAsync(ws.at<char>(plan.dq_turns), 0, plan.dq_turns.bytes, s);
+  if (err != cudaSuccess) return cuda_fail(err, "dQ workspace zeroing");
+  const MaskTiles mt = classify_mask(p, plan, ws, s);
+  bwd_preprocess(p, dsum, dqacc, plan.dq_cols, s);
   err = cudaGetLastError();
   if (err != cudaSuccess) return cuda_fail(err, "backward preprocess launch");
-  bool done = false;
-  if (simt) {
-    simt_backward(p, dsum.as<float>(), s);
-    err = cudaGetLastError();
-    done = true;
-  } else if (hopper) {
-    err = hopper_bwd(p, mt, dsum.as<float>(), dqacc.as<float>(), s);
-    done = err != cudaErrorNotSupported;
-  }
-  if (!done) {
-    auto run = p.dtype == DType::f16 ? tc_bwd_f16 : tc_bwd_bf16;
-    // Non-deterministic: dQ by fp32 atomics in the dK/dV kernel (5 products).
-    float* dq = tc_atomics ? dqacc.as<float>() : nullptr;
-    Buf own;
-    if (hopper && tc_atomics && dp != dq_cols) {
-      // The Hopper kernels declined after all, and their workspace rows
-      // are narrower: a workspace of this path's own.
-      const size_t bytes = size_t(p.total_q) * p.heads_q * dp * sizeof(float);
-      err = own.alloc(bytes, s);
-      if (err == cudaSuccess) err = cudaMemsetAsync(own.ptr, 0, bytes, s);
-      if (err != cudaSuccess) return cuda_fail(err, "dQ workspace allocation");
-      dq = own.as<float>();
+  switch (plan.family) {
+    case Family::simt:
+      simt_backward(p, dsum, s);
+      err = cudaGetLastError();
+      break;
+    case Family::hopper: err = hopper_bwd(p, mt, dsum, dqacc, s); break;
+    case Family::decode:  // forward only (make_plan never picks it here)
+    case Family::sm80: {
+      auto run = p.dtype == DType::f16 ? tc_bwd_f16 : tc_bwd_bf16;
+      err = run(p, plan.head_bucket, vec_bits(p, true), mt, dsum, dqacc, s);
+      break;
     }
-    err = run(p, dp, vec_bits(p, true), mt, dsum.as<float>(), dq, s);
   }
   if (err != cudaSuccess) return cuda_fail(err, "backward kernel launch");
+  return FSDPA_OK;
+}
+
+// The plan of a call, as text (fsdpa_explain). Nothing runs on the device.
+fsdpa_status explain(const AttnParams& p, bool backward, char* buf, size_t size) {
+  const Override ov = read_override();
+  const Plan plan = make_plan(p, backward, device_info(p.device_id), ov, true);
+  format_plan(plan, ov, buf, size);
+  if (plan.error != nullptr)
+    return set_error(static_cast<fsdpa_status>(plan.error_status), "cuda: %s", plan.error);
   return FSDPA_OK;
 }
 
@@ -418,6 +333,6 @@ fsdpa_status merge(const MergeParams& m, void* stream);  // merge.cu
 }  // namespace cuda
 
 extern const Backend kCudaBackend = {"cuda", kDLCUDA, cuda::available, cuda::forward,
-                                     cuda::backward, cuda::merge};
+                                     cuda::backward, cuda::merge, cuda::explain};
 
 }  // namespace fsdpa

@@ -14,10 +14,9 @@
 // memory; with one split the CTA writes out and lse itself, with several
 // it writes normalised fp32 partials + lse for splitkv_merge (misc.cu).
 //
-// Scope (decode_supported): fp16/bf16, D == Dv in {64, 128}, 16-byte
+// Scope (decode_scope): fp16/bf16, D == Dv in {64, 128}, 16-byte
 // loadable q/k/v, band-only semantics (causal / windows with either
 // alignment), GQA/MQA, varlen, Sq <= 16 and Sq * G <= 64.
-#include "cuda/env.h"
 #include "cuda/tc.cuh"  // PTX wrappers (ldmatrix, mma.sync, cp.async), pitch<DP>
 
 namespace fsdpa {
@@ -338,14 +337,8 @@ int groups_of(const AttnParams& p) {
   return static_cast<int>((rows + kRows - 1) / kRows);
 }
 
-template <typename T, int DP> int decode_splits_t(const AttnParams& p) {
+template <typename T, int DP> int decode_splits_t(const AttnParams& p, int sms) {
   using C = DecodeConfig<DP>;
-  const int forced = env_int("FLASHSDPA_CUDA_SPLITS", 0);
-  if (forced > 0) return forced > 256 ? 256 : forced;
-  int sms = 0;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, p.device_id) != cudaSuccess ||
-      sms <= 0)
-    sms = 108;
   // Keys a group can see (a window bounds it).
   int64_t span = p.seqlen_k;
   if (p.window_left >= 0 && p.window_right >= 0) {
@@ -389,22 +382,27 @@ cudaError_t decode_launch(const AttnParams& p, int nsplit, float* opart, float* 
 
 }  // namespace
 
-bool decode_supported(const AttnParams& p) {
-  if (p.dtype != DType::f16 && p.dtype != DType::bf16) return false;
-  if (p.head_dim != p.head_dim_v || (p.head_dim != 64 && p.head_dim != 128)) return false;
+const char* decode_scope(const AttnParams& p) {
+  if (p.dtype != DType::f16 && p.dtype != DType::bf16) return "dtype not fp16/bf16";
+  if (p.head_dim != p.head_dim_v || (p.head_dim != 64 && p.head_dim != 128))
+    return "D != Dv or D not in {64, 128}";
   if (p.mask_kind != MaskKind::none || p.alibi != nullptr || p.softcap > 0.0f ||
       p.dropout_p > 0.0f)
-    return false;
-  if (p.seqlen_q > kMaxSq || p.seqlen_q * (p.heads_q / p.heads_k) > kMaxRows) return false;
-  if (p.batch > 65535 || p.heads_k > 65535) return false;  // grid z, y
-  return rows16(p.q, p.q_stride) && rows16(p.k, p.k_stride) && rows16(p.v, p.v_stride);
+    return "mask, ALiBi, softcap or dropout";
+  if (p.seqlen_q > kMaxSq) return "more than 16 query rows per head";
+  if (p.seqlen_q * (p.heads_q / p.heads_k) > kMaxRows)
+    return "more than 64 query rows per GQA group";
+  if (p.batch > 65535 || p.heads_k > 65535) return "batch or kv heads past 65535";  // grid z, y
+  if (!(rows16(p.q, p.q_stride) && rows16(p.k, p.k_stride) && rows16(p.v, p.v_stride)))
+    return "q/k/v rows not 16-byte loadable";
+  return nullptr;
 }
 
-int decode_splits(const AttnParams& p) {
+int decode_splits(const AttnParams& p, int sms) {
   const bool f16 = p.dtype == DType::f16;
   if (p.head_dim == 64)
-    return f16 ? decode_splits_t<__half, 64>(p) : decode_splits_t<__nv_bfloat16, 64>(p);
-  return f16 ? decode_splits_t<__half, 128>(p) : decode_splits_t<__nv_bfloat16, 128>(p);
+    return f16 ? decode_splits_t<__half, 64>(p, sms) : decode_splits_t<__nv_bfloat16, 64>(p, sms);
+  return f16 ? decode_splits_t<__half, 128>(p, sms) : decode_splits_t<__nv_bfloat16, 128>(p, sms);
 }
 
 cudaError_t decode_fwd(const AttnParams& p, int nsplit, float* opart, float* lsepart,

@@ -10,7 +10,7 @@
 namespace fsdpa {
 namespace cuda {
 
-// ---- SIMT path (fp32 inputs; any dtype when FLASHSDPA_CUDA_SIMT=1) --------
+// ---- SIMT path (fp32 inputs; any dtype when FLASHSDPA_CUDA_FORCE=simt) --------
 // T is float, __half or __nv_bfloat16 (tag types, instantiated in simt.cu).
 void simt_forward(const AttnParams& p, cudaStream_t s);
 // dsum: fp32 [total_q * Hq] (row token * Hq + h) from bwd_preprocess.
@@ -73,9 +73,10 @@ void splitkv_merge(const AttnParams& p, int nsplit, const float* opart, const fl
 // group, key split, kv head, batch), K/V streamed once per group.
 // Scope: fp16/bf16, D == Dv in {64, 128}, 16-byte loadable q/k/v, band-only
 // semantics (no mask/ALiBi/softcap/dropout), Sq <= 16, Sq * Hq/Hk <= 64.
-bool decode_supported(const AttnParams& p);
-// Key splits for p (FLASHSDPA_CUDA_SPLITS=n forces n); the heuristic lives in decode.cu.
-int decode_splits(const AttnParams& p);
+// nullptr when p is in scope, else why not.
+const char* decode_scope(const AttnParams& p);
+// Key splits for p on a GPU of `sms` multiprocessors (the wave model).
+int decode_splits(const AttnParams& p, int sms);
 // nsplit == 1: writes out and lse. nsplit > 1: opart/lsepart as for
 // tc_fwd_* with dp = head_dim, to be combined by splitkv_merge.
 cudaError_t decode_fwd(const AttnParams& p, int nsplit, float* opart, float* lsepart,

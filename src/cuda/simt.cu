@@ -1,6 +1,6 @@
 // The SIMT path: plain fp32 arithmetic on CUDA cores, any head dim up to 256,
 // every semantic. It serves fp32 inputs (exact fp32 math: no TF32) and is the
-// cross-check of the tensor-core path (FLASHSDPA_CUDA_SIMT=1 forces it for
+// cross-check of the tensor-core path (FLASHSDPA_CUDA_FORCE=simt forces it for
 // fp16/bf16 too). One warp per query row (forward, dQ) or per key row
 // (dK/dV): lanes take 32 keys (rows) at a time for the scores, then split the
 // head dim for the accumulation. Deterministic: no atomics.

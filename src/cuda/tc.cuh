@@ -162,10 +162,10 @@ __device__ __forceinline__ void store_pair(T* base, int64_t off, int64_t sd, int
 // nsplit > 1: split-KV, the block handles its share of the key blocks and
 // writes normalised fp32 partials + lse for splitkv_merge.
 // ================================================================================
-template <typename T, int DP, int BN, int NW, int MW, bool GEN>
+template <typename T, int DP, int BN, int NW, int MFRAGS, bool GENERAL>
 __global__ void __launch_bounds__(NW * 32)
 tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, float* lsepart) {
-  constexpr int BM = 16 * NW * MW, P = pitch<DP>(), NT = NW * 32, R = 2 * MW;
+  constexpr int BM = 16 * NW * MFRAGS, P = pitch<DP>(), NT = NW * 32, R = 2 * MFRAGS;
   extern __shared__ __align__(16) char smem_raw[];
   T* Qs = reinterpret_cast<T*>(smem_raw);
   T* Ks = Qs + BM * P;
@@ -181,7 +181,7 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
   const int D = static_cast<int>(p.head_dim), Dv = static_cast<int>(p.head_dim_v);
   const ScoreCtx c = make_score_ctx(p, b, h, e);
   const DropCtx dc = make_drop_ctx(p);
-  constexpr bool elem = GEN;  // softcap / ALiBi / mask / dropout
+  constexpr bool elem = GENERAL;  // softcap / ALiBi / mask / dropout
   const float sl2 = p.scale * kLog2e;
 
   // Key blocks of this (query block, split).
@@ -200,7 +200,7 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
   }
   // Mask state of key block kb (general variant only): 0 = skip it.
   auto state_of = [&](int kb) -> int {
-    if constexpr (!GEN) return 2;
+    if constexpr (!GENERAL) return 2;
     else return mask_state(mt, b, h, m0, mrows, kb * BN, min(BN, e.sk - kb * BN));
   };
   auto next_kb = [&](int kb) {
@@ -229,13 +229,13 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
   }
 
   // Per-thread rows: r = 2 * mi + (0 -> g, 1 -> g + 8) of the warp's
-  // m-fragment mi (MW fragments of 16 rows per warp share each K/V fragment).
+  // m-fragment mi (MFRAGS fragments of 16 rows per warp share each K/V fragment).
   int rows[R], rlo[R], rhi[R];
   KeyRange rr[R];
   uint32_t drow[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    rows[r] = m0 + warp * 16 * MW + (r / 2) * 16 + lane / 4 + 8 * (r % 2);
+    rows[r] = m0 + warp * 16 * MFRAGS + (r / 2) * 16 + lane / 4 + 8 * (r % 2);
     rr[r] = row_range(p, c, rows[r]);
     if (rows[r] >= e.sq) rr[r] = KeyRange{1, 0};
     rlo[r] = static_cast<int>(rr[r].lo);
@@ -245,9 +245,9 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
   float mrow[R], lrow[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) mrow[r] = neg_inf(), lrow[r] = 0.0f;
-  float oacc[MW][DP / 8][4];
+  float oacc[MFRAGS][DP / 8][4];
 #pragma unroll
-  for (int mi = 0; mi < MW; ++mi)
+  for (int mi = 0; mi < MFRAGS; ++mi)
 #pragma unroll
     for (int n = 0; n < DP / 8; ++n)
       oacc[mi][n][0] = oacc[mi][n][1] = oacc[mi][n][2] = oacc[mi][n][3] = 0.0f;
@@ -267,22 +267,22 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
     const T* Kb = Ks + buf * BN * P;
     const T* Vb = Vs + buf * BN * P;
 
-    float s[MW][BN / 8][4];
+    float s[MFRAGS][BN / 8][4];
 #pragma unroll
-    for (int mi = 0; mi < MW; ++mi)
+    for (int mi = 0; mi < MFRAGS; ++mi)
 #pragma unroll
       for (int n = 0; n < BN / 8; ++n) s[mi][n][0] = s[mi][n][1] = s[mi][n][2] = s[mi][n][3] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < DP / 16; ++kk) {
-      uint32_t a[MW][4];
+      uint32_t a[MFRAGS][4];
 #pragma unroll
-      for (int mi = 0; mi < MW; ++mi) load_a<DP>(a[mi], Qs, (warp * MW + mi) * 16, kk * 16, lane);
+      for (int mi = 0; mi < MFRAGS; ++mi) load_a<DP>(a[mi], Qs, (warp * MFRAGS + mi) * 16, kk * 16, lane);
 #pragma unroll
       for (int n = 0; n < BN / 8; n += 2) {
         uint32_t bf[4];
         load_b_rows_n<DP>(bf, Kb, n * 8, kk * 16, lane);
 #pragma unroll
-        for (int mi = 0; mi < MW; ++mi) {
+        for (int mi = 0; mi < MFRAGS; ++mi) {
           mma16816<T>(s[mi][n], a[mi], bf[0], bf[1]);
           mma16816<T>(s[mi][n + 1], a[mi], bf[2], bf[3]);
         }
@@ -296,7 +296,7 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
     for (int r = 0; r < R; ++r) mx[r] = neg_inf();
     if (plain && n0 >= band_lo_max && n0 + BN - 1 <= band_hi_min) {
 #pragma unroll
-      for (int mi = 0; mi < MW; ++mi)
+      for (int mi = 0; mi < MFRAGS; ++mi)
 #pragma unroll
         for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
@@ -306,7 +306,7 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
           }
     } else {
 #pragma unroll
-      for (int mi = 0; mi < MW; ++mi)
+      for (int mi = 0; mi < MFRAGS; ++mi)
 #pragma unroll
         for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
@@ -335,7 +335,7 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
       lrow[r] *= alpha[r];
     }
 #pragma unroll
-    for (int mi = 0; mi < MW; ++mi)
+    for (int mi = 0; mi < MFRAGS; ++mi)
 #pragma unroll
       for (int n = 0; n < DP / 8; ++n) {
         oacc[mi][n][0] *= alpha[2 * mi];
@@ -344,7 +344,7 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
         oacc[mi][n][3] *= alpha[2 * mi + 1];
       }
 #pragma unroll
-    for (int mi = 0; mi < MW; ++mi)
+    for (int mi = 0; mi < MFRAGS; ++mi)
 #pragma unroll
       for (int n = 0; n < BN / 8; ++n) {
 #pragma unroll
@@ -353,7 +353,7 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
           lrow[2 * mi + x / 2] += pr;
           s[mi][n][x] = pr;
         }
-        if (GEN && dc.on) {
+        if (GENERAL && dc.on) {
           const int j = n0 + n * 8 + 2 * (lane % 4);
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
@@ -367,9 +367,9 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
     // O += P V
 #pragma unroll
     for (int ks = 0; ks < BN / 16; ++ks) {
-      uint32_t a[MW][4];
+      uint32_t a[MFRAGS][4];
 #pragma unroll
-      for (int mi = 0; mi < MW; ++mi) {
+      for (int mi = 0; mi < MFRAGS; ++mi) {
         a[mi][0] = pack2<T>(s[mi][2 * ks][0], s[mi][2 * ks][1]);
         a[mi][1] = pack2<T>(s[mi][2 * ks][2], s[mi][2 * ks][3]);
         a[mi][2] = pack2<T>(s[mi][2 * ks + 1][0], s[mi][2 * ks + 1][1]);
@@ -380,7 +380,7 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
         uint32_t bf[4];
         load_b_rows_k<DP>(bf, Vb, ks * 16, n * 8, lane);
 #pragma unroll
-        for (int mi = 0; mi < MW; ++mi) {
+        for (int mi = 0; mi < MFRAGS; ++mi) {
           mma16816<T>(oacc[mi][n], a[mi], bf[0], bf[1]);
           mma16816<T>(oacc[mi][n + 1], a[mi], bf[2], bf[3]);
         }
@@ -431,7 +431,7 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
 // Backward, dQ: block of NW warps x 16 query rows loops over key blocks
 // (deterministic, no atomics). Recomputes S and dP = dO V^T.
 // ================================================================================
-template <typename T, int DP, int BN, int NW, bool GEN>
+template <typename T, int DP, int BN, int NW, bool GENERAL>
 __global__ void __launch_bounds__(NW * 32)
 tc_dq_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
   constexpr int BM = 16 * NW, P = pitch<DP>(), NT = NW * 32;
@@ -450,7 +450,7 @@ tc_dq_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
   const int D = static_cast<int>(p.head_dim), Dv = static_cast<int>(p.head_dim_v);
   const ScoreCtx c = make_score_ctx(p, b, h, e);
   const DropCtx dc = make_drop_ctx(p);
-  constexpr bool elem = GEN;  // softcap / ALiBi / mask / dropout
+  constexpr bool elem = GENERAL;  // softcap / ALiBi / mask / dropout
 
   const int mrows = min(BM, e.sq - m0);
   const KeyRange rfirst = row_range(p, c, m0), rlast = row_range(p, c, m0 + mrows - 1);
@@ -460,7 +460,7 @@ tc_dq_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
     kb1 = static_cast<int>(rlast.hi / BN);
   }
   auto state_of = [&](int kb) -> int {
-    if constexpr (!GEN) return 2;
+    if constexpr (!GENERAL) return 2;
     else return mask_state(mt, b, h, m0, mrows, kb * BN, min(BN, e.sk - kb * BN));
   };
   auto next_kb = [&](int kb) {
@@ -552,7 +552,7 @@ tc_dq_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
 #pragma unroll
     for (int n = 0; n < BN / 8; ++n) {
       float z[4] = {1.0f, 1.0f, 1.0f, 1.0f};
-      if (GEN && dc.on) {
+      if (GENERAL && dc.on) {
         const int j = n0 + n * 8 + 2 * (lane % 4);
         drop_factor2(dc, drow[0], j, &z[0], &z[1]);
         drop_factor2(dc, drow[1], j, &z[2], &z[3]);
@@ -605,11 +605,11 @@ tc_dq_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
 // ================================================================================
 // Backward, dK and dV: block of NW warps x 16 keys loops over the query heads
 // of its GQA group and their query blocks of BM rows (deterministic).
-// ADQ (non-deterministic backward): the block also adds dS K of its keys to
+// ATOMIC_DQ (non-deterministic backward): the block also adds dS K of its keys to
 // the fp32 dQ workspace dqacc[(token * Hq + h) * DP + d] with atomics
 // (5 matrix products instead of 7; no dQ kernel).
 // ================================================================================
-template <typename T, int DP, int BM, int NW, bool GEN, bool ADQ>
+template <typename T, int DP, int BM, int NW, bool GENERAL, bool ATOMIC_DQ>
 __global__ void __launch_bounds__(NW * 32)
 tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum, float* dqacc) {
   constexpr int BN = 16 * NW, P = pitch<DP>(), NT = NW * 32;
@@ -620,7 +620,7 @@ tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum, float* dq
   T* dOs = Qs + 2 * BM * P;
   float* lse_s = reinterpret_cast<float*>(dOs + 2 * BM * P);
   float* D_s = lse_s + 2 * BM;
-  constexpr int PS = BM + 8;  // pitch of dS^T in shared memory (ADQ)
+  constexpr int PS = BM + 8;  // pitch of dS^T in shared memory (ATOMIC_DQ)
   T* dSt = reinterpret_cast<T*>(D_s + 2 * BM);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -631,7 +631,7 @@ tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum, float* dq
   const int group = static_cast<int>(p.heads_q / p.heads_k);
   const int D = static_cast<int>(p.head_dim), Dv = static_cast<int>(p.head_dim_v);
   const DropCtx dc = make_drop_ctx(p);
-  constexpr bool elem = GEN;  // softcap / ALiBi / mask / dropout
+  constexpr bool elem = GENERAL;  // softcap / ALiBi / mask / dropout
   const int nrows_k = min(BN, e.sk - n0);
 
   int ilo, ihi;
@@ -643,7 +643,7 @@ tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum, float* dq
   }
   const int nit = nqb * group;
   auto state_of = [&](int itx) -> int {
-    if constexpr (!GEN) return 2;
+    if constexpr (!GENERAL) return 2;
     else {
       const int q0 = (qb0 + itx % nqb) * BM;
       return mask_state(mt, b, hk * group + itx / nqb, q0, min(BM, e.sq - q0), n0, nrows_k);
@@ -757,7 +757,7 @@ tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum, float* dq
           const float l2 = lse_s[buf * BM + col];
           const float pr = (v == neg_inf() || l2 == neg_inf()) ? 0.0f : exp2f(v * kLog2e - l2);
           const float z =
-              (GEN && dc.on) ? drop_factor(dc, dropout_row_id(b, h, i, p.heads_q, p.seqlen_q), j) : 1.0f;
+              (GENERAL && dc.on) ? drop_factor(dc, dropout_row_id(b, h, i, p.heads_q, p.seqlen_q), j) : 1.0f;
           pz = pr * z;
           ds = pr * (dp[n][x] * z - D_s[buf * BM + col]);
           if (c.softcap > 0.0f) ds *= 1.0f - t * t;
@@ -788,7 +788,7 @@ tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum, float* dq
         mma16816<T>(dk[n], a2, bf[0], bf[1]);
         mma16816<T>(dk[n + 1], a2, bf[2], bf[3]);
       }
-      if constexpr (ADQ) {
+      if constexpr (ATOMIC_DQ) {
         // dS^T (keys x queries) to shared memory, rounded as in the products.
         uint32_t* r0 = reinterpret_cast<uint32_t*>(dSt + (warp * 16 + lane / 4) * PS +
                                                    ks * 16 + 2 * (lane % 4));
@@ -798,7 +798,7 @@ tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum, float* dq
         r0[4 * PS + 4] = a2[3];
       }
     }
-    if constexpr (ADQ) {
+    if constexpr (ATOMIC_DQ) {
       // dQ[BM x DP] += dS K: warp -> 16 query rows x a share of the columns.
       __syncthreads();
       constexpr int RG = BM / 16, WPR = NW / RG, CWARP = DP / WPR;

@@ -11,28 +11,21 @@
 
 namespace fsdpa {
 namespace cuda {
-// Warps per block (16 rows each) and the inner tile of the loop.
-#ifndef FSDPA_FWD_WARPS_SMALL_D
-#define FSDPA_FWD_WARPS_SMALL_D 4  // forward warps for buckets <= 128
-#endif
+// Warps per block (16 rows each) and the inner tile of the loop. The A/B
+// runs behind these numbers are in bench/RESULTS.md (and git history: the
+// build-time switches they were measured with are gone).
 template <int DP> struct TcConfig {
-  static constexpr int kWarps = 4;                                       // backward
-  static constexpr int kFwdWarps = DP <= 128 ? FSDPA_FWD_WARPS_SMALL_D : 4;
+  static constexpr int kWarps = 4;     // backward
+  static constexpr int kFwdWarps = 4;  // forward
   // 16-row m-fragments per forward warp (they share each K/V fragment loaded
   // from shared memory); the band-only variant only (the general one spills).
-#ifndef FSDPA_FWD_MW
-#define FSDPA_FWD_MW 2
-#endif
-  static constexpr int kFwdMW = DP <= 128 ? FSDPA_FWD_MW : 1;
+  static constexpr int kFwdMFrags = DP <= 128 ? 2 : 1;
   // Keys per forward step (32 at D > 64 with 2 m-fragments: registers).
-  static constexpr int kFwdBN = DP <= 64 ? 64 : (DP <= 128 && kFwdMW == 1 ? 64 : 32);
+  static constexpr int kFwdBN = DP <= 64 ? 64 : (DP <= 128 && kFwdMFrags == 1 ? 64 : 32);
   static constexpr int kDqBN = DP <= 128 ? 64 : 32;    // keys per dQ step
   static constexpr int kDkvBM = DP <= 64 ? 64 : 32;    // queries per dK/dV step
   // Warps (16 keys each) of the dK/dV kernel with atomic dQ (deterministic = 0).
-#ifndef FSDPA_ADQ_WARPS
-#define FSDPA_ADQ_WARPS 8
-#endif
-  static constexpr int kAdqWarps = (DP == 96 || DP > 128) ? 4 : FSDPA_ADQ_WARPS;
+  static constexpr int kAtomicDqWarps = (DP == 96 || DP > 128) ? 4 : 8;
 };
 // Query rows per forward block of bucket dp with one m-fragment per warp:
 // the split-KV path (host side).

@@ -8,13 +8,13 @@
 namespace fsdpa {
 namespace cuda {
 
-template <typename T, int DP, bool GEN, int MW, int BN>
+template <typename T, int DP, bool GENERAL, int MFRAGS, int BN>
 cudaError_t tc_fwd_launch_t(const AttnParams& p, int vec, const MaskTiles& mt, int nsplit,
                             float* opart, float* lsepart, cudaStream_t s) {
   using C = TcConfig<DP>;
-  constexpr int BM = 16 * C::kFwdWarps * MW;
+  constexpr int BM = 16 * C::kFwdWarps * MFRAGS;
   constexpr size_t smem = size_t(BM + 4 * BN) * pitch<DP>() * sizeof(T);
-  auto kern = tc_fwd_kernel<T, DP, BN, C::kFwdWarps, MW, GEN>;
+  auto kern = tc_fwd_kernel<T, DP, BN, C::kFwdWarps, MFRAGS, GENERAL>;
   cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (err != cudaSuccess) return err;
   const dim3 grid((p.seqlen_q + BM - 1) / BM, p.heads_q, p.batch * nsplit);
@@ -25,29 +25,29 @@ cudaError_t tc_fwd_launch_t(const AttnParams& p, int vec, const MaskTiles& mt, i
 // One m-fragment per warp (64 rows, 64 keys per step at D <= 128) for the
 // general variant, split-KV and short query ranges (decode: 2 m-fragments
 // would compute 128 rows for one); 2 for the rest of the band-only variant.
-template <typename T, int DP, bool GEN>
+template <typename T, int DP, bool GENERAL>
 cudaError_t tc_fwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, int nsplit, float* opart, float* lsepart,
                           cudaStream_t s) {
   using C = TcConfig<DP>;
   constexpr int BN1 = DP <= 128 ? 64 : 32;
-  if constexpr (GEN || C::kFwdMW == 1) {
-    return tc_fwd_launch_t<T, DP, GEN, 1, BN1>(p, vec, mt, nsplit, opart, lsepart, s);
+  if constexpr (GENERAL || C::kFwdMFrags == 1) {
+    return tc_fwd_launch_t<T, DP, GENERAL, 1, BN1>(p, vec, mt, nsplit, opart, lsepart, s);
   } else {
     if (nsplit > 1 || p.seqlen_q <= 16 * C::kFwdWarps)
-      return tc_fwd_launch_t<T, DP, GEN, 1, BN1>(p, vec, mt, nsplit, opart, lsepart, s);
-    return tc_fwd_launch_t<T, DP, GEN, C::kFwdMW, C::kFwdBN>(p, vec, mt, nsplit, opart, lsepart, s);
+      return tc_fwd_launch_t<T, DP, GENERAL, 1, BN1>(p, vec, mt, nsplit, opart, lsepart, s);
+    return tc_fwd_launch_t<T, DP, GENERAL, C::kFwdMFrags, C::kFwdBN>(p, vec, mt, nsplit, opart, lsepart, s);
   }
 }
 
-template <typename T, int DP, bool GEN, bool ADQ>
+template <typename T, int DP, bool GENERAL, bool ATOMIC_DQ>
 cudaError_t tc_dkdv_launch(const AttnParams& p, int vec, const MaskTiles& mt, const float* dsum,
                            float* dqacc, cudaStream_t s) {
   using C = TcConfig<DP>;
-  constexpr int NW = ADQ ? C::kAdqWarps : C::kWarps;
+  constexpr int NW = ATOMIC_DQ ? C::kAtomicDqWarps : C::kWarps;
   constexpr int BN = 16 * NW, BM = C::kDkvBM;
   constexpr size_t smem = size_t(2 * BN + 4 * BM) * pitch<DP>() * sizeof(T) + 4 * BM * sizeof(float) +
-                          (ADQ ? size_t(BN) * (BM + 8) * sizeof(T) : 0);
-  auto kern = tc_dkdv_kernel<T, DP, BM, NW, GEN, ADQ>;
+                          (ATOMIC_DQ ? size_t(BN) * (BM + 8) * sizeof(T) : 0);
+  auto kern = tc_dkdv_kernel<T, DP, BM, NW, GENERAL, ATOMIC_DQ>;
   cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (err != cudaSuccess) return err;
   const dim3 grid((p.seqlen_k + BN - 1) / BN, p.heads_k, p.batch);
@@ -57,12 +57,12 @@ cudaError_t tc_dkdv_launch(const AttnParams& p, int vec, const MaskTiles& mt, co
 
 // dqacc != nullptr (non-deterministic): zeroed fp32 workspace of
 // total_q * Hq * DP floats; dQ accumulated by the dK/dV kernel with atomics.
-template <typename T, int DP, bool GEN>
+template <typename T, int DP, bool GENERAL>
 cudaError_t tc_bwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, const float* dsum,
                             float* dqacc, cudaStream_t s) {
   using C = TcConfig<DP>;
   if (dqacc != nullptr) {
-    cudaError_t err = tc_dkdv_launch<T, DP, GEN, true>(p, vec, mt, dsum, dqacc, s);
+    cudaError_t err = tc_dkdv_launch<T, DP, GENERAL, true>(p, vec, mt, dsum, dqacc, s);
     if (err != cudaSuccess) return err;
     launch_dq_convert<T>(p, dqacc, DP, s);
     return cudaGetLastError();
@@ -70,7 +70,7 @@ cudaError_t tc_bwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, c
   {
     constexpr int BM = 16 * C::kWarps, BN = C::kDqBN;
     constexpr size_t smem = size_t(2 * BM + 4 * BN) * pitch<DP>() * sizeof(T);
-    auto kern = tc_dq_kernel<T, DP, BN, C::kWarps, GEN>;
+    auto kern = tc_dq_kernel<T, DP, BN, C::kWarps, GENERAL>;
     cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (err != cudaSuccess) return err;
     const dim3 grid((p.seqlen_q + BM - 1) / BM, p.heads_q, p.batch);
@@ -78,10 +78,10 @@ cudaError_t tc_bwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, c
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  return tc_dkdv_launch<T, DP, GEN, false>(p, vec, mt, dsum, nullptr, s);
+  return tc_dkdv_launch<T, DP, GENERAL, false>(p, vec, mt, dsum, nullptr, s);
 }
 
-// GEN: the general variant (softcap, ALiBi, masks, dropout); the other one
+// GENERAL: the general variant (softcap, ALiBi, masks, dropout); the other one
 // only applies the causal/window band.
 inline bool tc_general(const AttnParams& p) {
   return p.softcap > 0.0f || p.alibi != nullptr || p.mask_kind != MaskKind::none ||

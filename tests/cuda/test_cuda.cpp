@@ -11,7 +11,7 @@
 // No GPU: prints SKIP and exits 77 (ctest SKIP_RETURN_CODE).
 // On sm_90 the fp16/bf16 cases in its scope run the Hopper (wgmma) forward
 // and, with deterministic = 0 (every case but the determinism check), the
-// Hopper backward; --no-hopper (FLASHSDPA_CUDA_NO_HOPPER=1) runs them on the
+// Hopper backward; --no-hopper (FLASHSDPA_CUDA_FORCE=sm80) runs them on the
 // sm_80 kernels.
 // Usage: flashsdpa_cuda_tests [--quick] [--filter SUBSTR] [--threads N] [--no-long]
 //                             [--no-hopper] [--long-only] [--list] [--deterministic]
@@ -329,12 +329,16 @@ Stats g_stats;
 bool g_deterministic = false;  // --deterministic: every grid case with deterministic = 1
 std::mutex g_print;
 
+// The override FLASHSDPA_CUDA_FORCE (src/cuda/plan.h) the run started with
+// (--no-hopper puts "sm80" first); set_force() sets it for a case.
+std::string g_force_base;
+void set_force(const std::string& v) {
+  if (v.empty()) unsetenv("FLASHSDPA_CUDA_FORCE");
+  else setenv("FLASHSDPA_CUDA_FORCE", v.c_str(), 1);
+}
 // setenv is process-wide: the path is chosen by the backend from the
 // environment, so cases of the two paths do not run concurrently.
-void set_path(bool simt) {
-  if (simt) setenv("FLASHSDPA_CUDA_SIMT", "1", 1);
-  else unsetenv("FLASHSDPA_CUDA_SIMT");
-}
+void set_path(bool simt) { set_force(simt ? std::string("simt") : g_force_base); }
 
 struct Check {
   std::string msg;
@@ -717,8 +721,6 @@ bool determinism_case(cudaStream_t s, const Case& c) {
 // Forced split counts must agree with no split (up to fp32 rounding); on the
 // decode kernel (decode = true) or the tensor-core split-KV path.
 bool splitkv_case(cudaStream_t s, bool decode) {
-  if (decode) unsetenv("FLASHSDPA_CUDA_NO_DECODE");
-  else setenv("FLASHSDPA_CUDA_NO_DECODE", "1", 1);
   Case c;
   c.B = 1; c.Hq = 4; c.Hk = 1; c.Sq = 2; c.Sk = 3001; c.D = 128; c.Dv = 128; c.dt = DT::f16;
   c.causal = true;
@@ -731,9 +733,9 @@ bool splitkv_case(cudaStream_t s, bool decode) {
   bool ok = true;
   std::string msg;
   for (int n : {1, 2, 7, 33}) {
-    char buf[16];
-    snprintf(buf, sizeof buf, "%d", n);
-    setenv("FLASHSDPA_CUDA_SPLITS", buf, 1);
+    char buf[32];
+    snprintf(buf, sizeof buf, "%s,splits=%d", decode ? "decode" : "sm80", n);
+    set_force(buf);
     Tensor out = pr.make(4, 2, 0, 128, c.dt), lse = pr.make_lse();
     Dev o(out, false), l(lse, false);
     o.poison(s);
@@ -754,8 +756,7 @@ bool splitkv_case(cudaStream_t s, bool decode) {
     msg += b2;
     if (!(e1 <= t1 && e2 <= t2)) ok = false;
   }
-  unsetenv("FLASHSDPA_CUDA_SPLITS");
-  unsetenv("FLASHSDPA_CUDA_NO_DECODE");
+  set_force(g_force_base);
   printf("%s splitkv%s forced splits vs fp64 reference:%s\n", ok ? "ok  " : "FAIL",
          decode ? " (decode kernel)" : " (tensor-core path)", msg.c_str());
   return ok;
@@ -777,10 +778,41 @@ bool nonfinite_case(cudaStream_t s) {
   return ok && fsdpa_forward(&pr.p, &q, &k, &v, &o, nullptr, s) == FSDPA_OK;
 }
 
+// fsdpa_explain names the family the plan picks and why; the override
+// is validated (src/cuda/plan.h).
+bool explain_case(cudaStream_t s, bool hopper_gpu) {
+  (void)s;
+  Case c;
+  c.B = 1; c.Hq = 4; c.Hk = 1; c.Sq = 2; c.Sk = 300; c.D = 128; c.Dv = 128; c.dt = DT::bf16;
+  Problem pr(c);
+  Dev q(pr.q), k(pr.k), v(pr.v);
+  Tensor out = pr.make(4, 2, 0, 128, c.dt), lse = pr.make_lse();
+  Dev o(out, false), l(lse, false);
+  char buf[2048];
+  auto run = [&](const char* force) {
+    set_force(force);
+    const fsdpa_status st = fsdpa_explain(&pr.p, 0, nullptr, &q, &k, &v, &o, &l, nullptr, nullptr,
+                                          nullptr, buf, sizeof buf);
+    set_force(g_force_base);
+    return st;
+  };
+  bool ok = run("") == FSDPA_OK && strstr(buf, "family decode") != nullptr;
+  ok = ok && run("sm80") == FSDPA_OK && strstr(buf, "family sm80") != nullptr;
+  ok = ok && run("hopper") == (hopper_gpu ? FSDPA_OK : FSDPA_ERROR_UNSUPPORTED);
+  ok = ok && (!hopper_gpu || strstr(buf, "family hopper") != nullptr);
+  ok = ok && run("warp9") == FSDPA_ERROR_INVALID_ARGUMENT &&
+       strstr(fsdpa_last_error(), "FLASHSDPA_CUDA_FORCE") != nullptr;
+  run("");
+  printf("%s explain: decode / forced sm80 / forced hopper / invalid override: \"%.60s\"\n",
+         ok ? "ok  " : "FAIL", buf);
+  return ok;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, do_long = true, long_only = false, list = false, determinism_only = false;
+  bool quick = false, do_long = true, long_only = false, list = false, determinism_only = false,
+       no_hopper = false;
   std::string filter;
   int threads = static_cast<int>(std::min(16u, std::max(1u, std::thread::hardware_concurrency())));
   for (int i = 1; i < argc; ++i) {
@@ -789,11 +821,14 @@ int main(int argc, char** argv) {
     else if (!strcmp(argv[i], "--no-long")) do_long = false;
     else if (!strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
     else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--no-hopper")) setenv("FLASHSDPA_CUDA_NO_HOPPER", "1", 1);
+    else if (!strcmp(argv[i], "--no-hopper")) no_hopper = true;
     else if (!strcmp(argv[i], "--long-only")) long_only = true;
     else if (!strcmp(argv[i], "--deterministic")) g_deterministic = true;
     else if (!strcmp(argv[i], "--determinism-only")) determinism_only = true;
   }
+  if (const char* f = getenv("FLASHSDPA_CUDA_FORCE")) g_force_base = f;
+  if (no_hopper) g_force_base = g_force_base.empty() ? "sm80" : "sm80," + g_force_base;
+  set_force(g_force_base);
   if (determinism_only) filter = "\x01";  // no grid case matches
   if (list) {  // the grid's cases and their fields, one per line; no GPU needed
     for (const Case& c : make_grid(quick))
@@ -814,7 +849,7 @@ int main(int argc, char** argv) {
   CUDA_OK(cudaGetDeviceProperties(&prop, 0));
   printf("device: %s (sm_%d%d), backends: %s%s\n", prop.name, prop.major, prop.minor,
          fsdpa_backends(),
-         getenv("FLASHSDPA_CUDA_NO_HOPPER") ? " (FLASHSDPA_CUDA_NO_HOPPER set)" : "");
+         g_force_base.empty() ? "" : (" (FLASHSDPA_CUDA_FORCE=" + g_force_base + ")").c_str());
 
   std::vector<Case> grid = make_grid(quick);
   if (long_only) grid.clear();
@@ -856,6 +891,7 @@ int main(int argc, char** argv) {
       tally(splitkv_case(s, true));
       tally(splitkv_case(s, false));
       tally(nonfinite_case(s));
+      tally(explain_case(s, prop.major == 9 && strstr(fsdpa_backends(), "cuda") != nullptr));
     }
     if (do_long && !quick) {
       tally(long_case("s16384_causal_bf16_d128_fwd_bwd", 1, 2, 1, 16384, 16384, 128, DT::bf16, true, true, s));

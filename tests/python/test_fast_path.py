@@ -1,5 +1,6 @@
-"""Eager calls that record no autograd graph skip the torch.library
-dispatcher (call_fwd); everything else must still go through the operator."""
+"""Eager calls skip the torch.library dispatcher (call_fwd): without autograd
+the kernel runs directly, with autograd through a plain autograd.Function of
+the same formula; under dispatch modes (and torch.compile) the operator runs."""
 from __future__ import annotations
 
 import torch
@@ -43,12 +44,31 @@ def test_dispatch_modes_still_see_the_operator():
     assert any("flashsdpa.fwd" in op for op in mode.ops), mode.ops
 
 
-def test_grad_calls_go_through_the_operator_and_backpropagate():
+def test_eager_grad_calls_skip_the_operator_and_match_its_gradients_bitwise():
     q, k, v = inputs(requires_grad=True)
     assert not _ops._plain_eager_call((q, k, v))
-    out = flashsdpa.scaled_dot_product_attention(q, k, v)
-    assert out.grad_fn is not None
-    out.sum().backward()
-    assert q.grad is not None and torch.isfinite(q.grad).all()
+    assert _ops._eager_call((q, k, v))
+    out = flashsdpa.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert type(out.grad_fn).__name__ == "_EagerAttentionBackward"
+    dout = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), dout)
+    # The operator's own autograd formula on the same inputs.
+    q2, k2, v2 = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    ref_out, _ = torch.ops.flashsdpa.fwd(q2, k2, v2, None, None, None, None, 0, 0, None, True,
+                                         False, -1, -1, 0.0, 0.0, None, False, True, False)
+    assert ref_out.grad_fn is not None and "EagerAttention" not in type(ref_out.grad_fn).__name__
+    ref = torch.autograd.grad(ref_out, (q2, k2, v2), dout)
+    assert torch.equal(out, ref_out)
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b)
     with torch.no_grad():
         assert _ops._plain_eager_call((q, k, v))
+
+
+def test_eager_grad_with_unused_output_and_lse():
+    q, k, v = inputs(requires_grad=True)
+    out, lse = flashsdpa.flash_attn_func(q.transpose(1, 2), k.transpose(1, 2),
+                                         v.transpose(1, 2), return_lse=True)
+    assert not lse.requires_grad
+    out.sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()

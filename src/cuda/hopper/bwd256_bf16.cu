@@ -4,8 +4,8 @@
 namespace fsdpa {
 namespace cuda {
 namespace hopper {
-cudaError_t bwd256_bf16(const BwdArgs& a, bool dqr, cudaStream_t s) {
-  return launch_bwd256<__nv_bfloat16>(a, dqr, s);
+cudaError_t bwd256_bf16(const BwdArgs& a, cudaStream_t s) {
+  return launch_bwd256<__nv_bfloat16>(a, s);
 }
 }  // namespace hopper
 }  // namespace cuda

@@ -21,9 +21,9 @@
 //          buffer read MN-major), then
 //   dV_w += P^T dO[:, 128w..]   wgmma m64n128k16 `st`: A = P^T K-major
 //   dK_w += dS^T Q[:, 128w..]   and B MN-major, both from smem (4 k steps);
-//   dQ goes to the fp32 workspace by a TMA reduce (DQR, default: below) or
-//   with 16-byte atomics issued while dV and dK run (the quad exchanges
-//   half rows, as bwd_kernel.cuh).
+//   dQ goes to the fp32 workspace by a TMA reduce (below; the 16-byte
+//   atomics issued while dV and dK ran, the first version, were 18-25%
+//   slower and are gone).
 // Accumulators per thread: dK_w, dV_w 64 + 64, dQ 64, S^T/dP^T 16 + 16
 // (not live together with dQ).
 // The P^T/dS^T buffer of step k is written again at step k + 2, after the
@@ -37,7 +37,7 @@
 // Shared memory: 1 KB alignment + 64 KB K, V + 128 KB ring + 32 KB P^T/dS^T
 // (2 buffers) = 225 KB dynamic, + 2 KB static (ptxas): the 227 KB limit.
 // No masks (bool/additive masks at D = 256 stay on the sm_80 kernels).
-// deterministic = 1 (DQR only): the reduces of a query block take turns in
+// deterministic = 1: the reduces of a query block take turns in
 // key-block order (bwd_kernel.cuh, bwd_dq.cuh).
 #pragma once
 
@@ -66,8 +66,8 @@ struct Bwd256Cfg {
   static constexpr int kSmem = 1024 + 2 * kTile + 2 * kStages * kTile + 2 * 2 * kPS;
 };
 
-// DQR: dQ through shared memory and a TMA reduce (bwd_dq.cuh's box layout)
-// instead of the atomics. There is no free shared memory for a separate dQ
+// dQ goes through shared memory and a TMA reduce (bwd_dq.cuh's box
+// layout). There is no free shared memory for a separate dQ
 // tile, so warpgroup w stages its 64 x 128 fp32 dQ in the step's Q and dO
 // blocks of d columns 128w.. (16 KB each), which after its own dK and dV
 // products nobody reads any more (the other warpgroup's S^T / dP^T reads
@@ -76,9 +76,9 @@ struct Bwd256Cfg {
 // is done. Producer warp 2 (one thread) waits on the stage's `dq full`
 // barrier (256 arrivals), issues 8 reduces (64 rows x 32 columns each),
 // and arrives on the stage's `empty` barrier once they have read shared
-// memory (257 arrivals with DQR), so the next loads into the stage wait
+// memory (257 arrivals), so the next loads into the stage wait
 // for them. Rows past the sequence add zeros (P = 0 there).
-template <typename T, bool DQR>
+template <typename T>
 __global__ void __launch_bounds__(Bwd256Cfg::kThreads, 1)
 bwd256_kernel(const __grid_constant__ BwdArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -121,7 +121,7 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
     for (int s = 0; s < ST; ++s) {
       mbar_init(bQf(s), 1);
       mbar_init(bLf(s), 32);
-      mbar_init(bE(s), DQR ? 257 : 256);
+      mbar_init(bE(s), 257);
       mbar_init(bDqF(s), 256);
     }
     mbar_init_fence();
@@ -157,7 +157,7 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
           tma_load_4d(sdO + s * kT + cb * BM * 128, &a.tdo, bQf(s), cb * 64, qrow, h, bc);
         }
       }
-    } else if (DQR && warp == 2 && lane == 0 && nit > 0) {
+    } else if (warp == 2 && lane == 0 && nit > 0) {
       // dQ tiles (staged in the stage's Q and dO blocks) to the workspace;
       // with dq_sem (deterministic) in key-block turns, as in bwd_kernel.cuh
       // (no step is skipped here: every step takes its turn).
@@ -235,14 +235,12 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
     float dk[64], dv[64];
 #pragma unroll
     for (int i = 0; i < 64; ++i) dk[i] = dv[i] = 0.0f;
-    const int odd = t & 1;
     float dq[64];
 
     if (nit > 0) mbar_wait(bKV, 0);
     for (int it = 0; it < nit; ++it) {
       const int s = it % ST, buf = it & 1;
       const uint32_t ph = (it / ST) & 1;
-      const int h = hk * group + it / nqb;
       const int q0 = (qb0 + it % nqb) * BM;
       // Every (query, key) of the step visible: no per-element test.
       bool full = q0 + BM <= e.sq && n0 + BN <= e.sk;
@@ -335,52 +333,23 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
 #pragma unroll
         for (int kk = 0; kk < BM / 16; ++kk)
           Wgmma<T, 128>::st(dv, aP + ((kk * 32) >> 4), mnmaj(bdO, kk), 1);
-        if constexpr (DQR) wgmma_commit();  // dV alone: its dO blocks free first
+        wgmma_commit();  // dV alone: its dO blocks free first
 #pragma unroll
         for (int kk = 0; kk < BM / 16; ++kk)
           Wgmma<T, 128>::st(dk, aS + ((kk * 32) >> 4), mnmaj(bQ, kk), 1);
         wgmma_commit();
       }
-      if constexpr (DQR) {
-        wgmma_wait<1>();  // dQ and dV done
-        fence_regs<64>(dq);
-        fence_regs<64>(dv);
-        dq_frag_to_smem(sdO + s * kT + 2 * cw * 8192, dq + 32, wq, g, t);
-        wgmma_wait<0>();
-        fence_regs<64>(dk);
-        fence_regs<64>(dq);
-        dq_frag_to_smem(sQ + s * kT + 2 * cw * 8192, dq, wq, g, t);
-        fence_proxy_async();
-        mbar_arrive(bDqF(s));
-        mbar_arrive(bE(s));
-        continue;
-      }
-      wgmma_wait<1>();
+      wgmma_wait<1>();  // dQ and dV done
       fence_regs<64>(dq);
-      // dQ atomics: element 4n + x of dq is query row q0 + wq * 16 + g +
-      // 8 (x >> 1), d column 128 cw + 8n + 2t + (x & 1). Even t: row g,
-      // columns 8n + 2t .. + 3; odd t: row g + 8, columns 8n + 2(t - 1) .. + 3.
-      {
-        const int qr = q0 + wq * 16 + g + 8 * odd;
-        float* dst = qr < e.sq ? a.dqacc + (q_token(p, b, e, qr) * p.heads_q + h) * D +
-                                     128 * cw + 2 * (t - odd)
-                               : nullptr;
-#pragma unroll
-        for (int n = 0; n < 16; ++n) {
-          const float s0 = odd ? dq[4 * n] : dq[4 * n + 2];
-          const float s1 = odd ? dq[4 * n + 1] : dq[4 * n + 3];
-          const float r0 = __shfl_xor_sync(0xffffffffu, s0, 1);
-          const float r1 = __shfl_xor_sync(0xffffffffu, s1, 1);
-          const float4 v = odd ? make_float4(r0, r1, dq[4 * n + 2], dq[4 * n + 3])
-                               : make_float4(dq[4 * n], dq[4 * n + 1], r0, r1);
-          if (dst != nullptr) atomicAdd(reinterpret_cast<float4*>(dst + 8 * n), v);
-        }
-      }
-      wgmma_wait<0>();
       fence_regs<64>(dv);
+      dq_frag_to_smem(sdO + s * kT + 2 * cw * 8192, dq + 32, wq, g, t);
+      wgmma_wait<0>();
       fence_regs<64>(dk);
       fence_regs<64>(dq);
-      mbar_arrive(bE(s));  // Q, dO and lse / Delta of stage s read
+      dq_frag_to_smem(sQ + s * kT + 2 * cw * 8192, dq, wq, g, t);
+      fence_proxy_async();
+      mbar_arrive(bDqF(s));
+      mbar_arrive(bE(s));
     }
     // dK, dV: element 4n + x is key keys[x >> 1], d column 128 cw + 8n + 2t
     // + (x & 1); rows past the sequence are not written.
@@ -406,8 +375,8 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
 
 // bwd256_{f16,bf16}.cu (bwd256_launch.cuh): the kernel, then
 // dq_convert_kernel. dqr: dQ by the TMA reduce (a.tdq set), else atomics.
-cudaError_t bwd256_f16(const BwdArgs& a, bool dqr, cudaStream_t s);
-cudaError_t bwd256_bf16(const BwdArgs& a, bool dqr, cudaStream_t s);
+cudaError_t bwd256_f16(const BwdArgs& a, cudaStream_t s);
+cudaError_t bwd256_bf16(const BwdArgs& a, cudaStream_t s);
 
 }  // namespace hopper
 }  // namespace cuda

@@ -4,8 +4,8 @@
 namespace fsdpa {
 namespace cuda {
 namespace hopper {
-cudaError_t bwd_bf16(const BwdArgs& a, bool simple, bool dqr, cudaStream_t s) {
-  return launch_bwd_dtype<__nv_bfloat16>(a, simple, dqr, s);
+cudaError_t bwd_bf16(const BwdArgs& a, cudaStream_t s) {
+  return launch_bwd_dtype<__nv_bfloat16>(a, s);
 }
 }  // namespace hopper
 }  // namespace cuda

@@ -1,5 +1,5 @@
-// dQ of the Hopper backward through a TMA reduce (bwd_kernel.cuh, DQR =
-// true): each consumer warpgroup writes its 64 x 64 fp32 dQ tile into
+// dQ of the Hopper backward through a TMA reduce (bwd_kernel.cuh,
+// bwd256_kernel.cuh): each consumer warpgroup writes its 64 x 64 fp32 dQ tile into
 // shared memory (two 64-row x 32-column boxes, 128B swizzle) and one
 // producer thread adds the boxes to the fp32 workspace with
 // `cp.reduce.async.bulk.tensor` (the add happens in L2, one bulk request

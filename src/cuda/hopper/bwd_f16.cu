@@ -4,8 +4,8 @@
 namespace fsdpa {
 namespace cuda {
 namespace hopper {
-cudaError_t bwd_f16(const BwdArgs& a, bool simple, bool dqr, cudaStream_t s) {
-  return launch_bwd_dtype<__half>(a, simple, dqr, s);
+cudaError_t bwd_f16(const BwdArgs& a, cudaStream_t s) {
+  return launch_bwd_dtype<__half>(a, s);
 }
 }  // namespace hopper
 }  // namespace cuda

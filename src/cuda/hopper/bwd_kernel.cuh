@@ -2,8 +2,9 @@
 // block of kBN = 128 keys of one (kv head, sequence); K and V stay in shared
 // memory; the CTA loops over the query blocks (of every query head of the
 // GQA group) whose band reaches its keys. dQ goes
-// to the fp32 workspace by TMA reduces (DQR) or atomics (then
-// dq_convert_kernel).
+// to the fp32 workspace by TMA reduces (then dq_convert_kernel). The
+// 16-byte atomics that came first ran 5-13% slower (bench/RESULTS.md) and
+// are gone.
 //
 // CTA = warpgroup 0 (producer) + 2 consumer warpgroups of 64 keys each.
 //   producer warp 0 (one thread): TMA loads of K, V (once) and of Q, dO
@@ -27,10 +28,9 @@
 //            barrier of the two consumer warpgroups, then
 //     dQ   = dS K      wgmma m64n64k16 with both operands MN-major from
 //            smem (warpgroup w: query rows 64w.. at kBM = 128, d columns
-//            64w.. at kBM = 64), added to the fp32 workspace: DQR through
+//            64w.. at kBM = 64), added to the fp32 workspace through
 //            shared memory and a TMA reduce issued by producer warp 2
-//            (bwd_dq.cuh), else with 16-byte atomics (the quad exchanges
-//            halves of its fragment rows).
+//            (bwd_dq.cuh).
 //   dS^T has two buffers: a warpgroup writes buffer x again only after
 //   the next iteration's barrier, which the other passes only once its dQ
 //   product of buffer x is done.
@@ -61,19 +61,19 @@ struct BwdCfg {
   // (161 KB at D = 64 and 128).
   static constexpr int kSmem =
       1024 + 2 * kBN * D * 2 + 2 * kStages * kBM * D * 2 + 2 * kBN * kBM * 2;
-  // DQR: + the two warpgroups' 64 x 64 fp32 dQ tiles (193 KB).
+  // + the two warpgroups' 64 x 64 fp32 dQ tiles (193 KB).
   static constexpr int kDqBytes = 2 * 64 * 64 * 4;
-  static constexpr int smem(bool dqr) { return kSmem + (dqr ? kDqBytes : 0); }
+  static constexpr int kSmemTotal = kSmem + kDqBytes;
 };
 
 struct BwdArgs {
   CUtensorMap tq, tk, tv, tdo;  // 4-d (d, token, head, batch), 128B swizzle
-  CUtensorMap tdq;  // DQR: dqacc as fp32 (d, head, token), box 32 x 1 x 64, 128B swizzle
+  CUtensorMap tdq;  // dqacc as fp32 (d, head, token), box 32 x 1 x 64, 128B swizzle
   AttnParams p;
   const float* dsum;  // Delta, [token * Hq + h]
   float* dqacc;       // fp32 dQ workspace, [(token * Hq + h) * D + d], zeroed
   MaskTiles mt;       // tile flags of the mask (flags == nullptr: every step mixed)
-  // Deterministic dQ (DQR only): one zeroed turn counter per (sequence,
+  // Deterministic dQ: one zeroed turn counter per (sequence,
   // query head, query block of kBM rows), [(b * Hq + h) * sem_nqb + qb];
   // nullptr: the adds in any order.
   int* dq_sem;
@@ -114,10 +114,9 @@ __device__ __forceinline__ int first_key_block(const AttnParams& p, int q0, int6
   return x <= 0 ? 0 : static_cast<int>((x + BN - 1) / BN);
 }
 
-// PIPE: dV += P^T dO is issued as soon as P^T is known, so that it runs
-// under dP^T and the dS arithmetic. PIPE = false: dV and dK are issued
-// together after dS (the first version; FLASHSDPA_CUDA_HOPPER_BWD_SIMPLE=1,
-// and always at D = 64, where P's 32 registers held across the dS
+// DV_UNDER_DP: dV += P^T dO is issued as soon as P^T is known, so that it runs
+// under dP^T and the dS arithmetic. DV_UNDER_DP = false: dV and dK are issued
+// together after dS (the first version, kept at D = 64, where P's 32 registers held across the dS
 // arithmetic make ptxas serialise every wgmma, info C7512).
 //
 // MASK: bool or additive mask (bwd_mask.cuh). Steps whose mask state is 0
@@ -129,15 +128,14 @@ __device__ __forceinline__ int first_key_block(const AttnParams& p, int q0, int6
 // block-sparse mask); state 1 runs the unmasked code; state 2 adds the
 // per-element mask to S^T before the exponential.
 //
-// DQR: dQ through shared memory and a TMA reduce (bwd_dq.cuh) instead of
-// the 16-byte atomics: consumer warpgroup w writes its tile, fences it for
+// dQ goes through shared memory and a TMA reduce (bwd_dq.cuh): consumer warpgroup w writes its tile, fences it for
 // the async proxy and arrives on `dq full` w; producer warp 2 (one thread)
 // waits for both, issues the reduces and, once they have read the tiles,
 // arrives on `dq empty`, which a warpgroup waits on before writing its
 // tile again (one step later). Rows past the sequence add zeros (P = 0
 // there) to the next sequence's rows or fall outside the map.
 //
-// XS (DQR only): overlap across steps. Step k leaves its dQ product in
+// Overlap across steps (what the A/B kept; no longer a flag). Step k leaves its dQ product in
 // flight (dV and dK are waited for, so their register operands and the
 // stage go back); step k + 1 issues S^T first, then waits for both, writes
 // that dQ to its tile and issues dP^T. The tensor pipe goes from one
@@ -147,7 +145,7 @@ __device__ __forceinline__ int first_key_block(const AttnParams& p, int q0, int6
 // mask). Only dq[] (defined by wgmma alone) stays in flight across the
 // loop's back edge; issuing dP^T before the write-out as well needs more
 // registers than there are (C7512).
-template <typename T, int D, bool PIPE, bool MASK, bool DQR, bool XS>
+template <typename T, int D, bool DV_UNDER_DP, bool MASK>
 __global__ void __launch_bounds__(BwdCfg<D>::kThreads, 1)
 bwd_kernel(const __grid_constant__ BwdArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -166,7 +164,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
   const uint32_t sK = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sV = sK + kKBytes, sQ = sV + kKBytes, sdO = sQ + ST * kQBytes;
   const uint32_t sS = sdO + ST * kQBytes;  // 2 dS^T buffers
-  const uint32_t sDQ = sS + 2 * kSBytes;   // DQR: 2 fp32 dQ tiles of 16 KB
+  const uint32_t sDQ = sS + 2 * kSBytes;   // 2 fp32 dQ tiles of 16 KB
   const uint32_t b0 = smem_u32(&bars[0]);
   const uint32_t bKV = b0;
   auto bQf = [&](int s) { return b0 + 8u * (1 + s); };
@@ -229,7 +227,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
 
   const int wg = threadIdx.x / 128;
   const int lane = threadIdx.x % 32;
-  // DQR, producer warp 2: waits for the two warpgroups' dQ tiles of the
+  // Producer warp 2: waits for the two warpgroups' dQ tiles of the
   // k-th step done (query head h, rows q0..) and issues their reduces.
   auto reduce_step = [&](int h, int q0, int k) {
     const int tok = static_cast<int>(q_token(p, b, e, q0));
@@ -248,7 +246,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
     // ---------------- producer ----------------
     regs_dealloc<C::kProducerRegs>();
     const int warp = threadIdx.x / 32;
-    // Warps 0, 1 and (DQR) 2 walk the same steps, each with its whole
+    // Warps 0, 1 and 2 walk the same steps, each with its whole
     // warp (StepWalk); one lane issues the TMA and barrier operations.
     if (warp == 0 && it0 < nit) {
       if (lane == 0) {
@@ -289,7 +287,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
         it = nxt;
         st = st_next;
       }
-    } else if (DQR && warp == 2 && it0 < nit && a.dq_sem == nullptr) {
+    } else if (warp == 2 && it0 < nit && a.dq_sem == nullptr) {
       // dQ tiles to the workspace (bwd_dq.cuh).
       if (lane == 0) tma_prefetch_desc(&a.tdq);
       StepWalk wk;
@@ -304,7 +302,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
         __syncwarp();
       }
       if (lane == 0) bulk_wait0();
-    } else if (DQR && warp == 2 && lane == 0 && nit > 0 && a.dq_sem != nullptr) {
+    } else if (warp == 2 && lane == 0 && nit > 0 && a.dq_sem != nullptr) {
       // Deterministic dQ: the same, in turns (bwd_dq.cuh, sem_wait_eq).
       // Every step of the band takes its turn, the masked ones too (they
       // only pass it on), so that the rank of this CTA in the block's turns
@@ -370,30 +368,9 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.0f;
 
-    // dQ of a step: this thread's atomics target (nullptr: row past the
-    // sequence) and fragment. Even t: row g, columns 8n + 2t .. + 3; odd t:
-    // row g + 8, columns 8n + 2(t - 1) .. + 3 (the quad swaps halves).
-    const int odd = t & 1;
-    auto dq_dst = [&](int h, int q0) -> float* {
-      const int qr = q0 + (BM == 128 ? cw * 64 : 0) + wq * 16 + g + 8 * odd;
-      const int dc = (BM == 64 ? cw * 64 : 0) + 2 * (t - odd);
-      return qr < e.sq ? a.dqacc + (q_token(p, b, e, qr) * p.heads_q + h) * D + dc : nullptr;
-    };
-    auto dq_atomics = [&](float* dst, const float* dq) {
-#pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        const float s0 = odd ? dq[4 * n] : dq[4 * n + 2];
-        const float s1 = odd ? dq[4 * n + 1] : dq[4 * n + 3];
-        const float r0 = __shfl_xor_sync(0xffffffffu, s0, 1);
-        const float r1 = __shfl_xor_sync(0xffffffffu, s1, 1);
-        const float4 v = odd ? make_float4(r0, r1, dq[4 * n + 2], dq[4 * n + 3])
-                             : make_float4(dq[4 * n], dq[4 * n + 1], r0, r1);
-        if (dst != nullptr) atomicAdd(reinterpret_cast<float4*>(dst + 8 * n), v);
-      }
-    };
     float dq[32];
-    // DQR: the dQ of the k-th step into this warpgroup's tile, then `dq
-    // full`. XS calls it with k = -1 too (before the first step), rather
+    // The dQ of the k-th step into this warpgroup's tile, then `dq
+    // full`. Also called with k = -1 (before the first step), rather
     // than branch around the accesses of dq[]: ptxas serialises every wgmma
     // when they sit on a divergent path (info C7518). The warpgroup then
     // writes its idle tile and tells nobody.
@@ -418,7 +395,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       // the last, and whether every (query, key) of it is visible (no
       // per-element test). With a mask the step comes from sStep, read once
       // the stage is full and the S^T product issued; without one the step
-      // is known and this runs before the wait (XS: fewer registers live
+      // is known and this runs before the wait (fewer registers live
       // there than after it, C7512).
       int h, q0, mst = 1;
       bool last = it + 1 >= nit, full;
@@ -446,19 +423,19 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       for (int kk = 0; kk < D / 16; ++kk)
         Wgmma<T, BM>::ss(sc, kmaj(dK_a, BN, kk), kmaj(dQ_b, BM, kk), kk > 0);
       wgmma_commit();
-      // EL: the step's lse values read into registers before the dQ
+      // EARLY_LSE: the step's lse values read into registers before the dQ
       // write-out, whose 16 stores per thread queued ahead of them (ncu:
       // 7% of the consumers' stall samples on the exponential's first
       // FMAs). H100 fwd+bwd, D 128, 12 cases: +3% geomean (+3-9% on ten,
       // -4/-6% at S 16384 causal). Not at D = 64: 32 more registers there.
-      constexpr bool EL = XS && BM == 64;
+      constexpr bool EARLY_LSE = BM == 64;
       float2 lse2[BM / 8];
-      if constexpr (EL) {
+      if constexpr (EARLY_LSE) {
         mbar_wait(bLf(s), ph);
 #pragma unroll
         for (int n = 0; n < BM / 8; ++n) lse2[n] = *reinterpret_cast<const float2*>(&sL[s][8 * n + 2 * t]);
       }
-      if constexpr (XS) {  // S^T ran right after the last step's dQ
+      {  // S^T ran right after the last step's dQ
         wgmma_wait<0>();
         dq_to_tile(k - 1);
         wgmma_fence();
@@ -471,7 +448,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       for (int kk = 0; kk < D / 16; ++kk)
         Wgmma<T, BM>::ss(dp, kmaj(dV_a, BN, kk), kmaj(ddO_b, BM, kk), kk > 0);
       wgmma_commit();
-      if constexpr (!EL) mbar_wait(bLf(s), ph);
+      if constexpr (!EARLY_LSE) mbar_wait(bLf(s), ph);
       wgmma_wait<1>();
       fence_regs<BM / 2>(sc);
       // Mixed mask step: sc becomes the final score times log2 e.
@@ -485,7 +462,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       // P^T
 #pragma unroll
       for (int n = 0; n < BM / 8; ++n) {
-        const float2 l2 = EL ? lse2[n] : *reinterpret_cast<const float2*>(&sL[s][8 * n + 2 * t]);
+        const float2 l2 = EARLY_LSE ? lse2[n] : *reinterpret_cast<const float2*>(&sL[s][8 * n + 2 * t]);
 #pragma unroll
         for (int x = 0; x < 4; ++x) {
           const float lv = (x & 1) ? l2.y : l2.x;
@@ -501,7 +478,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
         }
       }
       uint32_t pa[BM / 4], da[BM / 4];
-      if constexpr (PIPE) {
+      if constexpr (DV_UNDER_DP) {
         // dV += P^T dO now, under dP^T and the dS arithmetic.
         p_to_a<T, BM>(sc, pa);
         fence_regs<BM / 4>(pa);
@@ -526,11 +503,11 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
           dp[4 * n + x] = sc[4 * n + x] * (dp[4 * n + x] - dv_) * p.scale;
         }
       }
-      if constexpr (!PIPE) p_to_a<T, BM>(sc, pa);
+      if constexpr (!DV_UNDER_DP) p_to_a<T, BM>(sc, pa);
       p_to_a<T, BM>(dp, da);
       wgmma_fence();
       {
-        if constexpr (!PIPE) {
+        if constexpr (!DV_UNDER_DP) {
           const uint64_t b1 = make_desc(sdO + s * kQBytes, BM * 128, 1024);
 #pragma unroll
           for (int kk = 0; kk < BM / 16; ++kk) Wgmma<T, D>::rs(dv, pa + 4 * kk, mnmaj(b1, kk), 1);
@@ -564,27 +541,17 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
           Wgmma<T, 64>::tt(dq, mnmaj(a1, kk), mnmaj(dK_b, kk), kk > 0);
       }
       wgmma_commit();
-      if constexpr (XS)
-        wgmma_wait<1>();  // dV, dK done; dQ stays in flight into the next step
-      else
-        wgmma_wait<0>();
+      wgmma_wait<1>();  // dV, dK done; dQ stays in flight into the next step
       fence_regs<D / 2>(dv);
       fence_regs<D / 2>(dk);
       fence_regs<BM / 4>(pa);
       fence_regs<BM / 4>(da);
       mbar_arrive(bE(s));
-      if constexpr (!DQR) {
-        fence_regs<32>(dq);
-        dq_atomics(dq_dst(h, q0), dq);
-      } else if constexpr (!XS) {
-        dq_to_tile(k);
-      }
       it = last ? nit : it + 1;  // MASK: the next step's index comes with its stage
     }
-    if constexpr (XS) {  // the last step's dQ
-      wgmma_wait<0>();
-      dq_to_tile(k - 1);
-    }
+    // The last step's dQ.
+    wgmma_wait<0>();
+    dq_to_tile(k - 1);
     // dK, dV (rows past the sequence are not written).
     T* dkg = static_cast<T*>(p.dk);
     T* dvg = static_cast<T*>(p.dv);
@@ -604,9 +571,9 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
 #endif
 }
 
-// bwd_f16.cu, bwd_bf16.cu: D in {64, 128}; simple: PIPE = XS = false; dqr: DQR.
-cudaError_t bwd_f16(const BwdArgs& a, bool simple, bool dqr, cudaStream_t s);
-cudaError_t bwd_bf16(const BwdArgs& a, bool simple, bool dqr, cudaStream_t s);
+// bwd_f16.cu, bwd_bf16.cu: D in {64, 128} (bwd_launch.cuh: the variant run).
+cudaError_t bwd_f16(const BwdArgs& a, cudaStream_t s);
+cudaError_t bwd_bf16(const BwdArgs& a, cudaStream_t s);
 
 }  // namespace hopper
 }  // namespace cuda

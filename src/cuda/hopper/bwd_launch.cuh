@@ -11,11 +11,11 @@ namespace fsdpa {
 namespace cuda {
 namespace hopper {
 
-template <typename T, int D, bool PIPE, bool MASK, bool DQR, bool XS>
+template <typename T, int D, bool DV_UNDER_DP, bool MASK>
 cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
   using C = BwdCfg<D>;
-  auto kern = bwd_kernel<T, D, PIPE, MASK, DQR, XS>;
-  constexpr int smem = C::smem(DQR);
+  auto kern = bwd_kernel<T, D, DV_UNDER_DP, MASK>;
+  constexpr int smem = C::kSmemTotal;
   cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   const AttnParams& p = a.p;
@@ -29,28 +29,21 @@ cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
   return cudaGetLastError();
 }
 
-// XS (the overlap across steps, bwd_kernel.cuh) needs the TMA reduce.
-template <typename T, bool MASK, bool DQR>
-cudaError_t launch_bwd_mask(const BwdArgs& a, bool simple, cudaStream_t s) {
-  switch (a.p.head_dim) {
-    case 64: return launch_bwd<T, 64, false, MASK, DQR, DQR>(a, s);  // PIPE does not fit (C7512)
-    case 128:
-      return simple ? launch_bwd<T, 128, false, MASK, DQR, false>(a, s)
-                    : launch_bwd<T, 128, true, MASK, DQR, DQR>(a, s);
-    default: return cudaErrorNotSupported;
-  }
-}
-
-// simple: the kernel without the PIPE and XS overlaps (bwd_kernel.cuh). dqr:
-// dQ by the TMA reduce (bwd_dq.cuh; a.tdq is set) instead of atomics.
+// The variant per (D, mask) that the A/B runs kept (bench/RESULTS.md,
+// hopper/README.md): dV issued under dP^T at D = 128 (at D = 64 it does not
+// fit, C7512).
 template <typename T>
-cudaError_t launch_bwd_dtype(const BwdArgs& a, bool simple, bool dqr, cudaStream_t s) {
+cudaError_t launch_bwd_dtype(const BwdArgs& a, cudaStream_t s) {
   const bool m = a.p.mask_kind != MaskKind::none;
-  if (dqr)
-    return m ? launch_bwd_mask<T, true, true>(a, simple, s)
-             : launch_bwd_mask<T, false, true>(a, simple, s);
-  return m ? launch_bwd_mask<T, true, false>(a, simple, s)
-           : launch_bwd_mask<T, false, false>(a, simple, s);
+  switch (a.p.head_dim) {
+    case 64:
+      return m ? launch_bwd<T, 64, false, true>(a, s)
+               : launch_bwd<T, 64, false, false>(a, s);
+    case 128:
+      return m ? launch_bwd<T, 128, true, true>(a, s)
+               : launch_bwd<T, 128, true, false>(a, s);
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 }  // namespace hopper

@@ -1,7 +1,8 @@
 // Host API of the Hopper (sm_90a) forward: wgmma + TMA, warp-specialised.
-// cuda_backend.cu calls hopper_fwd_supported(), hopper_fwd_available() and
-// hopper_fwd() (and the hopper_bwd* pair); everything
-// else keeps the sm_80 tensor-core path (tc.cuh).
+// plan.cu decides with hopper_fwd_scope() / hopper_bwd_scope() and
+// hopper_fwd_available(); cuda_backend.cu then calls hopper_fwd() /
+// hopper_bwd(), which never decline a call in scope. Everything else keeps
+// the sm_80 tensor-core path (tc.cuh).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -18,39 +19,43 @@ namespace cuda {
 // stores). Causal / windows (both alignments), GQA/MQA and varlen are in;
 // so are bool and additive masks with key stride 1 (not with varlen), at
 // D 64 / 128 only (D = 256: unmasked).
-bool hopper_fwd_supported(const AttnParams& p);
+// nullptr when p is in scope, else why not.
+const char* hopper_fwd_scope(const AttnParams& p);
+// Consumer warpgroups of the forward for p (2, or 3 at D = 64 for long
+// unmasked key ranges).
+int hopper_fwd_warpgroups(const AttnParams& p);
 // The build holds sm_90a code for the kernel and device `dev` is a 9.x GPU
 // (checked once per device).
 bool hopper_fwd_available(int dev);
-// Runs the forward; cudaErrorNotSupported (nothing launched) when the
-// tensor maps cannot describe the inputs: the caller falls back.
+// Runs the forward of a call in scope (an error is a failure, not a
+// decline: the scope covers what the tensor maps and the grid need).
 // mt: the mask's 32x32 tile flags (cuda/launch.h; flags == nullptr when there
 // is no mask or no classification: then every key block is mixed), used to
 // skip fully masked key blocks and to take the unmasked path where the mask
 // changes nothing.
 // tile_counter: a zeroed int in device memory when hopper_fwd_dynamic(p)
-// (causal and windowed calls hand out their tiles longest first from it;
-// FLASHSDPA_CUDA_HOPPER_STATIC=1 turns that off), else nullptr.
+// (causal and windowed calls hand out their tiles longest first from it),
+// else nullptr.
 bool hopper_fwd_dynamic(const AttnParams& p);
 cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, int* tile_counter,
                        cudaStream_t s);
 
-// The backward's scope: hopper_fwd_supported() for q, k, v (its mask rule
+// The backward's scope: hopper_fwd_scope() for q, k, v (its mask rule
 // aside), plus dout, dk, dv with the same dtype and alignment rules; bool
 // and additive masks are in (ALiBi, softcap and dropout are not);
 // deterministic = 1 is in: the dQ adds then take turns in a fixed order
 // (bwd_dq.cuh). Also D = Dv = 256 without a mask and with deterministic = 0
-// (bwd256_kernel.cuh; FLASHSDPA_CUDA_HOPPER_BWD256=0: off), the other
+// (bwd256_kernel.cuh), the other
 // rules as at D = 128. hopper_fwd_available() covers the device.
-bool hopper_bwd_supported(const AttnParams& p);
+// nullptr when p is in scope, else why not.
+const char* hopper_bwd_scope(const AttnParams& p);
 // Bytes of the zeroed workspace that hopper_bwd takes: the fp32 dQ, and
 // with deterministic = 1 the turn counters after it.
 size_t hopper_bwd_workspace_bytes(const AttnParams& p);
 // dK, dV and dQ (through dqacc: the zeroed workspace, dQ as fp32
 // [(token * Hq + h) * D + d], then converted into dq). dsum: Delta =
-// rowsum(dO * O) from bwd_preprocess. cudaErrorNotSupported (nothing
-// launched, e.g. deterministic = 1 with FLASHSDPA_CUDA_HOPPER_BWD_DQ=atomic):
-// fall back.
+// rowsum(dO * O) from bwd_preprocess. dQ goes to the workspace by TMA
+// reduces (bwd_dq.cuh).
 cudaError_t hopper_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum, float* dqacc,
                        cudaStream_t s);
 

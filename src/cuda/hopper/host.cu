@@ -7,7 +7,6 @@
 
 #include <algorithm>
 
-#include "cuda/env.h"
 #include "cuda/hopper/config.h"
 #include "cuda/hopper/hopper.h"
 #include "cuda/hopper/bwd_kernel.cuh"
@@ -80,20 +79,22 @@ int sm_count(int dev) {
   return n;
 }
 
+}  // namespace
+
 // Consumer warpgroups at D = 64: 3 (192 query rows per tile: a third less
 // K/V traffic per row) for long key ranges, 2 (128 rows: less work on
 // diagonal and partial blocks, shorter tiles) otherwise. Measured on an
 // H100, bf16, TFLOP/s 3 vs 2: S = 16384 537 vs 440 (causal 488 vs 444);
 // S = 4096 443-445 vs 423-437 (causal 346-366 vs 388-391); S = 1024 within
-// +-3% (causal 238-242 vs 271-278). FLASHSDPA_CUDA_HOPPER_D64_WG=2 or 3
-// forces one.
-int wg64(const AttnParams& p) {
+// +-3% (causal 238-242 vs 271-278). D 128 / 256: 2.
+int hopper_fwd_warpgroups(const AttnParams& p) {
+  if (p.head_dim != 64) return 2;
   if (p.mask_kind != MaskKind::none) return 2;  // launch.cuh: masked kernels have 2
-  const char* v = getenv("FLASHSDPA_CUDA_HOPPER_D64_WG");
-  if (v != nullptr && (atoi(v) == 2 || atoi(v) == 3)) return atoi(v);
   const bool band = p.window_left >= 0 || p.window_right >= 0;
   return p.seqlen_k >= 8192 || (!band && p.seqlen_k >= 4096) ? 3 : 2;
 }
+
+namespace {
 
 // (batch, head) pairs per section of the dynamic schedule (fwd_kernel.cuh):
 // their K/V take about 16 MB, a third of an H100's L2, so the CTAs running
@@ -107,7 +108,7 @@ int sched_heads(const AttnParams& p, int D) {
 
 template <int D>
 cudaError_t run(const AttnParams& p, const MaskTiles& mt, int* tile_counter, cudaStream_t s) {
-  const int w = D == 64 ? wg64(p) : 2;
+  const int w = hopper_fwd_warpgroups(p);
   const int bm = 64 * w, bn = hopper::fwd_default_bn<D>();
   FwdArgs a;
   memset(&a, 0, sizeof a);
@@ -123,7 +124,7 @@ cudaError_t run(const AttnParams& p, const MaskTiles& mt, int* tile_counter, cud
                 D, bn) ||
       !make_map(&a.tv, p.dtype, p.v, p.v_stride, varlen ? p.total_k : p.seqlen_k, p.heads_k, nb,
                 D, bn))
-    return cudaErrorNotSupported;
+    return cudaErrorInvalidValue;  // hopper_fwd_scope rules this out
   const int sms = sm_count(p.device_id);
   const bool bf = p.dtype == DType::bf16;
   switch (p.mask_kind) {
@@ -152,23 +153,12 @@ bool make_dq_map(CUtensorMap* m, float* dqacc, int D, int64_t heads, int64_t tok
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// dQ by the TMA reduce (bwd_dq.cuh; default) or by the 16-byte atomics
-// (FLASHSDPA_CUDA_HOPPER_BWD_DQ=atomic, for comparison). Measured on an
-// H100, bf16 fwd+bwd, 12 dense cases D 64/128, S 1k/4k/16k: TMA +5-13%
-// on 11 of them (D128 S4096 386 -> 425 TFLOP/s), D128 S1024 causal -5%.
-bool bwd_dq_tma() {
-  const char* v = getenv("FLASHSDPA_CUDA_HOPPER_BWD_DQ");
-  return !(v != nullptr && strcmp(v, "atomic") == 0);
-}
-
 // The arguments both backward kernels take: q, dO in boxes of bm rows, k, v
-// in boxes of bn, the dQ workspace as a map for the TMA reduce (*dqr: false
-// when FLASHSDPA_CUDA_HOPPER_BWD_DQ=atomic or the map fails: then atomics)
-// and, with deterministic = 1, its turn counters (one per bm query rows).
-// False when a tensor map cannot describe the inputs, or deterministic = 1
-// without the TMA reduce (atomics have no fixed order).
+// in boxes of bn, the dQ workspace as a map for the TMA reduce and, with
+// deterministic = 1, its turn counters (one per bm query rows). False when
+// a tensor map cannot be encoded (hopper_bwd_scope rules that out).
 bool bwd_args(hopper::BwdArgs* a, const AttnParams& p, const MaskTiles& mt, const float* dsum,
-              float* dqacc, int D, int bm, int bn, bool* dqr) {
+              float* dqacc, int D, int bm, int bn) {
   memset(a, 0, sizeof *a);
   a->p = p;
   a->dsum = dsum;
@@ -180,12 +170,11 @@ bool bwd_args(hopper::BwdArgs* a, const AttnParams& p, const MaskTiles& mt, cons
   if (!make_map(&a->tq, p.dtype, p.q, p.q_stride, sq, p.heads_q, nb, D, bm) ||
       !make_map(&a->tdo, p.dtype, p.dout, p.dout_stride, sq, p.heads_q, nb, D, bm) ||
       !make_map(&a->tk, p.dtype, p.k, p.k_stride, sk, p.heads_k, nb, D, bn) ||
-      !make_map(&a->tv, p.dtype, p.v, p.v_stride, sk, p.heads_k, nb, D, bn))
+      !make_map(&a->tv, p.dtype, p.v, p.v_stride, sk, p.heads_k, nb, D, bn) ||
+      !make_dq_map(&a->tdq, dqacc, D, p.heads_q, p.total_q))
     return false;
-  *dqr = bwd_dq_tma() && make_dq_map(&a->tdq, dqacc, D, p.heads_q, p.total_q);
   if (p.deterministic) {
     // The counters follow dQ in the workspace (hopper_bwd_workspace_bytes).
-    if (!*dqr) return false;
     a->sem_nqb = static_cast<int>((p.seqlen_q + bm - 1) / bm);
     a->dq_sem = reinterpret_cast<int*>(dqacc + p.total_q * p.heads_q * D);
   }
@@ -197,60 +186,49 @@ cudaError_t run_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum,
                     cudaStream_t s) {
   using C = hopper::BwdCfg<D>;
   hopper::BwdArgs a;
-  bool dqr;
-  if (!bwd_args(&a, p, mt, dsum, dqacc, D, C::kBM, C::kBN, &dqr)) return cudaErrorNotSupported;
-  // FLASHSDPA_CUDA_HOPPER_BWD_SIMPLE=1: the kernel without the overlaps of
-  // PIPE (bwd_kernel.cuh), for comparison.
-  const bool simple = env_flag("FLASHSDPA_CUDA_HOPPER_BWD_SIMPLE");
-  return p.dtype == DType::bf16 ? hopper::bwd_bf16(a, simple, dqr, s)
-                                : hopper::bwd_f16(a, simple, dqr, s);
+  if (!bwd_args(&a, p, mt, dsum, dqacc, D, C::kBM, C::kBN)) return cudaErrorInvalidValue;
+  return p.dtype == DType::bf16 ? hopper::bwd_bf16(a, s) : hopper::bwd_f16(a, s);
 }
 
-// D = 256 (bwd256_kernel.cuh): 64-key blocks, 64-row query blocks, dQ by
-// the TMA reduce (or atomics). FLASHSDPA_CUDA_HOPPER_BWD256=0 keeps the
-// sm_80 kernels there.
-bool bwd256_enabled() {
-  const char* v = getenv("FLASHSDPA_CUDA_HOPPER_BWD256");
-  return v == nullptr || strcmp(v, "0") != 0;
-}
-
+// D = 256 (bwd256_kernel.cuh): 64-key blocks, 64-row query blocks.
 cudaError_t run_bwd256(const AttnParams& p, const float* dsum, float* dqacc, cudaStream_t s) {
   using C = hopper::Bwd256Cfg;
   hopper::BwdArgs a;
-  bool dqr;
-  if (!bwd_args(&a, p, MaskTiles{nullptr, 0, 0, 0, 0}, dsum, dqacc, C::D, C::kBM, C::kBN, &dqr))
-    return cudaErrorNotSupported;
-  return p.dtype == DType::bf16 ? hopper::bwd256_bf16(a, dqr, s)
-                                : hopper::bwd256_f16(a, dqr, s);
+  if (!bwd_args(&a, p, MaskTiles{nullptr, 0, 0, 0, 0}, dsum, dqacc, C::D, C::kBM, C::kBN))
+    return cudaErrorInvalidValue;
+  return p.dtype == DType::bf16 ? hopper::bwd256_bf16(a, s) : hopper::bwd256_f16(a, s);
 }
 
 }  // namespace
 
-bool hopper_bwd_supported(const AttnParams& p) {
+const char* hopper_bwd_scope(const AttnParams& p) {
   // D = Dv = 256 (bwd256_kernel.cuh): no mask.
-  if (p.head_dim == 256 && (p.mask_kind != MaskKind::none || !bwd256_enabled())) return false;
+  if (p.head_dim == 256 && p.mask_kind != MaskKind::none) return "D 256 with a mask";
   // The forward's scope for q, k, v and the band, whatever it says about
   // masks: bool and additive masks (additive in fp32/fp16/bf16) are in the
   // backward's scope (bwd_mask.cuh).
   AttnParams nm = p;
   nm.mask_kind = MaskKind::none;
   nm.mask = nullptr;
-  if (!hopper_fwd_supported(nm)) return false;
+  if (const char* why = hopper_fwd_scope(nm)) return why;
   if (p.mask_kind != MaskKind::none) {
-    if (p.mask == nullptr) return false;
+    if (p.mask == nullptr) return "mask kind without a mask";
     if (p.mask_kind == MaskKind::boolean ? p.mask_dtype != DType::u8
                                          : p.mask_dtype != DType::f32 &&
                                                p.mask_dtype != DType::f16 &&
                                                p.mask_dtype != DType::bf16)
-      return false;
+      return "mask dtype";
   }
-  if (p.dout_dtype != p.dtype || p.lse == nullptr) return false;
-  if (p.heads_k > 65535) return false;  // grid.y
-  if (!aligned16(p.dout) || !aligned16(p.dk) || !aligned16(p.dv)) return false;
+  if (p.dout_dtype != p.dtype) return "dout dtype differs from q's";
+  if (p.lse == nullptr) return "no lse";
+  if (p.heads_k > 65535) return "more than 65535 kv heads (grid.y)";
+  if (!aligned16(p.dout) || !aligned16(p.dk) || !aligned16(p.dv))
+    return "dout/dk/dv not 16-byte aligned";
   const int64_t* st[3] = {p.dout_stride, p.dk_stride, p.dv_stride};
   for (const int64_t* x : st)
-    if (x[3] != 1 || x[0] % 8 != 0 || x[1] % 8 != 0 || x[2] % 8 != 0) return false;
-  return true;
+    if (x[3] != 1 || x[0] % 8 != 0 || x[1] % 8 != 0 || x[2] % 8 != 0)
+      return "dout/dk/dv strides (d stride 1, others multiples of 8 elements)";
+  return nullptr;
 }
 
 size_t hopper_bwd_workspace_bytes(const AttnParams& p) {
@@ -267,40 +245,51 @@ cudaError_t hopper_bwd(const AttnParams& p, const MaskTiles& mt, const float* ds
     case 64: return run_bwd<64>(p, mt, dsum, dqacc, s);
     case 128: return run_bwd<128>(p, mt, dsum, dqacc, s);
     case 256: return run_bwd256(p, dsum, dqacc, s);
-    default: return cudaErrorNotSupported;
+    default: return cudaErrorInvalidValue;
   }
 }
 
-bool hopper_fwd_supported(const AttnParams& p) {
-  if (p.dtype != DType::f16 && p.dtype != DType::bf16) return false;
-  if (p.out_dtype != p.dtype) return false;
-  if (p.head_dim != p.head_dim_v ||
-      (p.head_dim != 64 && p.head_dim != 128 && p.head_dim != 256))
-    return false;
+const char* hopper_fwd_scope(const AttnParams& p) {
+  if (p.dtype != DType::f16 && p.dtype != DType::bf16) return "dtype not fp16/bf16";
+  if (p.out_dtype != p.dtype) return "out dtype differs from q's";
+  if (p.head_dim != p.head_dim_v) return "D != Dv";
+  if (p.head_dim != 64 && p.head_dim != 128 && p.head_dim != 256) return "D not in {64, 128, 256}";
   // D = 256: unmasked only (the mask code walks 128-key blocks).
-  if (p.head_dim == 256 && p.mask_kind != MaskKind::none) return false;
-  if (p.alibi != nullptr || p.softcap > 0.0f || p.dropout_p > 0.0f) return false;
+  if (p.head_dim == 256 && p.mask_kind != MaskKind::none) return "D 256 with a mask";
+  if (p.alibi != nullptr) return "ALiBi";
+  if (p.softcap > 0.0f) return "softcap";
+  if (p.dropout_p > 0.0f) return "dropout";
   // Masks: bool (u8) or additive (f32/f16/bf16), strides 0 on broadcast
   // dims; not with varlen (validate.cpp rejects that combination anyway).
-  if (p.mask_kind == MaskKind::boolean && p.mask_dtype != DType::u8) return false;
+  if (p.mask_kind == MaskKind::boolean && p.mask_dtype != DType::u8) return "bool mask not u8";
   if (p.mask_kind == MaskKind::additive && p.mask_dtype != DType::f32 &&
       p.mask_dtype != DType::f16 && p.mask_dtype != DType::bf16)
-    return false;
+    return "additive mask dtype";
   // Key stride 1 (mask.cuh: MaskOp's addressing; a mask broadcast over keys
   // or with strided keys stays on the sm_80 kernels).
   if (p.mask_kind != MaskKind::none &&
       (p.mask == nullptr || p.cu_seqlens_q != nullptr || p.mask_stride[3] != 1))
-    return false;
-  if (!(p.scale > 0.0f)) return false;
-  if (!aligned16(p.q) || !aligned16(p.k) || !aligned16(p.v) || !aligned16(p.out)) return false;
+    return "mask with key stride != 1 (or with varlen)";
+  if (!(p.scale > 0.0f)) return "scale <= 0";
+  if (!aligned16(p.q) || !aligned16(p.k) || !aligned16(p.v) || !aligned16(p.out))
+    return "q/k/v/out not 16-byte aligned";
   const int64_t* st[4] = {p.q_stride, p.k_stride, p.v_stride, p.out_stride};
   for (const int64_t* x : st)
-    if (x[3] != 1 || x[0] % 8 != 0 || x[1] % 8 != 0 || x[2] % 8 != 0) return false;
+    if (x[3] != 1 || x[0] % 8 != 0 || x[1] % 8 != 0 || x[2] % 8 != 0)
+      return "q/k/v/out strides (d stride 1, others multiples of 8 elements)";
+  // Also what the tensor maps (make_map: byte strides < 2^40), the tile
+  // count and the grid need, so that the kernels never decline a call in
+  // this scope.
   const int64_t lim = int64_t(1) << 30;
   if (p.seqlen_q >= lim || p.seqlen_k >= lim || p.total_q >= lim || p.total_k >= lim ||
       p.heads_q >= lim || p.batch >= 65536)
-    return false;
-  return true;
+    return "sizes past the tensor maps' / grid's limits";
+  for (const int64_t* x : st)
+    for (int i = 0; i < 3; ++i)
+      if (x[i] >= (int64_t(1) << 38)) return "a stride past the tensor maps' limit";
+  if ((p.seqlen_q + 63) / 64 * p.heads_q * p.batch >= (int64_t(1) << 31))
+    return "more than 2^31 query tiles";
+  return nullptr;
 }
 
 bool hopper_fwd_available(int dev) {
@@ -323,7 +312,7 @@ bool hopper_fwd_available(int dev) {
 }
 
 bool hopper_fwd_dynamic(const AttnParams& p) {
-  return (p.window_left >= 0 || p.window_right >= 0) && !env_flag("FLASHSDPA_CUDA_HOPPER_STATIC");
+  return p.window_left >= 0 || p.window_right >= 0;
 }
 
 cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, int* tile_counter,
