@@ -63,8 +63,7 @@ Tile fit_tile(Pass pass, const KernelKey& k) {
     else if (t.traversal > kMinTraversal) t.traversal /= 2;
     else break;
   }
-  if (bytes(t) <= target) return t;
-  if (bytes(t) <= limit) return t;  // (16, 8): over the target, within the limit
+  if (bytes(t) <= limit) return t;  // meets the target, or (16, 8) within the limit
   t = Tile{8, kMinTraversal};
   if (bytes(t) <= limit) return t;
   throw std::runtime_error("metal: no tile fits threadgroup memory for head dims " + std::to_string(k.dp) + "/" +
@@ -284,7 +283,7 @@ DecodeSplit choose_decode_split(const AttnParams& p) {
     return d;
   }
   if (p.seqlen_q < 1 || p.seqlen_q > kDecodeMaxQueryRows) {
-    d.reason = "normal forward: no query rows or more than kDecodeMaxQueryRows";
+    d.reason = "normal forward: seqlen_q is 0 or above kDecodeMaxQueryRows";
     return d;
   }
   // Work items of the normal forward: one threadgroup per (batch, query

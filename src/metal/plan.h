@@ -31,8 +31,9 @@ enum class Pass : int32_t {
   decode_split = 4,  // split-KV decode: partial (out, lse) per key split into the scratch
   decode_merge = 5,  // split-KV decode: log-sum-exp merge of the partials into out, lse
 };
-inline constexpr Pass kAllPasses[] = {Pass::forward,        Pass::backward_dq,  Pass::backward_dkdv,
-                                      Pass::backward_preprocess, Pass::decode_split, Pass::decode_merge};
+inline constexpr Pass kAllPasses[] = {Pass::forward,       Pass::backward_dq,
+                                      Pass::backward_dkdv, Pass::backward_preprocess,
+                                      Pass::decode_split,  Pass::decode_merge};
 
 struct Tile {
   int32_t parallel = 0;   // rows per threadgroup (query rows; key rows for dK/dV)
