@@ -50,7 +50,7 @@ __all__ = ["available", "register", "gpu_family", "clear_cache", "library_cache_
 
 # Buffer indices (src/metal/kernels/fsdpa_metal_args.h).
 BUF_ARGS, BUF_Q, BUF_K, BUF_V, BUF_OUT, BUF_LSE, BUF_MASK, BUF_ALIBI = 0, 1, 2, 3, 4, 5, 6, 7
-BUF_CU_Q, BUF_CU_K, BUF_DOUT, BUF_DELTA, BUF_DQ, BUF_DK, BUF_DV = 8, 9, 10, 11, 12, 13, 14
+BUF_CU_Q, BUF_CU_K, BUF_DOUT, BUF_SCRATCH, BUF_DQ, BUF_DK, BUF_DV = 8, 9, 10, 11, 12, 13, 14
 NUM_BUFFERS = 15
 
 # Dtype codes of metal::TensorDesc.
@@ -243,6 +243,8 @@ def _run(plan, buffers: List[Optional[torch.Tensor]], device: torch.device) -> N
     Never waits for the GPU: everything bound is either a tensor already on
     the device or the argument block, which goes in by setBytes."""
     lib = _library(plan.key, plan.source)
+    if plan.scratch_elements > 0:  # float32 scratch: Delta (backward) or split-decode partials (forward)
+        buffers[BUF_SCRATCH] = torch.empty(int(plan.scratch_elements), dtype=torch.float32, device=device)
     dummy = _dummy(device)
     bound = [_args_words(plan.args)] + [b if b is not None else dummy for b in buffers[1:]]
     kernels = [(_kernel(lib, plan.key, name, int(t[0]) * int(t[1]) * int(t[2])), grid, t)
@@ -300,9 +302,7 @@ def backward(params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_
     _check_finite(params, q=q, k=k, v=v, dout=dout)
     bufs = _buffers(q=q, k=k, v=v, out=out, lse=lse, mask=mask, alibi=alibi, cu_q=cu_q, cu_k=cu_k,
                     dout=dout, dq=dq, dk=dk, dv=dv)
-    plan = _plan(True, params, bufs)
-    bufs[BUF_DELTA] = torch.empty(max(int(plan.delta_elements), 1), dtype=torch.float32, device=q.device)
-    _run(plan, bufs, q.device)
+    _run(_plan(True, params, bufs), bufs, q.device)
 
 
 def register() -> bool:

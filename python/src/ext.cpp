@@ -333,7 +333,8 @@ NB_MODULE(_C, m) {
                    [](const fsdpa::metal::BridgePlan& b) {
                      return nb::bytes(b.args.data(), b.args.size());
                    })
-      .def_ro("delta_elements", &fsdpa::metal::BridgePlan::delta_elements);
+      .def_ro("scratch_elements", &fsdpa::metal::BridgePlan::scratch_elements)
+      .def_ro("reason", &fsdpa::metal::BridgePlan::reason);
   m.def(
       "metal_plan",
       [](bool backward, const Params& params, const std::vector<Desc>& descs, int family) {

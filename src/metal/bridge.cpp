@@ -69,7 +69,8 @@ BridgePlan plan_for_tensors(bool backward, const fsdpa_params& params, const std
     out.threads.push_back({d.threads[0], d.threads[1], d.threads[2]});
   }
   out.args.assign(reinterpret_cast<const char*>(&plan.args), sizeof(plan.args));
-  out.delta_elements = plan.delta_elements;
+  out.scratch_elements = plan.scratch_elements;
+  out.reason = plan.reason;
   return out;
 }
 

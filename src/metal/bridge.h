@@ -30,7 +30,10 @@ struct BridgePlan {
   std::vector<std::array<uint32_t, 3>> grid;   // threadgroups per grid
   std::vector<std::array<uint32_t, 3>> threads;  // threads per threadgroup
   std::string args;    // bytes of FsdpaMetalArgs, bound at buffer 0
-  int64_t delta_elements = 0;  // backward: float32 scratch bound at FSDPA_BUF_DELTA
+  // float32 scratch to allocate and bind at FSDPA_BUF_SCRATCH when > 0
+  // (backward: Delta; split-KV decode forward: the partials).
+  int64_t scratch_elements = 0;
+  std::string reason;  // the planner's reason for these kernels (stats / debugging)
 };
 
 // tensors[i] describes the tensor bound at buffer index i (FSDPA_BUF_Q ..

@@ -212,6 +212,15 @@ void bind_common(const AttnParams& p, Bindings& b) {
   b.buf[FSDPA_BUF_CU_K] = p.cu_seqlens_k ? as_buffer(p.cu_seqlens_k) : nil;
 }
 
+// The plan's float32 scratch (backward: Delta; split-KV decode: partials).
+fsdpa_status bind_scratch(const Plan& plan, Bindings& b) {
+  if (plan.scratch_elements <= 0) return FSDPA_OK;
+  const NSUInteger bytes = NSUInteger(plan.scratch_elements) * sizeof(float);
+  b.buf[FSDPA_BUF_SCRATCH] = [state().device newBufferWithLength:bytes options:MTLResourceStorageModePrivate];
+  if (b.buf[FSDPA_BUF_SCRATCH] == nil) return set_error(FSDPA_ERROR_OUT_OF_MEMORY, "metal: float32 scratch");
+  return FSDPA_OK;
+}
+
 fsdpa_status forward(const AttnParams& p, void* stream) {
   @autoreleasepool {
     Plan plan;
@@ -223,6 +232,7 @@ fsdpa_status forward(const AttnParams& p, void* stream) {
     Bindings b;
     bind_common(p, b);
     if (const fsdpa_status st = check_inputs(p, b, stream, false); st != FSDPA_OK) return st;
+    if (const fsdpa_status st = bind_scratch(plan, b); st != FSDPA_OK) return st;
     return run_plan(plan, b, stream);
   }
 }
@@ -242,10 +252,7 @@ fsdpa_status backward(const AttnParams& p, void* stream) {
     b.buf[FSDPA_BUF_DK] = as_buffer(p.dk);
     b.buf[FSDPA_BUF_DV] = as_buffer(p.dv);
     if (const fsdpa_status st = check_inputs(p, b, stream, true); st != FSDPA_OK) return st;
-    const NSUInteger delta_bytes = NSUInteger(std::max<int64_t>(plan.delta_elements, 1)) * sizeof(float);
-    // Released by ARC when `b` goes out of scope, after run_plan has waited.
-    b.buf[FSDPA_BUF_DELTA] = [state().device newBufferWithLength:delta_bytes options:MTLResourceStorageModePrivate];
-    if (b.buf[FSDPA_BUF_DELTA] == nil) return set_error(FSDPA_ERROR_OUT_OF_MEMORY, "metal: Delta scratch");
+    if (const fsdpa_status st = bind_scratch(plan, b); st != FSDPA_OK) return st;
     return run_plan(plan, b, stream);
   }
 }

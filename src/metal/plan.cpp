@@ -20,41 +20,52 @@ namespace {
 
 int32_t round8(int64_t x) { return static_cast<int32_t>((x + 7) / 8 * 8); }
 
-size_t elem_bytes(DType t) { return t == DType::f16 ? 2 : 4; }  // staged tile element (bf16 staged as float)
+// Element size of the staged tiles: float32 as float, float16 as half,
+// bfloat16 as its 16-bit pattern (fsdpa_attention.metal tg_t).
+size_t elem_bytes(DType t) { return t == DType::f32 ? 4 : 2; }
 
 size_t arr(size_t elems, size_t eb) { return (elems * eb + 15) / 16 * 16; }
 
+// Threadgroup arrays of each kernel (fsdpa_attention.metal): the forward
+// stages Q and one K/V buffer, dQ stages Q, dO and one K/V buffer (V for
+// dP, then K for S and dQ), dK/dV stages K, V, Q and dO.
 size_t tg_bytes(Pass pass, const KernelKey& k, Tile t) {
-  const size_t eb = elem_bytes(k.dtype), dp = k.dp, dvp = k.dvp;
+  const size_t eb = elem_bytes(k.dtype), dp = k.dp, dvp = k.dvp, dmax = std::max(dp, dvp);
   switch (pass) {
     case Pass::forward:
-      return arr(t.parallel * dp, eb) + arr(t.traversal * std::max(dp, dvp), eb);
+      return arr(t.parallel * dp, eb) + arr(t.traversal * dmax, eb);
     case Pass::backward_dq:
+      return arr(t.parallel * dp, eb) + arr(t.parallel * dvp, eb) + arr(t.traversal * dmax, eb);
     case Pass::backward_dkdv:
       return arr(t.parallel * dp, eb) + arr(t.parallel * dvp, eb) + arr(t.traversal * dp, eb) +
              arr(t.traversal * dvp, eb);
     case Pass::backward_preprocess:
+    case Pass::decode_split:
+    case Pass::decode_merge:
       return 0;
   }
   return 0;
 }
 
+// MLX's tile (heuristics.h), shrunk until it meets the target budget:
+// halve the traversal down to 16, then the parallelization down to 16 (2
+// simdgroups), then the traversal to 8. If no step meets the target, the
+// smallest 2-simdgroup tile (16, 8) when it fits the hard limit, else
+// (8, 8): one simdgroup (only float32 backward at large head dims).
 Tile fit_tile(Pass pass, const KernelKey& k) {
-  const int table_pass = pass == Pass::forward ? 0 : pass == Pass::backward_dq ? 1 : 2;
-  const TileTable tt = tile_table(table_pass, k.family == GpuFamily::apple9, k.dtype == DType::f32);
   const int hd = std::max(k.dp, k.dvp);
-  TileRow row = tt.rows[tt.n - 1];
-  for (int i = 0; i < tt.n; ++i)
-    if (hd <= tt.rows[i].max_head_dim) {
-      row = tt.rows[i];
-      break;
-    }
-  for (int par = row.parallel; par >= 8; par /= 2) {
-    for (int trav = row.traversal / 8 * 8; trav >= 8; trav -= 8) {
-      const Tile t{par, trav};
-      if (tg_bytes(pass, k, t) <= static_cast<size_t>(kThreadgroupMemoryBytes)) return t;
-    }
+  auto bytes = [&](Tile t) { return tg_bytes(pass, k, t); };
+  Tile t{kPreferredParallel, preferred_traversal(hd)};
+  const size_t target = kTargetThreadgroupBytes, limit = kThreadgroupMemoryBytes;
+  while (bytes(t) > target) {
+    if (t.traversal > 16) t.traversal /= 2;
+    else if (t.parallel > kMinParallel) t.parallel /= 2;
+    else if (t.traversal > kMinTraversal) t.traversal /= 2;
+    else break;
   }
+  if (bytes(t) <= limit) return t;  // meets the target, or (16, 8) within the limit
+  t = Tile{8, kMinTraversal};
+  if (bytes(t) <= limit) return t;
   throw std::runtime_error("metal: no tile fits threadgroup memory for head dims " + std::to_string(k.dp) + "/" +
                            std::to_string(k.dvp));
 }
@@ -99,6 +110,30 @@ KernelConfig kernel_config(const KernelKey& key) {
   return c;
 }
 
+const char* kernel_name(Pass pass) {
+  switch (pass) {
+    case Pass::forward: return "fsdpa_forward";
+    case Pass::backward_dq: return "fsdpa_backward_dq";
+    case Pass::backward_dkdv: return "fsdpa_backward_dkdv";
+    case Pass::backward_preprocess: return "fsdpa_backward_preprocess";
+    case Pass::decode_split: return "fsdpa_decode_split";
+    case Pass::decode_merge: return "fsdpa_decode_merge";
+  }
+  return "";
+}
+
+const char* threads_define(Pass pass) {
+  switch (pass) {
+    case Pass::forward: return "FSDPA_THREADS_FORWARD";
+    case Pass::backward_dq: return "FSDPA_THREADS_BACKWARD_DQ";
+    case Pass::backward_dkdv: return "FSDPA_THREADS_BACKWARD_DKDV";
+    case Pass::backward_preprocess: return "FSDPA_THREADS_BACKWARD_PREPROCESS";
+    case Pass::decode_split: return "FSDPA_THREADS_DECODE_SPLIT";
+    case Pass::decode_merge: return "FSDPA_THREADS_DECODE_MERGE";
+  }
+  return "";
+}
+
 std::string key_name(const KernelKey& k) {
   const char* dt[] = {"f32", "f16", "bf16"};
   std::ostringstream s;
@@ -112,7 +147,7 @@ std::string key_name(const KernelKey& k) {
 std::vector<std::pair<std::string, std::string>> kernel_defines(const KernelConfig& c) {
   const KernelKey& k = c.key;
   auto n = [](auto v) { return std::to_string(static_cast<long long>(v)); };
-  return {
+  std::vector<std::pair<std::string, std::string>> d = {
       {"FSDPA_DTYPE", n(dtype_code(k.dtype))},
       {"FSDPA_DP", n(k.dp)},
       {"FSDPA_DVP", n(k.dvp)},
@@ -130,14 +165,12 @@ std::vector<std::pair<std::string, std::string>> kernel_defines(const KernelConf
       {"FSDPA_DKV_BK", n(c.dkv.parallel)},    // keys per threadgroup
       {"FSDPA_DKV_BQ", n(c.dkv.traversal)},   // queries per step
       {"FSDPA_PRE_ROWS", n(c.pre_rows)},
-      // Threads per threadgroup the host dispatches, declared by each kernel
-      // as [[max_total_threads_per_threadgroup(FSDPA_THREADS_<NAME>)]] (kernel
-      // fsdpa_<name>; tests/metal/attention/test_metal_lint.cpp checks both).
-      {"FSDPA_THREADS_FORWARD", n(threads_per_threadgroup(Pass::forward, c))},
-      {"FSDPA_THREADS_BACKWARD_PREPROCESS", n(threads_per_threadgroup(Pass::backward_preprocess, c))},
-      {"FSDPA_THREADS_BACKWARD_DQ", n(threads_per_threadgroup(Pass::backward_dq, c))},
-      {"FSDPA_THREADS_BACKWARD_DKDV", n(threads_per_threadgroup(Pass::backward_dkdv, c))},
   };
+  // Threads per threadgroup the host dispatches kernel fsdpa_<name> with,
+  // declared by it as [[max_total_threads_per_threadgroup(FSDPA_THREADS_<NAME>)]]
+  // (tests/metal/attention/test_metal_lint.cpp and test_metal_plan.cpp check both).
+  for (Pass pass : kAllPasses) d.emplace_back(threads_define(pass), n(threads_per_threadgroup(pass, c)));
+  return d;
 }
 
 size_t threadgroup_bytes(Pass pass, const KernelConfig& c) {
@@ -145,7 +178,9 @@ size_t threadgroup_bytes(Pass pass, const KernelConfig& c) {
     case Pass::forward: return tg_bytes(pass, c.key, c.fwd);
     case Pass::backward_dq: return tg_bytes(pass, c.key, c.dq);
     case Pass::backward_dkdv: return tg_bytes(pass, c.key, c.dkv);
-    case Pass::backward_preprocess: return 0;
+    case Pass::backward_preprocess:
+    case Pass::decode_split:
+    case Pass::decode_merge: return 0;
   }
   return 0;
 }
@@ -156,6 +191,8 @@ uint32_t threads_per_threadgroup(Pass pass, const KernelConfig& c) {
     case Pass::backward_dq: return static_cast<uint32_t>(c.dq.parallel / 8 * 32);
     case Pass::backward_dkdv: return static_cast<uint32_t>(c.dkv.parallel / 8 * 32);
     case Pass::backward_preprocess: return static_cast<uint32_t>(c.pre_rows * 32);
+    case Pass::decode_split: return static_cast<uint32_t>(kSplitSimdgroups * 32);
+    case Pass::decode_merge: return static_cast<uint32_t>(kMergeRows * 32);
   }
   return 0;
 }
@@ -200,16 +237,16 @@ FsdpaMetalArgs make_args(const AttnParams& p) {
   a.scale = p.scale;
   a.softcap = p.softcap;
   a.dropout_scale = p.dropout_p > 0 ? 1.0f / (1.0f - p.dropout_p) : 1.0f;
+  a.num_splits = 0;
+  a.keys_per_split = 0;
   return a;
 }
 
 namespace {
-Dispatch make_dispatch(Pass pass, const KernelConfig& c, const AttnParams& p) {
-  static const char* names[] = {"fsdpa_forward", "fsdpa_backward_dq", "fsdpa_backward_dkdv",
-                                "fsdpa_backward_preprocess"};
+Dispatch make_dispatch(Pass pass, const KernelConfig& c, const AttnParams& p, int32_t splits = 0) {
   const uint32_t tail = p.cu_seqlens_q != nullptr ? 1u : 0u;  // varlen: tokens after the last sequence
   Dispatch d{};
-  d.kernel = names[static_cast<int>(pass)];
+  d.kernel = kernel_name(pass);
   d.pass = pass;
   const uint32_t nb = static_cast<uint32_t>(p.batch);
   switch (pass) {
@@ -225,6 +262,14 @@ Dispatch make_dispatch(Pass pass, const KernelConfig& c, const AttnParams& p) {
     case Pass::backward_preprocess:
       d.grid[0] = ceil_div(p.seqlen_q, c.pre_rows), d.grid[1] = uint32_t(p.heads_q), d.grid[2] = nb;
       break;
+    case Pass::decode_split: {  // work item (row of the GQA group, split) per simdgroup
+      const int64_t rows = (p.heads_q / p.heads_k) * p.seqlen_q;
+      d.grid[0] = ceil_div(rows * splits, kSplitSimdgroups), d.grid[1] = uint32_t(p.heads_k), d.grid[2] = nb;
+      break;
+    }
+    case Pass::decode_merge:
+      d.grid[0] = ceil_div(p.seqlen_q, kMergeRows), d.grid[1] = uint32_t(p.heads_q), d.grid[2] = nb;
+      break;
   }
   d.threads[0] = threads_per_threadgroup(pass, c);
   d.threads[1] = d.threads[2] = 1;
@@ -237,11 +282,54 @@ void drop_empty(Plan& plan) {
 }
 }  // namespace
 
+DecodeSplit choose_decode_split(const AttnParams& p) {
+  DecodeSplit d;
+  if (p.cu_seqlens_q != nullptr) {
+    d.reason = "normal forward: varlen (the split decode kernels take padded batches)";
+    return d;
+  }
+  if (p.seqlen_q < 1 || p.seqlen_q > kDecodeMaxQueryRows) {
+    d.reason = "normal forward: seqlen_q is 0 or above kDecodeMaxQueryRows";
+    return d;
+  }
+  // Work items of the normal forward: one threadgroup per (batch, query
+  // head); of the split pass: one simdgroup per (query row, split).
+  const int64_t rows = p.batch * p.heads_q * p.seqlen_q;
+  const int64_t by_keys = p.seqlen_k / kDecodeMinKeysPerSplit;
+  const int64_t by_work = (kDecodeTargetWorkItems + std::max<int64_t>(rows, 1) - 1) / std::max<int64_t>(rows, 1);
+  const int64_t splits = std::min<int64_t>({by_keys, by_work, kDecodeMaxSplits});
+  if (splits < 2) {
+    d.reason = by_keys < 2 ? "normal forward: too few keys to split" : "normal forward: enough rows to fill the GPU";
+    return d;
+  }
+  d.keys_per_split = static_cast<int32_t>((p.seqlen_k + splits - 1) / splits);
+  d.splits = static_cast<int32_t>((p.seqlen_k + d.keys_per_split - 1) / d.keys_per_split);  // no empty split
+  d.reason = "split-KV decode: few query rows, long keys";
+  return d;
+}
+
 Plan plan_forward(const AttnParams& p, GpuFamily family) {
+  return plan_forward_with(p, family, choose_decode_split(p));
+}
+
+Plan plan_forward_with(const AttnParams& p, GpuFamily family, const DecodeSplit& split) {
   Plan plan;
   plan.config = kernel_config(make_key(p, family));
   plan.args = make_args(p);
-  plan.dispatches.push_back(make_dispatch(Pass::forward, plan.config, p));
+  plan.reason = split.reason;
+  if (split.splits > 0) {
+    if (p.cu_seqlens_q != nullptr || split.keys_per_split <= 0 ||
+        int64_t(split.splits) * split.keys_per_split < p.seqlen_k)
+      throw std::invalid_argument("metal: invalid split-KV decode choice");
+    plan.args.num_splits = split.splits;
+    plan.args.keys_per_split = split.keys_per_split;
+    // Per (batch, query head, query row, split): lse, then Dv outputs.
+    plan.scratch_elements = p.batch * p.heads_q * p.seqlen_q * split.splits * (1 + p.head_dim_v);
+    plan.dispatches.push_back(make_dispatch(Pass::decode_split, plan.config, p, split.splits));
+    plan.dispatches.push_back(make_dispatch(Pass::decode_merge, plan.config, p));
+  } else {
+    plan.dispatches.push_back(make_dispatch(Pass::forward, plan.config, p));
+  }
   drop_empty(plan);
   return plan;
 }
@@ -251,7 +339,8 @@ Plan plan_backward(const AttnParams& p, GpuFamily family) {
   plan.config = kernel_config(make_key(p, family));
   plan.args = make_args(p);
   plan.args.has_lse = 1;
-  plan.delta_elements = p.cu_seqlens_q != nullptr ? p.heads_q * p.total_q : p.batch * p.heads_q * p.seqlen_q;
+  plan.reason = "backward";
+  plan.scratch_elements = p.cu_seqlens_q != nullptr ? p.heads_q * p.total_q : p.batch * p.heads_q * p.seqlen_q;
   plan.dispatches.push_back(make_dispatch(Pass::backward_preprocess, plan.config, p));
   plan.dispatches.push_back(make_dispatch(Pass::backward_dq, plan.config, p));
   plan.dispatches.push_back(make_dispatch(Pass::backward_dkdv, plan.config, p));

@@ -23,7 +23,17 @@ namespace fsdpa::metal {
 // MTLGPUFamilyApple7 = M1 (and A14), Apple8 = M2, Apple9 = M3/M4.
 enum class GpuFamily : int32_t { apple7 = 7, apple8 = 8, apple9 = 9 };
 
-enum class Pass : int32_t { forward = 0, backward_dq = 1, backward_dkdv = 2, backward_preprocess = 3 };
+enum class Pass : int32_t {
+  forward = 0,
+  backward_dq = 1,
+  backward_dkdv = 2,
+  backward_preprocess = 3,
+  decode_split = 4,  // split-KV decode: partial (out, lse) per key split into the scratch
+  decode_merge = 5,  // split-KV decode: log-sum-exp merge of the partials into out, lse
+};
+inline constexpr Pass kAllPasses[] = {Pass::forward,       Pass::backward_dq,
+                                      Pass::backward_dkdv, Pass::backward_preprocess,
+                                      Pass::decode_split,  Pass::decode_merge};
 
 struct Tile {
   int32_t parallel = 0;   // rows per threadgroup (query rows; key rows for dK/dV)
@@ -60,25 +70,48 @@ std::vector<std::pair<std::string, std::string>> kernel_defines(const KernelConf
 // Threadgroup memory a kernel of pass `pass` declares under config c (bytes,
 // each array rounded to 16 bytes).
 size_t threadgroup_bytes(Pass pass, const KernelConfig& c);
+// Threads per threadgroup of pass `pass`: what the planner dispatches and
+// what the kernel declares as [[max_total_threads_per_threadgroup(N)]]
+// (N = the define threads_define(pass), emitted by kernel_defines()).
 uint32_t threads_per_threadgroup(Pass pass, const KernelConfig& c);
+const char* threads_define(Pass pass);
+// Function name of the kernel of `pass` in fsdpa_attention.metal.
+const char* kernel_name(Pass pass);
 
 struct Dispatch {
-  const char* kernel;        // function name in fsdpa_attention.metal
+  const char* kernel;        // function name in fsdpa_attention.metal (kernel_name(pass))
   Pass pass;
   uint32_t grid[3];          // threadgroups per grid
   uint32_t threads[3];       // threads per threadgroup
   size_t threadgroup_memory; // bytes declared by the kernel (static)
 };
 
-// Scratch buffers the host allocates for a plan.
+// Split-KV decode choice of a forward call. splits == 0: the normal forward
+// kernel (reason says why); splits >= 1: the split and merge passes, keys
+// [s * keys_per_split, (s + 1) * keys_per_split) in split s.
+struct DecodeSplit {
+  int32_t splits = 0;
+  int32_t keys_per_split = 0;
+  const char* reason = "";
+};
+// Pure function of the validated call (heuristics.h): splits when seqlen_q
+// is small, the keys long and the (batch, head) pairs too few to fill the
+// GPU, for every feature the split kernel supports (all but varlen).
+DecodeSplit choose_decode_split(const AttnParams& p);
+
 struct Plan {
   KernelConfig config;
   FsdpaMetalArgs args;
   std::vector<Dispatch> dispatches;  // encode in order, one encoder, with barriers between
-  int64_t delta_elements = 0;        // backward: fp32 scratch for Delta
+  // float32 scratch the host allocates and binds at FSDPA_BUF_SCRATCH
+  // (uninitialised is fine): backward: Delta; split decode: the partials.
+  int64_t scratch_elements = 0;
+  std::string reason;  // why these kernels (split decode or not)
 };
 
-Plan plan_forward(const AttnParams& p, GpuFamily family);
+Plan plan_forward(const AttnParams& p, GpuFamily family);  // choose_decode_split(p) decides
+// The forward with a given split choice (tests force splits on small shapes).
+Plan plan_forward_with(const AttnParams& p, GpuFamily family, const DecodeSplit& split);
 Plan plan_backward(const AttnParams& p, GpuFamily family);
 
 // The argument block of a validated call (strides, sizes, semantics).

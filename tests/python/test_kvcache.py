@@ -355,14 +355,18 @@ def test_merge_splits_equal_whole(dtype):
     assert out.dtype == dtype and lse.dtype == torch.float32
 
 
-def test_merge_inf_rows_and_noncontiguous():
+MERGE_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and "cuda" in flashsdpa.backends() else [])
+
+
+@pytest.mark.parametrize("device", MERGE_DEVICES)
+def test_merge_inf_rows_and_noncontiguous(device):
     gen = torch.Generator().manual_seed(12)
     b, s, h, d = 2, 6, 3, 20
     # Non-contiguous: every other element of a wider buffer, transposed lse.
-    oa = torch.randn(b, s, h, 2 * d, generator=gen)[..., ::2]
-    ob = torch.randn(b, s, h, d, generator=gen).transpose(0, 1).contiguous().transpose(0, 1)
-    la = torch.randn(b, s, h, generator=gen).transpose(1, 2)  # (B, H, S) view
-    lb = torch.randn(b, h, s, generator=gen) * 3
+    oa = torch.randn(b, s, h, 2 * d, generator=gen).to(device)[..., ::2]
+    ob = torch.randn(b, s, h, d, generator=gen).transpose(0, 1).contiguous().to(device).transpose(0, 1)
+    la = torch.randn(b, s, h, generator=gen).to(device).transpose(1, 2)  # (B, H, S) view
+    lb = torch.randn(b, h, s, generator=gen).to(device) * 3
     la[0, 0, 0] = float("-inf")                       # only b contributes
     lb[0, 1, 2] = float("-inf")                       # only a contributes
     la[1, 2, 5] = lb[1, 2, 5] = float("-inf")         # neither: 0 / -inf

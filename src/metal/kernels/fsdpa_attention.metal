@@ -4,8 +4,8 @@
 // so no float atomics are needed).
 //
 // Every value that shapes the code is a preprocessor define chosen by the
-// host planner (src/metal/plan.cpp, metal_kernel_defines()) and compiled
-// once per specialisation key:
+// host planner (src/metal/plan.cpp, kernel_defines()) and compiled once per
+// specialisation key:
 //   FSDPA_DTYPE        0 float32, 1 float16, 2 bfloat16 (q, k, v, out, dout, dq, dk, dv)
 //   FSDPA_DP/DVP       head dims D / Dv rounded up to a multiple of 8
 //   FSDPA_MASK         0 none, 1 boolean (uint8), 2 additive
@@ -15,6 +15,11 @@
 //   FSDPA_PRE_ROWS     rows (= simdgroups) per threadgroup of the Delta pass
 //   FSDPA_THREADS_<K>  threads per threadgroup the host dispatches kernel fsdpa_<k> with,
 //                      declared as its [[max_total_threads_per_threadgroup]]
+//
+// Kernels: fsdpa_forward; split-KV decode fsdpa_decode_split +
+// fsdpa_decode_merge (few query rows, long keys: partial (out, lse) per key
+// split in a float32 scratch, merged by log-sum-exp); the backward
+// fsdpa_backward_preprocess, fsdpa_backward_dq, fsdpa_backward_dkdv.
 //
 // Structure: each simdgroup owns 8 rows of its threadgroup's tile (query
 // rows in the forward and dQ kernels, key rows in the dK/dV kernel). Tiles
@@ -34,11 +39,15 @@
 #include "fsdpa_metal_args.h"
 using namespace metal;
 
-#if !defined(FSDPA_DTYPE) || !defined(FSDPA_DP) || !defined(FSDPA_DVP)
+#if !defined(FSDPA_DTYPE) || !defined(FSDPA_DP) || !defined(FSDPA_DVP) || !defined(FSDPA_THREADS_FORWARD)
 #error "flashsdpa Metal kernels need the planner's defines (FSDPA_DTYPE, FSDPA_DP, FSDPA_DVP, ...)"
 #endif
 
 // ---------------------------------------------------------------- types
+// Staged tiles keep the inputs' 16-bit formats (half, or bfloat16 bit
+// patterns converted exactly to float in tile_load): half the threadgroup
+// memory of float staging. bfloat16 stays ushort rather than MSL's bfloat,
+// which needs MSL 3.1; the conversion is a shift, so numerics are the same.
 #if FSDPA_DTYPE == 0
 typedef float io_t;   // element type in device memory
 typedef float tg_t;   // element type of the staged tiles
@@ -47,7 +56,7 @@ typedef half io_t;
 typedef half tg_t;
 #elif FSDPA_DTYPE == 2
 typedef ushort io_t;  // bfloat16 bit patterns (portable to GPUs without bfloat)
-typedef float tg_t;
+typedef ushort tg_t;
 #else
 #error "FSDPA_DTYPE must be 0, 1 or 2"
 #endif
@@ -118,7 +127,18 @@ inline void set_elems(thread simdgroup_float8x8& m, float2 e) {
 
 // 8x8 tile at p (leading dimension ld) as float; transposed: the tile is
 // read from memory as its transpose (element (r, c) from p[c * ld + r]).
-inline simdgroup_float8x8 tile_load(FSDPA_TG_PTR(const tg_t) p, uint ld, bool transposed) {
+// rc = lane_rc(lane). bfloat16 tiles are read lane by lane (each lane its
+// two elements), the others with simdgroup_load.
+inline simdgroup_float8x8 tile_load(FSDPA_TG_PTR(const tg_t) p, uint ld, bool transposed, ushort2 rc) {
+#if FSDPA_DTYPE == 2
+  const uint r = rc.x, c = rc.y;
+  const uint i0 = transposed ? c * ld + r : r * ld + c;
+  const uint i1 = transposed ? (c + 1) * ld + r : r * ld + c + 1;
+  simdgroup_float8x8 f;
+  const ushort b0 = p[i0], b1 = p[i1];
+  set_elems(f, float2(bf16_bits_to_float(b0), bf16_bits_to_float(b1)));
+  return f;
+#else
   tg_mat m;
   simdgroup_load(m, p, ulong(ld), ulong2(0, 0), transposed);
 #if FSDPA_DTYPE == 1
@@ -127,6 +147,7 @@ inline simdgroup_float8x8 tile_load(FSDPA_TG_PTR(const tg_t) p, uint ld, bool tr
   return f;
 #else
   return m;
+#endif
 #endif
 }
 
@@ -152,9 +173,9 @@ inline void stage_tile(FSDPA_TG_PTR(tg_t) dst, uint R, uint DPAD, device const i
                        long sdim, int nrows, int dim, uint tid, uint nthreads) {
   for (uint idx = tid; idx < R * DPAD; idx += nthreads) {
     const uint r = idx / DPAD, d = idx % DPAD;
-    float x = 0.0f;
-    if (int(r) < nrows && int(d) < dim) x = ld_io(src, base + long(r) * srow + long(d) * sdim);
-    dst[idx] = tg_t(x);
+    tg_t x = tg_t(0);  // io_t == tg_t: a copy (bfloat16 0 bits = +0)
+    if (int(r) < nrows && int(d) < dim) x = src[base + long(r) * srow + long(d) * sdim];
+    dst[idx] = x;
   }
 }
 
@@ -317,7 +338,10 @@ inline long row_offset(constant FSDPA_I64* st, uint b, uint h, long tok) {
 // ====================================================================== forward
 #define F_BQ FSDPA_FWD_BQ
 #define F_BK FSDPA_FWD_BK
-#define F_NT ((F_BQ / 8) * 32)
+#define F_NT FSDPA_THREADS_FORWARD  // one simdgroup per 8 rows
+#if F_NT != (F_BQ / 8) * 32
+#error "FSDPA_THREADS_FORWARD must be 32 threads per 8 rows"
+#endif
 
 [[max_total_threads_per_threadgroup(FSDPA_THREADS_FORWARD)]]
 kernel void fsdpa_forward(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
@@ -370,9 +394,9 @@ kernel void fsdpa_forward(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
       simdgroup_float8x8 sc[F_BK / 8];
       for (int n = 0; n < F_BK / 8; ++n) sc[n] = tile_zero();
       for (int kd = 0; kd < FSDPA_DP / 8; ++kd) {
-        const simdgroup_float8x8 qa = tile_load(f_q + (int(sg) * 8 * FSDPA_DP + kd * 8), FSDPA_DP, false);
+        const simdgroup_float8x8 qa = tile_load(f_q + (int(sg) * 8 * FSDPA_DP + kd * 8), FSDPA_DP, false, rc);
         for (int n = 0; n < F_BK / 8; ++n) {
-          const simdgroup_float8x8 kb = tile_load(f_kv + (n * 8 * FSDPA_DP + kd * 8), FSDPA_DP, true);
+          const simdgroup_float8x8 kb = tile_load(f_kv + (n * 8 * FSDPA_DP + kd * 8), FSDPA_DP, true, rc);
           simdgroup_multiply_accumulate(sc[n], qa, kb, sc[n]);
         }
       }
@@ -431,7 +455,7 @@ kernel void fsdpa_forward(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
       threadgroup_barrier(mem_flags::mem_threadgroup);
       for (int t = 0; t < FSDPA_DVP / 8; ++t)
         for (int n = 0; n < F_BK / 8; ++n) {
-          const simdgroup_float8x8 vb = tile_load(f_kv + (n * 8 * FSDPA_DVP + t * 8), FSDPA_DVP, false);
+          const simdgroup_float8x8 vb = tile_load(f_kv + (n * 8 * FSDPA_DVP + t * 8), FSDPA_DVP, false, rc);
           simdgroup_multiply_accumulate(acc[t], sc[n], vb, acc[t]);
         }
     }
@@ -455,12 +479,159 @@ kernel void fsdpa_forward(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
   }
 }
 
+// ====================================================================== split-KV decode
+// Few query rows, long keys (the planner's choose_decode_split). Pass 1:
+// each simdgroup takes one work item (row r of its kv head's query rows --
+// the GQA group's heads times seqlen_q -- and key split sp); the lanes split
+// the head dims, keys are visited one at a time (dot product by simd_sum)
+// with the online softmax in registers, as the forward does per lane. It
+// writes the split's partial out (normalised, float32) and lse (m + log l;
+// -inf when it saw no visible key) to the scratch. Pass 2 merges a row's
+// splits by log-sum-exp: a split with lse = -inf contributes nothing; all
+// -inf gives out = 0, lse = -inf. Same semantics as fsdpa_forward (score(),
+// dropout_factor()); the planner never chooses it for varlen calls.
+//
+// Scratch (float32), with R = batch * heads_q * seqlen_q rows, row id
+// rid = (b * heads_q + h) * seqlen_q + i and S = num_splits:
+//   lse of (rid, sp) at rid * S + sp; out of (rid, sp, d) at R * S + (rid * S + sp) * head_dim_v + d.
+#define SPLIT_QPL ((FSDPA_DP + 31) / 32)   // q elements per lane
+#define SPLIT_OPL ((FSDPA_DVP + 31) / 32)  // out elements per lane
+#if FSDPA_THREADS_DECODE_SPLIT % 32 != 0 || FSDPA_THREADS_DECODE_MERGE % 32 != 0
+#error "the decode kernels work in whole simdgroups"
+#endif
+
+inline long decode_row(constant FsdpaMetalArgs& a, uint b, uint h, int i) {
+  return (long(b) * a.heads_q + long(h)) * a.seqlen_q + i;
+}
+inline long decode_out_base(constant FsdpaMetalArgs& a) {
+  return long(a.batch) * a.heads_q * a.seqlen_q * a.num_splits;
+}
+
+[[max_total_threads_per_threadgroup(FSDPA_THREADS_DECODE_SPLIT)]]
+kernel void fsdpa_decode_split(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
+                               device const io_t* q [[buffer(FSDPA_BUF_Q)]],
+                               device const io_t* k [[buffer(FSDPA_BUF_K)]],
+                               device const io_t* v [[buffer(FSDPA_BUF_V)]],
+                               device const mask_t* mask [[buffer(FSDPA_BUF_MASK)]],
+                               device const float* alibi [[buffer(FSDPA_BUF_ALIBI)]],
+                               device const int* cu_q [[buffer(FSDPA_BUF_CU_Q)]],
+                               device const int* cu_k [[buffer(FSDPA_BUF_CU_K)]],
+                               device float* part [[buffer(FSDPA_BUF_SCRATCH)]],
+                               uint3 tgp [[threadgroup_position_in_grid]],
+                               ushort sg [[simdgroup_index_in_threadgroup]],
+                               ushort lane [[thread_index_in_simdgroup]]) {
+  const uint b = tgp.z, hk = tgp.y;
+  const int group = a.heads_q / a.heads_k;
+  const int rows = group * a.seqlen_q;
+  // Work item w: consecutive simdgroups take consecutive rows of one split,
+  // so a threadgroup's simdgroups mostly read the same keys.
+  const int w = int(tgp.x) * (FSDPA_THREADS_DECODE_SPLIT / 32) + int(sg);
+  if (w >= rows * a.num_splits) return;  // whole simdgroup; this kernel has no barriers
+  const int sp = w / rows, r = w % rows;
+  const uint h = hk * uint(group) + uint(r / a.seqlen_q);
+  const int i = r % a.seqlen_q;
+  const Seq s = seq_of(a, cu_q, cu_k, b);
+  const HeadCtx c = head_ctx(a, alibi, s, b, h);
+
+  float qr[SPLIT_QPL];
+  const long qb = row_offset(a.q_stride, b, h, long(i));
+  for (int t = 0; t < SPLIT_QPL; ++t) {
+    const int d = int(lane) + 32 * t;
+    qr[t] = d < a.head_dim ? ld_io(q, qb + long(d) * a.q_stride[3]) : 0.0f;
+  }
+  float o[SPLIT_OPL];
+  for (int t = 0; t < SPLIT_OPL; ++t) o[t] = 0.0f;
+  float m = -INFINITY, l = 0.0f;
+
+  const int2 kr = key_range(a, s, i, i);
+  const int j_end = min(kr.y + 1, (sp + 1) * a.keys_per_split);
+  const long kb0 = row_offset(a.k_stride, b, hk, 0L), vb0 = row_offset(a.v_stride, b, hk, 0L);
+  for (int j = max(kr.x, sp * a.keys_per_split); j < j_end; ++j) {
+    const long kb = kb0 + long(j) * a.k_stride[2];
+    float x = 0.0f;
+    for (int t = 0; t < SPLIT_QPL; ++t) {
+      const int d = int(lane) + 32 * t;
+      if (d < a.head_dim) x += qr[t] * ld_io(k, kb + long(d) * a.k_stride[3]);
+    }
+    x = simd_sum(x);  // the same in every lane, so the branches below are uniform
+    float th;
+    const float sc = score(a, mask, c, i, j, x, &th);
+    if (sc == -INFINITY) continue;
+    const float m_new = max(m, sc);
+    const float alpha = exp(m - m_new);  // 0 while m is -inf
+    const float p = exp(sc - m_new);
+    l = l * alpha + p;
+    float pz = p;
+#if FSDPA_DROPOUT
+    pz *= dropout_factor(a, c, i, j);
+#endif
+    const long vb = vb0 + long(j) * a.v_stride[2];
+    for (int t = 0; t < SPLIT_OPL; ++t) {
+      const int d = int(lane) + 32 * t;
+      const float vv = d < a.head_dim_v ? ld_io(v, vb + long(d) * a.v_stride[3]) : 0.0f;
+      o[t] = o[t] * alpha + pz * vv;
+    }
+    m = m_new;
+  }
+
+  const long slot = decode_row(a, b, h, i) * a.num_splits + sp;
+  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+  for (int t = 0; t < SPLIT_OPL; ++t) {
+    const int d = int(lane) + 32 * t;
+    if (d < a.head_dim_v) part[decode_out_base(a) + slot * a.head_dim_v + d] = o[t] * inv;
+  }
+  if (lane == 0) part[slot] = l > 0.0f ? m + log(l) : -INFINITY;
+}
+
+// One simdgroup per output row (b, h, i): lanes over the splits for the
+// lse, then over the head dims for out.
+[[max_total_threads_per_threadgroup(FSDPA_THREADS_DECODE_MERGE)]]
+kernel void fsdpa_decode_merge(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
+                               device io_t* out [[buffer(FSDPA_BUF_OUT)]],
+                               device float* lse [[buffer(FSDPA_BUF_LSE)]],
+                               device const float* part [[buffer(FSDPA_BUF_SCRATCH)]],
+                               uint3 tgp [[threadgroup_position_in_grid]],
+                               ushort sg [[simdgroup_index_in_threadgroup]],
+                               ushort lane [[thread_index_in_simdgroup]]) {
+  const uint b = tgp.z, h = tgp.y;
+  const int i = int(tgp.x) * (FSDPA_THREADS_DECODE_MERGE / 32) + int(sg);
+  if (i >= a.seqlen_q) return;  // whole simdgroup
+  const int S = a.num_splits;
+  const long row = decode_row(a, b, h, i) * S;
+  float mx = -INFINITY;
+  for (int sp = int(lane); sp < S; sp += 32) mx = max(mx, part[row + sp]);
+  mx = simd_max(mx);
+  float wsum = 0.0f;
+  if (mx != -INFINITY)
+    for (int sp = int(lane); sp < S; sp += 32) {
+      const float ls = part[row + sp];
+      if (ls != -INFINITY) wsum += exp(ls - mx);
+    }
+  wsum = simd_sum(wsum);
+  const float total = mx == -INFINITY ? -INFINITY : mx + log(wsum);
+
+  const long ob = row_offset(a.out_stride, b, h, long(i));
+  for (int d = int(lane); d < a.head_dim_v; d += 32) {
+    float acc = 0.0f;
+    if (total != -INFINITY)
+      for (int sp = 0; sp < S; ++sp) {
+        const float ls = part[row + sp];
+        if (ls != -INFINITY) acc += exp(ls - total) * part[decode_out_base(a) + (row + sp) * a.head_dim_v + d];
+      }
+    out[ob + long(d) * a.out_stride[3]] = to_io(acc);
+  }
+  if (a.has_lse != 0 && lane == 0) lse[row_offset(a.lse_stride, b, h, long(i))] = total;
+}
+
 // ====================================================================== backward: Delta
+#if FSDPA_THREADS_BACKWARD_PREPROCESS != FSDPA_PRE_ROWS * 32
+#error "FSDPA_THREADS_BACKWARD_PREPROCESS must be one simdgroup per row"
+#endif
 [[max_total_threads_per_threadgroup(FSDPA_THREADS_BACKWARD_PREPROCESS)]]
 kernel void fsdpa_backward_preprocess(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
                                       device const io_t* out [[buffer(FSDPA_BUF_OUT)]],
                                       device const io_t* dout [[buffer(FSDPA_BUF_DOUT)]],
-                                      device float* delta [[buffer(FSDPA_BUF_DELTA)]],
+                                      device float* delta [[buffer(FSDPA_BUF_SCRATCH)]],
                                       device const int* cu_q [[buffer(FSDPA_BUF_CU_Q)]],
                                       device const int* cu_k [[buffer(FSDPA_BUF_CU_K)]],
                                       uint3 tgp [[threadgroup_position_in_grid]],
@@ -487,7 +658,10 @@ kernel void fsdpa_backward_preprocess(constant FsdpaMetalArgs& a [[buffer(FSDPA_
 // ====================================================================== backward: dQ
 #define Q_BQ FSDPA_DQ_BQ
 #define Q_BK FSDPA_DQ_BK
-#define Q_NT ((Q_BQ / 8) * 32)
+#define Q_NT FSDPA_THREADS_BACKWARD_DQ  // one simdgroup per 8 rows
+#if Q_NT != (Q_BQ / 8) * 32
+#error "FSDPA_THREADS_BACKWARD_DQ must be 32 threads per 8 rows"
+#endif
 
 [[max_total_threads_per_threadgroup(FSDPA_THREADS_BACKWARD_DQ)]]
 kernel void fsdpa_backward_dq(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
@@ -500,7 +674,7 @@ kernel void fsdpa_backward_dq(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS
                               device const int* cu_q [[buffer(FSDPA_BUF_CU_Q)]],
                               device const int* cu_k [[buffer(FSDPA_BUF_CU_K)]],
                               device const io_t* dout [[buffer(FSDPA_BUF_DOUT)]],
-                              device const float* delta [[buffer(FSDPA_BUF_DELTA)]],
+                              device const float* delta [[buffer(FSDPA_BUF_SCRATCH)]],
                               device io_t* dq [[buffer(FSDPA_BUF_DQ)]],
                               uint3 tgp [[threadgroup_position_in_grid]],
                               uint3 ngroups [[threadgroups_per_grid]],
@@ -509,8 +683,7 @@ kernel void fsdpa_backward_dq(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS
                               ushort lane [[thread_index_in_simdgroup]]) {
   FSDPA_THREADGROUP(tg_t, q_q, Q_BQ * FSDPA_DP);
   FSDPA_THREADGROUP(tg_t, q_do, Q_BQ * FSDPA_DVP);
-  FSDPA_THREADGROUP(tg_t, q_k, Q_BK * FSDPA_DP);
-  FSDPA_THREADGROUP(tg_t, q_v, Q_BK * FSDPA_DVP);
+  FSDPA_THREADGROUP(tg_t, q_kv, Q_BK * FSDPA_DKV_MAX);  // V (for dP), then K (for S and dQ)
   const uint b = tgp.z, h = tgp.y;
   const uint hk = h / uint(a.heads_q / a.heads_k);
   const Seq s = seq_of(a, cu_q, cu_k, b);
@@ -539,29 +712,30 @@ kernel void fsdpa_backward_dq(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS
     const int2 kr = key_range(a, s, i0, i0 + nrows - 1);
     for (int j0 = kr.x / Q_BK * Q_BK; j0 <= kr.y; j0 += Q_BK) {
       const int nk = min(Q_BK, s.sk - j0);
-      threadgroup_barrier(mem_flags::mem_threadgroup);
-      stage_tile(q_k, Q_BK, FSDPA_DP, k, kbase + long(j0) * a.k_stride[2], a.k_stride[2], a.k_stride[3], nk,
-                 a.head_dim, tid, Q_NT);
-      stage_tile(q_v, Q_BK, FSDPA_DVP, v, vbase + long(j0) * a.v_stride[2], a.v_stride[2], a.v_stride[3], nk,
-                 a.head_dim_v, tid, Q_NT);
-      threadgroup_barrier(mem_flags::mem_threadgroup);
-
       simdgroup_float8x8 sc[Q_BK / 8], dp[Q_BK / 8];
       for (int n = 0; n < Q_BK / 8; ++n) {
         sc[n] = tile_zero();
         dp[n] = tile_zero();
       }
-      for (int kd = 0; kd < FSDPA_DP / 8; ++kd) {  // S = Q K^T
-        const simdgroup_float8x8 qa = tile_load(q_q + (int(sg) * 8 * FSDPA_DP + kd * 8), FSDPA_DP, false);
-        for (int n = 0; n < Q_BK / 8; ++n)
-          simdgroup_multiply_accumulate(sc[n], qa, tile_load(q_k + (n * 8 * FSDPA_DP + kd * 8), FSDPA_DP, true),
-                                        sc[n]);
-      }
+      threadgroup_barrier(mem_flags::mem_threadgroup);
+      stage_tile(q_kv, Q_BK, FSDPA_DVP, v, vbase + long(j0) * a.v_stride[2], a.v_stride[2], a.v_stride[3], nk,
+                 a.head_dim_v, tid, Q_NT);
+      threadgroup_barrier(mem_flags::mem_threadgroup);
       for (int kd = 0; kd < FSDPA_DVP / 8; ++kd) {  // dP = dO V^T
-        const simdgroup_float8x8 da = tile_load(q_do + (int(sg) * 8 * FSDPA_DVP + kd * 8), FSDPA_DVP, false);
+        const simdgroup_float8x8 da = tile_load(q_do + (int(sg) * 8 * FSDPA_DVP + kd * 8), FSDPA_DVP, false, rc);
         for (int n = 0; n < Q_BK / 8; ++n)
           simdgroup_multiply_accumulate(dp[n], da,
-                                        tile_load(q_v + (n * 8 * FSDPA_DVP + kd * 8), FSDPA_DVP, true), dp[n]);
+                                        tile_load(q_kv + (n * 8 * FSDPA_DVP + kd * 8), FSDPA_DVP, true, rc), dp[n]);
+      }
+      threadgroup_barrier(mem_flags::mem_threadgroup);
+      stage_tile(q_kv, Q_BK, FSDPA_DP, k, kbase + long(j0) * a.k_stride[2], a.k_stride[2], a.k_stride[3], nk,
+                 a.head_dim, tid, Q_NT);
+      threadgroup_barrier(mem_flags::mem_threadgroup);
+      for (int kd = 0; kd < FSDPA_DP / 8; ++kd) {  // S = Q K^T
+        const simdgroup_float8x8 qa = tile_load(q_q + (int(sg) * 8 * FSDPA_DP + kd * 8), FSDPA_DP, false, rc);
+        for (int n = 0; n < Q_BK / 8; ++n)
+          simdgroup_multiply_accumulate(sc[n], qa, tile_load(q_kv + (n * 8 * FSDPA_DP + kd * 8), FSDPA_DP, true, rc),
+                                        sc[n]);
       }
       // dS = P * (dP * Z - Delta) [* (1 - tanh^2)], P = exp(S - lse)
       for (int n = 0; n < Q_BK / 8; ++n) {
@@ -586,7 +760,7 @@ kernel void fsdpa_backward_dq(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS
       }
       for (int t = 0; t < FSDPA_DP / 8; ++t)  // dQ += dS K
         for (int n = 0; n < Q_BK / 8; ++n)
-          simdgroup_multiply_accumulate(acc[t], sc[n], tile_load(q_k + (n * 8 * FSDPA_DP + t * 8), FSDPA_DP, false),
+          simdgroup_multiply_accumulate(acc[t], sc[n], tile_load(q_kv + (n * 8 * FSDPA_DP + t * 8), FSDPA_DP, false, rc),
                                         acc[t]);
     }
 
@@ -610,7 +784,10 @@ kernel void fsdpa_backward_dq(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS
 // (keys x queries): element (r, c) of a tile is (key r, query c).
 #define K_BQ FSDPA_DKV_BQ
 #define K_BK FSDPA_DKV_BK
-#define K_NT ((K_BK / 8) * 32)
+#define K_NT FSDPA_THREADS_BACKWARD_DKDV  // one simdgroup per 8 rows
+#if K_NT != (K_BK / 8) * 32
+#error "FSDPA_THREADS_BACKWARD_DKDV must be 32 threads per 8 rows"
+#endif
 
 [[max_total_threads_per_threadgroup(FSDPA_THREADS_BACKWARD_DKDV)]]
 kernel void fsdpa_backward_dkdv(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
@@ -623,7 +800,7 @@ kernel void fsdpa_backward_dkdv(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_AR
                                 device const int* cu_q [[buffer(FSDPA_BUF_CU_Q)]],
                                 device const int* cu_k [[buffer(FSDPA_BUF_CU_K)]],
                                 device const io_t* dout [[buffer(FSDPA_BUF_DOUT)]],
-                                device const float* delta [[buffer(FSDPA_BUF_DELTA)]],
+                                device const float* delta [[buffer(FSDPA_BUF_SCRATCH)]],
                                 device io_t* dk [[buffer(FSDPA_BUF_DK)]],
                                 device io_t* dv [[buffer(FSDPA_BUF_DV)]],
                                 uint3 tgp [[threadgroup_position_in_grid]],
@@ -672,16 +849,16 @@ kernel void fsdpa_backward_dkdv(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_AR
           dpt[n] = tile_zero();
         }
         for (int kd = 0; kd < FSDPA_DP / 8; ++kd) {  // S^T = K Q^T
-          const simdgroup_float8x8 ka = tile_load(d_k + (int(sg) * 8 * FSDPA_DP + kd * 8), FSDPA_DP, false);
+          const simdgroup_float8x8 ka = tile_load(d_k + (int(sg) * 8 * FSDPA_DP + kd * 8), FSDPA_DP, false, rc);
           for (int n = 0; n < K_BQ / 8; ++n)
-            simdgroup_multiply_accumulate(st[n], ka, tile_load(d_q + (n * 8 * FSDPA_DP + kd * 8), FSDPA_DP, true),
+            simdgroup_multiply_accumulate(st[n], ka, tile_load(d_q + (n * 8 * FSDPA_DP + kd * 8), FSDPA_DP, true, rc),
                                           st[n]);
         }
         for (int kd = 0; kd < FSDPA_DVP / 8; ++kd) {  // dP^T = V dO^T
-          const simdgroup_float8x8 va = tile_load(d_v + (int(sg) * 8 * FSDPA_DVP + kd * 8), FSDPA_DVP, false);
+          const simdgroup_float8x8 va = tile_load(d_v + (int(sg) * 8 * FSDPA_DVP + kd * 8), FSDPA_DVP, false, rc);
           for (int n = 0; n < K_BQ / 8; ++n)
             simdgroup_multiply_accumulate(dpt[n], va,
-                                          tile_load(d_do + (n * 8 * FSDPA_DVP + kd * 8), FSDPA_DVP, true), dpt[n]);
+                                          tile_load(d_do + (n * 8 * FSDPA_DVP + kd * 8), FSDPA_DVP, true, rc), dpt[n]);
         }
         for (int n = 0; n < K_BQ / 8; ++n) {
           float2 e = st[n].thread_elements();
@@ -714,11 +891,11 @@ kernel void fsdpa_backward_dkdv(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_AR
         for (int t = 0; t < FSDPA_DVP / 8; ++t)  // dV += (P Z)^T dO
           for (int n = 0; n < K_BQ / 8; ++n)
             simdgroup_multiply_accumulate(acc_v[t], st[n],
-                                          tile_load(d_do + (n * 8 * FSDPA_DVP + t * 8), FSDPA_DVP, false), acc_v[t]);
+                                          tile_load(d_do + (n * 8 * FSDPA_DVP + t * 8), FSDPA_DVP, false, rc), acc_v[t]);
         for (int t = 0; t < FSDPA_DP / 8; ++t)  // dK += dS^T Q
           for (int n = 0; n < K_BQ / 8; ++n)
             simdgroup_multiply_accumulate(acc_k[t], dpt[n],
-                                          tile_load(d_q + (n * 8 * FSDPA_DP + t * 8), FSDPA_DP, false), acc_k[t]);
+                                          tile_load(d_q + (n * 8 * FSDPA_DP + t * 8), FSDPA_DP, false, rc), acc_k[t]);
       }
     }
 

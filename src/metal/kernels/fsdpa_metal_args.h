@@ -32,7 +32,7 @@
 #define FSDPA_BUF_CU_Q 8
 #define FSDPA_BUF_CU_K 9
 #define FSDPA_BUF_DOUT 10
-#define FSDPA_BUF_DELTA 11
+#define FSDPA_BUF_SCRATCH 11  // float32 scratch: Delta (backward), decode partials (split forward)
 #define FSDPA_BUF_DQ 12
 #define FSDPA_BUF_DK 13
 #define FSDPA_BUF_DV 14
@@ -51,7 +51,7 @@ struct FsdpaMetalArgs {
   FSDPA_I64 dv_stride[4];
   FSDPA_I64 mask_stride[4];
   FSDPA_I64 lse_stride[4];
-  FSDPA_I64 delta_stride[4];  // the backward's fp32 Delta = rowsum(dO * O) scratch
+  FSDPA_I64 delta_stride[4];  // the backward's fp32 Delta = rowsum(dO * O) in the scratch
   FSDPA_I64 alibi_stride_b;   // 0 for [Hq] slopes
   FSDPA_I64 window_left;      // -1 = unbounded
   FSDPA_I64 window_right;     // -1 = unbounded (causal already folded in: 0)
@@ -68,6 +68,8 @@ struct FsdpaMetalArgs {
   float scale;
   float softcap;              // 0 = off
   float dropout_scale;        // 1 / (1 - p)
+  FSDPA_I32 num_splits;       // split-KV decode: key splits (0 otherwise)
+  FSDPA_I32 keys_per_split;   // split-KV decode: keys per split
   FSDPA_I32 pad0;
 };
 

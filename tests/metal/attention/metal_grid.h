@@ -30,6 +30,10 @@ struct MCase {
   float scale = NAN;
   int family = 7;  // MTLGPUFamilyApple7 (M1) / 9 (M3, M4)
   bool backward = true;
+  // Split-KV decode: the planner must choose it (expect_split), or the test
+  // forces this many splits on a shape too small for the planner to split.
+  bool expect_split = false;
+  int forced_splits = 0;
 };
 
 // reduced: the smaller grid registered for sanitizer builds.
@@ -125,19 +129,39 @@ inline std::vector<MCase> metal_grid(bool reduced) {
     add("window_right1", [](MCase& c) { c.wr = 1; });
     add("diagonal_only", [](MCase& c) { c.wl = 0; c.wr = 0; c.align = 1; });
   }
-  // The M3/M4 tile table (different tiles, same kernels).
-  if (!reduced) {
-    for (int dt = 0; dt < 3; ++dt) {
-      MCase c = base(shapes[1], dt);
-      c.name = std::string(shapes[1].n) + "_apple9_causal";
-      c.family = 9;
-      c.causal = true;
+  // Split-KV decode (forward only: the backward of these shapes is the
+  // normal one): GQA 8:1, head dim 59, so every case reuses a kernel key of
+  // the feature cases above. The planner's own choice where the shape is
+  // long enough, forced splits on small shapes (empty splits, one key per
+  // split). Reduced grid: float32, Sk < 1000.
+  for (int dt = 0; dt < (reduced ? 1 : 3); ++dt) {
+    const Shape d = {"decode_gqa8", 1, 8, 1, 1, 1000, 59, 59};
+    auto add = [&](const char* name, int64_t sq, int64_t sk, int forced, auto&& set) {
+      if (reduced && sk >= 1000) return;
+      MCase c = base(d, dt);
+      c.name = std::string(d.n) + "_" + name;
+      c.Sq = sq, c.Sk = sk;
+      c.backward = false;
+      c.forced_splits = forced;
+      c.expect_split = forced == 0;
+      set(c);
       grid.push_back(c);
-      c = base(shapes[4], dt);
-      c.name = std::string(shapes[4].n) + "_apple9";
-      c.family = 9;
-      grid.push_back(c);
-    }
+    };
+    auto none = [](MCase&) {};
+    add("sq1_sk1000_b2", 1, 1000, 0, [](MCase& c) { c.B = 2; });
+    add("sq4_sk3000_causal_br", 4, 3000, 0, [](MCase& c) { c.causal = true; c.align = 1; });
+    add("sq1_sk1000_causal_tl", 1, 1000, 0, [](MCase& c) { c.causal = true; });  // one visible key
+    add("sq3_sk2000_combo", 3, 2000, 0, [](MCase& c) {
+      c.causal = true; c.align = 1; c.wl = 23; c.alibi = true; c.softcap = 5.0f; c.mask = Mask::boolean; c.scale = 0.3f;
+    });
+    add("sq2_sk257_additive", 2, 257, 0, [](MCase& c) { c.mask = Mask::additive; });
+    add("sq4_sk300_empty_rows", 4, 300, 0, [](MCase& c) { c.mask = Mask::empty_rows; });
+    add("sq3_sk333_finfo_min_rows", 3, 333, 0, [](MCase& c) { c.mask = Mask::finfo_min_rows; });
+    add("sq1_sk200_dropout", 1, 200, 0, [](MCase& c) { c.dropout = 0.2f; });
+    add("sq3_sk7_split7", 3, 7, 7, none);
+    add("sq2_sk100_window_split6", 2, 100, 6, [](MCase& c) { c.wl = 20; c.wr = 5; c.align = 1; });
+    add("sq4_sk45_causal_tl_split5", 4, 45, 5, [](MCase& c) { c.causal = true; });
+    add("sq1_sk1_split1", 1, 1, 1, none);
   }
   return grid;
 }

@@ -4,7 +4,10 @@
 // goes through the real validation (make_attn_params) and the real planner
 // (plan_forward / plan_backward): the test binds the tensors to the
 // planner's buffer indices and runs the planner's dispatches, each under two
-// fiber schedules (results must agree bit for bit). Outputs are poisoned.
+// fiber schedules (results must agree bit for bit). Outputs and the float32
+// scratch (Delta, split-decode partials) are poisoned. Split-KV decode
+// cases either require the planner to choose the split kernels or force a
+// split count on a small shape (plan_forward_with).
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -73,6 +76,11 @@ struct Binder {
     std::memcpy(b.data(), t->bytes.data(), b.size());
     args.set_raw(index, std::move(b));
   }
+  // The plan's float32 scratch, poisoned (NaN): a read of an element no
+  // earlier pass wrote shows in the results.
+  void bind_scratch(int64_t elements) {
+    args.set(FSDPA_BUF_SCRATCH, std::vector<float>(static_cast<size_t>(std::max<int64_t>(elements, 4)), NAN));
+  }
   void read_back(uint32_t index, Tensor* t) const {
     const auto& b = args.raw(index);
     ASSERT_EQ(b.size(), t->bytes.size());
@@ -124,7 +132,19 @@ TEST_P(MetalEmu, ForwardAndGradients) {
   fsdpa::CallTensors ct;
   ct.q = &pr.q, ct.k = &pr.k, ct.v = &pr.v, ct.out = &out, ct.lse = &lse;
   ASSERT_EQ(fsdpa::make_attn_params(fsdpa::CallKind::forward, &p, ct, &ap), FSDPA_OK) << fsdpa_last_error();
-  const mtl::Plan fplan = mtl::plan_forward(ap, family);
+  mtl::DecodeSplit forced;
+  if (m.forced_splits > 0) {
+    forced.splits = m.forced_splits;
+    forced.keys_per_split = static_cast<int32_t>((m.Sk + m.forced_splits - 1) / m.forced_splits);
+    forced.reason = "forced by the test";
+  }
+  const mtl::Plan fplan = m.forced_splits > 0 ? mtl::plan_forward_with(ap, family, forced) : mtl::plan_forward(ap, family);
+  if (m.expect_split || m.forced_splits > 0) {
+    ASSERT_EQ(fplan.dispatches.size(), 2u) << fplan.reason;
+    EXPECT_EQ(fplan.dispatches[0].pass, mtl::Pass::decode_split) << fplan.reason;
+    EXPECT_EQ(fplan.dispatches[1].pass, mtl::Pass::decode_merge);
+    EXPECT_GE(fplan.args.num_splits, m.forced_splits > 0 ? m.forced_splits : 2);
+  }
   {
     Binder bd;
     bd.bind(FSDPA_BUF_Q, std::addressof(pr.q), ap.q);
@@ -136,6 +156,7 @@ TEST_P(MetalEmu, ForwardAndGradients) {
     bd.bind(FSDPA_BUF_ALIBI, ap.alibi ? std::addressof(pr.alibi) : nullptr, ap.alibi);
     bd.bind(FSDPA_BUF_CU_Q, ap.cu_seqlens_q ? std::addressof(pr.cu_q) : nullptr, ap.cu_seqlens_q);
     bd.bind(FSDPA_BUF_CU_K, ap.cu_seqlens_k ? std::addressof(pr.cu_k) : nullptr, ap.cu_seqlens_k);
+    bd.bind_scratch(fplan.scratch_elements);
     ASSERT_NO_FATAL_FAILURE(run(fplan, bd, seed));
     bd.read_back(FSDPA_BUF_OUT, std::addressof(out));
     bd.read_back(FSDPA_BUF_LSE, std::addressof(lse));
@@ -169,9 +190,7 @@ TEST_P(MetalEmu, ForwardAndGradients) {
     bd.bind(FSDPA_BUF_CU_Q, bp.cu_seqlens_q ? std::addressof(pr.cu_q) : nullptr, bp.cu_seqlens_q);
     bd.bind(FSDPA_BUF_CU_K, bp.cu_seqlens_k ? std::addressof(pr.cu_k) : nullptr, bp.cu_seqlens_k);
     bd.bind(FSDPA_BUF_DOUT, std::addressof(pr.dout), bp.dout);
-    // Delta scratch, poisoned (NaN): a read of a row the Delta pass did not write shows.
-    std::vector<float> delta(static_cast<size_t>(std::max<int64_t>(bplan.delta_elements, 1)), NAN);
-    bd.args.set(FSDPA_BUF_DELTA, delta);
+    bd.bind_scratch(bplan.scratch_elements);
     bd.bind(FSDPA_BUF_DQ, std::addressof(dq), bp.dq);
     bd.bind(FSDPA_BUF_DK, std::addressof(dk), bp.dk);
     bd.bind(FSDPA_BUF_DV, std::addressof(dv), bp.dv);

@@ -1,6 +1,7 @@
-// Unit tests of the portable Metal planner (src/metal/plan.cpp): tiles fit
-// threadgroup memory for every head dim, key and define consistency, grid
-// sizes, argument block layout, and the assembled single-string source.
+// Unit tests of the portable Metal planner (src/metal/plan.cpp): the
+// threadgroup-memory and threads budget over every configuration the planner
+// can emit, key and define consistency, grid sizes, the split-KV decode
+// choice, argument block layout, and the assembled single-string source.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -47,13 +48,136 @@ TEST(MetalPlan, TilesFitEveryHeadDim) {
         }
 }
 
-TEST(MetalPlan, TableIsUsedWhenItFits) {
-  // fp16, D = 64 on M1: metal-flash-attention's forward row (32, 128) fits as is.
-  const auto c = mtl::kernel_config(mtl::make_key(params(DType::f16, 64, 64), mtl::GpuFamily::apple7));
-  EXPECT_EQ(c.fwd.parallel, 32);
-  EXPECT_EQ(c.fwd.traversal, 128);
-  const auto c9 = mtl::kernel_config(mtl::make_key(params(DType::f16, 64, 64), mtl::GpuFamily::apple9));
-  EXPECT_EQ(c9.fwd.parallel, 16);
+TEST(MetalPlan, MlxTilesWhereTheyFit) {
+  // MLX steel attention: 32 query rows (4 simdgroups), 32 keys below head dim 128, 16 from 128 on.
+  for (int fam : {7, 9}) {
+    const auto c = mtl::kernel_config(mtl::make_key(params(DType::f16, 64, 64), mtl::GpuFamily(fam)));
+    EXPECT_EQ(c.fwd.parallel, 32);
+    EXPECT_EQ(c.fwd.traversal, 32);
+    const auto c128 = mtl::kernel_config(mtl::make_key(params(DType::bf16, 128, 128), mtl::GpuFamily(fam)));
+    EXPECT_EQ(c128.fwd.parallel, 32);
+    EXPECT_EQ(c128.fwd.traversal, 16);
+    EXPECT_EQ(mtl::threadgroup_bytes(mtl::Pass::forward, c128), size_t(32 * 128 * 2 + 16 * 128 * 2));  // 12 KiB
+  }
+}
+
+// Every configuration the planner can emit: 3 families x 3 dtypes x head
+// dims D, Dv in 8..256 (multiples of 8; the key rounds up) x the passes.
+// Budget (docs/metal.md): <= 32 KiB of threadgroup memory (the hard limit);
+// <= 24 KiB for every forward and every 16-bit config; <= 16 KiB (MLX's
+// design point) for 16-bit inputs at head dims <= 128 and float32 at <= 64;
+// >= 2 simdgroups per threadgroup except the documented case: float32
+// backward with D + Dv >= 344, where even (16, 8) tiles exceed 32 KiB.
+TEST(MetalPlan, ThreadgroupBudgetOverEveryConfig) {
+  const mtl::Pass tiled[] = {mtl::Pass::forward, mtl::Pass::backward_dq, mtl::Pass::backward_dkdv};
+  int configs = 0, over16 = 0, over24 = 0, at32 = 0, one_simdgroup = 0, diag_configs = 0, diag_over24 = 0,
+      diag_one_simdgroup = 0;
+  for (int fam : {7, 8, 9})
+    for (DType dt : {DType::f32, DType::f16, DType::bf16})
+      for (int d = 8; d <= 256; d += 8)
+        for (int dv = 8; dv <= 256; dv += 8) {
+          const mtl::KernelConfig c = mtl::kernel_config(mtl::make_key(params(dt, d, dv), mtl::GpuFamily(fam)));
+          const bool wide = dt != DType::f32;
+          for (mtl::Pass pass : tiled) {
+            const size_t bytes = mtl::threadgroup_bytes(pass, c);
+            const uint32_t threads = mtl::threads_per_threadgroup(pass, c);
+            const std::string what = mtl::key_name(c.key) + " " + mtl::kernel_name(pass);
+            ++configs;
+            over16 += bytes > 16 * 1024;
+            over24 += bytes > 24 * 1024;
+            at32 += bytes == 32 * 1024;
+            one_simdgroup += threads < 64;
+            if (d == dv) {  // the census: D = Dv
+              ++diag_configs;
+              diag_over24 += bytes > 24 * 1024;
+              diag_one_simdgroup += threads < 64;
+            }
+            EXPECT_LE(bytes, size_t(mtl::kThreadgroupMemoryBytes)) << what;
+            if (pass == mtl::Pass::forward || wide) EXPECT_LE(bytes, size_t(24 * 1024)) << what;
+            if ((wide && std::max(d, dv) <= 128) || std::max(d, dv) <= 64) EXPECT_LE(bytes, size_t(16 * 1024)) << what;
+            if (!(dt == DType::f32 && pass != mtl::Pass::forward && d + dv >= 344)) EXPECT_GE(threads, 64u) << what;
+            if (pass == mtl::Pass::forward && wide && std::max(d, dv) <= 128) EXPECT_EQ(threads, 128u) << what;
+          }
+        }
+  EXPECT_EQ(diag_configs, 864);
+  printf("CENSUS D=Dv: %d configs, %d > 24 KiB, %d with one simdgroup\n", diag_configs, diag_over24,
+         diag_one_simdgroup);
+  printf("CENSUS all D,Dv: %d configs, %d > 16 KiB, %d > 24 KiB, %d at 32 KiB, %d with one simdgroup\n", configs,
+         over16, over24, at32, one_simdgroup);
+  for (int fam : {7, 8, 9})  // the passes without tiles
+    for (mtl::Pass pass : {mtl::Pass::backward_preprocess, mtl::Pass::decode_split, mtl::Pass::decode_merge}) {
+      const auto c = mtl::kernel_config(mtl::make_key(params(DType::f16, 64, 64), mtl::GpuFamily(fam)));
+      EXPECT_EQ(mtl::threadgroup_bytes(pass, c), 0u);
+      EXPECT_EQ(mtl::threads_per_threadgroup(pass, c), 128u);
+    }
+}
+
+// [[max_total_threads_per_threadgroup(N)]]: N is the define the planner
+// emits, equal to the threads it dispatches, and every kernel declares it.
+TEST(MetalPlan, MaxThreadsDefinesMatchDispatch) {
+  std::ifstream f(std::string(FSDPA_METAL_KERNEL_DIR) + "/fsdpa_attention.metal");
+  std::stringstream src;
+  src << f.rdbuf();
+  const auto c = mtl::kernel_config(mtl::make_key(params(DType::f32, 256, 256), mtl::GpuFamily::apple7));
+  const auto defs = mtl::kernel_defines(c);
+  for (mtl::Pass pass : mtl::kAllPasses) {
+    const std::string name = mtl::threads_define(pass);
+    int found = 0;
+    for (auto& [k, v] : defs)
+      if (k == name) found += v == std::to_string(mtl::threads_per_threadgroup(pass, c));
+    EXPECT_EQ(found, 1) << name;
+    const std::string decl = std::string("[[max_total_threads_per_threadgroup(") + name + ")]]\nkernel void " +
+                             mtl::kernel_name(pass) + "(";
+    EXPECT_NE(src.str().find(decl), std::string::npos) << decl;
+  }
+}
+
+TEST(MetalPlan, DecodeSplitChoice) {
+  AttnParams p = params(DType::f16, 128, 128);
+  p.batch = 1, p.heads_q = 8, p.heads_k = 1, p.seqlen_q = 1, p.seqlen_k = 1000;
+  mtl::DecodeSplit d = mtl::choose_decode_split(p);
+  EXPECT_EQ(d.splits, 15) << d.reason;  // 1000 / kDecodeMinKeysPerSplit
+  EXPECT_GE(int64_t(d.splits) * d.keys_per_split, p.seqlen_k);
+  EXPECT_LT(int64_t(d.splits - 1) * d.keys_per_split, p.seqlen_k);  // no empty split
+  p.seqlen_k = 100000;
+  EXPECT_EQ(mtl::choose_decode_split(p).splits, 64);  // kDecodeTargetWorkItems / 8 rows
+  p.seqlen_q = 4;
+  EXPECT_EQ(mtl::choose_decode_split(p).splits, 16);
+  const mtl::Plan f = mtl::plan_forward(p, mtl::GpuFamily::apple7);
+  ASSERT_EQ(f.dispatches.size(), 2u) << f.reason;
+  EXPECT_STREQ(f.dispatches[0].kernel, "fsdpa_decode_split");
+  EXPECT_EQ(f.dispatches[0].grid[0], 8u * 4 * 16 / 4);  // (row, split) work items / 4 simdgroups
+  EXPECT_EQ(f.dispatches[0].grid[1], 1u);              // kv heads
+  EXPECT_STREQ(f.dispatches[1].kernel, "fsdpa_decode_merge");
+  EXPECT_EQ(f.dispatches[1].grid[0], 1u);
+  EXPECT_EQ(f.dispatches[1].grid[1], 8u);
+  EXPECT_EQ(f.args.num_splits, 16);
+  EXPECT_EQ(f.args.keys_per_split, 6250);
+  EXPECT_EQ(f.scratch_elements, int64_t(8) * 4 * 16 * (1 + 128));
+  EXPECT_NE(f.reason.find("split-KV"), std::string::npos);
+
+  AttnParams n = p;
+  n.seqlen_q = 5;  // too many query rows
+  EXPECT_EQ(mtl::choose_decode_split(n).splits, 0);
+  n = p;
+  n.seqlen_k = 127;  // too few keys
+  EXPECT_EQ(mtl::choose_decode_split(n).splits, 0);
+  n = p;
+  n.batch = 64, n.heads_q = 32, n.heads_k = 8;  // 2048 rows already fill the GPU
+  EXPECT_EQ(mtl::choose_decode_split(n).splits, 0);
+  n = p;
+  int32_t cu[2] = {0, 4};
+  n.cu_seqlens_q = n.cu_seqlens_k = cu;  // varlen: normal forward
+  const mtl::DecodeSplit v = mtl::choose_decode_split(n);
+  EXPECT_EQ(v.splits, 0);
+  EXPECT_NE(std::string(v.reason).find("varlen"), std::string::npos);
+  const mtl::Plan nf = mtl::plan_forward(n, mtl::GpuFamily::apple7);
+  ASSERT_EQ(nf.dispatches.size(), 1u);
+  EXPECT_STREQ(nf.dispatches[0].kernel, "fsdpa_forward");
+  EXPECT_EQ(nf.scratch_elements, 0);
+  // A forced split that does not cover the keys is a planner bug, never a dispatch.
+  EXPECT_THROW(mtl::plan_forward_with(p, mtl::GpuFamily::apple7, mtl::DecodeSplit{2, 10, "bad"}),
+               std::invalid_argument);
 }
 
 TEST(MetalPlan, KeyAndDefines) {
@@ -98,7 +222,7 @@ TEST(MetalPlan, GridsAndArgs) {
   EXPECT_STREQ(b.dispatches[1].kernel, "fsdpa_backward_dq");
   EXPECT_STREQ(b.dispatches[2].kernel, "fsdpa_backward_dkdv");
   EXPECT_EQ(b.dispatches[2].grid[1], 2u);  // one threadgroup column per kv head (GQA reduced inside)
-  EXPECT_EQ(b.delta_elements, 2 * 6 * 100);
+  EXPECT_EQ(b.scratch_elements, 2 * 6 * 100);
   EXPECT_EQ(b.args.delta_stride[0], 600);
 
   int32_t cu[3] = {0, 1, 2};
@@ -106,7 +230,7 @@ TEST(MetalPlan, GridsAndArgs) {
   const mtl::Plan v = mtl::plan_backward(p, mtl::GpuFamily::apple7);
   EXPECT_EQ(v.dispatches[1].grid[2], 3u);
   EXPECT_EQ(v.dispatches[0].grid[2], 2u);
-  EXPECT_EQ(v.delta_elements, 6 * 200);
+  EXPECT_EQ(v.scratch_elements, 6 * 200);
   EXPECT_EQ(v.args.delta_stride[0], 0);
 
   AttnParams e = params(DType::f16, 64, 64);
@@ -191,7 +315,7 @@ TEST(MetalBridge, PlansAValidCall) {
   t[FSDPA_BUF_DV] = desc(1, {2, 2, 45, 59});
   const auto b = fsdpa::metal::plan_for_tensors(true, p, t, 9);
   ASSERT_EQ(b.kernels.size(), 3u);
-  EXPECT_EQ(b.delta_elements, 2 * 4 * 37);
+  EXPECT_EQ(b.scratch_elements, 2 * 4 * 37);
 }
 
 TEST(MetalBridge, ValidationErrorsPropagate) {

@@ -32,28 +32,33 @@ def load_metal():
 
 
 class FakePlan:
-    def __init__(self, backward):
+    def __init__(self, backward, split_decode=False):
         self.key = "a7_f32_d8_v8_m0_b0a0s0p0v0"
         self.source = "// source"
         if backward:
             self.kernels = ["fsdpa_backward_preprocess", "fsdpa_backward_dq", "fsdpa_backward_dkdv"]
             self.grid = [[2, 3, 1], [1, 3, 1], [1, 1, 1]]
             self.threads = [[128, 1, 1], [64, 1, 1], [64, 1, 1]]
+        elif split_decode:
+            self.kernels = ["fsdpa_decode_split", "fsdpa_decode_merge"]
+            self.grid = [[4, 1, 1], [1, 3, 1]]
+            self.threads = [[128, 1, 1], [128, 1, 1]]
         else:
             self.kernels = ["fsdpa_forward"]
             self.grid = [[2, 3, 1]]
             self.threads = [[64, 1, 1]]
         self.args = bytes(range(16)) * 27  # any bytes: the glue forwards them
-        self.delta_elements = 40
+        self.scratch_elements = 40 if backward or split_decode else 0
 
 
 class FakeC:
     def __init__(self):
         self.calls = []
+        self.split_decode = False
 
     def metal_plan(self, backward, params, descs, family):
         self.calls.append((backward, descs, family))
-        return FakePlan(backward)
+        return FakePlan(backward, self.split_decode and not backward)
 
 
 class FakeKernel:
@@ -121,6 +126,7 @@ class MetalGlue(unittest.TestCase):
         self.assertEqual(b"".join(w.to_bytes(8, "little", signed=True) for w in bufs[0]), FakePlan(False).args)
         self.assertEqual(bufs[self.m.BUF_OUT].data_ptr(), out.data_ptr())  # the tensor itself, no copy
         self.assertEqual(bufs[self.m.BUF_MASK].numel(), 16)  # absent: the dummy buffer
+        self.assertEqual(bufs[self.m.BUF_SCRATCH].numel(), 16)  # no scratch planned: the dummy buffer
         self.assertEqual(threads, (128, 3, 1))
         self.assertEqual(group, (64, 1, 1))
         # the library is compiled once per key
@@ -136,9 +142,20 @@ class MetalGlue(unittest.TestCase):
         lib = self.libs[0][1]
         self.assertEqual([d[0] for d in lib.dispatches],
                          ["fsdpa_backward_preprocess", "fsdpa_backward_dq", "fsdpa_backward_dkdv"])
-        delta = lib.dispatches[0][1][self.m.BUF_DELTA]
+        delta = lib.dispatches[0][1][self.m.BUF_SCRATCH]
         self.assertEqual((delta.dtype, delta.numel()), (torch.float32, 40))
         self.assertEqual(lib.dispatches[0][2], (256, 3, 1))
+
+    def test_split_decode_forward_allocates_scratch(self):
+        self.fake_c.split_decode = True
+        q, k, v, out, lse = self.tensors()
+        self.m.forward(Params(), q, k, v, out, lse, None, None, None, None, q.device)
+        lib = self.libs[0][1]
+        self.assertEqual([d[0] for d in lib.dispatches], ["fsdpa_decode_split", "fsdpa_decode_merge"])
+        s0, s1 = (d[1][self.m.BUF_SCRATCH] for d in lib.dispatches)
+        self.assertEqual((s0.dtype, s0.numel()), (torch.float32, 40))
+        self.assertIs(s0, s1)  # both passes see the same scratch
+        self.assertEqual(lib.dispatches[0][2], (512, 1, 1))
 
     def test_check_finite(self):
         q, k, v, out, lse = self.tensors()
