@@ -109,7 +109,7 @@ typedef enum fsdpa_align {
 } fsdpa_align;
 
 /* Parameters of one attention call. Always initialise with
- * fsdpa_params_init(): it fills the defaults and struct_size, which lets
+ * fsdpa_params_init(&p): it fills the defaults and struct_size, which lets
  * later versions of the library add fields at the end without breaking
  * callers compiled against this header. */
 typedef struct fsdpa_params {
@@ -187,8 +187,19 @@ typedef struct fsdpa_params {
  * fields); the library accepts any struct_size from this one up. */
 #define FSDPA_PARAMS_SIZE_V0_1 offsetof(fsdpa_params, seqused_k)
 
-/* Fills *p with the defaults (no mask, no dropout, scale NaN = 1/sqrt(D)). */
+/* Fills the first `size` bytes of *p (the caller's sizeof(fsdpa_params))
+ * with the defaults (no mask, no dropout, scale NaN = 1/sqrt(D)) and sets
+ * struct_size = size: a caller built against an older header gets a struct
+ * of its own size, never a write past it. C and C++ callers use the macro
+ * fsdpa_params_init(p) below, which passes sizeof(*p); callers through a
+ * foreign-function interface call this with the size of their struct. */
+FSDPA_API void fsdpa_params_init_sized(fsdpa_params* p, size_t size);
+
+/* The first release's initialiser, kept for programs built against it: fills
+ * FSDPA_PARAMS_SIZE_V0_1 bytes. Source code reaches fsdpa_params_init_sized
+ * through the macro (as zlib's deflateInit passes sizeof(z_stream)). */
 FSDPA_API void fsdpa_params_init(fsdpa_params* p);
+#define fsdpa_params_init(p) fsdpa_params_init_sized((p), sizeof(*(p)))
 
 /* out (and lse, if not NULL) are written. stream: the backend's stream
  * (cudaStream_t for CUDA, MTLCommandQueue for Metal), NULL = default. */

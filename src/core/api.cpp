@@ -1,5 +1,6 @@
 // The C ABI entry points: validate, pick the backend by device, run, and
 // turn exceptions into statuses (nothing may unwind through C).
+#include <cstring>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,16 +71,21 @@ using namespace fsdpa;
 
 extern "C" {
 
-void fsdpa_params_init(fsdpa_params* p) {
-  if (p == nullptr) return;
-  *p = fsdpa_params{};
-  p->struct_size = sizeof(fsdpa_params);
-  p->scale = NAN;
-  p->align = FSDPA_ALIGN_TOP_LEFT;
-  p->window_left = -1;
-  p->window_right = -1;
-  p->check_finite = 1;
+void fsdpa_params_init_sized(fsdpa_params* p, size_t size) {
+  if (p == nullptr || size < FSDPA_PARAMS_SIZE_V0_1) return;
+  fsdpa_params d{};
+  d.scale = NAN;
+  d.align = FSDPA_ALIGN_TOP_LEFT;
+  d.window_left = -1;
+  d.window_right = -1;
+  d.check_finite = 1;
+  const size_t n = size < sizeof(fsdpa_params) ? size : sizeof(fsdpa_params);
+  d.struct_size = static_cast<uint32_t>(n);
+  memcpy(static_cast<void*>(p), &d, n);
 }
+
+#undef fsdpa_params_init  // the exported function of the first release
+void fsdpa_params_init(fsdpa_params* p) { fsdpa_params_init_sized(p, FSDPA_PARAMS_SIZE_V0_1); }
 
 fsdpa_status fsdpa_forward(const fsdpa_params* params, const DLTensor* q, const DLTensor* k,
                            const DLTensor* v, DLTensor* out, DLTensor* lse, void* stream) {

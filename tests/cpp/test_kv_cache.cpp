@@ -76,6 +76,29 @@ TEST(KvCache, OldCallerStructSize) {
   EXPECT_EQ(max_abs_diff(out_new, out_old), 0.0);
 }
 
+// Initialisation never writes past the caller's struct: the first release's
+// exported fsdpa_params_init (what a program built against it calls) fills
+// FSDPA_PARAMS_SIZE_V0_1 bytes; the header's macro passes sizeof(*p).
+TEST(KvCache, InitWritesOnlyTheCallersStruct) {
+  std::vector<unsigned char> buf(sizeof(fsdpa_params) + 16, 0xAB);
+  auto* p = reinterpret_cast<fsdpa_params*>(buf.data());
+  (fsdpa_params_init)(p);  // parenthesised: the exported function, not the macro
+  EXPECT_EQ(p->struct_size, FSDPA_PARAMS_SIZE_V0_1);
+  EXPECT_EQ(p->window_left, -1);
+  EXPECT_EQ(p->check_finite, 1);
+  for (size_t i = FSDPA_PARAMS_SIZE_V0_1; i < buf.size(); ++i) ASSERT_EQ(buf[i], 0xAB) << i;
+
+  std::fill(buf.begin(), buf.end(), 0xAB);
+  fsdpa_params_init(p);  // the macro: this header's size
+  EXPECT_EQ(p->struct_size, sizeof(fsdpa_params));
+  EXPECT_EQ(p->block_table, nullptr);
+  for (size_t i = sizeof(fsdpa_params); i < buf.size(); ++i) ASSERT_EQ(buf[i], 0xAB) << i;
+
+  std::fill(buf.begin(), buf.end(), 0xAB);
+  fsdpa_params_init_sized(p, FSDPA_PARAMS_SIZE_V0_1 - 1);  // smaller than any struct: untouched
+  for (unsigned char c : buf) ASSERT_EQ(c, 0xAB);
+}
+
 TEST(KvCache, PagedEqualsDense) {
   Dense d;
   Tensor used({B}, DT::i32);
