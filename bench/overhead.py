@@ -7,7 +7,8 @@ forward+backward through flashsdpa's public API, through the ``_C`` binding
 backend forced. Two numbers per row: the device time (CUDA events around
 many back-to-back calls, so a host slower than the GPU shows up here too) and
 the host time of one call (wall clock of the issuing loop, no sync inside).
-``--profile`` prints torch.profiler's top host operators for our fwd+bwd;
+``--profile`` prints torch.profiler's top host operators for our fwd+bwd
+and cProfile's top Python functions;
 ``--graph`` checks that fwd and fwd+bwd replay from a captured CUDA graph
 with the eager results.
 
@@ -100,6 +101,16 @@ def profile(shape, dtype, causal):
             fb()
         torch.cuda.synchronize()
     print(pr.key_averages().table(sort_by="self_cpu_time_total", row_limit=22))
+    # The Python layer's own share, which torch.profiler folds into "self".
+    import cProfile
+    import pstats
+    cp = cProfile.Profile()
+    cp.enable()
+    for _ in range(200):
+        fb()
+    cp.disable()
+    torch.cuda.synchronize()
+    pstats.Stats(cp).sort_stats("tottime").print_stats(24)
 
 
 def graph_check(shape, dtype, causal):
@@ -108,12 +119,14 @@ def graph_check(shape, dtype, causal):
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
     o = flashsdpa.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
     ref = [o.detach().clone()] + list(torch.autograd.grad(o, (qg, kg, vg), do))
+    del o  # no graph may outlive its stream into the capture (test_cuda.py)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):  # warm-up on a side stream, as PyTorch asks
         for _ in range(3):
             o = flashsdpa.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
             torch.autograd.grad(o, (qg, kg, vg), do)
+            del o
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):

@@ -259,15 +259,23 @@ def _fwd_kernel(
     out_bshd: bool,
 ) -> Tuple[Tensor, Tensor]:
     """Attention forward. Returns (out, lse); lse is float32."""
-    varlen = cu_seqlens_q is not None
-    out, lse = _out_shapes(q, v, varlen, out_bshd)
+    return _forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                    max_seqlen_k, scale, causal, bottom_right, window_left, window_right, softcap,
+                    dropout_p, rng, deterministic, check_finite, out_bshd)[:2]
+
+
+def _forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+             scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, rng,
+             deterministic, check_finite, out_bshd):
+    """`_fwd_kernel`, also returning the call's params (the backward reuses them)."""
+    out, lse = _out_shapes(q, v, cu_seqlens_q is not None, out_bshd)
     p = _params(scale, causal, bottom_right, window_left, window_right, softcap,
                 max_seqlen_q, max_seqlen_k, dropout_p, rng, deterministic, check_finite)
     run_fwd, _ = _runner(q.device)
     run_fwd(p, _d(q), _d(k), _d(v), out, lse, _d(mask), _d(alibi_slopes), cu_seqlens_q,
             cu_seqlens_k, q.device)
     _count("dispatched", "dispatched:" + q.device.type)
-    return out, lse
+    return out, lse, p
 
 
 fwd = torch.library.custom_op("flashsdpa::fwd", mutates_args=())(_fwd_kernel)
@@ -306,12 +314,15 @@ def call_fwd(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars):
     lse gradient as a zero tensor (bench/RESULTS.md, issue 18)."""
     tensors = (q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k)
     if _eager_call(tensors):
-        grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in tensors)
-        if not grad:
+        if not (torch.is_grad_enabled() and (
+                q.requires_grad or k.requires_grad or v.requires_grad
+                or (alibi_slopes is not None and alibi_slopes.requires_grad)
+                or (mask is not None and mask.requires_grad))):
             return _fwd_kernel(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars)
+        # The scalars travel as one tuple: autograd.Function.apply costs
+        # about 0.5 us per argument (functorch inspects each one).
         return _EagerAttention.apply(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
-                                     *scalars)
+                                     scalars)
     return fwd(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars)
 
 
@@ -403,24 +414,31 @@ fwd.register_autograd(_backward, setup_context=_setup_context)
 class _EagerAttention(torch.autograd.Function):
     """The operator's autograd formula (`_setup_context`, `_backward`) as a
     plain autograd.Function for eager calls (`call_fwd`): same kernels, same
-    saved tensors, the backward calls the kernel without the dispatcher. The
-    lse output is not differentiable and its gradient is never materialised."""
+    saved tensors. The host work of a small call is what users of short
+    sequences pay on every step, so both directions go straight to the
+    launchers: the forward's params object and backward launcher are kept
+    on ctx (no second lookup), the lse output is not differentiable and its
+    gradient is never materialised."""
 
     @staticmethod
-    def forward(ctx, *args):
+    def forward(ctx, q, k, v, mask, alibi, cu_q, cu_k, scalars):
         ctx.set_materialize_grads(False)
-        out, lse = _fwd_kernel(*args)
-        _setup_context(ctx, args, (out, lse))
+        out, lse, ctx.params = _forward(q, k, v, mask, alibi, cu_q, cu_k, *scalars)
+        ctx.save_for_backward(q, k, v, out, lse, mask, alibi, cu_q, cu_k)
+        ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
         if dout is None:
-            return (None,) * _N_FWD_ARGS
-        q, k, v, out, lse, mask, alibi, cu_q, cu_k, rng = ctx.saved_tensors
-        dq, dk, dv = _bwd_kernel(dout, q, k, v, out, lse, mask, alibi, cu_q, cu_k, *ctx.scalars[:9],
-                                 rng, *ctx.scalars[9:])
-        return (dq, dk, dv) + (None,) * (_N_FWD_ARGS - 3)
+            return (None,) * 8
+        q, k, v, out, lse, mask, alibi, cu_q, cu_k = ctx.saved_tensors
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        _, run_bwd = _runner(q.device)
+        run_bwd(ctx.params, _d(dout), _d(q), _d(k), _d(v), out, lse, dq, dk, dv, _d(mask),
+                _d(alibi), cu_q, cu_k, q.device)
+        _count("backward")
+        return dq, dk, dv, None, None, None, None, None
 
 
 def new_rng(dropout_p: float) -> Optional[Tensor]:

@@ -18,6 +18,7 @@
 // loadable q/k/v, band-only semantics (causal / windows with either
 // alignment), GQA/MQA, varlen, Sq <= 16 and Sq * G <= 64.
 #include "cuda/tc.cuh"  // PTX wrappers (ldmatrix, mma.sync, cp.async), pitch<DP>
+#include "cuda/smem_opt_in.h"
 
 namespace fsdpa {
 namespace cuda {
@@ -328,8 +329,7 @@ decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepar
 }
 
 template <typename T, int DP> cudaError_t set_smem() {
-  return cudaFuncSetAttribute(decode_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              int(decode_smem<T, DP>()));
+  return allow_dynamic_smem(decode_kernel<T, DP>, int(decode_smem<T, DP>()));
 }
 
 int groups_of(const AttnParams& p) {

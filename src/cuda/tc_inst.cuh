@@ -4,6 +4,7 @@
 
 #include "cuda/tc.cuh"
 #include "cuda/tc_buckets.h"
+#include "cuda/smem_opt_in.h"
 
 namespace fsdpa {
 namespace cuda {
@@ -15,7 +16,7 @@ cudaError_t tc_fwd_launch_t(const AttnParams& p, int vec, const MaskTiles& mt, i
   constexpr int BM = 16 * C::kFwdWarps * MFRAGS;
   constexpr size_t smem = size_t(BM + 4 * BN) * pitch<DP>() * sizeof(T);
   auto kern = tc_fwd_kernel<T, DP, BN, C::kFwdWarps, MFRAGS, GENERAL>;
-  cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  cudaError_t err = allow_dynamic_smem(kern, int(smem));
   if (err != cudaSuccess) return err;
   const dim3 grid((p.seqlen_q + BM - 1) / BM, p.heads_q, p.batch * nsplit);
   kern<<<grid, C::kFwdWarps * 32, smem, s>>>(p, vec, mt, nsplit, opart, lsepart);
@@ -48,7 +49,7 @@ cudaError_t tc_dkdv_launch(const AttnParams& p, int vec, const MaskTiles& mt, co
   constexpr size_t smem = size_t(2 * BN + 4 * BM) * pitch<DP>() * sizeof(T) + 4 * BM * sizeof(float) +
                           (ATOMIC_DQ ? size_t(BN) * (BM + 8) * sizeof(T) : 0);
   auto kern = tc_dkdv_kernel<T, DP, BM, NW, GENERAL, ATOMIC_DQ>;
-  cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  cudaError_t err = allow_dynamic_smem(kern, int(smem));
   if (err != cudaSuccess) return err;
   const dim3 grid((p.seqlen_k + BN - 1) / BN, p.heads_k, p.batch);
   if (grid.x > 0) kern<<<grid, NW * 32, smem, s>>>(p, vec, mt, dsum, dqacc);
@@ -71,7 +72,7 @@ cudaError_t tc_bwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, c
     constexpr int BM = 16 * C::kWarps, BN = C::kDqBN;
     constexpr size_t smem = size_t(2 * BM + 4 * BN) * pitch<DP>() * sizeof(T);
     auto kern = tc_dq_kernel<T, DP, BN, C::kWarps, GENERAL>;
-    cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    cudaError_t err = allow_dynamic_smem(kern, int(smem));
     if (err != cudaSuccess) return err;
     const dim3 grid((p.seqlen_q + BM - 1) / BM, p.heads_q, p.batch);
     if (grid.x > 0) kern<<<grid, C::kWarps * 32, smem, s>>>(p, vec, mt, dsum);

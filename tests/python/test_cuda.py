@@ -43,12 +43,17 @@ def test_cuda_graph_capture_fwd_and_bwd(shape, causal):
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
     o = flashsdpa.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
     ref = [o.detach().clone()] + [t.clone() for t in torch.autograd.grad(o, (qg, kg, vg), do)]
+    # A live graph keeps the leaves' AccumulateGrad nodes, and their stream,
+    # alive; the capture's backward would then sync with the default stream
+    # (cudaErrorStreamCaptureImplicit). Every graph dies before the capture.
+    del o
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up off the capture stream, as PyTorch asks
         for _ in range(2):
             o = flashsdpa.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
             torch.autograd.grad(o, (qg, kg, vg), do)
+            del o
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

@@ -9,6 +9,7 @@ keeps its clear error (ValueError) on CPU."""
 from __future__ import annotations
 
 import math
+import zlib
 
 import pytest
 import torch
@@ -26,7 +27,8 @@ WHERE = ["q_nan", "q_posinf", "q_neginf", "k_nan", "k_posinf", "v_nan", "v_posin
 
 
 def _problem(config, where, device):
-    g = torch.Generator().manual_seed(hash((config, where)) % 2**31)
+    # A stable seed: hash() of strings changes with every process.
+    g = torch.Generator().manual_seed(zlib.crc32(f"{config}/{where}".encode()))
     hk = HQ // 2 if config == "gqa" else HQ
     sq = 3 if config == "decode" else SQ
     q = torch.randn(B, HQ, sq, D, generator=g)
@@ -46,6 +48,12 @@ def _problem(config, where, device):
     tensor = where.split("_")[0]
     if tensor == "q":
         q[0, 1, min(ROW, sq - 1), 3] = val
+        # An infinite q_d gives +-inf scores by the sign of k_d. Make KEY's
+        # score +inf, so the row is NaN by both rules; if every attended
+        # score were -inf, the documented rule (an empty row: 0) and
+        # PyTorch's math backend (NaN) would differ, as in
+        # test_row_of_minus_inf_scores_is_empty.
+        k[0, :, KEY, 3] = math.copysign(abs(float(k[0, 0, KEY, 3])) + 0.5, val)
     elif tensor == "k":
         k[1, 0, KEY, 7] = val
     elif tensor == "v":
@@ -167,3 +175,23 @@ def test_direct_api_still_raises_on_cpu():
     for name, args in (("query", (bad, q, q)), ("key", (q, bad, q)), ("value", (q, q, bad))):
         with pytest.raises(ValueError, match="non-finite"):
             flashsdpa.scaled_dot_product_attention(*args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_row_of_minus_inf_scores_is_empty(device):
+    """An infinite q_d whose every attended key has k_d of the opposite sign
+    makes every attended score -inf: by the documented rule the row attends
+    nothing (out 0), as PyTorch's CPU flash kernel and
+    FlashAttention give; PyTorch's math backend gives NaN instead."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, 8, 16, generator=g) for _ in range(3))
+    q[0, 1, 5, 3] = math.inf
+    k[0, 1, :, 3] = -1.0
+    q, k, v = (t.to(device) for t in (q, k, v))
+    with flashsdpa.enabled():  # the patch passes NaN/Inf through (check_finite = 0)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        assert flashsdpa.stats()["dispatched"] == 1, flashsdpa.stats()
+    assert (out[0, 1, 5] == 0).all()
+    others = torch.ones(2, 8, dtype=torch.bool)
+    others[1, 5] = False
+    assert torch.isfinite(out[0][others]).all()

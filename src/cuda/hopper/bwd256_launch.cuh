@@ -7,6 +7,7 @@
 
 #include "cuda/hopper/bwd256_kernel.cuh"
 #include "cuda/tc.cuh"
+#include "cuda/smem_opt_in.h"
 
 namespace fsdpa {
 namespace cuda {
@@ -18,7 +19,7 @@ cudaError_t launch_bwd256(const BwdArgs& a, cudaStream_t s) {
   using C = Bwd256Cfg;
   auto kern = bwd256_kernel<T>;
   cudaError_t err =
-      cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
+      allow_dynamic_smem(kern, C::kSmem);
   if (err != cudaSuccess) return err;
   const AttnParams& p = a.p;
   const dim3 grid((p.seqlen_k + C::kBN - 1) / C::kBN, p.heads_k, p.batch);

@@ -6,6 +6,7 @@
 
 #include "cuda/hopper/bwd_kernel.cuh"
 #include "cuda/tc.cuh"
+#include "cuda/smem_opt_in.h"
 
 namespace fsdpa {
 namespace cuda {
@@ -16,7 +17,7 @@ cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
   using C = BwdCfg<D>;
   auto kern = bwd_kernel<T, D, DV_UNDER_DP, MASK>;
   constexpr int smem = C::kSmemTotal;
-  cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  cudaError_t err = allow_dynamic_smem(kern, smem);
   if (err != cudaSuccess) return err;
   const AttnParams& p = a.p;
   const dim3 grid((p.seqlen_k + C::kBN - 1) / C::kBN, p.heads_k, p.batch);

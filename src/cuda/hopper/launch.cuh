@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "cuda/hopper/fwd_kernel.cuh"
+#include "cuda/smem_opt_in.h"
 
 namespace fsdpa {
 namespace cuda {
@@ -19,7 +20,7 @@ template <typename T, int D, int NCW, int MK, int BN = fwd_default_bn<D>()>
 cudaError_t launch_fwd(FwdArgs a, int sms, cudaStream_t s) {
   using C = FwdCfg<D, NCW, BN>;
   auto kern = fwd_kernel<T, D, NCW, MK, BN>;
-  cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
+  cudaError_t err = allow_dynamic_smem(kern, C::kSmem);
   if (err != cudaSuccess) return err;
   a.n_mblocks = static_cast<int>((a.p.seqlen_q + C::kBM - 1) / C::kBM);
   const int64_t per_head = a.tile_counter != nullptr ? a.n_mblocks : (a.n_mblocks + 1) / 2;
