@@ -30,13 +30,17 @@ def check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa, s
                ) -> Optional[Unsupported]:
     """Returns None if flashsdpa can compute this SDPA call with PyTorch's
     exact semantics, else why not."""
-    ts = [query, key, value] + ([attn_mask] if attn_mask is not None else [])
-    if not all(isinstance(t, Tensor) for t in ts):
+    # Written out rather than looped over: this runs on every call, and a
+    # small call's host time is what short sequences pay (issue 18).
+    has_mask = attn_mask is not None
+    if not (isinstance(query, Tensor) and isinstance(key, Tensor) and isinstance(value, Tensor)
+            and (not has_mask or isinstance(attn_mask, Tensor))):
         return Unsupported("non_tensor", TypeError, "query, key, value and attn_mask must be tensors")
-    if any(t.is_nested for t in ts):
+    if (query.is_nested or key.is_nested or value.is_nested
+            or (has_mask and attn_mask.is_nested)):
         return Unsupported("nested_tensor", RuntimeError, "nested tensors are not supported")
     dev = query.device
-    if any(t.device != dev for t in ts):
+    if key.device != dev or value.device != dev or (has_mask and attn_mask.device != dev):
         return Unsupported("device:mixed", ValueError,
                            "query, key, value and attn_mask must be on one device")
     if not _ops.device_available(dev.type):
@@ -61,12 +65,13 @@ def check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa, s
     if query.shape[-1] > MAX_HEAD_DIM or value.shape[-1] > MAX_HEAD_DIM:
         return Unsupported(f"head_dim>{MAX_HEAD_DIM}", ValueError,
                            f"head dims {query.shape[-1]}/{value.shape[-1]} exceed {MAX_HEAD_DIM}")
-    for name, check, arg in (("dropout_p", _checks.dropout_p, dropout_p),
-                             ("scale", _checks.scale, scale)):
-        try:
-            check(arg)
-        except (TypeError, ValueError) as e:
-            return Unsupported(name, type(e), str(e))
+    if dropout_p != 0.0 or type(dropout_p) not in (float, int) or scale is not None:
+        for name, check, arg in (("dropout_p", _checks.dropout_p, dropout_p),
+                                 ("scale", _checks.scale, scale)):
+            try:
+                check(arg)
+            except (TypeError, ValueError) as e:
+                return Unsupported(name, type(e), str(e))
     if is_causal and attn_mask is not None:
         return Unsupported("causal_with_mask", ValueError,
                            "is_causal=True and an explicit attn_mask are mutually exclusive "

@@ -125,15 +125,17 @@ def _dl(t: Optional[Tensor]):
 
 
 def _c_forward(params, q, k, v, out, lse, mask, alibi, cu_q, cu_k, device):
+    dl = to_dlpack
     with _guard(device):
-        _C.forward(params, _dl(q), _dl(k), _dl(v), _dl(out), _dl(lse), _dl(mask), _dl(alibi),
+        _C.forward(params, dl(q), dl(k), dl(v), dl(out), dl(lse), _dl(mask), _dl(alibi),
                    _dl(cu_q), _dl(cu_k), _stream(q))
 
 
 def _c_backward(params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k, device):
+    dl = to_dlpack
     with _guard(device):
-        _C.backward(params, _dl(dout), _dl(q), _dl(k), _dl(v), _dl(out), _dl(lse), _dl(dq),
-                    _dl(dk), _dl(dv), _dl(mask), _dl(alibi), _dl(cu_q), _dl(cu_k), _stream(q))
+        _C.backward(params, dl(dout), dl(q), dl(k), dl(v), dl(out), dl(lse), dl(dq), dl(dk),
+                    dl(dv), _dl(mask), _dl(alibi), _dl(cu_q), _dl(cu_k), _stream(q))
 
 
 def default_check_finite(device: torch.device) -> bool:
@@ -445,6 +447,8 @@ def new_rng(dropout_p: float) -> Optional[Tensor]:
     """Seed and offset for one dropout call, drawn from PyTorch's default CPU
     generator (so ``torch.manual_seed`` makes runs reproducible). No random
     numbers are consumed when ``dropout_p == 0``."""
+    if dropout_p == 0.0 and type(dropout_p) in (float, int):
+        return None
     if _checks.dropout_p(dropout_p) <= 0.0:
         return None
     return torch.randint(0, 2**62, (2,), dtype=torch.int64, device="cpu")

@@ -240,10 +240,13 @@ Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const 
     }
     if (hopper_why == nullptr) {
       plan.family = Family::hopper;
-      plan.head_bucket = static_cast<int>(p.head_dim);
+      plan.head_bucket = hopper_kernel_dim(p.head_dim);
       plan.splits = 1;
       plan.hopper_warpgroups = hopper_fwd_warpgroups(p);
       plan.hopper_dynamic = hopper_fwd_dynamic(p);
+      if (plan.head_bucket != p.head_dim)
+        note(plan, "D %d on the D %d kernel (columns past D zero-filled by TMA, not stored)",
+             static_cast<int>(p.head_dim), plan.head_bucket);
       note(plan, "family hopper: in scope%s; %d consumer warpgroups, %s tile schedule",
            forced ? " (forced)" : "", plan.hopper_warpgroups,
            plan.hopper_dynamic ? "dynamic (longest tile first)" : "static");
@@ -271,9 +274,12 @@ Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const 
     }
     if (hopper_why == nullptr) {
       plan.family = Family::hopper;
-      plan.head_bucket = static_cast<int>(p.head_dim);
+      plan.head_bucket = hopper_kernel_dim(p.head_dim);
       plan.dq_accumulate = true;
-      plan.dq_cols = static_cast<int>(p.head_dim);
+      plan.dq_cols = plan.head_bucket;
+      if (plan.head_bucket != p.head_dim)
+        note(plan, "D %d on the D %d kernel (columns past D zero-filled by TMA, not stored)",
+             static_cast<int>(p.head_dim), plan.head_bucket);
       note(plan, "family hopper: in scope%s; dQ by TMA reduces into fp32%s", forced ? " (forced)" : "",
            p.deterministic ? ", in key-block turns (deterministic)" : "");
       const size_t dq = size_t(p.total_q) * p.heads_q * plan.dq_cols * sizeof(float);

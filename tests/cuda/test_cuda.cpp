@@ -121,6 +121,7 @@ void add_hbm_cases(std::vector<Case>& grid, bool quick) {
       {"hbm_s257x384_d128_gqa", 1, 4, 2, 257, 384, 128},
       {"hbm_s640x520_d128_mqa", 1, 2, 1, 640, 520, 128},
       {"hbm_s129x260_d64", 2, 2, 2, 129, 260, 64},
+      {"hbm_s257x384_d96_gqa", 1, 4, 2, 257, 384, 96},  // the D 128 kernels, zero columns
   };
   add_scope_cases(grid, hs, quick, [&](const ScopeShape& x, auto&& add) {
     add("bs128", MaskKind::boolean, [](Case&) {});
@@ -208,7 +209,8 @@ std::vector<Case> make_grid(bool quick) {
     add("blockmask_additive", [](Case& c) { c.mask = MaskKind::additive; });
     add("blockmask_additive_softcap_window", [](Case& c) { c.mask = MaskKind::additive; c.softcap = 3.0f; c.wl = 70; });
   }
-  // The Hopper forward's scope (D = Dv in {64, 128, 256}, fp16/bf16, band
+  // The Hopper forward's scope (D = Dv in {64, 128, 256} or a multiple of 8
+  // in (64, 128), fp16/bf16, band
   // only): tiles of 128 query rows x 128 keys (80 at D = 256), so sizes
   // around and across those edges, windows crossing key blocks, rows and
   // whole blocks with no visible key (Sq > Sk bottom-right), GQA/MQA,
@@ -224,6 +226,11 @@ std::vector<Case> make_grid(bool quick) {
       {"h_s300x440_d256_gqa", 2, 16, 4, 300, 440, 256},
       {"h_s129x200_d256", 2, 2, 2, 129, 200, 256},
       {"h_s300x170_d256_mqa", 1, 4, 1, 300, 170, 256},
+      // Head dims between 64 and 128 run the D 128 kernels on zero columns
+      // (hopper_kernel_dim): loads past D, stores past D, the dQ pitch.
+      {"h_s300x440_d96_gqa", 2, 8, 2, 300, 440, 96},
+      {"h_s129x200_d80", 2, 2, 2, 129, 200, 80},
+      {"h_s113x203_d112_mqa", 1, 4, 1, 113, 203, 112},
       // 144 tiles: more than one per CTA on an H100 (132 SMs), so causal
       // and windowed calls take tiles from the dynamic scheduler's counter.
       {"h_s1100x1100_d64_gqa", 1, 16, 4, 1100, 1100, 64},

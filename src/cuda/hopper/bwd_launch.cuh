@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/hopper/bwd_kernel.cuh"
+#include "cuda/hopper/hopper.h"  // hopper_kernel_dim
 #include "cuda/tc.cuh"
 #include "cuda/smem_opt_in.h"
 
@@ -36,7 +37,7 @@ cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
 template <typename T>
 cudaError_t launch_bwd_dtype(const BwdArgs& a, cudaStream_t s) {
   const bool m = a.p.mask_kind != MaskKind::none;
-  switch (a.p.head_dim) {
+  switch (hopper_kernel_dim(a.p.head_dim)) {
     case 64:
       return m ? launch_bwd<T, 64, false, true>(a, s)
                : launch_bwd<T, 64, false, false>(a, s);

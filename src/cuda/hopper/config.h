@@ -5,6 +5,7 @@
 #include <cuda.h>  // CUtensorMap (a 128-byte, 64-byte aligned opaque struct)
 
 #include "core/attn_params.h"
+#include "cuda/hopper/hopper.h"  // hopper_kernel_dim
 #include "cuda/launch.h"  // MaskTiles
 
 namespace fsdpa {

@@ -30,10 +30,12 @@ __device__ __forceinline__ void store_out(const AttnParams& p, const Seq& e, int
     const int i = row0 + 8 * r;
     if (i >= e.sq) continue;
     T* dst = og + off4(p.out_stride, b, h, e.q_begin + i, 0) + 2 * (lane % 4);
+    const int dv = static_cast<int>(p.head_dim_v);  // < D: zero columns (hopper_kernel_dim)
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
-      *reinterpret_cast<uint32_t*>(dst + 8 * n) =
-          pack_pair<T>(scaled(o[4 * n + 2 * r]), scaled(o[4 * n + 2 * r + 1]));
+      if (8 * n < dv)
+        *reinterpret_cast<uint32_t*>(dst + 8 * n) =
+            pack_pair<T>(scaled(o[4 * n + 2 * r]), scaled(o[4 * n + 2 * r + 1]));
     if (p.lse != nullptr && lane % 4 == 0)
       p.lse[b * p.lse_stride[0] + h * p.lse_stride[1] + (e.q_begin + i) * p.lse_stride[2]] =
           empty ? neg_inf() : (st.m[r] * sl2 + log2f(l)) * kLn2;
@@ -91,7 +93,7 @@ __device__ __forceinline__ void store_out_staged(const AttnParams& p, const Seq&
                  : "r"(addr)
                  : "memory");
     const int i = wrow0 + rr;
-    if (i < e.sq)
+    if (i < e.sq && cc * 8 < p.head_dim_v)  // columns past Dv: hopper_kernel_dim
       *reinterpret_cast<uint4*>(og + off4(p.out_stride, b, h, e.q_begin + i, 0) + cc * 8) =
           make_uint4(v0, v1, v2, v3);
   }

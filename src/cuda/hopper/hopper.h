@@ -13,8 +13,21 @@
 namespace fsdpa {
 namespace cuda {
 
+// The kernel instantiation that serves head dim d (= Dv): 64, 128, 256, and
+// 128 for the multiples of 8 between 64 and 128 (80, 96, 112: BERT-large,
+// Phi, some ViTs). Those run the D 128 kernel on zero columns: the tensor
+// maps have d columns, so the TMA loads fill columns d..127 with zeros
+// (exact: they add 0 to every product) and the stores skip them; the
+// wgmma work is 128/d of a dedicated kernel's, still well ahead of the
+// sm_80 kernels (issue 19 measured D 96 at 0.33-0.48x cuDNN on those).
+// 0: no Hopper kernel.
+constexpr int hopper_kernel_dim(int64_t d) {
+  if (d == 64 || d == 128 || d == 256) return static_cast<int>(d);
+  return d > 64 && d < 128 && d % 8 == 0 ? 128 : 0;
+}
+
 // The call is in the kernel's scope: fp16/bf16 (out in the same dtype),
-// D == Dv in {64, 128, 256}, no ALiBi / softcap / dropout, scale > 0,
+// D == Dv with hopper_kernel_dim(D) != 0, no ALiBi / softcap / dropout, scale > 0,
 // stride_d == 1 and 16-byte aligned rows of q, k, v, out (TMA and 4-byte
 // stores). Causal / windows (both alignments), GQA/MQA and varlen are in;
 // so are bool and additive masks with key stride 1 (not with varlen), at

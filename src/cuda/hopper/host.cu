@@ -39,7 +39,9 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 // 4-d map (d, token, head, batch) of a q/k/v tensor: box 64 x box_rows,
-// 128-byte swizzle, zero fill outside. Size-1 dims get a harmless stride.
+// 128-byte swizzle, zero fill outside (also columns D.. of a kernel
+// instantiated for more: hopper_kernel_dim). Size-1 dims get a harmless
+// stride.
 bool make_map(CUtensorMap* m, DType t, const void* ptr, const int64_t* st, int64_t rows,
               int64_t heads, int64_t batch, int D, int box_rows) {
   auto encode = encode_fn();
@@ -118,12 +120,13 @@ cudaError_t run(const AttnParams& p, const MaskTiles& mt, int* tile_counter, cud
   a.sched_heads = sched_heads(p, D);
   const bool varlen = p.cu_seqlens_q != nullptr;
   const int64_t nb = varlen ? 1 : p.batch;
+  const int d = static_cast<int>(p.head_dim);  // <= D: hopper_kernel_dim
   if (!make_map(&a.tq, p.dtype, p.q, p.q_stride, varlen ? p.total_q : p.seqlen_q, p.heads_q, nb,
-                D, bm) ||
+                d, bm) ||
       !make_map(&a.tk, p.dtype, p.k, p.k_stride, varlen ? p.total_k : p.seqlen_k, p.heads_k, nb,
-                D, bn) ||
+                d, bn) ||
       !make_map(&a.tv, p.dtype, p.v, p.v_stride, varlen ? p.total_k : p.seqlen_k, p.heads_k, nb,
-                D, bn))
+                d, bn))
     return cudaErrorInvalidValue;  // hopper_fwd_scope rules this out
   const int sms = sm_count(p.device_id);
   const bool bf = p.dtype == DType::bf16;
@@ -154,7 +157,8 @@ bool make_dq_map(CUtensorMap* m, float* dqacc, int D, int64_t heads, int64_t tok
 }
 
 // The arguments both backward kernels take: q, dO in boxes of bm rows, k, v
-// in boxes of bn, the dQ workspace as a map for the TMA reduce and, with
+// in boxes of bn (p.head_dim columns), the dQ workspace ([token][head][D]:
+// the kernel's D) as a map for the TMA reduce and, with
 // deterministic = 1, its turn counters (one per bm query rows). False when
 // a tensor map cannot be encoded (hopper_bwd_scope rules that out).
 bool bwd_args(hopper::BwdArgs* a, const AttnParams& p, const MaskTiles& mt, const float* dsum,
@@ -167,10 +171,11 @@ bool bwd_args(hopper::BwdArgs* a, const AttnParams& p, const MaskTiles& mt, cons
   const bool varlen = p.cu_seqlens_q != nullptr;
   const int64_t nb = varlen ? 1 : p.batch;
   const int64_t sq = varlen ? p.total_q : p.seqlen_q, sk = varlen ? p.total_k : p.seqlen_k;
-  if (!make_map(&a->tq, p.dtype, p.q, p.q_stride, sq, p.heads_q, nb, D, bm) ||
-      !make_map(&a->tdo, p.dtype, p.dout, p.dout_stride, sq, p.heads_q, nb, D, bm) ||
-      !make_map(&a->tk, p.dtype, p.k, p.k_stride, sk, p.heads_k, nb, D, bn) ||
-      !make_map(&a->tv, p.dtype, p.v, p.v_stride, sk, p.heads_k, nb, D, bn) ||
+  const int d = static_cast<int>(p.head_dim);
+  if (!make_map(&a->tq, p.dtype, p.q, p.q_stride, sq, p.heads_q, nb, d, bm) ||
+      !make_map(&a->tdo, p.dtype, p.dout, p.dout_stride, sq, p.heads_q, nb, d, bm) ||
+      !make_map(&a->tk, p.dtype, p.k, p.k_stride, sk, p.heads_k, nb, d, bn) ||
+      !make_map(&a->tv, p.dtype, p.v, p.v_stride, sk, p.heads_k, nb, d, bn) ||
       !make_dq_map(&a->tdq, dqacc, D, p.heads_q, p.total_q))
     return false;
   if (p.deterministic) {
@@ -232,7 +237,7 @@ const char* hopper_bwd_scope(const AttnParams& p) {
 }
 
 size_t hopper_bwd_workspace_bytes(const AttnParams& p) {
-  const size_t dq = size_t(p.total_q) * p.heads_q * p.head_dim * sizeof(float);
+  const size_t dq = size_t(p.total_q) * p.heads_q * hopper_kernel_dim(p.head_dim) * sizeof(float);
   if (!p.deterministic) return dq;
   // + one int per (sequence, query head, block of 64 query rows: the
   // smallest kBM)
@@ -241,7 +246,7 @@ size_t hopper_bwd_workspace_bytes(const AttnParams& p) {
 
 cudaError_t hopper_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum, float* dqacc,
                        cudaStream_t s) {
-  switch (p.head_dim) {
+  switch (hopper_kernel_dim(p.head_dim)) {
     case 64: return run_bwd<64>(p, mt, dsum, dqacc, s);
     case 128: return run_bwd<128>(p, mt, dsum, dqacc, s);
     case 256: return run_bwd256(p, dsum, dqacc, s);
@@ -253,7 +258,8 @@ const char* hopper_fwd_scope(const AttnParams& p) {
   if (p.dtype != DType::f16 && p.dtype != DType::bf16) return "dtype not fp16/bf16";
   if (p.out_dtype != p.dtype) return "out dtype differs from q's";
   if (p.head_dim != p.head_dim_v) return "D != Dv";
-  if (p.head_dim != 64 && p.head_dim != 128 && p.head_dim != 256) return "D not in {64, 128, 256}";
+  if (hopper_kernel_dim(p.head_dim) == 0)
+    return "D not 64, 256 or a multiple of 8 in (64, 128]";
   // D = 256: unmasked only (the mask code walks 128-key blocks).
   if (p.head_dim == 256 && p.mask_kind != MaskKind::none) return "D 256 with a mask";
   if (p.alibi != nullptr) return "ALiBi";
@@ -317,7 +323,7 @@ bool hopper_fwd_dynamic(const AttnParams& p) {
 
 cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, int* tile_counter,
                        cudaStream_t s) {
-  switch (p.head_dim) {
+  switch (hopper_kernel_dim(p.head_dim)) {
     case 64: return run<64>(p, mt, tile_counter, s);
     case 128: return run<128>(p, mt, tile_counter, s);
     case 256: return run<256>(p, mt, tile_counter, s);
