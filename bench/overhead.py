@@ -135,9 +135,33 @@ def graph_check(shape, dtype, causal):
     g.replay()
     torch.cuda.synchronize()
     got = [og] + list(gr)
-    same = all(torch.equal(a, b) for a, b in zip(ref, got))
-    print(f"graph {shape} causal={causal}: replay == eager: {same}")
+    # Bitwise for out; dQ sums key blocks with atomics (deterministic = False),
+    # so its last bits may differ between any two runs, captured or not.
+    same = torch.equal(ref[0], got[0]) and all(
+        torch.allclose(a.float(), b.float(), rtol=1e-2, atol=1e-2) for a, b in zip(ref[1:], got[1:]))
+    print(f"graph {shape} causal={causal}: replay equals eager (out bitwise, grads to 1e-2): {same}")
     return same
+
+
+def floor(dtype):
+    """What any Python autograd.Function pays on this host: forward+backward
+    of a Function whose kernels are a single copy each way, against the same
+    copy as a C++ autograd node (aten's clone)."""
+    x = torch.randn(1, 1, 128, 64, device="cuda", dtype=dtype, requires_grad=True)
+    g = torch.randn_like(x)
+
+    class Copy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t.clone()
+
+        @staticmethod
+        def backward(ctx, dt):
+            return dt.clone()
+
+    for name, f in (("python Function", lambda: Copy.apply(x)), ("C++ node", lambda: x.clone())):
+        fd, fh = timeit(lambda: torch.autograd.backward(f(), g), 200)
+        print(f"floor: {name:>15} fwd+bwd {fd:7.1f} us device, {fh:7.1f} us host")
 
 
 def main():
@@ -164,6 +188,7 @@ def main():
                     continue
                 print(f"{shape:>16} {causal!s:>6} {name:>9} | {fd:8.1f} {fh:8.1f} | "
                       f"{bd:8.1f} {bh:8.1f}")
+    floor(dtype)
     if a.profile:
         profile(a.shapes.split(",")[0], dtype, False)
     if a.graph:
