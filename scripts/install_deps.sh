@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 # clang: the Objective-C++ compiler of the simulated macOS build (tests/metal/macsim);
-# pkgconf: the installed-package consumer test (tests/consumer).
-for pkg in libhwy-dev libgtest-dev libgmock-dev libdlpack-dev ninja-build clang pkgconf; do
+# pkgconf: the installed-package consumer test (tests/consumer);
+# golang-go: the cgo example (examples/go; Rust's cargo comes with the image).
+for pkg in libhwy-dev libgtest-dev libgmock-dev libdlpack-dev ninja-build clang pkgconf golang-go; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -87,6 +87,9 @@ extern "C" {
 /* Largest head dimension (D and Dv) any backend accepts. */
 #define FSDPA_MAX_HEAD_DIM 256
 
+/* Bytes (with the terminating NUL) that hold any error message. */
+#define FSDPA_MAX_MESSAGE_SIZE 1024
+
 /* DLPack's boolean type code (added in DLPack 0.8; spelled out here so older
  * dlpack.h headers work). Masks may also be uint8 (nonzero = attend). */
 #define FSDPA_DL_BOOL 6
@@ -266,9 +269,51 @@ FSDPA_API fsdpa_status fsdpa_reference_backward(
 FSDPA_API fsdpa_status fsdpa_dropout_mask(const fsdpa_params* p, const DLTensor* q,
                                           const DLTensor* k, DLTensor* keep);
 
-/* Message of the last failed call on this thread ("" if none). It names
- * the offending argument and why. Valid until the next call. */
+/* Message of the last status-returning call on this OS thread ("" if it
+ * succeeded). It names the offending argument and why. Valid until the next call on this
+ * thread. A caller whose code may move between OS threads between the call
+ * and this query (goroutines, async runtimes, green threads) uses the _msg
+ * variants below instead. */
 FSDPA_API const char* fsdpa_last_error(void);
+
+/* The same calls, also writing their message into a caller-provided buffer,
+ * so that reading it does not depend on which OS thread asks: msg receives
+ * "" on success and the fsdpa_last_error() text on failure, NUL-terminated
+ * and truncated to msg_size bytes (FSDPA_MAX_MESSAGE_SIZE hold every message). msg = NULL or
+ * msg_size = 0 writes nothing. fsdpa_last_error() is set as by the plain
+ * call. */
+FSDPA_API fsdpa_status fsdpa_forward_msg(const fsdpa_params* p, const DLTensor* q,
+                                         const DLTensor* k, const DLTensor* v,
+                                         DLTensor* out, DLTensor* lse, void* stream,
+                                         char* msg, size_t msg_size);
+FSDPA_API fsdpa_status fsdpa_backward_msg(const fsdpa_params* p, const DLTensor* dout,
+                                          const DLTensor* q, const DLTensor* k,
+                                          const DLTensor* v, const DLTensor* out,
+                                          const DLTensor* lse, DLTensor* dq,
+                                          DLTensor* dk, DLTensor* dv, void* stream,
+                                          char* msg, size_t msg_size);
+FSDPA_API fsdpa_status fsdpa_merge_attn_states_msg(const DLTensor* out_a, const DLTensor* lse_a,
+                                                   const DLTensor* out_b, const DLTensor* lse_b,
+                                                   DLTensor* out, DLTensor* lse, void* stream,
+                                                   char* msg, size_t msg_size);
+FSDPA_API fsdpa_status fsdpa_explain_msg(const fsdpa_params* p, int32_t backward,
+                                         const DLTensor* dout, const DLTensor* q,
+                                         const DLTensor* k, const DLTensor* v,
+                                         const DLTensor* out, const DLTensor* lse,
+                                         const DLTensor* dq, const DLTensor* dk,
+                                         const DLTensor* dv, char* buf, size_t size,
+                                         char* msg, size_t msg_size);
+FSDPA_API fsdpa_status fsdpa_reference_forward_msg(const fsdpa_params* p,
+                                                   const DLTensor* q, const DLTensor* k,
+                                                   const DLTensor* v, DLTensor* out,
+                                                   DLTensor* lse, char* msg, size_t msg_size);
+FSDPA_API fsdpa_status fsdpa_reference_backward_msg(
+    const fsdpa_params* p, const DLTensor* dout, const DLTensor* q,
+    const DLTensor* k, const DLTensor* v, DLTensor* dq, DLTensor* dk,
+    DLTensor* dv, char* msg, size_t msg_size);
+FSDPA_API fsdpa_status fsdpa_dropout_mask_msg(const fsdpa_params* p, const DLTensor* q,
+                                              const DLTensor* k, DLTensor* keep,
+                                              char* msg, size_t msg_size);
 
 /* "MAJOR.MINOR.PATCH". */
 FSDPA_API const char* fsdpa_version(void);

@@ -1,7 +1,7 @@
 """The public attention functions: PyTorch's SDPA and the FlashAttention API."""
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Literal, Optional, Tuple, Union, overload
 
 import torch
 from torch import Tensor
@@ -10,6 +10,13 @@ from . import _checks, _kvcache, _ops
 from ._autocast import autocast_sdpa_args
 
 __all__ = ["scaled_dot_product_attention", "flash_attn_func", "flash_attn_varlen_func"]
+
+# What the FlashAttention functions return, by their flags (the @overloads
+# below tell type checkers which): out; (out, lse) with return_lse;
+# (out, lse, None) with return_attn_probs.
+LseResult = Tuple[Tensor, Tensor]
+ProbsResult = Tuple[Tensor, Tensor, None]
+FlashResult = Union[Tensor, LseResult, ProbsResult]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 256
@@ -186,6 +193,42 @@ def _check_qkv(q, k, v, rank: int) -> None:
     if not _ops.device_available(q.device.type):
         raise RuntimeError(f"flashsdpa has no backend for device '{q.device.type}' here")
 
+@overload
+def flash_attn_func(
+    q: Tensor, k: Tensor, v: Tensor, dropout_p: float = ..., softmax_scale: Optional[float] = ...,
+    causal: bool = ..., window_size: Tuple[int, int] = ..., softcap: float = ...,
+    alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ...,
+    return_attn_probs: Literal[False] = ..., *, return_lse: Literal[False] = ...,
+) -> Tensor: ...
+@overload
+def flash_attn_func(
+    q: Tensor, k: Tensor, v: Tensor, dropout_p: float = ..., softmax_scale: Optional[float] = ...,
+    causal: bool = ..., window_size: Tuple[int, int] = ..., softcap: float = ...,
+    alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ...,
+    return_attn_probs: Literal[False] = ..., *, return_lse: Literal[True],
+) -> LseResult: ...
+@overload
+def flash_attn_func(
+    q: Tensor, k: Tensor, v: Tensor, dropout_p: float, softmax_scale: Optional[float],
+    causal: bool, window_size: Tuple[int, int], softcap: float,
+    alibi_slopes: Optional[Tensor], deterministic: bool,
+    return_attn_probs: Literal[True], *, return_lse: bool = ...,
+) -> ProbsResult: ...
+@overload
+def flash_attn_func(
+    q: Tensor, k: Tensor, v: Tensor, dropout_p: float = ..., softmax_scale: Optional[float] = ...,
+    causal: bool = ..., window_size: Tuple[int, int] = ..., softcap: float = ...,
+    alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ...,
+    *, return_attn_probs: Literal[True], return_lse: bool = ...,
+) -> ProbsResult: ...
+@overload
+def flash_attn_func(
+    q: Tensor, k: Tensor, v: Tensor, dropout_p: float = ..., softmax_scale: Optional[float] = ...,
+    causal: bool = ..., window_size: Tuple[int, int] = ..., softcap: float = ...,
+    alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ...,
+    return_attn_probs: bool = ..., *, return_lse: bool = ...,
+) -> FlashResult: ...
+
 
 def flash_attn_func(
     q: Tensor,
@@ -201,7 +244,7 @@ def flash_attn_func(
     return_attn_probs: bool = False,
     *,
     return_lse: bool = False,
-) -> Union[Tensor, Tuple[Tensor, ...]]:
+) -> FlashResult:
     """FlashAttention's ``flash_attn_func``: ``q`` ``(B, Sq, Hq, D)``, ``k``/``v``
     ``(B, Sk, Hk, D)`` with ``Hq % Hk == 0`` (MQA/GQA).
 
@@ -229,6 +272,52 @@ def flash_attn_func(
         return out, lse, None
     return (out, lse) if return_lse else out
 
+@overload
+def flash_attn_varlen_func(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+    max_seqlen_q: int, max_seqlen_k: int, dropout_p: float = ...,
+    softmax_scale: Optional[float] = ..., causal: bool = ..., window_size: Tuple[int, int] = ...,
+    softcap: float = ..., alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ...,
+    return_attn_probs: Literal[False] = ..., block_table: Optional[Tensor] = ..., *,
+    seqused_k: Optional[Tensor] = ..., return_lse: Literal[False] = ...,
+) -> Tensor: ...
+@overload
+def flash_attn_varlen_func(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+    max_seqlen_q: int, max_seqlen_k: int, dropout_p: float = ...,
+    softmax_scale: Optional[float] = ..., causal: bool = ..., window_size: Tuple[int, int] = ...,
+    softcap: float = ..., alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ...,
+    return_attn_probs: Literal[False] = ..., block_table: Optional[Tensor] = ..., *,
+    seqused_k: Optional[Tensor] = ..., return_lse: Literal[True],
+) -> LseResult: ...
+@overload
+def flash_attn_varlen_func(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+    max_seqlen_q: int, max_seqlen_k: int, dropout_p: float,
+    softmax_scale: Optional[float], causal: bool, window_size: Tuple[int, int],
+    softcap: float, alibi_slopes: Optional[Tensor], deterministic: bool,
+    return_attn_probs: Literal[True], block_table: Optional[Tensor] = ..., *,
+    seqused_k: Optional[Tensor] = ..., return_lse: bool = ...,
+) -> ProbsResult: ...
+@overload
+def flash_attn_varlen_func(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+    max_seqlen_q: int, max_seqlen_k: int, dropout_p: float = ...,
+    softmax_scale: Optional[float] = ..., causal: bool = ..., window_size: Tuple[int, int] = ...,
+    softcap: float = ..., alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ..., *,
+    return_attn_probs: Literal[True], block_table: Optional[Tensor] = ...,
+    seqused_k: Optional[Tensor] = ..., return_lse: bool = ...,
+) -> ProbsResult: ...
+@overload
+def flash_attn_varlen_func(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+    max_seqlen_q: int, max_seqlen_k: int, dropout_p: float = ...,
+    softmax_scale: Optional[float] = ..., causal: bool = ..., window_size: Tuple[int, int] = ...,
+    softcap: float = ..., alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ...,
+    return_attn_probs: bool = ..., block_table: Optional[Tensor] = ..., *,
+    seqused_k: Optional[Tensor] = ..., return_lse: bool = ...,
+) -> FlashResult: ...
+
 
 def flash_attn_varlen_func(
     q: Tensor,
@@ -250,7 +339,7 @@ def flash_attn_varlen_func(
     *,
     seqused_k: Optional[Tensor] = None,
     return_lse: bool = False,
-) -> Union[Tensor, Tuple[Tensor, ...]]:
+) -> FlashResult:
     """FlashAttention's ``flash_attn_varlen_func``: sequences packed along the
     first dim, ``q`` ``(total_q, Hq, D)``, ``k``/``v`` ``(total_k, Hk, D)``;
     sequence ``b`` is rows ``cu_seqlens[b]:cu_seqlens[b+1]`` (int32, ``B + 1``

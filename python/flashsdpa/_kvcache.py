@@ -8,7 +8,7 @@ C ABI's KV-cache parameters (``block_table``, ``seqused_k``,
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Literal, Optional, Tuple, Union, overload
 
 import torch
 from torch import Tensor
@@ -87,6 +87,49 @@ def _cache_slots(cache_seqlens: Tensor, s_new: int, rows: Tensor,
             f"block_table: entry [{int(rows[b])}, {int(pos[b, i]) // page_size}] is "
             f"{int(pages[b, i])}, outside the page pool 0..{num_pages - 1}")
     return pages, pos % page_size
+
+
+@overload
+def flash_attn_with_kvcache(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor] = ...,
+    v: Optional[Tensor] = ..., rotary_cos: Optional[Tensor] = ...,
+    rotary_sin: Optional[Tensor] = ..., cache_seqlens: Optional[Union[int, Tensor]] = ...,
+    cache_batch_idx: Optional[Tensor] = ..., cache_leftpad: Optional[Tensor] = ...,
+    block_table: Optional[Tensor] = ..., softmax_scale: Optional[float] = ..., causal: bool = ...,
+    window_size: Tuple[int, int] = ..., softcap: float = ..., rotary_interleaved: bool = ...,
+    alibi_slopes: Optional[Tensor] = ..., num_splits: int = ...,
+    return_softmax_lse: Literal[False] = ...,
+) -> Tensor: ...
+@overload
+def flash_attn_with_kvcache(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor], v: Optional[Tensor],
+    rotary_cos: Optional[Tensor], rotary_sin: Optional[Tensor],
+    cache_seqlens: Optional[Union[int, Tensor]], cache_batch_idx: Optional[Tensor],
+    cache_leftpad: Optional[Tensor], block_table: Optional[Tensor], softmax_scale: Optional[float],
+    causal: bool, window_size: Tuple[int, int], softcap: float, rotary_interleaved: bool,
+    alibi_slopes: Optional[Tensor], num_splits: int, return_softmax_lse: Literal[True],
+) -> Tuple[Tensor, Tensor]: ...
+@overload
+def flash_attn_with_kvcache(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor] = ...,
+    v: Optional[Tensor] = ..., rotary_cos: Optional[Tensor] = ...,
+    rotary_sin: Optional[Tensor] = ..., cache_seqlens: Optional[Union[int, Tensor]] = ...,
+    cache_batch_idx: Optional[Tensor] = ..., cache_leftpad: Optional[Tensor] = ...,
+    block_table: Optional[Tensor] = ..., softmax_scale: Optional[float] = ..., causal: bool = ...,
+    window_size: Tuple[int, int] = ..., softcap: float = ..., rotary_interleaved: bool = ...,
+    alibi_slopes: Optional[Tensor] = ..., num_splits: int = ..., *,
+    return_softmax_lse: Literal[True],
+) -> Tuple[Tensor, Tensor]: ...
+@overload
+def flash_attn_with_kvcache(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor] = ...,
+    v: Optional[Tensor] = ..., rotary_cos: Optional[Tensor] = ...,
+    rotary_sin: Optional[Tensor] = ..., cache_seqlens: Optional[Union[int, Tensor]] = ...,
+    cache_batch_idx: Optional[Tensor] = ..., cache_leftpad: Optional[Tensor] = ...,
+    block_table: Optional[Tensor] = ..., softmax_scale: Optional[float] = ..., causal: bool = ...,
+    window_size: Tuple[int, int] = ..., softcap: float = ..., rotary_interleaved: bool = ...,
+    alibi_slopes: Optional[Tensor] = ..., num_splits: int = ..., return_softmax_lse: bool = ...,
+) -> Union[Tensor, Tuple[Tensor, Tensor]]: ...
 
 
 def flash_attn_with_kvcache(

@@ -8,11 +8,12 @@ tensor through those views.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Literal, Optional, Tuple, overload
 
 from torch import Tensor
 
-from ._api import flash_attn_func, flash_attn_varlen_func
+from ._api import (FlashResult, LseResult, ProbsResult, flash_attn_func,
+                   flash_attn_varlen_func)
 
 __all__ = [
     "flash_attn_qkvpacked_func",
@@ -20,8 +21,6 @@ __all__ = [
     "flash_attn_varlen_qkvpacked_func",
     "flash_attn_varlen_kvpacked_func",
 ]
-
-Result = Union[Tensor, Tuple[Tensor, ...]]
 
 
 def _unstack(packed: Tensor, name: str, dim: int, count: int) -> Tuple[Tensor, ...]:
@@ -31,6 +30,40 @@ def _unstack(packed: Tensor, name: str, dim: int, count: int) -> Tuple[Tensor, .
         raise ValueError(f"{name}: expected size {count} at dim {dim} (the packing dim), got "
                          f"shape {tuple(packed.shape)}")
     return packed.unbind(dim)
+
+
+@overload
+def flash_attn_qkvpacked_func(
+    qkv: Tensor, dropout_p: float = ..., softmax_scale: Optional[float] = ..., causal: bool = ...,
+    window_size: Tuple[int, int] = ..., softcap: float = ..., alibi_slopes: Optional[Tensor] = ...,
+    deterministic: bool = ..., return_attn_probs: Literal[False] = ..., *,
+    return_lse: Literal[False] = ...,
+) -> Tensor: ...
+@overload
+def flash_attn_qkvpacked_func(
+    qkv: Tensor, dropout_p: float = ..., softmax_scale: Optional[float] = ..., causal: bool = ...,
+    window_size: Tuple[int, int] = ..., softcap: float = ..., alibi_slopes: Optional[Tensor] = ...,
+    deterministic: bool = ..., return_attn_probs: Literal[False] = ..., *,
+    return_lse: Literal[True],
+) -> LseResult: ...
+@overload
+def flash_attn_qkvpacked_func(
+    qkv: Tensor, dropout_p: float, softmax_scale: Optional[float], causal: bool,
+    window_size: Tuple[int, int], softcap: float, alibi_slopes: Optional[Tensor],
+    deterministic: bool, return_attn_probs: Literal[True], *, return_lse: bool = ...,
+) -> ProbsResult: ...
+@overload
+def flash_attn_qkvpacked_func(
+    qkv: Tensor, dropout_p: float = ..., softmax_scale: Optional[float] = ..., causal: bool = ...,
+    window_size: Tuple[int, int] = ..., softcap: float = ..., alibi_slopes: Optional[Tensor] = ...,
+    deterministic: bool = ..., *, return_attn_probs: Literal[True], return_lse: bool = ...,
+) -> ProbsResult: ...
+@overload
+def flash_attn_qkvpacked_func(
+    qkv: Tensor, dropout_p: float = ..., softmax_scale: Optional[float] = ..., causal: bool = ...,
+    window_size: Tuple[int, int] = ..., softcap: float = ..., alibi_slopes: Optional[Tensor] = ...,
+    deterministic: bool = ..., return_attn_probs: bool = ..., *, return_lse: bool = ...,
+) -> FlashResult: ...
 
 
 def flash_attn_qkvpacked_func(
@@ -45,11 +78,47 @@ def flash_attn_qkvpacked_func(
     return_attn_probs: bool = False,
     *,
     return_lse: bool = False,
-) -> Result:
+) -> FlashResult:
     """``qkv`` ``(B, S, 3, H, D)``; otherwise :func:`flash_attn_func`."""
     q, k, v = _unstack(qkv, "qkv", 2, 3)
     return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
                            alibi_slopes, deterministic, return_attn_probs, return_lse=return_lse)
+
+
+@overload
+def flash_attn_kvpacked_func(
+    q: Tensor, kv: Tensor, dropout_p: float = ..., softmax_scale: Optional[float] = ...,
+    causal: bool = ..., window_size: Tuple[int, int] = ..., softcap: float = ...,
+    alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ...,
+    return_attn_probs: Literal[False] = ..., *, return_lse: Literal[False] = ...,
+) -> Tensor: ...
+@overload
+def flash_attn_kvpacked_func(
+    q: Tensor, kv: Tensor, dropout_p: float = ..., softmax_scale: Optional[float] = ...,
+    causal: bool = ..., window_size: Tuple[int, int] = ..., softcap: float = ...,
+    alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ...,
+    return_attn_probs: Literal[False] = ..., *, return_lse: Literal[True],
+) -> LseResult: ...
+@overload
+def flash_attn_kvpacked_func(
+    q: Tensor, kv: Tensor, dropout_p: float, softmax_scale: Optional[float], causal: bool,
+    window_size: Tuple[int, int], softcap: float, alibi_slopes: Optional[Tensor],
+    deterministic: bool, return_attn_probs: Literal[True], *, return_lse: bool = ...,
+) -> ProbsResult: ...
+@overload
+def flash_attn_kvpacked_func(
+    q: Tensor, kv: Tensor, dropout_p: float = ..., softmax_scale: Optional[float] = ...,
+    causal: bool = ..., window_size: Tuple[int, int] = ..., softcap: float = ...,
+    alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ..., *,
+    return_attn_probs: Literal[True], return_lse: bool = ...,
+) -> ProbsResult: ...
+@overload
+def flash_attn_kvpacked_func(
+    q: Tensor, kv: Tensor, dropout_p: float = ..., softmax_scale: Optional[float] = ...,
+    causal: bool = ..., window_size: Tuple[int, int] = ..., softcap: float = ...,
+    alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ..., return_attn_probs: bool = ...,
+    *, return_lse: bool = ...,
+) -> FlashResult: ...
 
 
 def flash_attn_kvpacked_func(
@@ -65,12 +134,49 @@ def flash_attn_kvpacked_func(
     return_attn_probs: bool = False,
     *,
     return_lse: bool = False,
-) -> Result:
+) -> FlashResult:
     """``q`` ``(B, Sq, Hq, D)``, ``kv`` ``(B, Sk, 2, Hk, D)`` (GQA: ``Hq % Hk == 0``);
     otherwise :func:`flash_attn_func`."""
     k, v = _unstack(kv, "kv", 2, 2)
     return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
                            alibi_slopes, deterministic, return_attn_probs, return_lse=return_lse)
+
+
+@overload
+def flash_attn_varlen_qkvpacked_func(
+    qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float = ...,
+    softmax_scale: Optional[float] = ..., causal: bool = ..., window_size: Tuple[int, int] = ...,
+    softcap: float = ..., alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ...,
+    return_attn_probs: Literal[False] = ..., *, return_lse: Literal[False] = ...,
+) -> Tensor: ...
+@overload
+def flash_attn_varlen_qkvpacked_func(
+    qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float = ...,
+    softmax_scale: Optional[float] = ..., causal: bool = ..., window_size: Tuple[int, int] = ...,
+    softcap: float = ..., alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ...,
+    return_attn_probs: Literal[False] = ..., *, return_lse: Literal[True],
+) -> LseResult: ...
+@overload
+def flash_attn_varlen_qkvpacked_func(
+    qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float,
+    softmax_scale: Optional[float], causal: bool, window_size: Tuple[int, int], softcap: float,
+    alibi_slopes: Optional[Tensor], deterministic: bool, return_attn_probs: Literal[True], *,
+    return_lse: bool = ...,
+) -> ProbsResult: ...
+@overload
+def flash_attn_varlen_qkvpacked_func(
+    qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float = ...,
+    softmax_scale: Optional[float] = ..., causal: bool = ..., window_size: Tuple[int, int] = ...,
+    softcap: float = ..., alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ..., *,
+    return_attn_probs: Literal[True], return_lse: bool = ...,
+) -> ProbsResult: ...
+@overload
+def flash_attn_varlen_qkvpacked_func(
+    qkv: Tensor, cu_seqlens: Tensor, max_seqlen: int, dropout_p: float = ...,
+    softmax_scale: Optional[float] = ..., causal: bool = ..., window_size: Tuple[int, int] = ...,
+    softcap: float = ..., alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ...,
+    return_attn_probs: bool = ..., *, return_lse: bool = ...,
+) -> FlashResult: ...
 
 
 def flash_attn_varlen_qkvpacked_func(
@@ -87,7 +193,7 @@ def flash_attn_varlen_qkvpacked_func(
     return_attn_probs: bool = False,
     *,
     return_lse: bool = False,
-) -> Result:
+) -> FlashResult:
     """``qkv`` ``(total, 3, H, D)``, one ``cu_seqlens`` for q and k; otherwise
     :func:`flash_attn_varlen_func`."""
     q, k, v = _unstack(qkv, "qkv", 1, 3)
@@ -95,6 +201,47 @@ def flash_attn_varlen_qkvpacked_func(
                                   dropout_p, softmax_scale, causal, window_size, softcap,
                                   alibi_slopes, deterministic, return_attn_probs,
                                   return_lse=return_lse)
+
+
+@overload
+def flash_attn_varlen_kvpacked_func(
+    q: Tensor, kv: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int,
+    max_seqlen_k: int, dropout_p: float = ..., softmax_scale: Optional[float] = ...,
+    causal: bool = ..., window_size: Tuple[int, int] = ..., softcap: float = ...,
+    alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ...,
+    return_attn_probs: Literal[False] = ..., *, return_lse: Literal[False] = ...,
+) -> Tensor: ...
+@overload
+def flash_attn_varlen_kvpacked_func(
+    q: Tensor, kv: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int,
+    max_seqlen_k: int, dropout_p: float = ..., softmax_scale: Optional[float] = ...,
+    causal: bool = ..., window_size: Tuple[int, int] = ..., softcap: float = ...,
+    alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ...,
+    return_attn_probs: Literal[False] = ..., *, return_lse: Literal[True],
+) -> LseResult: ...
+@overload
+def flash_attn_varlen_kvpacked_func(
+    q: Tensor, kv: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int,
+    max_seqlen_k: int, dropout_p: float, softmax_scale: Optional[float], causal: bool,
+    window_size: Tuple[int, int], softcap: float, alibi_slopes: Optional[Tensor],
+    deterministic: bool, return_attn_probs: Literal[True], *, return_lse: bool = ...,
+) -> ProbsResult: ...
+@overload
+def flash_attn_varlen_kvpacked_func(
+    q: Tensor, kv: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int,
+    max_seqlen_k: int, dropout_p: float = ..., softmax_scale: Optional[float] = ...,
+    causal: bool = ..., window_size: Tuple[int, int] = ..., softcap: float = ...,
+    alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ..., *,
+    return_attn_probs: Literal[True], return_lse: bool = ...,
+) -> ProbsResult: ...
+@overload
+def flash_attn_varlen_kvpacked_func(
+    q: Tensor, kv: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int,
+    max_seqlen_k: int, dropout_p: float = ..., softmax_scale: Optional[float] = ...,
+    causal: bool = ..., window_size: Tuple[int, int] = ..., softcap: float = ...,
+    alibi_slopes: Optional[Tensor] = ..., deterministic: bool = ..., return_attn_probs: bool = ...,
+    *, return_lse: bool = ...,
+) -> FlashResult: ...
 
 
 def flash_attn_varlen_kvpacked_func(
@@ -114,7 +261,7 @@ def flash_attn_varlen_kvpacked_func(
     return_attn_probs: bool = False,
     *,
     return_lse: bool = False,
-) -> Result:
+) -> FlashResult:
     """``q`` ``(total_q, Hq, D)``, ``kv`` ``(total_k, 2, Hk, D)``; otherwise
     :func:`flash_attn_varlen_func`."""
     k, v = _unstack(kv, "kv", 1, 2)

@@ -28,10 +28,14 @@
 #endif
 
 namespace nb = nanobind;
-using Array = nb::ndarray<nb::ro>;
-using OptArray = std::optional<nb::ndarray<nb::ro>>;
-using Out = nb::ndarray<>;
-using OptOut = std::optional<nb::ndarray<>>;
+// nb::array_api: any DLPack producer (torch, numpy, jax, cupy, ...) is taken
+// as input whatever the tag; the tag makes the generated stub say typing.Any
+// instead of numpy.typing.NDArray, so the stub needs no numpy (not a
+// dependency of the package).
+using Array = nb::ndarray<nb::ro, nb::array_api>;
+using OptArray = std::optional<Array>;
+using Out = nb::ndarray<nb::array_api>;
+using OptOut = std::optional<Out>;
 
 namespace {
 

@@ -33,6 +33,13 @@ fsdpa_status guarded(F&& f) {
   }
 }
 
+// The _msg variants: the call's message copied into the caller's buffer
+// before control returns, on the thread that made the call.
+fsdpa_status copy_message(fsdpa_status s, char* msg, size_t msg_size) {
+  if (msg != nullptr && msg_size > 0) snprintf(msg, msg_size, "%s", s == FSDPA_OK ? "" : last_error());
+  return s;
+}
+
 fsdpa_status run_on_backend(CallKind kind, const fsdpa_params* params, const CallTensors& t,
                             void* stream) {
   AttnParams p;
@@ -198,6 +205,55 @@ fsdpa_status fsdpa_dropout_mask(const fsdpa_params* params, const DLTensor* q, c
 }
 
 const char* fsdpa_last_error(void) { return last_error(); }
+
+fsdpa_status fsdpa_forward_msg(const fsdpa_params* p, const DLTensor* q, const DLTensor* k,
+                               const DLTensor* v, DLTensor* out, DLTensor* lse, void* stream,
+                               char* msg, size_t msg_size) {
+  return copy_message(fsdpa_forward(p, q, k, v, out, lse, stream), msg, msg_size);
+}
+
+fsdpa_status fsdpa_backward_msg(const fsdpa_params* p, const DLTensor* dout, const DLTensor* q,
+                                const DLTensor* k, const DLTensor* v, const DLTensor* out,
+                                const DLTensor* lse, DLTensor* dq, DLTensor* dk, DLTensor* dv,
+                                void* stream, char* msg, size_t msg_size) {
+  return copy_message(fsdpa_backward(p, dout, q, k, v, out, lse, dq, dk, dv, stream), msg,
+                      msg_size);
+}
+
+fsdpa_status fsdpa_merge_attn_states_msg(const DLTensor* out_a, const DLTensor* lse_a,
+                                         const DLTensor* out_b, const DLTensor* lse_b,
+                                         DLTensor* out, DLTensor* lse, void* stream, char* msg,
+                                         size_t msg_size) {
+  return copy_message(fsdpa_merge_attn_states(out_a, lse_a, out_b, lse_b, out, lse, stream), msg,
+                      msg_size);
+}
+
+fsdpa_status fsdpa_explain_msg(const fsdpa_params* p, int32_t backward, const DLTensor* dout,
+                               const DLTensor* q, const DLTensor* k, const DLTensor* v,
+                               const DLTensor* out, const DLTensor* lse, const DLTensor* dq,
+                               const DLTensor* dk, const DLTensor* dv, char* buf, size_t size,
+                               char* msg, size_t msg_size) {
+  return copy_message(fsdpa_explain(p, backward, dout, q, k, v, out, lse, dq, dk, dv, buf, size),
+                      msg, msg_size);
+}
+
+fsdpa_status fsdpa_reference_forward_msg(const fsdpa_params* p, const DLTensor* q,
+                                         const DLTensor* k, const DLTensor* v, DLTensor* out,
+                                         DLTensor* lse, char* msg, size_t msg_size) {
+  return copy_message(fsdpa_reference_forward(p, q, k, v, out, lse), msg, msg_size);
+}
+
+fsdpa_status fsdpa_reference_backward_msg(const fsdpa_params* p, const DLTensor* dout,
+                                          const DLTensor* q, const DLTensor* k, const DLTensor* v,
+                                          DLTensor* dq, DLTensor* dk, DLTensor* dv, char* msg,
+                                          size_t msg_size) {
+  return copy_message(fsdpa_reference_backward(p, dout, q, k, v, dq, dk, dv), msg, msg_size);
+}
+
+fsdpa_status fsdpa_dropout_mask_msg(const fsdpa_params* p, const DLTensor* q, const DLTensor* k,
+                                    DLTensor* keep, char* msg, size_t msg_size) {
+  return copy_message(fsdpa_dropout_mask(p, q, k, keep), msg, msg_size);
+}
 
 const char* fsdpa_version(void) { return FLASHSDPA_VERSION_STRING; }
 

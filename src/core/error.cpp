@@ -10,7 +10,7 @@ thread_local std::string g_last_error;
 }
 
 fsdpa_status set_error(fsdpa_status status, const char* fmt, ...) {
-  char buf[1024];
+  char buf[FSDPA_MAX_MESSAGE_SIZE];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(buf, sizeof(buf), fmt, ap);

@@ -4,7 +4,8 @@
 # no system library beyond what manylinux allows: the extension's Highway
 # must be the copy inside the wheel, and a forward on NumPy arrays (NumPy from
 # PyPI) must match the fp64 reference. PyTorch is not installed there, so the
-# torch-facing names must raise their ImportError.
+# torch-facing names must raise their ImportError. The typing marker and the
+# extension's stub must be there, the stub importing only the standard library.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
@@ -15,7 +16,7 @@ trap 'rm -rf "$venv"' EXIT
 "$venv/bin/pip" install -q --disable-pip-version-check "$wheel" numpy
 cd "$venv"  # away from the source tree, so the installed package is imported
 "$venv/bin/python" - <<'PY'
-import glob, os, subprocess
+import ast, glob, os, subprocess, sys
 import numpy as np
 import flashsdpa
 from flashsdpa import _C
@@ -35,6 +36,13 @@ ref = np.empty(q.shape)
 _C.reference_forward(p, q, q, q, ref)
 err = float(np.abs(out - ref).max())
 assert err < 1e-5, err
+pkg = os.path.dirname(flashsdpa.__file__)
+assert os.path.exists(os.path.join(pkg, "py.typed")), "py.typed missing"
+with open(os.path.join(pkg, "_C.pyi")) as f:
+    stub = ast.parse(f.read())
+imported = {a.name.split(".")[0] for n in ast.walk(stub) if isinstance(n, ast.Import) for a in n.names}
+imported |= {n.module.split(".")[0] for n in ast.walk(stub) if isinstance(n, ast.ImportFrom) and n.level == 0}
+assert imported <= set(sys.stdlib_module_names), f"_C.pyi imports {imported}"
 try:
     flashsdpa.enable
 except ImportError as e:

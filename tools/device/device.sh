@@ -1,8 +1,8 @@
 #!/bin/bash
 # One call on a lent GPU (issue 5): tests, sanitizers, benchmark and the
-# Python suite on the binaries built here by bench/hopper_carry.sh (carried
+# Python suite on the binaries built here by tools/device/hopper_carry.sh (carried
 # in .carry/: libflashsdpa.so and flashsdpa_cuda_tests for 90a-real). On the
-# device: `bash bench/device.sh STEPS` with carry [".carry", ".devdeps"]
+# device: `bash tools/device/device.sh STEPS` with carry [".carry", ".devdeps"]
 # (".whl" too for pytest). STEPS, a comma list, run in this order:
 #   info    GPU name and clocks, HGMMA count per Hopper kernel (cuobjdump)
 #   quick   flashsdpa_cuda_tests --quick; stops the call unless it passes
@@ -28,7 +28,7 @@
 #           python/ (PYTHONPATH is set for the later steps)
 #   overhead  bench/overhead.py: a small call's device and host time per
 #           layer against PyTorch's backends, the profile, CUDA-graph replay
-#   carried the Python extension in $CARRY (bench/cuda_carry.sh) is used
+#   carried the Python extension in $CARRY (tools/device/cuda_carry.sh) is used
 #   pyquick tests/python/test_cuda.py and test_fast_path.py (after build)
 #   sweep   bench/bench_sweep.py (SWEEP_ARGS, default --quick)
 # KEEP_GOING=1: a failed quick step does not stop the call.
@@ -82,7 +82,7 @@ san() {
 
 if has carried; then
   # The Python extension built here for the device's Python (3.12) and
-  # carried with the library (bench/cuda_carry.sh).
+  # carried with the library (tools/device/cuda_carry.sh).
   cp "$CARRY"/_C*.so python/flashsdpa/ && export PYTHONPATH=$PWD/python:$PYTHONPATH
 fi
 LIB=$CARRY/libflashsdpa.so

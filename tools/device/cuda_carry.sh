@@ -1,7 +1,7 @@
 #!/bin/bash
 # Development machine: build the library, the CUDA test driver and the Python
 # extension for sm_90a and the device's Python (3.12; pyenv here), and copy
-# them into $CARRY for a device call (bench/device.sh carried,...). Takes
+# them into $CARRY for a device call (tools/device/device.sh carried,...). Takes
 # about 20 min on 2 cores: build on the device instead (device.sh build)
 # when device time allows.
 set -e

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Development machine: build the library and the CUDA test driver for sm_90a
-# (build-h) and copy what bench/device.sh runs into .carry/ (git-ignored;
+# (build-h) and copy what tools/device/device.sh runs into .carry/ (git-ignored;
 # pass carry: [".carry", ".devdeps"] to the device call). CARRY=dir and BUILD=dir
 # pick other folders (a git worktree: CARRY=/work/main/.carry-NAME).
 set -e

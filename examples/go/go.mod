@@ -1,0 +1,3 @@
+module flashsdpa.example/attention
+
+go 1.19
