@@ -330,6 +330,23 @@ FSDPA_API int fsdpa_device_available(int32_t dl_device_type);
 FSDPA_API void fsdpa_set_num_threads(int n);
 FSDPA_API int fsdpa_get_num_threads(void);
 
+/* Device scratch memory of the GPU backends (split-KV partials, the
+ * backward's fp32 dQ accumulator, mask tile flags; fsdpa_explain gives the
+ * bytes). By default each call takes it from a stream-ordered memory pool of
+ * the library's own (cudaMallocFromPoolAsync on the call's stream: no
+ * synchronisation, capturable in a CUDA graph) and frees it in stream order
+ * after its last kernel. An engine with its own stream-ordered allocator
+ * hands it over here: alloc(bytes, stream, ctx) returns memory usable in
+ * stream order on `stream` (the call's cudaStream_t), or NULL, which fails
+ * the call with FSDPA_ERROR_OUT_OF_MEMORY; free(ptr, stream, ctx) gets it
+ * back, in stream order, once the call's kernels are enqueued. Both or
+ * neither: alloc = NULL restores the default. Process-wide; set it before
+ * calls that could run concurrently with the change. */
+typedef void* (*fsdpa_workspace_alloc_fn)(size_t bytes, void* stream, void* ctx);
+typedef void (*fsdpa_workspace_free_fn)(void* ptr, void* stream, void* ctx);
+FSDPA_API void fsdpa_set_workspace_allocator(fsdpa_workspace_alloc_fn alloc,
+                                             fsdpa_workspace_free_fn free_fn, void* ctx);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -110,8 +110,9 @@ _NO_GUARD = contextlib.nullcontext()
 def _guard(device: torch.device):
     # PyTorch exports CUDA tensors through DLPack only from their own device;
     # switching costs a context manager and two device exchanges, so only
-    # when the tensors are on another device than the current one.
-    if device.type != "cuda" or device.index == torch.cuda.current_device():
+    # when the tensors are on another device than the current one. (A CUDA
+    # tensor exists, so CUDA is initialised: no torch.cuda.current_device().)
+    if device.type != "cuda" or device.index == torch._C._cuda_getDevice():
         return _NO_GUARD
     return torch.cuda.device(device)
 

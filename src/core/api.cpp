@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include <atomic>
+#include <mutex>
 #include <new>
 #include <thread>
 
@@ -61,6 +62,14 @@ std::atomic<int> g_cpu_threads{0};
 }  // namespace
 
 int cpu_threads_setting() { return g_cpu_threads.load(std::memory_order_relaxed); }
+
+std::mutex g_workspace_mu;
+WorkspaceAllocator g_workspace{nullptr, nullptr, nullptr};
+
+WorkspaceAllocator workspace_allocator() {
+  std::lock_guard<std::mutex> lock(g_workspace_mu);
+  return g_workspace;
+}
 
 int cpu_thread_count() {
   if (int n = cpu_threads_setting(); n > 0) return n;
@@ -265,6 +274,13 @@ int fsdpa_device_available(int32_t dl_device_type) {
 }
 
 void fsdpa_set_num_threads(int n) { g_cpu_threads.store(n > 0 ? n : 0); }
+
+void fsdpa_set_workspace_allocator(fsdpa_workspace_alloc_fn alloc, fsdpa_workspace_free_fn free_fn,
+                                   void* ctx) {
+  std::lock_guard<std::mutex> lock(g_workspace_mu);
+  g_workspace = alloc != nullptr && free_fn != nullptr ? WorkspaceAllocator{alloc, free_fn, ctx}
+                                                       : WorkspaceAllocator{nullptr, nullptr, nullptr};
+}
 
 int fsdpa_get_num_threads(void) { return cpu_thread_count(); }
 

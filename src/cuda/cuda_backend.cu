@@ -40,6 +40,7 @@
 
 #include "core/backend.h"
 #include "core/error.h"
+#include "core/settings.h"
 #include "cuda/plan.h"
 #include "cuda/hopper/hopper.h"
 #include "cuda/launch.h"
@@ -123,16 +124,27 @@ cudaMemPool_t workspace_pool() {
   return pools[dev];
 }
 
-// Stream-ordered workspace, freed on the same stream.
+// Stream-ordered workspace, freed on the same stream: from the caller's
+// allocator (fsdpa_set_workspace_allocator) if one is set, else our pool.
 struct Buf {
   void* ptr = nullptr;
   cudaStream_t stream = nullptr;
+  WorkspaceAllocator from{nullptr, nullptr, nullptr};
   ~Buf() {
-    if (ptr) cudaFreeAsync(ptr, stream);
+    if (ptr == nullptr) return;
+    if (from.alloc != nullptr)
+      from.free_fn(ptr, stream, from.ctx);
+    else
+      cudaFreeAsync(ptr, stream);
   }
   cudaError_t alloc(size_t bytes, cudaStream_t s) {
     stream = s;
     if (bytes < 16) bytes = 16;
+    from = workspace_allocator();
+    if (from.alloc != nullptr) {
+      ptr = from.alloc(bytes, s, from.ctx);
+      return ptr != nullptr ? cudaSuccess : cudaErrorMemoryAllocation;
+    }
     cudaMemPool_t pool = workspace_pool();
     return pool ? cudaMallocFromPoolAsync(&ptr, bytes, pool, s) : cudaMallocAsync(&ptr, bytes, s);
   }

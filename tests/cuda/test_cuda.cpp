@@ -785,6 +785,65 @@ bool nonfinite_case(cudaStream_t s) {
   return ok && fsdpa_forward(&pr.p, &q, &k, &v, &o, nullptr, s) == FSDPA_OK;
 }
 
+// fsdpa_set_workspace_allocator: a caller's stream-ordered allocator serves
+// every workspace (one per call, returned on the call's stream), gives the
+// same bits as the library's pool, and a failing one is OUT_OF_MEMORY.
+struct CountingAllocator {
+  std::atomic<int> allocs{0}, frees{0};
+  bool fail = false;
+};
+void* counting_alloc(size_t bytes, void* stream, void* ctx) {
+  auto* a = static_cast<CountingAllocator*>(ctx);
+  if (a->fail) return nullptr;
+  void* ptr = nullptr;
+  if (cudaMallocAsync(&ptr, bytes, static_cast<cudaStream_t>(stream)) != cudaSuccess) return nullptr;
+  a->allocs++;
+  return ptr;
+}
+void counting_free(void* ptr, void* stream, void* ctx) {
+  static_cast<CountingAllocator*>(ctx)->frees++;
+  cudaFreeAsync(ptr, static_cast<cudaStream_t>(stream));
+}
+
+bool workspace_allocator_case(cudaStream_t s) {
+  Case c;
+  c.B = 2; c.Hq = 4; c.Hk = 2; c.Sq = 300; c.Sk = 257; c.D = 128; c.Dv = 128; c.dt = DT::bf16;
+  c.causal = true;
+  Problem pr(c);
+  pr.p.deterministic = 1;  // bitwise comparable backward
+  Dev q(pr.q), k(pr.k), v(pr.v), dout(pr.dout);
+  auto run = [&](std::vector<uint8_t>* bytes) {
+    Tensor out = pr.make(c.Hq, c.Sq, pr.total_q, c.Dv, c.dt), lse = pr.make_lse();
+    Tensor dq = pr.make(c.Hq, c.Sq, pr.total_q, c.D, c.dt);
+    Tensor dk = pr.make(c.Hk, c.Sk, pr.total_k, c.D, c.dt), dv = pr.make(c.Hk, c.Sk, pr.total_k, c.Dv, c.dt);
+    Dev o(out, false), l(lse, false), a(dq, false), b(dk, false), d(dv, false);
+    fsdpa_status st = fsdpa_forward(&pr.p, &q, &k, &v, &o, &l, s);
+    if (st == FSDPA_OK) st = fsdpa_backward(&pr.p, &dout, &q, &k, &v, &o, &l, &a, &b, &d, s);
+    if (st != FSDPA_OK) return st;
+    a.to_host(dq, s);
+    *bytes = dq.bytes;
+    return st;
+  };
+  std::vector<uint8_t> pooled, mine, unused;
+  CountingAllocator counter;
+  bool ok = run(&pooled) == FSDPA_OK;
+  fsdpa_set_workspace_allocator(counting_alloc, counting_free, &counter);
+  ok = ok && run(&mine) == FSDPA_OK && mine == pooled;
+  cudaStreamSynchronize(s);
+  const int allocs = counter.allocs, frees = counter.frees;
+  ok = ok && allocs >= 1 && allocs == frees;
+  counter.fail = true;
+  const fsdpa_status st = run(&unused);
+  const std::string msg = fsdpa_last_error();
+  ok = ok && st == FSDPA_ERROR_OUT_OF_MEMORY && msg.find("workspace") != std::string::npos;
+  fsdpa_set_workspace_allocator(nullptr, nullptr, nullptr);
+  ok = ok && run(&unused) == FSDPA_OK;
+  printf("%s workspace allocator: %d allocs, %d frees, same dQ bits as the pool, failing "
+         "allocator -> status %d \"%s\"\n",
+         ok ? "ok  " : "FAIL", allocs, frees, st, msg.c_str());
+  return ok;
+}
+
 // fsdpa_explain names the family the plan picks and why; the override
 // is validated (src/cuda/plan.h).
 bool explain_case(cudaStream_t s, bool hopper_gpu) {
@@ -898,6 +957,7 @@ int main(int argc, char** argv) {
       tally(splitkv_case(s, true));
       tally(splitkv_case(s, false));
       tally(nonfinite_case(s));
+      tally(workspace_allocator_case(s));
       tally(explain_case(s, prop.major == 9 && strstr(fsdpa_backends(), "cuda") != nullptr));
     }
     if (do_long && !quick) {
