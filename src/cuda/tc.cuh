@@ -121,6 +121,34 @@ __device__ __forceinline__ void load_tile(T* sm, const T* g, int64_t ss, int64_t
   }
 }
 
+// load_tile for K/V rows read through a page table (AttnParams::block_table):
+// rows [0, nrows) are cache positions tok0.. of kv head hk in page-table row
+// `row`, each at kv_row_off's address (pages of any size: a tile may span
+// several pages, or one page many tiles); zero fill as load_tile.
+template <typename T, int ROWS, int DP, int NT>
+__device__ __forceinline__ void load_tile_paged(T* sm, const T* base, const AttnParams& p,
+                                                const int64_t* st, int64_t row, int64_t hk,
+                                                int tok0, int nrows, int ncols, bool vec) {
+  constexpr int P = pitch<DP>();
+  if (vec) {
+    constexpr int CH = DP / 8;  // 16-byte chunks per row
+#pragma unroll 4
+    for (int x = threadIdx.x; x < ROWS * CH; x += NT) {
+      const int r = x / CH, c = (x % CH) * 8;
+      const bool ok = r < nrows && c < ncols;
+      const T* src = ok ? base + kv_row_off(p, st, row, hk, tok0 + r) + c : base;
+      cp_async16(sm + r * P + c, src, ok);
+    }
+  } else {
+    for (int x = threadIdx.x; x < ROWS * DP; x += NT) {
+      const int r = x / DP, c = x % DP;
+      sm[r * P + c] = (r < nrows && c < ncols)
+                          ? base[kv_row_off(p, st, row, hk, tok0 + r) + c * st[3]]
+                          : from_f<T>(0.0f);
+    }
+  }
+}
+
 // A fragment (16 x 16) of rows [row0, row0+16), cols [k0, k0+16) of a tile.
 template <int DP, typename T>
 __device__ __forceinline__ void load_a(uint32_t* a, const T* sm, int row0, int k0, int lane) {
@@ -213,10 +241,25 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
   const int band_hi_min = static_cast<int>(rfirst.hi);
 
   const T* qg = static_cast<const T*>(p.q) + off4(p.q_stride, b, h, e.q_begin + m0, 0);
-  const T* kg = static_cast<const T*>(p.k) + off4(p.k_stride, b, hk, e.k_begin, 0);
-  const T* vg = static_cast<const T*>(p.v) + off4(p.v_stride, b, hk, e.k_begin, 0);
+  // K/V of the sequence: its cache row (cache_batch_idx) from k_begin on,
+  // or, paged, row by row through its page-table row.
+  const int64_t kvrow = kv_cache_row(p, b);
+  const bool paged = p.block_table != nullptr;
+  const T* kbase = static_cast<const T*>(p.k);
+  const T* vbase = static_cast<const T*>(p.v);
+  const int kbeg = static_cast<int>(e.k_begin);
+  const T* kg = paged ? kbase : kbase + kv_row_off(p, p.k_stride, kvrow, hk, kbeg);
+  const T* vg = paged ? vbase : vbase + kv_row_off(p, p.v_stride, kvrow, hk, kbeg);
   auto load_kv = [&](int kb, int buf) {
     const int n0 = kb * BN, nr = min(BN, e.sk - n0);
+    if (paged) {
+      const int tok0 = kbeg + n0;
+      load_tile_paged<T, BN, DP, NT>(Ks + buf * BN * P, kbase, p, p.k_stride, kvrow, hk, tok0, nr,
+                                     D, vec & kVecK);
+      load_tile_paged<T, BN, DP, NT>(Vs + buf * BN * P, vbase, p, p.v_stride, kvrow, hk, tok0, nr,
+                                     Dv, vec & kVecV);
+      return;
+    }
     load_tile<T, BN, DP, NT>(Ks + buf * BN * P, kg + n0 * p.k_stride[2], p.k_stride[2],
                              p.k_stride[3], nr, D, vec & kVecK);
     load_tile<T, BN, DP, NT>(Vs + buf * BN * P, vg + n0 * p.v_stride[2], p.v_stride[2],
