@@ -62,18 +62,23 @@ struct Seq {
   int sq, sk;                // lengths of this sequence
 };
 
-// With the KV-cache parameters (forward only) k_begin is a cache position
-// of the sequence's cache row (or page-table row): cache_leftpad moves it,
-// seqused_k shortens the sequence (core/host_view.h states the same for the
-// CPU and the reference); kv_row_off turns it into an address.
 __device__ __forceinline__ Seq get_seq(const AttnParams& p, int64_t b) {
-  Seq e{0, 0, static_cast<int>(p.seqlen_q), static_cast<int>(p.seqlen_k)};
-  if (p.cu_seqlens_q != nullptr) {
-    const int q0 = p.cu_seqlens_q[b], q1 = p.cu_seqlens_q[b + 1];
-    const int k0 = p.cu_seqlens_k[b], k1 = p.cu_seqlens_k[b + 1];
-    // Paged sequences start at position 0 of their own page-table row.
-    e = Seq{q0, p.block_table ? 0 : k0, q1 - q0, k1 - k0};
-  }
+  if (p.cu_seqlens_q == nullptr)
+    return Seq{0, 0, static_cast<int>(p.seqlen_q), static_cast<int>(p.seqlen_k)};
+  const int q0 = p.cu_seqlens_q[b], q1 = p.cu_seqlens_q[b + 1];
+  const int k0 = p.cu_seqlens_k[b], k1 = p.cu_seqlens_k[b + 1];
+  return Seq{q0, k0, q1 - q0, k1 - k0};
+}
+
+// get_seq of a forward with the KV-cache parameters (uses_kv_cache): k_begin
+// is then a cache position of the sequence's cache row (or page-table row),
+// which cache_leftpad moves; seqused_k shortens the sequence
+// (core/host_view.h states the same for the CPU and the reference), and
+// kv_row_off turns a position into an address. The kernels take it in
+// their KV instantiations only, so that the others stay as they were.
+__device__ __forceinline__ Seq get_kv_seq(const AttnParams& p, int64_t b) {
+  Seq e = get_seq(p, b);
+  if (p.block_table != nullptr) e.k_begin = 0;  // paged: position 0 of its own page-table row
   if (p.seqused_k) e.sk = p.seqused_k[b];
   if (p.cache_leftpad) {
     const int lp = p.cache_leftpad[b];

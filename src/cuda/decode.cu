@@ -17,11 +17,12 @@
 // Scope (decode_scope): fp16/bf16, D == Dv in {64, 128}, 16-byte
 // loadable q/k/v, band-only semantics (causal / windows with either
 // alignment), GQA/MQA, varlen, Sq <= 16 and Sq * G <= 64; and the KV-cache
-// parameters: seqused_k / cache_leftpad bound each sequence's keys,
-// cache_batch_idx picks its cache row, and with a block_table every lane
-// copies its rows from their pages (any page size; the page index is looked
-// up once per page a lane enters, so the copies stay 16-byte cp.async of
-// whole rows and no gather pass runs before the kernel).
+// parameters (the KV instantiation): seqused_k / cache_leftpad bound each
+// sequence's keys, cache_batch_idx picks its cache row, and with a
+// block_table every lane copies its rows from their pages (any page size;
+// the page index is looked up once per page a lane enters, so the copies
+// stay 16-byte cp.async of whole rows and no gather pass runs before the
+// kernel).
 #include "cuda/tc.cuh"  // PTX wrappers (ldmatrix, mma.sync, cp.async), pitch<DP>
 
 namespace fsdpa {
@@ -77,7 +78,9 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-template <typename T, int DP>
+// KV: the call has KV-cache parameters (get_kv_seq's key ranges, cache rows,
+// pages); a template flag, so that every other call runs the kernel as it was.
+template <typename T, int DP, bool KV>
 __global__ void __launch_bounds__(DecodeConfig<DP>::kWarps * 32, DecodeConfig<DP>::kMinBlocks)
 decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepart) {
   using C = DecodeConfig<DP>;
@@ -97,7 +100,7 @@ decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepar
   const int rg = blockIdx.x % ngroups, split = blockIdx.x / ngroups;
   const int64_t hk = blockIdx.y, b = blockIdx.z;
   const int G = static_cast<int>(p.heads_q / p.heads_k);
-  const Seq e = get_seq(p, b);
+  const Seq e = KV ? get_kv_seq(p, b) : get_seq(p, b);
   const int R = e.sq * G, r0 = rg * kRows;
   if (r0 >= R) return;  // no rows of this batch in this group: nothing to write
   const int rend = min(R, r0 + kRows);
@@ -135,12 +138,15 @@ decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepar
 
   // K/V of the sequence: its cache row (cache_batch_idx) from k_begin on;
   // paged, kg/vg are the page pools and each row goes through the page table.
-  const bool paged = p.block_table != nullptr;
-  const int64_t kvrow = kv_cache_row(p, b);
+  const bool paged = KV && p.block_table != nullptr;
+  const int64_t kvrow = KV ? kv_cache_row(p, b) : b;
   const int kbeg = static_cast<int>(e.k_begin);
   const T* kg = static_cast<const T*>(p.k);
   const T* vg = static_cast<const T*>(p.v);
-  if (!paged) {
+  if (!KV) {
+    kg += off4(p.k_stride, b, hk, e.k_begin, 0);
+    vg += off4(p.v_stride, b, hk, e.k_begin, 0);
+  } else if (!paged) {
     kg += kv_row_off(p, p.k_stride, kvrow, hk, kbeg);
     vg += kv_row_off(p, p.v_stride, kvrow, hk, kbeg);
   }
@@ -161,7 +167,7 @@ decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepar
       constexpr int RPI = 32 / CH;
       static_assert(32 % CH == 0 && KW % RPI == 0, "whole rows per warp copy");
       const int r = lane / CH, c = (lane % CH) * 8, j0 = (s_begin + warp + NW * t) * KW + r;
-      if (paged) {
+      if (KV && paged) {
         // Row j0 + y RPI is cache position kbeg + j0 + y RPI: row po of page
         // index pi, stepped without a division; the page's base offsets are
         // looked up once per page the lane enters (pages of any size >= 1).
@@ -369,8 +375,9 @@ decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepar
   }
 }
 
-template <typename T, int DP> cudaError_t set_smem() {
-  return cudaFuncSetAttribute(decode_kernel<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+template <typename T, int DP, bool KV> cudaError_t set_smem() {
+  return cudaFuncSetAttribute(decode_kernel<T, DP, KV>,
+                              cudaFuncAttributeMaxDynamicSharedMemorySize,
                               int(decode_smem<T, DP>()));
 }
 
@@ -408,18 +415,25 @@ template <typename T, int DP> int decode_splits_t(const AttnParams& p, int sms) 
   return best;
 }
 
-template <typename T, int DP>
-cudaError_t decode_launch(const AttnParams& p, int nsplit, float* opart, float* lsepart,
-                          cudaStream_t s) {
+template <typename T, int DP, bool KV>
+cudaError_t decode_launch_t(const AttnParams& p, int nsplit, float* opart, float* lsepart,
+                            cudaStream_t s) {
   using C = DecodeConfig<DP>;
-  const cudaError_t err = set_smem<T, DP>();
+  const cudaError_t err = set_smem<T, DP, KV>();
   if (err != cudaSuccess) return err;
   const int ng = groups_of(p);
   const dim3 grid(static_cast<unsigned>(ng * nsplit), static_cast<unsigned>(p.heads_k),
                   static_cast<unsigned>(p.batch));
-  decode_kernel<T, DP><<<grid, C::kWarps * 32, decode_smem<T, DP>(), s>>>(p, ng, nsplit, opart,
-                                                                          lsepart);
+  decode_kernel<T, DP, KV><<<grid, C::kWarps * 32, decode_smem<T, DP>(), s>>>(p, ng, nsplit,
+                                                                              opart, lsepart);
   return cudaGetLastError();
+}
+
+template <typename T, int DP>
+cudaError_t decode_launch(const AttnParams& p, int nsplit, float* opart, float* lsepart,
+                          cudaStream_t s) {
+  return uses_kv_cache(p) ? decode_launch_t<T, DP, true>(p, nsplit, opart, lsepart, s)
+                          : decode_launch_t<T, DP, false>(p, nsplit, opart, lsepart, s);
 }
 
 }  // namespace

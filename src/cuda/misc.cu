@@ -145,7 +145,7 @@ __global__ void finite_kv_kernel(AttnParams p, bool values, unsigned long long* 
        x += int64_t(gridDim.x) * blockDim.x) {
     const int64_t d = x % dim, j = (x / dim) % nk, hk = (x / (dim * nk)) % p.heads_k;
     const int64_t b = x / (dim * nk * p.heads_k);
-    const Seq e = get_seq(p, b);
+    const Seq e = get_kv_seq(p, b);
     if (j >= e.sk) continue;
     const int64_t off = kv_row_off(p, st, kv_cache_row(p, b), hk,
                                    static_cast<int>(e.k_begin + j)) + d * st[3];

@@ -22,7 +22,7 @@ simt_fwd_kernel(AttnParams p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t b = blockIdx.z, h = blockIdx.y;
   const int i = blockIdx.x * kWarps + warp;
-  const Seq e = get_seq(p, b);
+  const Seq e = get_kv_seq(p, b);  // with the KV-cache parameters, if any (a no-op without)
   if (i >= e.sq) return;
   const int64_t hk = h / (p.heads_q / p.heads_k);
   const int D = static_cast<int>(p.head_dim), Dv = static_cast<int>(p.head_dim_v);

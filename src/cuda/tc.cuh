@@ -189,8 +189,12 @@ __device__ __forceinline__ void store_pair(T* base, int64_t off, int64_t sd, int
 // Forward. Block: NW warps x 16 query rows; loops over key blocks of BN.
 // nsplit > 1: split-KV, the block handles its share of the key blocks and
 // writes normalised fp32 partials + lse for splitkv_merge.
+// KV: the call has KV-cache parameters (uses_kv_cache): per-sequence key
+// ranges (get_kv_seq), cache rows, and with a block_table K/V tiles loaded
+// row by row through the page table (load_tile_paged). A template flag, so
+// that the kernels of every other call are the code they were.
 // ================================================================================
-template <typename T, int DP, int BN, int NW, int MFRAGS, bool GENERAL>
+template <typename T, int DP, int BN, int NW, int MFRAGS, bool GENERAL, bool KV = false>
 __global__ void __launch_bounds__(NW * 32)
 tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, float* lsepart) {
   constexpr int BM = 16 * NW * MFRAGS, P = pitch<DP>(), NT = NW * 32, R = 2 * MFRAGS;
@@ -203,7 +207,7 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
   const int64_t b = blockIdx.z / nsplit, h = blockIdx.y;
   const int split = blockIdx.z % nsplit;
   const int m0 = blockIdx.x * BM;
-  const Seq e = get_seq(p, b);
+  const Seq e = KV ? get_kv_seq(p, b) : get_seq(p, b);
   if (m0 >= e.sq) return;
   const int64_t hk = h / (p.heads_q / p.heads_k);
   const int D = static_cast<int>(p.head_dim), Dv = static_cast<int>(p.head_dim_v);
@@ -241,24 +245,31 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
   const int band_hi_min = static_cast<int>(rfirst.hi);
 
   const T* qg = static_cast<const T*>(p.q) + off4(p.q_stride, b, h, e.q_begin + m0, 0);
-  // K/V of the sequence: its cache row (cache_batch_idx) from k_begin on,
+  const T* kg = static_cast<const T*>(p.k) + off4(p.k_stride, b, hk, e.k_begin, 0);
+  const T* vg = static_cast<const T*>(p.v) + off4(p.v_stride, b, hk, e.k_begin, 0);
+  // KV cache: the sequence's cache row (cache_batch_idx) from k_begin on,
   // or, paged, row by row through its page-table row.
-  const int64_t kvrow = kv_cache_row(p, b);
-  const bool paged = p.block_table != nullptr;
-  const T* kbase = static_cast<const T*>(p.k);
-  const T* vbase = static_cast<const T*>(p.v);
-  const int kbeg = static_cast<int>(e.k_begin);
-  const T* kg = paged ? kbase : kbase + kv_row_off(p, p.k_stride, kvrow, hk, kbeg);
-  const T* vg = paged ? vbase : vbase + kv_row_off(p, p.v_stride, kvrow, hk, kbeg);
+  const int64_t kvrow = KV ? kv_cache_row(p, b) : b;
+  const bool paged = KV && p.block_table != nullptr;
+  if constexpr (KV) {
+    if (!paged) {
+      kg = static_cast<const T*>(p.k) + kv_row_off(p, p.k_stride, kvrow, hk, int(e.k_begin));
+      vg = static_cast<const T*>(p.v) + kv_row_off(p, p.v_stride, kvrow, hk, int(e.k_begin));
+    }
+  }
   auto load_kv = [&](int kb, int buf) {
     const int n0 = kb * BN, nr = min(BN, e.sk - n0);
-    if (paged) {
-      const int tok0 = kbeg + n0;
-      load_tile_paged<T, BN, DP, NT>(Ks + buf * BN * P, kbase, p, p.k_stride, kvrow, hk, tok0, nr,
-                                     D, vec & kVecK);
-      load_tile_paged<T, BN, DP, NT>(Vs + buf * BN * P, vbase, p, p.v_stride, kvrow, hk, tok0, nr,
-                                     Dv, vec & kVecV);
-      return;
+    if constexpr (KV) {
+      if (paged) {
+        const int tok0 = static_cast<int>(e.k_begin) + n0;
+        const T* kbase = static_cast<const T*>(p.k);
+        const T* vbase = static_cast<const T*>(p.v);
+        load_tile_paged<T, BN, DP, NT>(Ks + buf * BN * P, kbase, p, p.k_stride, kvrow, hk, tok0,
+                                       nr, D, vec & kVecK);
+        load_tile_paged<T, BN, DP, NT>(Vs + buf * BN * P, vbase, p, p.v_stride, kvrow, hk, tok0,
+                                       nr, Dv, vec & kVecV);
+        return;
+      }
     }
     load_tile<T, BN, DP, NT>(Ks + buf * BN * P, kg + n0 * p.k_stride[2], p.k_stride[2],
                              p.k_stride[3], nr, D, vec & kVecK);
