@@ -1122,12 +1122,35 @@ bool kv_checks_case(cudaStream_t s) {
     expect(pr, FSDPA_ERROR_INVALID_ARGUMENT, "cache_batch_idx: entry 0", true);
   }
   {
+    // The plan names the cache, and the Hopper forward (forced) refuses it.
+    KvProblem pr(c);
+    KvDev d(pr);
+    Tensor out = pr.make_out(c.dt);
+    Dev o(out, false);
+    char plan[2048] = "";
+    fsdpa_status st = fsdpa_explain(&d.p, 0, nullptr, &d.q, &d.k, &d.v, &o, nullptr, nullptr,
+                                    nullptr, nullptr, plan, sizeof plan);
+    if (st != FSDPA_OK || strstr(plan, "kv cache: paged (") == nullptr) {
+      ok = false;
+      msg += std::string(" [explain: \"") + plan + "\"]";
+    }
+    set_force("hopper");
+    st = fsdpa_forward(&d.p, &d.q, &d.k, &d.v, &o, nullptr, s);
+    set_force(g_force_base);
+    if (st != FSDPA_ERROR_UNSUPPORTED ||
+        strstr(fsdpa_last_error(), "FLASHSDPA_CUDA_FORCE=hopper") == nullptr) {
+      ok = false;
+      msg += std::string(" [forced hopper: ") + std::to_string(st) + " \"" + fsdpa_last_error() + "\"]";
+    }
+  }
+  {
     KvProblem pr(c);
     pr.k.set(pr.flat(pr.row_of[1], 1, 77, 5, c.D), NAN);
     expect(pr, FSDPA_ERROR_NONFINITE_INPUT,
            "k: contains a non-finite value (NaN or Inf) at key 77 of sequence 1", false);
   }
-  printf("%s kv cache checks: bad page index / seqused_k / cache_batch_idx, NaN in a used key%s\n",
+  printf("%s kv cache checks: bad page index / seqused_k / cache_batch_idx, plan, forced hopper, "
+         "NaN in a used key%s\n",
          ok ? "ok  " : "FAIL", msg.c_str());
   return ok;
 }
