@@ -173,13 +173,19 @@ typedef struct fsdpa_params {
    *   of page block_table[b, t / page_size]. In the varlen form the
    *   lengths come from cu_seqlens_k (or seqused_k) and each sequence's
    *   positions start at 0 of its own block_table row.
-   * Not combined with mask or dropout. CPU only so far: CUDA and Metal
-   *   return FSDPA_ERROR_UNSUPPORTED.
+   * Not combined with mask or dropout. CPU and CUDA (the CUDA kernels read
+   *   pages of any size in place); Metal returns FSDPA_ERROR_UNSUPPORTED.
    * Checks: on the CPU every used page index, seqused_k and cache_leftpad
    * entry is checked (an error naming the argument). On GPUs the values
    * live in device memory and are the caller's contract: a page index in
    * [0, num_pages), 0 <= cache_leftpad[b] <= seqused_k[b] <= the cache
-   * length (max_pages * page_size when paged). */
+   * length (max_pages * page_size when paged), cache_batch_idx[b] a row of
+   * k/v (or of block_table); the kernels read what they are given, with no
+   * host synchronisation. The CUDA backend's debug check copies the values
+   * to the host and checks them as the CPU does (same messages) before
+   * anything runs: on with check_finite = 1 (which synchronises anyway),
+   * or with the environment variable FLASHSDPA_CHECK_KV_CACHE=1 (read per
+   * call; e.g. for the Python API, which passes check_finite = 0 on GPUs). */
   const DLTensor* seqused_k;
   const DLTensor* cache_batch_idx;
   const DLTensor* cache_leftpad;

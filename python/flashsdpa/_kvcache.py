@@ -8,6 +8,7 @@ C ABI's KV-cache parameters (``block_table``, ``seqused_k``,
 """
 from __future__ import annotations
 
+import os
 from typing import Literal, Optional, Tuple, Union, overload
 
 import torch
@@ -33,12 +34,24 @@ def _int32_vector(name: str, t: Optional[Tensor], batch: int, device) -> Optiona
 
 
 def _check_device(q: Tensor) -> None:
-    # The KV-cache kernels exist on the CPU only so far; refusing here, before
+    # The KV-cache kernels exist on the CPU and CUDA; refusing here, before
     # the cache is written, leaves the caller's cache untouched.
-    if q.device.type != "cpu":
+    if q.device.type not in ("cpu", "cuda"):
         raise RuntimeError(
             f"flashsdpa: the KV-cache path (flash_attn_with_kvcache, block_table, seqused_k) "
             f"is not supported on {q.device.type} yet")
+
+
+def _check_values(device: torch.device) -> bool:
+    """Whether the values of the cache arguments (cache_seqlens, cache_batch_idx,
+    cache_leftpad, block_table entries, rotary positions) are checked here,
+    raising with the argument's name. Always on the CPU. On GPUs each check
+    would be a host synchronisation per call, so there the values are the
+    caller's contract, as in FlashAttention (an append outside the cache then
+    fails in torch's indexing), unless the environment variable
+    FLASHSDPA_CHECK_KV_CACHE=1 turns the checks on, here and in the CUDA
+    backend (every used page index; include/flashsdpa/flashsdpa.h)."""
+    return device.type == "cpu" or os.environ.get("FLASHSDPA_CHECK_KV_CACHE") == "1"
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
@@ -60,7 +73,7 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
 
 def _rotary_at(table: Tensor, pos: Tensor, name: str) -> Tensor:
     """Rows ``pos`` (any shape, int64) of a rotary table ``[seqlen_ro, rd / 2]``."""
-    if pos.numel() and int(pos.max()) >= table.shape[0]:
+    if pos.numel() and _check_values(pos.device) and int(pos.max()) >= table.shape[0]:
         raise ValueError(f"{name}: has {table.shape[0]} positions, but position "
                          f"{int(pos.max())} is needed")
     return table[pos]
@@ -72,7 +85,8 @@ def _cache_slots(cache_seqlens: Tensor, s_new: int, rows: Tensor,
     """(first index, second index) into the cache of every appended token
     ``[B, s_new]``: (cache row, position) or, paged, (page, row in page)."""
     pos = cache_seqlens.long().unsqueeze(1) + torch.arange(s_new, device=cache_seqlens.device)
-    if s_new and int(pos.max()) >= capacity:
+    check = _check_values(pos.device)
+    if s_new and check and int(pos.max()) >= capacity:
         b = int(pos.max(dim=1).values.argmax())
         raise ValueError(
             f"k: appending {s_new} tokens at cache_seqlens[{b}] = {int(cache_seqlens[b])} "
@@ -80,8 +94,8 @@ def _cache_slots(cache_seqlens: Tensor, s_new: int, rows: Tensor,
     if block_table is None:
         return rows.long().unsqueeze(1).expand_as(pos), pos
     pages = block_table.long()[rows.long().unsqueeze(1), pos // page_size]
-    bad = (pages < 0) | (pages >= num_pages)
-    if bool(bad.any()):
+    bad = (pages < 0) | (pages >= num_pages) if check else None
+    if check and bool(bad.any()):
         b, i = (int(x) for x in bad.nonzero()[0])
         raise ValueError(
             f"block_table: entry [{int(rows[b])}, {int(pos[b, i]) // page_size}] is "
@@ -167,8 +181,11 @@ def flash_attn_with_kvcache(
     else at ``cache_seqlens``. Sequence b then attends to cache positions
     ``[cache_leftpad[b], cache_seqlens[b] + S_new)`` of cache row
     ``cache_batch_idx[b]``; ``causal``/``window_size`` are bottom-right aligned.
-    ``num_splits`` is accepted for compatibility (the CPU backend splits the
-    keys itself). Returns ``out`` ``(B, Sq, Hq, Dv)`` and, with
+    ``num_splits`` is accepted for compatibility (the backends split the
+    keys themselves). On CPUs and CUDA GPUs (pages read in place on both); on
+    GPUs the values of the cache arguments are the caller's contract unless
+    ``FLASHSDPA_CHECK_KV_CACHE=1`` (no host synchronisation per call).
+    Returns ``out`` ``(B, Sq, Hq, Dv)`` and, with
     ``return_softmax_lse``, the natural-log lse ``(B, Hq, Sq)`` float32.
     """
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
@@ -235,7 +252,7 @@ def _window(window_size) -> Tuple[int, int]:
 
 
 def _raise_first(name: str, values: Tensor, bad: Tensor, why: str) -> None:
-    if bool(bad.any()):
+    if _check_values(values.device) and bool(bad.any()):
         b = int(bad.nonzero()[0])
         raise ValueError(f"{name}: entry {b} is {int(values[b])}, {why}")
 
@@ -300,10 +317,12 @@ def _attend(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_s
     k_c = k_cache.transpose(1, 2) if kv_bhsd else k_cache
     v_c = v_cache.transpose(1, 2) if kv_bhsd else v_cache
     dl = _ops._dl
-    with torch.no_grad():
+    # On a GPU: q's device and the current stream (no host synchronisation).
+    with torch.no_grad(), _ops._guard(q.device):
         _C.forward(params, dl(q_c.detach()), dl(k_c.detach()), dl(v_c.detach()), dl(out_c),
-                   dl(lse), None, dl(alibi_slopes), dl(cu_seqlens_q), dl(cu_seqlens_k), 0,
-                   dl(seqused_k), dl(cache_batch_idx), dl(cache_leftpad), dl(block_table))
+                   dl(lse), None, dl(alibi_slopes), dl(cu_seqlens_q), dl(cu_seqlens_k),
+                   _ops._stream(q), dl(seqused_k), dl(cache_batch_idx), dl(cache_leftpad),
+                   dl(block_table))
     return out, lse
 
 

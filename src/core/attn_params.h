@@ -84,6 +84,8 @@ struct AttnParams {
   int64_t block_table_stride;      // elements between block_table rows
   int64_t page_size;
   int64_t num_pages;
+  int64_t kv_rows;                 // rows of k/v (contiguous) or of block_table
+  int64_t kv_capacity;             // cache positions per row (padded seqlen_k)
 
   // ---- backward only ----------------------------------------------------
   const void* dout; int64_t dout_stride[4];

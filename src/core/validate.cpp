@@ -251,7 +251,8 @@ fsdpa_status int32_vector(const char* name, const DLTensor* t, const View& q, in
 }
 
 // The KV-cache arguments: shapes always, values when host-readable (on a
-// GPU they are the caller's contract, see flashsdpa.h). `cache_rows` is the
+// GPU they are the caller's contract, see flashsdpa.h, which the CUDA
+// backend's debug check holds them to with check_kv_cache_values). `cache_rows` is the
 // batch size of the (contiguous) cache, `capacity` the positions per
 // sequence the cache holds.
 fsdpa_status check_kv_cache(const fsdpa_params* params, const View& q, const View& k,
@@ -288,61 +289,69 @@ fsdpa_status check_kv_cache(const fsdpa_params* params, const View& q, const Vie
     FSDPA_TRY(check_shape(k, {B}, {"batch"}));
   }
   if (!varlen) p->seqlen_k = capacity;
+  p->kv_rows = cache_rows;
+  p->kv_capacity = capacity;
   if (!host_readable(p->device_type)) return FSDPA_OK;
+  return check_kv_cache_values(*p);
+}
+
+}  // namespace
+
+fsdpa_status check_kv_cache_values(const AttnParams& p) {
+  const int64_t B = p.batch;
+  const bool varlen = p.cu_seqlens_k != nullptr;
   for (int64_t b = 0; b < B; ++b) {
-    if (p->cache_batch_idx) {
-      const int32_t row = p->cache_batch_idx[b];
-      FSDPA_CHECK_ARG(row >= 0 && row < cache_rows,
+    if (p.cache_batch_idx) {
+      const int32_t row = p.cache_batch_idx[b];
+      FSDPA_CHECK_ARG(row >= 0 && row < p.kv_rows,
                       "cache_batch_idx: entry %lld is %d, outside the %lld cache rows of %s",
-                      (long long)b, row, (long long)cache_rows,
-                      p->block_table ? "block_table" : "k/v");
+                      (long long)b, row, (long long)p.kv_rows,
+                      p.block_table ? "block_table" : "k/v");
     }
     // Cache positions [begin, end) of sequence b.
-    int64_t end = capacity;
+    int64_t end = p.kv_capacity;
     if (varlen) {
-      end = int64_t(p->cu_seqlens_k[b + 1]) - p->cu_seqlens_k[b];
-      if (p->block_table)
-        FSDPA_CHECK_ARG(p->seqused_k || end <= capacity,
+      end = int64_t(p.cu_seqlens_k[b + 1]) - p.cu_seqlens_k[b];
+      if (p.block_table)
+        FSDPA_CHECK_ARG(p.seqused_k || end <= p.kv_capacity,
                         "cu_seqlens_k: sequence %lld has %lld keys but its block_table row "
                         "holds %lld",
-                        (long long)b, (long long)end, (long long)capacity);
+                        (long long)b, (long long)end, (long long)p.kv_capacity);
     }
-    if (p->seqused_k) {
-      const int64_t used = p->seqused_k[b];
-      const int64_t limit = varlen && !p->block_table ? end : capacity;
+    if (p.seqused_k) {
+      const int64_t used = p.seqused_k[b];
+      const int64_t limit = varlen && !p.block_table ? end : p.kv_capacity;
       FSDPA_CHECK_ARG(used >= 0 && used <= limit,
                       "seqused_k: entry %lld is %lld, outside 0..%lld (the keys the %s holds)",
                       (long long)b, (long long)used, (long long)limit,
-                      varlen && !p->block_table ? "cu_seqlens_k sequence" : "cache");
+                      varlen && !p.block_table ? "cu_seqlens_k sequence" : "cache");
       if (varlen)
-        FSDPA_CHECK_ARG(used <= p->seqlen_k, "seqused_k: entry %lld is %lld > max_seqlen_k %lld",
-                        (long long)b, (long long)used, (long long)p->seqlen_k);
+        FSDPA_CHECK_ARG(used <= p.seqlen_k, "seqused_k: entry %lld is %lld > max_seqlen_k %lld",
+                        (long long)b, (long long)used, (long long)p.seqlen_k);
       end = used;
     }
     int64_t begin = 0;
-    if (p->cache_leftpad) {
-      begin = p->cache_leftpad[b];
+    if (p.cache_leftpad) {
+      begin = p.cache_leftpad[b];
       FSDPA_CHECK_ARG(begin >= 0 && begin <= end,
                       "cache_leftpad: entry %lld is %lld, outside 0..%lld (the sequence's "
                       "cache length)",
                       (long long)b, (long long)begin, (long long)end);
     }
-    if (p->block_table && end > begin) {
-      const int64_t row = p->cache_batch_idx ? p->cache_batch_idx[b] : b;
-      for (int64_t i = begin / p->page_size; i <= (end - 1) / p->page_size; ++i) {
-        const int32_t page = p->block_table[row * p->block_table_stride + i];
-        FSDPA_CHECK_ARG(page >= 0 && page < p->num_pages,
+    if (p.block_table && end > begin) {
+      const int64_t row = p.cache_batch_idx ? p.cache_batch_idx[b] : b;
+      for (int64_t i = begin / p.page_size; i <= (end - 1) / p.page_size; ++i) {
+        const int32_t page = p.block_table[row * p.block_table_stride + i];
+        FSDPA_CHECK_ARG(page >= 0 && page < p.num_pages,
                         "block_table: entry [%lld, %lld] is %d, outside the page pool "
                         "0..%lld (k has %lld pages; sequence %lld)",
-                        (long long)row, (long long)i, page, (long long)p->num_pages - 1,
-                        (long long)p->num_pages, (long long)b);
+                        (long long)row, (long long)i, page, (long long)p.num_pages - 1,
+                        (long long)p.num_pages, (long long)b);
       }
     }
   }
   return FSDPA_OK;
 }
-
-}  // namespace
 
 fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* caller_params,
                               const CallTensors& t, AttnParams* p) {

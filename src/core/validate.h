@@ -33,6 +33,13 @@ struct CallTensors {
 fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* params,
                               const CallTensors& t, AttnParams* out);
 
+// The values of the KV-cache parameters of a validated p (seqused_k,
+// cache_leftpad, cache_batch_idx, every used block_table entry and, varlen,
+// cu_seqlens_k), read through host pointers: the per-sequence rules of
+// flashsdpa.h, with messages naming the argument. make_attn_params runs it
+// for host-readable tensors; a GPU backend may run it on host copies.
+fsdpa_status check_kv_cache_values(const AttnParams& p);
+
 struct MergeTensors {
   const DLTensor* out_a = nullptr;
   const DLTensor* lse_a = nullptr;

@@ -70,6 +70,47 @@ __device__ __forceinline__ Seq get_seq(const AttnParams& p, int64_t b) {
   return Seq{q0, k0, q1 - q0, k1 - k0};
 }
 
+// get_seq of a forward with the KV-cache parameters (uses_kv_cache): k_begin
+// is then a cache position of the sequence's cache row (or page-table row),
+// which cache_leftpad moves; seqused_k shortens the sequence
+// (core/host_view.h states the same for the CPU and the reference), and
+// kv_row_off turns a position into an address. The kernels take it in
+// their KV instantiations only, so that the others stay as they were.
+__device__ __forceinline__ Seq get_kv_seq(const AttnParams& p, int64_t b) {
+  Seq e = get_seq(p, b);
+  if (p.block_table != nullptr) e.k_begin = 0;  // paged: position 0 of its own page-table row
+  if (p.seqused_k) e.sk = p.seqused_k[b];
+  if (p.cache_leftpad) {
+    const int lp = p.cache_leftpad[b];
+    e.k_begin += lp;
+    e.sk -= lp;
+  }
+  return e;
+}
+
+// ---- K/V addressing (contiguous, cache rows, pages) -------------------------
+// Row of k/v (or of block_table) that sequence b reads: cache_batch_idx[b],
+// else b (in the varlen form without pages the batch stride is 0).
+__device__ __forceinline__ int64_t kv_cache_row(const AttnParams& p, int64_t b) {
+  return p.cache_batch_idx ? p.cache_batch_idx[b] : b;
+}
+
+// Element offset of cache position `tok` (Seq::k_begin + key index), column
+// 0, of kv head hk in cache row `row` of a K or V tensor with strides st.
+// Paged: page block_table[row, tok / page_size], row tok % page_size of it.
+// The page index is the caller's contract (flashsdpa.h); the backend's
+// debug check (check_kv_cache_values) validates it before any kernel runs.
+__device__ __forceinline__ int64_t kv_row_off(const AttnParams& p, const int64_t* st, int64_t row,
+                                              int64_t hk, int tok) {
+  if (p.block_table) {
+    const int ps = static_cast<int>(p.page_size);
+    const int pi = tok / ps;
+    const int64_t page = p.block_table[row * p.block_table_stride + pi];
+    return page * st[0] + hk * st[1] + int64_t(tok - pi * ps) * st[2];
+  }
+  return row * st[0] + hk * st[1] + int64_t(tok) * st[2];
+}
+
 // Token index used by the fp32 workspaces (D = rowsum(dO*O), split-KV
 // partials): padded rows are b * Sq + i, varlen rows are their token.
 __device__ __forceinline__ int64_t q_token(const AttnParams& p, int64_t b, const Seq& e, int i) {

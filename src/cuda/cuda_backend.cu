@@ -25,6 +25,13 @@
 //     runs hopper/'s wgmma dK/dV/dQ kernel; with deterministic = 1 its dQ
 //     adds take turns in key-block order.
 //
+//   KV caches (forward; seqused_k, cache_leftpad, cache_batch_idx,
+//     block_table): the decode, sm80 and SIMT forwards read the cache in
+//     place, pages of any size through the page table row by row (no
+//     gather copy); the Hopper forward and every backward do not take them.
+//     The values are the caller's contract unless the debug check runs
+//     (check_kv_cache below).
+//
 // Every call is planned first (plan.h: make_plan, the one place that
 // decides, with the reasons; explain() prints it), then run. The one
 // override for A/B work and tests is FLASHSDPA_CUDA_FORCE (plan.h).
@@ -37,10 +44,12 @@
 #include <string.h>
 
 #include <mutex>
+#include <vector>
 
 #include "core/backend.h"
 #include "core/error.h"
 #include "core/settings.h"
+#include "core/validate.h"
 #include "cuda/plan.h"
 #include "cuda/hopper/hopper.h"
 #include "cuda/launch.h"
@@ -167,14 +176,24 @@ fsdpa_status check_inputs(const AttnParams& p, bool backward, cudaStream_t s) {
       {"dout", p.dout, p.dout_stride, {varlen ? 1 : p.batch, p.heads_q, varlen ? p.total_q : p.seqlen_q, p.head_dim_v}},
   };
   const int count = backward ? 4 : 3;
+  // A KV cache holds rows the call does not read (anything, e.g. unused
+  // pages): k and v are scanned where the call reads them.
+  const bool kv = uses_kv_cache(p);
   Buf flags;
   cudaError_t err = flags.alloc(count * sizeof(unsigned long long), s);
   if (err != cudaSuccess) return cuda_fail(err, "workspace allocation");
   err = cudaMemsetAsync(flags.ptr, 0xFF, count * sizeof(unsigned long long), s);
   if (err != cudaSuccess) return cuda_fail(err, "cudaMemsetAsync");
-  for (int x = 0; x < count; ++x)
-    check_finite(items[x].data, p.dtype, items[x].n, items[x].st,
-                 flags.as<unsigned long long>() + x, s);
+  for (int x = 0; x < count; ++x) {
+    unsigned long long* flag = flags.as<unsigned long long>() + x;
+    if (kv && (x == 1 || x == 2)) {
+      items[x].n[0] = p.batch;
+      items[x].n[2] = p.seqlen_k;
+      check_finite_kv(p, x == 2, flag, s);
+    } else {
+      check_finite(items[x].data, p.dtype, items[x].n, items[x].st, flag, s);
+    }
+  }
   unsigned long long host[4];
   err = cudaMemcpyAsync(host, flags.ptr, count * sizeof(unsigned long long),
                         cudaMemcpyDeviceToHost, s);
@@ -187,12 +206,61 @@ fsdpa_status check_inputs(const AttnParams& p, bool backward, cudaStream_t s) {
       idx[d] = r % items[x].n[d];
       r /= items[x].n[d];
     }
+    if (kv && (x == 1 || x == 2))
+      return set_error(FSDPA_ERROR_NONFINITE_INPUT,
+                       "%s: contains a non-finite value (NaN or Inf) at key %lld of sequence %lld "
+                       "(kv head %lld, column %lld)",
+                       items[x].name, (long long)idx[2], (long long)idx[0], (long long)idx[1],
+                       (long long)idx[3]);
     return set_error(FSDPA_ERROR_NONFINITE_INPUT,
                      "%s: contains a non-finite value (NaN or Inf) at index [%lld, %lld, %lld, %lld]",
                      items[x].name, (long long)idx[0], (long long)idx[1], (long long)idx[2],
                      (long long)idx[3]);
   }
   return FSDPA_OK;
+}
+
+// The KV-cache values (seqused_k, cache_leftpad, cache_batch_idx, the used
+// block_table entries; varlen: cu_seqlens_k) live in device memory and are
+// the caller's contract (flashsdpa.h): the kernels trust them, so that a
+// decode step costs no host synchronisation. The debug check copies them to
+// the host and holds them to the CPU's rules (check_kv_cache_values, the
+// same messages naming the argument). It runs with check_finite = 1 (the C
+// ABI's default, which synchronises for its scan anyway, and which must not
+// scan through a bad page index) or when the environment variable
+// FLASHSDPA_CHECK_KV_CACHE is set to 1 (read per call; for callers such as
+// the Python API on GPUs, which pass check_finite = 0).
+bool kv_check_on(const AttnParams& p) {
+  if (!uses_kv_cache(p)) return false;
+  if (p.check_finite) return true;
+  const char* v = getenv("FLASHSDPA_CHECK_KV_CACHE");
+  return v != nullptr && strcmp(v, "1") == 0;
+}
+
+fsdpa_status check_kv_cache(const AttnParams& p, cudaStream_t s) {
+  if (!kv_check_on(p) || p.batch == 0) return FSDPA_OK;
+  std::vector<int32_t> used, rows, pad, cu, table;
+  cudaError_t err = cudaSuccess;
+  auto fetch = [&](const int32_t* src, int64_t n, std::vector<int32_t>& dst) -> const int32_t* {
+    if (src == nullptr || n <= 0) return src;
+    dst.resize(size_t(n));
+    if (err == cudaSuccess)
+      err = cudaMemcpyAsync(dst.data(), src, size_t(n) * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                            s);
+    return dst.data();
+  };
+  AttnParams h = p;
+  h.seqused_k = fetch(p.seqused_k, p.batch, used);
+  h.cache_batch_idx = fetch(p.cache_batch_idx, p.batch, rows);
+  h.cache_leftpad = fetch(p.cache_leftpad, p.batch, pad);
+  h.cu_seqlens_k = fetch(p.cu_seqlens_k, p.batch + 1, cu);
+  if (p.block_table != nullptr && p.kv_rows > 0)
+    h.block_table = fetch(p.block_table,
+                          (p.kv_rows - 1) * p.block_table_stride + p.kv_capacity / p.page_size,
+                          table);
+  if (err == cudaSuccess) err = cudaStreamSynchronize(s);
+  if (err != cudaSuccess) return cuda_fail(err, "KV-cache check");
+  return check_kv_cache_values(h);
 }
 
 // The plan for p, or its error reported.
@@ -225,15 +293,11 @@ MaskTiles classify_mask(const AttnParams& p, const Plan& plan, const Workspace& 
 }
 
 fsdpa_status forward(const AttnParams& p, void* stream) {
-  // No CUDA kernel reads a paged or per-sequence-length cache yet; refuse
-  // rather than read the wrong rows.
-  if (uses_kv_cache(p))
-    return set_error(FSDPA_ERROR_UNSUPPORTED,
-                     "block_table / seqused_k / cache_batch_idx / cache_leftpad: the KV-cache "
-                     "parameters are not supported on cuda yet");
   DeviceGuard guard(p.device_id);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  fsdpa_status st = check_inputs(p, false, s);
+  fsdpa_status st = check_kv_cache(p, s);  // before the finite scan reads through pages
+  if (st != FSDPA_OK) return st;
+  st = check_inputs(p, false, s);
   if (st != FSDPA_OK) return st;
   if (p.cu_seqlens_q != nullptr) varlen_uncovered(p, s);
   if (p.batch == 0 || p.seqlen_q == 0) {

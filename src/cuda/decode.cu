@@ -16,7 +16,13 @@
 //
 // Scope (decode_scope): fp16/bf16, D == Dv in {64, 128}, 16-byte
 // loadable q/k/v, band-only semantics (causal / windows with either
-// alignment), GQA/MQA, varlen, Sq <= 16 and Sq * G <= 64.
+// alignment), GQA/MQA, varlen, Sq <= 16 and Sq * G <= 64; and the KV-cache
+// parameters (the KV instantiation): seqused_k / cache_leftpad bound each
+// sequence's keys, cache_batch_idx picks its cache row, and with a
+// block_table every lane copies its rows from their pages (any page size;
+// the page index is looked up once per page a lane enters, so the copies
+// stay 16-byte cp.async of whole rows and no gather pass runs before the
+// kernel).
 #include "cuda/tc.cuh"  // PTX wrappers (ldmatrix, mma.sync, cp.async), pitch<DP>
 #include "cuda/smem_opt_in.h"
 
@@ -73,7 +79,9 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-template <typename T, int DP>
+// KV: the call has KV-cache parameters (get_kv_seq's key ranges, cache rows,
+// pages); a template flag, so that every other call runs the kernel as it was.
+template <typename T, int DP, bool KV>
 __global__ void __launch_bounds__(DecodeConfig<DP>::kWarps * 32, DecodeConfig<DP>::kMinBlocks)
 decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepart) {
   using C = DecodeConfig<DP>;
@@ -93,7 +101,7 @@ decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepar
   const int rg = blockIdx.x % ngroups, split = blockIdx.x / ngroups;
   const int64_t hk = blockIdx.y, b = blockIdx.z;
   const int G = static_cast<int>(p.heads_q / p.heads_k);
-  const Seq e = get_seq(p, b);
+  const Seq e = KV ? get_kv_seq(p, b) : get_seq(p, b);
   const int R = e.sq * G, r0 = rg * kRows;
   if (r0 >= R) return;  // no rows of this batch in this group: nothing to write
   const int rend = min(R, r0 + kRows);
@@ -129,8 +137,22 @@ decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepar
   }
   cp_async_commit();
 
-  const T* kg = static_cast<const T*>(p.k) + off4(p.k_stride, b, hk, e.k_begin, 0);
-  const T* vg = static_cast<const T*>(p.v) + off4(p.v_stride, b, hk, e.k_begin, 0);
+  // K/V of the sequence: its cache row (cache_batch_idx) from k_begin on;
+  // paged, kg/vg are the page pools and each row goes through the page table.
+  const bool paged = KV && p.block_table != nullptr;
+  const int64_t kvrow = KV ? kv_cache_row(p, b) : b;
+  const int kbeg = static_cast<int>(e.k_begin);
+  const T* kg = static_cast<const T*>(p.k);
+  const T* vg = static_cast<const T*>(p.v);
+  if (!KV) {
+    kg += off4(p.k_stride, b, hk, e.k_begin, 0);
+    vg += off4(p.v_stride, b, hk, e.k_begin, 0);
+  } else if (!paged) {
+    kg += kv_row_off(p, p.k_stride, kvrow, hk, kbeg);
+    vg += kv_row_off(p, p.v_stride, kvrow, hk, kbeg);
+  }
+  const int32_t* pages = paged ? p.block_table + kvrow * p.block_table_stride : nullptr;
+  const int ps = paged ? static_cast<int>(p.page_size) : 1;
   const int64_t ks = p.k_stride[2], vs = p.v_stride[2];
   // Pointer step of one warp copy (RPI rows; see load_step).
   const int64_t kstep = (32 / CH) * ks, vstep = (32 / CH) * vs;
@@ -146,15 +168,41 @@ decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepar
       constexpr int RPI = 32 / CH;
       static_assert(32 % CH == 0 && KW % RPI == 0, "whole rows per warp copy");
       const int r = lane / CH, c = (lane % CH) * 8, j0 = (s_begin + warp + NW * t) * KW + r;
-      const T* ksrc = kg + j0 * ks + c;
-      const T* vsrc = vg + j0 * vs + c;
+      if (KV && paged) {
+        // Row j0 + y RPI is cache position kbeg + j0 + y RPI: row po of page
+        // index pi, stepped without a division; the page's base offsets are
+        // looked up once per page the lane enters (pages of any size >= 1).
+        const int tok = kbeg + j0;
+        int pi = tok / ps, po = tok - pi * ps, seen = -1;
+        int64_t pk = 0, pv = 0;
 #pragma unroll
-      for (int y = 0; y < KW / RPI; ++y) {
-        const bool ok = j0 + y * RPI < e.sk;  // keys past the end: zeros (finite V for P = 0)
-        cp_async16(Kb + kv_off<DP>(r + y * RPI, c), ok ? ksrc : kg, ok);
-        cp_async16(Vb + kv_off<DP>(r + y * RPI, c), ok ? vsrc : vg, ok);
-        ksrc += kstep;
-        vsrc += vstep;
+        for (int y = 0; y < KW / RPI; ++y) {
+          const bool ok = j0 + y * RPI < e.sk;  // keys past the end: zeros
+          if (ok && pi != seen) {
+            const int64_t page = pages[pi];
+            pk = page * p.k_stride[0] + hk * p.k_stride[1];
+            pv = page * p.v_stride[0] + hk * p.v_stride[1];
+            seen = pi;
+          }
+          cp_async16(Kb + kv_off<DP>(r + y * RPI, c), ok ? kg + pk + po * ks + c : kg, ok);
+          cp_async16(Vb + kv_off<DP>(r + y * RPI, c), ok ? vg + pv + po * vs + c : vg, ok);
+          po += RPI;
+          while (po >= ps) {
+            po -= ps;
+            ++pi;
+          }
+        }
+      } else {
+        const T* ksrc = kg + j0 * ks + c;
+        const T* vsrc = vg + j0 * vs + c;
+#pragma unroll
+        for (int y = 0; y < KW / RPI; ++y) {
+          const bool ok = j0 + y * RPI < e.sk;  // keys past the end: zeros (finite V for P = 0)
+          cp_async16(Kb + kv_off<DP>(r + y * RPI, c), ok ? ksrc : kg, ok);
+          cp_async16(Vb + kv_off<DP>(r + y * RPI, c), ok ? vsrc : vg, ok);
+          ksrc += kstep;
+          vsrc += vstep;
+        }
       }
     }
     cp_async_commit();
@@ -328,8 +376,8 @@ decode_kernel(AttnParams p, int ngroups, int nsplit, float* opart, float* lsepar
   }
 }
 
-template <typename T, int DP> cudaError_t set_smem() {
-  return allow_dynamic_smem(decode_kernel<T, DP>, int(decode_smem<T, DP>()));
+template <typename T, int DP, bool KV> cudaError_t set_smem() {
+  return allow_dynamic_smem(decode_kernel<T, DP, KV>, int(decode_smem<T, DP>()));
 }
 
 int groups_of(const AttnParams& p) {
@@ -366,18 +414,25 @@ template <typename T, int DP> int decode_splits_t(const AttnParams& p, int sms) 
   return best;
 }
 
-template <typename T, int DP>
-cudaError_t decode_launch(const AttnParams& p, int nsplit, float* opart, float* lsepart,
-                          cudaStream_t s) {
+template <typename T, int DP, bool KV>
+cudaError_t decode_launch_t(const AttnParams& p, int nsplit, float* opart, float* lsepart,
+                            cudaStream_t s) {
   using C = DecodeConfig<DP>;
-  const cudaError_t err = set_smem<T, DP>();
+  const cudaError_t err = set_smem<T, DP, KV>();
   if (err != cudaSuccess) return err;
   const int ng = groups_of(p);
   const dim3 grid(static_cast<unsigned>(ng * nsplit), static_cast<unsigned>(p.heads_k),
                   static_cast<unsigned>(p.batch));
-  decode_kernel<T, DP><<<grid, C::kWarps * 32, decode_smem<T, DP>(), s>>>(p, ng, nsplit, opart,
-                                                                          lsepart);
+  decode_kernel<T, DP, KV><<<grid, C::kWarps * 32, decode_smem<T, DP>(), s>>>(p, ng, nsplit,
+                                                                              opart, lsepart);
   return cudaGetLastError();
+}
+
+template <typename T, int DP>
+cudaError_t decode_launch(const AttnParams& p, int nsplit, float* opart, float* lsepart,
+                          cudaStream_t s) {
+  return uses_kv_cache(p) ? decode_launch_t<T, DP, true>(p, nsplit, opart, lsepart, s)
+                          : decode_launch_t<T, DP, false>(p, nsplit, opart, lsepart, s);
 }
 
 }  // namespace

@@ -31,6 +31,11 @@ void zero_grads(const AttnParams& p, cudaStream_t s);
 void check_finite(const void* data, DType t, const int64_t shape[4], const int64_t stride[4],
                   unsigned long long* flag, cudaStream_t s);
 
+// The same for the K (values = false) or V rows a KV-cache call reads; the
+// flag's index is of the logical shape [B, Hk, seqlen_k, dim] (sequence,
+// kv head, key, column). The page indices must have been validated.
+void check_finite_kv(const AttnParams& p, bool values, unsigned long long* flag, cudaStream_t s);
+
 // Block skipping for masks: the mask classified per 32x32 tile of
 // (query, key) into 0 = all masked, 1 = no effect (bool true / additive 0),
 // 2 = mixed. flags: [MB, MH, nti, ntj] with MB/MH 1 where the mask
@@ -72,7 +77,8 @@ void splitkv_merge(const AttnParams& p, int nsplit, const float* opart, const fl
 // Small query ranges over long keys: one CTA per (16 packed rows of a GQA
 // group, key split, kv head, batch), K/V streamed once per group.
 // Scope: fp16/bf16, D == Dv in {64, 128}, 16-byte loadable q/k/v, band-only
-// semantics (no mask/ALiBi/softcap/dropout), Sq <= 16, Sq * Hq/Hk <= 64.
+// semantics (no mask/ALiBi/softcap/dropout), Sq <= 16, Sq * Hq/Hk <= 64;
+// any KV-cache parameters (pages of any size read in place).
 // nullptr when p is in scope, else why not.
 const char* decode_scope(const AttnParams& p);
 // Key splits for p on a GPU of `sms` multiprocessors (the wave model).

@@ -132,6 +132,28 @@ __global__ void finite_kernel(const void* data, DType t, Shape4 sh, unsigned lon
   }
 }
 
+// The NaN/Inf scan of the K or V rows a KV-cache call reads: element (b,
+// hk, j, d) of logical shape [B, Hk, max keys, dim] is key j of sequence b
+// (its cache row, pages and leftpad, as the attention kernels address it);
+// keys past the sequence's length are not part of the call and not read.
+__global__ void finite_kv_kernel(AttnParams p, bool values, unsigned long long* flag) {
+  const void* data = values ? p.v : p.k;
+  const int64_t* st = values ? p.v_stride : p.k_stride;
+  const int64_t dim = values ? p.head_dim_v : p.head_dim;
+  const int64_t nk = p.seqlen_k, total = p.batch * p.heads_k * nk * dim;
+  for (int64_t x = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; x < total;
+       x += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t d = x % dim, j = (x / dim) % nk, hk = (x / (dim * nk)) % p.heads_k;
+    const int64_t b = x / (dim * nk * p.heads_k);
+    const Seq e = get_kv_seq(p, b);
+    if (j >= e.sk) continue;
+    const int64_t off = kv_row_off(p, st, kv_cache_row(p, b), hk,
+                                   static_cast<int>(e.k_begin + j)) + d * st[3];
+    if (!isfinite(load_dyn(data, off, p.dtype)))
+      atomicMin(flag, static_cast<unsigned long long>(x));
+  }
+}
+
 __global__ void merge_kernel(AttnParams p, int nsplit, const float* opart, const float* lsepart,
                              int dv_stride) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -364,6 +386,13 @@ void check_finite(const void* data, DType t, const int64_t shape[4], const int64
   }
   if (n == 0) return;
   finite_kernel<<<grid_for(n), 256, 0, s>>>(data, t, sh, flag);
+}
+
+void check_finite_kv(const AttnParams& p, bool values, unsigned long long* flag, cudaStream_t s) {
+  const int64_t dim = values ? p.head_dim_v : p.head_dim;
+  const int64_t n = p.batch * p.heads_k * p.seqlen_k * dim;
+  if (n == 0) return;
+  finite_kv_kernel<<<grid_for(n), 256, 0, s>>>(p, values, flag);
 }
 
 void splitkv_merge(const AttnParams& p, int nsplit, const float* opart, const float* lsepart,

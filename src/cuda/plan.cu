@@ -183,6 +183,32 @@ Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const 
   const int dp = bucket_for(p.head_dim, p.head_dim_v);
   plan.head_bucket = dp;
 
+  // 0. The KV-cache parameters: the simt, decode and sm80 forwards read the
+  // cache in place (cache rows, per-sequence key ranges, pages of any size
+  // looked up per row: no gather copy); the Hopper forward does not (its
+  // scope says so) and no backward does (the cache is for inference).
+  if (uses_kv_cache(p)) {
+    if (backward) {
+      fail(plan, FSDPA_ERROR_UNSUPPORTED,
+           "block_table / seqused_k / cache_batch_idx / cache_leftpad: the KV-cache parameters "
+           "are for the forward only");
+      return plan;
+    }
+    // Cache positions and page rows are int32 in the kernels.
+    if (p.kv_capacity >= (int64_t(1) << 31) || p.seqlen_k >= (int64_t(1) << 31)) {
+      fail(plan, FSDPA_ERROR_UNSUPPORTED, "k: a KV cache of 2^31 positions or more per sequence");
+      return plan;
+    }
+    if (p.block_table)
+      note(plan, "kv cache: paged (%lld pages of %lld rows), read through the page table in place",
+           (long long)p.num_pages, (long long)p.page_size);
+    else
+      note(plan, "kv cache: %s rows read in place", p.cache_batch_idx ? "selected cache" : "cache");
+    note(plan, "kv cache: key ranges per sequence%s%s; values are the caller's contract%s",
+         p.seqused_k ? " from seqused_k" : "", p.cache_leftpad ? ", after cache_leftpad" : "",
+         p.check_finite ? " (checked on the host first: check_finite = 1)" : "");
+  }
+
   // 1. SIMT: fp32 inputs, or forced.
   const char* simt_why = p.dtype == DType::f32 ? "fp32 inputs (plain fp32 arithmetic, no TF32)"
                          : dp == 0             ? "head dim past the tensor-core buckets"

@@ -22,7 +22,7 @@ simt_fwd_kernel(AttnParams p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t b = blockIdx.z, h = blockIdx.y;
   const int i = blockIdx.x * kWarps + warp;
-  const Seq e = get_seq(p, b);
+  const Seq e = get_kv_seq(p, b);  // with the KV-cache parameters, if any (a no-op without)
   if (i >= e.sq) return;
   const int64_t hk = h / (p.heads_q / p.heads_k);
   const int D = static_cast<int>(p.head_dim), Dv = static_cast<int>(p.head_dim_v);
@@ -36,6 +36,7 @@ simt_fwd_kernel(AttnParams p) {
   const DropCtx dc = make_drop_ctx(p);
   const uint32_t drow = dropout_row_id(b, h, i, p.heads_q, p.seqlen_q);
   const KeyRange r = row_range(p, c, i);
+  const int64_t row = kv_cache_row(p, b);  // K/V cache row (the forward reads KV caches)
   float m = neg_inf(), l = 0.0f;
   float o[kPerLane];
 #pragma unroll
@@ -44,7 +45,7 @@ simt_fwd_kernel(AttnParams p) {
     const int j = static_cast<int>(j0) + lane;
     float s = neg_inf(), t = 0.0f;
     if (j <= r.hi) {
-      const T* kr = k + off4(p.k_stride, b, hk, e.k_begin + j, 0);
+      const T* kr = k + kv_row_off(p, p.k_stride, row, hk, static_cast<int>(e.k_begin) + j);
       float dot = 0.0f;
       for (int d = 0; d < D; ++d) dot += qs[warp][d] * to_f(kr[d * p.k_stride[3]]);
       s = score_of(p, c, dot, i, j, r, &t);
@@ -67,7 +68,7 @@ simt_fwd_kernel(AttnParams p) {
     for (int jj = 0; jj < n; ++jj) {
       const float pb = __shfl_sync(0xffffffffu, pz, jj);
       if (pb == 0.0f) continue;
-      const T* vr = v + off4(p.v_stride, b, hk, e.k_begin + j0 + jj, 0);
+      const T* vr = v + kv_row_off(p, p.v_stride, row, hk, static_cast<int>(e.k_begin + j0) + jj);
 #pragma unroll
       for (int u = 0; u < kPerLane; ++u) {
         const int d = lane + 32 * u;

@@ -121,6 +121,34 @@ __device__ __forceinline__ void load_tile(T* sm, const T* g, int64_t ss, int64_t
   }
 }
 
+// load_tile for K/V rows read through a page table (AttnParams::block_table):
+// rows [0, nrows) are cache positions tok0.. of kv head hk in page-table row
+// `row`, each at kv_row_off's address (pages of any size: a tile may span
+// several pages, or one page many tiles); zero fill as load_tile.
+template <typename T, int ROWS, int DP, int NT>
+__device__ __forceinline__ void load_tile_paged(T* sm, const T* base, const AttnParams& p,
+                                                const int64_t* st, int64_t row, int64_t hk,
+                                                int tok0, int nrows, int ncols, bool vec) {
+  constexpr int P = pitch<DP>();
+  if (vec) {
+    constexpr int CH = DP / 8;  // 16-byte chunks per row
+#pragma unroll 4
+    for (int x = threadIdx.x; x < ROWS * CH; x += NT) {
+      const int r = x / CH, c = (x % CH) * 8;
+      const bool ok = r < nrows && c < ncols;
+      const T* src = ok ? base + kv_row_off(p, st, row, hk, tok0 + r) + c : base;
+      cp_async16(sm + r * P + c, src, ok);
+    }
+  } else {
+    for (int x = threadIdx.x; x < ROWS * DP; x += NT) {
+      const int r = x / DP, c = x % DP;
+      sm[r * P + c] = (r < nrows && c < ncols)
+                          ? base[kv_row_off(p, st, row, hk, tok0 + r) + c * st[3]]
+                          : from_f<T>(0.0f);
+    }
+  }
+}
+
 // A fragment (16 x 16) of rows [row0, row0+16), cols [k0, k0+16) of a tile.
 template <int DP, typename T>
 __device__ __forceinline__ void load_a(uint32_t* a, const T* sm, int row0, int k0, int lane) {
@@ -161,8 +189,12 @@ __device__ __forceinline__ void store_pair(T* base, int64_t off, int64_t sd, int
 // Forward. Block: NW warps x 16 query rows; loops over key blocks of BN.
 // nsplit > 1: split-KV, the block handles its share of the key blocks and
 // writes normalised fp32 partials + lse for splitkv_merge.
+// KV: the call has KV-cache parameters (uses_kv_cache): per-sequence key
+// ranges (get_kv_seq), cache rows, and with a block_table K/V tiles loaded
+// row by row through the page table (load_tile_paged). A template flag, so
+// that the kernels of every other call are the code they were.
 // ================================================================================
-template <typename T, int DP, int BN, int NW, int MFRAGS, bool GENERAL>
+template <typename T, int DP, int BN, int NW, int MFRAGS, bool GENERAL, bool KV = false>
 __global__ void __launch_bounds__(NW * 32)
 tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, float* lsepart) {
   constexpr int BM = 16 * NW * MFRAGS, P = pitch<DP>(), NT = NW * 32, R = 2 * MFRAGS;
@@ -175,7 +207,7 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
   const int64_t b = blockIdx.z / nsplit, h = blockIdx.y;
   const int split = blockIdx.z % nsplit;
   const int m0 = blockIdx.x * BM;
-  const Seq e = get_seq(p, b);
+  const Seq e = KV ? get_kv_seq(p, b) : get_seq(p, b);
   if (m0 >= e.sq) return;
   const int64_t hk = h / (p.heads_q / p.heads_k);
   const int D = static_cast<int>(p.head_dim), Dv = static_cast<int>(p.head_dim_v);
@@ -215,8 +247,30 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
   const T* qg = static_cast<const T*>(p.q) + off4(p.q_stride, b, h, e.q_begin + m0, 0);
   const T* kg = static_cast<const T*>(p.k) + off4(p.k_stride, b, hk, e.k_begin, 0);
   const T* vg = static_cast<const T*>(p.v) + off4(p.v_stride, b, hk, e.k_begin, 0);
+  // KV cache: the sequence's cache row (cache_batch_idx) from k_begin on,
+  // or, paged, row by row through its page-table row.
+  const int64_t kvrow = KV ? kv_cache_row(p, b) : b;
+  const bool paged = KV && p.block_table != nullptr;
+  if constexpr (KV) {
+    if (!paged) {
+      kg = static_cast<const T*>(p.k) + kv_row_off(p, p.k_stride, kvrow, hk, int(e.k_begin));
+      vg = static_cast<const T*>(p.v) + kv_row_off(p, p.v_stride, kvrow, hk, int(e.k_begin));
+    }
+  }
   auto load_kv = [&](int kb, int buf) {
     const int n0 = kb * BN, nr = min(BN, e.sk - n0);
+    if constexpr (KV) {
+      if (paged) {
+        const int tok0 = static_cast<int>(e.k_begin) + n0;
+        const T* kbase = static_cast<const T*>(p.k);
+        const T* vbase = static_cast<const T*>(p.v);
+        load_tile_paged<T, BN, DP, NT>(Ks + buf * BN * P, kbase, p, p.k_stride, kvrow, hk, tok0,
+                                       nr, D, vec & kVecK);
+        load_tile_paged<T, BN, DP, NT>(Vs + buf * BN * P, vbase, p, p.v_stride, kvrow, hk, tok0,
+                                       nr, Dv, vec & kVecV);
+        return;
+      }
+    }
     load_tile<T, BN, DP, NT>(Ks + buf * BN * P, kg + n0 * p.k_stride[2], p.k_stride[2],
                              p.k_stride[3], nr, D, vec & kVecK);
     load_tile<T, BN, DP, NT>(Vs + buf * BN * P, vg + n0 * p.v_stride[2], p.v_stride[2],

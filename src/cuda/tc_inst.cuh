@@ -9,13 +9,13 @@
 namespace fsdpa {
 namespace cuda {
 
-template <typename T, int DP, bool GENERAL, int MFRAGS, int BN>
+template <typename T, int DP, bool GENERAL, int MFRAGS, int BN, bool KV = false>
 cudaError_t tc_fwd_launch_t(const AttnParams& p, int vec, const MaskTiles& mt, int nsplit,
                             float* opart, float* lsepart, cudaStream_t s) {
   using C = TcConfig<DP>;
   constexpr int BM = 16 * C::kFwdWarps * MFRAGS;
   constexpr size_t smem = size_t(BM + 4 * BN) * pitch<DP>() * sizeof(T);
-  auto kern = tc_fwd_kernel<T, DP, BN, C::kFwdWarps, MFRAGS, GENERAL>;
+  auto kern = tc_fwd_kernel<T, DP, BN, C::kFwdWarps, MFRAGS, GENERAL, KV>;
   cudaError_t err = allow_dynamic_smem(kern, int(smem));
   if (err != cudaSuccess) return err;
   const dim3 grid((p.seqlen_q + BM - 1) / BM, p.heads_q, p.batch * nsplit);
@@ -89,9 +89,18 @@ inline bool tc_general(const AttnParams& p) {
          p.dropout_p > 0.0f;
 }
 
+// Calls with the KV-cache parameters (chunked prefill or decode outside the
+// decode kernel's scope) take the KV instantiations, one m-fragment per warp
+// (short query ranges, split-KV): two more kernels per bucket instead of a
+// run-time branch in every call's kernel.
 template <typename T, int DP>
 cudaError_t tc_fwd_launch(const AttnParams& p, int vec, const MaskTiles& mt, int nsplit,
                           float* opart, float* lsepart, cudaStream_t s) {
+  constexpr int BN1 = DP <= 128 ? 64 : 32;
+  if (uses_kv_cache(p))
+    return tc_general(p)
+               ? tc_fwd_launch_t<T, DP, true, 1, BN1, true>(p, vec, mt, nsplit, opart, lsepart, s)
+               : tc_fwd_launch_t<T, DP, false, 1, BN1, true>(p, vec, mt, nsplit, opart, lsepart, s);
   return tc_general(p) ? tc_fwd_launch_g<T, DP, true>(p, vec, mt, nsplit, opart, lsepart, s)
                        : tc_fwd_launch_g<T, DP, false>(p, vec, mt, nsplit, opart, lsepart, s);
 }

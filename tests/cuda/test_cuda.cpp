@@ -5,7 +5,7 @@
 // accumulation). Every case runs on the tensor-core path (fp16/bf16) and
 // again on the SIMT path; outputs are poisoned (NaN) before each run.
 // Plus: bitwise determinism, split-KV decode (decode kernel and tensor-core
-// path), long sequences (tensor-core
+// path), KV caches (paged, cache rows, seqused_k, leftpad: kv_grid), long sequences (tensor-core
 // vs the fp32 SIMT path on the GPU), and the NaN-input check.
 //
 // No GPU: prints SKIP and exits 77 (ctest SKIP_RETURN_CODE).
@@ -15,10 +15,12 @@
 // sm_80 kernels.
 // Usage: flashsdpa_cuda_tests [--quick] [--filter SUBSTR] [--threads N] [--no-long]
 //                             [--no-hopper] [--long-only] [--list] [--deterministic]
-//                             [--determinism-only]
+//                             [--determinism-only] [--kv-only]
 // --deterministic runs the grid's backwards with deterministic = 1;
 // --determinism-only runs only the bitwise determinism cases.
 // --list prints the grid's cases with their fields and exits (no GPU needed).
+// --kv-only runs only the KV-cache cases (pages, cache rows, seqused_k,
+// leftpad; kv_grid) and the KV-cache debug checks.
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -878,11 +880,356 @@ bool explain_case(cudaStream_t s, bool hopper_gpu) {
   return ok;
 }
 
+// ---- KV cache: pages, cache rows, seqused_k, leftpad (forward only) -------------
+// A cache of `rows` rows of `cap` positions, contiguous ([rows, cap, Hk, D],
+// FlashAttention's layout) or paged (page > 0: a pool [num_pages, page, Hk,
+// D] in a shuffled order with spare pages). Every position a sequence does
+// not use, and every spare page, holds NaN: a kernel reading a wrong row
+// gives a non-finite output. The fp64 reference reads the same host tensors
+// through the same parameters (its paged reads are tested against dense
+// caches in tests/cpp/test_kv_cache.cpp).
+struct KvCase {
+  std::string name;
+  int64_t B = 3, Hq = 8, Hk = 2, Sq = 1, D = 128, Dv = 128, cap = 300, page = 0;
+  DT dt = DT::bf16;
+  bool batch_idx = false, leftpad = false, varlen = false, causal = true;
+  int64_t wl = -1, wr = -1;
+  float softcap = 0;
+  bool alibi = false;
+};
+
+std::string kv_describe(const KvCase& c) {
+  char buf[160];
+  snprintf(buf, sizeof buf, "kv_%s_sq%lld_h%lld:%lld_d%lld:%lld_page%lld_%s", c.name.c_str(),
+           (long long)c.Sq, (long long)c.Hq, (long long)c.Hk, (long long)c.D, (long long)c.Dv,
+           (long long)c.page, dt_name(c.dt));
+  return buf;
+}
+
+struct KvProblem {
+  KvCase c;
+  int64_t rows, num_pages = 0, max_pages = 0, total_q = 0;
+  Tensor q, k, v, table, used, pad, bidx, cu_q, cu_k, alibi;
+  std::vector<int64_t> row_of, begin, end, lens_q;
+  fsdpa_params p;
+
+  explicit KvProblem(const KvCase& c_, uint32_t seed = 99) : c(c_) {
+    std::mt19937 g(seed);
+    rows = c.batch_idx ? c.B + 2 : c.B;
+    // Sequence b uses cache positions [begin, end) of cache row row_of[b].
+    for (int64_t b = 0; b < c.B; ++b) {
+      row_of.push_back(b);
+      const int64_t e = b == 0 ? std::min<int64_t>(c.cap, c.Sq + 3) : b == 1 ? c.cap : c.cap - 37;
+      end.push_back(e);
+      begin.push_back(c.leftpad ? (b == 1 ? 0 : std::min<int64_t>(e, 5 + 61 * b)) : 0);
+      lens_q.push_back(c.varlen && b == 2 ? std::max<int64_t>(1, c.Sq - 3) : c.Sq);
+    }
+    if (c.batch_idx) {
+      std::vector<int64_t> perm(rows);
+      std::iota(perm.begin(), perm.end(), 0);
+      std::shuffle(perm.begin(), perm.end(), g);
+      for (int64_t b = 0; b < c.B; ++b) row_of[b] = perm[b];
+    }
+    if (c.page > 0) {
+      max_pages = (c.cap + c.page - 1) / c.page;
+      num_pages = rows * max_pages + 3;
+      k = Tensor({num_pages, c.Hk, c.page, c.D}, c.dt, {0, 2, 1, 3});
+      v = Tensor({num_pages, c.Hk, c.page, c.Dv}, c.dt, {0, 2, 1, 3});
+      std::vector<int64_t> perm(num_pages);
+      std::iota(perm.begin(), perm.end(), 0);
+      std::shuffle(perm.begin(), perm.end(), g);
+      table = Tensor({rows, max_pages}, DT::i32);
+      for (int64_t i = 0; i < rows * max_pages; ++i) table.set(i, double(perm[i]));
+    } else {
+      k = Tensor({rows, c.Hk, c.cap, c.D}, c.dt, {0, 2, 1, 3});
+      v = Tensor({rows, c.Hk, c.cap, c.Dv}, c.dt, {0, 2, 1, 3});
+    }
+    k.poison();
+    v.poison();
+    std::normal_distribution<double> n(0.0, 1.0);
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t hk = 0; hk < c.Hk; ++hk)
+        for (int64_t t = begin[b]; t < end[b]; ++t) {
+          for (int64_t d = 0; d < c.D; ++d) k.set(flat(row_of[b], hk, t, d, c.D), n(g));
+          for (int64_t d = 0; d < c.Dv; ++d) v.set(flat(row_of[b], hk, t, d, c.Dv), n(g));
+        }
+    fsdpa_params_init(&p);
+    p.causal = c.causal;
+    p.align = FSDPA_ALIGN_BOTTOM_RIGHT;
+    p.window_left = c.wl;
+    p.window_right = c.wr;
+    p.softcap = c.softcap;
+    used = Tensor({c.B}, DT::i32);
+    for (int64_t b = 0; b < c.B; ++b) used.set(b, double(end[b]));
+    p.seqused_k = &used;
+    if (c.page > 0) p.block_table = &table;
+    if (c.varlen) {
+      cu_q = Tensor({c.B + 1}, DT::i32);
+      cu_k = Tensor({c.B + 1}, DT::i32);
+      for (int64_t b = 0; b < c.B; ++b) {
+        cu_q.set(b, double(total_q));
+        cu_k.set(b, double(b * c.cap));  // lengths only (paged); seqused_k decides
+        total_q += lens_q[b];
+      }
+      cu_q.set(c.B, double(total_q));
+      cu_k.set(c.B, double(c.B * c.cap));
+      p.cu_seqlens_q = &cu_q;
+      p.cu_seqlens_k = &cu_k;
+      p.max_seqlen_q = c.Sq;
+      p.max_seqlen_k = c.cap;
+      q = Tensor({total_q, c.Hq, c.D}, c.dt);
+    } else {
+      total_q = c.B * c.Sq;
+      q = Tensor({c.B, c.Hq, c.Sq, c.D}, c.dt, {0, 2, 1, 3});
+      if (c.leftpad) {
+        pad = Tensor({c.B}, DT::i32);
+        for (int64_t b = 0; b < c.B; ++b) pad.set(b, double(begin[b]));
+        p.cache_leftpad = &pad;
+      }
+      if (c.batch_idx) {
+        bidx = Tensor({c.B}, DT::i32);
+        for (int64_t b = 0; b < c.B; ++b) bidx.set(b, double(row_of[b]));
+        p.cache_batch_idx = &bidx;
+      }
+    }
+    q.fill_normal(g);
+    if (c.alibi) {
+      alibi = Tensor({c.Hq}, DT::f32);
+      for (int64_t h = 0; h < c.Hq; ++h) alibi.set(h, pow(2.0, -8.0 * (h + 1) / c.Hq));
+      p.alibi_slopes = &alibi;
+    }
+  }
+  // Flat logical index of (cache row, kv head, position, d) in k or v.
+  int64_t flat(int64_t row, int64_t hk, int64_t t, int64_t d, int64_t dim) const {
+    if (c.page == 0) return ((row * c.Hk + hk) * c.cap + t) * dim + d;
+    const int64_t pg = static_cast<int64_t>(table.get(row * max_pages + t / c.page));
+    return ((pg * c.Hk + hk) * c.page + t % c.page) * dim + d;
+  }
+  Tensor make_out(DT t) const {
+    return c.varlen ? Tensor({total_q, c.Hq, c.Dv}, t)
+                    : Tensor({c.B, c.Hq, c.Sq, c.Dv}, t, {0, 2, 1, 3});
+  }
+  Tensor make_lse() const {
+    return c.varlen ? Tensor({c.Hq, total_q}, DT::f32) : Tensor({c.B, c.Hq, c.Sq}, DT::f32);
+  }
+};
+
+// Device copies of a KvProblem's tensors and params pointing at them.
+struct KvDev {
+  Dev q, k, v;
+  std::unique_ptr<Dev> table, used, pad, bidx, cu_q, cu_k, alibi;
+  fsdpa_params p;
+  explicit KvDev(KvProblem& pr) : q(pr.q), k(pr.k), v(pr.v), p(pr.p) {
+    auto dev = [](std::unique_ptr<Dev>& d, const DLTensor* host, const Tensor& t,
+                  const DLTensor** slot) {
+      if (host == nullptr) return;
+      d.reset(new Dev(t));
+      *slot = &d->dl;
+    };
+    dev(table, pr.p.block_table, pr.table, &p.block_table);
+    dev(used, pr.p.seqused_k, pr.used, &p.seqused_k);
+    dev(pad, pr.p.cache_leftpad, pr.pad, &p.cache_leftpad);
+    dev(bidx, pr.p.cache_batch_idx, pr.bidx, &p.cache_batch_idx);
+    dev(cu_q, pr.p.cu_seqlens_q, pr.cu_q, &p.cu_seqlens_q);
+    dev(cu_k, pr.p.cu_seqlens_k, pr.cu_k, &p.cu_seqlens_k);
+    dev(alibi, pr.p.alibi_slopes, pr.alibi, &p.alibi_slopes);
+  }
+};
+
+// One KV case on one path (force: FLASHSDPA_CUDA_FORCE, "" = the plan's
+// choice, whose family must be `family` when given) against the reference.
+bool kv_run(const KvCase& c, const char* force, const char* family, cudaStream_t s) {
+  KvProblem pr(c);
+  Tensor out64 = pr.make_out(DT::f64), lse64 = pr.make_lse();
+  if (fsdpa_reference_forward(&pr.p, &pr.q, &pr.k, &pr.v, &out64, &lse64) != FSDPA_OK) {
+    printf("FAIL %s reference: %s\n", kv_describe(c).c_str(), fsdpa_last_error());
+    return false;
+  }
+  KvDev d(pr);
+  Tensor out = pr.make_out(c.dt), lse = pr.make_lse();
+  Dev o(out, false), l(lse, false);
+  o.poison(s);
+  l.poison(s);
+  set_force(force);
+  char plan[2048] = "";
+  fsdpa_status st = fsdpa_explain(&d.p, 0, nullptr, &d.q, &d.k, &d.v, &o, &l, nullptr, nullptr,
+                                  nullptr, plan, sizeof plan);
+  if (st == FSDPA_OK) st = fsdpa_forward(&d.p, &d.q, &d.k, &d.v, &o, &l, s);
+  set_force(g_force_base);
+  const std::string what = kv_describe(c) + " [" + (*force ? force : "auto") + "]";
+  if (st != FSDPA_OK) {
+    printf("FAIL %s status %d: %s\n", what.c_str(), st, fsdpa_last_error());
+    return false;
+  }
+  CUDA_OK(cudaStreamSynchronize(s));
+  o.to_host(out, s);
+  l.to_host(lse, s);
+  Check chk;
+  const bool simt = c.dt == DT::f32 || strncmp(force, "simt", 4) == 0;
+  const int64_t red = std::max({c.cap, c.Sq, c.D, c.Dv});
+  const std::string key = std::string(dt_name(c.dt)) + "/kv";
+  chk.close("out", out, out64, c.dt, red, !simt && c.dt != DT::f32, key, 2.0);
+  chk.close("lse", lse, lse64, DT::f32, red, false, key, 2.0);
+  const char* fam = strstr(plan, "family ");
+  if (family != nullptr && (fam == nullptr || strncmp(fam + 7, family, strlen(family)) != 0)) {
+    chk.ok = false;
+    chk.msg += std::string(" plan: expected family ") + family + ", got \"" +
+               (fam ? std::string(fam, strcspn(fam, ",\n")) : std::string(plan)) + "\"";
+  }
+  printf("%s %s%s\n", chk.ok ? "ok  " : "FAIL", what.c_str(), chk.msg.c_str());
+  return chk.ok;
+}
+
+// The grid: page sizes 1, 16, 64, 256 and contiguous; cache_batch_idx
+// permutations; leftpad; GQA 8:1 and 4:1; Sq 1 (decode kernel) and Sq > 1
+// (decode up to 16 rows per head, the tensor-core kernels beyond and for
+// softcap / ALiBi / Dv != D); windows; varlen with pages; every dtype.
+// Each 16-bit case also runs forced onto the tensor-core kernels (with key
+// splits) and the SIMT kernels, and decode cases with forced key splits.
+std::vector<KvCase> kv_grid(bool quick) {
+  std::vector<KvCase> grid;
+  for (int64_t page : {0, 1, 16, 64, 256}) {
+    KvCase c;
+    c.page = page;
+    c.name = "decode_gqa8";
+    c.Hq = 8; c.Hk = 1; c.Sq = 1;
+    grid.push_back(c);
+    c.name = "decode_rows_leftpad";
+    c.Hq = 8; c.Hk = 2; c.Sq = 3; c.batch_idx = true; c.leftpad = true;
+    grid.push_back(c);
+    c.name = "prefill_chunk_window";
+    c.Sq = 40; c.D = 64; c.Dv = 64; c.wl = 90; c.batch_idx = false;
+    grid.push_back(c);
+    if (quick && page != 16) continue;
+    c = KvCase();
+    c.page = page;
+    c.name = "softcap_alibi_dv";
+    c.Sq = 2; c.D = 64; c.Dv = 96; c.softcap = 5.0f; c.alibi = true; c.leftpad = true;
+    c.batch_idx = true;
+    grid.push_back(c);
+    c = KvCase();
+    c.page = page;
+    c.name = "varlen_d64";
+    c.varlen = true; c.Sq = 5; c.D = 64; c.Dv = 64;
+    if (page > 0) grid.push_back(c);  // varlen KV caches are paged (or seqused_k, below)
+  }
+  std::vector<KvCase> out;
+  for (DT dt : {DT::bf16, DT::f16, DT::f32}) {
+    if (quick && dt == DT::f16) continue;
+    for (KvCase x : grid) {
+      x.dt = dt;
+      out.push_back(x);
+    }
+  }
+  return out;
+}
+
+int kv_cache_cases(cudaStream_t s, bool quick, int* failed) {
+  int passed = 0;
+  auto tally = [&](bool ok) { ok ? ++passed : ++*failed; };
+  for (const KvCase& c : kv_grid(quick)) {
+    if (c.dt == DT::f32) {
+      tally(kv_run(c, "", "simt", s));
+      continue;
+    }
+    const bool decode = c.D == c.Dv && (c.D == 64 || c.D == 128) && c.softcap == 0 && !c.alibi &&
+                        c.Sq <= 16 && c.Sq * (c.Hq / c.Hk) <= 64;
+    tally(kv_run(c, "", decode ? "decode" : "sm80", s));
+    if (decode) tally(kv_run(c, "decode,splits=3", "decode", s));
+    tally(kv_run(c, "sm80", "sm80", s));
+    tally(kv_run(c, "sm80,splits=4", "sm80", s));
+    if (!quick) tally(kv_run(c, "simt", "simt", s));
+  }
+  return passed;
+}
+
+// The debug check (check_finite = 1, or FLASHSDPA_CHECK_KV_CACHE=1 with
+// check_finite = 0) names a bad page index, seqused_k and cache_batch_idx
+// entry; a NaN in a used key is reported by the scan, NaN in unused rows
+// and spare pages (every case above) is not.
+bool kv_checks_case(cudaStream_t s) {
+  KvCase c;
+  c.name = "checks";
+  c.page = 16;
+  c.batch_idx = true;
+  bool ok = true;
+  std::string msg;
+  auto expect = [&](KvProblem& pr, fsdpa_status want, const char* text, bool env) {
+    KvDev d(pr);
+    if (env) {
+      d.p.check_finite = 0;
+      setenv("FLASHSDPA_CHECK_KV_CACHE", "1", 1);
+    }
+    Tensor out = pr.make_out(c.dt);
+    Dev o(out, false);
+    const fsdpa_status st = fsdpa_forward(&d.p, &d.q, &d.k, &d.v, &o, nullptr, s);
+    unsetenv("FLASHSDPA_CHECK_KV_CACHE");
+    CUDA_OK(cudaStreamSynchronize(s));
+    const bool good =
+        st == want && (text == nullptr || strstr(fsdpa_last_error(), text) != nullptr);
+    if (!good) msg += std::string(" [want \"") + (text ? text : "ok") + "\", got " +
+                      std::to_string(st) + " \"" + fsdpa_last_error() + "\"]";
+    ok = ok && good;
+  };
+  {
+    KvProblem pr(c);
+    expect(pr, FSDPA_OK, nullptr, false);
+    const int64_t row = pr.row_of[1];
+    pr.table.set(row * pr.max_pages + 2, 1e6);
+    char text[64];
+    snprintf(text, sizeof text, "block_table: entry [%lld, 2] is 1000000", (long long)row);
+    expect(pr, FSDPA_ERROR_INVALID_ARGUMENT, text, false);
+    expect(pr, FSDPA_ERROR_INVALID_ARGUMENT, text, true);
+  }
+  {
+    KvProblem pr(c);
+    pr.used.set(2, 10000.0);  // past the 304 positions of its block_table row
+    expect(pr, FSDPA_ERROR_INVALID_ARGUMENT, "seqused_k: entry 2", false);
+  }
+  {
+    KvProblem pr(c);
+    pr.bidx.set(0, double(pr.rows));
+    expect(pr, FSDPA_ERROR_INVALID_ARGUMENT, "cache_batch_idx: entry 0", true);
+  }
+  {
+    // The plan names the cache, and the Hopper forward (forced) refuses it.
+    KvProblem pr(c);
+    KvDev d(pr);
+    Tensor out = pr.make_out(c.dt);
+    Dev o(out, false);
+    char plan[2048] = "";
+    fsdpa_status st = fsdpa_explain(&d.p, 0, nullptr, &d.q, &d.k, &d.v, &o, nullptr, nullptr,
+                                    nullptr, nullptr, plan, sizeof plan);
+    if (st != FSDPA_OK || strstr(plan, "kv cache: paged (") == nullptr) {
+      ok = false;
+      msg += std::string(" [explain: \"") + plan + "\"]";
+    }
+    set_force("hopper");
+    st = fsdpa_forward(&d.p, &d.q, &d.k, &d.v, &o, nullptr, s);
+    set_force(g_force_base);
+    if (st != FSDPA_ERROR_UNSUPPORTED ||
+        strstr(fsdpa_last_error(), "FLASHSDPA_CUDA_FORCE=hopper") == nullptr) {
+      ok = false;
+      msg += std::string(" [forced hopper: ") + std::to_string(st) + " \"" + fsdpa_last_error() + "\"]";
+    }
+  }
+  {
+    KvProblem pr(c);
+    pr.k.set(pr.flat(pr.row_of[1], 1, 77, 5, c.D), NAN);
+    expect(pr, FSDPA_ERROR_NONFINITE_INPUT,
+           "k: contains a non-finite value (NaN or Inf) at key 77 of sequence 1", false);
+  }
+  printf("%s kv cache checks: bad page index / seqused_k / cache_batch_idx, plan, forced hopper, "
+         "NaN in a used key%s\n",
+         ok ? "ok  " : "FAIL", msg.c_str());
+  return ok;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   bool quick = false, do_long = true, long_only = false, list = false, determinism_only = false,
-       no_hopper = false;
+       no_hopper = false, kv_only = false;
   std::string filter;
   int threads = static_cast<int>(std::min(16u, std::max(1u, std::thread::hardware_concurrency())));
   for (int i = 1; i < argc; ++i) {
@@ -895,6 +1242,7 @@ int main(int argc, char** argv) {
     else if (!strcmp(argv[i], "--long-only")) long_only = true;
     else if (!strcmp(argv[i], "--deterministic")) g_deterministic = true;
     else if (!strcmp(argv[i], "--determinism-only")) determinism_only = true;
+    else if (!strcmp(argv[i], "--kv-only")) kv_only = true;
   }
   if (const char* f = getenv("FLASHSDPA_CUDA_FORCE")) g_force_base = f;
   if (no_hopper) g_force_base = g_force_base.empty() ? "sm80" : "sm80," + g_force_base;
@@ -922,7 +1270,7 @@ int main(int argc, char** argv) {
          g_force_base.empty() ? "" : (" (FLASHSDPA_CUDA_FORCE=" + g_force_base + ")").c_str());
 
   std::vector<Case> grid = make_grid(quick);
-  if (long_only) grid.clear();
+  if (long_only || kv_only) grid.clear();
   if (!filter.empty())
     grid.erase(std::remove_if(grid.begin(), grid.end(),
                               [&](const Case& c) { return describe(c).find(filter) == std::string::npos; }),
@@ -955,7 +1303,11 @@ int main(int argc, char** argv) {
   auto tally = [&](bool ok) { (ok ? passed : failed)++; };
   if (determinism_only)
     for (int n = 0; n < kDeterminismCases; ++n) tally(determinism_case(s, determinism_case_n(n)));
-  if (filter.empty()) {
+  if (kv_only || (filter.empty() && !long_only)) {
+    passed += kv_cache_cases(s, quick, &failed);
+    tally(kv_checks_case(s));
+  }
+  if (filter.empty() && !kv_only) {
     if (!long_only) {
       for (int n = 0; n < kDeterminismCases; ++n) tally(determinism_case(s, determinism_case_n(n)));
       tally(splitkv_case(s, true));

@@ -6,7 +6,10 @@ plain loops), gathers each sequence's keys into a dense tensor, and runs
 conftest.attention_ref on it in float64 (and in the input dtype for
 FlashAttention's 2x error rule). Unused cache rows and pages are poisoned
 with NaN, so reading one shows up as a non-finite output. The cache after
-the call must equal the model exactly.
+the call must equal the model exactly. Every test runs on each device of
+conftest.DEVICES (the CPU, and CUDA when a GPU is present); on CUDA the
+value checks are the caller's contract unless FLASHSDPA_CHECK_KV_CACHE=1,
+which the bad-input tests set there.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import torch
 
 import flashsdpa
 from flashsdpa import _C
-from conftest import LOWP, assert_close_rule, attention_ref
+from conftest import DEVICES, LOWP, assert_close_rule, attention_ref
 
 PAGE_SIZES = [None, 1, 16, 64, 256]  # None: a contiguous cache
 
@@ -153,20 +156,28 @@ def _expected(s, dtype):
     return torch.stack(outs64), torch.stack(outs_lp)
 
 
-def _run(s, page_size, return_lse=False):
+def _to(t, device):
+    return None if t is None else t.to(device)
+
+
+def _run(s, page_size, return_lse=False, device="cpu"):
+    """The call on `device`; returns its result (on the device) and the
+    caches after it (on the CPU)."""
     m, o = s["model"], s["o"]
-    k_cache, v_cache = m.k.clone(), m.v.clone()
-    kw = dict(k=s["k_new"], v=s["v_new"], cache_batch_idx=s["batch_idx"],
-              cache_leftpad=s["leftpad"], block_table=m.block_table, causal=o.get("causal", False),
+    k_cache, v_cache = m.k.clone().to(device), m.v.clone().to(device)
+    kw = dict(k=_to(s["k_new"], device), v=_to(s["v_new"], device),
+              cache_batch_idx=_to(s["batch_idx"], device), cache_leftpad=_to(s["leftpad"], device),
+              block_table=_to(m.block_table, device), causal=o.get("causal", False),
               window_size=o.get("window", (-1, -1)), softcap=o.get("softcap", 0.0),
               return_softmax_lse=return_lse)
-    kw["cache_seqlens"] = s["seqlens"]
+    kw["cache_seqlens"] = _to(s["seqlens"], device)
     if s["rot"] is not None:
-        kw["rotary_cos"], kw["rotary_sin"], kw["rotary_interleaved"] = s["rot"]
+        cos, sin, kw["rotary_interleaved"] = s["rot"]
+        kw["rotary_cos"], kw["rotary_sin"] = cos.to(device), sin.to(device)
     if o.get("alibi"):
-        kw["alibi_slopes"] = _alibi_slopes(s["hq"])
-    res = flashsdpa.flash_attn_with_kvcache(s["q"], k_cache, v_cache, **kw)
-    return res, k_cache, v_cache
+        kw["alibi_slopes"] = _alibi_slopes(s["hq"]).to(device)
+    res = flashsdpa.flash_attn_with_kvcache(s["q"].to(device), k_cache, v_cache, **kw)
+    return res, k_cache.cpu(), v_cache.cpu()
 
 
 def _grid():
@@ -190,9 +201,10 @@ def _grid():
                          ids=lambda x: x if isinstance(x, str) else
                          (str(x).replace("torch.", "") if isinstance(x, torch.dtype)
                           else (f"page{x}" if x else "contig")))
-def test_with_kvcache(case, page_size, dtype):
+@pytest.mark.parametrize("device", DEVICES)
+def test_with_kvcache(case, page_size, dtype, device):
     s = _setup(case, page_size, dtype)
-    (out, lse), k_cache, v_cache = _run(s, page_size, return_lse=True)
+    (out, lse), k_cache, v_cache = _run(s, page_size, return_lse=True, device=device)
     ref64, ref_lp = _expected(s, dtype)
     assert_close_rule(f"{case} out", out, ref_lp, ref64, dtype)
     assert lse.shape == (s["batch"], s["hq"], s["sq"]) and lse.dtype == torch.float32
@@ -204,9 +216,11 @@ def test_with_kvcache(case, page_size, dtype):
     assert torch.equal(v_cache.isnan(), s["model"].v.isnan()), "v_cache: NaN rows moved"
 
 
-def test_lse_matches_reference():
+@pytest.mark.parametrize("device", DEVICES)
+def test_lse_matches_reference(device):
     s = _setup("leftpad_alibi", 16, torch.float32)
-    (out, lse), _, _ = _run(s, 16, return_lse=True)
+    (out, lse), _, _ = _run(s, 16, return_lse=True, device=device)
+    lse = lse.cpu()
     _expected(s, torch.float32)  # appends to the model
     m = s["model"]
     for b in range(s["batch"]):
@@ -258,8 +272,9 @@ def test_cache_seqlens_int_and_no_append():
     assert torch.allclose(out.double(), ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("page_size", [None, 1, 16])
-def test_varlen_paged_and_seqused(page_size):
+def test_varlen_paged_and_seqused(page_size, device):
     """flash_attn_varlen_func with block_table / seqused_k (chunked prefill)."""
     gen = torch.Generator().manual_seed(5)
     hq, hk, d, cap = 4, 2, 32, 96
@@ -279,9 +294,11 @@ def test_varlen_paged_and_seqused(page_size):
     else:
         k, v, bt = model.k, model.v, model.block_table
         cu_k = torch.tensor([0, cap, 2 * cap, 3 * cap], dtype=torch.int32)
-    out, lse = flashsdpa.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(seqlens_q), cap,
-                                                causal=True, return_lse=True, block_table=bt,
-                                                seqused_k=seqused)
+    out, lse = flashsdpa.flash_attn_varlen_func(
+        q.to(device), k.to(device), v.to(device), cu_q.to(device), cu_k.to(device),
+        max(seqlens_q), cap, causal=True, return_lse=True, block_table=_to(bt, device),
+        seqused_k=seqused.to(device))
+    out, lse = out.cpu(), lse.cpu()
     assert lse.shape == (hq, q.shape[0])
     for b in range(rows):
         qb = q[cu_q[b]:cu_q[b + 1]]
@@ -415,89 +432,118 @@ def test_merge_bad_input():
 # bad input: every message names the argument, the cache stays untouched
 
 
-def _paged_setup():
+@pytest.fixture(params=DEVICES)
+def checked_device(request, monkeypatch):
+    """A device whose KV-cache values are checked: the CPU always; CUDA with
+    the debug check on (FLASHSDPA_CHECK_KV_CACHE=1)."""
+    if request.param != "cpu":
+        monkeypatch.setenv("FLASHSDPA_CHECK_KV_CACHE", "1")
+    return request.param
+
+
+def _paged_setup(device="cpu"):
     gen = torch.Generator().manual_seed(21)
     q = torch.randn(2, 1, 4, 16, generator=gen)
     kc = torch.randn(6, 16, 2, 16, generator=gen)
     vc = torch.randn(6, 16, 2, 16, generator=gen)
     bt = torch.tensor([[0, 1, 2], [3, 4, 5]], dtype=torch.int32)
-    return q, kc, vc, bt
+    return q.to(device), kc.to(device), vc.to(device), bt.to(device)
 
 
-def test_bad_block_table_raises():
-    q, kc, vc, bt = _paged_setup()
+def test_bad_block_table_raises(checked_device):
+    device = checked_device
+    q, kc, vc, bt = _paged_setup(device)
+    i32 = dict(dtype=torch.int32, device=device)
     bad = bt.clone()
     bad[1, 1] = 6  # one past the pool
     with pytest.raises(ValueError, match=r"block_table: entry \[1, 1\] is 6"):
-        flashsdpa.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=torch.tensor([5, 20], dtype=torch.int32),
+        flashsdpa.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=torch.tensor([5, 20], **i32),
                                           block_table=bad)
     bad[1, 1] = -1
     with pytest.raises(ValueError, match="block_table"):
-        flashsdpa.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=torch.tensor([5, 20], dtype=torch.int32),
+        flashsdpa.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=torch.tensor([5, 20], **i32),
                                           block_table=bad)
     # An entry past the used pages is never read: fine.
     bad = bt.clone()
     bad[0, 2] = 99
-    flashsdpa.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=torch.tensor([5, 20], dtype=torch.int32),
+    flashsdpa.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=torch.tensor([5, 20], **i32),
                                       block_table=bad)
     # An append into a bad page raises before writing anything.
     bad = bt.clone()
     bad[0, 1] = 77
-    k_new = torch.randn(2, 1, 2, 16)
+    k_new = torch.randn(2, 1, 2, 16, device=device)
     before = kc.clone()
     with pytest.raises(ValueError, match="block_table"):
         flashsdpa.flash_attn_with_kvcache(q, kc, vc, k=k_new, v=k_new,
-                                          cache_seqlens=torch.tensor([16, 3], dtype=torch.int32),
+                                          cache_seqlens=torch.tensor([16, 3], **i32),
                                           block_table=bad)
     assert torch.equal(kc, before)
 
 
-def test_bad_cache_arguments_raise():
-    q, kc, vc, bt = _paged_setup()
-    k_new = torch.randn(2, 2, 2, 16)
+def test_bad_cache_arguments_raise(checked_device):
+    device = checked_device
+    q, kc, vc, bt = _paged_setup(device)
+    i32 = dict(dtype=torch.int32, device=device)
+    k_new = torch.randn(2, 2, 2, 16, device=device)
     before = kc.clone()
     with pytest.raises(ValueError, match="exceeds the cache length 48"):
         flashsdpa.flash_attn_with_kvcache(q, kc, vc, k=k_new, v=k_new,
-                                          cache_seqlens=torch.tensor([47, 3], dtype=torch.int32),
+                                          cache_seqlens=torch.tensor([47, 3], **i32),
                                           block_table=bt)
     assert torch.equal(kc, before)
     with pytest.raises(ValueError, match="cache_seqlens: entry 0 is 49"):
-        flashsdpa.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=torch.tensor([49, 3], dtype=torch.int32),
+        flashsdpa.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=torch.tensor([49, 3], **i32),
                                           block_table=bt)
     with pytest.raises(ValueError, match="cache_seqlens: entry 1 is -2"):
-        flashsdpa.flash_attn_with_kvcache(q, kc[:2], vc[:2], cache_seqlens=torch.tensor([4, -2], dtype=torch.int32))
+        flashsdpa.flash_attn_with_kvcache(q, kc[:2], vc[:2],
+                                          cache_seqlens=torch.tensor([4, -2], **i32))
     with pytest.raises(TypeError, match="cache_seqlens: dtype"):
-        flashsdpa.flash_attn_with_kvcache(q, kc[:2], vc[:2], cache_seqlens=torch.tensor([4, 2]))
+        flashsdpa.flash_attn_with_kvcache(q, kc[:2], vc[:2],
+                                          cache_seqlens=torch.tensor([4, 2], device=device))
     with pytest.raises(ValueError, match="cache_batch_idx: entry 1 is 2"):
         flashsdpa.flash_attn_with_kvcache(q, kc[:2], vc[:2], cache_seqlens=3,
-                                          cache_batch_idx=torch.tensor([0, 2], dtype=torch.int32))
+                                          cache_batch_idx=torch.tensor([0, 2], **i32))
     with pytest.raises(ValueError, match="cache_leftpad: entry 0 is 9"):
         flashsdpa.flash_attn_with_kvcache(q, kc[:2], vc[:2], cache_seqlens=5,
-                                          cache_leftpad=torch.tensor([9, 0], dtype=torch.int32))
+                                          cache_leftpad=torch.tensor([9, 0], **i32))
     with pytest.raises(ValueError, match="cache_seqlens: required"):
         flashsdpa.flash_attn_with_kvcache(q, kc[:2], vc[:2], k=k_new, v=k_new)
     with pytest.raises(ValueError, match="rotary_cos: has 4 positions"):
         flashsdpa.flash_attn_with_kvcache(q, kc[:2], vc[:2], k=k_new, v=k_new, cache_seqlens=3,
-                                          rotary_cos=torch.ones(4, 8), rotary_sin=torch.zeros(4, 8))
+                                          rotary_cos=torch.ones(4, 8, device=device),
+                                          rotary_sin=torch.zeros(4, 8, device=device))
 
 
-def test_c_abi_checks_values():
-    """The C ABI itself (not only the Python wrapper) rejects bad values."""
-    q, kc, vc, bt = _paged_setup()
+def test_other_devices_are_refused_before_writing():
+    """A device without KV-cache kernels (Metal/MPS so far; "meta" stands in
+    for it on any machine) is refused with the reason before the append."""
+    q, kc, vc, bt = (t.to("meta") for t in _paged_setup())
+    with pytest.raises(RuntimeError, match="KV-cache path .* is not supported on meta"):
+        flashsdpa.flash_attn_with_kvcache(q, kc, vc, k=kc[:2, :1], v=vc[:2, :1],
+                                          cache_seqlens=3, block_table=bt)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_c_abi_checks_values(device):
+    """The C ABI itself (not only the Python wrapper) rejects bad values (on
+    CUDA through the debug check that check_finite = 1, the default of a
+    fresh Params, turns on)."""
+    q, kc, vc, bt = _paged_setup(device)
+    i32 = dict(dtype=torch.int32, device=device)
     p = _C.Params()
-    out = torch.empty(2, 4, 1, 16)
+    out = torch.empty(2, 4, 1, 16, device=device)
     bad = bt.clone()
     bad[0, 0] = 100
     with pytest.raises(ValueError, match=r"block_table: entry \[0, 0\] is 100"):
         _C.forward(p, q.transpose(1, 2), kc.transpose(1, 2), vc.transpose(1, 2), out,
-                   seqused_k=torch.tensor([3, 3], dtype=torch.int32), block_table=bad)
+                   seqused_k=torch.tensor([3, 3], **i32), block_table=bad)
     with pytest.raises(ValueError, match="seqused_k: entry 1 is 49"):
         _C.forward(p, q.transpose(1, 2), kc.transpose(1, 2), vc.transpose(1, 2), out,
-                   seqused_k=torch.tensor([3, 49], dtype=torch.int32), block_table=bt)
+                   seqused_k=torch.tensor([3, 49], **i32), block_table=bt)
     with pytest.raises(ValueError, match="mask: not supported together with the KV-cache"):
         _C.forward(p, q.transpose(1, 2), kc.transpose(1, 2), vc.transpose(1, 2), out,
-                   mask=torch.ones(1, 1, dtype=torch.bool),
-                   seqused_k=torch.tensor([3, 3], dtype=torch.int32), block_table=bt)
+                   mask=torch.ones(1, 1, dtype=torch.bool, device=device),
+                   seqused_k=torch.tensor([3, 3], **i32), block_table=bt)
     with pytest.raises(ValueError, match="v: size of dim 2 \\(page_size\\)"):
         _C.forward(p, q.transpose(1, 2), kc.transpose(1, 2), vc[:, :8].transpose(1, 2), out,
                    block_table=bt)

@@ -31,6 +31,12 @@
 #   carried the Python extension in $CARRY (tools/device/cuda_carry.sh) is used
 #   pyquick tests/python/test_cuda.py and test_fast_path.py (after build)
 #   sweep   bench/bench_sweep.py (SWEEP_ARGS, default --quick)
+#   kv      KV caches (issue 20): flashsdpa_cuda_tests --kv-only (pages,
+#           cache rows, leftpad, every family vs the fp64 reference, the
+#           debug checks), then tests/python/test_kvcache.py's CUDA cases
+#           (after build or carried)
+#   decode  bench/bench_decode_cuda.py (DECODE_ARGS, default the grid with a
+#           420 s budget): paged vs contiguous decode, % of copy bandwidth
 # KEEP_GOING=1: a failed quick step does not stop the call.
 # Logs land in $OUT (at most 8 files come back); a crash keeps what was
 # written, since every test log is line-buffered.
@@ -142,6 +148,20 @@ if has sweep; then
     --png "$OUT/sweep.png" ${SWEEP_ARGS:---quick} >"$OUT/sweep.log" 2>&1
   echo "  rc=$?"
   tail -25 "$OUT/sweep.log"
+fi
+if has kv; then
+  tests kv.log ${KV_S:-240} --kv-only
+  el kvpy
+  (cd tests/python && timeout 300 python3 -m pytest -q -p no:cacheprovider test_kvcache.py -k "cuda or merge" 2>&1 |
+    tee "$OUT/kvpy.log" | tail -4)
+fi
+if has decode; then
+  el decode
+  # shellcheck disable=SC2086
+  PYTHONUNBUFFERED=1 timeout 540 python3 bench/bench_decode_cuda.py --results "$OUT/decode.md" \
+    ${DECODE_ARGS:---budget-s 420} >"$OUT/decode.log" 2>&1
+  echo "  rc=$?"
+  tail -45 "$OUT/decode.log"
 fi
 if has pytest; then
   el pytest build

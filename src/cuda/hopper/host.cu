@@ -280,6 +280,9 @@ cudaError_t hopper_bwd(const AttnParams& p, const MaskTiles& mt, const float* ds
 }
 
 const char* hopper_fwd_scope(const AttnParams& p) {
+  // Its TMA maps address one strided K/V per batch row: no page table, cache
+  // rows or per-sequence key ranges (decode / sm80 read those).
+  if (uses_kv_cache(p)) return "KV-cache parameters (paged / seqused_k / cache rows)";
   if (p.dtype != DType::f16 && p.dtype != DType::bf16) return "dtype not fp16/bf16";
   if (p.out_dtype != p.dtype) return "out dtype differs from q's";
   if (p.head_dim != p.head_dim_v) return "D != Dv";

@@ -345,3 +345,30 @@ TEST(MetalPlan, CheckFiniteInput) {
       << fsdpa_last_error();
 }
 }  // namespace
+
+namespace {
+// The Metal kernels do not read KV caches yet: the planner refuses each
+// KV-cache parameter with a message naming them (the backend returns it as
+// FSDPA_ERROR_UNSUPPORTED, "metal: ..."), rather than reading the wrong rows.
+TEST(MetalPlan, RefusesKvCacheParameters) {
+  const int32_t ints[4] = {0, 1, 2, 3};
+  for (int which = 0; which < 4; ++which) {
+    AttnParams p = params(DType::f16, 64, 64);
+    if (which == 0) p.seqused_k = ints;
+    if (which == 1) p.cache_batch_idx = ints;
+    if (which == 2) p.cache_leftpad = ints;
+    if (which == 3) {
+      p.block_table = ints;
+      p.page_size = 16;
+      p.num_pages = 4;
+    }
+    try {
+      (void)mtl::make_key(p, mtl::GpuFamily(9));
+      ADD_FAILURE() << "KV-cache parameter " << which << " was planned";
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::strstr(e.what(), "block_table / seqused_k"), nullptr) << e.what();
+      EXPECT_NE(std::strstr(e.what(), "not supported on metal"), nullptr) << e.what();
+    }
+  }
+}
+}  // namespace
