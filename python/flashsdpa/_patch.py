@@ -153,7 +153,10 @@ def stats() -> Dict[str, object]:
     ``dispatched``: forward calls that ran on flashsdpa kernels (any entry
     point, eager or compiled); ``dispatched_by_device``; ``dispatched_via_aten``:
     those that came through aten's flash operators (the ``flashsdpa``
-    implementation of PyTorch's flash-attention registry); ``backward``: backward
+    implementation of PyTorch's flash-attention registry);
+    ``dispatched_via_context_parallel``: calls of aten's CPU flash operator on
+    DTensors that PyTorch's ``context_parallel`` sent to flashsdpa's ring (each
+    also counts its blocks under ``dispatched``); ``backward``: backward
     calls; ``fallbacks``: {reason: count} of patched SDPA calls that went to
     PyTorch (counted in eager mode; a compiled graph decides at trace time), and
     of aten flash calls that went to aten's own kernel (reasons ``aten:...``).
@@ -167,6 +170,7 @@ def stats() -> Dict[str, object]:
         "dispatched_by_device": {k.split(":", 1)[1]: n for k, n in c.items()
                                  if k.startswith("dispatched:")},
         "dispatched_via_aten": c.get("dispatched_via_aten", 0),
+        "dispatched_via_context_parallel": c.get("dispatched_via_context_parallel", 0),
         "backward": c.get("backward", 0),
         "fallbacks": fb,
         "fallback_total": sum(fb.values()),

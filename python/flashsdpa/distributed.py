@@ -26,7 +26,7 @@ sliding windows with varlen, a zigzag varlen layout.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -87,17 +87,35 @@ def _band(offset: int, lq: int, lk: int, window_left: int, window_right: int):
             -1 if hi is None else hi + shift)
 
 
+class _Block(NamedTuple):
+    """One kernel call of a ring step: local query rows x local key rows of
+    the block in hand, with their top-left band; q_pos/k_pos are the global
+    positions of the first row and key (None with varlen, where they differ
+    per sequence) and pair numbers the (query chunk, key chunk) pair in the
+    grid of chunks (the dropout stream of the pair)."""
+    rows: slice
+    keys: slice
+    window_left: int
+    window_right: int
+    q_pos: Optional[int]
+    k_pos: Optional[int]
+    pair: int
+
+
 def _sub_blocks(zigzag, rank, src, world_size, s_local, window_left, window_right):
-    """[(query rows, key rows, window_left, window_right)] of the block from rank src."""
+    """[_Block] of the block from rank src."""
     out = []
+    n_chunks = 2 * world_size if zigzag else world_size
     for q_rows, q_start in _chunks(zigzag, rank, world_size, s_local):
         for k_rows, k_start in _chunks(zigzag, src, world_size, s_local):
             lq, lk = q_rows.stop - q_rows.start, k_rows.stop - k_rows.start
             band = _band(q_start - k_start, lq, lk, window_left, window_right)
             if band is not None:
                 r0, k0, wl, wr = band
-                out.append((slice(q_rows.start + r0, q_rows.stop),
-                            slice(k_rows.start + k0, k_rows.stop), wl, wr))
+                pair = (q_start // lq) * n_chunks + k_start // lk
+                out.append(_Block(slice(q_rows.start + r0, q_rows.stop),
+                                  slice(k_rows.start + k0, k_rows.stop), wl, wr,
+                                  q_start + r0, k_start + k0, pair))
     return out
 
 
@@ -115,10 +133,11 @@ class _Layout:
             return _sub_blocks(self.zigzag, rank, src, world_size, s_local, *window)
         # Without windows (checked by the caller) a block's band depends only on
         # the order of the pieces, the same in every sequence.
-        everything = slice(0, s_local)
+        every = slice(0, s_local)
+        pair = rank * world_size + src
         if window[1] < 0 or src < rank:  # not causal, or the past: all of it
-            return [(everything, everything, -1, -1)]
-        return [(everything, everything, -1, 0)] if src == rank else []
+            return [_Block(every, every, -1, -1, None, None, pair)]
+        return [_Block(every, every, -1, 0, None, None, pair)] if src == rank else []
 
     def varlen(self):
         return None if self.cu_seqlens is None else (self.cu_seqlens, self.max_seqlen)
@@ -172,27 +191,62 @@ def _block_backward(dout, q, k, v, out, lse, scale, window_left, window_right, d
     return _bhsd(dq), _bhsd(dk), _bhsd(dv)
 
 
+def ring_forward(q, k, v, scale, window, layout, group):
+    """The ring's forward on (B, S_local, H, D) tensors: (out in q's dtype,
+    lse (B, Hq, S_local) float32). No autograd (see :class:`_RingAttention`)."""
+    ring = Ring(group)
+    b, s, hq, _ = q.shape
+    if k.shape != v.shape:
+        raise ValueError("k, v: context parallelism needs equal key and value shapes")
+    out = q.new_zeros(q.shape[:-1] + v.shape[-1:], dtype=torch.float32)
+    lse = q.new_full((b, s, hq, 1), float("-inf"), dtype=torch.float32)
+    kv = torch.stack([k, v])
+    for step in range(ring.world_size):
+        transfer = ring.start(kv, _KV_TAG) if step + 1 < ring.world_size else None
+        for blk in layout.sub_blocks(ring.rank, ring.source(step), ring.world_size, s, window):
+            blk_out, blk_lse = _block_forward(q[:, blk.rows], kv[0][:, blk.keys],
+                                              kv[1][:, blk.keys], scale, blk.window_left,
+                                              blk.window_right, layout.varlen())
+            _merge(out[:, blk.rows], lse[:, blk.rows], blk_out, blk_lse)
+        if transfer is not None:
+            kv = transfer.wait()
+    return out.to(q.dtype), lse.squeeze(-1).transpose(1, 2).contiguous()
+
+
+def ring_backward(dout, q, k, v, out, lse, scale, window, deterministic, layout, group):
+    """The ring's backward: (dq, dk, dv) of this rank's q, k, v (their dtypes),
+    given the merged out and lse (B, Hq, S_local) of :func:`ring_forward`."""
+    ring = Ring(group)
+    s = q.shape[1]
+    dout = dout.to(q.dtype)
+    dq = torch.zeros_like(q, dtype=torch.float32)
+    kv = torch.stack([k, v])
+    dkv_transfer = None
+    for step in range(ring.world_size):
+        kv_transfer = ring.start(kv, _KV_TAG) if step + 1 < ring.world_size else None
+        dkv = torch.zeros_like(kv, dtype=torch.float32)
+        for blk in layout.sub_blocks(ring.rank, ring.source(step), ring.world_size, s, window):
+            rows, keys = blk.rows, blk.keys
+            dq_b, dk_b, dv_b = _block_backward(dout[:, rows], q[:, rows], kv[0][:, keys],
+                                               kv[1][:, keys], out[:, rows], lse[:, :, rows],
+                                               scale, blk.window_left, blk.window_right,
+                                               deterministic, layout.varlen())
+            dq[:, rows] += dq_b
+            dkv[0][:, keys] += dk_b
+            dkv[1][:, keys] += dv_b
+        if dkv_transfer is not None:  # the accumulator of this block, from the previous rank
+            dkv += dkv_transfer.wait()
+        dkv_transfer = ring.start(dkv, _DKV_TAG)
+        if kv_transfer is not None:
+            kv = kv_transfer.wait()
+    dkv = dkv_transfer.wait()  # our own block's, back from its trip around the ring
+    return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype)
+
+
 class _RingAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, scale, window, deterministic, layout, group):
-        ring = Ring(group)
-        b, s, hq, _ = q.shape
-        out = q.new_zeros(q.shape[:-1] + v.shape[-1:], dtype=torch.float32)
-        lse = q.new_full((b, s, hq, 1), float("-inf"), dtype=torch.float32)
-        kv = torch.stack([k, v]) if k.shape == v.shape else None
-        if kv is None:
-            raise ValueError("k, v: context parallelism needs equal key and value shapes")
-        for step in range(ring.world_size):
-            transfer = ring.start(kv, _KV_TAG) if step + 1 < ring.world_size else None
-            for rows, keys, wl, wr in layout.sub_blocks(ring.rank, ring.source(step),
-                                                        ring.world_size, s, window):
-                blk_out, blk_lse = _block_forward(q[:, rows], kv[0][:, keys], kv[1][:, keys],
-                                                  scale, wl, wr, layout.varlen())
-                _merge(out[:, rows], lse[:, rows], blk_out, blk_lse)
-            if transfer is not None:
-                kv = transfer.wait()
-        out = out.to(q.dtype)
-        lse = lse.squeeze(-1).transpose(1, 2).contiguous()  # (B, H, S), like flash_attn
+        out, lse = ring_forward(q, k, v, scale, window, layout, group)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.args = (scale, window, deterministic, layout, group)
         ctx.mark_non_differentiable(lse)
@@ -202,31 +256,9 @@ class _RingAttention(torch.autograd.Function):
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
         scale, window, deterministic, layout, group = ctx.args
-        ring = Ring(group)
-        s = q.shape[1]
-        dout = dout.to(q.dtype)
-        dq = torch.zeros_like(q, dtype=torch.float32)
-        kv = torch.stack([k, v])
-        dkv_transfer = None
-        for step in range(ring.world_size):
-            kv_transfer = ring.start(kv, _KV_TAG) if step + 1 < ring.world_size else None
-            dkv = torch.zeros_like(kv, dtype=torch.float32)
-            for rows, keys, wl, wr in layout.sub_blocks(ring.rank, ring.source(step),
-                                                        ring.world_size, s, window):
-                dq_b, dk_b, dv_b = _block_backward(dout[:, rows], q[:, rows], kv[0][:, keys],
-                                                   kv[1][:, keys], out[:, rows],
-                                                   lse[:, :, rows], scale, wl, wr, deterministic,
-                                                   layout.varlen())
-                dq[:, rows] += dq_b
-                dkv[0][:, keys] += dk_b
-                dkv[1][:, keys] += dv_b
-            if dkv_transfer is not None:  # the accumulator of this block, from the previous rank
-                dkv += dkv_transfer.wait()
-            dkv_transfer = ring.start(dkv, _DKV_TAG)
-            if kv_transfer is not None:
-                kv = kv_transfer.wait()
-        dkv = dkv_transfer.wait()  # our own block's, back from its trip around the ring
-        return (dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype)) + (None,) * 5
+        grads = ring_backward(dout, q, k, v, out, lse, scale, window, deterministic, layout,
+                              group)
+        return grads + (None,) * 5
 
 
 def _ring_attention(q, k, v, dropout_p, softmax_scale, causal, window_size, alibi_slopes,

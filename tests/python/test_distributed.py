@@ -6,21 +6,11 @@ zigzag layouts and packed sequences (varlen), causal or not, sliding windows,
 MHA and GQA, float32 and bfloat16, and that no value is NaN."""
 from __future__ import annotations
 
-import datetime
-import os
-import socket
-import time
-import traceback
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
-import flashsdpa
 from flashsdpa import distributed as fd
-
-TIMEOUT_S = 120
+from dist_harness import run_ranks
 
 CASES = [  # (layout, causal, window_size, hq, hk, dtype)
     (layout, causal, (-1, -1), hq, hk, dtype)
@@ -42,12 +32,6 @@ SUBSET = [c for c in CASES if (c[3] == c[4]) == (c[5] == torch.float32)
           and (c[3] == c[4]) == ((c[0] == "ring") == c[1])]
 CASES_BY_WORLD = {2: CASES + RING_WINDOWS + ZIGZAG_WINDOWS, 3: SUBSET + RING_WINDOWS,
                   4: SUBSET + ZIGZAG_WINDOWS}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _check_case(rank, world, layout, causal, window, hq, hk, dtype):
@@ -155,46 +139,16 @@ def _check_varlen_case(rank, world, causal, dtype):
         assert_close_rule(f"{what} {name}", a, local_rows(bb), local_rows(c), dtype)
 
 
-def _worker(rank, world, port, errors):
-    try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=world, timeout=datetime.timedelta(seconds=60))
-        torch.set_num_threads(1)
-        flashsdpa.set_num_threads(1)
-        for case in CASES_BY_WORLD[world]:
-            _check_case(rank, world, *case)
-        for case in VARLEN_CASES[world]:
-            _check_varlen_case(rank, world, *case)
-        flashsdpa.reset_stats()
-        dist.barrier()
-        dist.destroy_process_group()
-    except BaseException:
-        errors.put(f"rank {rank}: {traceback.format_exc()}")
-        raise
+def _all_cases(rank, world):
+    for case in CASES_BY_WORLD[world]:
+        _check_case(rank, world, *case)
+    for case in VARLEN_CASES[world]:
+        _check_varlen_case(rank, world, *case)
 
 
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_context_parallel_matches_single_process(world):
-    ctx = mp.get_context("spawn")
-    errors = ctx.SimpleQueue()
-    here = os.path.dirname(os.path.abspath(__file__))
-    os.environ["PYTHONPATH"] = here + os.pathsep + os.environ.get("PYTHONPATH", "")
-    procs = mp.start_processes(_worker, args=(world, _free_port(), errors), nprocs=world,
-                               join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not procs.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"{world} processes did not finish within {TIMEOUT_S} s")
-    except mp.ProcessRaisedException:
-        msgs = []
-        while not errors.empty():
-            msgs.append(errors.get())
-        pytest.fail("\n".join(msgs) or "a rank failed")
-    finally:
-        for p in procs.processes:
-            if p.is_alive():
-                p.kill()
+    run_ranks(_all_cases, world)
 
 
 def test_unsupported_arguments_raise_clear_errors():
