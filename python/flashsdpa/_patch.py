@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import sys
 import threading
 from collections import Counter
 from typing import Dict, Iterable, Iterator, Optional
@@ -45,8 +46,19 @@ def _fallback(reason: str, *args, **kwargs):
     return _original(*args, **kwargs)
 
 
+def _is_dtensor(t) -> bool:
+    # only if DTensor was ever imported (no import of torch.distributed here)
+    mod = sys.modules.get("torch.distributed.tensor")
+    return mod is not None and isinstance(t, getattr(mod, "DTensor", ()))
+
+
 def _why_not(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa,
              scale=None) -> Optional[str]:
+    if any(_is_dtensor(t) for t in (query, key, value)):
+        # DTensors (PyTorch's context_parallel, tensor parallelism) go to
+        # PyTorch's function, whose DTensor handlers shard the work; with the
+        # flashsdpa implementation active they reach flashsdpa there.
+        return "dtensor"
     if (isinstance(query, torch.Tensor) and query.device.type in KNOWN_BACKENDS
             and query.device.type not in _config["backends"]):
         return f"device:{query.device.type}-disabled"
