@@ -32,7 +32,8 @@ from dist_harness import run_ranks
 
 attention = torch.nn.attention
 pytestmark = pytest.mark.skipif(
-    not hasattr(attention, "register_flash_attention_impl") or _context_parallel._cp_module() is None,
+    not hasattr(attention, "register_flash_attention_impl")
+    or _context_parallel._cp_module() is None,
     reason="this PyTorch has no flash registry or no context_parallel handler table")
 
 CP_CASES = [  # (load_balance, causal, hq, hk, dtype)
