@@ -25,8 +25,9 @@ installed into ``DTensor._op_dispatcher._custom_op_handlers`` on entry).
 
 The table is private PyTorch state: :func:`install` checks that it exists and
 logs why not otherwise (the CPU route is then PyTorch's error, as without
-flashsdpa). Activate flashsdpa before entering ``context_parallel``: the
-table is copied into DTensor's dispatcher on entry.
+flashsdpa). ``context_parallel`` copies the table into DTensor's dispatcher
+on entry, so activating or restoring inside a ``context_parallel`` block
+also edits that live copy.
 """
 from __future__ import annotations
 
@@ -177,10 +178,29 @@ def install() -> Optional[Callable[[], None]]:
     bwd_op = getattr(torch.ops.aten, _OPS[1]).default
     added = {fwd_op: _forward_handler(mod), bwd_op: _backward_handler(mod)}
     mod.custom_ops.update(added)
+    live = _live_table(mod)
+    if live is not None:  # activated inside a context_parallel block
+        live.update(added)
 
     def remove() -> None:
-        for op, fn in added.items():
-            if mod.custom_ops.get(op) is fn:
-                del mod.custom_ops[op]
+        for table in (mod.custom_ops, _live_table(mod)):
+            for op, fn in added.items():
+                if table is not None and table.get(op) is fn:
+                    del table[op]
 
     return remove
+
+
+def _live_table(mod) -> Optional[dict]:
+    """DTensor's handler table while context_parallel is entered (it copies
+    ``custom_ops`` there on entry), else None."""
+    try:
+        from torch.distributed.tensor import DTensor
+
+        live = DTensor._op_dispatcher._custom_op_handlers
+    except (ImportError, AttributeError):
+        return None
+    handler = getattr(mod, "_sdpa_handler", None)
+    if not isinstance(live, dict) or not any(h is handler for h in live.values()):
+        return None
+    return live

@@ -186,6 +186,28 @@ def test_handlers_only_while_active():
     assert op not in cp.custom_ops
 
 
+def _activate_inside_context(rank, world):
+    """Activating inside a context_parallel block serves the calls after it;
+    restoring inside it brings back PyTorch's own behaviour (its error)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.experimental import context_parallel
+
+    q = torch.randn(1, 2, 4 * world, 8)
+    with context_parallel(init_device_mesh("cpu", (world,)), buffers=[q], buffer_seq_dims=[2]):
+        attention.activate_flash_attention_impl("flashsdpa")
+        try:
+            F.scaled_dot_product_attention(q, q, q, is_causal=True)
+        finally:
+            attention.restore_flash_attention_impl()
+        assert flashsdpa.stats()["dispatched_via_context_parallel"] == 1
+        with pytest.raises(NotImplementedError, match="sharding strategy"):
+            F.scaled_dot_product_attention(q, q, q, is_causal=True)
+
+
+def test_activate_inside_context_parallel():
+    run_ranks(_activate_inside_context, 2)
+
+
 def test_missing_handler_table_is_logged(monkeypatch, caplog):
     from torch.distributed.tensor.experimental._context_parallel import _attention as cp
 
