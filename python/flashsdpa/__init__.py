@@ -12,7 +12,8 @@
   ``torch.nn.functional.scaled_dot_product_attention`` so existing models use
   flashsdpa where it can, falling back to PyTorch elsewhere; :func:`stats`.
 * :func:`register_transformers` — an ``attn_implementation`` for Hugging Face models.
-* ``flashsdpa.distributed`` — ring / zigzag context parallelism over torch.distributed.
+* ``flashsdpa.distributed`` — ring / zigzag context parallelism over torch.distributed
+  (also serving PyTorch's ``context_parallel`` while the registry implementation is active).
 * ``flashsdpa._C`` — the C ABI on any DLPack-capable arrays (NumPy, PyTorch, ...).
 """
 from __future__ import annotations

@@ -7,7 +7,8 @@ does not activate it (PyTorch's rule, so providers coexist).
 replaces the kernels of aten's flash-attention operators, so every route that
 ends in them reaches flashsdpa: ``F.scaled_dot_product_attention`` however it
 was imported, ``torch.ops.aten`` calls, ``sdpa_kernel(FLASH_ATTENTION)``,
-torch.compile graphs, and PyTorch's ``context_parallel``;
+torch.compile graphs, and PyTorch's ``context_parallel`` (on CUDA through
+these operators, on CPU through handlers ``_context_parallel.py`` adds);
 ``restore_flash_attention_impl()`` removes every override.
 
 The registry only calls our ``register_fn``; what that function overrides is
@@ -31,7 +32,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import Tensor
 
-from . import _api, _ops, _patch
+from . import _api, _context_parallel, _ops, _patch
 
 __all__ = ["IMPL_NAME", "register", "is_active"]
 
@@ -344,14 +345,19 @@ def _targets() -> Dict[str, Dict[str, Callable]]:
 class _Handle:
     """What the registry keeps while ``flashsdpa`` is active; remove() restores aten's kernels."""
 
-    def __init__(self, library: torch.library.Library, ops: List[str]):
+    def __init__(self, library: torch.library.Library, ops: List[str],
+                 remove_cp: Optional[Callable[[], None]]):
         self.library: Optional[torch.library.Library] = library
         self.ops = ops
+        self._remove_cp = remove_cp
 
     def remove(self) -> None:
         if self.library is not None:
             self.library._destroy()
             self.library = None
+        if self._remove_cp is not None:
+            self._remove_cp()
+            self._remove_cp = None
         if _active["handle"] is self:
             _active["handle"] = None
 
@@ -370,7 +376,9 @@ def activate() -> _Handle:
                 original = torch.library.get_kernel("aten::" + op, key)
                 lib.impl(op, factory(original), key, with_keyset=True)
                 ops.append(f"{op}:{key}")
-    handle = _Handle(lib, ops)
+    # PyTorch's context_parallel on CPU has no handler for the CPU flash
+    # operator: add flashsdpa's ring as one (_context_parallel.py).
+    handle = _Handle(lib, ops, _context_parallel.install())
     _active["handle"] = handle
     return handle
 

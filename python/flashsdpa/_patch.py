@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import sys
 import threading
 from collections import Counter
 from typing import Dict, Iterable, Iterator, Optional
@@ -45,8 +46,19 @@ def _fallback(reason: str, *args, **kwargs):
     return _original(*args, **kwargs)
 
 
+def _is_dtensor(t) -> bool:
+    # only if DTensor was ever imported (no import of torch.distributed here)
+    mod = sys.modules.get("torch.distributed.tensor")
+    return mod is not None and isinstance(t, getattr(mod, "DTensor", ()))
+
+
 def _why_not(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa,
              scale=None) -> Optional[str]:
+    if any(_is_dtensor(t) for t in (query, key, value)):
+        # DTensors (PyTorch's context_parallel, tensor parallelism) go to
+        # PyTorch's function, whose DTensor handlers shard the work; with the
+        # flashsdpa implementation active they reach flashsdpa there.
+        return "dtensor"
     if (isinstance(query, torch.Tensor) and query.device.type in KNOWN_BACKENDS
             and query.device.type not in _config["backends"]):
         return f"device:{query.device.type}-disabled"
@@ -153,7 +165,10 @@ def stats() -> Dict[str, object]:
     ``dispatched``: forward calls that ran on flashsdpa kernels (any entry
     point, eager or compiled); ``dispatched_by_device``; ``dispatched_via_aten``:
     those that came through aten's flash operators (the ``flashsdpa``
-    implementation of PyTorch's flash-attention registry); ``backward``: backward
+    implementation of PyTorch's flash-attention registry);
+    ``dispatched_via_context_parallel``: calls of aten's CPU flash operator on
+    DTensors that PyTorch's ``context_parallel`` sent to flashsdpa's ring (each
+    also counts its blocks under ``dispatched``); ``backward``: backward
     calls; ``fallbacks``: {reason: count} of patched SDPA calls that went to
     PyTorch (counted in eager mode; a compiled graph decides at trace time), and
     of aten flash calls that went to aten's own kernel (reasons ``aten:...``).
@@ -167,6 +182,7 @@ def stats() -> Dict[str, object]:
         "dispatched_by_device": {k.split(":", 1)[1]: n for k, n in c.items()
                                  if k.startswith("dispatched:")},
         "dispatched_via_aten": c.get("dispatched_via_aten", 0),
+        "dispatched_via_context_parallel": c.get("dispatched_via_context_parallel", 0),
         "backward": c.get("backward", 0),
         "fallbacks": fb,
         "fallback_total": sum(fb.values()),

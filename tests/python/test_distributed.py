@@ -3,24 +3,16 @@ Every rank checks its slice of out, lse, dq, dk, dv against attention over the
 whole sequence in one process, with FlashAttention's 2x rule (truth: fp64;
 same-precision reference: PyTorch's math SDPA in the test dtype), for ring and
 zigzag layouts and packed sequences (varlen), causal or not, sliding windows,
-MHA and GQA, float32 and bfloat16, and that no value is NaN."""
+MHA and GQA, float32 and bfloat16, ALiBi at global positions, dropout (the
+reference uses the mask the documented per-block rule draws, whose drop rate
+and block independence are checked too), and that no value is NaN."""
 from __future__ import annotations
-
-import datetime
-import os
-import socket
-import time
-import traceback
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
-import flashsdpa
 from flashsdpa import distributed as fd
-
-TIMEOUT_S = 120
+from dist_harness import run_ranks
 
 CASES = [  # (layout, causal, window_size, hq, hk, dtype)
     (layout, causal, (-1, -1), hq, hk, dtype)
@@ -40,18 +32,56 @@ RING_WINDOWS, ZIGZAG_WINDOWS = ([(layout, causal, window, 4, 2, dtype)
 # both dtypes and both head layouts are still covered.
 SUBSET = [c for c in CASES if (c[3] == c[4]) == (c[5] == torch.float32)
           and (c[3] == c[4]) == ((c[0] == "ring") == c[1])]
-CASES_BY_WORLD = {2: CASES + RING_WINDOWS + ZIGZAG_WINDOWS, 3: SUBSET + RING_WINDOWS,
-                  4: SUBSET + ZIGZAG_WINDOWS}
+# ALiBi (global positions; [Hq] or per-batch [B, Hq] slopes) and dropout
+# (the documented per-block rule), in both layouts, causal or not, with a window
+EXTRA_CASES = [  # (layout, causal, window_size, hq, hk, dtype, extra)
+    ("ring", True, (-1, -1), 4, 2, torch.float32, "alibi"),
+    ("zigzag", True, (-1, -1), 4, 4, torch.bfloat16, "alibi"),
+    ("ring", False, (-1, -1), 4, 4, torch.bfloat16, "alibi_batch"),
+    ("zigzag", False, (7, 3), 4, 2, torch.float32, "alibi"),
+    ("ring", False, (-1, -1), 4, 2, torch.bfloat16, "dropout"),
+    ("zigzag", True, (-1, -1), 4, 4, torch.float32, "dropout"),
+    ("zigzag", False, (6, -1), 4, 2, torch.float32, "alibi_dropout"),
+]
+EXTRA_SUBSET = [c for c in EXTRA_CASES if c[1]]  # the causal ones: every layout and extra
+CASES_BY_WORLD = {2: [c + (None,) for c in CASES + RING_WINDOWS + ZIGZAG_WINDOWS] + EXTRA_CASES,
+                  3: [c + (None,) for c in SUBSET + RING_WINDOWS] + EXTRA_SUBSET,
+                  4: [c + (None,) for c in SUBSET + ZIGZAG_WINDOWS] + EXTRA_SUBSET}
+DROP_P = 0.3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _global_keep(world, zigzag, b, hq, hk, s_total, window, rng):
+    """The whole sequence's dropout keep mask [B, Hq, S, S] that the ranks' ring
+    calls drew with (seed, offset) = rng on every rank."""
+    layout = fd._Layout(zigzag=zigzag)
+    rows = torch.arange(s_total)
+    keep = torch.zeros(b, hq, s_total, s_total, dtype=torch.bool)
+    for r in range(world):
+        keep[:, :, fd.shard(rows, r, world, zigzag, dim=0)] = fd._dropout_keep(
+            layout, r, world, b, hq, hk, s_total // world, window, DROP_P, rng)
+    return keep
 
 
-def _check_case(rank, world, layout, causal, window, hq, hk, dtype):
-    from conftest import assert_close_rule, torch_math_sdpa
+def _check_keep_statistics(keep, allowed, n_chunks, what):
+    """Every attended element is kept with probability 1 - p, and no two
+    chunk pairs (whole blocks inside the band) draw the same mask."""
+    import math
+
+    kept = keep[:, :, allowed]
+    rate = 1.0 - kept.double().mean().item()
+    sigma = math.sqrt(DROP_P * (1 - DROP_P) / kept.numel())
+    assert abs(rate - DROP_P) < 5 * sigma, f"{what}: drop rate {rate:.4f} vs p={DROP_P}"
+    c = keep.shape[-1] // n_chunks
+    blocks = [keep[..., a * c:(a + 1) * c, e * c:(e + 1) * c] for a in range(n_chunks)
+              for e in range(n_chunks) if allowed[a * c:(a + 1) * c, e * c:(e + 1) * c].all()]
+    for x in range(len(blocks)):
+        for y in range(x):
+            assert not torch.equal(blocks[x], blocks[y]), f"{what}: two blocks share a mask"
+
+
+def _check_case(rank, world, layout, causal, window, hq, hk, dtype, extra):
+    from conftest import assert_close_rule, attention_ref, torch_math_sdpa
+    from flashsdpa import _ops
 
     zigzag = layout == "zigzag"
     b, d = 2, 16
@@ -61,6 +91,10 @@ def _check_case(rank, world, layout, causal, window, hq, hk, dtype):
     k = torch.randn(b, s_total, hk, d, generator=g)
     v = torch.randn(b, s_total, hk, d, generator=g)
     dout = torch.randn(b, s_total, hq, d, generator=g)
+    slopes = None
+    if extra is not None and extra.startswith("alibi"):
+        slopes = torch.rand((b, hq) if extra == "alibi_batch" else (hq,), generator=g) + 0.2
+    dropout_p = DROP_P if extra is not None and extra.endswith("dropout") else 0.0
 
     i, j = torch.arange(s_total).view(-1, 1), torch.arange(s_total).view(1, -1)
     allowed = torch.ones(s_total, s_total, dtype=torch.bool)
@@ -71,9 +105,21 @@ def _check_case(rank, world, layout, causal, window, hq, hk, dtype):
     elif window[1] >= 0:
         allowed &= j <= i + window[1]
 
+    keep, seed = None, 5000 + world
+    if dropout_p:
+        torch.manual_seed(seed)
+        keep = _global_keep(world, zigzag, b, hq, hk, s_total,
+                            (window[0], 0 if causal else window[1]), _ops.new_rng(dropout_p))
+        _check_keep_statistics(keep, allowed, 2 * world if zigzag else world,
+                               f"world {world} {layout}")
+
     def full(q_, k_, v_):  # single-process attention over the whole sequence, (B, S, H, D)
-        o = torch_math_sdpa(q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2),
-                            attn_mask=allowed, enable_gqa=True)
+        t = (q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2))
+        if slopes is None and keep is None:
+            o = torch_math_sdpa(*t, attn_mask=allowed, enable_gqa=True)
+        else:
+            o = attention_ref(*t, causal=causal, window=window, alibi=slopes, keep=keep,
+                              dropout_p=dropout_p)
         return o.transpose(1, 2)
 
     def grads(fn, ts, do):
@@ -86,21 +132,26 @@ def _check_case(rank, world, layout, causal, window, hq, hk, dtype):
 
     fn = fd.zigzag_ring_flash_attn_func if zigzag else fd.ring_flash_attn_func
     local = [fd.shard(t.to(dtype), rank, world, zigzag).requires_grad_() for t in (q, k, v)]
-    out, lse, probs = fn(*local, causal=causal, window_size=window, return_attn_probs=True)
+    torch.manual_seed(seed)  # every rank draws the (seed, offset) _global_keep used
+    out, lse, probs = fn(*local, dropout_p=dropout_p, causal=causal, window_size=window,
+                         alibi_slopes=slopes, return_attn_probs=True)
     assert probs is None and lse.dtype == torch.float32 and lse.shape == (b, hq, local[0].shape[1])
     ours = [out.detach()] + list(torch.autograd.grad(out, local,
                                                      fd.shard(dout, rank, world, zigzag).to(dtype)))
     what = (f"world {world} rank {rank} {layout} causal={causal} window={window} hq={hq} "
-            f"hk={hk} {dtype}")
+            f"hk={hk} {dtype} {extra}")
     for name, a, bb, c in zip(["out", "dq", "dk", "dv"], ours, pt, ref):
         assert a.dtype == dtype, f"{what} {name}: dtype {a.dtype}"
         assert not torch.isnan(a).any(), f"{what} {name}: NaN"
         assert_close_rule(f"{what} {name}", a, fd.shard(bb, rank, world, zigzag),
                           fd.shard(c, rank, world, zigzag), dtype)
-    # lse: the natural-log log-sum-exp of this rank's rows over the whole sequence
+    # lse: the natural-log log-sum-exp of this rank's rows over the whole
+    # sequence (of the scores before dropout, as in FlashAttention)
     q64, k64 = (t.to(dtype).double() for t in (q, k))  # the inputs the kernels saw
     s = torch.einsum("bqhd,bkhd->bhqk", q64, k64.repeat_interleave(hq // hk, 2))
     s = s / d ** 0.5
+    if slopes is not None:
+        s = s - slopes.double().view(-1, hq, 1, 1) * (i - j).abs()
     s = s.masked_fill(~allowed, float("-inf"))
     full_lse = torch.logsumexp(s, -1)
     torch.testing.assert_close(lse.double(), fd.shard(full_lse, rank, world, zigzag, dim=2),
@@ -155,54 +206,31 @@ def _check_varlen_case(rank, world, causal, dtype):
         assert_close_rule(f"{what} {name}", a, local_rows(bb), local_rows(c), dtype)
 
 
-def _worker(rank, world, port, errors):
-    try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=world, timeout=datetime.timedelta(seconds=60))
-        torch.set_num_threads(1)
-        flashsdpa.set_num_threads(1)
-        for case in CASES_BY_WORLD[world]:
-            _check_case(rank, world, *case)
-        for case in VARLEN_CASES[world]:
-            _check_varlen_case(rank, world, *case)
-        flashsdpa.reset_stats()
-        dist.barrier()
-        dist.destroy_process_group()
-    except BaseException:
-        errors.put(f"rank {rank}: {traceback.format_exc()}")
-        raise
+def _all_cases(rank, world):
+    for case in CASES_BY_WORLD[world]:
+        _check_case(rank, world, *case)
+    for case in VARLEN_CASES[world]:
+        _check_varlen_case(rank, world, *case)
 
 
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_context_parallel_matches_single_process(world):
-    ctx = mp.get_context("spawn")
-    errors = ctx.SimpleQueue()
-    here = os.path.dirname(os.path.abspath(__file__))
-    os.environ["PYTHONPATH"] = here + os.pathsep + os.environ.get("PYTHONPATH", "")
-    procs = mp.start_processes(_worker, args=(world, _free_port(), errors), nprocs=world,
-                               join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not procs.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"{world} processes did not finish within {TIMEOUT_S} s")
-    except mp.ProcessRaisedException:
-        msgs = []
-        while not errors.empty():
-            msgs.append(errors.get())
-        pytest.fail("\n".join(msgs) or "a rank failed")
-    finally:
-        for p in procs.processes:
-            if p.is_alive():
-                p.kill()
+    run_ranks(_all_cases, world)
 
 
 def test_unsupported_arguments_raise_clear_errors():
     q = torch.randn(1, 4, 2, 8)
+    cu = torch.tensor([0, 4], dtype=torch.int32)
     with pytest.raises(NotImplementedError, match="dropout_p"):
-        fd.ring_flash_attn_func(q, q, q, dropout_p=0.1)
+        fd.ring_flash_attn_varlen_func(q[0], q[0], q[0], cu, 4, dropout_p=0.1)
     with pytest.raises(NotImplementedError, match="alibi_slopes"):
-        fd.zigzag_ring_flash_attn_func(q, q, q, alibi_slopes=torch.ones(2))
+        fd.ring_flash_attn_varlen_func(q[0], q[0], q[0], cu, 4, alibi_slopes=torch.ones(2))
+    with pytest.raises(ValueError, match="alibi_slopes: expected shape"):
+        fd.zigzag_ring_flash_attn_func(q, q, q, alibi_slopes=torch.ones(3))
+    with pytest.raises(TypeError, match="alibi_slopes: expected a float32"):
+        fd.zigzag_ring_flash_attn_func(q, q, q, alibi_slopes=torch.ones(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="dropout_p"):
+        fd.ring_flash_attn_func(q, q, q, dropout_p=1.5)
     with pytest.raises(RuntimeError, match="not initialised"):
         fd.ring_flash_attn_func(q, q, q)
     with pytest.raises(NotImplementedError, match="window_size"):

@@ -36,13 +36,13 @@ def active():
     assert not _aten.is_active()
 
 
-def qkv(b=2, hq=4, hk=2, sq=37, sk=45, d=24, dtype=torch.float32, seed=0):
+def qkv(b=2, hq=4, hk=2, sq=37, sk=45, d=24, dtype=torch.float32, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(b, hq, sq, d, generator=g)
     k = torch.randn(b, hk, sk, d, generator=g)
     v = torch.randn(b, hk, sk, d, generator=g)
     dout = torch.randn(b, hq, sq, d, generator=g)
-    return [t.to(dtype) for t in (q, k, v)], dout
+    return [t.to(device, dtype) for t in (q, k, v)], dout.to(device)
 
 
 def test_registered_on_import_not_active():
@@ -68,25 +68,35 @@ def _with_flash_kernel(q, k, v, **kw):
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)
 
 
-@pytest.mark.parametrize("dtype", LOWP, ids=str)
+# Every call PyTorch's SDPA sends to its flash backend: on CPU any float
+# dtype, masks; on CUDA (flash: fp16/bf16, no mask, causal only with Sq == Sk)
+# plain and causal, MHA.
+ROUTE_CASES = ([("cpu", kind, dtype) for kind in ("plain", "causal", "bool_mask", "float_mask")
+                for dtype in LOWP]
+               + [("cuda", kind, dtype) for kind in ("plain", "causal")
+                  for dtype in (torch.float16, torch.bfloat16) if "cuda" in DEVICES])
+
+
+@pytest.mark.parametrize("device,kind,dtype", ROUTE_CASES, ids=str)
 @pytest.mark.parametrize("route", list(ROUTES))
-@pytest.mark.parametrize("kind", ["plain", "causal", "bool_mask", "float_mask"])
-def test_routes_match_math_backend(route, kind, dtype, active):
-    (q, k, v), dout = qkv(dtype=dtype, seed=1)
+def test_routes_match_math_backend(route, device, kind, dtype, active):
+    shape = {} if device == "cpu" else {"hk": 4, "sq": 64, "sk": 64, "d": 64}
+    (q, k, v), dout = qkv(dtype=dtype, seed=1, device=device, **shape)
+    sq, sk = q.shape[2], k.shape[2]
     kw = {}
     if kind == "causal":
         kw["is_causal"] = True
     elif kind == "bool_mask":
-        m = torch.rand(37, 45, generator=torch.Generator().manual_seed(2)) > 0.3
+        m = torch.rand(sq, sk, generator=torch.Generator().manual_seed(2)) > 0.3
         m[:, 0] = True
         kw["attn_mask"] = m
     elif kind == "float_mask":
-        kw["attn_mask"] = torch.randn(2, 1, 37, 45, generator=torch.Generator().manual_seed(3))
+        kw["attn_mask"] = torch.randn(2, 1, sq, sk, generator=torch.Generator().manual_seed(3))
         kw["attn_mask"] = kw["attn_mask"].to(dtype)
     ours = run_with_grads(ROUTES[route], [q, k, v], dout, **kw)
     st = flashsdpa.stats()
     assert st["dispatched"] == 1 and st["dispatched_via_aten"] == 1 and st["backward"] == 1, st
-    assert st["fallback_total"] == 0, st
+    assert st["fallback_total"] == 0 and st["dispatched_by_device"] == {device: 1}, st
 
     def math(q_, k_, v_):
         mk = dict(kw)
@@ -96,10 +106,10 @@ def test_routes_match_math_backend(route, kind, dtype, active):
 
     attention.restore_flash_attention_impl()  # the references run on PyTorch's own kernels
     pt = run_with_grads(math, [q, k, v], dout)
-    ref = run_with_grads(math, [t.double() for t in (q, k, v)], dout.double())
+    ref = run_with_grads(math, [t.cpu().double() for t in (q, k, v)], dout.cpu().double())
     attention.activate_flash_attention_impl("flashsdpa")
     for name, a, b, c in zip(["out", "dq", "dk", "dv"], ours, pt, ref):
-        assert a.dtype == dtype
+        assert a.dtype == dtype and a.device.type == device
         assert_close_rule(name, a, b, c, dtype)
 
 
@@ -136,8 +146,11 @@ def test_fallbacks_go_to_aten_kernel(active):
     assert flashsdpa.stats()["fallbacks"]["aten:dropout_without_rng_state"] == 1
 
 
-def test_torch_compile_reaches_flashsdpa(active):
-    (q, k, v), dout = qkv(seed=6)
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_reaches_flashsdpa(device, active):
+    dtype, shape = ((torch.float32, {}) if device == "cpu"
+                    else (torch.bfloat16, {"hk": 4, "sq": 64, "sk": 64, "d": 64}))
+    (q, k, v), dout = qkv(seed=6, dtype=dtype, device=device, **shape)
 
     def f(q_, k_, v_):
         return F.scaled_dot_product_attention(q_, k_, v_, is_causal=True, enable_gqa=True)
@@ -146,10 +159,42 @@ def test_torch_compile_reaches_flashsdpa(active):
     ours = run_with_grads(compiled, [q, k, v], dout)
     st = flashsdpa.stats()
     assert st["dispatched_via_aten"] >= 1 and st["backward"] >= 1, st
-    ref = run_with_grads(lambda a, b, c: torch_math_sdpa(a, b, c, is_causal=True,
-                                                         enable_gqa=True), [q, k, v], dout)
-    for a, b in zip(ours, ref):
-        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    assert st["dispatched_by_device"].get(device, 0) >= 1, st
+
+    def math(a, b, c):
+        return torch_math_sdpa(a, b, c, is_causal=True, enable_gqa=True)
+
+    pt = run_with_grads(math, [q, k, v], dout)
+    ref = run_with_grads(math, [t.cpu().double() for t in (q, k, v)], dout.cpu().double())
+    for name, a, b, c in zip(["out", "dq", "dk", "dv"], ours, pt, ref):
+        assert_close_rule(name, a, b, c, dtype)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="no CUDA device / CUDA backend")
+def test_cuda_aten_op_output_tuple_matches_aten(active):
+    """torch.ops.aten's CUDA flash operators reach flashsdpa, with aten's
+    shapes, dtypes and strides (and the same max_q/max_k)."""
+    (q, k, v), dout = qkv(hk=4, sq=64, sk=64, d=64, dtype=torch.bfloat16, seed=4, device="cuda")
+    q = q.transpose(1, 2).contiguous().transpose(1, 2)  # a [B, S, H, D] buffer, like models use
+    fwd = torch.ops.aten._scaled_dot_product_flash_attention
+    bwd = torch.ops.aten._scaled_dot_product_flash_attention_backward
+
+    def run():
+        res = fwd(q, k, v, 0.0, True, scale=0.3)
+        grads = bwd(dout.bfloat16(), q, k, v, res[0], res[1], res[2], res[3], res[4], res[5],
+                    0.0, True, res[6], res[7], scale=0.3)
+        return res, grads
+
+    ours, our_grads = run()
+    st = flashsdpa.stats()
+    assert st["dispatched_via_aten"] == 1 and st["backward"] == 1, st
+    attention.restore_flash_attention_impl()
+    ref, ref_grads = run()
+    attention.activate_flash_attention_impl("flashsdpa")
+    assert ours[4:6] == ref[4:6]
+    for a, b in zip((ours[0], ours[1]) + tuple(our_grads), (ref[0], ref[1]) + tuple(ref_grads)):
+        assert (a.shape, a.dtype, a.stride()) == (b.shape, b.dtype, b.stride())
+    assert (ours[1] - ref[1]).abs().max() < 1e-2
 
 
 def test_restore_removes_every_override():
