@@ -85,6 +85,20 @@ struct AttnParams {
   int64_t page_size;
   int64_t num_pages;
 
+  // ---- block-sparse mask (flashsdpa.h; int32 host or device pointers) --
+  // Strides are in elements, 0 on broadcast (batch, head) dims; a null
+  // list has count 0 everywhere. The element mask of partial slot s of
+  // (b, h, qb) is sparse_mask[b, h, qb, s, i % block_q, j % block_k].
+  int32_t sparse;                   // 1: the block lists restrict the keys
+  int64_t sparse_block_q, sparse_block_k;
+  int64_t sparse_q_blocks;          // NQB: rows of the lists
+  int64_t sparse_k_blocks;          // ceil(seqlen_k / sparse_block_k)
+  const int32_t* kv_num;   int64_t kv_num_stride[3];
+  const int32_t* kv_idx;   int64_t kv_idx_stride[4];
+  const int32_t* full_num; int64_t full_num_stride[3];
+  const int32_t* full_idx; int64_t full_idx_stride[4];
+  const uint8_t* sparse_mask; int64_t sparse_mask_stride[6];  // or null: partial = full
+
   // ---- backward only ----------------------------------------------------
   const void* dout; int64_t dout_stride[4];
   void* dq;         int64_t dq_stride[4];

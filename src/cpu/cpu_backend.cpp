@@ -29,7 +29,7 @@ fsdpa_status cpu_explain(const AttnParams& p, bool backward, char* buf, size_t s
 }  // namespace
 
 extern const Backend kCpuBackend;
-const Backend kCpuBackend = {"cpu", kDLCPU, cpu_available, cpu_forward, cpu_backward,
-                          cpu_merge, cpu_explain};
+const Backend kCpuBackend = {"cpu",        kDLCPU,     cpu_available, cpu_forward, cpu_backward,
+                             cpu_merge,    cpu_explain, /*block_sparse=*/true};
 
 }  // namespace fsdpa
