@@ -217,7 +217,10 @@ typedef struct fsdpa_params {
    * row (across both lists).
    * sparse_block_q, sparse_block_k >= 1 when the lists are set (FlexAttention
    * uses 128 x 128); backends convert to their own tiles. Not combined with
-   * varlen (cu_seqlens) or the KV-cache parameters. */
+   * varlen (cu_seqlens) or the KV-cache parameters. Served by the CPU and
+   * CUDA backends (CUDA: the sm80 tensor-core and SIMT kernels, which
+   * expand the lists into one int32 per (query block, key block) of
+   * workspace); Metal returns FSDPA_ERROR_UNSUPPORTED. */
   int64_t sparse_block_q;
   int64_t sparse_block_k;
   const DLTensor* kv_num_blocks;

@@ -172,8 +172,8 @@ def block_sparse_attention(
     ``alibi_slopes`` [Hq] or [B, Hq], ``dropout_p`` (seeded from PyTorch's
     default generator), GQA with ``enable_gqa=True``. Differentiable in q, k,
     v. Returns ``out`` [B, Hq, Sq, Dv], or ``(out, lse)`` with
-    ``return_lse``. CPU today; other devices raise the C ABI's
-    "not supported" error."""
+    ``return_lse``. CPU and CUDA; Metal raises the C ABI's "not supported"
+    error."""
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, Tensor) or t.dim() != 4:
             raise ValueError(f"{name}: expected a 4-D tensor [B, H, S, D]")

@@ -98,6 +98,12 @@ struct AttnParams {
   const int32_t* full_num; int64_t full_num_stride[3];
   const int32_t* full_idx; int64_t full_idx_stride[4];
   const uint8_t* sparse_mask; int64_t sparse_mask_stride[6];  // or null: partial = full
+  int64_t sparse_batches, sparse_heads;  // extent of the lists' batch / head dims (1 = broadcast)
+  // A backend's dense expansion of the lists, [batches][heads][q blocks of
+  // Sq][sparse_k_blocks] of kSparseAbsent / kSparseFull / slot (strides in
+  // elements for b and h, 0 on broadcast dims), when it wants O(1) lookups
+  // in both directions (CUDA). Null from the core.
+  const int32_t* sparse_state; int64_t sparse_state_stride[2];
 
   // ---- backward only ----------------------------------------------------
   const void* dout; int64_t dout_stride[4];

@@ -434,6 +434,8 @@ fsdpa_status check_block_sparse(const fsdpa_params* params, const View& q, bool 
     hm = std::max(hm, full_idx.shape[1]);
   }
   p->sparse_q_blocks = partial ? kv_idx.shape[2] : full_idx.shape[2];
+  p->sparse_batches = bm;
+  p->sparse_heads = hm;
   if (params->kv_block_mask) {
     FSDPA_CHECK_ARG(partial, "kv_block_mask: set without kv_num_blocks / kv_indices");
     View m{};

@@ -46,6 +46,12 @@ int64_t mask_tiles_bytes(const AttnParams& p);
 // Fills flags (mask_tiles_bytes(p) bytes) and returns the descriptor.
 MaskTiles mask_tiles(const AttnParams& p, uint8_t* flags, cudaStream_t s);
 
+// Block-sparse mask: bytes of the expanded state table of p's block lists
+// (0 without them), and the expansion (block_sparse.cu), which also points
+// p->sparse_state at the table.
+int64_t sparse_state_bytes(const AttnParams& p);
+void sparse_state(AttnParams* p, int32_t* table, cudaStream_t s);
+
 // Bits of the tensor-core kernels' `vec` argument: the tensor can be read
 // (written) with 16-byte accesses (stride_d == 1, dim % 8 == 0, 16-byte
 // aligned rows).

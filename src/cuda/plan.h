@@ -68,6 +68,7 @@ struct Plan {
   int dq_cols = 0;          // its floats per (token, head) row
   // Workspace, one stream-ordered allocation carved into these slices.
   Slice dsum, flags, dq, dq_turns, opart, lsepart, counter;
+  Slice sparse;             // the block lists' state table (block_sparse.cu)
   size_t workspace_bytes = 0;
   // Why: one line per decision ("family hopper: ...", "splits 1: ..."),
   // written only when make_plan is asked for reasons (explain), so that a

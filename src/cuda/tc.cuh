@@ -201,7 +201,7 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
   // Mask state of key block kb (general variant only): 0 = skip it.
   auto state_of = [&](int kb) -> int {
     if constexpr (!GENERAL) return 2;
-    else return mask_state(mt, b, h, m0, mrows, kb * BN, min(BN, e.sk - kb * BN));
+    else return tile_state(p, mt, b, h, m0, mrows, kb * BN, min(BN, e.sk - kb * BN));
   };
   auto next_kb = [&](int kb) {
     while (kb <= kb1 && state_of(kb) == 0) ++kb;
@@ -461,7 +461,7 @@ tc_dq_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
   }
   auto state_of = [&](int kb) -> int {
     if constexpr (!GENERAL) return 2;
-    else return mask_state(mt, b, h, m0, mrows, kb * BN, min(BN, e.sk - kb * BN));
+    else return tile_state(p, mt, b, h, m0, mrows, kb * BN, min(BN, e.sk - kb * BN));
   };
   auto next_kb = [&](int kb) {
     while (kb <= kb1 && state_of(kb) == 0) ++kb;
@@ -646,7 +646,7 @@ tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum, float* dq
     if constexpr (!GENERAL) return 2;
     else {
       const int q0 = (qb0 + itx % nqb) * BM;
-      return mask_state(mt, b, hk * group + itx / nqb, q0, min(BM, e.sq - q0), n0, nrows_k);
+      return tile_state(p, mt, b, hk * group + itx / nqb, q0, min(BM, e.sq - q0), n0, nrows_k);
     }
   };
   auto next_it = [&](int itx) {

@@ -81,11 +81,11 @@ cudaError_t tc_bwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, c
   return tc_dkdv_launch<T, DP, GENERAL, false>(p, vec, mt, dsum, nullptr, s);
 }
 
-// GENERAL: the general variant (softcap, ALiBi, masks, dropout); the other one
-// only applies the causal/window band.
+// GENERAL: the general variant (softcap, ALiBi, masks, block lists,
+// dropout); the other one only applies the causal/window band.
 inline bool tc_general(const AttnParams& p) {
   return p.softcap > 0.0f || p.alibi != nullptr || p.mask_kind != MaskKind::none ||
-         p.dropout_p > 0.0f;
+         p.dropout_p > 0.0f || p.sparse;
 }
 
 template <typename T, int DP>

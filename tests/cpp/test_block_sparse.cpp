@@ -292,5 +292,16 @@ TEST_P(BlockSparseBadInput, ErrorNamesArgument) {
 INSTANTIATE_TEST_SUITE_P(All, BlockSparseBadInput, ::testing::ValuesIn(kBadSparse),
                          [](const ::testing::TestParamInfo<BadSparse>& i) { return std::string(i.param.name); });
 
+// The CPU plan says how it reads the lists.
+TEST(BlockSparse, ExplainNamesTheLists) {
+  SparseArgs a;
+  char buf[2048];
+  ASSERT_EQ(fsdpa_explain(&a.pr.p, 0, nullptr, &a.pr.q, &a.pr.k, &a.pr.v, &a.out, &a.lse, nullptr,
+                          nullptr, nullptr, buf, sizeof buf),
+            FSDPA_OK)
+      << fsdpa_last_error();
+  EXPECT_NE(std::string(buf).find("block-sparse: 16x16-block lists"), std::string::npos) << buf;
+}
+
 }  // namespace
 }  // namespace fsdpa_test

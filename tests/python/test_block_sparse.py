@@ -35,13 +35,28 @@ def grads(fn, tensors, dout):
     return [out.detach()] + [g.detach() for g in torch.autograd.grad(out, ts, dout.to(out.dtype))]
 
 
-def check_against_dense(q, k, v, block_mask, dense, dtype, **kw):
-    """block_sparse_attention vs the dense mask: ours within 2x the error of
-    the same-precision dense computation, both measured against fp64."""
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and _ops.device_available("cuda")
+                     else [])
+
+
+def _to(block_mask, device):
+    if isinstance(block_mask, BlockLists):
+        return BlockLists(*(None if t is None else t.to(device) for t in (
+            block_mask.kv_num_blocks, block_mask.kv_indices, block_mask.kv_block_mask,
+            block_mask.full_kv_num_blocks, block_mask.full_kv_indices)), block_mask.block_size)
+    return block_mask.to(device)
+
+
+def check_against_dense(q, k, v, block_mask, dense, dtype, device="cpu", **kw):
+    """block_sparse_attention (on `device`) vs the dense mask: ours within 2x
+    the error of the same-precision dense computation (CPU), both measured
+    against fp64."""
     torch.manual_seed(5)
     dout = torch.randn(q.shape[:-1] + (v.shape[-1],), dtype=torch.float64)
     ins = [t.to(dtype) for t in (q, k, v)]
-    ours = grads(lambda a, b, c: flashsdpa.block_sparse_attention(a, b, c, block_mask, **kw), ins, dout)
+    bm = _to(block_mask, device)
+    ours = grads(lambda a, b, c: flashsdpa.block_sparse_attention(a, b, c, bm, **kw),
+                 [t.to(device) for t in ins], dout.to(device))
     same = grads(lambda a, b, c: dense_attention(a, b, c, dense), ins, dout)
     ref = grads(lambda a, b, c: dense_attention(a, b, c, dense), [t.double() for t in ins], dout)
     for name, o, s, r in zip(("out", "dq", "dk", "dv"), ours, same, ref):
@@ -72,6 +87,7 @@ def _inputs(b, hq, hk, sq, sk, d, seed=0):
             torch.randn(b, hk, sk, d, generator=g, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("pattern,b,h,block", [
     ("causal_window", 1, 1, 64),
@@ -79,7 +95,7 @@ def _inputs(b, hq, hk, sq, sk, d, seed=0):
     ("document", 1, 1, (32, 64)),
     ("per_head", 1, 4, 16),
 ])
-def test_block_mask_matches_dense(pattern, b, h, block, dtype):
+def test_block_mask_matches_dense(pattern, b, h, block, dtype, device):
     sq = sk = 301  # not a multiple of any block size
     hq, hk = 4, 2  # GQA
     q, k, v = _inputs(2, hq, hk, sq, sk, 40)
@@ -89,7 +105,7 @@ def test_block_mask_matches_dense(pattern, b, h, block, dtype):
     bm = create_block_mask(mm, b if b > 1 else None, h if h > 1 else None, sq, sk, device="cpu",
                            BLOCK_SIZE=block)
     dense = create_mask(mm, b if b > 1 else None, h if h > 1 else None, sq, sk, device="cpu")
-    check_against_dense(q, k, v, bm, dense, dtype, enable_gqa=True)
+    check_against_dense(q, k, v, bm, dense, dtype, device, enable_gqa=True)
 
 
 def test_block_lists_without_element_mask_are_full_blocks():
@@ -166,15 +182,20 @@ def test_bad_lists_raise_naming_the_argument():
         flashsdpa.block_sparse_attention(q.expand(1, 2, sq, 8), q, q, bm)
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and _ops.device_available("cuda")),
-                    reason="needs a CUDA device")
-def test_cuda_refuses_with_a_clear_error():
-    """No CUDA kernel reads the lists yet: a clear error, never a wrong result."""
-    sq = 256
-    bm = create_block_mask(causal_window(64), None, None, sq, sq, device="cuda")
-    q = torch.randn(1, 2, sq, 64, device="cuda", dtype=torch.bfloat16)
-    with pytest.raises(RuntimeError, match="block-sparse mask is not supported on cuda"):
-        flashsdpa.block_sparse_attention(q, q, q, bm)
+@pytest.mark.parametrize("device", DEVICES)
+def test_block_lists_on_device_without_element_mask(device):
+    """The raw lists with partial blocks only (no element mask), a block size
+    unlike the kernels' tiles, on each device."""
+    sq, sk, bq, bk = 300, 517, 48, 80
+    nqb, nkb = (sq + bq - 1) // bq, (sk + bk - 1) // bk
+    g = torch.Generator().manual_seed(4)
+    keep = torch.rand(1, 2, nqb, nkb, generator=g) < 0.4
+    num = keep.sum(-1).to(torch.int32)
+    idx = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+    lists = BlockLists(kv_num_blocks=num, kv_indices=idx, block_size=(bq, bk))
+    dense = keep.repeat_interleave(bq, 2).repeat_interleave(bk, 3)[..., :sq, :sk]
+    q, k, v = _inputs(1, 2, 1, sq, sk, 64)
+    check_against_dense(q, k, v, lists, dense, torch.bfloat16, device, enable_gqa=True)
 
 
 _MEMORY_SCRIPT = textwrap.dedent("""
