@@ -54,14 +54,20 @@ class BlockLists:
         lq = int(seq_len_q if seq_len_q is not None else lq)
         lk = int(seq_len_k if seq_len_k is not None else lk)
         num, idx = block_mask.kv_num_blocks, block_mask.kv_indices
+        full_num, full_idx = block_mask.full_kv_num_blocks, block_mask.full_kv_indices
         elem = None
-        if num is not None and block_mask.mask_mod is not None and block_mask.mask_mod is not noop_mask:
-            # Only the first max(count) slots are ever read: evaluate those.
+        if num is not None:
+            # Only the first max(count) slots are ever read.
             used = int(num.max().item()) if num.numel() else 0
-            idx = idx[..., :max(used, 1)]
-            elem = _partial_block_masks(block_mask.mask_mod, idx, bq, bk, lq, lk)
-        return cls(num, idx, elem, block_mask.full_kv_num_blocks, block_mask.full_kv_indices,
-                   (bq, bk))
+            if used == 0 and full_num is not None:
+                # No partial block anywhere (a block-aligned pattern): the
+                # full lists alone, so no kernel looks for element masks.
+                num = idx = None
+            else:
+                idx = idx[..., :max(used, 1)]
+                if block_mask.mask_mod is not None and block_mask.mask_mod is not noop_mask:
+                    elem = _partial_block_masks(block_mask.mask_mod, idx, bq, bk, lq, lk)
+        return cls(num, idx, elem, full_num, full_idx, (bq, bk))
 
 
 def _block_size(bs) -> Tuple[int, int]:

@@ -94,6 +94,7 @@ def _inputs(b, hq, hk, sq, sk, d, seed=0):
     ("prefix_lm", 2, 1, 32),
     ("document", 1, 1, (32, 64)),
     ("per_head", 1, 4, 16),
+    ("block_causal", 1, 1, 64),  # block-aligned: no partial block, the full lists alone
 ])
 def test_block_mask_matches_dense(pattern, b, h, block, dtype, device):
     sq = sk = 301  # not a multiple of any block size
@@ -101,7 +102,8 @@ def test_block_mask_matches_dense(pattern, b, h, block, dtype, device):
     q, k, v = _inputs(2, hq, hk, sq, sk, 40)
     doc_ids = torch.repeat_interleave(torch.arange(4), torch.tensor([70, 100, 31, 100]))
     mm = {"causal_window": causal_window(90), "prefix_lm": prefix_lm(50),
-          "document": document(doc_ids), "per_head": per_head_stride}[pattern]
+          "document": document(doc_ids), "per_head": per_head_stride,
+          "block_causal": lambda b, h, qi, ki: qi // 64 >= ki // 64}[pattern]
     bm = create_block_mask(mm, b if b > 1 else None, h if h > 1 else None, sq, sk, device="cpu",
                            BLOCK_SIZE=block)
     dense = create_mask(mm, b if b > 1 else None, h if h > 1 else None, sq, sk, device="cpu")
