@@ -99,6 +99,7 @@ struct AttnParams {
   const int32_t* full_idx; int64_t full_idx_stride[4];
   const uint8_t* sparse_mask; int64_t sparse_mask_stride[6];  // or null: partial = full
   int64_t sparse_batches, sparse_heads;  // extent of the lists' batch / head dims (1 = broadcast)
+  int64_t kv_idx_len, full_idx_len;      // entries per row of kv_indices / full_kv_indices
   // A backend's dense expansion of the lists, [batches][heads][q blocks of
   // Sq][sparse_k_blocks] of kSparseAbsent / kSparseFull / slot (strides in
   // elements for b and h, 0 on broadcast dims), when it wants O(1) lookups

@@ -436,6 +436,8 @@ fsdpa_status check_block_sparse(const fsdpa_params* params, const View& q, bool 
   p->sparse_q_blocks = partial ? kv_idx.shape[2] : full_idx.shape[2];
   p->sparse_batches = bm;
   p->sparse_heads = hm;
+  p->kv_idx_len = partial ? kv_idx.shape[3] : 0;
+  p->full_idx_len = full ? full_idx.shape[3] : 0;
   if (params->kv_block_mask) {
     FSDPA_CHECK_ARG(partial, "kv_block_mask: set without kv_num_blocks / kv_indices");
     View m{};

@@ -14,19 +14,31 @@ namespace fsdpa {
 namespace cuda {
 namespace {
 
-// One thread per (pattern batch, pattern head, query block) row.
+// One thread per (pattern batch, pattern head, query block) row. The lists
+// live in device memory, where the core cannot check them (flashsdpa.h: the
+// caller's contract): counts are clamped to the lists' length and indices
+// outside the key blocks dropped, so a bad list reads and writes nothing
+// out of bounds.
 __global__ void sparse_state_kernel(AttnParams p, int32_t* table, int64_t nqb, int64_t rows) {
   const int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (row >= rows) return;
   const int64_t qb = row % nqb, bh = row / nqb;
   const int64_t h = bh % p.sparse_heads, b = bh / p.sparse_heads;
-  int32_t* st = table + row * p.sparse_k_blocks;
-  for (int64_t kb = 0; kb < p.sparse_k_blocks; ++kb) st[kb] = kSparseAbsent;
-  const int32_t nf = sparse_count(p.full_num, p.full_num_stride, b, h, qb);
-  for (int32_t s = 0; s < nf; ++s)
-    st[sparse_index(p.full_idx, p.full_idx_stride, b, h, qb, s)] = kSparseFull;
-  const int32_t np = sparse_count(p.kv_num, p.kv_num_stride, b, h, qb);
-  for (int32_t s = 0; s < np; ++s) st[sparse_index(p.kv_idx, p.kv_idx_stride, b, h, qb, s)] = s;
+  const int64_t nkb = p.sparse_k_blocks;
+  int32_t* st = table + row * nkb;
+  for (int64_t kb = 0; kb < nkb; ++kb) st[kb] = kSparseAbsent;
+  const int64_t nf = min(int64_t(sparse_count(p.full_num, p.full_num_stride, b, h, qb)),
+                         p.full_idx_len);
+  for (int32_t s = 0; s < nf; ++s) {
+    const int32_t kb = sparse_index(p.full_idx, p.full_idx_stride, b, h, qb, s);
+    if (kb >= 0 && kb < nkb) st[kb] = kSparseFull;
+  }
+  const int64_t np = min(int64_t(sparse_count(p.kv_num, p.kv_num_stride, b, h, qb)),
+                         p.kv_idx_len);
+  for (int32_t s = 0; s < np; ++s) {
+    const int32_t kb = sparse_index(p.kv_idx, p.kv_idx_stride, b, h, qb, s);
+    if (kb >= 0 && kb < nkb) st[kb] = s;
+  }
 }
 
 int64_t query_blocks(const AttnParams& p) {
