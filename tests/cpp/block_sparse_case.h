@@ -68,7 +68,8 @@ struct BlockSparse {
       for (int64_t kb = 0; kb < nkb; ++kb) {
         int kind;  // 0 absent, 1 full, 2 partial
         switch (s.kind) {
-          case SparseKind::all_full: case SparseKind::full_only: kind = s.kind == SparseKind::all_full ? 1 : (pick(g) < 2 ? 0 : 1); break;
+          case SparseKind::all_full: kind = 1; break;
+          case SparseKind::full_only: kind = pick(g) < 2 ? 0 : 1; break;
           case SparseKind::all_partial: kind = 2; break;
           case SparseKind::partial_as_full: kind = pick(g) < 2 ? 0 : 2; break;
           default: kind = pick(g) < 2 ? 0 : pick(g) < 2 ? 1 : 2;
