@@ -184,6 +184,16 @@ def test_bad_lists_raise_naming_the_argument():
         flashsdpa.block_sparse_attention(q.expand(1, 2, sq, 8), q, q, bm)
 
 
+def test_other_devices_refuse_with_a_clear_error():
+    """MPS (and any device but CPU and CUDA) raises before touching the data
+    (checked with meta tensors, which every machine has)."""
+    q = torch.empty(1, 1, 128, 16, device="meta")
+    lists = BlockLists(full_kv_num_blocks=torch.ones(1, 1, 1, dtype=torch.int32),
+                       full_kv_indices=torch.zeros(1, 1, 1, 1, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="block-sparse mask is not supported on meta"):
+        flashsdpa.block_sparse_attention(q, q, q, lists)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_block_lists_on_device_without_element_mask(device):
     """The raw lists with partial blocks only (no element mask), a block size
