@@ -182,8 +182,10 @@ static void plan_block_sparse(const AttnParams& p, Plan& plan) {
   const int64_t bytes = sparse_state_bytes(p);
   carve(plan, plan.sparse, size_t(bytes));
   note(plan, "block-sparse: lists of %lldx%lld blocks expanded into a %lld-byte state table; "
-       "blocks no list names are skipped, full blocks take the band-only path",
-       (long long)p.sparse_block_q, (long long)p.sparse_block_k, (long long)bytes);
+       "tiles no list names are skipped; %s",
+       (long long)p.sparse_block_q, (long long)p.sparse_block_k, (long long)bytes,
+       sparse_band_only(p) ? "no element masks and 128-multiple blocks: band-only variant"
+                           : "element masks or blocks not multiples of 128: general variant");
 }
 
 Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const Override& ov,

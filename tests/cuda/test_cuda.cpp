@@ -619,6 +619,9 @@ std::vector<std::pair<Case, SparseSpec>> block_sparse_cases() {
   Case c = case_of(odd, DT::bf16);
   c.causal = true;
   add(c, SparseKind::random, 64, 64, "_causal");
+  // Band-only variant (no element masks, 128-multiple blocks) with a band.
+  add(c, SparseKind::full_only, 256, 128, "_causal");
+  add(c, SparseKind::partial_as_full, 128, 256, "_causal");
   c = case_of(odd, DT::bf16);
   c.dropout = 0.2f;
   add(c, SparseKind::random, 64, 64, "_dropout");
