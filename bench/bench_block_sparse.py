@@ -10,7 +10,7 @@ borders cut documents: partial blocks). S from 8k to 128k tokens, B = 1,
 H = 16, D = 128, bf16; forward and forward+backward.
 
 Both sides get the same BlockMask object, built once per (pattern, S) with
-create_block_mask(..., _compile=True). flashsdpa's timing includes its
+torch.compile(create_block_mask). flashsdpa's timing includes its
 per-call work on the mask (evaluating mask_mod on the partial blocks); the
 column "lists" times flashsdpa with that work done once beforehand
 (flashsdpa.BlockLists.from_block_mask). Median of CUDA-event timings after
@@ -77,17 +77,28 @@ def document(S, device):
 PATTERNS = {"bigbird": bigbird, "prefix_lm": prefix_lm, "random10": random10, "document": document}
 
 
-def cuda_time(fn, iters, warmup=3):
+def sync(dev):
+    if dev == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(fn, iters, dev, warmup=3):
+    """Median time of fn in ms: CUDA events on CUDA, wall clock on the CPU."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
+        if dev == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
 
@@ -105,13 +116,19 @@ def main():
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--quick", action="store_true", help="S = 8k and 32k only, fewer iterations")
     ap.add_argument("--results", help="append the table to this markdown file")
+    ap.add_argument("--device", default="cuda", help="cuda; cpu only as a smoke test of the script")
     args = ap.parse_args()
-    dev = "cuda"
+    dev = args.device
     seqs = [8192, 32768] if args.quick else [int(s) for s in args.seqs.split(",")]
     iters = 5 if args.quick else 10
     H, D, dt = args.heads, args.dim, torch.bfloat16
     flex = torch.compile(flex_attention, dynamic=False)
-    lines = [f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, flashsdpa "
+    # Compiled, create_block_mask never materialises the S x S mask.
+    make_block_mask = torch.compile(create_block_mask)
+    # FlexAttention has no CPU backward: the CPU smoke run times its forward only.
+    flex_bwd = dev == "cuda"
+    name_of_device = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    lines = [f"device: {name_of_device}, torch {torch.__version__}, flashsdpa "
              f"{flashsdpa.__version__}; B=1 H={H} D={D} bf16, {BLOCK}x{BLOCK} blocks; "
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", "",
              "| pattern | S | visible | fwd flex ms | fwd ours ms | fwd ours (lists) ms | fwd ratio "
@@ -121,40 +138,42 @@ def main():
     for name in args.patterns.split(","):
         for si, S in enumerate(seqs):
             mm = PATTERNS[name](S, dev)
-            bm = create_block_mask(mm, None, None, S, S, device=dev, BLOCK_SIZE=BLOCK, _compile=True)
+            bm = make_block_mask(mm, None, None, S, S, device=dev, BLOCK_SIZE=BLOCK)
             g = torch.Generator(device=dev).manual_seed(S)
             q, k, v = (torch.randn(1, H, S, D, device=dev, dtype=dt, generator=g, requires_grad=True)
                        for _ in range(3))
             dout = torch.randn(1, H, S, D, device=dev, dtype=dt, generator=g)
             if si == 0:  # time to first call, this pattern
                 torch._dynamo.reset()
-                torch.cuda.synchronize()
+                sync(dev)
                 t0 = time.perf_counter()
-                flex(q, k, v, block_mask=bm)
-                torch.cuda.synchronize()
+                flex(*((q, k, v) if flex_bwd else (q.detach(), k.detach(), v.detach())),
+                     block_mask=bm)
+                sync(dev)
                 t_flex = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 flashsdpa.block_sparse_attention(q, k, v, bm)
-                torch.cuda.synchronize()
+                sync(dev)
                 first_calls.append((name, S, t_flex, time.perf_counter() - t0))
             lists = flashsdpa.BlockLists.from_block_mask(bm, S, S)
             ours = lambda m=bm: flashsdpa.block_sparse_attention(q, k, v, m)
             theirs = lambda: flex(q, k, v, block_mask=bm)
+            qkv_fwd = (q, k, v) if flex_bwd else (q.detach(), k.detach(), v.detach())
             with torch.no_grad():
-                f_flex = cuda_time(theirs, iters)
-                f_ours = cuda_time(ours, iters)
-                f_lists = cuda_time(lambda: ours(lists), iters)
+                f_flex = median_ms(lambda: flex(*qkv_fwd, block_mask=bm), iters, dev)
+                f_ours = median_ms(ours, iters, dev)
+                f_lists = median_ms(lambda: ours(lists), iters, dev)
 
             def step(fn):
                 return lambda: fn().backward(dout)
 
-            b_flex = cuda_time(step(theirs), iters)
-            b_ours = cuda_time(step(ours), iters)
+            b_flex = median_ms(step(theirs), iters, dev) if flex_bwd else float("nan")
+            b_ours = median_ms(step(ours), iters, dev)
             lines.append(f"| {name} | {S // 1024}k | {visible_fraction(bm, S):.3f} | {f_flex:.2f} | "
                          f"{f_ours:.2f} | {f_lists:.2f} | {f_flex / f_ours:.2f} | {b_flex:.2f} | "
                          f"{b_ours:.2f} | {b_flex / b_ours:.2f} |")
             print(lines[-1], flush=True)
-            if S == seqs[-1]:
+            if S == seqs[-1] and dev == "cuda":
                 for label, fn in (("flex", theirs), ("flashsdpa", ours)):
                     q.grad = k.grad = v.grad = None
                     torch.cuda.synchronize()
@@ -164,7 +183,8 @@ def main():
                     torch.cuda.synchronize()
                     memory.append((name, S, label, torch.cuda.max_memory_allocated() - base))
             del q, k, v, dout, bm, lists
-            torch.cuda.empty_cache()
+            if dev == "cuda":
+                torch.cuda.empty_cache()
     lines += ["", "| pattern | S | first call flex s (compile) | first call ours s |", "|---|---|---|---|"]
     lines += [f"| {n} | {S // 1024}k | {a:.2f} | {b:.3f} |" for n, S, a, b in first_calls]
     lines += ["", "| pattern | S | fwd+bwd peak above inputs, flex MiB | flashsdpa MiB |",
