@@ -50,11 +50,18 @@ class BlockLists:
         from torch.nn.attention.flex_attention import noop_mask
 
         bq, bk = _block_size(block_mask.BLOCK_SIZE)
-        lq, lk = block_mask.seq_lengths
-        lq = int(seq_len_q if seq_len_q is not None else lq)
-        lk = int(seq_len_k if seq_len_k is not None else lk)
+        lq, lk = (int(x) for x in block_mask.seq_lengths)
         num, idx = block_mask.kv_num_blocks, block_mask.kv_indices
         full_num, full_idx = block_mask.full_kv_num_blocks, block_mask.full_kv_indices
+        if seq_len_q is not None and seq_len_k is not None and (seq_len_q < lq or seq_len_k < lk):
+            # A mask built for longer sequences (FlexAttention accepts it):
+            # its lists cut to these lengths, without the key blocks past Sk.
+            lq, lk = min(lq, int(seq_len_q)), min(lk, int(seq_len_k))
+            nqb, nkb = -(-lq // bq), -(-lk // bk)
+            if num is not None:
+                num, idx = _cut_lists(num, idx, nqb, nkb)
+            if full_num is not None:
+                full_num, full_idx = _cut_lists(full_num, full_idx, nqb, nkb)
         elem = None
         if num is not None:
             # Only the first max(count) slots are ever read.
@@ -68,6 +75,16 @@ class BlockLists:
                 if block_mask.mask_mod is not None and block_mask.mask_mod is not noop_mask:
                     elem = _partial_block_masks(block_mask.mask_mod, idx, bq, bk, lq, lk)
         return cls(num, idx, elem, full_num, full_idx, (bq, bk))
+
+
+def _cut_lists(num: Tensor, idx: Tensor, nqb: int, nkb: int) -> Tuple[Tensor, Tensor]:
+    """The lists of the first nqb query blocks without the key blocks >= nkb
+    (kept entries moved to the front, in their order)."""
+    num, idx = num[:, :, :nqb], idx[:, :, :nqb]
+    slot = torch.arange(idx.shape[-1], device=idx.device)
+    keep = (slot < num[..., None]) & (idx < nkb)
+    order = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)
+    return keep.sum(-1, dtype=torch.int32), torch.gather(idx, -1, order)
 
 
 def _block_size(bs) -> Tuple[int, int]:

@@ -110,6 +110,17 @@ def test_block_mask_matches_dense(pattern, b, h, block, dtype, device):
     check_against_dense(q, k, v, bm, dense, dtype, device, enable_gqa=True)
 
 
+def test_mask_built_for_longer_sequences_is_cut():
+    """A BlockMask made for 512 tokens on 300-token inputs (FlexAttention
+    accepts it): its lists are cut to the inputs' blocks (the band reaches
+    key blocks past the 300 keys)."""
+    mm = lambda b, h, qi, ki: (qi - ki).abs() < 100
+    bm = create_block_mask(mm, None, None, 512, 512, device="cpu", BLOCK_SIZE=64)
+    dense = create_mask(mm, None, None, 300, 300, device="cpu")
+    q, k, v = _inputs(1, 2, 2, 300, 300, 32)
+    check_against_dense(q, k, v, bm, dense, torch.float32)
+
+
 def test_block_lists_without_element_mask_are_full_blocks():
     """The low-level form: partial lists without kv_block_mask attend their
     blocks entirely; an empty query block gives 0."""
