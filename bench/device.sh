@@ -31,6 +31,10 @@
 #   carried the Python extension in $CARRY (bench/cuda_carry.sh) is used
 #   pyquick tests/python/test_cuda.py and test_fast_path.py (after build)
 #   sweep   bench/bench_sweep.py (SWEEP_ARGS, default --quick)
+#   sparse  block-sparse masks (issue 26): the driver's bsp cases (tensor-core
+#           and SIMT paths), compute-sanitizer memcheck on them,
+#           tests/python/test_block_sparse.py (after build), then
+#           bench/bench_block_sparse.py (SPARSE_ARGS, default --quick)
 # KEEP_GOING=1: a failed quick step does not stop the call.
 # Logs land in $OUT (at most 8 files come back); a crash keeps what was
 # written, since every test log is line-buffered.
@@ -134,6 +138,19 @@ fi
 if has pyquick; then
   el pyquick
   (cd tests/python && timeout 120 python3 -m pytest -q -p no:cacheprovider test_cuda.py test_fast_path.py 2>&1 | tail -4)
+fi
+if has sparse; then
+  tests sparse.log 300 --filter bsp
+  san memcheck --filter bsp_s203x331_d64_gqa_bf16
+  el pytest block_sparse
+  (cd tests/python && timeout 300 python3 -m pytest -q -p no:cacheprovider test_block_sparse.py 2>&1 |
+    tail -4)
+  el bench_block_sparse
+  # shellcheck disable=SC2086
+  PYTHONUNBUFFERED=1 timeout 500 python3 bench/bench_block_sparse.py ${SPARSE_ARGS:---quick} \
+    --results "$OUT/sparse.md" >"$OUT/sparse_bench.log" 2>&1
+  echo "  rc=$?"
+  tail -30 "$OUT/sparse.md"
 fi
 if has sweep; then
   el sweep
