@@ -32,7 +32,7 @@
 #   pyquick tests/python/test_cuda.py and test_fast_path.py (after build)
 #   sweep   bench/bench_sweep.py (SWEEP_ARGS, default --quick)
 #   sparse  block-sparse masks (issue 26): the driver's bsp cases (tensor-core
-#           and SIMT paths), compute-sanitizer memcheck on them,
+#           and SIMT paths), compute-sanitizer memcheck on a few of them,
 #           tests/python/test_block_sparse.py (after build), then
 #           bench/bench_block_sparse.py (SPARSE_ARGS, default --quick)
 # KEEP_GOING=1: a failed quick step does not stop the call.
@@ -141,7 +141,8 @@ if has pyquick; then
 fi
 if has sparse; then
   tests sparse.log 300 --filter bsp
-  san memcheck --filter bsp_s203x331_d64_gqa_bf16
+  san memcheck --filter gqa_causal_bf16  # general and band-only variants
+  san memcheck --filter bsp_s5x700
   el pytest block_sparse
   (cd tests/python && timeout 300 python3 -m pytest -q -p no:cacheprovider test_block_sparse.py 2>&1 |
     tail -4)

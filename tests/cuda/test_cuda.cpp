@@ -960,8 +960,9 @@ int main(int argc, char** argv) {
       tally(explain_case(s, prop.major == 9 && strstr(fsdpa_backends(), "cuda") != nullptr));
     }
   }
-  if (!long_only && (filter.empty() || filter.find("bsp") != std::string::npos)) {
+  if (!long_only) {
     for (const auto& [c, sp] : block_sparse_cases()) {
+      if (!filter.empty() && describe(c).find(filter) == std::string::npos) continue;
       for (int path = 0; path < 2; ++path) {
         if (path == 1 && c.dt == DT::f32) continue;  // fp32 is SIMT already
         set_path(path == 1);
