@@ -190,11 +190,60 @@ typedef struct fsdpa_params {
   const DLTensor* cache_batch_idx;
   const DLTensor* cache_leftpad;
   const DLTensor* block_table;
+
+  /* ---- Block-sparse mask (added after the KV cache; FlexAttention's
+   * BlockMask without an Sq x Sk tensor) ----
+   * A caller built before these fields passes a smaller struct_size: they
+   * then read as 0 / NULL (off).
+   *
+   * The query rows are cut into blocks of sparse_block_q rows (query block
+   * qb holds rows [qb * sparse_block_q, (qb + 1) * sparse_block_q)), the
+   * keys into blocks of sparse_block_k keys (the last block of each may be
+   * short). For every (batch b, query head h, query block qb) two lists
+   * name the key blocks the block's rows may see:
+   *   full_kv_indices [Bm, Hm, NQB, F] with full_kv_num_blocks [Bm, Hm, NQB]:
+   *     the first full_kv_num_blocks[b, h, qb] entries are key blocks every
+   *     row of the block sees entirely;
+   *   kv_indices [Bm, Hm, NQB, P] with kv_num_blocks [Bm, Hm, NQB]: the
+   *     first kv_num_blocks[b, h, qb] entries (slots s) are partial key
+   *     blocks, whose keys are seen where
+   *       kv_block_mask [Bm, Hm, NQB, P, sparse_block_q, sparse_block_k]
+   *     (bool/uint8, element [b, h, qb, s, i % bq, j % bk]) is nonzero, or
+   *     entirely if kv_block_mask is NULL (the caller says they are full).
+   * Key j is visible to row i only if its block is in one of the two lists
+   * of i's (b, h, query block): every other key is masked (s_ij = -inf,
+   * like a false bool mask). The causal/window band, a mask, ALiBi,
+   * softcap and dropout apply on top as usual. A row whose listed keys are
+   * all masked gives out 0 and lse -inf.
+   * All int32, bool/uint8 for kv_block_mask, on q's device, any strides.
+   * Bm is 1 or B and Hm is 1 or Hq (size 1 or stride 0 broadcasts: one
+   * pattern for every batch / head); NQB >= ceil(Sq / sparse_block_q)
+   * (extra blocks are ignored). Either pair may be NULL (no blocks of that
+   * kind), not both; a list's entries beyond its count are not read.
+   * Contract, checked on the CPU (on GPUs the lists live in device memory
+   * and are trusted): 0 <= count <= the list's length, every listed index
+   * in [0, ceil(Sk / sparse_block_k)), no key block listed twice in one
+   * row (across both lists).
+   * sparse_block_q, sparse_block_k >= 1 when the lists are set (FlexAttention
+   * uses 128 x 128); backends convert to their own tiles. Not combined with
+   * varlen (cu_seqlens) or the KV-cache parameters. Served by the CPU and
+   * CUDA backends (CUDA: the sm80 tensor-core and SIMT kernels, which
+   * expand the lists into one int32 per (query block, key block) of
+   * workspace); Metal returns FSDPA_ERROR_UNSUPPORTED. */
+  int64_t sparse_block_q;
+  int64_t sparse_block_k;
+  const DLTensor* kv_num_blocks;
+  const DLTensor* kv_indices;
+  const DLTensor* kv_block_mask;
+  const DLTensor* full_kv_num_blocks;
+  const DLTensor* full_kv_indices;
 } fsdpa_params;
 
 /* struct_size of the first release's fsdpa_params (before the KV cache
  * fields); the library accepts any struct_size from this one up. */
 #define FSDPA_PARAMS_SIZE_V0_1 offsetof(fsdpa_params, seqused_k)
+/* struct_size with the KV cache fields, before the block-sparse mask. */
+#define FSDPA_PARAMS_SIZE_V0_2 offsetof(fsdpa_params, sparse_block_q)
 
 /* Fills the first `size` bytes of *p (the caller's sizeof(fsdpa_params))
  * with the defaults (no mask, no dropout, scale NaN = 1/sqrt(D)) and sets

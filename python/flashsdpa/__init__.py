@@ -4,6 +4,8 @@
 * :func:`flash_attn_func`, :func:`flash_attn_varlen_func` and the packed
   ``flash_attn_{,varlen_}{qkv,kv}packed_func`` — the FlashAttention 2.x API;
   :func:`flash_attn_with_kvcache` (KV cache, paged KV) and :func:`merge_attn_states`.
+* :func:`block_sparse_attention` — attention restricted by FlexAttention's
+  ``BlockMask`` (or :class:`BlockLists`), without an Sq x Sk mask.
 * ``torch.nn.attention.activate_flash_attention_impl("flashsdpa")`` — flashsdpa
   as PyTorch's flash-attention implementation (registered on import, not active).
 * :func:`explain` — the plan (kernel family, tiles, splits, workspace) a call
@@ -48,7 +50,7 @@ _TORCH_API = frozenset({
     "enabled", "is_enabled", "stats", "reset_stats", "register_device_runner",
     "flash_attn_qkvpacked_func", "flash_attn_kvpacked_func", "flash_attn_varlen_qkvpacked_func",
     "flash_attn_varlen_kvpacked_func", "register_transformers", "flash_attn_with_kvcache",
-    "merge_attn_states", "explain",
+    "merge_attn_states", "explain", "block_sparse_attention", "BlockLists",
 })
 
 try:
@@ -61,6 +63,7 @@ else:
                           flash_attn_varlen_kvpacked_func, flash_attn_varlen_qkvpacked_func)
     from ._kvcache import flash_attn_with_kvcache
     from ._merge import merge_attn_states
+    from ._block_sparse import BlockLists, block_sparse_attention
     from ._explain import explain
     from ._patch import disable, enable, enabled, is_enabled, reset_stats, stats
     from ._ops import register_device_runner

@@ -94,6 +94,33 @@ void check(fsdpa_status s) {
   if (s != FSDPA_OK) raise(s);
 }
 
+// The block-sparse lists (flashsdpa.h), all optional.
+struct SparseDL {
+  OptDL num, idx, mask, full_num, full_idx;
+  SparseDL(const OptArray& n, const OptArray& i, const OptArray& m, const OptArray& fn,
+           const OptArray& fi)
+      : num(n), idx(i), mask(m), full_num(fn), full_idx(fi) {}
+  void apply(fsdpa_params* p) {
+    p->kv_num_blocks = num.get();
+    p->kv_indices = idx.get();
+    p->kv_block_mask = mask.get();
+    p->full_kv_num_blocks = full_num.get();
+    p->full_kv_indices = full_idx.get();
+  }
+};
+#define FSDPA_SPARSE_PARAMS                                                            \
+  OptArray kv_num_blocks, OptArray kv_indices, OptArray kv_block_mask,                 \
+      OptArray full_kv_num_blocks, OptArray full_kv_indices
+#define FSDPA_SPARSE_APPLY(p)                                                          \
+  SparseDL sparse_(kv_num_blocks, kv_indices, kv_block_mask, full_kv_num_blocks,       \
+                   full_kv_indices);                                                   \
+  sparse_.apply(&(p))
+#define FSDPA_SPARSE_ARGS                                                              \
+  nb::arg("kv_num_blocks").none() = nb::none(), nb::arg("kv_indices").none() = nb::none(), \
+      nb::arg("kv_block_mask").none() = nb::none(),                                   \
+      nb::arg("full_kv_num_blocks").none() = nb::none(),                              \
+      nb::arg("full_kv_indices").none() = nb::none()
+
 struct Params {
   fsdpa_params p;
   Params() { fsdpa_params_init(&p); }
@@ -143,14 +170,19 @@ NB_MODULE(_C, m) {
       .def_prop_rw("deterministic", [](const Params& s) { return s.p.deterministic != 0; },
                    [](Params& s, bool v) { s.p.deterministic = v; })
       .def_prop_rw("check_finite", [](const Params& s) { return s.p.check_finite != 0; },
-                   [](Params& s, bool v) { s.p.check_finite = v; });
+                   [](Params& s, bool v) { s.p.check_finite = v; })
+      .def_prop_rw("sparse_block_q", [](const Params& s) { return s.p.sparse_block_q; },
+                   [](Params& s, int64_t v) { s.p.sparse_block_q = v; })
+      .def_prop_rw("sparse_block_k", [](const Params& s) { return s.p.sparse_block_k; },
+                   [](Params& s, int64_t v) { s.p.sparse_block_k = v; });
 
   m.def(
       "forward",
       [](const Params& params, Array q, Array k, Array v, Out out, OptOut lse, OptArray mask,
          OptArray alibi_slopes, OptArray cu_seqlens_q, OptArray cu_seqlens_k, uintptr_t stream,
          OptArray seqused_k, OptArray cache_batch_idx, OptArray cache_leftpad,
-         OptArray block_table) {
+         OptArray block_table,
+         FSDPA_SPARSE_PARAMS) {
         DLTensor tq = to_dl(q), tk = to_dl(k), tv = to_dl(v), to = to_dl(out);
         OptDL tl(lse), tm(mask), ta(alibi_slopes), tcq(cu_seqlens_q), tck(cu_seqlens_k);
         OptDL tsk(seqused_k), tbi(cache_batch_idx), tlp(cache_leftpad), tbt(block_table);
@@ -163,6 +195,7 @@ NB_MODULE(_C, m) {
         p.cache_batch_idx = tbi.get();
         p.cache_leftpad = tlp.get();
         p.block_table = tbt.get();
+        FSDPA_SPARSE_APPLY(p);
         fsdpa_status s;
         {
           nb::gil_scoped_release nogil;
@@ -175,7 +208,7 @@ NB_MODULE(_C, m) {
       nb::arg("alibi_slopes").none() = nb::none(), nb::arg("cu_seqlens_q").none() = nb::none(),
       nb::arg("cu_seqlens_k").none() = nb::none(), nb::arg("stream") = 0,
       nb::arg("seqused_k").none() = nb::none(), nb::arg("cache_batch_idx").none() = nb::none(),
-      nb::arg("cache_leftpad").none() = nb::none(), nb::arg("block_table").none() = nb::none(),
+      nb::arg("cache_leftpad").none() = nb::none(), nb::arg("block_table").none() = nb::none(), FSDPA_SPARSE_ARGS,
       "fsdpa_forward: writes out (and lse if given). stream: the backend's stream handle as an "
       "int (cudaStream_t for CUDA), 0 = default. seqused_k, cache_batch_idx, cache_leftpad, "
       "block_table: the KV-cache parameters (int32; see flashsdpa.h).");
@@ -202,7 +235,8 @@ NB_MODULE(_C, m) {
       "backward",
       [](const Params& params, Array dout, Array q, Array k, Array v, Array out, Array lse,
          Out dq, Out dk, Out dv, OptArray mask, OptArray alibi_slopes, OptArray cu_seqlens_q,
-         OptArray cu_seqlens_k, uintptr_t stream) {
+         OptArray cu_seqlens_k, uintptr_t stream,
+         FSDPA_SPARSE_PARAMS) {
         DLTensor tdo = to_dl(dout), tq = to_dl(q), tk = to_dl(k), tv = to_dl(v),
                  to = to_dl(out), tl = to_dl(lse), tdq = to_dl(dq), tdk = to_dl(dk),
                  tdv = to_dl(dv);
@@ -212,6 +246,7 @@ NB_MODULE(_C, m) {
         p.alibi_slopes = ta.get();
         p.cu_seqlens_q = tcq.get();
         p.cu_seqlens_k = tck.get();
+        FSDPA_SPARSE_APPLY(p);
         fsdpa_status s;
         {
           nb::gil_scoped_release nogil;
@@ -224,14 +259,15 @@ NB_MODULE(_C, m) {
       nb::arg("out"), nb::arg("lse"), nb::arg("dq"), nb::arg("dk"), nb::arg("dv"),
       nb::arg("mask").none() = nb::none(), nb::arg("alibi_slopes").none() = nb::none(),
       nb::arg("cu_seqlens_q").none() = nb::none(), nb::arg("cu_seqlens_k").none() = nb::none(),
-      nb::arg("stream") = 0, "fsdpa_backward: writes dq, dk, dv (GQA: dk/dv reduced to Hk).");
+      nb::arg("stream") = 0, FSDPA_SPARSE_ARGS, "fsdpa_backward: writes dq, dk, dv (GQA: dk/dv reduced to Hk).");
 
   m.def(
       "reference_forward",
       [](const Params& params, Array q, Array k, Array v, Out out, OptOut lse, OptArray mask,
          OptArray alibi_slopes, OptArray cu_seqlens_q, OptArray cu_seqlens_k,
          OptArray seqused_k, OptArray cache_batch_idx, OptArray cache_leftpad,
-         OptArray block_table) {
+         OptArray block_table,
+         FSDPA_SPARSE_PARAMS) {
         DLTensor tq = to_dl(q), tk = to_dl(k), tv = to_dl(v), to = to_dl(out);
         OptDL tl(lse), tm(mask), ta(alibi_slopes), tcq(cu_seqlens_q), tck(cu_seqlens_k);
         OptDL tsk(seqused_k), tbi(cache_batch_idx), tlp(cache_leftpad), tbt(block_table);
@@ -244,6 +280,7 @@ NB_MODULE(_C, m) {
         p.cache_batch_idx = tbi.get();
         p.cache_leftpad = tlp.get();
         p.block_table = tbt.get();
+        FSDPA_SPARSE_APPLY(p);
         fsdpa_status s;
         {
           nb::gil_scoped_release nogil;
@@ -256,13 +293,14 @@ NB_MODULE(_C, m) {
       nb::arg("alibi_slopes").none() = nb::none(), nb::arg("cu_seqlens_q").none() = nb::none(),
       nb::arg("cu_seqlens_k").none() = nb::none(), nb::arg("seqused_k").none() = nb::none(),
       nb::arg("cache_batch_idx").none() = nb::none(),
-      nb::arg("cache_leftpad").none() = nb::none(), nb::arg("block_table").none() = nb::none(),
+      nb::arg("cache_leftpad").none() = nb::none(), nb::arg("block_table").none() = nb::none(), FSDPA_SPARSE_ARGS,
       "fsdpa_reference_forward: the fp64 oracle (CPU tensors; outputs may be float64).");
 
   m.def(
       "reference_backward",
       [](const Params& params, Array dout, Array q, Array k, Array v, Out dq, Out dk, Out dv,
-         OptArray mask, OptArray alibi_slopes, OptArray cu_seqlens_q, OptArray cu_seqlens_k) {
+         OptArray mask, OptArray alibi_slopes, OptArray cu_seqlens_q, OptArray cu_seqlens_k,
+         FSDPA_SPARSE_PARAMS) {
         DLTensor tdo = to_dl(dout), tq = to_dl(q), tk = to_dl(k), tv = to_dl(v),
                  tdq = to_dl(dq), tdk = to_dl(dk), tdv = to_dl(dv);
         OptDL tm(mask), ta(alibi_slopes), tcq(cu_seqlens_q), tck(cu_seqlens_k);
@@ -271,6 +309,7 @@ NB_MODULE(_C, m) {
         p.alibi_slopes = ta.get();
         p.cu_seqlens_q = tcq.get();
         p.cu_seqlens_k = tck.get();
+        FSDPA_SPARSE_APPLY(p);
         fsdpa_status s;
         {
           nb::gil_scoped_release nogil;
@@ -281,7 +320,7 @@ NB_MODULE(_C, m) {
       nb::arg("params"), nb::arg("dout"), nb::arg("q"), nb::arg("k"), nb::arg("v"),
       nb::arg("dq"), nb::arg("dk"), nb::arg("dv"), nb::arg("mask").none() = nb::none(),
       nb::arg("alibi_slopes").none() = nb::none(), nb::arg("cu_seqlens_q").none() = nb::none(),
-      nb::arg("cu_seqlens_k").none() = nb::none(),
+      nb::arg("cu_seqlens_k").none() = nb::none(), FSDPA_SPARSE_ARGS,
       "fsdpa_reference_backward: fp64 oracle gradients (CPU tensors).");
 
   m.def(

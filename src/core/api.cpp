@@ -54,6 +54,7 @@ fsdpa_status run_on_backend(CallKind kind, const fsdpa_params* params, const Cal
   if (!be->available())
     return set_error(FSDPA_ERROR_DEVICE, "q: the %s backend is compiled in but no device is present",
                      be->name);
+  if ((s = backend_supports(*be, p)) != FSDPA_OK) return s;
   return kind == CallKind::forward ? be->forward(p, stream) : be->backward(p, stream);
 }
 
@@ -165,6 +166,7 @@ fsdpa_status fsdpa_explain(const fsdpa_params* params, int32_t backward, const D
       return set_error(FSDPA_ERROR_DEVICE,
                        "q: no backend for DLPack device type %d in this build (compiled in: %s)",
                        p.device_type, backend_names());
+    if ((s = backend_supports(*be, p)) != FSDPA_OK) return s;
     if (buf == nullptr || size == 0) return FSDPA_OK;
     if (be->explain == nullptr) {
       snprintf(buf, size, "backend %s: no plan to explain\n", be->name);

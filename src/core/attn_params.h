@@ -87,6 +87,27 @@ struct AttnParams {
   int64_t kv_rows;                 // rows of k/v (contiguous) or of block_table
   int64_t kv_capacity;             // cache positions per row (padded seqlen_k)
 
+  // ---- block-sparse mask (flashsdpa.h; int32 host or device pointers) --
+  // Strides are in elements, 0 on broadcast (batch, head) dims; a null
+  // list has count 0 everywhere. The element mask of partial slot s of
+  // (b, h, qb) is sparse_mask[b, h, qb, s, i % block_q, j % block_k].
+  int32_t sparse;                   // 1: the block lists restrict the keys
+  int64_t sparse_block_q, sparse_block_k;
+  int64_t sparse_q_blocks;          // NQB: rows of the lists
+  int64_t sparse_k_blocks;          // ceil(seqlen_k / sparse_block_k)
+  const int32_t* kv_num;   int64_t kv_num_stride[3];
+  const int32_t* kv_idx;   int64_t kv_idx_stride[4];
+  const int32_t* full_num; int64_t full_num_stride[3];
+  const int32_t* full_idx; int64_t full_idx_stride[4];
+  const uint8_t* sparse_mask; int64_t sparse_mask_stride[6];  // or null: partial = full
+  int64_t sparse_batches, sparse_heads;  // extent of the lists' batch / head dims (1 = broadcast)
+  int64_t kv_idx_len, full_idx_len;      // entries per row of kv_indices / full_kv_indices
+  // A backend's dense expansion of the lists, [batches][heads][q blocks of
+  // Sq][sparse_k_blocks] of kSparseAbsent / kSparseFull / slot (strides in
+  // elements for b and h, 0 on broadcast dims), when it wants O(1) lookups
+  // in both directions (CUDA). Null from the core.
+  const int32_t* sparse_state; int64_t sparse_state_stride[2];
+
   // ---- backward only ----------------------------------------------------
   const void* dout; int64_t dout_stride[4];
   void* dq;         int64_t dq_stride[4];

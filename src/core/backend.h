@@ -27,7 +27,15 @@ struct Backend {
   // truncated to size); launches nothing. Null: the backend has no plan
   // to tell (fsdpa_explain says so).
   fsdpa_status (*explain)(const AttnParams& p, bool backward, char* buf, size_t size);
+  // Whether forward/backward read the block-sparse lists (p.sparse). A
+  // backend that leaves it false (the default of an aggregate without it)
+  // never sees such a call: the core refuses it with FSDPA_ERROR_UNSUPPORTED.
+  bool block_sparse;
 };
+
+// FSDPA_OK, or the UNSUPPORTED error for a call `be` cannot serve for a
+// reason every backend shares (today: the block-sparse mask).
+fsdpa_status backend_supports(const Backend& be, const AttnParams& p);
 
 // The compiled-in backend serving `device_type`, or null.
 const Backend* find_backend(int32_t device_type);

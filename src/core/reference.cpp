@@ -8,6 +8,7 @@
 #include <limits>
 #include <vector>
 
+#include "core/block_sparse.h"
 #include "core/dtype.h"
 #include "core/host_view.h"
 
@@ -35,9 +36,15 @@ void head_scores(const AttnParams& p, int64_t b, int64_t h, const SeqExtent& e,
   hs->sk = e.sk;
   hs->s.assign(e.sq * e.sk, kNegInf);
   hs->capped.assign(p.softcap > 0 ? e.sq * e.sk : 0, 0.0);
+  std::vector<int32_t> block_state(p.sparse ? p.sparse_k_blocks : 0);
   for (int64_t i = 0; i < e.sq; ++i) {
     const KeyRange r = row_keys(p, e, i);
+    const int64_t qb = p.sparse ? i / p.sparse_block_q : 0;
+    if (p.sparse) sparse_row_states(p, b, h, qb, block_state.data());
     for (int64_t j = r.lo; j <= r.hi; ++j) {
+      // A key the block lists hide is masked like a false bool mask.
+      if (p.sparse && !sparse_element_visible(p, b, h, qb, block_state[j / p.sparse_block_k], i, j))
+        continue;
       double dot = 0;
       for (int64_t d = 0; d < p.head_dim; ++d)
         dot += load_as_double(p.q, offset4(p.q_stride, b, h, e.q_begin + i, d), p.dtype) *

@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "core/error.h"
+
 namespace fsdpa {
 
 // One line per backend; each is compiled in by its CMake option.
@@ -33,6 +35,15 @@ const Backend* find_backend(int32_t device_type) {
   for (const Backend* const* b = kBackends; *b; ++b)
     if ((*b)->device_type == device_type) return *b;
   return nullptr;
+}
+
+fsdpa_status backend_supports(const Backend& be, const AttnParams& p) {
+  if (p.sparse && !be.block_sparse)
+    return set_error(FSDPA_ERROR_UNSUPPORTED,
+                     "%s: the block-sparse mask is not supported on %s yet (the CPU backend "
+                     "serves it)",
+                     p.kv_num ? "kv_num_blocks" : "full_kv_num_blocks", be.name);
+  return FSDPA_OK;
 }
 
 const char* backend_names() {

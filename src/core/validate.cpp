@@ -4,11 +4,14 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <algorithm>
 #include <utility>
+#include <vector>
 
 #include <initializer_list>
 #include <limits>
 
+#include "core/block_sparse.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/host_view.h"
@@ -45,8 +48,8 @@ struct View {
   const char* name;
   const DLTensor* t;
   int rank;
-  int64_t shape[4];
-  int64_t stride[4];
+  int64_t shape[6];  // rank <= 4 except the block-sparse element mask (6)
+  int64_t stride[6];
   DType dtype;
   void* data;
 };
@@ -352,6 +355,160 @@ fsdpa_status check_kv_cache_values(const AttnParams& p) {
   }
   return FSDPA_OK;
 }
+
+// One list pair of the block-sparse mask: count [Bm, Hm, NQB] and indices
+// [Bm, Hm, NQB, L] (int32). Fills the pointers and broadcast strides.
+fsdpa_status sparse_list(const char* num_name, const DLTensor* num_t, const char* idx_name,
+                         const DLTensor* idx_t, const View& q, const AttnParams& p,
+                         int64_t need_qb, const int32_t** num, int64_t* num_stride,
+                         const int32_t** idx, int64_t* idx_stride, View* idx_view) {
+  View n{}, x{};
+  FSDPA_TRY(view_of(num_name, num_t, 3, 3, &n));
+  FSDPA_TRY(view_of(idx_name, idx_t, 4, 4, &x));
+  for (const View* v : {&n, &x}) {
+    FSDPA_TRY(check_same_device(q, *v));
+    FSDPA_CHECK_ARG(v->dtype == DType::i32, "%s: dtype must be int32, got %s", v->name,
+                    dtype_name(v->dtype));
+  }
+  FSDPA_CHECK_ARG(n.shape[0] == 1 || n.shape[0] == p.batch,
+                  "%s: size %lld of dim 0 is neither 1 nor the batch %lld", num_name,
+                  (long long)n.shape[0], (long long)p.batch);
+  FSDPA_CHECK_ARG(n.shape[1] == 1 || n.shape[1] == p.heads_q,
+                  "%s: size %lld of dim 1 is neither 1 nor the query heads %lld", num_name,
+                  (long long)n.shape[1], (long long)p.heads_q);
+  FSDPA_CHECK_ARG(n.shape[2] >= need_qb,
+                  "%s: %lld query blocks (dim 2), expected at least ceil(seqlen_q %lld / "
+                  "sparse_block_q %lld) = %lld",
+                  num_name, (long long)n.shape[2], (long long)p.seqlen_q,
+                  (long long)p.sparse_block_q, (long long)need_qb);
+  for (int d = 0; d < 3; ++d)
+    FSDPA_CHECK_ARG(x.shape[d] == n.shape[d],
+                    "%s: size %lld of dim %d differs from %s's %lld", idx_name,
+                    (long long)x.shape[d], d, num_name, (long long)n.shape[d]);
+  for (int d = 0; d < 3; ++d) num_stride[d] = n.shape[d] == 1 ? 0 : n.stride[d];
+  for (int d = 0; d < 4; ++d) idx_stride[d] = x.shape[d] == 1 ? 0 : x.stride[d];
+  *num = static_cast<const int32_t*>(n.data);
+  *idx = static_cast<const int32_t*>(x.data);
+  *idx_view = x;
+  return FSDPA_OK;
+}
+
+// The block-sparse mask (flashsdpa.h): shapes always, list values when
+// host-readable.
+fsdpa_status check_block_sparse(const fsdpa_params* params, const View& q, bool varlen,
+                                bool kv_cache, AttnParams* p) {
+  const bool partial = params->kv_num_blocks || params->kv_indices;
+  const bool full = params->full_kv_num_blocks || params->full_kv_indices;
+  if (!partial && !full) {
+    FSDPA_CHECK_ARG(params->kv_block_mask == nullptr,
+                    "kv_block_mask: set without kv_num_blocks / kv_indices");
+    return FSDPA_OK;
+  }
+  const char* arg = partial ? "kv_num_blocks" : "full_kv_num_blocks";
+  FSDPA_CHECK_ARG(!varlen, "%s: the block-sparse mask is not supported with varlen (cu_seqlens)",
+                  arg);
+  FSDPA_CHECK_ARG(!kv_cache, "%s: the block-sparse mask is not supported with the KV-cache "
+                  "parameters", arg);
+  FSDPA_CHECK_ARG(!partial || (params->kv_num_blocks && params->kv_indices),
+                  "%s: kv_num_blocks and kv_indices must be given together",
+                  params->kv_num_blocks ? "kv_indices" : "kv_num_blocks");
+  FSDPA_CHECK_ARG(!full || (params->full_kv_num_blocks && params->full_kv_indices),
+                  "%s: full_kv_num_blocks and full_kv_indices must be given together",
+                  params->full_kv_num_blocks ? "full_kv_indices" : "full_kv_num_blocks");
+  FSDPA_CHECK_ARG(params->sparse_block_q >= 1 && params->sparse_block_q <= kMaxDim,
+                  "sparse_block_q: %lld is outside 1..%lld (rows per query block of the "
+                  "block-sparse mask)",
+                  (long long)params->sparse_block_q, (long long)kMaxDim);
+  FSDPA_CHECK_ARG(params->sparse_block_k >= 1 && params->sparse_block_k <= kMaxDim,
+                  "sparse_block_k: %lld is outside 1..%lld (keys per key block of the "
+                  "block-sparse mask)",
+                  (long long)params->sparse_block_k, (long long)kMaxDim);
+  p->sparse = 1;
+  p->sparse_block_q = params->sparse_block_q;
+  p->sparse_block_k = params->sparse_block_k;
+  const int64_t need_qb = (p->seqlen_q + p->sparse_block_q - 1) / p->sparse_block_q;
+  p->sparse_k_blocks = (p->seqlen_k + p->sparse_block_k - 1) / p->sparse_block_k;
+  int64_t bm = 1, hm = 1;  // extent of the lists' batch / head dims
+  View kv_idx{}, full_idx{};
+  if (partial) {
+    FSDPA_TRY(sparse_list("kv_num_blocks", params->kv_num_blocks, "kv_indices",
+                          params->kv_indices, q, *p, need_qb, &p->kv_num, p->kv_num_stride,
+                          &p->kv_idx, p->kv_idx_stride, &kv_idx));
+    bm = std::max(bm, kv_idx.shape[0]);
+    hm = std::max(hm, kv_idx.shape[1]);
+  }
+  if (full) {
+    FSDPA_TRY(sparse_list("full_kv_num_blocks", params->full_kv_num_blocks, "full_kv_indices",
+                          params->full_kv_indices, q, *p, need_qb, &p->full_num,
+                          p->full_num_stride, &p->full_idx, p->full_idx_stride, &full_idx));
+    bm = std::max(bm, full_idx.shape[0]);
+    hm = std::max(hm, full_idx.shape[1]);
+  }
+  p->sparse_q_blocks = partial ? kv_idx.shape[2] : full_idx.shape[2];
+  p->sparse_batches = bm;
+  p->sparse_heads = hm;
+  p->kv_idx_len = partial ? kv_idx.shape[3] : 0;
+  p->full_idx_len = full ? full_idx.shape[3] : 0;
+  if (params->kv_block_mask) {
+    FSDPA_CHECK_ARG(partial, "kv_block_mask: set without kv_num_blocks / kv_indices");
+    View m{};
+    FSDPA_TRY(view_of("kv_block_mask", params->kv_block_mask, 6, 6, &m));
+    FSDPA_TRY(check_same_device(q, m));
+    FSDPA_CHECK_ARG(m.dtype == DType::u8, "kv_block_mask: dtype must be bool or uint8, got %s",
+                    dtype_name(m.dtype));
+    for (int d = 0; d < 4; ++d)
+      FSDPA_CHECK_ARG(m.shape[d] == kv_idx.shape[d],
+                      "kv_block_mask: size %lld of dim %d differs from kv_indices' %lld",
+                      (long long)m.shape[d], d, (long long)kv_idx.shape[d]);
+    FSDPA_CHECK_ARG(m.shape[4] == p->sparse_block_q && m.shape[5] == p->sparse_block_k,
+                    "kv_block_mask: a block is [%lld, %lld], expected [sparse_block_q %lld, "
+                    "sparse_block_k %lld]",
+                    (long long)m.shape[4], (long long)m.shape[5], (long long)p->sparse_block_q,
+                    (long long)p->sparse_block_k);
+    for (int d = 0; d < 6; ++d) p->sparse_mask_stride[d] = m.shape[d] == 1 ? 0 : m.stride[d];
+    p->sparse_mask = static_cast<const uint8_t*>(m.data);
+  }
+  if (!host_readable(p->device_type)) return FSDPA_OK;
+  // Counts, indices and duplicates of every (b, h, query block) used.
+  std::vector<int64_t> seen(p->sparse_k_blocks, -1);  // stamp: last row that listed the block
+  int64_t stamp = 0;
+  for (int64_t b = 0; b < bm; ++b)
+    for (int64_t h = 0; h < hm; ++h)
+      for (int64_t qb = 0; qb < need_qb; ++qb, ++stamp) {
+        struct { const char* num_name; const char* idx_name; const int32_t* num;
+                 const int64_t* ns; const int32_t* idx; const int64_t* is; int64_t len; }
+            lists[2] = {{"full_kv_num_blocks", "full_kv_indices", p->full_num,
+                         p->full_num_stride, p->full_idx, p->full_idx_stride, full_idx.shape[3]},
+                        {"kv_num_blocks", "kv_indices", p->kv_num, p->kv_num_stride, p->kv_idx,
+                         p->kv_idx_stride, kv_idx.shape[3]}};
+        for (const auto& l : lists) {
+          if (!l.num) continue;
+          const int32_t n = sparse_count(l.num, l.ns, b, h, qb);
+          FSDPA_CHECK_ARG(n >= 0 && n <= l.len,
+                          "%s: entry [%lld, %lld, %lld] is %d, outside 0..%lld (the length of "
+                          "%s)",
+                          l.num_name, (long long)b, (long long)h, (long long)qb, n,
+                          (long long)l.len, l.idx_name);
+          for (int32_t s = 0; s < n; ++s) {
+            const int32_t kb = sparse_index(l.idx, l.is, b, h, qb, s);
+            FSDPA_CHECK_ARG(kb >= 0 && kb < p->sparse_k_blocks,
+                            "%s: entry [%lld, %lld, %lld, %d] is %d, outside the %lld key "
+                            "blocks 0..%lld (ceil(seqlen_k %lld / sparse_block_k %lld))",
+                            l.idx_name, (long long)b, (long long)h, (long long)qb, s, kb,
+                            (long long)p->sparse_k_blocks, (long long)p->sparse_k_blocks - 1,
+                            (long long)p->seqlen_k, (long long)p->sparse_block_k);
+            FSDPA_CHECK_ARG(seen[kb] != stamp,
+                            "%s: key block %d is listed twice for query block [%lld, %lld, %lld] "
+                            "(in full_kv_indices and kv_indices together)",
+                            l.idx_name, kb, (long long)b, (long long)h, (long long)qb);
+            seen[kb] = stamp;
+          }
+        }
+      }
+  return FSDPA_OK;
+}
+
+}  // namespace
 
 fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* caller_params,
                               const CallTensors& t, AttnParams* p) {
@@ -678,6 +835,8 @@ fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* caller_params,
       p->mask_stride[d] = sz == 1 && target[d] != 1 ? 0 : m.stride[src];
     }
   }
+
+  FSDPA_TRY(check_block_sparse(params, q, varlen, kv_cache, p));
 
   if (params->alibi_slopes != nullptr) {
     View a;

@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "cpu/cpu_backend.h"
+#include "cpu/sparse_tiles.h"
 #include "cpu/thread_pool.h"
 #include "cpu/tiles.h"
 
@@ -101,6 +102,12 @@ fsdpa_status backward(const AttnParams& p) {
     const SeqExtent& e = L.seq[b];
     const Tiles T(dp, dvp);
     float* dq_split = dq_acc.get() + split * q_rows * dp;
+    // Block lists, transposed: per query head of the group, the query
+    // blocks naming each key block; q_visit: the query tiles to visit.
+    std::vector<SparseCols> cols(p.sparse ? group : 0);
+    for (int64_t g = 0; g < int64_t(cols.size()); ++g)
+      sparse_cols(p, b, hk * group + g, e.sq, &cols[g]);
+    std::vector<uint8_t> q_visit;
 
     const int64_t nkb = L.k_block0[b + 1] - L.k_block0[b];
     for (int64_t kb = nkb * split / splits; kb < nkb * (split + 1) / splits; ++kb) {
@@ -118,7 +125,10 @@ fsdpa_status backward(const AttnParams& p) {
 
       for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
         const HeadCtx c = make_head_ctx(p, e, b, h);
+        const SparseCols* sparse = p.sparse ? &cols[h - hk * group] : nullptr;
+        if (sparse) query_tiles_of_key_tile(p, *sparse, e.sq, e.sk, kb, &q_visit);
         for (int64_t gqb = L.q_block0[b]; gqb < L.q_block0[b + 1]; ++gqb) {
+          if (sparse && !q_visit[gqb - L.q_block0[b]]) continue;
           const int64_t i0 = (gqb - L.q_block0[b]) * kBlockQ;
           const int64_t rows = std::min<int64_t>(kBlockQ, e.sq - i0);
           int64_t kb_lo, kb_hi;
@@ -143,6 +153,7 @@ fsdpa_status backward(const AttnParams& p) {
               break;
           }
           score_epilogue(c, i0, rows, j0, T.s, kBlockK, p.softcap > 0 ? T.t : nullptr);
+          if (sparse) apply_block_sparse(c, i0, rows, j0, T.s, kBlockK, *sparse);
           for (int64_t r = 0; r < rows; ++r) {
             float* s = T.s + r * kBlockK;
             const float lse = Q.lse[r0 + r];

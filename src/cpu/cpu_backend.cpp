@@ -1,6 +1,7 @@
 #include "cpu/cpu_backend.h"
 
 #include <stdio.h>
+#include <string.h>
 
 #include "core/backend.h"
 #include "cpu/heuristics.h"
@@ -23,13 +24,21 @@ fsdpa_status cpu_explain(const AttnParams& p, bool backward, char* buf, size_t s
            "family tiles: the CPU backend's only kernel family (Highway SIMD, any dtype, every "
            "semantic)\n",
            backward ? "backward" : "forward", cpu::kBlockQ, cpu::kBlockK, cpu_thread_count());
-  (void)p;
+  if (p.sparse) {
+    const size_t n = strlen(buf);
+    snprintf(buf + n, size - n,
+             "block-sparse: %lldx%lld-block lists mapped onto the tiles; tiles no list names "
+             "are skipped (%s)\n",
+             (long long)p.sparse_block_q, (long long)p.sparse_block_k,
+             backward ? "transposed lists per key block, built per call"
+                      : "row lists read per query tile");
+  }
   return FSDPA_OK;
 }
 }  // namespace
 
 extern const Backend kCpuBackend;
-const Backend kCpuBackend = {"cpu", kDLCPU, cpu_available, cpu_forward, cpu_backward,
-                          cpu_merge, cpu_explain};
+const Backend kCpuBackend = {"cpu",        kDLCPU,     cpu_available, cpu_forward, cpu_backward,
+                             cpu_merge,    cpu_explain, /*block_sparse=*/true};
 
 }  // namespace fsdpa

@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "cpu/cpu_backend.h"
+#include "cpu/sparse_tiles.h"
 #include "cpu/thread_pool.h"
 #include "cpu/tiles.h"
 
@@ -137,10 +138,12 @@ struct RowState {
 // (c: the first; more than one only without dropout, for GQA decode: their
 // rows are stacked head after head and share each K/V read) over key blocks
 // [kb_begin, kb_end). `tiles` is scratch for on-the-fly K/V tiles
-// (kBlockK * (Dp + Dvp)).
+// (kBlockK * (Dp + Dvp)). `sparse`: the block lists of these rows (one head),
+// or null: key tiles they do not name are skipped.
 void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const HeadCtx& c,
             int64_t heads, const float* qs, int64_t i0, int64_t head_rows, int64_t kb_begin,
-            int64_t kb_end, float* S, float* tiles, RowState st, NonFiniteFlags& nf) {
+            int64_t kb_end, float* S, float* tiles, RowState st, NonFiniteFlags& nf,
+            const SparseRows* sparse) {
   const int64_t hk = kv_head(p, c.h);
   const int64_t kb0 = L.k_block0[c.b];
   const int64_t rows = heads * head_rows;
@@ -154,6 +157,7 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
   // (contiguous rows) instead of copying each tile.
   const bool in_place = forward_score_gemm(p, rows) == ScoreGemm::rows_in_place;
   for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
+    if (sparse && !sparse->visit[kb]) continue;
     const int64_t j0 = kb * kBlockK;
     int64_t n = kBlockK;  // keys of this block (fewer at the sequence end)
     const float* v;
@@ -197,6 +201,7 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
     for (int64_t g = 0; g < heads; ++g)
       score_epilogue(g == 0 ? c : make_head_ctx(p, c.e, c.b, c.h + g), i0, head_rows, j0,
                      S + g * head_rows * kBlockK, kBlockK, nullptr);
+    if (sparse) apply_block_sparse(c, i0, rows, j0, S, kBlockK, *sparse);  // heads == 1 here
     for (int64_t r = 0; r < rows; ++r) {
       float* s = S + r * kBlockK;
       const float m_new = max_keep_nan(st.m[r], row_max(s, kBlockK));
@@ -282,8 +287,9 @@ fsdpa_status forward(const AttnParams& p) {
   // Tasks: (q-block, head) pairs, optionally split along the keys. GQA
   // decode: (q-block, kv-head) pairs, the group's query heads stacked as rows.
   const int64_t group = p.heads_q / p.heads_k;
+  // (Block lists are per query head: no stacking with them.)
   const int64_t task_heads =
-      stack_gqa_heads(p.seqlen_q, group, p.dropout_p > 0) ? group : 1;
+      !p.sparse && stack_gqa_heads(p.seqlen_q, group, p.dropout_p > 0) ? group : 1;
   const int64_t head_tasks = p.heads_q / task_heads;
   const int64_t tasks = L.q_blocks() * head_tasks;
   int64_t max_kblocks = 0;  // of any sequence (seqused_k may be below seqlen_k)
@@ -332,8 +338,10 @@ fsdpa_status forward(const AttnParams& p) {
       flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h + g, e.q_begin + i0, rows, p.head_dim,
                         p.scale, qs + g * rows * dp, dp, rows),
               nf.q);
+    thread_local SparseRows sparse;
+    if (p.sparse) sparse_rows(c, i0, rows, &sparse);
     attend(p, pk, L, c, task_heads, qs, i0, rows, s_lo, s_hi, S,
-           qs + per_thread - kBlockK * (2 * dp + dvp), st, nf);
+           qs + per_thread - kBlockK * (2 * dp + dvp), st, nf, p.sparse ? &sparse : nullptr);
     if (splits == 1) finish_rows(p, c, task_heads, i0, rows, dvp, st);
   });
 

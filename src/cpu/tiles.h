@@ -293,7 +293,11 @@ enum class ScoreGemm {
   rows_in_place,  // decode, few fp32/bf16 rows, contiguous K/V rows: dot_rows_src
   rows_copied,    // other decode: K rows copied per block, gemm_bt
 };
-inline bool forward_packs_all_kv(const AttnParams& p) { return p.seqlen_q > kBlockQ; }
+// (With block lists too: the tiles they skip are then still checked for
+// NaN/Inf by the packing pass, which the decode paths would not read.)
+inline bool forward_packs_all_kv(const AttnParams& p) {
+  return p.seqlen_q > kBlockQ || p.sparse;
+}
 inline ScoreGemm forward_score_gemm(const AttnParams& p, int64_t rows) {
   if (forward_packs_all_kv(p)) return ScoreGemm::packed_kt;
   if (rows <= kInPlaceMaxRows && (p.dtype == DType::f32 || p.dtype == DType::bf16) &&

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "core/attn_params.h"
+#include "core/block_sparse.h"
 #include "core/semantics.h"
 #include "cuda/launch.h"
 
@@ -160,7 +161,24 @@ __device__ __forceinline__ KeyRange row_range(const AttnParams& p, const ScoreCt
 
 // True when the scores need work beyond `scale * dot` inside the band.
 __device__ __forceinline__ bool has_elementwise(const AttnParams& p) {
-  return p.softcap > 0.0f || p.alibi != nullptr || p.mask_kind != MaskKind::none;
+  return p.softcap > 0.0f || p.alibi != nullptr || p.mask_kind != MaskKind::none ||
+         p.sparse_state != nullptr;
+}
+
+// ---- block-sparse mask (core/block_sparse.h, expanded by sparse_state) -----
+// State of key block kb for query block qb of (b, h).
+__device__ __forceinline__ int32_t sparse_state_at(const AttnParams& p, int64_t b, int64_t h,
+                                                   int64_t qb, int64_t kb) {
+  return p.sparse_state[b * p.sparse_state_stride[0] + h * p.sparse_state_stride[1] +
+                        (qb * p.sparse_k_blocks + kb)];
+}
+
+// Whether the block lists let row i see key j of (b, h).
+__device__ __forceinline__ bool sparse_visible(const AttnParams& p, int64_t b, int64_t h, int i,
+                                               int j) {
+  const int64_t qb = i / p.sparse_block_q;
+  return sparse_element_visible(p, b, h, qb, sparse_state_at(p, b, h, qb, j / p.sparse_block_k),
+                                i, j);
 }
 
 // Final score of (i, j) given the raw dot product, or -inf when masked.
@@ -169,6 +187,8 @@ __device__ __forceinline__ float score_of(const AttnParams& p, const ScoreCtx& c
                                           int i, int j, const KeyRange& r, float* tanh_out,
                                           bool use_mask = true) {
   if (j < r.lo || j > r.hi) return neg_inf();
+  if (use_mask && p.sparse_state != nullptr && !sparse_visible(p, c.b, c.h, i, j))
+    return neg_inf();
   float s = dot * c.scale;
   if (c.softcap > 0.0f) {
     const float t = tanhf(s / c.softcap);
@@ -203,6 +223,33 @@ __device__ __forceinline__ int mask_state(const MaskTiles& mt, int64_t b, int64_
       all1 = all1 && v == 1;
     }
   return all0 ? 0 : all1 ? 1 : 2;
+}
+
+// State of the block lists over rows [r0, r0+nr) x keys [c0, c0+nc) of
+// (b, h), as mask_state: 0 = no key listed (skip), 1 = all in full blocks
+// (or partial blocks without an element mask), 2 = mixed.
+__device__ __forceinline__ int sparse_tile_state(const AttnParams& p, int64_t b, int64_t h,
+                                                 int r0, int nr, int c0, int nc) {
+  if (p.sparse_state == nullptr || nr <= 0 || nc <= 0) return 1;
+  bool none = true, all = true;
+  for (int64_t qb = r0 / p.sparse_block_q; qb <= (r0 + nr - 1) / p.sparse_block_q; ++qb)
+    for (int64_t kb = c0 / p.sparse_block_k; kb <= (c0 + nc - 1) / p.sparse_block_k; ++kb) {
+      const int32_t st = sparse_state_at(p, b, h, qb, kb);
+      none = none && st == kSparseAbsent;
+      all = all && (st == kSparseFull || (st >= 0 && p.sparse_mask == nullptr));
+    }
+  return none ? 0 : all ? 1 : 2;
+}
+
+// The tile state of the dense mask (mask_state) and the block lists
+// together: 0 if either hides everything, 1 if neither changes anything.
+// Without block lists exactly mask_state.
+__device__ __forceinline__ int tile_state(const AttnParams& p, const MaskTiles& mt, int64_t b,
+                                          int64_t h, int r0, int nr, int c0, int nc) {
+  if (p.sparse_state == nullptr) return mask_state(mt, b, h, r0, nr, c0, nc);
+  const int m = p.mask_kind == MaskKind::none ? 1 : mask_state(mt, b, h, r0, nr, c0, nc);
+  const int sp = sparse_tile_state(p, b, h, r0, nr, c0, nc);
+  return m == 0 || sp == 0 ? 0 : m == 1 && sp == 1 ? 1 : 2;
 }
 
 // Dropout: multiplier (0 or 1/(1-p)) of elements (i, 2c) and (i, 2c+1).

@@ -292,7 +292,13 @@ MaskTiles classify_mask(const AttnParams& p, const Plan& plan, const Workspace& 
   return mask_tiles(p, ws.at<uint8_t>(plan.flags), s);
 }
 
-fsdpa_status forward(const AttnParams& p, void* stream) {
+// Expands the block lists into the plan's state table and points p at it.
+void prepare_block_sparse(AttnParams& p, const Plan& plan, const Workspace& ws, cudaStream_t s) {
+  if (plan.sparse.bytes > 0) sparse_state(&p, ws.at<int32_t>(plan.sparse), s);
+}
+
+fsdpa_status forward(const AttnParams& call, void* stream) {
+  AttnParams p = call;  // gains the block lists' state table (prepare_block_sparse)
   DeviceGuard guard(p.device_id);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   fsdpa_status st = check_kv_cache(p, s);  // before the finite scan reads through pages
@@ -308,6 +314,7 @@ fsdpa_status forward(const AttnParams& p, void* stream) {
   if ((st = plan_call(p, false, &plan)) != FSDPA_OK) return st;
   Workspace ws;
   if ((st = alloc_workspace(plan, ws, s)) != FSDPA_OK) return st;
+  prepare_block_sparse(p, plan, ws, s);
   float* opart = ws.at<float>(plan.opart);
   float* lsepart = ws.at<float>(plan.lsepart);
   cudaError_t err = cudaSuccess;
@@ -345,7 +352,8 @@ fsdpa_status forward(const AttnParams& p, void* stream) {
   return FSDPA_OK;
 }
 
-fsdpa_status backward(const AttnParams& p, void* stream) {
+fsdpa_status backward(const AttnParams& call, void* stream) {
+  AttnParams p = call;  // gains the block lists' state table (prepare_block_sparse)
   DeviceGuard guard(p.device_id);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   fsdpa_status st = check_inputs(p, true, s);
@@ -359,6 +367,7 @@ fsdpa_status backward(const AttnParams& p, void* stream) {
   if ((st = plan_call(p, true, &plan)) != FSDPA_OK) return st;
   Workspace ws;
   if ((st = alloc_workspace(plan, ws, s)) != FSDPA_OK) return st;
+  prepare_block_sparse(p, plan, ws, s);
   float* dsum = ws.at<float>(plan.dsum);
   // The fp32 dQ workspace, [token * Hq + h][dq_cols], is zeroed by the
   // preprocess row by row; the deterministic turn counters after it here.
@@ -412,7 +421,8 @@ bool available() {
 fsdpa_status merge(const MergeParams& m, void* stream);  // merge.cu
 }  // namespace cuda
 
-extern const Backend kCudaBackend = {"cuda", kDLCUDA, cuda::available, cuda::forward,
-                                     cuda::backward, cuda::merge, cuda::explain};
+extern const Backend kCudaBackend = {"cuda",       kDLCUDA,      cuda::available,
+                                     cuda::forward, cuda::backward, cuda::merge,
+                                     cuda::explain, /*block_sparse=*/true};
 
 }  // namespace fsdpa

@@ -444,6 +444,7 @@ const char* decode_scope(const AttnParams& p) {
   if (p.mask_kind != MaskKind::none || p.alibi != nullptr || p.softcap > 0.0f ||
       p.dropout_p > 0.0f)
     return "mask, ALiBi, softcap or dropout";
+  if (p.sparse) return "block-sparse mask (read by the sm80 and simt kernels)";
   if (p.seqlen_q > kMaxSq) return "more than 16 query rows per head";
   if (p.seqlen_q * (p.heads_q / p.heads_k) > kMaxRows)
     return "more than 64 query rows per GQA group";

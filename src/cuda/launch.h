@@ -51,6 +51,20 @@ int64_t mask_tiles_bytes(const AttnParams& p);
 // Fills flags (mask_tiles_bytes(p) bytes) and returns the descriptor.
 MaskTiles mask_tiles(const AttnParams& p, uint8_t* flags, cudaStream_t s);
 
+// Block-sparse mask: bytes of the expanded state table of p's block lists
+// (0 without them), and the expansion (block_sparse.cu), which also points
+// p->sparse_state at the table.
+int64_t sparse_state_bytes(const AttnParams& p);
+void sparse_state(AttnParams* p, int32_t* table, cudaStream_t s);
+// Block lists the band-only tensor-core variant can take: no element masks
+// (every listed block attended entirely) and blocks that are multiples of
+// 128, so each of its tiles (powers of two <= 128, at multiples of their
+// size) lies in one block: listed (band only) or not (skipped), never mixed.
+inline bool sparse_band_only(const AttnParams& p) {
+  return p.sparse && p.sparse_mask == nullptr && p.sparse_block_q % 128 == 0 &&
+         p.sparse_block_k % 128 == 0;
+}
+
 // Bits of the tensor-core kernels' `vec` argument: the tensor can be read
 // (written) with 16-byte accesses (stride_d == 1, dim % 8 == 0, 16-byte
 // aligned rows).

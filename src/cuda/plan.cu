@@ -169,6 +169,25 @@ DeviceInfo device_info(int dev) {
   return cache[dev];
 }
 
+// No Hopper kernel reads block lists yet; the sm80 kernels skip the blocks
+// the lists leave out and test elements only in blocks they mark partial.
+static constexpr const char* kHopperNoSparse =
+    "block-sparse mask (the Hopper kernels do not read block lists yet; the sm80 kernels do)";
+
+// Block lists: expanded into a state table in the workspace that the sm80
+// and simt kernels index in O(1) per tile or element, from the query side
+// and from the key side (the backward's dK/dV walk) alike.
+static void plan_block_sparse(const AttnParams& p, Plan& plan) {
+  if (!p.sparse) return;
+  const int64_t bytes = sparse_state_bytes(p);
+  carve(plan, plan.sparse, size_t(bytes));
+  note(plan, "block-sparse: lists of %lldx%lld blocks expanded into a %lld-byte state table; "
+       "tiles no list names are skipped; %s",
+       (long long)p.sparse_block_q, (long long)p.sparse_block_k, (long long)bytes,
+       sparse_band_only(p) ? "no element masks and 128-multiple blocks: band-only variant"
+                           : "element masks or blocks not multiples of 128: general variant");
+}
+
 Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const Override& ov,
                bool with_reasons) {
   Plan plan;
@@ -220,6 +239,7 @@ Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const 
     if (forced && want != Family::simt && want != Family::sm80)
       forced_out_of_scope(plan, family_name(want), simt_why);
     if (backward) carve(plan, plan.dsum, size_t(p.total_q) * p.heads_q * sizeof(float));
+    plan_block_sparse(p, plan);
     return plan;
   }
   note(plan, "simt: not needed (%s, head bucket %d)", p.dtype == DType::f16 ? "fp16" : "bf16", dp);
@@ -256,7 +276,8 @@ Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const 
     // 3. Hopper, unless the sm_80 kernels would split the keys.
     const int splits = sm80_splits(p, dp, dev.sms, ov, plan);
     const char* hopper_why = !dev.hopper ? "not a 9.x GPU with sm_90a code in this build"
-                                         : hopper_fwd_scope(p);
+                             : p.sparse ? kHopperNoSparse
+                                        : hopper_fwd_scope(p);
     if (hopper_why == nullptr && splits > 1 && !(forced && want == Family::hopper))
       hopper_why = "the sm_80 kernels split the keys (the Hopper forward does not)";
     if (hopper_why == nullptr && forced && want != Family::hopper) hopper_why = "not forced";
@@ -292,7 +313,8 @@ Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const 
     if (forced && want == Family::decode) note(plan, "decode: forward only");
     carve(plan, plan.dsum, size_t(p.total_q) * p.heads_q * sizeof(float));
     const char* hopper_why = !dev.hopper ? "not a 9.x GPU with sm_90a code in this build"
-                                         : hopper_bwd_scope(p);
+                             : p.sparse ? kHopperNoSparse
+                                        : hopper_bwd_scope(p);
     if (hopper_why == nullptr && forced && want == Family::sm80) hopper_why = "not forced";
     if (forced && want == Family::hopper && hopper_why != nullptr) {
       forced_out_of_scope(plan, "hopper", hopper_why);
@@ -339,6 +361,7 @@ Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const 
                                  : "off (FLASHSDPA_CUDA_FORCE mask_skip=0): per-element path");
     if (plan.mask_tiles) carve(plan, plan.flags, size_t(mask_bytes));
   }
+  plan_block_sparse(p, plan);
   return plan;
 }
 

@@ -69,6 +69,7 @@ struct Plan {
   int head_splits = 1;      // hopper backward: CTAs per (key block, kv head)
   // Workspace, one stream-ordered allocation carved into these slices.
   Slice dsum, flags, dq, dq_turns, dkv, opart, lsepart, counter;
+  Slice sparse;             // the block lists' state table (block_sparse.cu)
   size_t workspace_bytes = 0;
   // Why: one line per decision ("family hopper: ...", "splits 1: ..."),
   // written only when make_plan is asked for reasons (explain), so that a

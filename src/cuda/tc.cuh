@@ -231,9 +231,11 @@ tc_fwd_kernel(AttnParams p, int vec, MaskTiles mt, int nsplit, float* opart, flo
     kb0 = s0;
   }
   // Mask state of key block kb (general variant only): 0 = skip it.
+  // (The band-only variant sees block lists only when no tile mixes
+  // listed and unlisted keys: states 0 and 1, see sparse_band_only.)
   auto state_of = [&](int kb) -> int {
-    if constexpr (!GENERAL) return 2;
-    else return mask_state(mt, b, h, m0, mrows, kb * BN, min(BN, e.sk - kb * BN));
+    if (!GENERAL && p.sparse_state == nullptr) return 2;
+    return tile_state(p, mt, b, h, m0, mrows, kb * BN, min(BN, e.sk - kb * BN));
   };
   auto next_kb = [&](int kb) {
     while (kb <= kb1 && state_of(kb) == 0) ++kb;
@@ -513,9 +515,11 @@ tc_dq_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum) {
     kb0 = static_cast<int>(rfirst.lo / BN);
     kb1 = static_cast<int>(rlast.hi / BN);
   }
+  // (The band-only variant sees block lists only when no tile mixes
+  // listed and unlisted keys: states 0 and 1, see sparse_band_only.)
   auto state_of = [&](int kb) -> int {
-    if constexpr (!GENERAL) return 2;
-    else return mask_state(mt, b, h, m0, mrows, kb * BN, min(BN, e.sk - kb * BN));
+    if (!GENERAL && p.sparse_state == nullptr) return 2;
+    return tile_state(p, mt, b, h, m0, mrows, kb * BN, min(BN, e.sk - kb * BN));
   };
   auto next_kb = [&](int kb) {
     while (kb <= kb1 && state_of(kb) == 0) ++kb;
@@ -697,11 +701,9 @@ tc_dkdv_kernel(AttnParams p, int vec, MaskTiles mt, const float* dsum, float* dq
   }
   const int nit = nqb * group;
   auto state_of = [&](int itx) -> int {
-    if constexpr (!GENERAL) return 2;
-    else {
-      const int q0 = (qb0 + itx % nqb) * BM;
-      return mask_state(mt, b, hk * group + itx / nqb, q0, min(BM, e.sq - q0), n0, nrows_k);
-    }
+    if (!GENERAL && p.sparse_state == nullptr) return 2;
+    const int q0 = (qb0 + itx % nqb) * BM;
+    return tile_state(p, mt, b, hk * group + itx / nqb, q0, min(BM, e.sq - q0), n0, nrows_k);
   };
   auto next_it = [&](int itx) {
     while (itx < nit && state_of(itx) == 0) ++itx;

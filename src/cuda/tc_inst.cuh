@@ -14,6 +14,7 @@ cudaError_t tc_fwd_launch_t(const AttnParams& p, int vec, const MaskTiles& mt, i
                             float* opart, float* lsepart, cudaStream_t s) {
   using C = TcConfig<DP>;
   constexpr int BM = 16 * C::kFwdWarps * MFRAGS;
+  static_assert(128 % BM == 0 && 128 % BN == 0, "sparse_band_only: tiles must divide 128");
   constexpr size_t smem = size_t(BM + 4 * BN) * pitch<DP>() * sizeof(T);
   auto kern = tc_fwd_kernel<T, DP, BN, C::kFwdWarps, MFRAGS, GENERAL, KV>;
   cudaError_t err = allow_dynamic_smem(kern, int(smem));
@@ -46,6 +47,7 @@ cudaError_t tc_dkdv_launch(const AttnParams& p, int vec, const MaskTiles& mt, co
   using C = TcConfig<DP>;
   constexpr int NW = ATOMIC_DQ ? C::kAtomicDqWarps : C::kWarps;
   constexpr int BN = 16 * NW, BM = C::kDkvBM;
+  static_assert(128 % BM == 0 && 128 % BN == 0, "sparse_band_only: tiles must divide 128");
   constexpr size_t smem = size_t(2 * BN + 4 * BM) * pitch<DP>() * sizeof(T) + 4 * BM * sizeof(float) +
                           (ATOMIC_DQ ? size_t(BN) * (BM + 8) * sizeof(T) : 0);
   auto kern = tc_dkdv_kernel<T, DP, BM, NW, GENERAL, ATOMIC_DQ>;
@@ -70,6 +72,7 @@ cudaError_t tc_bwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, c
   }
   {
     constexpr int BM = 16 * C::kWarps, BN = C::kDqBN;
+    static_assert(128 % BM == 0 && 128 % BN == 0, "sparse_band_only: tiles must divide 128");
     constexpr size_t smem = size_t(2 * BM + 4 * BN) * pitch<DP>() * sizeof(T);
     auto kern = tc_dq_kernel<T, DP, BN, C::kWarps, GENERAL>;
     cudaError_t err = allow_dynamic_smem(kern, int(smem));
@@ -82,11 +85,12 @@ cudaError_t tc_bwd_launch_g(const AttnParams& p, int vec, const MaskTiles& mt, c
   return tc_dkdv_launch<T, DP, GENERAL, false>(p, vec, mt, dsum, nullptr, s);
 }
 
-// GENERAL: the general variant (softcap, ALiBi, masks, dropout); the other one
-// only applies the causal/window band.
+// GENERAL: the general variant (softcap, ALiBi, masks, block lists with
+// element tests, dropout); the other one only applies the causal/window
+// band, and skips the tiles block lists leave out (sparse_band_only).
 inline bool tc_general(const AttnParams& p) {
   return p.softcap > 0.0f || p.alibi != nullptr || p.mask_kind != MaskKind::none ||
-         p.dropout_p > 0.0f;
+         p.dropout_p > 0.0f || (p.sparse && !sparse_band_only(p));
 }
 
 // Calls with the KV-cache parameters (chunked prefill or decode outside the

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "attention_grid.h"
+#include "block_sparse_case.h"
 
 using namespace fsdpa_test;
 
@@ -486,8 +487,15 @@ void hmaskify(Problem& pr) {
 }
 
 // Runs one case on the current path; returns true if it passed.
-bool run_case(const Case& c, bool simt, cudaStream_t s) {
+// sparse: also a block-sparse mask of that spec (lists on the device for
+// the backend, on the host for the reference).
+bool run_case(const Case& c, bool simt, cudaStream_t s, const SparseSpec* sparse = nullptr) {
   Problem pr(c);
+  std::unique_ptr<BlockSparse> bs;
+  if (sparse) {
+    bs.reset(new BlockSparse(c, *sparse));
+    bs->attach(&pr.p, *sparse);
+  }
   if (c.name.find("blockmask") != std::string::npos) blockify(pr);
   if (c.name.rfind("hbm_", 0) == 0) hbm_mask(pr);
   if (c.name.rfind("hm_", 0) == 0) hmaskify(pr);
@@ -519,6 +527,17 @@ bool run_case(const Case& c, bool simt, cudaStream_t s) {
   fsdpa_params dp = p;
   if (p.mask) { mask.reset(new Dev(pr.mask)); dp.mask = &mask->dl; }
   if (p.alibi_slopes) { alibi.reset(new Dev(pr.alibi)); dp.alibi_slopes = &alibi->dl; }
+  std::unique_ptr<Dev> sp_num, sp_idx, sp_mask, sp_fnum, sp_fidx;
+  if (bs) {
+    auto dev = [](std::unique_ptr<Dev>& d, const Tensor& h, const DLTensor*& field) {
+      if (field) { d.reset(new Dev(h)); field = &d->dl; }
+    };
+    dev(sp_num, bs->kv_num, dp.kv_num_blocks);
+    dev(sp_idx, bs->kv_idx, dp.kv_indices);
+    dev(sp_mask, bs->kv_mask, dp.kv_block_mask);
+    dev(sp_fnum, bs->full_num, dp.full_kv_num_blocks);
+    dev(sp_fidx, bs->full_idx, dp.full_kv_indices);
+  }
   if (p.cu_seqlens_q) {
     cuq.reset(new Dev(pr.cu_q));
     cuk.reset(new Dev(pr.cu_k));
@@ -574,10 +593,57 @@ bool run_case(const Case& c, bool simt, cudaStream_t s) {
   chk.close("dv", dv, dv64, c.dt, red, true, key, 2.0);
   {
     std::lock_guard<std::mutex> l(g_print);
-    printf("%s %s [%s]%s\n", chk.ok ? "ok  " : "FAIL", describe(c).c_str(), key.c_str(),
-           chk.msg.c_str());
+    printf("%s %s%s [%s]%s\n", chk.ok ? "ok  " : "FAIL", describe(c).c_str(),
+           sparse ? (std::string("_sparse_") + sparse_kind_name(sparse->kind) + "_b" +
+                     std::to_string(sparse->bq) + "x" + std::to_string(sparse->bk)).c_str()
+                  : "",
+           key.c_str(), chk.msg.c_str());
   }
   return chk.ok;
+}
+
+// Block-sparse masks (flashsdpa.h's block lists): patterns, block sizes
+// below/above the tiles and unaligned, odd sizes, GQA, with the other
+// features on top; run on the tensor-core path and (fp32 / forced) SIMT.
+std::vector<std::pair<Case, SparseSpec>> block_sparse_cases() {
+  std::vector<std::pair<Case, SparseSpec>> cases;
+  const Shape odd{"bsp_s203x331_d64_gqa", 2, 4, 2, 203, 331, 64, 64};
+  auto add = [&](Case c, SparseKind kind, int64_t bq, int64_t bk, const char* suffix = "") {
+    SparseSpec s;
+    s.kind = kind;
+    s.bq = bq;
+    s.bk = bk;
+    s.per_head = true;
+    c.name += suffix;
+    cases.push_back({c, s});
+  };
+  const SparseKind kinds[] = {SparseKind::random, SparseKind::empty_rows, SparseKind::all_full,
+                              SparseKind::all_partial, SparseKind::partial_as_full,
+                              SparseKind::full_only};
+  for (DT dt : {DT::bf16, DT::f16})
+    for (SparseKind k : kinds) add(case_of(odd, dt), k, 128, 128);
+  const int64_t sizes[][2] = {{64, 64}, {16, 48}, {100, 37}, {256, 32}};
+  for (auto& bsz : sizes) add(case_of(odd, DT::bf16), SparseKind::random, bsz[0], bsz[1]);
+  add(case_of(odd, DT::f32), SparseKind::random, 64, 80);
+  add(case_of({"bsp_s1000x1500_d128", 1, 2, 1, 1000, 1500, 128, 128}, DT::bf16),
+      SparseKind::random, 128, 128);
+  add(case_of({"bsp_s5x700_d64_decode", 2, 4, 1, 5, 700, 64, 64}, DT::bf16), SparseKind::random,
+      128, 64);
+  Case c = case_of(odd, DT::bf16);
+  c.causal = true;
+  add(c, SparseKind::random, 64, 64, "_causal");
+  // Band-only variant (no element masks, 128-multiple blocks) with a band.
+  add(c, SparseKind::full_only, 256, 128, "_causal");
+  add(c, SparseKind::partial_as_full, 128, 256, "_causal");
+  c = case_of(odd, DT::bf16);
+  c.dropout = 0.2f;
+  add(c, SparseKind::random, 64, 64, "_dropout");
+  c = case_of(odd, DT::f16);
+  c.softcap = 5.0f;
+  c.alibi = true;
+  add(c, SparseKind::all_partial, 32, 64, "_softcap_alibi");
+  add(with_all_features(case_of(odd, DT::bf16)), SparseKind::random, 64, 80);
+  return cases;
 }
 
 // ---- GPU-only comparisons (no host reference) ------------------------------------
@@ -1316,6 +1382,19 @@ int main(int argc, char** argv) {
       tally(workspace_allocator_case(s));
       tally(explain_case(s, prop.major == 9 && strstr(fsdpa_backends(), "cuda") != nullptr));
     }
+  }
+  if (!long_only) {
+    for (const auto& [c, sp] : block_sparse_cases()) {
+      if (!filter.empty() && describe(c).find(filter) == std::string::npos) continue;
+      for (int path = 0; path < 2; ++path) {
+        if (path == 1 && c.dt == DT::f32) continue;  // fp32 is SIMT already
+        set_path(path == 1);
+        tally(run_case(c, path == 1, s, &sp));
+      }
+    }
+    set_path(false);
+  }
+  if (filter.empty()) {
     if (do_long && !quick) {
       tally(long_case("s16384_causal_bf16_d128_fwd_bwd", 1, 2, 1, 16384, 16384, 128, DT::bf16, true, true, s));
       tally(long_case("s4096_b2h4_f16_d64_fwd_bwd", 2, 4, 4, 4096, 4096, 64, DT::f16, false, true, s));

@@ -37,6 +37,10 @@
 #           (after build or carried)
 #   decode  bench/bench_decode_cuda.py (DECODE_ARGS, default the grid with a
 #           420 s budget): paged vs contiguous decode, % of copy bandwidth
+#   sparse  block-sparse masks (issue 26): the driver's bsp cases (tensor-core
+#           and SIMT paths), compute-sanitizer memcheck on a few of them,
+#           tests/python/test_block_sparse.py (after build), then
+#           bench/bench_block_sparse.py (SPARSE_ARGS, default --quick)
 # KEEP_GOING=1: a failed quick step does not stop the call.
 # Logs land in $OUT (at most 8 files come back); a crash keeps what was
 # written, since every test log is line-buffered.
@@ -140,6 +144,20 @@ fi
 if has pyquick; then
   el pyquick
   (cd tests/python && timeout 120 python3 -m pytest -q -p no:cacheprovider test_cuda.py test_fast_path.py 2>&1 | tail -4)
+fi
+if has sparse; then
+  tests sparse.log 300 --filter bsp
+  san memcheck --filter gqa_causal_bf16  # general and band-only variants
+  san memcheck --filter bsp_s5x700
+  el pytest block_sparse
+  (cd tests/python && timeout 300 python3 -m pytest -q -p no:cacheprovider test_block_sparse.py 2>&1 |
+    tail -4)
+  el bench_block_sparse
+  # shellcheck disable=SC2086
+  PYTHONUNBUFFERED=1 timeout 500 python3 bench/bench_block_sparse.py ${SPARSE_ARGS:---quick} \
+    --results "$OUT/sparse.md" >"$OUT/sparse_bench.log" 2>&1
+  echo "  rc=$?"
+  tail -30 "$OUT/sparse.md"
 fi
 if has sweep; then
   el sweep
