@@ -356,6 +356,8 @@ fsdpa_status check_kv_cache_values(const AttnParams& p) {
   return FSDPA_OK;
 }
 
+namespace {
+
 // One list pair of the block-sparse mask: count [Bm, Hm, NQB] and indices
 // [Bm, Hm, NQB, L] (int32). Fills the pointers and broadcast strides.
 fsdpa_status sparse_list(const char* num_name, const DLTensor* num_t, const char* idx_name,
