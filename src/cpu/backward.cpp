@@ -16,9 +16,14 @@ namespace fsdpa::cpu {
 namespace {
 
 // Per (q-block, head) panels shared by all tasks: scaled Q, dO, lse, Delta.
+// With AMX (bf16), also the unscaled Q in bf16 [rows x dk2] (q16) for the
+// scores, recomputed as the forward computed them.
 struct QSide {
-  int64_t dp, dvp;
-  Buffer qs, dout, lse, delta;
+  int64_t dp, dvp, dk2;
+  Buffer qs, dout, lse, delta, q16;
+  const uint16_t* q16_rows(int64_t r0) const {
+    return reinterpret_cast<const uint16_t*>(q16.get()) + r0 * dk2;
+  }
   int64_t row0(int64_t gqb, int64_t h, int64_t heads_q) const {
     return (gqb * heads_q + h) * kBlockQ;
   }
@@ -29,7 +34,9 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
   QSide qs;
   qs.dp = dp;
   qs.dvp = dvp;
+  qs.dk2 = amx_pad(p.head_dim);
   const int64_t rows = L.q_blocks() * p.heads_q * kBlockQ;
+  if (uses_amx(p)) qs.q16 = alloc_floats(rows * qs.dk2 / 2);
   qs.qs = alloc_floats(rows * dp);
   qs.dout = alloc_floats(rows * dvp);
   qs.lse = alloc_floats(rows);
@@ -37,7 +44,7 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
   parallel_for(p.batch * p.heads_q, [&](int64_t task) {
     const int64_t b = task / p.heads_q, h = task % p.heads_q;
     const SeqExtent& e = L.seq[b];
-    Buffer o = alloc_floats(p.head_dim_v);
+    Buffer o = alloc_floats(p.head_dim_v + (qs.q16 ? kBlockQ * dp : 0));
     for (int64_t gqb = L.q_block0[b]; gqb < L.q_block0[b + 1]; ++gqb) {
       const int64_t i0 = (gqb - L.q_block0[b]) * kBlockQ;
       const int64_t n = std::min<int64_t>(kBlockQ, e.sq - i0);
@@ -45,6 +52,14 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
       flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim, p.scale,
                         qs.qs.get() + r0 * dp, dp, kBlockQ),
               nf.q);
+      if (qs.q16) {  // unscaled: bf16 inputs stay exact
+        float* tmp = o.get() + p.head_dim_v;
+        pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim, 1.0f, tmp, dp,
+                  kBlockQ);
+        to_bf16_rows(tmp, static_cast<int>(dp), kBlockQ, static_cast<int>(dp),
+                     static_cast<int>(qs.dk2), const_cast<uint16_t*>(qs.q16_rows(r0)),
+                     static_cast<int>(qs.dk2));
+      }
       flag_if(pack_rows(p.dout, p.dout_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim_v,
                         1.0f, qs.dout.get() + r0 * dvp, dvp, kBlockQ),
               nf.dout);
@@ -100,6 +115,8 @@ fsdpa_status backward(const AttnParams& p) {
     const int64_t b = bh / p.heads_k, hk = bh % p.heads_k;
     const SeqExtent& e = L.seq[b];
     const Tiles T(dp, dvp);
+    uint16_t* kt16 =
+        Q.q16 ? reinterpret_cast<uint16_t*>(thread_scratch(2, Q.dk2 * kBlockK / 2)) : nullptr;
     float* dq_split = dq_acc.get() + split * q_rows * dp;
 
     const int64_t nkb = L.k_block0[b + 1] - L.k_block0[b];
@@ -109,6 +126,9 @@ fsdpa_status backward(const AttnParams& p) {
                         T.krow, dp, kBlockK),
               nf.k);
       transpose(T.krow, dp, kBlockK, dp, T.kt, kBlockK);
+      if (kt16)
+        to_bf16_pairs_transposed(T.krow, static_cast<int>(dp), kBlockK, static_cast<int>(dp),
+                                 static_cast<int>(Q.dk2), kt16, 2 * kBlockK);
       flag_if(pack_rows(p.v, p.v_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim_v, 1.0f,
                         T.dv, dvp, kBlockK),  // T.dv as scratch: zeroed below
               nf.v);
@@ -132,6 +152,11 @@ fsdpa_status backward(const AttnParams& p) {
           switch (forward_score_gemm(p, rows)) {
             case ScoreGemm::packed_kt:
               gemm(rows, kBlockK, dp, qs, dp, T.kt, kBlockK, T.s, kBlockK, false);
+              break;
+            case ScoreGemm::packed_kt_amx:
+              amx_gemm_bf16(kBlockQ, kBlockK, static_cast<int>(Q.dk2), Q.q16_rows(r0),
+                            static_cast<int>(Q.dk2), kt16, 2 * kBlockK, T.s, kBlockK, false);
+              scale_row(T.s, static_cast<int>(rows * kBlockK), p.scale);
               break;
             case ScoreGemm::rows_in_place:  // fp32 copies of the rows: the same FMAs
               dot_rows_src(rows, n, p.head_dim, qs, dp, T.krow, false, dp, T.s, kBlockK);

@@ -47,12 +47,37 @@ void pack_kv_tile(const AttnParams& p, const BlockLayout& L, int64_t b, int64_t 
           nf.v);
 }
 
+// The same tile for the AMX products: K^T [dk2 x kBlockK] and V
+// [kBlockK x Dvp] in bf16, pair-interleaved (amx_kernels.h); `tmp` holds
+// kBlockK x max(Dp, Dvp) floats.
+void pack_kv_tile_bf16(const AttnParams& p, const BlockLayout& L, int64_t b, int64_t hk,
+                       int64_t kb, int64_t dp, int64_t dk2, int64_t dvp, uint16_t* kt,
+                       uint16_t* v, float* tmp, NonFiniteFlags& nf) {
+  const SeqExtent& e = L.seq[b];
+  const int64_t j0 = kb * kBlockK, n = std::min<int64_t>(kBlockK, e.sk - j0);
+  flag_if(pack_kv_rows(p, p.k, p.k_stride, b, hk, e.k_begin + j0, n, p.head_dim, tmp, dp, kBlockK),
+          nf.k);
+  to_bf16_pairs_transposed(tmp, dp, kBlockK, dp, dk2, kt, 2 * kBlockK);
+  flag_if(pack_kv_rows(p, p.v, p.v_stride, b, hk, e.k_begin + j0, n, p.head_dim_v, tmp, dvp,
+                       kBlockK),
+          nf.v);
+  to_bf16_pairs(tmp, dvp, kBlockK, dvp, v, 2 * dvp);
+}
+
 // The packed K/V tiles of every (k-block, kv-head), when several q-blocks
 // share them (prefill); for one q-block per head (decode) each task packs
 // the tiles it needs on the fly instead of making a pass over all of K/V.
+// With AMX (bf16) the tiles are kept in bf16 only (kt16, v16).
 struct PackedKV {
-  int64_t dp, dvp;
-  Buffer kt, v;  // empty when packing on the fly
+  int64_t dp, dvp, dk2;
+  Buffer kt, v;      // fp32; empty when packing on the fly or with AMX
+  Buffer kt16, v16;  // bf16 for AMX, else empty
+  const uint16_t* kt16_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
+    return reinterpret_cast<const uint16_t*>(kt16.get()) + (kblock * heads_k + hk) * dk2 * kBlockK;
+  }
+  const uint16_t* v16_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
+    return reinterpret_cast<const uint16_t*>(v16.get()) + (kblock * heads_k + hk) * kBlockK * dvp;
+  }
   const float* kt_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
     return kt.get() + (kblock * heads_k + hk) * dp * kBlockK;
   }
@@ -65,8 +90,24 @@ PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all, NonFi
   PackedKV pk;
   pk.dp = round_up(p.head_dim, kPanelAlign);
   pk.dvp = round_up(p.head_dim_v, kPanelAlign);
+  pk.dk2 = amx_pad(p.head_dim);
   if (!pack_all) return pk;
   const int64_t nblk = L.k_blocks() * p.heads_k;
+  if (uses_amx(p)) {
+    pk.kt16 = alloc_floats(nblk * pk.dk2 * kBlockK / 2);
+    pk.v16 = alloc_floats(nblk * kBlockK * pk.dvp / 2);
+    parallel_for(p.batch * p.heads_k, [&](int64_t task) {
+      const int64_t b = task / p.heads_k, hk = task % p.heads_k;
+      Buffer tmp = alloc_floats(kBlockK * std::max(pk.dp, pk.dvp));
+      for (int64_t kb = 0; kb < L.k_block0[b + 1] - L.k_block0[b]; ++kb) {
+        const int64_t gb = L.k_block0[b] + kb;
+        pack_kv_tile_bf16(p, L, b, hk, kb, pk.dp, pk.dk2, pk.dvp,
+                          const_cast<uint16_t*>(pk.kt16_block(gb, hk, p.heads_k)),
+                          const_cast<uint16_t*>(pk.v16_block(gb, hk, p.heads_k)), tmp.get(), nf);
+      }
+    });
+    return pk;
+  }
   pk.kt = alloc_floats(nblk * pk.dp * kBlockK);
   pk.v = alloc_floats(nblk * kBlockK * pk.dvp);
   parallel_for(p.batch * p.heads_k, [&](int64_t task) {
@@ -137,10 +178,12 @@ struct RowState {
 // (c: the first; more than one only without dropout, for GQA decode: their
 // rows are stacked head after head and share each K/V read) over key blocks
 // [kb_begin, kb_end). `tiles` is scratch for on-the-fly K/V tiles
-// (kBlockK * (Dp + Dvp)).
+// (kBlockK * (Dp + Dvp)). With AMX, q16 is the unscaled bf16 Q panel
+// [kBlockQ x dk2] (zero rows after head_rows) and p16 scratch for P in bf16.
 void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const HeadCtx& c,
-            int64_t heads, const float* qs, int64_t i0, int64_t head_rows, int64_t kb_begin,
-            int64_t kb_end, float* S, float* tiles, RowState st, NonFiniteFlags& nf) {
+            int64_t heads, const float* qs, const uint16_t* q16, uint16_t* p16, int64_t i0,
+            int64_t head_rows, int64_t kb_begin, int64_t kb_end, float* S, float* tiles,
+            RowState st, NonFiniteFlags& nf) {
   const int64_t hk = kv_head(p, c.h);
   const int64_t kb0 = L.k_block0[c.b];
   const int64_t rows = heads * head_rows;
@@ -149,6 +192,8 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
     st.l[r] = 0.0f;
   }
   std::fill(st.o, st.o + kBlockQ * pk.dvp, 0.0f);
+  // AMX multiplies whole 16-row tiles: P's rows past `rows` stay zero.
+  if (pk.kt16) std::fill(p16 + rows * kBlockK, p16 + kBlockQ * kBlockK, uint16_t{0});
   const bool bf16 = p.dtype == DType::bf16;
   // Decode steps with few query rows read fp32/bf16 K and V in place
   // (contiguous rows) instead of copying each tile.
@@ -157,7 +202,12 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
     const int64_t j0 = kb * kBlockK;
     int64_t n = kBlockK;  // keys of this block (fewer at the sequence end)
     const float* v;
-    if (pk.kt) {
+    if (pk.kt16) {
+      amx_gemm_bf16(kBlockQ, kBlockK, static_cast<int>(pk.dk2), q16, static_cast<int>(pk.dk2),
+                    pk.kt16_block(kb0 + kb, hk, p.heads_k), 2 * kBlockK, S, kBlockK, false);
+      scale_row(S, static_cast<int>(rows * kBlockK), p.scale);
+      v = nullptr;
+    } else if (pk.kt) {
       gemm(rows, kBlockK, pk.dp, qs, pk.dp, pk.kt_block(kb0 + kb, hk, p.heads_k), kBlockK, S,
            kBlockK, false);
       v = pk.v_block(kb0 + kb, hk, p.heads_k);
@@ -214,7 +264,12 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       st.m[r] = m_new;
       if (p.dropout_p > 0) apply_dropout_row(c, i0 + r, j0, s);  // heads == 1 here
     }
-    if (v) {
+    if (pk.kt16) {
+      to_bf16_rows(S, kBlockK, static_cast<int>(rows), kBlockK, kBlockK, p16, kBlockK);
+      amx_gemm_bf16(kBlockQ, static_cast<int>(pk.dvp), kBlockK, p16, kBlockK,
+                    pk.v16_block(kb0 + kb, hk, p.heads_k), static_cast<int>(2 * pk.dvp), st.o,
+                    static_cast<int>(pk.dvp), true);
+    } else if (v) {
       gemm(rows, pk.dvp, kBlockK, S, kBlockK, v, pk.dvp, st.o, pk.dvp, true);
     } else {
       const int64_t tok = c.e.k_begin + j0;
@@ -328,11 +383,24 @@ fsdpa_status forward(const AttnParams& p) {
     visible_key_blocks(c, i0, i0 + rows, &kb_lo, &kb_hi);
     const int64_t span = kb_hi - kb_lo;
     const int64_t s_lo = kb_lo + span * split / splits, s_hi = kb_lo + span * (split + 1) / splits;
-    for (int64_t g = 0; g < task_heads; ++g)
-      flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h + g, e.q_begin + i0, rows, p.head_dim,
-                        p.scale, qs + g * rows * dp, dp, rows),
+    uint16_t* q16 = nullptr;
+    uint16_t* p16 = nullptr;
+    if (pk.kt16) {  // unscaled bf16 Q (exact): the scale goes on the fp32 scores
+      q16 = reinterpret_cast<uint16_t*>(thread_scratch(2, kBlockQ * (pk.dk2 + kBlockK) / 2));
+      p16 = q16 + kBlockQ * pk.dk2;
+      flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, rows, p.head_dim, 1.0f,
+                        qs, dp, rows),
               nf.q);
-    attend(p, pk, L, c, task_heads, qs, i0, rows, s_lo, s_hi, S,
+      to_bf16_rows(qs, static_cast<int>(dp), static_cast<int>(rows), static_cast<int>(dp),
+                   static_cast<int>(pk.dk2), q16, static_cast<int>(pk.dk2));
+      std::fill(q16 + rows * pk.dk2, q16 + kBlockQ * pk.dk2, uint16_t{0});
+    } else {
+      for (int64_t g = 0; g < task_heads; ++g)
+        flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h + g, e.q_begin + i0, rows, p.head_dim,
+                          p.scale, qs + g * rows * dp, dp, rows),
+                nf.q);
+    }
+    attend(p, pk, L, c, task_heads, qs, q16, p16, i0, rows, s_lo, s_hi, S,
            qs + per_thread - kBlockK * (2 * dp + dvp), st, nf);
     if (splits == 1) finish_rows(p, c, task_heads, i0, rows, dvp, st);
   });
@@ -364,7 +432,7 @@ fsdpa_status forward(const AttnParams& p) {
       finish_rows(p, make_head_ctx(p, e, b, h), task_heads, i0, rows, dvp, acc);
     });
   }
-  if (p.check_finite && !pk.kt && !nf.q && !nf.k && !nf.v) check_unread_kv(p, L, nf);
+  if (p.check_finite && !pk.kt && !pk.kt16 && !nf.q && !nf.k && !nf.v) check_unread_kv(p, L, nf);
   return nf.status(p);
 }
 
