@@ -16,14 +16,21 @@ namespace fsdpa::cpu {
 namespace {
 
 // Per (q-block, head) panels shared by all tasks: scaled Q, dO, lse, Delta.
-// With AMX (bf16), also the unscaled Q in bf16 [rows x dk2] (q16) for the
-// scores, recomputed as the forward computed them.
+// With AMX (bf16), also bf16 copies of the unscaled Q and of dO, each both
+// row-major (the A side of a product: q16 [rows x dk2], do16 [rows x dv2])
+// and pair-interleaved (the B side: q16p [rows / 2 x 2 dp], do16p
+// [rows / 2 x 2 dvp]); the scores are recomputed as the forward did.
 struct QSide {
-  int64_t dp, dvp, dk2;
-  Buffer qs, dout, lse, delta, q16;
-  const uint16_t* q16_rows(int64_t r0) const {
-    return reinterpret_cast<const uint16_t*>(q16.get()) + r0 * dk2;
+  int64_t dp, dvp, dk2, dv2;
+  Buffer qs, dout, lse, delta;
+  Buffer q16, q16p, do16, do16p;  // AMX only
+  static const uint16_t* at(const Buffer& b, int64_t r0, int64_t ld) {
+    return reinterpret_cast<const uint16_t*>(b.get()) + r0 * ld;
   }
+  const uint16_t* q16_rows(int64_t r0) const { return at(q16, r0, dk2); }
+  const uint16_t* q16_pairs(int64_t r0) const { return at(q16p, r0, dp); }
+  const uint16_t* do16_rows(int64_t r0) const { return at(do16, r0, dv2); }
+  const uint16_t* do16_pairs(int64_t r0) const { return at(do16p, r0, dvp); }
   int64_t row0(int64_t gqb, int64_t h, int64_t heads_q) const {
     return (gqb * heads_q + h) * kBlockQ;
   }
@@ -35,8 +42,14 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
   qs.dp = dp;
   qs.dvp = dvp;
   qs.dk2 = amx_pad(p.head_dim);
+  qs.dv2 = amx_pad(p.head_dim_v);
   const int64_t rows = L.q_blocks() * p.heads_q * kBlockQ;
-  if (uses_amx(p)) qs.q16 = alloc_floats(rows * qs.dk2 / 2);
+  if (uses_amx(p)) {
+    qs.q16 = alloc_floats(rows * qs.dk2 / 2);
+    qs.q16p = alloc_floats(rows * dp / 2);
+    qs.do16 = alloc_floats(rows * qs.dv2 / 2);
+    qs.do16p = alloc_floats(rows * dvp / 2);
+  }
   qs.qs = alloc_floats(rows * dp);
   qs.dout = alloc_floats(rows * dvp);
   qs.lse = alloc_floats(rows);
@@ -52,17 +65,23 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
       flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim, p.scale,
                         qs.qs.get() + r0 * dp, dp, kBlockQ),
               nf.q);
-      if (qs.q16) {  // unscaled: bf16 inputs stay exact
+      const float* dout = qs.dout.get() + r0 * dvp;
+      flag_if(pack_rows(p.dout, p.dout_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim_v,
+                        1.0f, const_cast<float*>(dout), dvp, kBlockQ),
+              nf.dout);
+      if (qs.q16) {  // unscaled Q: bf16 inputs stay exact (dK is scaled when stored)
         float* tmp = o.get() + p.head_dim_v;
         pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim, 1.0f, tmp, dp,
                   kBlockQ);
-        to_bf16_rows(tmp, static_cast<int>(dp), kBlockQ, static_cast<int>(dp),
-                     static_cast<int>(qs.dk2), const_cast<uint16_t*>(qs.q16_rows(r0)),
-                     static_cast<int>(qs.dk2));
+        const int idp = static_cast<int>(dp), idvp = static_cast<int>(dvp);
+        to_bf16_rows(tmp, idp, kBlockQ, idp, static_cast<int>(qs.dk2),
+                     const_cast<uint16_t*>(qs.q16_rows(r0)), static_cast<int>(qs.dk2));
+        to_bf16_pairs(tmp, idp, kBlockQ, idp, const_cast<uint16_t*>(qs.q16_pairs(r0)), 2 * idp);
+        to_bf16_rows(dout, idvp, kBlockQ, idvp, static_cast<int>(qs.dv2),
+                     const_cast<uint16_t*>(qs.do16_rows(r0)), static_cast<int>(qs.dv2));
+        to_bf16_pairs(dout, idvp, kBlockQ, idvp, const_cast<uint16_t*>(qs.do16_pairs(r0)),
+                      2 * idvp);
       }
-      flag_if(pack_rows(p.dout, p.dout_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim_v,
-                        1.0f, qs.dout.get() + r0 * dvp, dvp, kBlockQ),
-              nf.dout);
       for (int64_t r = 0; r < kBlockQ; ++r) {
         float lse = kNegInf, delta = 0.0f;
         if (r < n) {
@@ -94,6 +113,29 @@ struct Tiles {
   }
 };
 
+// Per-thread bf16 tiles of the AMX path: the key block's K^T (kt), K (kp)
+// and V^T (vt) as B panels, and A panels of P^T or dS^T (at) and dS (a).
+struct AmxTiles {
+  uint16_t *kt = nullptr, *kp = nullptr, *vt = nullptr, *at = nullptr, *a = nullptr;
+  static int64_t floats(const QSide& Q) {
+    return (Q.dk2 * kBlockK + kBlockK * Q.dp + Q.dv2 * kBlockK + 2 * kBlockK * kBlockQ) / 2;
+  }
+  AmxTiles(float* mem, const QSide& Q) {
+    if (!mem) return;
+    uint16_t* x = reinterpret_cast<uint16_t*>(mem);
+    auto take = [&](int64_t n) { uint16_t* r = x; x += n; return r; };
+    kt = take(Q.dk2 * kBlockK); kp = take(kBlockK * Q.dp); vt = take(Q.dv2 * kBlockK);
+    at = take(kBlockK * kBlockQ); a = take(kBlockQ * kBlockK);
+  }
+  // at = bf16(x^T) for x [rows x kBlockK] fp32, zero columns past rows.
+  void transposed(const float* x, int64_t rows) const {
+    to_bf16_transposed(x, kBlockK, static_cast<int>(rows), kBlockK, at, kBlockQ);
+    if (rows < kBlockQ)
+      for (int64_t j = 0; j < kBlockK; ++j)
+        std::fill(at + j * kBlockQ + rows, at + (j + 1) * kBlockQ, uint16_t{0});
+  }
+};
+
 }  // namespace
 
 fsdpa_status backward(const AttnParams& p) {
@@ -115,8 +157,7 @@ fsdpa_status backward(const AttnParams& p) {
     const int64_t b = bh / p.heads_k, hk = bh % p.heads_k;
     const SeqExtent& e = L.seq[b];
     const Tiles T(dp, dvp);
-    uint16_t* kt16 =
-        Q.q16 ? reinterpret_cast<uint16_t*>(thread_scratch(2, Q.dk2 * kBlockK / 2)) : nullptr;
+    const AmxTiles A16(Q.q16 ? thread_scratch(2, AmxTiles::floats(Q)) : nullptr, Q);
     float* dq_split = dq_acc.get() + split * q_rows * dp;
 
     const int64_t nkb = L.k_block0[b + 1] - L.k_block0[b];
@@ -125,14 +166,20 @@ fsdpa_status backward(const AttnParams& p) {
       flag_if(pack_rows(p.k, p.k_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim, 1.0f,
                         T.krow, dp, kBlockK),
               nf.k);
-      transpose(T.krow, dp, kBlockK, dp, T.kt, kBlockK);
-      if (kt16)
-        to_bf16_pairs_transposed(T.krow, static_cast<int>(dp), kBlockK, static_cast<int>(dp),
-                                 static_cast<int>(Q.dk2), kt16, 2 * kBlockK);
       flag_if(pack_rows(p.v, p.v_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim_v, 1.0f,
                         T.dv, dvp, kBlockK),  // T.dv as scratch: zeroed below
               nf.v);
-      transpose(T.dv, dvp, kBlockK, dvp, T.vt, kBlockK);
+      if (A16.kt) {  // bf16 B panels: K^T, K, V^T
+        const int idp = static_cast<int>(dp), idvp = static_cast<int>(dvp);
+        to_bf16_pairs_transposed(T.krow, idp, kBlockK, idp, static_cast<int>(Q.dk2), A16.kt,
+                                 2 * kBlockK);
+        to_bf16_pairs(T.krow, idp, kBlockK, idp, A16.kp, 2 * idp);
+        to_bf16_pairs_transposed(T.dv, idvp, kBlockK, idvp, static_cast<int>(Q.dv2), A16.vt,
+                                 2 * kBlockK);
+      } else {
+        transpose(T.krow, dp, kBlockK, dp, T.kt, kBlockK);
+        transpose(T.dv, dvp, kBlockK, dvp, T.vt, kBlockK);
+      }
       std::fill(T.dk, T.dk + kBlockK * dp, 0.0f);
       std::fill(T.dv, T.dv + kBlockK * dvp, 0.0f);
 
@@ -155,7 +202,7 @@ fsdpa_status backward(const AttnParams& p) {
               break;
             case ScoreGemm::packed_kt_amx:
               amx_gemm_bf16(kBlockQ, kBlockK, static_cast<int>(Q.dk2), Q.q16_rows(r0),
-                            static_cast<int>(Q.dk2), kt16, 2 * kBlockK, T.s, kBlockK, false);
+                            static_cast<int>(Q.dk2), A16.kt, 2 * kBlockK, T.s, kBlockK, false);
               scale_row(T.s, static_cast<int>(rows * kBlockK), p.scale);
               break;
             case ScoreGemm::rows_in_place:  // fp32 copies of the rows: the same FMAs
@@ -181,9 +228,18 @@ fsdpa_status backward(const AttnParams& p) {
             for (int64_t r = 0; r < rows; ++r) apply_dropout_row(c, i0 + r, j0, T.pz + r * kBlockK);
             pz = T.pz;
           }
-          gemm_at(kBlockK, dvp, rows, pz, kBlockK, dout, dvp, T.dv, dvp, true);
-          // dP = (dO V^T) * Z ; dS = P (dP - Delta) [* (1 - tanh^2)]
-          gemm(rows, kBlockK, dvp, dout, dvp, T.vt, kBlockK, T.dp, kBlockK, false);
+          const int idp = static_cast<int>(dp), idvp = static_cast<int>(dvp);
+          if (A16.kt) {
+            A16.transposed(pz, rows);
+            amx_gemm_bf16(kBlockK, idvp, kBlockQ, A16.at, kBlockQ, Q.do16_pairs(r0), 2 * idvp,
+                          T.dv, idvp, true);
+            amx_gemm_bf16(kBlockQ, kBlockK, static_cast<int>(Q.dv2), Q.do16_rows(r0),
+                          static_cast<int>(Q.dv2), A16.vt, 2 * kBlockK, T.dp, kBlockK, false);
+          } else {
+            gemm_at(kBlockK, dvp, rows, pz, kBlockK, dout, dvp, T.dv, dvp, true);
+            // dP = (dO V^T) * Z ; dS = P (dP - Delta) [* (1 - tanh^2)]
+            gemm(rows, kBlockK, dvp, dout, dvp, T.vt, kBlockK, T.dp, kBlockK, false);
+          }
           for (int64_t r = 0; r < rows; ++r) {
             float* dpr = T.dp + r * kBlockK;
             if (p.dropout_p > 0) apply_dropout_row(c, i0 + r, j0, dpr);
@@ -194,14 +250,24 @@ fsdpa_status backward(const AttnParams& p) {
             }
           }
           // dK += dS^T (scale Q) ; dQ += dS K  (scale applied when writing dQ)
-          gemm_at(kBlockK, dp, rows, T.dp, kBlockK, qs, dp, T.dk, dp, true);
-          gemm(rows, dp, kBlockK, T.dp, kBlockK, T.krow, dp, dq_split + r0 * dp, dp, true);
+          if (A16.kt) {  // dK += dS^T Q, scaled when written
+            A16.transposed(T.dp, rows);
+            amx_gemm_bf16(kBlockK, idp, kBlockQ, A16.at, kBlockQ, Q.q16_pairs(r0), 2 * idp, T.dk,
+                          idp, true);
+            to_bf16_rows(T.dp, kBlockK, static_cast<int>(rows), kBlockK, kBlockK, A16.a, kBlockK);
+            std::fill(A16.a + rows * kBlockK, A16.a + kBlockQ * kBlockK, uint16_t{0});
+            amx_gemm_bf16(kBlockQ, idp, kBlockK, A16.a, kBlockK, A16.kp, 2 * idp,
+                          dq_split + r0 * dp, idp, true);
+          } else {
+            gemm_at(kBlockK, dp, rows, T.dp, kBlockK, qs, dp, T.dk, dp, true);
+            gemm(rows, dp, kBlockK, T.dp, kBlockK, T.krow, dp, dq_split + r0 * dp, dp, true);
+          }
         }
       }
       for (int64_t j = 0; j < n; ++j) {
         const int64_t tok = e.k_begin + j0 + j;
         store_f32(p.dk, offset4(p.dk_stride, b, hk, tok, 0), p.dk_stride[3], p.head_dim,
-                  p.dtype, T.dk + j * dp, 1.0f);
+                  p.dtype, T.dk + j * dp, A16.kt ? p.scale : 1.0f);
         store_f32(p.dv, offset4(p.dv_stride, b, hk, tok, 0), p.dv_stride[3], p.head_dim_v,
                   p.dtype, T.dv + j * dvp, 1.0f);
       }
