@@ -17,20 +17,21 @@ namespace {
 
 // Per (q-block, head) panels shared by all tasks: scaled Q, dO, lse, Delta.
 // With AMX (bf16), also bf16 copies of the unscaled Q and of dO, each both
-// row-major (the A side of a product: q16 [rows x dk2], do16 [rows x dv2])
-// and pair-interleaved (the B side: q16p [rows / 2 x 2 dp], do16p
-// [rows / 2 x 2 dvp]); the scores are recomputed as the forward did.
+// row-major (q16 [rows x dk2], do16 [rows x dv2]) and, per q-block,
+// transposed (qt16 [dp x kBlockQ], dot16 [dvp x kBlockQ]): the A sides of
+// S = Q K^T, dP = dO V^T, dK^T += Q^T dS and dV^T += dO^T P. The scores
+// are recomputed as the forward did.
 struct QSide {
   int64_t dp, dvp, dk2, dv2;
   Buffer qs, dout, lse, delta;
-  Buffer q16, q16p, do16, do16p;  // AMX only
+  Buffer q16, qt16, do16, dot16;  // AMX only
   static const uint16_t* at(const Buffer& b, int64_t r0, int64_t ld) {
     return reinterpret_cast<const uint16_t*>(b.get()) + r0 * ld;
   }
   const uint16_t* q16_rows(int64_t r0) const { return at(q16, r0, dk2); }
-  const uint16_t* q16_pairs(int64_t r0) const { return at(q16p, r0, dp); }
+  const uint16_t* qt16_block(int64_t r0) const { return at(qt16, r0, dp); }
   const uint16_t* do16_rows(int64_t r0) const { return at(do16, r0, dv2); }
-  const uint16_t* do16_pairs(int64_t r0) const { return at(do16p, r0, dvp); }
+  const uint16_t* dot16_block(int64_t r0) const { return at(dot16, r0, dvp); }
   int64_t row0(int64_t gqb, int64_t h, int64_t heads_q) const {
     return (gqb * heads_q + h) * kBlockQ;
   }
@@ -46,9 +47,9 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
   const int64_t rows = L.q_blocks() * p.heads_q * kBlockQ;
   if (uses_amx(p)) {
     qs.q16 = alloc_floats(rows * qs.dk2 / 2);
-    qs.q16p = alloc_floats(rows * dp / 2);
+    qs.qt16 = alloc_floats(rows * dp / 2);
     qs.do16 = alloc_floats(rows * qs.dv2 / 2);
-    qs.do16p = alloc_floats(rows * dvp / 2);
+    qs.dot16 = alloc_floats(rows * dvp / 2);
   }
   qs.qs = alloc_floats(rows * dp);
   qs.dout = alloc_floats(rows * dvp);
@@ -76,11 +77,12 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
         const int idp = static_cast<int>(dp), idvp = static_cast<int>(dvp);
         to_bf16_rows(tmp, idp, kBlockQ, idp, static_cast<int>(qs.dk2),
                      const_cast<uint16_t*>(qs.q16_rows(r0)), static_cast<int>(qs.dk2));
-        to_bf16_pairs(tmp, idp, kBlockQ, idp, const_cast<uint16_t*>(qs.q16_pairs(r0)), 2 * idp);
+        to_bf16_transposed(tmp, idp, kBlockQ, idp, const_cast<uint16_t*>(qs.qt16_block(r0)),
+                           kBlockQ);
         to_bf16_rows(dout, idvp, kBlockQ, idvp, static_cast<int>(qs.dv2),
                      const_cast<uint16_t*>(qs.do16_rows(r0)), static_cast<int>(qs.dv2));
-        to_bf16_pairs(dout, idvp, kBlockQ, idvp, const_cast<uint16_t*>(qs.do16_pairs(r0)),
-                      2 * idvp);
+        to_bf16_transposed(dout, idvp, kBlockQ, idvp, const_cast<uint16_t*>(qs.dot16_block(r0)),
+                           kBlockQ);
       }
       for (int64_t r = 0; r < kBlockQ; ++r) {
         float lse = kNegInf, delta = 0.0f;
@@ -113,26 +115,26 @@ struct Tiles {
   }
 };
 
-// Per-thread bf16 tiles of the AMX path: the key block's K^T (kt), K (kp)
-// and V^T (vt) as B panels, and A panels of P^T or dS^T (at) and dS (a).
+// Per-thread tiles of the AMX path: the key block's K^T (kt), K (kp) and
+// V^T (vt) as bf16 B panels, P or dS pair-interleaved (pairs, a B panel), dS
+// row-major (a, an A panel), and the fp32 accumulators dK^T, dV^T: the
+// products run transposed so that their A sides (Q^T, dO^T) are packed once
+// per q-block, not per (q-block, key block).
 struct AmxTiles {
-  uint16_t *kt = nullptr, *kp = nullptr, *vt = nullptr, *at = nullptr, *a = nullptr;
+  uint16_t *kt = nullptr, *kp = nullptr, *vt = nullptr, *pairs = nullptr, *a = nullptr;
+  float *dkt = nullptr, *dvt = nullptr;
   static int64_t floats(const QSide& Q) {
-    return (Q.dk2 * kBlockK + kBlockK * Q.dp + Q.dv2 * kBlockK + 2 * kBlockK * kBlockQ) / 2;
+    return (Q.dk2 * kBlockK + kBlockK * Q.dp + Q.dv2 * kBlockK + 2 * kBlockK * kBlockQ) / 2 +
+           (Q.dp + Q.dvp) * kBlockK;
   }
   AmxTiles(float* mem, const QSide& Q) {
     if (!mem) return;
-    uint16_t* x = reinterpret_cast<uint16_t*>(mem);
+    dkt = mem;
+    dvt = dkt + Q.dp * kBlockK;
+    uint16_t* x = reinterpret_cast<uint16_t*>(dvt + Q.dvp * kBlockK);
     auto take = [&](int64_t n) { uint16_t* r = x; x += n; return r; };
     kt = take(Q.dk2 * kBlockK); kp = take(kBlockK * Q.dp); vt = take(Q.dv2 * kBlockK);
-    at = take(kBlockK * kBlockQ); a = take(kBlockQ * kBlockK);
-  }
-  // at = bf16(x^T) for x [rows x kBlockK] fp32, zero columns past rows.
-  void transposed(const float* x, int64_t rows) const {
-    to_bf16_transposed(x, kBlockK, static_cast<int>(rows), kBlockK, at, kBlockQ);
-    if (rows < kBlockQ)
-      for (int64_t j = 0; j < kBlockK; ++j)
-        std::fill(at + j * kBlockQ + rows, at + (j + 1) * kBlockQ, uint16_t{0});
+    pairs = take(kBlockK * kBlockQ); a = take(kBlockQ * kBlockK);
   }
 };
 
@@ -182,6 +184,10 @@ fsdpa_status backward(const AttnParams& p) {
       }
       std::fill(T.dk, T.dk + kBlockK * dp, 0.0f);
       std::fill(T.dv, T.dv + kBlockK * dvp, 0.0f);
+      if (A16.kt) {
+        std::fill(A16.dkt, A16.dkt + dp * kBlockK, 0.0f);
+        std::fill(A16.dvt, A16.dvt + dvp * kBlockK, 0.0f);
+      }
 
       for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
         const HeadCtx c = make_head_ctx(p, e, b, h);
@@ -224,15 +230,16 @@ fsdpa_status backward(const AttnParams& p) {
           // dV += (P * Z)^T dO
           const float* pz = T.s;
           if (p.dropout_p > 0) {
-            std::copy(T.s, T.s + rows * kBlockK, T.pz);
+            std::copy(T.s, T.s + kBlockQ * kBlockK, T.pz);  // with AMX's zero padding rows
             for (int64_t r = 0; r < rows; ++r) apply_dropout_row(c, i0 + r, j0, T.pz + r * kBlockK);
             pz = T.pz;
           }
           const int idp = static_cast<int>(dp), idvp = static_cast<int>(dvp);
           if (A16.kt) {
-            A16.transposed(pz, rows);
-            amx_gemm_bf16(kBlockK, idvp, kBlockQ, A16.at, kBlockQ, Q.do16_pairs(r0), 2 * idvp,
-                          T.dv, idvp, true);
+            // P's rows past `rows` are 0 (so are Q's and dO's bf16 rows there).
+            to_bf16_pairs(pz, kBlockK, kBlockQ, kBlockK, A16.pairs, 2 * kBlockK);
+            amx_gemm_bf16(idvp, kBlockK, kBlockQ, Q.dot16_block(r0), kBlockQ, A16.pairs,
+                          2 * kBlockK, A16.dvt, kBlockK, true);
             amx_gemm_bf16(kBlockQ, kBlockK, static_cast<int>(Q.dv2), Q.do16_rows(r0),
                           static_cast<int>(Q.dv2), A16.vt, 2 * kBlockK, T.dp, kBlockK, false);
           } else {
@@ -250,12 +257,11 @@ fsdpa_status backward(const AttnParams& p) {
             }
           }
           // dK += dS^T (scale Q) ; dQ += dS K  (scale applied when writing dQ)
-          if (A16.kt) {  // dK += dS^T Q, scaled when written
-            A16.transposed(T.dp, rows);
-            amx_gemm_bf16(kBlockK, idp, kBlockQ, A16.at, kBlockQ, Q.q16_pairs(r0), 2 * idp, T.dk,
-                          idp, true);
-            to_bf16_rows(T.dp, kBlockK, static_cast<int>(rows), kBlockK, kBlockK, A16.a, kBlockK);
-            std::fill(A16.a + rows * kBlockK, A16.a + kBlockQ * kBlockK, uint16_t{0});
+          if (A16.kt) {  // dK^T += Q^T dS (scaled when written); dS's padding rows are 0
+            to_bf16_pairs(T.dp, kBlockK, kBlockQ, kBlockK, A16.pairs, 2 * kBlockK);
+            amx_gemm_bf16(idp, kBlockK, kBlockQ, Q.qt16_block(r0), kBlockQ, A16.pairs,
+                          2 * kBlockK, A16.dkt, kBlockK, true);
+            to_bf16_rows(T.dp, kBlockK, kBlockQ, kBlockK, kBlockK, A16.a, kBlockK);
             amx_gemm_bf16(kBlockQ, idp, kBlockK, A16.a, kBlockK, A16.kp, 2 * idp,
                           dq_split + r0 * dp, idp, true);
           } else {
@@ -263,6 +269,10 @@ fsdpa_status backward(const AttnParams& p) {
             gemm(rows, dp, kBlockK, T.dp, kBlockK, T.krow, dp, dq_split + r0 * dp, dp, true);
           }
         }
+      }
+      if (A16.kt) {  // dK^T, dV^T back to rows
+        transpose(A16.dkt, kBlockK, dp, kBlockK, T.dk, dp);
+        transpose(A16.dvt, kBlockK, dvp, kBlockK, T.dv, dvp);
       }
       for (int64_t j = 0; j < n; ++j) {
         const int64_t tok = e.k_begin + j0 + j;
