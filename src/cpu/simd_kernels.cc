@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "core/dtype.h"
 #include "cpu/simd_kernels.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -285,6 +286,34 @@ bool ConvertRow(const void* HWY_RESTRICT src, bool bf16, int64_t n, float mul,
   return finite;
 }
 
+// dst[i] = src[i] * mul, stored as fp32 or (bf16) bfloat16 rounded to
+// nearest even like f32_to_bf16 (NaN stays a quiet NaN).
+void StoreRow(const float* HWY_RESTRICT src, float mul, bool bf16, int64_t n, void* dst) {
+  const DF d;
+  const DU du;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  const auto vmul = hn::Set(d, mul);
+  int64_t i = 0;
+  if (!bf16) {
+    float* out = static_cast<float*>(dst);
+    for (; i + lanes <= n; i += lanes) hn::StoreU(hn::Mul(hn::LoadU(d, src + i), vmul), d, out + i);
+    for (; i < n; ++i) out[i] = src[i] * mul;
+    return;
+  }
+  const hn::RebindToSigned<DF> di;
+  const hn::Rebind<uint16_t, DF> du16;
+  uint16_t* out = static_cast<uint16_t*>(dst);
+  const auto abs_mask = hn::Set(du, 0x7FFFFFFFu), inf = hn::Set(du, 0x7F800000u);
+  const auto quiet = hn::Set(du, 0x00400000u), half = hn::Set(du, 0x7FFFu), one = hn::Set(du, 1u);
+  for (; i + lanes <= n; i += lanes) {
+    const auto u = hn::BitCast(du, hn::Mul(hn::LoadU(d, src + i), vmul));
+    const auto rounded = hn::Add(u, hn::Add(half, hn::And(hn::ShiftRight<16>(u), one)));
+    const auto r = hn::IfThenElse(hn::Gt(hn::And(u, abs_mask), inf), hn::Or(u, quiet), rounded);
+    hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di, hn::ShiftRight<16>(r))), du16, out + i);
+  }
+  for (; i < n; ++i) out[i] = f32_to_bf16(src[i] * mul);
+}
+
 bool AllFinite(const float* HWY_RESTRICT x, int64_t n) {
   const DF d;
   const DU du;
@@ -357,6 +386,7 @@ HWY_EXPORT(GemmBt);
 HWY_EXPORT(ConvertRow);
 HWY_EXPORT(DotRowsSrc);
 HWY_EXPORT(AllFinite);
+HWY_EXPORT(StoreRow);
 HWY_EXPORT(AccumRowsSrc);
 HWY_EXPORT(SoftmaxGradRow);
 HWY_EXPORT(TargetName);
@@ -374,6 +404,9 @@ void gemm_bt(int M, int N, int K, const float* A, int lda, const float* Bt, int 
   HWY_DYNAMIC_DISPATCH(GemmBt)(M, N, K, A, lda, Bt, ldbt, C, ldc);
 }
 bool all_finite(const float* x, int64_t n) { return HWY_DYNAMIC_DISPATCH(AllFinite)(x, n); }
+void store_row(const float* src, float mul, bool bf16, int64_t n, void* dst) {
+  HWY_DYNAMIC_DISPATCH(StoreRow)(src, mul, bf16, n, dst);
+}
 void dot_rows_src(int M, int N, int K, const float* A, int lda, const void* Bt, bool bf16,
                   int64_t ldbt, float* C, int ldc) {
   HWY_DYNAMIC_DISPATCH(DotRowsSrc)(M, N, K, A, lda, Bt, bf16, ldbt, C, ldc);

@@ -45,6 +45,10 @@ bool all_finite(const float* x, int64_t n);
 // row of any length n; false if an element is NaN or Inf.
 bool convert_row(const void* src, bool bf16, int64_t n, float mul, float* dst);
 
+// dst[i] = src[i] * mul for a contiguous fp32 or (bf16 = true) bfloat16 row
+// of any length n; bf16 rounded to nearest even (as f32_to_bf16).
+void store_row(const float* src, float mul, bool bf16, int64_t n, void* dst);
+
 // dp[i] = p[i] * (dp[i] - delta): the softmax backward of one row.
 void softmax_grad_row(const float* p, float* dp, float delta, int n);
 

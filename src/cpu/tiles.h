@@ -129,6 +129,10 @@ inline bool load_f32(const void* base, int64_t off, int64_t step, int64_t n, DTy
 
 inline void store_f32(void* base, int64_t off, int64_t step, int64_t n, DType t, const float* src,
                       float mul) {
+  if (step == 1 && (t == DType::f32 || t == DType::bf16)) {
+    store_row(src, mul, t == DType::bf16, n, static_cast<char*>(base) + off * (t == DType::f32 ? 4 : 2));
+    return;
+  }
   switch (t) {
     case DType::f32: {
       float* d = static_cast<float*>(base) + off;
