@@ -206,6 +206,52 @@ FSDPA_CVT_TARGET void to_bf16_pairs(const float* src, int lds, int k, int n, uin
   }
 }
 
+namespace {
+FSDPA_CVT_TARGET inline bool finite_bf16(const uint16_t* x, int n) {
+  uint32_t bad = 0;
+  for (int i = 0; i < n; ++i) bad |= (x[i] & 0x7F80u) == 0x7F80u;
+  return bad == 0;
+}
+}  // namespace
+
+FSDPA_CVT_TARGET bool copy_bf16_row(const uint16_t* src, int n, int n_pad, uint16_t* dst) {
+  memcpy(dst, src, 2 * static_cast<size_t>(n));
+  memset(dst + n, 0, 2 * static_cast<size_t>(n_pad - n));
+  return finite_bf16(src, n);
+}
+
+FSDPA_CVT_TARGET bool scatter_bf16_pairs_column(const uint16_t* src, int n, int j, uint16_t* dst,
+                                                int ldb) {
+  uint32_t* d32 = reinterpret_cast<uint32_t*>(dst) + j;
+  const int ldw = ldb / 2;
+  int w = 0;
+  for (; 2 * w + 1 < n; ++w) memcpy(d32 + w * ldw, src + 2 * w, 4);
+  if (2 * w < n) dst[w * ldb + 2 * j] = src[2 * w];  // odd n: the pair's second value stays 0
+  return finite_bf16(src, n);
+}
+
+FSDPA_CVT_TARGET bool interleave_bf16_rows(const uint16_t* r0, const uint16_t* r1, int n,
+                                           uint16_t* dst) {
+  int j = 0;
+#if FSDPA_AMX
+  // Lane i: a[i / 2] for even i, b[i / 2] (index 32 + i / 2) for odd.
+  alignas(64) static const uint16_t kInterleave[32] = {
+      0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+      8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  const __m512i idx = _mm512_load_si512(kInterleave);
+  for (; j + 16 <= n; j += 16) {
+    const __m512i a = _mm512_maskz_loadu_epi16(0xFFFF, r0 + j);
+    const __m512i b = r1 ? _mm512_maskz_loadu_epi16(0xFFFF, r1 + j) : _mm512_setzero_si512();
+    _mm512_storeu_si512(dst + 2 * j, _mm512_permutex2var_epi16(a, idx, b));
+  }
+#endif
+  for (; j < n; ++j) {
+    dst[2 * j] = r0[j];
+    dst[2 * j + 1] = r1 ? r1[j] : 0;
+  }
+  return finite_bf16(r0, n) && (!r1 || finite_bf16(r1, n));
+}
+
 void to_bf16_transposed(const float* src, int lds, int rows, int cols, uint16_t* dst, int ldd) {
   for (int r = 0; r < rows; ++r)
     for (int c = 0; c < cols; ++c) dst[c * ldd + r] = f32_to_bf16(src[r * lds + c]);

@@ -55,6 +55,32 @@ void pack_kv_tile_bf16(const AttnParams& p, const BlockLayout& L, int64_t b, int
                        uint16_t* v, float* tmp, NonFiniteFlags& nf) {
   const SeqExtent& e = L.seq[b];
   const int64_t j0 = kb * kBlockK, n = std::min<int64_t>(kBlockK, e.sk - j0);
+  if (p.k_stride[3] == 1 && p.v_stride[3] == 1) {  // bf16 rows taken as they are
+    auto row = [&](const void* base, const int64_t* st, int64_t r) {
+      return static_cast<const uint16_t*>(
+          element_ptr(base, p.dtype, kv_offset(p, st, b, hk, e.k_begin + j0 + r, 0)));
+    };
+    const int d = static_cast<int>(p.head_dim), dv = static_cast<int>(p.head_dim_v);
+    bool k_ok = true, v_ok = true;
+    std::fill(kt, kt + dk2 * kBlockK, uint16_t{0});
+    for (int64_t r = 0; r < n; ++r)
+      k_ok &= scatter_bf16_pairs_column(row(p.k, p.k_stride, r), d, static_cast<int>(r), kt,
+                                        2 * kBlockK);
+    for (int64_t r = 0; r < kBlockK; r += 2) {
+      uint16_t* pair_row = v + r * dvp;  // pair row r / 2: 2 * dvp elements
+      int64_t filled = 0;
+      if (r < n) {
+        v_ok &= interleave_bf16_rows(row(p.v, p.v_stride, r),
+                                     r + 1 < n ? row(p.v, p.v_stride, r + 1) : nullptr, dv,
+                                     pair_row);
+        filled = 2 * dv;
+      }
+      std::fill(pair_row + filled, pair_row + 2 * dvp, uint16_t{0});
+    }
+    flag_if(k_ok, nf.k);
+    flag_if(v_ok, nf.v);
+    return;
+  }
   flag_if(pack_kv_rows(p, p.k, p.k_stride, b, hk, e.k_begin + j0, n, p.head_dim, tmp, dp, kBlockK),
           nf.k);
   to_bf16_pairs_transposed(tmp, dp, kBlockK, dp, dk2, kt, 2 * kBlockK);
@@ -388,11 +414,21 @@ fsdpa_status forward(const AttnParams& p) {
     if (pk.kt16) {  // unscaled bf16 Q (exact): the scale goes on the fp32 scores
       q16 = reinterpret_cast<uint16_t*>(thread_scratch(2, kBlockQ * (pk.dk2 + kBlockK) / 2));
       p16 = q16 + kBlockQ * pk.dk2;
-      flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, rows, p.head_dim, 1.0f,
-                        qs, dp, rows),
-              nf.q);
-      to_bf16_rows(qs, static_cast<int>(dp), static_cast<int>(rows), static_cast<int>(dp),
-                   static_cast<int>(pk.dk2), q16, static_cast<int>(pk.dk2));
+      if (p.q_stride[3] == 1) {  // bf16 rows taken as they are
+        bool ok = true;
+        for (int64_t r = 0; r < rows; ++r)
+          ok &= copy_bf16_row(static_cast<const uint16_t*>(element_ptr(
+                                  p.q, p.dtype, offset4(p.q_stride, b, h, e.q_begin + i0 + r, 0))),
+                              static_cast<int>(p.head_dim), static_cast<int>(pk.dk2),
+                              q16 + r * pk.dk2);
+        flag_if(ok, nf.q);
+      } else {
+        flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, rows, p.head_dim, 1.0f,
+                          qs, dp, rows),
+                nf.q);
+        to_bf16_rows(qs, static_cast<int>(dp), static_cast<int>(rows), static_cast<int>(dp),
+                     static_cast<int>(pk.dk2), q16, static_cast<int>(pk.dk2));
+      }
       std::fill(q16 + rows * pk.dk2, q16 + kBlockQ * pk.dk2, uint16_t{0});
     } else {
       for (int64_t g = 0; g < task_heads; ++g)
