@@ -273,9 +273,15 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
     for (int64_t g = 0; g < heads; ++g)
       score_epilogue(g == 0 ? c : make_head_ctx(p, c.e, c.b, c.h + g), i0, head_rows, j0,
                      S + g * head_rows * kBlockK, kBlockK, nullptr);
+    // New row maxima, then all rows' rescale factors in one SIMD pass
+    // (alpha = 0 when m was -inf; unused where m_new is -inf).
+    float m_new_rows[kBlockQ], alpha_rows[kBlockQ];
+    for (int64_t r = 0; r < rows; ++r)
+      m_new_rows[r] = max_keep_nan(st.m[r], row_max(S + r * kBlockK, kBlockK));
+    exp_diff(st.m, m_new_rows, alpha_rows, static_cast<int>(rows));
     for (int64_t r = 0; r < rows; ++r) {
       float* s = S + r * kBlockK;
-      const float m_new = max_keep_nan(st.m[r], row_max(s, kBlockK));
+      const float m_new = m_new_rows[r];
       if (m_new == kNegInf) {  // nothing visible yet in this row
         // Unless a score is NaN (the SIMD max may skip it): then the row is
         // NaN, through its sum and, via P = NaN, its output.
@@ -284,8 +290,9 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
         if (nan_score) st.m[r] = st.l[r] = NAN;
         continue;
       }
-      const float alpha = expf(st.m[r] - m_new);  // 0 when m was -inf
-      st.l[r] = st.l[r] * alpha + exp_sub_sum(s, kBlockK, m_new);
+      const float alpha = alpha_rows[r];
+      st.l[r] = st.l[r] * alpha +
+                (pk.kt16 ? exp_sub_sum_bf16(s, kBlockK, m_new) : exp_sub_sum(s, kBlockK, m_new));
       if (alpha != 1.0f) scale_row(st.o + r * pk.dvp, pk.dvp, alpha);
       st.m[r] = m_new;
       if (p.dropout_p > 0) apply_dropout_row(c, i0 + r, j0, s);  // heads == 1 here
