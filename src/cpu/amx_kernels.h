@@ -1,9 +1,9 @@
 // bf16 matrix products on Intel AMX tiles (Sapphire Rapids and later):
 // 16 x 16 fp32 tiles accumulate 16 x 32 bf16 by 32 x 16 bf16 products in one
 // instruction, fp32 accumulation. Measured on a Sapphire Rapids core
-// (bench/peak_flops.c): ~1 TFLOP/s against ~70 GFLOP/s of fp32 AVX-512
-// FMAs and ~35 GFLOP/s of AVX512_BF16 vdpbf16ps, so bf16 attention on such
-// a CPU uses these kernels. Elsewhere amx_bf16_available() is false and the
+// (bench/bf16_peak.c, bench/fma_peak.c): ~1.5 TFLOP/s against ~90-170
+// GFLOP/s of fp32 AVX-512 FMAs and ~70 GFLOP/s of AVX512_BF16 vdpbf16ps, so
+// bf16 attention on such a CPU uses these kernels. Elsewhere amx_bf16_available() is false and the
 // callers keep their fp32 kernels.
 //
 // Layouts (uint16_t holds a bf16):
