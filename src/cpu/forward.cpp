@@ -279,6 +279,8 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
     for (int64_t r = 0; r < rows; ++r)
       m_new_rows[r] = max_keep_nan(st.m[r], row_max(S + r * kBlockK, kBlockK));
     exp_diff(st.m, m_new_rows, alpha_rows, static_cast<int>(rows));
+    // AMX without dropout: P goes straight to bf16, the A side of P V.
+    const bool p_to_bf16 = pk.kt16 && p.dropout_p == 0;
     for (int64_t r = 0; r < rows; ++r) {
       float* s = S + r * kBlockK;
       const float m_new = m_new_rows[r];
@@ -287,18 +289,23 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
         // NaN, through its sum and, via P = NaN, its output.
         const bool nan_score = std::any_of(s, s + kBlockK, [](float x) { return x != x; });
         std::fill(s, s + kBlockK, nan_score ? NAN : 0.0f);
+        if (p_to_bf16)
+          std::fill(p16 + r * kBlockK, p16 + (r + 1) * kBlockK, f32_to_bf16(nan_score ? NAN : 0.0f));
         if (nan_score) st.m[r] = st.l[r] = NAN;
         continue;
       }
       const float alpha = alpha_rows[r];
       st.l[r] = st.l[r] * alpha +
-                (pk.kt16 ? exp_sub_sum_bf16(s, kBlockK, m_new) : exp_sub_sum(s, kBlockK, m_new));
+                (p_to_bf16 ? exp_sub_sum_to_bf16(s, kBlockK, m_new, p16 + r * kBlockK)
+                 : pk.kt16 ? exp_sub_sum_bf16(s, kBlockK, m_new)
+                           : exp_sub_sum(s, kBlockK, m_new));
       if (alpha != 1.0f) scale_row(st.o + r * pk.dvp, pk.dvp, alpha);
       st.m[r] = m_new;
       if (p.dropout_p > 0) apply_dropout_row(c, i0 + r, j0, s);  // heads == 1 here
     }
     if (pk.kt16) {
-      to_bf16_rows(S, kBlockK, static_cast<int>(rows), kBlockK, kBlockK, p16, kBlockK);
+      if (p.dropout_p > 0)
+        to_bf16_rows(S, kBlockK, static_cast<int>(rows), kBlockK, kBlockK, p16, kBlockK);
       amx_gemm_bf16(kBlockQ, static_cast<int>(pk.dvp), kBlockK, p16, kBlockK,
                     pk.v16_block(kb0 + kb, hk, p.heads_k), static_cast<int>(2 * pk.dvp), st.o,
                     static_cast<int>(pk.dvp), true);

@@ -287,11 +287,24 @@ bool ConvertRow(const void* HWY_RESTRICT src, bool bf16, int64_t n, float mul,
   return finite;
 }
 
+// bf16 bits (in the low half of each u32 lane) of v rounded to nearest even,
+// as f32_to_bf16 (NaN stays a quiet NaN).
+HWY_INLINE hn::Vec<hn::Rebind<uint16_t, DF>> ToBf16(hn::Vec<DF> v) {
+  const DU du;
+  const hn::RebindToSigned<DF> di;
+  const hn::Rebind<uint16_t, DF> du16;
+  const auto u = hn::BitCast(du, v);
+  const auto rounded =
+      hn::Add(u, hn::Add(hn::Set(du, 0x7FFFu), hn::And(hn::ShiftRight<16>(u), hn::Set(du, 1u))));
+  const auto nan = hn::Gt(hn::And(u, hn::Set(du, 0x7FFFFFFFu)), hn::Set(du, 0x7F800000u));
+  const auto r = hn::IfThenElse(nan, hn::Or(u, hn::Set(du, 0x00400000u)), rounded);
+  return hn::DemoteTo(du16, hn::BitCast(di, hn::ShiftRight<16>(r)));
+}
+
 // dst[i] = src[i] * mul, stored as fp32 or (bf16) bfloat16 rounded to
 // nearest even like f32_to_bf16 (NaN stays a quiet NaN).
 void StoreRow(const float* HWY_RESTRICT src, float mul, bool bf16, int64_t n, void* dst) {
   const DF d;
-  const DU du;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
   const auto vmul = hn::Set(d, mul);
   int64_t i = 0;
@@ -301,17 +314,10 @@ void StoreRow(const float* HWY_RESTRICT src, float mul, bool bf16, int64_t n, vo
     for (; i < n; ++i) out[i] = src[i] * mul;
     return;
   }
-  const hn::RebindToSigned<DF> di;
   const hn::Rebind<uint16_t, DF> du16;
   uint16_t* out = static_cast<uint16_t*>(dst);
-  const auto abs_mask = hn::Set(du, 0x7FFFFFFFu), inf = hn::Set(du, 0x7F800000u);
-  const auto quiet = hn::Set(du, 0x00400000u), half = hn::Set(du, 0x7FFFu), one = hn::Set(du, 1u);
-  for (; i + lanes <= n; i += lanes) {
-    const auto u = hn::BitCast(du, hn::Mul(hn::LoadU(d, src + i), vmul));
-    const auto rounded = hn::Add(u, hn::Add(half, hn::And(hn::ShiftRight<16>(u), one)));
-    const auto r = hn::IfThenElse(hn::Gt(hn::And(u, abs_mask), inf), hn::Or(u, quiet), rounded);
-    hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di, hn::ShiftRight<16>(r))), du16, out + i);
-  }
+  for (; i + lanes <= n; i += lanes)
+    hn::StoreU(ToBf16(hn::Mul(hn::LoadU(d, src + i), vmul)), du16, out + i);
   for (; i < n; ++i) out[i] = f32_to_bf16(src[i] * mul);
 }
 
@@ -394,6 +400,22 @@ void ExpDiff(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, float* HW
   for (; i < n; ++i) out[i] = expf(a[i] - b[i]);
 }
 
+// ExpSubSumBf16 that writes the results only in bf16, to p (x unchanged).
+float ExpSubSumToBf16(const float* HWY_RESTRICT x, int n, float m, uint16_t* HWY_RESTRICT p) {
+  const DF d;
+  const hn::Rebind<uint16_t, DF> du16;
+  const int lanes = static_cast<int>(hn::Lanes(d));
+  const auto vm = hn::Set(d, m);
+  auto sum = hn::Zero(d);
+  for (int i = 0; i < n; i += lanes) {
+    const auto x_m = hn::Sub(hn::LoadU(d, x + i), vm);
+    const auto e = hn::IfThenElse(hn::IsNaN(x_m), x_m, ExpNonPositive(d, x_m));
+    hn::StoreU(ToBf16(e), du16, p + i);
+    sum = hn::Add(sum, e);
+  }
+  return hn::GetLane(hn::SumOfLanes(d, sum));
+}
+
 float RowMax(const float* HWY_RESTRICT x, int n) {
   const DF d;
   const int lanes = static_cast<int>(hn::Lanes(d));
@@ -431,6 +453,7 @@ HWY_EXPORT(GemmAt);
 HWY_EXPORT(ExpSubSum);
 HWY_EXPORT(ExpSubSumBf16);
 HWY_EXPORT(ExpDiff);
+HWY_EXPORT(ExpSubSumToBf16);
 HWY_EXPORT(RowMax);
 HWY_EXPORT(ScaleRow);
 HWY_EXPORT(GemmBt);
@@ -475,6 +498,9 @@ void softmax_grad_row(const float* p, float* dp, float delta, int n) {
 float exp_sub_sum(float* x, int n, float m) { return HWY_DYNAMIC_DISPATCH(ExpSubSum)(x, n, m); }
 void exp_diff(const float* a, const float* b, float* out, int n) {
   HWY_DYNAMIC_DISPATCH(ExpDiff)(a, b, out, n);
+}
+float exp_sub_sum_to_bf16(const float* x, int n, float m, uint16_t* p) {
+  return HWY_DYNAMIC_DISPATCH(ExpSubSumToBf16)(x, n, m, p);
 }
 float exp_sub_sum_bf16(float* x, int n, float m) {
   return HWY_DYNAMIC_DISPATCH(ExpSubSumBf16)(x, n, m);
