@@ -51,6 +51,10 @@ bool scatter_bf16_pairs_column(const uint16_t* src, int n, int j, uint16_t* dst,
 // One pair row of a pair-interleaved panel from rows r0 and r1 (r1 may be
 // null: zeros), n elements each.
 bool interleave_bf16_rows(const uint16_t* r0, const uint16_t* r1, int n, uint16_t* dst);
+// p[i] = bf16(exp(x[i] - m)) for i < n (n a multiple of 16, x[i] <= m or
+// NaN), ~3e-6 relative before the rounding (exp_sub_sum_bf16's polynomial);
+// returns the sum of the fp32 exps. NaN stays NaN.
+float exp_sub_sum_to_bf16_amx(const float* x, int n, float m, uint16_t* p);
 // dst [cols x rows] = bf16(src^T), src [rows x cols] row-major.
 void to_bf16_transposed(const float* src, int lds, int rows, int cols, uint16_t* dst, int ldd);
 

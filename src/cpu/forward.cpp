@@ -296,7 +296,7 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       }
       const float alpha = alpha_rows[r];
       st.l[r] = st.l[r] * alpha +
-                (p_to_bf16 ? exp_sub_sum_to_bf16(s, kBlockK, m_new, p16 + r * kBlockK)
+                (p_to_bf16 ? exp_sub_sum_to_bf16_amx(s, kBlockK, m_new, p16 + r * kBlockK)
                  : pk.kt16 ? exp_sub_sum_bf16(s, kBlockK, m_new)
                            : exp_sub_sum(s, kBlockK, m_new));
       if (alpha != 1.0f) scale_row(st.o + r * pk.dvp, pk.dvp, alpha);

@@ -402,22 +402,6 @@ void ExpDiff(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, float* HW
   for (; i < n; ++i) out[i] = expf(a[i] - b[i]);
 }
 
-// ExpSubSumBf16 that writes the results only in bf16, to p (x unchanged).
-float ExpSubSumToBf16(const float* HWY_RESTRICT x, int n, float m, uint16_t* HWY_RESTRICT p) {
-  const DF d;
-  const hn::Rebind<uint16_t, DF> du16;
-  const int lanes = static_cast<int>(hn::Lanes(d));
-  const auto vm = hn::Set(d, m);
-  auto sum = hn::Zero(d);
-  for (int i = 0; i < n; i += lanes) {
-    const auto x_m = hn::Sub(hn::LoadU(d, x + i), vm);
-    const auto e = hn::IfThenElse(hn::IsNaN(x_m), x_m, ExpNonPositive(d, x_m));
-    hn::StoreU(ToBf16(e), du16, p + i);
-    sum = hn::Add(sum, e);
-  }
-  return hn::GetLane(hn::SumOfLanes(d, sum));
-}
-
 float RowMax(const float* HWY_RESTRICT x, int n) {
   const DF d;
   const int lanes = static_cast<int>(hn::Lanes(d));
@@ -455,7 +439,6 @@ HWY_EXPORT(GemmAt);
 HWY_EXPORT(ExpSubSum);
 HWY_EXPORT(ExpSubSumBf16);
 HWY_EXPORT(ExpDiff);
-HWY_EXPORT(ExpSubSumToBf16);
 HWY_EXPORT(RowMax);
 HWY_EXPORT(ScaleRow);
 HWY_EXPORT(GemmBt);
@@ -500,9 +483,6 @@ void softmax_grad_row(const float* p, float* dp, float delta, int n) {
 float exp_sub_sum(float* x, int n, float m) { return HWY_DYNAMIC_DISPATCH(ExpSubSum)(x, n, m); }
 void exp_diff(const float* a, const float* b, float* out, int n) {
   HWY_DYNAMIC_DISPATCH(ExpDiff)(a, b, out, n);
-}
-float exp_sub_sum_to_bf16(const float* x, int n, float m, uint16_t* p) {
-  return HWY_DYNAMIC_DISPATCH(ExpSubSumToBf16)(x, n, m, p);
 }
 float exp_sub_sum_bf16(float* x, int n, float m) {
   return HWY_DYNAMIC_DISPATCH(ExpSubSumBf16)(x, n, m);

@@ -61,10 +61,6 @@ float exp_sub_sum(float* x, int n, float m);
 // (about twice as fast).
 float exp_sub_sum_bf16(float* x, int n, float m);
 
-// exp_sub_sum_bf16 whose results go only to p, in bf16 (round to nearest
-// even); x is left as it was.
-float exp_sub_sum_to_bf16(const float* x, int n, float m, uint16_t* p);
-
 // out[i] = exp(a[i] - b[i]) for i < n (any n): the online softmax's
 // rescale factors of a tile's rows at once. exp(-inf) = 0; NaN stays NaN.
 void exp_diff(const float* a, const float* b, float* out, int n);
