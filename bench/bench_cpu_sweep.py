@@ -49,8 +49,9 @@ MAX_GFLOP = 4.0
 
 
 def bf16_peaks(threads: int) -> tuple[float, float]:
-    """(vdpbf16ps, AMX) bf16 peaks over `threads` threads, GFLOP/s, best of 3."""
-    if platform_machine() != "x86_64":
+    """(vdpbf16ps, AMX) bf16 peaks over `threads` threads, GFLOP/s, best of 3;
+    0 where the unit is missing (bf16_peak.c is for x86-64 Linux)."""
+    if platform_machine() != "x86_64" or not sys.platform.startswith("linux"):
         return 0.0, 0.0
     exe = Path(tempfile.mkdtemp()) / "bf16_peak"
     subprocess.run(["cc", "-O2", str(HERE / "bf16_peak.c"), "-o", str(exe), "-lpthread"],
@@ -134,7 +135,8 @@ def main():
     peak1, peakn = fma_peak_gflops(threads)
     fp32_peak = max(peakn, threads * peak1)
     dp_peak, amx_peak = bf16_peaks(threads)
-    bf16_peak = max(dp_peak, amx_peak)
+    # Without bf16 dot-product units bf16 runs on the fp32 FMAs.
+    bf16_peak = max(dp_peak, amx_peak) or fp32_peak
     load = os.getloadavg()
     lines = [
         f"machine: {cpu_model()}, {cpu_mhz()}, {threads} threads (flashsdpa and torch); "
