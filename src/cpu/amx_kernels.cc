@@ -26,6 +26,9 @@ namespace fsdpa::cpu {
 namespace {
 
 bool detect_amx() {
+  // FLASHSDPA_CPU_AMX=0 keeps bf16 on the fp32 kernels: A/B runs, and the
+  // test of that path on machines that have AMX (tests/cpp/CMakeLists.txt).
+  if (const char* env = getenv("FLASHSDPA_CPU_AMX"); env && strcmp(env, "0") == 0) return false;
   unsigned a, b, c, d;
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
   const bool amx_tile = d & (1u << 24), amx_bf16 = d & (1u << 22);

@@ -17,8 +17,9 @@
 
 namespace fsdpa::cpu {
 
-// True if this CPU has AMX-BF16 and the OS granted this process the tile
-// state (Linux: arch_prctl(ARCH_REQ_XCOMP_PERM)). Decided once.
+// True if this CPU has AMX-BF16, the OS granted this process the tile state
+// (Linux: arch_prctl(ARCH_REQ_XCOMP_PERM)) and FLASHSDPA_CPU_AMX is not "0".
+// Decided once per process.
 bool amx_bf16_available();
 
 // Sizes a kernel below needs: M, N multiples of 16, K a multiple of 32.
