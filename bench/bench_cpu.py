@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def paired_median_times(fa, fb, repeats: int, block_s: float = 0.05, min_total: float = 0.5,
-                        settle_s: float = 0.03) -> tuple[float, float]:
+                        settle_s: float = 0.03, clock=time.perf_counter) -> tuple[float, float]:
     """Median times of fa and fb, measured in alternating blocks of calls.
     This shared VM's speed drifts by up to 2x over seconds (other tenants);
     alternating lets both sides see the same drift. Blocks are ~block_s long
@@ -45,11 +45,14 @@ def paired_median_times(fa, fb, repeats: int, block_s: float = 0.05, min_total: 
     repeat until at least `repeats` rounds and ~min_total seconds have run.
     Each block starts after settle_s of sleep: PyTorch's OpenMP threads keep
     spinning for milliseconds after its calls (about 10 ms of CPU measured
-    here), which would otherwise take a core from the next block."""
+    here), which would otherwise take a core from the next block.
+    `clock`: time.thread_time measures the calling thread's CPU time, which
+    other tenants do not inflate, for single-thread runs (both libraries
+    then compute on the calling thread)."""
     def timed(fn):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        return time.perf_counter() - t0
+        return clock() - t0
 
     fa(), fb()  # warm-up
     ta, tb = timed(fa), timed(fb)
@@ -84,7 +87,7 @@ def make_inputs(b, hq, hk, sq, sk, d, dtype, requires_grad):
     return q, k, v
 
 
-def run_case(case, repeats):
+def run_case(case, repeats, clock=time.perf_counter):
     b, hq, hk, sq, sk, d, dtype, causal, backward = case
     q, k, v = make_inputs(b, hq, hk, sq, sk, d, dtype, backward)
     gqa = hq != hk
@@ -99,7 +102,8 @@ def run_case(case, repeats):
         return go
 
     t_ours, t_torch = paired_median_times(step(flashsdpa.scaled_dot_product_attention),
-                                          step(F.scaled_dot_product_attention), repeats)
+                                          step(F.scaled_dot_product_attention), repeats,
+                                          clock=clock)
     flops = attention_flops(b, hq, sq, sk, d, d, causal, backward)
     return t_ours, t_torch, flops
 

@@ -17,9 +17,22 @@ namespace fsdpa::cpu {
 namespace {
 
 // Per (q-block, head) panels shared by all tasks: scaled Q, dO, lse, Delta.
+// With AMX (bf16), also bf16 copies of the unscaled Q and of dO, each both
+// row-major (q16 [rows x dk2], do16 [rows x dv2]) and, per q-block,
+// transposed (qt16 [dp x kBlockQ], dot16 [dvp x kBlockQ]): the A sides of
+// S = Q K^T, dP = dO V^T, dK^T += Q^T dS and dV^T += dO^T P. The scores
+// are recomputed as the forward did.
 struct QSide {
-  int64_t dp, dvp;
+  int64_t dp, dvp, dk2, dv2;
   Buffer qs, dout, lse, delta;
+  Buffer q16, qt16, do16, dot16;  // AMX only
+  static const uint16_t* at(const Buffer& b, int64_t r0, int64_t ld) {
+    return reinterpret_cast<const uint16_t*>(b.get()) + r0 * ld;
+  }
+  const uint16_t* q16_rows(int64_t r0) const { return at(q16, r0, dk2); }
+  const uint16_t* qt16_block(int64_t r0) const { return at(qt16, r0, dp); }
+  const uint16_t* do16_rows(int64_t r0) const { return at(do16, r0, dv2); }
+  const uint16_t* dot16_block(int64_t r0) const { return at(dot16, r0, dvp); }
   int64_t row0(int64_t gqb, int64_t h, int64_t heads_q) const {
     return (gqb * heads_q + h) * kBlockQ;
   }
@@ -30,7 +43,15 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
   QSide qs;
   qs.dp = dp;
   qs.dvp = dvp;
+  qs.dk2 = amx_pad(p.head_dim);
+  qs.dv2 = amx_pad(p.head_dim_v);
   const int64_t rows = L.q_blocks() * p.heads_q * kBlockQ;
+  if (uses_amx(p)) {
+    qs.q16 = alloc_floats(rows * qs.dk2 / 2);
+    qs.qt16 = alloc_floats(rows * dp / 2);
+    qs.do16 = alloc_floats(rows * qs.dv2 / 2);
+    qs.dot16 = alloc_floats(rows * dvp / 2);
+  }
   qs.qs = alloc_floats(rows * dp);
   qs.dout = alloc_floats(rows * dvp);
   qs.lse = alloc_floats(rows);
@@ -38,7 +59,7 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
   parallel_for(p.batch * p.heads_q, [&](int64_t task) {
     const int64_t b = task / p.heads_q, h = task % p.heads_q;
     const SeqExtent& e = L.seq[b];
-    Buffer o = alloc_floats(p.head_dim_v);
+    Buffer o = alloc_floats(p.head_dim_v + (qs.q16 ? kBlockQ * dp : 0));
     for (int64_t gqb = L.q_block0[b]; gqb < L.q_block0[b + 1]; ++gqb) {
       const int64_t i0 = (gqb - L.q_block0[b]) * kBlockQ;
       const int64_t n = std::min<int64_t>(kBlockQ, e.sq - i0);
@@ -46,9 +67,24 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
       flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim, p.scale,
                         qs.qs.get() + r0 * dp, dp, kBlockQ),
               nf.q);
+      const float* dout = qs.dout.get() + r0 * dvp;
       flag_if(pack_rows(p.dout, p.dout_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim_v,
-                        1.0f, qs.dout.get() + r0 * dvp, dvp, kBlockQ),
+                        1.0f, const_cast<float*>(dout), dvp, kBlockQ),
               nf.dout);
+      if (qs.q16) {  // unscaled Q: bf16 inputs stay exact (dK is scaled when stored)
+        float* tmp = o.get() + p.head_dim_v;
+        pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim, 1.0f, tmp, dp,
+                  kBlockQ);
+        const int idp = static_cast<int>(dp), idvp = static_cast<int>(dvp);
+        to_bf16_rows(tmp, idp, kBlockQ, idp, static_cast<int>(qs.dk2),
+                     const_cast<uint16_t*>(qs.q16_rows(r0)), static_cast<int>(qs.dk2));
+        to_bf16_transposed(tmp, idp, kBlockQ, idp, const_cast<uint16_t*>(qs.qt16_block(r0)),
+                           kBlockQ);
+        to_bf16_rows(dout, idvp, kBlockQ, idvp, static_cast<int>(qs.dv2),
+                     const_cast<uint16_t*>(qs.do16_rows(r0)), static_cast<int>(qs.dv2));
+        to_bf16_transposed(dout, idvp, kBlockQ, idvp, const_cast<uint16_t*>(qs.dot16_block(r0)),
+                           kBlockQ);
+      }
       for (int64_t r = 0; r < kBlockQ; ++r) {
         float lse = kNegInf, delta = 0.0f;
         if (r < n) {
@@ -80,6 +116,29 @@ struct Tiles {
   }
 };
 
+// Per-thread tiles of the AMX path: the key block's K^T (kt), K (kp) and
+// V^T (vt) as bf16 B panels, P or dS pair-interleaved (pairs, a B panel), dS
+// row-major (a, an A panel), and the fp32 accumulators dK^T, dV^T: the
+// products run transposed so that their A sides (Q^T, dO^T) are packed once
+// per q-block, not per (q-block, key block).
+struct AmxTiles {
+  uint16_t *kt = nullptr, *kp = nullptr, *vt = nullptr, *pairs = nullptr, *a = nullptr;
+  float *dkt = nullptr, *dvt = nullptr;
+  static int64_t floats(const QSide& Q) {
+    return (Q.dk2 * kBlockK + kBlockK * Q.dp + Q.dv2 * kBlockK + 2 * kBlockK * kBlockQ) / 2 +
+           (Q.dp + Q.dvp) * kBlockK;
+  }
+  AmxTiles(float* mem, const QSide& Q) {
+    if (!mem) return;
+    dkt = mem;
+    dvt = dkt + Q.dp * kBlockK;
+    uint16_t* x = reinterpret_cast<uint16_t*>(dvt + Q.dvp * kBlockK);
+    auto take = [&](int64_t n) { uint16_t* r = x; x += n; return r; };
+    kt = take(Q.dk2 * kBlockK); kp = take(kBlockK * Q.dp); vt = take(Q.dv2 * kBlockK);
+    pairs = take(kBlockK * kBlockQ); a = take(kBlockQ * kBlockK);
+  }
+};
+
 }  // namespace
 
 fsdpa_status backward(const AttnParams& p) {
@@ -101,6 +160,7 @@ fsdpa_status backward(const AttnParams& p) {
     const int64_t b = bh / p.heads_k, hk = bh % p.heads_k;
     const SeqExtent& e = L.seq[b];
     const Tiles T(dp, dvp);
+    const AmxTiles A16(Q.q16 ? thread_scratch(2, AmxTiles::floats(Q)) : nullptr, Q);
     float* dq_split = dq_acc.get() + split * q_rows * dp;
     // Block lists, transposed: per query head of the group, the query
     // blocks naming each key block; q_visit: the query tiles to visit.
@@ -115,13 +175,26 @@ fsdpa_status backward(const AttnParams& p) {
       flag_if(pack_rows(p.k, p.k_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim, 1.0f,
                         T.krow, dp, kBlockK),
               nf.k);
-      transpose(T.krow, dp, kBlockK, dp, T.kt, kBlockK);
       flag_if(pack_rows(p.v, p.v_stride, p.dtype, b, hk, e.k_begin + j0, n, p.head_dim_v, 1.0f,
                         T.dv, dvp, kBlockK),  // T.dv as scratch: zeroed below
               nf.v);
-      transpose(T.dv, dvp, kBlockK, dvp, T.vt, kBlockK);
+      if (A16.kt) {  // bf16 B panels: K^T, K, V^T
+        const int idp = static_cast<int>(dp), idvp = static_cast<int>(dvp);
+        to_bf16_pairs_transposed(T.krow, idp, kBlockK, idp, static_cast<int>(Q.dk2), A16.kt,
+                                 2 * kBlockK);
+        to_bf16_pairs(T.krow, idp, kBlockK, idp, A16.kp, 2 * idp);
+        to_bf16_pairs_transposed(T.dv, idvp, kBlockK, idvp, static_cast<int>(Q.dv2), A16.vt,
+                                 2 * kBlockK);
+      } else {
+        transpose(T.krow, dp, kBlockK, dp, T.kt, kBlockK);
+        transpose(T.dv, dvp, kBlockK, dvp, T.vt, kBlockK);
+      }
       std::fill(T.dk, T.dk + kBlockK * dp, 0.0f);
       std::fill(T.dv, T.dv + kBlockK * dvp, 0.0f);
+      if (A16.kt) {
+        std::fill(A16.dkt, A16.dkt + dp * kBlockK, 0.0f);
+        std::fill(A16.dvt, A16.dvt + dvp * kBlockK, 0.0f);
+      }
 
       for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
         const HeadCtx c = make_head_ctx(p, e, b, h);
@@ -143,6 +216,11 @@ fsdpa_status backward(const AttnParams& p) {
             case ScoreGemm::packed_kt:
               gemm(rows, kBlockK, dp, qs, dp, T.kt, kBlockK, T.s, kBlockK, false);
               break;
+            case ScoreGemm::packed_kt_amx:
+              amx_gemm_bf16(kBlockQ, kBlockK, static_cast<int>(Q.dk2), Q.q16_rows(r0),
+                            static_cast<int>(Q.dk2), A16.kt, 2 * kBlockK, T.s, kBlockK, false);
+              scale_row(T.s, static_cast<int>(rows * kBlockK), p.scale);
+              break;
             case ScoreGemm::rows_in_place:  // fp32 copies of the rows: the same FMAs
               dot_rows_src(rows, n, p.head_dim, qs, dp, T.krow, false, dp, T.s, kBlockK);
               for (int64_t r = 0; r < rows; ++r)
@@ -158,18 +236,29 @@ fsdpa_status backward(const AttnParams& p) {
             float* s = T.s + r * kBlockK;
             const float lse = Q.lse[r0 + r];
             if (lse == kNegInf) std::fill(s, s + kBlockK, 0.0f);
+            else if (A16.kt) exp_sub_sum_bf16(s, kBlockK, lse);  // as the forward
             else exp_sub_sum(s, kBlockK, lse);
           }
           // dV += (P * Z)^T dO
           const float* pz = T.s;
           if (p.dropout_p > 0) {
-            std::copy(T.s, T.s + rows * kBlockK, T.pz);
+            std::copy(T.s, T.s + kBlockQ * kBlockK, T.pz);  // with AMX's zero padding rows
             for (int64_t r = 0; r < rows; ++r) apply_dropout_row(c, i0 + r, j0, T.pz + r * kBlockK);
             pz = T.pz;
           }
-          gemm_at(kBlockK, dvp, rows, pz, kBlockK, dout, dvp, T.dv, dvp, true);
-          // dP = (dO V^T) * Z ; dS = P (dP - Delta) [* (1 - tanh^2)]
-          gemm(rows, kBlockK, dvp, dout, dvp, T.vt, kBlockK, T.dp, kBlockK, false);
+          const int idp = static_cast<int>(dp), idvp = static_cast<int>(dvp);
+          if (A16.kt) {
+            // P's rows past `rows` are 0 (so are Q's and dO's bf16 rows there).
+            to_bf16_pairs(pz, kBlockK, kBlockQ, kBlockK, A16.pairs, 2 * kBlockK);
+            amx_gemm_bf16(idvp, kBlockK, kBlockQ, Q.dot16_block(r0), kBlockQ, A16.pairs,
+                          2 * kBlockK, A16.dvt, kBlockK, true);
+            amx_gemm_bf16(kBlockQ, kBlockK, static_cast<int>(Q.dv2), Q.do16_rows(r0),
+                          static_cast<int>(Q.dv2), A16.vt, 2 * kBlockK, T.dp, kBlockK, false);
+          } else {
+            gemm_at(kBlockK, dvp, rows, pz, kBlockK, dout, dvp, T.dv, dvp, true);
+            // dP = (dO V^T) * Z ; dS = P (dP - Delta) [* (1 - tanh^2)]
+            gemm(rows, kBlockK, dvp, dout, dvp, T.vt, kBlockK, T.dp, kBlockK, false);
+          }
           for (int64_t r = 0; r < rows; ++r) {
             float* dpr = T.dp + r * kBlockK;
             if (p.dropout_p > 0) apply_dropout_row(c, i0 + r, j0, dpr);
@@ -180,14 +269,27 @@ fsdpa_status backward(const AttnParams& p) {
             }
           }
           // dK += dS^T (scale Q) ; dQ += dS K  (scale applied when writing dQ)
-          gemm_at(kBlockK, dp, rows, T.dp, kBlockK, qs, dp, T.dk, dp, true);
-          gemm(rows, dp, kBlockK, T.dp, kBlockK, T.krow, dp, dq_split + r0 * dp, dp, true);
+          if (A16.kt) {  // dK^T += Q^T dS (scaled when written); dS's padding rows are 0
+            to_bf16_pairs(T.dp, kBlockK, kBlockQ, kBlockK, A16.pairs, 2 * kBlockK);
+            amx_gemm_bf16(idp, kBlockK, kBlockQ, Q.qt16_block(r0), kBlockQ, A16.pairs,
+                          2 * kBlockK, A16.dkt, kBlockK, true);
+            to_bf16_rows(T.dp, kBlockK, kBlockQ, kBlockK, kBlockK, A16.a, kBlockK);
+            amx_gemm_bf16(kBlockQ, idp, kBlockK, A16.a, kBlockK, A16.kp, 2 * idp,
+                          dq_split + r0 * dp, idp, true);
+          } else {
+            gemm_at(kBlockK, dp, rows, T.dp, kBlockK, qs, dp, T.dk, dp, true);
+            gemm(rows, dp, kBlockK, T.dp, kBlockK, T.krow, dp, dq_split + r0 * dp, dp, true);
+          }
         }
+      }
+      if (A16.kt) {  // dK^T, dV^T back to rows
+        transpose(A16.dkt, kBlockK, dp, kBlockK, T.dk, dp);
+        transpose(A16.dvt, kBlockK, dvp, kBlockK, T.dv, dvp);
       }
       for (int64_t j = 0; j < n; ++j) {
         const int64_t tok = e.k_begin + j0 + j;
         store_f32(p.dk, offset4(p.dk_stride, b, hk, tok, 0), p.dk_stride[3], p.head_dim,
-                  p.dtype, T.dk + j * dp, 1.0f);
+                  p.dtype, T.dk + j * dp, A16.kt ? p.scale : 1.0f);
         store_f32(p.dv, offset4(p.dv_stride, b, hk, tok, 0), p.dv_stride[3], p.head_dim_v,
                   p.dtype, T.dv + j * dvp, 1.0f);
       }

@@ -48,12 +48,63 @@ void pack_kv_tile(const AttnParams& p, const BlockLayout& L, int64_t b, int64_t 
           nf.v);
 }
 
+// The same tile for the AMX products: K^T [dk2 x kBlockK] and V
+// [kBlockK x Dvp] in bf16, pair-interleaved (amx_kernels.h); `tmp` holds
+// kBlockK x max(Dp, Dvp) floats.
+void pack_kv_tile_bf16(const AttnParams& p, const BlockLayout& L, int64_t b, int64_t hk,
+                       int64_t kb, int64_t dp, int64_t dk2, int64_t dvp, uint16_t* kt,
+                       uint16_t* v, float* tmp, NonFiniteFlags& nf) {
+  const SeqExtent& e = L.seq[b];
+  const int64_t j0 = kb * kBlockK, n = std::min<int64_t>(kBlockK, e.sk - j0);
+  if (p.k_stride[3] == 1 && p.v_stride[3] == 1) {  // bf16 rows taken as they are
+    auto row = [&](const void* base, const int64_t* st, int64_t r) {
+      return static_cast<const uint16_t*>(
+          element_ptr(base, p.dtype, kv_offset(p, st, b, hk, e.k_begin + j0 + r, 0)));
+    };
+    const int d = static_cast<int>(p.head_dim), dv = static_cast<int>(p.head_dim_v);
+    bool k_ok = true, v_ok = true;
+    std::fill(kt, kt + dk2 * kBlockK, uint16_t{0});
+    for (int64_t r = 0; r < n; ++r)
+      k_ok &= scatter_bf16_pairs_column(row(p.k, p.k_stride, r), d, static_cast<int>(r), kt,
+                                        2 * kBlockK);
+    for (int64_t r = 0; r < kBlockK; r += 2) {
+      uint16_t* pair_row = v + r * dvp;  // pair row r / 2: 2 * dvp elements
+      int64_t filled = 0;
+      if (r < n) {
+        v_ok &= interleave_bf16_rows(row(p.v, p.v_stride, r),
+                                     r + 1 < n ? row(p.v, p.v_stride, r + 1) : nullptr, dv,
+                                     pair_row);
+        filled = 2 * dv;
+      }
+      std::fill(pair_row + filled, pair_row + 2 * dvp, uint16_t{0});
+    }
+    flag_if(k_ok, nf.k);
+    flag_if(v_ok, nf.v);
+    return;
+  }
+  flag_if(pack_kv_rows(p, p.k, p.k_stride, b, hk, e.k_begin + j0, n, p.head_dim, tmp, dp, kBlockK),
+          nf.k);
+  to_bf16_pairs_transposed(tmp, dp, kBlockK, dp, dk2, kt, 2 * kBlockK);
+  flag_if(pack_kv_rows(p, p.v, p.v_stride, b, hk, e.k_begin + j0, n, p.head_dim_v, tmp, dvp,
+                       kBlockK),
+          nf.v);
+  to_bf16_pairs(tmp, dvp, kBlockK, dvp, v, 2 * dvp);
+}
+
 // The packed K/V tiles of every (k-block, kv-head), when several q-blocks
 // share them (prefill); for one q-block per head (decode) each task packs
 // the tiles it needs on the fly instead of making a pass over all of K/V.
+// With AMX (bf16) the tiles are kept in bf16 only (kt16, v16).
 struct PackedKV {
-  int64_t dp, dvp;
-  Buffer kt, v;  // empty when packing on the fly
+  int64_t dp, dvp, dk2;
+  Buffer kt, v;      // fp32; empty when packing on the fly or with AMX
+  Buffer kt16, v16;  // bf16 for AMX, else empty
+  const uint16_t* kt16_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
+    return reinterpret_cast<const uint16_t*>(kt16.get()) + (kblock * heads_k + hk) * dk2 * kBlockK;
+  }
+  const uint16_t* v16_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
+    return reinterpret_cast<const uint16_t*>(v16.get()) + (kblock * heads_k + hk) * kBlockK * dvp;
+  }
   const float* kt_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
     return kt.get() + (kblock * heads_k + hk) * dp * kBlockK;
   }
@@ -66,8 +117,24 @@ PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all, NonFi
   PackedKV pk;
   pk.dp = round_up(p.head_dim, kPanelAlign);
   pk.dvp = round_up(p.head_dim_v, kPanelAlign);
+  pk.dk2 = amx_pad(p.head_dim);
   if (!pack_all) return pk;
   const int64_t nblk = L.k_blocks() * p.heads_k;
+  if (uses_amx(p)) {
+    pk.kt16 = alloc_floats(nblk * pk.dk2 * kBlockK / 2);
+    pk.v16 = alloc_floats(nblk * kBlockK * pk.dvp / 2);
+    parallel_for(p.batch * p.heads_k, [&](int64_t task) {
+      const int64_t b = task / p.heads_k, hk = task % p.heads_k;
+      Buffer tmp = alloc_floats(kBlockK * std::max(pk.dp, pk.dvp));
+      for (int64_t kb = 0; kb < L.k_block0[b + 1] - L.k_block0[b]; ++kb) {
+        const int64_t gb = L.k_block0[b] + kb;
+        pack_kv_tile_bf16(p, L, b, hk, kb, pk.dp, pk.dk2, pk.dvp,
+                          const_cast<uint16_t*>(pk.kt16_block(gb, hk, p.heads_k)),
+                          const_cast<uint16_t*>(pk.v16_block(gb, hk, p.heads_k)), tmp.get(), nf);
+      }
+    });
+    return pk;
+  }
   pk.kt = alloc_floats(nblk * pk.dp * kBlockK);
   pk.v = alloc_floats(nblk * kBlockK * pk.dvp);
   parallel_for(p.batch * p.heads_k, [&](int64_t task) {
@@ -138,12 +205,14 @@ struct RowState {
 // (c: the first; more than one only without dropout, for GQA decode: their
 // rows are stacked head after head and share each K/V read) over key blocks
 // [kb_begin, kb_end). `tiles` is scratch for on-the-fly K/V tiles
-// (kBlockK * (Dp + Dvp)). `sparse`: the block lists of these rows (one head),
-// or null: key tiles they do not name are skipped.
+// (kBlockK * (Dp + Dvp)). With AMX, q16 is the unscaled bf16 Q panel
+// [kBlockQ x dk2] (zero rows after head_rows) and p16 scratch for P in bf16.
+// `sparse`: the block lists of these rows (one head), or null: key tiles they
+// do not name are skipped.
 void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const HeadCtx& c,
-            int64_t heads, const float* qs, int64_t i0, int64_t head_rows, int64_t kb_begin,
-            int64_t kb_end, float* S, float* tiles, RowState st, NonFiniteFlags& nf,
-            const SparseRows* sparse) {
+            int64_t heads, const float* qs, const uint16_t* q16, uint16_t* p16, int64_t i0,
+            int64_t head_rows, int64_t kb_begin, int64_t kb_end, float* S, float* tiles,
+            RowState st, NonFiniteFlags& nf, const SparseRows* sparse) {
   const int64_t hk = kv_head(p, c.h);
   const int64_t kb0 = L.k_block0[c.b];
   const int64_t rows = heads * head_rows;
@@ -152,6 +221,8 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
     st.l[r] = 0.0f;
   }
   std::fill(st.o, st.o + kBlockQ * pk.dvp, 0.0f);
+  // AMX multiplies whole 16-row tiles: P's rows past `rows` stay zero.
+  if (pk.kt16) std::fill(p16 + rows * kBlockK, p16 + kBlockQ * kBlockK, uint16_t{0});
   const bool bf16 = p.dtype == DType::bf16;
   // Decode steps with few query rows read fp32/bf16 K and V in place
   // (contiguous rows) instead of copying each tile.
@@ -161,7 +232,12 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
     const int64_t j0 = kb * kBlockK;
     int64_t n = kBlockK;  // keys of this block (fewer at the sequence end)
     const float* v;
-    if (pk.kt) {
+    if (pk.kt16) {
+      amx_gemm_bf16(kBlockQ, kBlockK, static_cast<int>(pk.dk2), q16, static_cast<int>(pk.dk2),
+                    pk.kt16_block(kb0 + kb, hk, p.heads_k), 2 * kBlockK, S, kBlockK, false);
+      scale_row(S, static_cast<int>(rows * kBlockK), p.scale);
+      v = nullptr;
+    } else if (pk.kt) {
       gemm(rows, kBlockK, pk.dp, qs, pk.dp, pk.kt_block(kb0 + kb, hk, p.heads_k), kBlockK, S,
            kBlockK, false);
       v = pk.v_block(kb0 + kb, hk, p.heads_k);
@@ -202,24 +278,43 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       score_epilogue(g == 0 ? c : make_head_ctx(p, c.e, c.b, c.h + g), i0, head_rows, j0,
                      S + g * head_rows * kBlockK, kBlockK, nullptr);
     if (sparse) apply_block_sparse(c, i0, rows, j0, S, kBlockK, *sparse);  // heads == 1 here
+    // New row maxima, then all rows' rescale factors in one SIMD pass
+    // (alpha = 0 when m was -inf; unused where m_new is -inf).
+    float m_new_rows[kBlockQ], alpha_rows[kBlockQ];
+    for (int64_t r = 0; r < rows; ++r)
+      m_new_rows[r] = max_keep_nan(st.m[r], row_max(S + r * kBlockK, kBlockK));
+    exp_diff(st.m, m_new_rows, alpha_rows, static_cast<int>(rows));
+    // AMX without dropout: P goes straight to bf16, the A side of P V.
+    const bool p_to_bf16 = pk.kt16 && p.dropout_p == 0;
     for (int64_t r = 0; r < rows; ++r) {
       float* s = S + r * kBlockK;
-      const float m_new = max_keep_nan(st.m[r], row_max(s, kBlockK));
+      const float m_new = m_new_rows[r];
       if (m_new == kNegInf) {  // nothing visible yet in this row
         // Unless a score is NaN (the SIMD max may skip it): then the row is
         // NaN, through its sum and, via P = NaN, its output.
         const bool nan_score = std::any_of(s, s + kBlockK, [](float x) { return x != x; });
         std::fill(s, s + kBlockK, nan_score ? NAN : 0.0f);
+        if (p_to_bf16)
+          std::fill(p16 + r * kBlockK, p16 + (r + 1) * kBlockK, f32_to_bf16(nan_score ? NAN : 0.0f));
         if (nan_score) st.m[r] = st.l[r] = NAN;
         continue;
       }
-      const float alpha = expf(st.m[r] - m_new);  // 0 when m was -inf
-      st.l[r] = st.l[r] * alpha + exp_sub_sum(s, kBlockK, m_new);
+      const float alpha = alpha_rows[r];
+      st.l[r] = st.l[r] * alpha +
+                (p_to_bf16 ? exp_sub_sum_to_bf16_amx(s, kBlockK, m_new, p16 + r * kBlockK)
+                 : pk.kt16 ? exp_sub_sum_bf16(s, kBlockK, m_new)
+                           : exp_sub_sum(s, kBlockK, m_new));
       if (alpha != 1.0f) scale_row(st.o + r * pk.dvp, pk.dvp, alpha);
       st.m[r] = m_new;
       if (p.dropout_p > 0) apply_dropout_row(c, i0 + r, j0, s);  // heads == 1 here
     }
-    if (v) {
+    if (pk.kt16) {
+      if (p.dropout_p > 0)
+        to_bf16_rows(S, kBlockK, static_cast<int>(rows), kBlockK, kBlockK, p16, kBlockK);
+      amx_gemm_bf16(kBlockQ, static_cast<int>(pk.dvp), kBlockK, p16, kBlockK,
+                    pk.v16_block(kb0 + kb, hk, p.heads_k), static_cast<int>(2 * pk.dvp), st.o,
+                    static_cast<int>(pk.dvp), true);
+    } else if (v) {
       gemm(rows, pk.dvp, kBlockK, S, kBlockK, v, pk.dvp, st.o, pk.dvp, true);
     } else {
       const int64_t tok = c.e.k_begin + j0;
@@ -334,13 +429,36 @@ fsdpa_status forward(const AttnParams& p) {
     visible_key_blocks(c, i0, i0 + rows, &kb_lo, &kb_hi);
     const int64_t span = kb_hi - kb_lo;
     const int64_t s_lo = kb_lo + span * split / splits, s_hi = kb_lo + span * (split + 1) / splits;
-    for (int64_t g = 0; g < task_heads; ++g)
-      flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h + g, e.q_begin + i0, rows, p.head_dim,
-                        p.scale, qs + g * rows * dp, dp, rows),
-              nf.q);
+    uint16_t* q16 = nullptr;
+    uint16_t* p16 = nullptr;
+    if (pk.kt16) {  // unscaled bf16 Q (exact): the scale goes on the fp32 scores
+      q16 = reinterpret_cast<uint16_t*>(thread_scratch(2, kBlockQ * (pk.dk2 + kBlockK) / 2));
+      p16 = q16 + kBlockQ * pk.dk2;
+      if (p.q_stride[3] == 1) {  // bf16 rows taken as they are
+        bool ok = true;
+        for (int64_t r = 0; r < rows; ++r)
+          ok &= copy_bf16_row(static_cast<const uint16_t*>(element_ptr(
+                                  p.q, p.dtype, offset4(p.q_stride, b, h, e.q_begin + i0 + r, 0))),
+                              static_cast<int>(p.head_dim), static_cast<int>(pk.dk2),
+                              q16 + r * pk.dk2);
+        flag_if(ok, nf.q);
+      } else {
+        flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, rows, p.head_dim, 1.0f,
+                          qs, dp, rows),
+                nf.q);
+        to_bf16_rows(qs, static_cast<int>(dp), static_cast<int>(rows), static_cast<int>(dp),
+                     static_cast<int>(pk.dk2), q16, static_cast<int>(pk.dk2));
+      }
+      std::fill(q16 + rows * pk.dk2, q16 + kBlockQ * pk.dk2, uint16_t{0});
+    } else {
+      for (int64_t g = 0; g < task_heads; ++g)
+        flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h + g, e.q_begin + i0, rows, p.head_dim,
+                          p.scale, qs + g * rows * dp, dp, rows),
+                nf.q);
+    }
     thread_local SparseRows sparse;
     if (p.sparse) sparse_rows(c, i0, rows, &sparse);
-    attend(p, pk, L, c, task_heads, qs, i0, rows, s_lo, s_hi, S,
+    attend(p, pk, L, c, task_heads, qs, q16, p16, i0, rows, s_lo, s_hi, S,
            qs + per_thread - kBlockK * (2 * dp + dvp), st, nf, p.sparse ? &sparse : nullptr);
     if (splits == 1) finish_rows(p, c, task_heads, i0, rows, dvp, st);
   });
@@ -372,7 +490,7 @@ fsdpa_status forward(const AttnParams& p) {
       finish_rows(p, make_head_ctx(p, e, b, h), task_heads, i0, rows, dvp, acc);
     });
   }
-  if (p.check_finite && !pk.kt && !nf.q && !nf.k && !nf.v) check_unread_kv(p, L, nf);
+  if (p.check_finite && !pk.kt && !pk.kt16 && !nf.q && !nf.k && !nf.v) check_unread_kv(p, L, nf);
   return nf.status(p);
 }
 

@@ -6,11 +6,13 @@
 #include "hwy/highway.h"
 #include "hwy/contrib/math/math-inl.h"
 
+#include <math.h>
 #include <string.h>
 
 #include <algorithm>
 #include <limits>
 
+#include "core/dtype.h"
 #include "cpu/simd_kernels.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -285,6 +287,40 @@ bool ConvertRow(const void* HWY_RESTRICT src, bool bf16, int64_t n, float mul,
   return finite;
 }
 
+// bf16 bits (in the low half of each u32 lane) of v rounded to nearest even,
+// as f32_to_bf16 (NaN stays a quiet NaN).
+HWY_INLINE hn::Vec<hn::Rebind<uint16_t, DF>> ToBf16(hn::Vec<DF> v) {
+  const DU du;
+  const hn::RebindToSigned<DF> di;
+  const hn::Rebind<uint16_t, DF> du16;
+  const auto u = hn::BitCast(du, v);
+  const auto rounded =
+      hn::Add(u, hn::Add(hn::Set(du, 0x7FFFu), hn::And(hn::ShiftRight<16>(u), hn::Set(du, 1u))));
+  const auto nan = hn::Gt(hn::And(u, hn::Set(du, 0x7FFFFFFFu)), hn::Set(du, 0x7F800000u));
+  const auto r = hn::IfThenElse(nan, hn::Or(u, hn::Set(du, 0x00400000u)), rounded);
+  return hn::DemoteTo(du16, hn::BitCast(di, hn::ShiftRight<16>(r)));
+}
+
+// dst[i] = src[i] * mul, stored as fp32 or (bf16) bfloat16 rounded to
+// nearest even like f32_to_bf16 (NaN stays a quiet NaN).
+void StoreRow(const float* HWY_RESTRICT src, float mul, bool bf16, int64_t n, void* dst) {
+  const DF d;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  const auto vmul = hn::Set(d, mul);
+  int64_t i = 0;
+  if (!bf16) {
+    float* out = static_cast<float*>(dst);
+    for (; i + lanes <= n; i += lanes) hn::StoreU(hn::Mul(hn::LoadU(d, src + i), vmul), d, out + i);
+    for (; i < n; ++i) out[i] = src[i] * mul;
+    return;
+  }
+  const hn::Rebind<uint16_t, DF> du16;
+  uint16_t* out = static_cast<uint16_t*>(dst);
+  for (; i + lanes <= n; i += lanes)
+    hn::StoreU(ToBf16(hn::Mul(hn::LoadU(d, src + i), vmul)), du16, out + i);
+  for (; i < n; ++i) out[i] = f32_to_bf16(src[i] * mul);
+}
+
 bool AllFinite(const float* HWY_RESTRICT x, int64_t n) {
   const DF d;
   const DU du;
@@ -314,6 +350,56 @@ float ExpSubSum(float* HWY_RESTRICT x, int n, float m) {
     sum = hn::Add(sum, e);
   }
   return hn::GetLane(hn::SumOfLanes(d, sum));
+}
+
+// exp(x) for x <= 0 to ~3e-6 relative (ample where the result is rounded to
+// bf16, 2^-9): 2^(x log2 e) as 2^k times a degree-5 Taylor polynomial of 2^f,
+// |f| <= 1/2, about half the work of hn::Exp. exp(0) is exactly 1; results
+// below ~2^-126 are 0; NaN is the caller's to keep.
+template <class D, class V>
+HWY_INLINE V ExpNonPositive(D d, V x) {
+  const hn::RebindToSigned<D> di;
+  const auto t = hn::Max(hn::Mul(x, hn::Set(d, 1.44269504088896341f)), hn::Set(d, -127.0f));
+  const auto k = hn::Round(t);
+  const auto f = hn::Sub(t, k);
+  auto p = hn::Set(d, 1.3333558146428443e-3f);
+  p = hn::MulAdd(p, f, hn::Set(d, 9.6181291076284772e-3f));
+  p = hn::MulAdd(p, f, hn::Set(d, 5.5504108664821580e-2f));
+  p = hn::MulAdd(p, f, hn::Set(d, 2.4022650695910071e-1f));
+  p = hn::MulAdd(p, f, hn::Set(d, 6.9314718055994531e-1f));
+  p = hn::MulAdd(p, f, hn::Set(d, 1.0f));
+  // k >= -127 (the clamp): 2^-127 gets exponent field 0, i.e. 0.0, so
+  // results below ~2^-126 come out 0 without a compare.
+  const auto two_k = hn::BitCast(d, hn::ShiftLeft<23>(hn::Add(hn::ConvertTo(di, k), hn::Set(di, 127))));
+  return hn::Mul(p, two_k);
+}
+
+// ExpSubSum with ExpNonPositive: for probabilities that are rounded to bf16
+// for their product (the AMX path).
+float ExpSubSumBf16(float* HWY_RESTRICT x, int n, float m) {
+  const DF d;
+  const int lanes = static_cast<int>(hn::Lanes(d));
+  const auto vm = hn::Set(d, m);
+  auto sum = hn::Zero(d);
+  for (int i = 0; i < n; i += lanes) {
+    const auto x_m = hn::Sub(hn::LoadU(d, x + i), vm);
+    const auto e = hn::IfThenElse(hn::IsNaN(x_m), x_m, ExpNonPositive(d, x_m));
+    hn::StoreU(e, d, x + i);
+    sum = hn::Add(sum, e);
+  }
+  return hn::GetLane(hn::SumOfLanes(d, sum));
+}
+
+void ExpDiff(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, float* HWY_RESTRICT out,
+             int n) {
+  const DF d;
+  const int lanes = static_cast<int>(hn::Lanes(d));
+  int i = 0;
+  for (; i + lanes <= n; i += lanes) {
+    const auto diff = hn::Sub(hn::LoadU(d, a + i), hn::LoadU(d, b + i));
+    hn::StoreU(hn::IfThenElse(hn::IsNaN(diff), diff, hn::Exp(d, diff)), d, out + i);
+  }
+  for (; i < n; ++i) out[i] = expf(a[i] - b[i]);
 }
 
 float RowMax(const float* HWY_RESTRICT x, int n) {
@@ -351,12 +437,15 @@ namespace fsdpa::cpu {
 HWY_EXPORT(Gemm);
 HWY_EXPORT(GemmAt);
 HWY_EXPORT(ExpSubSum);
+HWY_EXPORT(ExpSubSumBf16);
+HWY_EXPORT(ExpDiff);
 HWY_EXPORT(RowMax);
 HWY_EXPORT(ScaleRow);
 HWY_EXPORT(GemmBt);
 HWY_EXPORT(ConvertRow);
 HWY_EXPORT(DotRowsSrc);
 HWY_EXPORT(AllFinite);
+HWY_EXPORT(StoreRow);
 HWY_EXPORT(AccumRowsSrc);
 HWY_EXPORT(SoftmaxGradRow);
 HWY_EXPORT(TargetName);
@@ -374,6 +463,9 @@ void gemm_bt(int M, int N, int K, const float* A, int lda, const float* Bt, int 
   HWY_DYNAMIC_DISPATCH(GemmBt)(M, N, K, A, lda, Bt, ldbt, C, ldc);
 }
 bool all_finite(const float* x, int64_t n) { return HWY_DYNAMIC_DISPATCH(AllFinite)(x, n); }
+void store_row(const float* src, float mul, bool bf16, int64_t n, void* dst) {
+  HWY_DYNAMIC_DISPATCH(StoreRow)(src, mul, bf16, n, dst);
+}
 void dot_rows_src(int M, int N, int K, const float* A, int lda, const void* Bt, bool bf16,
                   int64_t ldbt, float* C, int ldc) {
   HWY_DYNAMIC_DISPATCH(DotRowsSrc)(M, N, K, A, lda, Bt, bf16, ldbt, C, ldc);
@@ -389,6 +481,12 @@ void softmax_grad_row(const float* p, float* dp, float delta, int n) {
   HWY_DYNAMIC_DISPATCH(SoftmaxGradRow)(p, dp, delta, n);
 }
 float exp_sub_sum(float* x, int n, float m) { return HWY_DYNAMIC_DISPATCH(ExpSubSum)(x, n, m); }
+void exp_diff(const float* a, const float* b, float* out, int n) {
+  HWY_DYNAMIC_DISPATCH(ExpDiff)(a, b, out, n);
+}
+float exp_sub_sum_bf16(float* x, int n, float m) {
+  return HWY_DYNAMIC_DISPATCH(ExpSubSumBf16)(x, n, m);
+}
 float row_max(const float* x, int n) { return HWY_DYNAMIC_DISPATCH(RowMax)(x, n); }
 void scale_row(float* y, int n, float a) { HWY_DYNAMIC_DISPATCH(ScaleRow)(y, n, a); }
 const char* simd_target_name() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }

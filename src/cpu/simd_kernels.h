@@ -45,6 +45,10 @@ bool all_finite(const float* x, int64_t n);
 // row of any length n; false if an element is NaN or Inf.
 bool convert_row(const void* src, bool bf16, int64_t n, float mul, float* dst);
 
+// dst[i] = src[i] * mul for a contiguous fp32 or (bf16 = true) bfloat16 row
+// of any length n; bf16 rounded to nearest even (as f32_to_bf16).
+void store_row(const float* src, float mul, bool bf16, int64_t n, void* dst);
+
 // dp[i] = p[i] * (dp[i] - delta): the softmax backward of one row.
 void softmax_grad_row(const float* p, float* dp, float delta, int n);
 
@@ -52,6 +56,14 @@ void softmax_grad_row(const float* p, float* dp, float delta, int n);
 // NaN stays NaN (also x = m = +inf).
 // Returns the sum of the results.
 float exp_sub_sum(float* x, int n, float m);
+
+// The same to ~3e-6 relative, for probabilities rounded to bf16 next
+// (about twice as fast).
+float exp_sub_sum_bf16(float* x, int n, float m);
+
+// out[i] = exp(a[i] - b[i]) for i < n (any n): the online softmax's
+// rescale factors of a tile's rows at once. exp(-inf) = 0; NaN stays NaN.
+void exp_diff(const float* a, const float* b, float* out, int n);
 
 // Largest of x[0..n) (n multiple of kPanelAlign); -inf if all are -inf.
 float row_max(const float* x, int n);

@@ -21,6 +21,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/host_view.h"
+#include "cpu/amx_kernels.h"
 #include "cpu/heuristics.h"
 #include "cpu/simd_kernels.h"
 
@@ -45,8 +46,8 @@ inline Buffer alloc_floats(int64_t n) {
 // and page faults for its ~100 KiB of tiles than in attention. Grow-only;
 // `slot` tells apart buffers a thread uses at the same time.
 inline float* thread_scratch(int slot, int64_t n) {
-  thread_local Buffer bufs[2];
-  thread_local int64_t sizes[2] = {0, 0};
+  thread_local Buffer bufs[3];
+  thread_local int64_t sizes[3] = {0, 0, 0};
   if (sizes[slot] < n) {
     bufs[slot] = alloc_floats(n);
     sizes[slot] = n;
@@ -128,6 +129,10 @@ inline bool load_f32(const void* base, int64_t off, int64_t step, int64_t n, DTy
 
 inline void store_f32(void* base, int64_t off, int64_t step, int64_t n, DType t, const float* src,
                       float mul) {
+  if (step == 1 && (t == DType::f32 || t == DType::bf16)) {
+    store_row(src, mul, t == DType::bf16, n, static_cast<char*>(base) + off * (t == DType::f32 ? 4 : 2));
+    return;
+  }
   switch (t) {
     case DType::f32: {
       float* d = static_cast<float*>(base) + off;
@@ -290,6 +295,7 @@ inline void score_epilogue(const HeadCtx& c, int64_t i0, int64_t rows, int64_t j
 // mismatch (which, times |S|, exceeded 2x PyTorch's fp32 gradient error).
 enum class ScoreGemm {
   packed_kt,      // prefill: K^T panels packed once, gemm
+  packed_kt_amx,  // prefill, bf16 with AMX: bf16 Q and K^T panels on AMX tiles, then x scale
   rows_in_place,  // decode, few fp32/bf16 rows, contiguous K/V rows: dot_rows_src
   rows_copied,    // other decode: K rows copied per block, gemm_bt
 };
@@ -298,8 +304,17 @@ enum class ScoreGemm {
 inline bool forward_packs_all_kv(const AttnParams& p) {
   return p.seqlen_q > kBlockQ || p.sparse;
 }
+// bf16 products on AMX tiles (~15x the fp32 FMA rate, bench/peak_flops.c)
+// where the CPU has them: the bf16 inputs are exact in bf16, so only P (and
+// in the backward dS) is rounded to bf16 for its product, as in
+// FlashAttention's GPU kernels; accumulation stays fp32.
+inline bool uses_amx(const AttnParams& p) {
+  return p.dtype == DType::bf16 && forward_packs_all_kv(p) && amx_bf16_available();
+}
+// Head dims of the bf16 panels: whole AMX k-steps.
+inline int64_t amx_pad(int64_t dim) { return round_up(dim, kAmxK); }
 inline ScoreGemm forward_score_gemm(const AttnParams& p, int64_t rows) {
-  if (forward_packs_all_kv(p)) return ScoreGemm::packed_kt;
+  if (forward_packs_all_kv(p)) return uses_amx(p) ? ScoreGemm::packed_kt_amx : ScoreGemm::packed_kt;
   if (rows <= kInPlaceMaxRows && (p.dtype == DType::f32 || p.dtype == DType::bf16) &&
       p.k_stride[3] == 1 && p.v_stride[3] == 1)
     return ScoreGemm::rows_in_place;

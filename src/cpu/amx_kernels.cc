@@ -1,0 +1,306 @@
+// AMX-BF16 kernels (see amx_kernels.h). The tile instructions are enabled
+// per function (target attributes), so the file builds with the project's
+// ordinary flags and the kernels run only where amx_bf16_available() says.
+#include "cpu/amx_kernels.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/dtype.h"
+
+#if defined(__x86_64__) && defined(__linux__) &&                     \
+    ((defined(__clang__) && __clang_major__ >= 12) ||               \
+     (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+#define FSDPA_AMX 1
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#define FSDPA_AMX 0
+#endif
+
+namespace fsdpa::cpu {
+
+#if FSDPA_AMX
+namespace {
+
+bool detect_amx() {
+  // FLASHSDPA_CPU_AMX=0 keeps bf16 on the fp32 kernels: A/B runs, and the
+  // test of that path on machines that have AMX (tests/cpp/CMakeLists.txt).
+  if (const char* env = getenv("FLASHSDPA_CPU_AMX"); env && strcmp(env, "0") == 0) return false;
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const bool amx_tile = d & (1u << 24), amx_bf16 = d & (1u << 22);
+  if (!amx_tile || !amx_bf16) return false;
+  // Linux hands out the 8 KiB tile state only on request (per process).
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+// Palette 1, all 8 tiles 16 rows x 64 bytes.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+  TileConfig() {
+    for (int t = 0; t < 8; ++t) {
+      colsb[t] = 64;
+      rows[t] = 16;
+    }
+  }
+};
+
+// One register block: MR x NR tiles of C (16 x 16 fp32 each) at tiles
+// 0..3, A's MR row tiles at 4..5, B's NR column tiles at 6..7; K streamed
+// 32 at a time. Tile numbers are immediates, hence the template.
+template <int MR, int NR>
+__attribute__((target("amx-tile,amx-bf16"))) void block(int K, const uint16_t* A, int lda,
+                                                         const uint16_t* B, int ldb, float* C,
+                                                         int ldc, bool accumulate) {
+  const int sa = lda * 2, sb = ldb * 2, sc = ldc * 4;
+  float* c10 = C + 16 * ldc;
+  if (accumulate) {
+    _tile_loadd(0, C, sc);
+    if (NR > 1) _tile_loadd(1, C + 16, sc);
+    if (MR > 1) _tile_loadd(2, c10, sc);
+    if (MR > 1 && NR > 1) _tile_loadd(3, c10 + 16, sc);
+  } else {
+    _tile_zero(0);
+    if (NR > 1) _tile_zero(1);
+    if (MR > 1) _tile_zero(2);
+    if (MR > 1 && NR > 1) _tile_zero(3);
+  }
+  for (int k = 0; k < K; k += kAmxK) {
+    // B rows are pairs of k: 16 pair rows cover 32 values of k.
+    // All loads first: they overlap each other, and the products wait for
+    // the first of them only (loading right before each product stalled on
+    // every load: ~40% of the block's time in the first tdpbf16ps).
+    const uint16_t* b = B + (k / 2) * ldb;
+    _tile_loadd(4, A + k, sa);
+    _tile_loadd(6, b, sb);
+    if (NR > 1) _tile_loadd(7, b + 32, sb);
+    if (MR > 1) _tile_loadd(5, A + 16 * lda + k, sa);
+    _tile_dpbf16ps(0, 4, 6);
+    if (NR > 1) _tile_dpbf16ps(1, 4, 7);
+    if (MR > 1) {
+      _tile_dpbf16ps(2, 5, 6);
+      if (NR > 1) _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, C, sc);
+  if (NR > 1) _tile_stored(1, C + 16, sc);
+  if (MR > 1) _tile_stored(2, c10, sc);
+  if (MR > 1 && NR > 1) _tile_stored(3, c10 + 16, sc);
+}
+
+template <int MR>
+void block_row(int N, int K, const uint16_t* A, int lda, const uint16_t* B, int ldb, float* C,
+               int ldc, bool accumulate) {
+  int j = 0;
+  for (; j + 32 <= N; j += 32) block<MR, 2>(K, A, lda, B + 2 * j, ldb, C + j, ldc, accumulate);
+  if (j < N) block<MR, 1>(K, A, lda, B + 2 * j, ldb, C + j, ldc, accumulate);
+}
+
+}  // namespace
+
+bool amx_bf16_available() {
+  static const bool ok = detect_amx();
+  return ok;
+}
+
+__attribute__((target("amx-tile,amx-bf16"))) void amx_gemm_bf16(int M, int N, int K,
+                                                                const uint16_t* A, int lda,
+                                                                const uint16_t* Bp, int ldb,
+                                                                float* C, int ldc,
+                                                                bool accumulate) {
+  // The configuration is loaded per call: the caller's thread may have run
+  // other AMX code (another library) in between, and it costs little next
+  // to the >= 16 tile products of a call.
+  static const TileConfig cfg;
+  _tile_loadconfig(&cfg);
+  int i = 0;
+  for (; i + 32 <= M; i += 32) block_row<2>(N, K, A + i * lda, lda, Bp, ldb, C + i * ldc, ldc, accumulate);
+  if (i < M) block_row<1>(N, K, A + i * lda, lda, Bp, ldb, C + i * ldc, ldc, accumulate);
+  _tile_release();
+}
+
+#else  // no AMX on this target or compiler
+
+bool amx_bf16_available() { return false; }
+void amx_gemm_bf16(int, int, int, const uint16_t*, int, const uint16_t*, int, float*, int, bool) {
+  abort();  // callers check amx_bf16_available()
+}
+
+#endif
+
+#if FSDPA_AMX
+// Every CPU with AMX-BF16 has AVX512_BF16: vcvtneps2bf16 rounds 16 floats to
+// nearest even at once (NaN stays NaN; like the tile products it treats
+// denormals as zero, far below what a bf16 result can resolve here).
+#define FSDPA_CVT_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+namespace {
+FSDPA_CVT_TARGET inline __m256i cvt16(const float* src) {
+  return (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src));
+}
+}  // namespace
+#else
+#define FSDPA_CVT_TARGET
+#endif
+
+FSDPA_CVT_TARGET void to_bf16_rows(const float* src, int lds, int rows, int cols, int cols_pad,
+                                   uint16_t* dst, int ldd) {
+  for (int r = 0; r < rows; ++r) {
+    const float* s = src + r * lds;
+    uint16_t* d = dst + r * ldd;
+    int c = 0;
+#if FSDPA_AMX
+    for (; c + 16 <= cols; c += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + c), cvt16(s + c));
+#endif
+    for (; c < cols; ++c) d[c] = f32_to_bf16(s[c]);
+    for (; c < cols_pad; ++c) d[c] = 0;
+  }
+}
+
+void to_bf16_pairs_transposed(const float* src, int lds, int n, int k, int k_pad, uint16_t* dst,
+                              int ldb) {
+  // Row j of src in bf16 is k / 2 words of pairs; word kk / 2 of row j goes
+  // to word j of pair row kk / 2.
+  uint32_t* d32 = reinterpret_cast<uint32_t*>(dst);
+  const int ldw = ldb / 2;
+  uint16_t row[512];  // head dims <= 256 here; longer rows go in pieces
+  for (int j = 0; j < n; ++j)
+    for (int k0 = 0; k0 < k; k0 += 512) {
+      const int len = k - k0 < 512 ? k - k0 : 512;
+      to_bf16_rows(src + j * lds + k0, 0, 1, len, len, row, 0);
+      uint32_t w;
+      for (int kk = 0; kk < len; kk += 2) {
+        memcpy(&w, row + kk, 4);
+        d32[(k0 + kk) / 2 * ldw + j] = w;
+      }
+    }
+  for (int kk = k; kk < k_pad; kk += 2) memset(dst + (kk / 2) * ldb, 0, 4 * n);
+}
+
+FSDPA_CVT_TARGET void to_bf16_pairs(const float* src, int lds, int k, int n, uint16_t* dst,
+                                    int ldb) {
+#if FSDPA_AMX
+  // Lane i of the result: a[i / 2] for even i, b[i / 2] for odd.
+  alignas(64) static const uint16_t kInterleave[32] = {
+      0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
+      8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i idx = _mm512_load_si512(kInterleave);
+#endif
+  for (int kk = 0; kk < k; kk += 2) {
+    const float* r0 = src + kk * lds;
+    const float* r1 = r0 + lds;
+    uint16_t* d = dst + (kk / 2) * ldb;
+    int j = 0;
+#if FSDPA_AMX
+    for (; j + 16 <= n; j += 16) {
+      // Low half r0's 16 values, high half r1's.
+      const __m512i ab = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(r1 + j), _mm512_loadu_ps(r0 + j));
+      _mm512_storeu_si512(d + 2 * j, _mm512_permutexvar_epi16(idx, ab));
+    }
+#endif
+    for (; j < n; ++j) {
+      d[2 * j] = f32_to_bf16(r0[j]);
+      d[2 * j + 1] = f32_to_bf16(r1[j]);
+    }
+  }
+}
+
+namespace {
+FSDPA_CVT_TARGET inline bool finite_bf16(const uint16_t* x, int n) {
+  uint32_t bad = 0;
+  for (int i = 0; i < n; ++i) bad |= (x[i] & 0x7F80u) == 0x7F80u;
+  return bad == 0;
+}
+}  // namespace
+
+FSDPA_CVT_TARGET bool copy_bf16_row(const uint16_t* src, int n, int n_pad, uint16_t* dst) {
+  memcpy(dst, src, 2 * static_cast<size_t>(n));
+  memset(dst + n, 0, 2 * static_cast<size_t>(n_pad - n));
+  return finite_bf16(src, n);
+}
+
+FSDPA_CVT_TARGET bool scatter_bf16_pairs_column(const uint16_t* src, int n, int j, uint16_t* dst,
+                                                int ldb) {
+  uint32_t* d32 = reinterpret_cast<uint32_t*>(dst) + j;
+  const int ldw = ldb / 2;
+  int w = 0;
+  for (; 2 * w + 1 < n; ++w) memcpy(d32 + w * ldw, src + 2 * w, 4);
+  if (2 * w < n) dst[w * ldb + 2 * j] = src[2 * w];  // odd n: the pair's second value stays 0
+  return finite_bf16(src, n);
+}
+
+FSDPA_CVT_TARGET bool interleave_bf16_rows(const uint16_t* r0, const uint16_t* r1, int n,
+                                           uint16_t* dst) {
+  int j = 0;
+#if FSDPA_AMX
+  // Lane i: a[i / 2] for even i, b[i / 2] (index 32 + i / 2) for odd.
+  alignas(64) static const uint16_t kInterleave[32] = {
+      0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+      8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  const __m512i idx = _mm512_load_si512(kInterleave);
+  for (; j + 16 <= n; j += 16) {
+    const __m512i a = _mm512_maskz_loadu_epi16(0xFFFF, r0 + j);
+    const __m512i b = r1 ? _mm512_maskz_loadu_epi16(0xFFFF, r1 + j) : _mm512_setzero_si512();
+    _mm512_storeu_si512(dst + 2 * j, _mm512_permutex2var_epi16(a, idx, b));
+  }
+#endif
+  for (; j < n; ++j) {
+    dst[2 * j] = r0[j];
+    dst[2 * j + 1] = r1 ? r1[j] : 0;
+  }
+  return finite_bf16(r0, n) && (!r1 || finite_bf16(r1, n));
+}
+
+FSDPA_CVT_TARGET float exp_sub_sum_to_bf16_amx(const float* x, int n, float m, uint16_t* p) {
+#if FSDPA_AMX
+  // simd_kernels.cc's ExpNonPositive (same polynomial) with the hardware's
+  // bf16 rounding: a third fewer instructions than rounding with integer
+  // ops, and the exp is a quarter of a bf16 forward.
+  const __m512 vm = _mm512_set1_ps(m), log2e = _mm512_set1_ps(1.44269504088896341f);
+  const __m512 lowest = _mm512_set1_ps(-127.0f);
+  const __m512 c5 = _mm512_set1_ps(1.3333558146428443e-3f), c4 = _mm512_set1_ps(9.6181291076284772e-3f);
+  const __m512 c3 = _mm512_set1_ps(5.5504108664821580e-2f), c2 = _mm512_set1_ps(2.4022650695910071e-1f);
+  const __m512 c1 = _mm512_set1_ps(6.9314718055994531e-1f), c0 = _mm512_set1_ps(1.0f);
+  const __m512i bias = _mm512_set1_epi32(127);
+  // The maskz forms with all lanes: GCC 12's unmasked ones read an
+  // "undefined" vector that -Wuninitialized reports.
+  constexpr __mmask16 kAll = 0xFFFF;
+  __m512 sum = _mm512_setzero_ps();
+  for (int i = 0; i < n; i += 16) {
+    const __m512 xm = _mm512_sub_ps(_mm512_loadu_ps(x + i), vm);
+    const __m512 t = _mm512_maskz_max_ps(kAll, _mm512_mul_ps(xm, log2e), lowest);
+    const __m512 k = _mm512_maskz_roundscale_ps(kAll, t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(t, k);
+    __m512 poly = _mm512_fmadd_ps(c5, f, c4);
+    poly = _mm512_fmadd_ps(poly, f, c3);
+    poly = _mm512_fmadd_ps(poly, f, c2);
+    poly = _mm512_fmadd_ps(poly, f, c1);
+    poly = _mm512_fmadd_ps(poly, f, c0);
+    const __m512i two_k = _mm512_maskz_slli_epi32(kAll, _mm512_add_epi32(_mm512_maskz_cvtps_epi32(kAll, k), bias), 23);
+    __m512 e = _mm512_mul_ps(poly, _mm512_castsi512_ps(two_k));
+    e = _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(xm, xm, _CMP_UNORD_Q), xm);  // NaN stays NaN
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + i), (__m256i)_mm512_cvtneps_pbh(e));
+    sum = _mm512_add_ps(sum, e);
+  }
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, sum);
+  float total = 0.0f;
+  for (float v : lanes) total += v;
+  return total;
+#else
+  (void)x, (void)n, (void)m, (void)p;
+  abort();  // callers check amx_bf16_available()
+#endif
+}
+
+void to_bf16_transposed(const float* src, int lds, int rows, int cols, uint16_t* dst, int ldd) {
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) dst[c * ldd + r] = f32_to_bf16(src[r * lds + c]);
+}
+
+}  // namespace fsdpa::cpu

@@ -1,0 +1,62 @@
+// bf16 matrix products on Intel AMX tiles (Sapphire Rapids and later):
+// 16 x 16 fp32 tiles accumulate 16 x 32 bf16 by 32 x 16 bf16 products in one
+// instruction, fp32 accumulation. Measured on a Sapphire Rapids core
+// (bench/bf16_peak.c, bench/fma_peak.c): ~1.5 TFLOP/s against ~90-170
+// GFLOP/s of fp32 AVX-512 FMAs and ~70 GFLOP/s of AVX512_BF16 vdpbf16ps, so
+// bf16 attention on such a CPU uses these kernels. Elsewhere amx_bf16_available() is false and the
+// callers keep their fp32 kernels.
+//
+// Layouts (uint16_t holds a bf16):
+//   A: row-major [M x K] bf16, lda elements per row.
+//   B: "pair-interleaved" (AMX's VNNI layout) for B [K x N]: row kp of the
+//      panel holds, for each column n, B[2kp][n], B[2kp+1][n] side by side:
+//      element (k, n) at Bp[(k / 2) * ldb + 2 * n + k % 2].
+#pragma once
+
+#include <stdint.h>
+
+namespace fsdpa::cpu {
+
+// True if this CPU has AMX-BF16, the OS granted this process the tile state
+// (Linux: arch_prctl(ARCH_REQ_XCOMP_PERM)) and FLASHSDPA_CPU_AMX is not "0".
+// Decided once per process.
+bool amx_bf16_available();
+
+// Sizes a kernel below needs: M, N multiples of 16, K a multiple of 32.
+constexpr int kAmxRows = 16, kAmxK = 32;
+
+// C[M x N] (+)= A[M x K] * B, A row-major bf16, B pair-interleaved bf16, C
+// fp32 (ldc floats). Only if amx_bf16_available().
+void amx_gemm_bf16(int M, int N, int K, const uint16_t* A, int lda, const uint16_t* Bp, int ldb,
+                   float* C, int ldc, bool accumulate);
+
+// Round-to-nearest-even conversions of fp32 panels into the layouts above.
+// dst[r * ldd + c] = bf16(src[r * lds + c]) for r < rows, c < cols; zeros
+// for cols <= c < cols_pad.
+void to_bf16_rows(const float* src, int lds, int rows, int cols, int cols_pad, uint16_t* dst,
+                  int ldd);
+// B = src^T pair-interleaved: src [N x K] row-major (K even), so that the
+// product uses B[k][n] = src[n][k] (e.g. K^T from K's rows); zeros for
+// k <= kk < k_pad.
+void to_bf16_pairs_transposed(const float* src, int lds, int n, int k, int k_pad, uint16_t* dst,
+                              int ldb);
+// B = src pair-interleaved: src [K x N] row-major (K even).
+void to_bf16_pairs(const float* src, int lds, int k, int n, uint16_t* dst, int ldb);
+// Straight from bf16 rows of n elements (no fp32 round trip); each returns
+// false if an element is NaN or Inf.
+// dst[0..n) = src, zeros up to n_pad.
+bool copy_bf16_row(const uint16_t* src, int n, int n_pad, uint16_t* dst);
+// Column j of a pair-interleaved K^T panel (ldb = 2 * columns) from key row
+// src; the panel must be zeroed first (pairs past n stay zero).
+bool scatter_bf16_pairs_column(const uint16_t* src, int n, int j, uint16_t* dst, int ldb);
+// One pair row of a pair-interleaved panel from rows r0 and r1 (r1 may be
+// null: zeros), n elements each.
+bool interleave_bf16_rows(const uint16_t* r0, const uint16_t* r1, int n, uint16_t* dst);
+// p[i] = bf16(exp(x[i] - m)) for i < n (n a multiple of 16, x[i] <= m or
+// NaN), ~3e-6 relative before the rounding (exp_sub_sum_bf16's polynomial);
+// returns the sum of the fp32 exps. NaN stays NaN.
+float exp_sub_sum_to_bf16_amx(const float* x, int n, float m, uint16_t* p);
+// dst [cols x rows] = bf16(src^T), src [rows x cols] row-major.
+void to_bf16_transposed(const float* src, int lds, int rows, int cols, uint16_t* dst, int ldd);
+
+}  // namespace fsdpa::cpu
