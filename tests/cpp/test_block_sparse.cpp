@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "attention_grid.h"
+#include "reference_checks.h"
 #include "block_sparse_case.h"
 
 namespace fsdpa_test {
@@ -79,14 +80,6 @@ void PrintTo(const SparseCase& sc, std::ostream* os) { *os << sparse_name(sc); }
 
 class BlockSparseCpu : public ::testing::TestWithParam<SparseCase> {};
 
-void expect_close(const char* what, const Tensor& got, const Tensor& ref64, DT dt,
-                  int64_t reduction_len, bool is_gradient = false) {
-  const double err = max_abs_diff(got, ref64);
-  const double tol = 2.0 * baseline_error(ref64, dt, reduction_len, is_gradient);
-  EXPECT_LE(err, tol) << what << ": max |ours - fp64 reference| = " << err
-                      << " exceeds 2x the same-precision baseline " << tol / 2;
-}
-
 TEST_P(BlockSparseCpu, ForwardAndGradientsMatchReference) {
   const Case& c = GetParam().c;
   const SparseSpec& s = GetParam().s;
@@ -119,22 +112,7 @@ TEST_P(BlockSparseCpu, ForwardAndGradientsMatchReference) {
     EXPECT_EQ(max_abs_diff(l2, lse64), 0.0) << "reference lse: lists differ from the dense mask";
   }
 
-  Tensor dq = pr.make(c.Hq, c.Sq, pr.total_q, c.D, c.dt);
-  Tensor dk = pr.make(c.Hk, c.Sk, pr.total_k, c.D, c.dt);
-  Tensor dv = pr.make(c.Hk, c.Sk, pr.total_k, c.Dv, c.dt);
-  for (Tensor* t : {std::addressof(dq), std::addressof(dk), std::addressof(dv)}) t->poison();
-  ASSERT_EQ(fsdpa_backward(&p, &pr.dout, &pr.q, &pr.k, &pr.v, &out, &lse, &dq, &dk, &dv, nullptr),
-            FSDPA_OK)
-      << fsdpa_last_error();
-  Tensor dq64 = pr.make(c.Hq, c.Sq, pr.total_q, c.D, DT::f64);
-  Tensor dk64 = pr.make(c.Hk, c.Sk, pr.total_k, c.D, DT::f64);
-  Tensor dv64 = pr.make(c.Hk, c.Sk, pr.total_k, c.Dv, DT::f64);
-  ASSERT_EQ(fsdpa_reference_backward(&p, &pr.dout, &pr.q, &pr.k, &pr.v, &dq64, &dk64, &dv64),
-            FSDPA_OK)
-      << fsdpa_last_error();
-  expect_close("dq", dq, dq64, c.dt, pr.reduction_len(), true);
-  expect_close("dk", dk, dk64, c.dt, pr.reduction_len(), true);
-  expect_close("dv", dv, dv64, c.dt, pr.reduction_len(), true);
+  expect_gradients_match_reference(p, pr, c, out, lse);
 }
 
 INSTANTIATE_TEST_SUITE_P(Grid, BlockSparseCpu, ::testing::ValuesIn(make_grid()),
