@@ -12,7 +12,8 @@ namespace fsdpa_test {
 
 // finfo_min_rows: additive, every 5th row -FLT_MAX on every key (HF's
 // padding value; core/semantics.h additive_mask_value: those rows see no key).
-enum class MaskKind { none, boolean, additive, empty_rows, finfo_min_rows };
+// additive_qdtype: the additive mask's values stored in q's dtype.
+enum class MaskKind { none, boolean, additive, empty_rows, finfo_min_rows, additive_qdtype };
 
 struct Case {
   std::string name;
@@ -99,9 +100,10 @@ struct Problem {
         mask.set(i, c.mask == MaskKind::empty_rows && row % 7 == 3 ? 0 : keep(g));
       }
       p.mask = &mask;
-    } else if (c.mask == MaskKind::additive || c.mask == MaskKind::finfo_min_rows) {
-      // [Sq, Sk] float32: broadcast over batch and heads, some -inf.
-      mask = Tensor({c.Sq, c.Sk}, DT::f32);
+    } else if (c.mask == MaskKind::additive || c.mask == MaskKind::finfo_min_rows ||
+               c.mask == MaskKind::additive_qdtype) {
+      // [Sq, Sk] float32 (or q's dtype): broadcast over batch and heads, some -inf.
+      mask = Tensor({c.Sq, c.Sk}, c.mask == MaskKind::additive_qdtype ? c.dt : DT::f32);
       std::normal_distribution<double> n(0.0, 1.0);
       for (int64_t i = 0; i < mask.numel(); ++i) {
         const bool lowest = c.mask == MaskKind::finfo_min_rows && (i / c.Sk) % 5 == 2;

@@ -7,9 +7,9 @@
 
 #include <memory>
 
-#include "attention_grid.h"
-#include "reference_checks.h"
 #include "block_sparse_case.h"
+#include "reference_checks.h"
+#include "registry_case.h"
 
 namespace fsdpa_test {
 namespace {
@@ -27,52 +27,12 @@ std::string sparse_name(const SparseCase& sc) {
   return n;
 }
 
+// The registry's block-sparse cases for the CPU (tests/common/case_registry.cc):
+// patterns, block sizes below, equal to and above the CPU's 64 x 64 tiles
+// and unaligned, broadcasts, GQA, decode rows, every other feature on top.
 std::vector<SparseCase> make_grid() {
   std::vector<SparseCase> grid;
-  const SparseKind kinds[] = {SparseKind::random,      SparseKind::empty_rows,
-                              SparseKind::all_full,    SparseKind::all_partial,
-                              SparseKind::partial_as_full, SparseKind::full_only};
-  // Odd sizes (not multiples of any block size), GQA.
-  const Shape odd{"s203x331_d40_gqa", 2, 4, 2, 203, 331, 40, 40};
-  for (SparseKind k : kinds) {
-    SparseSpec s;
-    s.kind = k;
-    s.bq = 64; s.bk = 48;
-    s.per_head = true;
-    grid.push_back({case_of(odd, DT::f32), s});
-  }
-  // Block sizes below, equal to and above the CPU's 64 x 64 tiles, unaligned.
-  const int64_t sizes[][2] = {{128, 128}, {16, 16}, {100, 37}, {7, 130}, {256, 32}};
-  for (auto& bs : sizes) {
-    SparseSpec s;
-    s.bq = bs[0]; s.bk = bs[1];
-    s.per_batch = true;
-    grid.push_back({case_of(odd, DT::f32), s});
-  }
-  // Dtypes, broadcast over both, extra query blocks (ignored), decode rows.
-  for (DT dt : {DT::f16, DT::bf16}) {
-    SparseSpec s;
-    s.bq = 32; s.bk = 64;
-    s.extra_q_blocks = 2;
-    grid.push_back({case_of({"s300x517_d64_mqa", 1, 3, 1, 300, 517, 64, 64}, dt), s});
-  }
-  {
-    SparseSpec s;
-    s.bq = 128; s.bk = 64;
-    s.per_head = true;
-    grid.push_back({case_of({"s5x700_d32_gqa_decode", 2, 4, 2, 5, 700, 32, 32}, DT::f32), s});
-  }
-  // Every other feature on top: causal, window, softcap, ALiBi, dropout, a mask.
-  std::vector<Case> features;
-  add_feature_cases(features, case_of(odd, DT::f32));
-  features.push_back(with_all_features(case_of(odd, DT::bf16)));
-  for (const Case& c : features) {
-    if (c.varlen) continue;  // not combined (an error: VarlenIsRefused)
-    SparseSpec s;
-    s.bq = 64; s.bk = 80;
-    s.per_head = true;
-    grid.push_back({c, s});
-  }
+  for (const auto& [c, s] : registry_sparse_cases(fsdpa_cases::kCpu)) grid.push_back({c, s});
   return grid;
 }
 

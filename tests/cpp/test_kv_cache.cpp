@@ -1,7 +1,9 @@
 // The KV-cache parameters and fsdpa_merge_attn_states through the C ABI:
 // an old caller's smaller fsdpa_params still works, a paged cache with an
 // odd page size gives the dense answer, bad values name their argument,
-// and a merge in place of two key halves gives the whole.
+// a merge in place of two key halves gives the whole, and the registry's
+// KV-cache cases (pages, cache rows, seqused_k, leftpad, varlen; the same
+// as CUDA's) match the fp64 reference.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,7 +11,8 @@
 #include <random>
 #include <vector>
 
-#include "test_tensor.h"
+#include "reference_checks.h"
+#include "registry_case.h"
 
 namespace fsdpa_test {
 namespace {
@@ -198,6 +201,34 @@ TEST(Merge, InPlaceHalvesGiveTheWhole) {
             FSDPA_ERROR_INVALID_ARGUMENT);
   EXPECT_NE(std::strstr(fsdpa_last_error(), "lse_b: size of dim 2"), nullptr) << fsdpa_last_error();
 }
+
+// The registry's KV-cache cases for the CPU (kv_cache_case.h builds each:
+// unused cache positions and spare pages hold NaN).
+class KvCacheGrid : public ::testing::TestWithParam<KvCase> {};
+
+TEST_P(KvCacheGrid, ForwardMatchesReference) {
+  const KvCase& c = GetParam();
+  KvProblem pr(c);
+  Tensor out = pr.make_out(c.dt), lse = pr.make_lse();
+  out.poison();
+  lse.poison();
+  ASSERT_EQ(fsdpa_forward(&pr.p, &pr.q, &pr.k, &pr.v, &out, &lse, nullptr), FSDPA_OK)
+      << fsdpa_last_error();
+  Tensor out64 = pr.make_out(DT::f64), lse64 = pr.make_lse();
+  ASSERT_EQ(fsdpa_reference_forward(&pr.p, &pr.q, &pr.k, &pr.v, &out64, &lse64), FSDPA_OK)
+      << fsdpa_last_error();
+  const int64_t red = std::max({c.cap, c.Sq, c.D, c.Dv});
+  expect_close("out", out, out64, c.dt, red);
+  expect_close("lse", lse, lse64, DT::f32, red);
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, KvCacheGrid, ::testing::ValuesIn(registry_kv_cases(fsdpa_cases::kCpu)),
+                         [](const ::testing::TestParamInfo<KvCase>& i) {
+                           std::string s = kv_describe(i.param);
+                           for (char& ch : s)
+                             if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return s;
+                         });
 
 }  // namespace
 }  // namespace fsdpa_test

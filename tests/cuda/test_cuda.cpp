@@ -1,6 +1,8 @@
 // The CUDA backend against the fp64 reference, through the C ABI on device
-// memory. Same grid, inputs and tolerance rule as the CPU backend's test
-// (tests/cpp/attention_case.h, test_tensor.h): error <= 2x that of a
+// memory: the case registry's cases for CUDA (tests/common/case_registry.cc;
+// the grid shared with the CPU, CUDA's kernel scopes, block-sparse, KV
+// cache, determinism). Same inputs and tolerance rule as the CPU backend's
+// test (tests/cpp/attention_case.h, test_tensor.h): error <= 2x that of a
 // same-precision computation (rounding of the exact result + fp32
 // accumulation). Every case runs on the tensor-core path (fp16/bf16) and
 // again on the SIMT path; outputs are poisoned (NaN) before each run.
@@ -35,8 +37,7 @@
 #include <thread>
 #include <vector>
 
-#include "attention_grid.h"
-#include "block_sparse_case.h"
+#include "registry_case.h"
 
 using namespace fsdpa_test;
 
@@ -78,245 +79,12 @@ struct Dev {
   DLTensor* operator&() { return &dl; }
 };
 
-// A shape of the kernel-scope blocks below (hbm_, h_, dec_, hm_): D == Dv.
-struct ScopeShape { const char* n; int64_t B, Hq, Hk, Sq, Sk, D; };
-// Case x.n + "_" + variant of shape x in dtype dt.
-Case scope_case(const ScopeShape& x, const char* variant, DT dt, MaskKind mask = MaskKind::none) {
-  Case c;
-  c.name = std::string(x.n) + "_" + variant;
-  c.B = x.B; c.Hq = x.Hq; c.Hk = x.Hk; c.Sq = x.Sq; c.Sk = x.Sk; c.D = x.D; c.Dv = x.D;
-  c.dt = dt;
-  c.mask = mask;
-  return c;
-}
-
-// Appends the variants of every shape in dtypes bf16 and fp16 (bf16 only
-// with quick): variants(x, add) calls add(name, [mask kind,] set) for each,
-// which appends scope_case(x, name, dt, mask kind) changed by set(Case&).
-inline void apply_variant(Case& c, MaskKind m) { c.mask = m; }
-template <typename F>
-void apply_variant(Case& c, F&& set) { set(c); }
-template <size_t N, typename F>
-void add_scope_cases(std::vector<Case>& grid, const ScopeShape (&shapes)[N], bool quick,
-                     F&& variants) {
-  for (DT dt : {DT::bf16, DT::f16}) {
-    if (quick && dt != DT::bf16) continue;
-    for (const ScopeShape& x : shapes)
-      variants(x, [&](const char* name, auto&&... a) {
-        Case c = scope_case(x, name, dt);
-        (apply_variant(c, a), ...);
-        grid.push_back(c);
-      });
-  }
-}
-
-// ---- hbm_*: masks on the Hopper backward (sm_90) ------------------------------
-// Shapes in the Hopper kernels' scope (D 64/128, fp16/bf16) with bool and
-// additive masks whose patterns (hbm_mask) make the backward skip steps of
-// 128 keys x 64/128 query rows (state 0), run them unmasked (state 1) or
-// with the per-element mask (state 2): blocks aligned and unaligned to 128,
-// rows and keys with no visible entry, broadcast and per-(b, h) masks,
-// with causal / windows and GQA/MQA, sizes across the 128 edges. The
-// pattern is named in the case name (see hbm_mask).
-void add_hbm_cases(std::vector<Case>& grid, bool quick) {
-  const ScopeShape hs[] = {
-      {"hbm_s300x440_d64_gqa", 2, 4, 2, 300, 440, 64},
-      {"hbm_s257x384_d128_gqa", 1, 4, 2, 257, 384, 128},
-      {"hbm_s640x520_d128_mqa", 1, 2, 1, 640, 520, 128},
-      {"hbm_s129x260_d64", 2, 2, 2, 129, 260, 64},
-      {"hbm_s257x384_d96_gqa", 1, 4, 2, 257, 384, 96},  // the D 128 kernels, zero columns
-  };
-  add_scope_cases(grid, hs, quick, [&](const ScopeShape& x, auto&& add) {
-    add("bs128", MaskKind::boolean, [](Case&) {});
-    add("bs48_causal_br", MaskKind::boolean, [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    add("add96", MaskKind::additive, [](Case&) {});
-    if (quick) return;
-    add("perbh_window_l150_r20", MaskKind::boolean, [](Case& c) { c.wl = 150; c.wr = 20; });
-    add("bs128_causal_tl", MaskKind::boolean, [](Case& c) { c.causal = true; });
-    add("addbh_causal_tl", MaskKind::additive, [](Case& c) { c.causal = true; });
-    add("add96_window_br_l64_r64", MaskKind::additive, [](Case& c) { c.wl = 64; c.wr = 64; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    add("dense_bool", MaskKind::boolean, [](Case&) {});
-  });
-}
-
-// ---- hb256_*: the Hopper backward at D = Dv = 256 (bwd256_kernel.cuh) ----
-// 64-key CTAs and 64-row query steps: sizes across those edges, GQA/MQA,
-// causal both alignments (rows and steps with no visible key), windows
-// across blocks, varlen, BSHD strides, scale 0.3 (forward and backward vs
-// the fp64 reference; no masks: those stay on the sm_80 kernels at D 256).
-void add_hb256_cases(std::vector<Case>& grid, bool quick) {
-  const ScopeShape hs[] = {
-      {"hb256_s300x440_gqa", 2, 4, 2, 300, 440, 256},
-      {"hb256_s129x300_mqa", 1, 4, 1, 129, 300, 256},
-      {"hb256_s700x257", 1, 2, 2, 700, 257, 256},
-      {"hb256_s64x64", 1, 2, 2, 64, 64, 256},
-  };
-  add_scope_cases(grid, hs, quick, [&](const ScopeShape& x, auto&& add) {
-    if (quick && x.Sq != 300 && x.Sq != 129) return;
-    add("causal_br", [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    if (quick) return;
-    add("plain", [](Case&) {});
-    add("causal_tl", [](Case& c) { c.causal = true; });
-    add("window_tl_l130_r0", [](Case& c) { c.wl = 130; c.wr = 0; });
-    add("window_br_l64_r64", [](Case& c) { c.wl = 64; c.wr = 64; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    add("varlen_causal_br", [](Case& c) { c.varlen = true; c.B = 3; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    add("varlen_window", [](Case& c) { c.varlen = true; c.B = 3; c.wl = 90; c.wr = 10; });
-    add("bshd_causal", [](Case& c) { c.bshd = true; c.causal = true; });
-    add("scale0.3", [](Case& c) { c.scale = 0.3f; });
-  });
-}
-
-std::vector<Case> make_grid(bool quick) {
-  std::vector<Case> grid;
-  const DT dts[] = {DT::f32, DT::f16, DT::bf16};
-  // The shared shapes, plus CUDA-specific ones (every head-dim
-  // bucket, tiny dims, split-KV decode).
-  std::vector<Shape> shapes = shared_shapes();
-  shapes.insert(shapes.end(), {
-      {"s70x131_d96", 1, 2, 1, 70, 131, 96, 96},
-      {"s90x77_d192_dv160", 1, 2, 2, 90, 77, 192, 160},
-      {"s33x47_d1_dv3", 1, 2, 1, 33, 47, 1, 3},
-      {"s203x113_d200_dv256", 1, 1, 1, 203, 113, 200, 256},
-      {"decode_s1x4099_d128_gqa", 2, 8, 2, 1, 4099, 128, 128},
-      {"decode_s3x2500_d64", 1, 4, 4, 3, 2500, 64, 64},
-  });
-  const int nshapes = quick ? 4 : static_cast<int>(shapes.size());
-  for (int si = 0; si < nshapes; ++si)
-    for (DT dt : dts) {
-      const Shape& s = shapes[si];
-      grid.push_back(case_of(s, dt));
-      grid.push_back(with_all_features(case_of(s, dt)));
-      if (!quick && (si == 14 || si == 2)) {
-        Case d = case_of(s, dt);
-        d.name += "_causal_br_dropout";
-        d.causal = true;
-        d.align = FSDPA_ALIGN_BOTTOM_RIGHT;
-        d.dropout = 0.15f;
-        grid.push_back(d);
-      }
-    }
-  for (DT dt : dts) {
-    if (quick && dt != DT::bf16) continue;  // quick: the tensor-core path
-    const Case f = case_of(shapes[1], dt);
-    add_feature_cases(grid, f);
-    auto add = [&](const char* name, auto&& set) {
-      Case c = f;
-      c.name += std::string("_") + name;
-      set(c);
-      grid.push_back(c);
-    };
-    // Block-structured masks (see blockify): exercise mask block skipping.
-    add("blockmask_bool", [](Case& c) { c.mask = MaskKind::boolean; });
-    add("blockmask_bool_causal_alibi", [](Case& c) { c.mask = MaskKind::boolean; c.causal = true; c.alibi = true; });
-    add("blockmask_bool_dropout", [](Case& c) { c.mask = MaskKind::boolean; c.dropout = 0.1f; });
-    add("blockmask_additive", [](Case& c) { c.mask = MaskKind::additive; });
-    add("blockmask_additive_softcap_window", [](Case& c) { c.mask = MaskKind::additive; c.softcap = 3.0f; c.wl = 70; });
-  }
-  // The Hopper forward's scope (D = Dv in {64, 128, 256} or a multiple of 8
-  // in (64, 128), fp16/bf16, band
-  // only): tiles of 128 query rows x 128 keys (80 at D = 256), so sizes
-  // around and across those edges, windows crossing key blocks, rows and
-  // whole blocks with no visible key (Sq > Sk bottom-right), GQA/MQA,
-  // varlen, BSHD strides. Shapes keep choose_splits() at 1 (Sk <= 448 or
-  // >= 132 query blocks of 64 rows; at D = 256 Sk <= 224 or >= 132 blocks):
-  // split-KV calls stay on the sm_80 kernels.
-  const ScopeShape hs[] = {
-      {"h_s113x203_d128_gqa", 2, 4, 2, 113, 203, 128},
-      {"h_s300x440_d64_mqa", 1, 4, 1, 300, 440, 64},
-      {"h_s700x300_d128", 1, 2, 2, 700, 300, 128},
-      {"h_s600x1100_d128_gqa", 1, 16, 4, 600, 1100, 128},
-      {"h_s129x128_d64", 2, 2, 2, 129, 128, 64},
-      {"h_s300x440_d256_gqa", 2, 16, 4, 300, 440, 256},
-      {"h_s129x200_d256", 2, 2, 2, 129, 200, 256},
-      {"h_s300x170_d256_mqa", 1, 4, 1, 300, 170, 256},
-      // Head dims between 64 and 128 run the D 128 kernels on zero columns
-      // (hopper_kernel_dim): loads past D, stores past D, the dQ pitch.
-      {"h_s300x440_d96_gqa", 2, 8, 2, 300, 440, 96},
-      {"h_s129x200_d80", 2, 2, 2, 129, 200, 80},
-      {"h_s113x203_d112_mqa", 1, 4, 1, 113, 203, 112},
-      // 144 tiles: more than one per CTA on an H100 (132 SMs), so causal
-      // and windowed calls take tiles from the dynamic scheduler's counter.
-      {"h_s1100x1100_d64_gqa", 1, 16, 4, 1100, 1100, 64},
-  };
-  add_scope_cases(grid, hs, quick, [&](const ScopeShape& x, auto&& add) {
-    add("plain", [](Case&) {});
-    add("causal_tl", [](Case& c) { c.causal = true; });
-    add("causal_br", [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    if (quick) return;
-    add("window_tl_l130_r0", [](Case& c) { c.wl = 130; c.wr = 0; });
-    add("window_br_l64_r64", [](Case& c) { c.wl = 64; c.wr = 64; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    add("window_tl_right50", [](Case& c) { c.wr = 50; });
-    add("window_br_left200", [](Case& c) { c.wl = 200; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    add("varlen_causal_br", [](Case& c) { c.varlen = true; c.B = 3; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    add("varlen_window", [](Case& c) { c.varlen = true; c.B = 3; c.wl = 90; c.wr = 10; });
-    add("bshd_causal", [](Case& c) { c.bshd = true; c.causal = true; });
-    add("scale0.3", [](Case& c) { c.scale = 0.3f; });
-  });
-  add_hbm_cases(grid, quick);
-  add_hb256_cases(grid, quick);
-  // The decode kernel's scope (decode.cu: fp16/bf16, D = Dv in {64, 128},
-  // band only, Sq <= 16, Sq * Hq/Hk <= 64 packed rows in groups of 16):
-  // GQA 1/4/8 and MQA, one to four row groups, Sk not a multiple of the
-  // key chunk and Sk below one chunk, rows with no visible key (Sq > Sk
-  // bottom-right), windows, varlen, BSHD, and a batch wide enough for one
-  // split (the kernel writes out itself instead of partials).
-  const ScopeShape ds[] = {
-      {"dec_s1x4097_d128", 2, 4, 4, 1, 4097, 128},
-      {"dec_s4x1000_d64_gqa4", 2, 8, 2, 4, 1000, 64},
-      {"dec_s2x3001_d128_gqa8", 1, 16, 2, 2, 3001, 128},
-      {"dec_s3x777_d64_mqa", 1, 8, 1, 3, 777, 64},
-      {"dec_s16x300_d128_gqa4", 1, 8, 2, 16, 300, 128},
-      {"dec_s16x10_d128", 2, 2, 2, 16, 10, 128},
-      {"dec_s5x3_d64_gqa4", 1, 4, 1, 5, 3, 64},
-      {"dec_b64_s1x200_d64", 64, 8, 8, 1, 200, 64},
-  };
-  add_scope_cases(grid, ds, quick, [&](const ScopeShape& x, auto&& add) {
-    add("plain", [](Case&) {});
-    add("causal_br", [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    if (quick) return;
-    add("causal_tl", [](Case& c) { c.causal = true; });
-    add("window_br_l100_r0", [](Case& c) { c.wl = 100; c.wr = 0; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    add("window_tl_l40_r7", [](Case& c) { c.wl = 40; c.wr = 7; });
-    add("varlen_causal_br", [](Case& c) { c.varlen = true; c.B = 3; c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    add("bshd_scale0.3", [](Case& c) { c.bshd = true; c.scale = 0.3f; });
-  });
-  // ---- Hopper forward with masks (hm_*: masks built by hmaskify) --------
-  // Shapes in the Hopper forward's scope that choose_splits() does not
-  // split; patterns: block-sparse 128-aligned (bs128) and not (bs96),
-  // random (all tiles mixed), key padding per batch ([B, 1, 1, Sk]),
-  // rows and a whole 128-row query tile with no visible key; bool,
-  // additive float32 and additive in q's dtype (mlow); broadcast over
-  // batch (bcb), heads (bch), both, or per (b, h); with causal / windows.
-  const ScopeShape ms[] = {
-      {"hm_s300x440_d128_gqa", 2, 4, 2, 300, 440, 128},
-      {"hm_s640x1000_d64", 2, 8, 8, 640, 1000, 64},
-      {"hm_s1030x1200_d128_gqa", 1, 16, 4, 1030, 1200, 128},
-      {"hm_s129x300_d64_mqa", 2, 4, 1, 129, 300, 64},
-  };
-  add_scope_cases(grid, ms, quick, [&](const ScopeShape& x, auto&& add) {
-    const MaskKind B = MaskKind::boolean, A = MaskKind::additive;
-    add("bool_bs128_bch", B, [](Case&) {});
-    add("add_bs96_mlow_bch", A, [](Case&) {});
-    add("add_keypad", A, [](Case&) {});
-    add("bool_emptyrows_emptytile", B, [](Case&) {});
-    add("add_finfo_emptyrows_emptytile", A, [](Case&) {});
-    if (quick) return;
-    // Not with "_emptyrows": in fp16 a row masked entirely with -65504 is an
-    // ordinary row of scores near -65504, and fp32 holds its lse to 4e-3
-    // only: the Hopper backward's gradients there measured 2.2-2.8x the
-    // reference's error (hopper/README.md, Not done).
-    add("add_finfo_bs128_mlow_bch", A, [](Case&) {});
-    add("bool_bs96", B, [](Case&) {});
-    add("bool_rand_bcb", B, [](Case&) {});
-    add("add_bs128_bcb_bch", A, [](Case&) {});
-    add("add_rand_emptyrows_mlow", A, [](Case&) {});
-    add("bool_bs128_causal_bch", B, [](Case& c) { c.causal = true; });
-    add("add_bs96_window_br_l100_r20", A, [](Case& c) { c.wl = 100; c.wr = 20; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    add("bool_keypad_causal_br", B, [](Case& c) { c.causal = true; c.align = FSDPA_ALIGN_BOTTOM_RIGHT; });
-    add("bool_emptytile_window_l200", B, [](Case& c) { c.wl = 200; });
-  });
-  return grid;
-}
+// The registry's cases for CUDA (tests/common/case_registry.cc): the grid
+// shared with the CPU, the CUDA shapes (every head-dim bucket, tiny dims,
+// split-KV decode, block-structured masks), and the kernel scopes (h_:
+// Hopper forward, hbm_/hb256_: Hopper backward with masks / at D 256, dec_:
+// decode kernel, hm_: Hopper forward with masks); quick: --quick's subset.
+std::vector<Case> make_grid(bool quick) { return registry_reference_cases(fsdpa_cases::kCuda, quick); }
 
 const char* dt_name(DT t) {
   const char* names[] = {"f32", "f16", "bf16", "f64", "u8", "i32"};
@@ -394,7 +162,7 @@ void blockify(Problem& pr) {
   pr.p.mask = &pr.mask;
 }
 
-// Masks of the hbm_* cases (add_hbm_cases), by the pattern in the name:
+// Masks of the hbm_* cases (tests/common/case_registry.cc), by the pattern in the name:
 //   bs128 / bs48: bool [B, 1, Sq, Sk], blocks of 128 (48) x 128 (48): block
 //     (bi, bj) of batch b all false when (bi + 2 bj + b) % 3 == 0, random
 //     where (bi + bj) % 4 == 1, else all true;
@@ -444,7 +212,7 @@ void hbm_mask(Problem& pr) {
 }
 
 // Cases named "hm_" (the Hopper forward's masks): the mask's layout and
-// pattern come from the name (make_grid): bool (u8) or additive (float32,
+// pattern come from the name (tests/common/case_registry.cc): bool (u8) or additive (float32,
 // or q's dtype with "mlow"); [B, Hq, Sq, Sk] with dims of 1 where it
 // broadcasts ("bcb" batch, "bch" heads, "keypad": [B, 1, 1, Sk]).
 void hmaskify(Problem& pr) {
@@ -598,48 +366,12 @@ bool run_case(const Case& c, bool simt, cudaStream_t s, const SparseSpec* sparse
   return chk.ok;
 }
 
-// Block-sparse masks (flashsdpa.h's block lists): patterns, block sizes
-// below/above the tiles and unaligned, odd sizes, GQA, with the other
-// features on top; run on the tensor-core path and (fp32 / forced) SIMT.
+// Block-sparse masks (flashsdpa.h's block lists), the registry's bsp_ cases:
+// patterns, block sizes below/above the tiles and unaligned, odd sizes,
+// GQA, with the other features on top; run on the tensor-core path and
+// (fp32 / forced) SIMT.
 std::vector<std::pair<Case, SparseSpec>> block_sparse_cases() {
-  std::vector<std::pair<Case, SparseSpec>> cases;
-  const Shape odd{"bsp_s203x331_d64_gqa", 2, 4, 2, 203, 331, 64, 64};
-  auto add = [&](Case c, SparseKind kind, int64_t bq, int64_t bk, const char* suffix = "") {
-    SparseSpec s;
-    s.kind = kind;
-    s.bq = bq;
-    s.bk = bk;
-    s.per_head = true;
-    c.name += suffix;
-    cases.push_back({c, s});
-  };
-  const SparseKind kinds[] = {SparseKind::random, SparseKind::empty_rows, SparseKind::all_full,
-                              SparseKind::all_partial, SparseKind::partial_as_full,
-                              SparseKind::full_only};
-  for (DT dt : {DT::bf16, DT::f16})
-    for (SparseKind k : kinds) add(case_of(odd, dt), k, 128, 128);
-  const int64_t sizes[][2] = {{64, 64}, {16, 48}, {100, 37}, {256, 32}};
-  for (auto& bsz : sizes) add(case_of(odd, DT::bf16), SparseKind::random, bsz[0], bsz[1]);
-  add(case_of(odd, DT::f32), SparseKind::random, 64, 80);
-  add(case_of({"bsp_s1000x1500_d128", 1, 2, 1, 1000, 1500, 128, 128}, DT::bf16),
-      SparseKind::random, 128, 128);
-  add(case_of({"bsp_s5x700_d64_decode", 2, 4, 1, 5, 700, 64, 64}, DT::bf16), SparseKind::random,
-      128, 64);
-  Case c = case_of(odd, DT::bf16);
-  c.causal = true;
-  add(c, SparseKind::random, 64, 64, "_causal");
-  // Band-only variant (no element masks, 128-multiple blocks) with a band.
-  add(c, SparseKind::full_only, 256, 128, "_causal");
-  add(c, SparseKind::partial_as_full, 128, 256, "_causal");
-  c = case_of(odd, DT::bf16);
-  c.dropout = 0.2f;
-  add(c, SparseKind::random, 64, 64, "_dropout");
-  c = case_of(odd, DT::f16);
-  c.softcap = 5.0f;
-  c.alibi = true;
-  add(c, SparseKind::all_partial, 32, 64, "_softcap_alibi");
-  add(with_all_features(case_of(odd, DT::bf16)), SparseKind::random, 64, 80);
-  return cases;
+  return registry_sparse_cases(fsdpa_cases::kCuda);
 }
 
 // ---- GPU-only comparisons (no host reference) ------------------------------------
@@ -727,38 +459,10 @@ bool long_case(const char* name, int64_t B, int64_t H, int64_t Hk, int64_t Sq, i
   return ok;
 }
 
-// Three runs of forward + deterministic backward give the same bits. The
-// first case (dropout, ALiBi) runs the sm_80 kernels; the others are in the
-// Hopper kernels' scope (on sm_90: the dQ adds of the key blocks in turns),
-// with many key blocks per query block (Sk 2100: 17 turns), GQA, D 256,
-// windows and a mask with skipped steps (hbm_ patterns).
-Case determinism_case_n(int n) {
-  Case c;
-  c.B = 2; c.Hq = 4; c.Hk = 2; c.Sq = 300; c.Sk = 701; c.D = 64; c.Dv = 64; c.dt = DT::bf16;
-  c.causal = true;
-  c.name = "determinism_sm80_dropout_alibi";
-  if (n == 0) {
-    c.dropout = 0.1f;
-    c.alibi = true;
-  } else if (n == 1) {
-    c.Sk = 440;
-    c.name = "determinism_hopper_d64_causal";
-  } else if (n == 2) {
-    c.B = 1; c.Hq = 8; c.Sq = 1000; c.Sk = 2100; c.D = c.Dv = 128; c.causal = false;
-    c.name = "determinism_hopper_d128_gqa_s1000x2100";
-  } else if (n == 3) {
-    // the Hopper forward's 80-key blocks; Sk 200 keeps choose_splits() at 1
-    c.Sk = 200; c.D = c.Dv = 256;
-    c.name = "determinism_hopper_d256_causal";
-  } else {
-    c.Sq = 700; c.Sk = 1500; c.D = c.Dv = 128; c.causal = false; c.wl = 600; c.wr = 100;
-    c.align = FSDPA_ALIGN_BOTTOM_RIGHT;
-    c.mask = MaskKind::boolean;
-    c.name = "hbm_determinism_hopper_d128_bs128_window";
-  }
-  return c;
-}
-constexpr int kDeterminismCases = 5;
+// Three runs of forward + deterministic backward give the same bits: the
+// registry's determinism cases for CUDA (the sm_80 kernels with dropout and
+// ALiBi; the Hopper kernels' scope with many key blocks per query block,
+// GQA, D 256, windows and an hbm_ mask with skipped steps).
 
 bool determinism_case(cudaStream_t s, const Case& c) {
   Problem pr(c);
@@ -942,140 +646,6 @@ bool explain_case(cudaStream_t s, bool hopper_gpu) {
   return ok;
 }
 
-// ---- KV cache: pages, cache rows, seqused_k, leftpad (forward only) -------------
-// A cache of `rows` rows of `cap` positions, contiguous ([rows, cap, Hk, D],
-// FlashAttention's layout) or paged (page > 0: a pool [num_pages, page, Hk,
-// D] in a shuffled order with spare pages). Every position a sequence does
-// not use, and every spare page, holds NaN: a kernel reading a wrong row
-// gives a non-finite output. The fp64 reference reads the same host tensors
-// through the same parameters (its paged reads are tested against dense
-// caches in tests/cpp/test_kv_cache.cpp).
-struct KvCase {
-  std::string name;
-  int64_t B = 3, Hq = 8, Hk = 2, Sq = 1, D = 128, Dv = 128, cap = 300, page = 0;
-  DT dt = DT::bf16;
-  bool batch_idx = false, leftpad = false, varlen = false, causal = true;
-  int64_t wl = -1, wr = -1;
-  float softcap = 0;
-  bool alibi = false;
-};
-
-std::string kv_describe(const KvCase& c) {
-  char buf[160];
-  snprintf(buf, sizeof buf, "kv_%s_sq%lld_h%lld:%lld_d%lld:%lld_page%lld_%s", c.name.c_str(),
-           (long long)c.Sq, (long long)c.Hq, (long long)c.Hk, (long long)c.D, (long long)c.Dv,
-           (long long)c.page, dt_name(c.dt));
-  return buf;
-}
-
-struct KvProblem {
-  KvCase c;
-  int64_t rows, num_pages = 0, max_pages = 0, total_q = 0;
-  Tensor q, k, v, table, used, pad, bidx, cu_q, cu_k, alibi;
-  std::vector<int64_t> row_of, begin, end, lens_q;
-  fsdpa_params p;
-
-  explicit KvProblem(const KvCase& c_, uint32_t seed = 99) : c(c_) {
-    std::mt19937 g(seed);
-    rows = c.batch_idx ? c.B + 2 : c.B;
-    // Sequence b uses cache positions [begin, end) of cache row row_of[b].
-    for (int64_t b = 0; b < c.B; ++b) {
-      row_of.push_back(b);
-      const int64_t e = b == 0 ? std::min<int64_t>(c.cap, c.Sq + 3) : b == 1 ? c.cap : c.cap - 37;
-      end.push_back(e);
-      begin.push_back(c.leftpad ? (b == 1 ? 0 : std::min<int64_t>(e, 5 + 61 * b)) : 0);
-      lens_q.push_back(c.varlen && b == 2 ? std::max<int64_t>(1, c.Sq - 3) : c.Sq);
-    }
-    if (c.batch_idx) {
-      std::vector<int64_t> perm(rows);
-      std::iota(perm.begin(), perm.end(), 0);
-      std::shuffle(perm.begin(), perm.end(), g);
-      for (int64_t b = 0; b < c.B; ++b) row_of[b] = perm[b];
-    }
-    if (c.page > 0) {
-      max_pages = (c.cap + c.page - 1) / c.page;
-      num_pages = rows * max_pages + 3;
-      k = Tensor({num_pages, c.Hk, c.page, c.D}, c.dt, {0, 2, 1, 3});
-      v = Tensor({num_pages, c.Hk, c.page, c.Dv}, c.dt, {0, 2, 1, 3});
-      std::vector<int64_t> perm(num_pages);
-      std::iota(perm.begin(), perm.end(), 0);
-      std::shuffle(perm.begin(), perm.end(), g);
-      table = Tensor({rows, max_pages}, DT::i32);
-      for (int64_t i = 0; i < rows * max_pages; ++i) table.set(i, double(perm[i]));
-    } else {
-      k = Tensor({rows, c.Hk, c.cap, c.D}, c.dt, {0, 2, 1, 3});
-      v = Tensor({rows, c.Hk, c.cap, c.Dv}, c.dt, {0, 2, 1, 3});
-    }
-    k.poison();
-    v.poison();
-    std::normal_distribution<double> n(0.0, 1.0);
-    for (int64_t b = 0; b < c.B; ++b)
-      for (int64_t hk = 0; hk < c.Hk; ++hk)
-        for (int64_t t = begin[b]; t < end[b]; ++t) {
-          for (int64_t d = 0; d < c.D; ++d) k.set(flat(row_of[b], hk, t, d, c.D), n(g));
-          for (int64_t d = 0; d < c.Dv; ++d) v.set(flat(row_of[b], hk, t, d, c.Dv), n(g));
-        }
-    fsdpa_params_init(&p);
-    p.causal = c.causal;
-    p.align = FSDPA_ALIGN_BOTTOM_RIGHT;
-    p.window_left = c.wl;
-    p.window_right = c.wr;
-    p.softcap = c.softcap;
-    used = Tensor({c.B}, DT::i32);
-    for (int64_t b = 0; b < c.B; ++b) used.set(b, double(end[b]));
-    p.seqused_k = &used;
-    if (c.page > 0) p.block_table = &table;
-    if (c.varlen) {
-      cu_q = Tensor({c.B + 1}, DT::i32);
-      cu_k = Tensor({c.B + 1}, DT::i32);
-      for (int64_t b = 0; b < c.B; ++b) {
-        cu_q.set(b, double(total_q));
-        cu_k.set(b, double(b * c.cap));  // lengths only (paged); seqused_k decides
-        total_q += lens_q[b];
-      }
-      cu_q.set(c.B, double(total_q));
-      cu_k.set(c.B, double(c.B * c.cap));
-      p.cu_seqlens_q = &cu_q;
-      p.cu_seqlens_k = &cu_k;
-      p.max_seqlen_q = c.Sq;
-      p.max_seqlen_k = c.cap;
-      q = Tensor({total_q, c.Hq, c.D}, c.dt);
-    } else {
-      total_q = c.B * c.Sq;
-      q = Tensor({c.B, c.Hq, c.Sq, c.D}, c.dt, {0, 2, 1, 3});
-      if (c.leftpad) {
-        pad = Tensor({c.B}, DT::i32);
-        for (int64_t b = 0; b < c.B; ++b) pad.set(b, double(begin[b]));
-        p.cache_leftpad = &pad;
-      }
-      if (c.batch_idx) {
-        bidx = Tensor({c.B}, DT::i32);
-        for (int64_t b = 0; b < c.B; ++b) bidx.set(b, double(row_of[b]));
-        p.cache_batch_idx = &bidx;
-      }
-    }
-    q.fill_normal(g);
-    if (c.alibi) {
-      alibi = Tensor({c.Hq}, DT::f32);
-      for (int64_t h = 0; h < c.Hq; ++h) alibi.set(h, pow(2.0, -8.0 * (h + 1) / c.Hq));
-      p.alibi_slopes = &alibi;
-    }
-  }
-  // Flat logical index of (cache row, kv head, position, d) in k or v.
-  int64_t flat(int64_t row, int64_t hk, int64_t t, int64_t d, int64_t dim) const {
-    if (c.page == 0) return ((row * c.Hk + hk) * c.cap + t) * dim + d;
-    const int64_t pg = static_cast<int64_t>(table.get(row * max_pages + t / c.page));
-    return ((pg * c.Hk + hk) * c.page + t % c.page) * dim + d;
-  }
-  Tensor make_out(DT t) const {
-    return c.varlen ? Tensor({total_q, c.Hq, c.Dv}, t)
-                    : Tensor({c.B, c.Hq, c.Sq, c.Dv}, t, {0, 2, 1, 3});
-  }
-  Tensor make_lse() const {
-    return c.varlen ? Tensor({c.Hq, total_q}, DT::f32) : Tensor({c.B, c.Hq, c.Sq}, DT::f32);
-  }
-};
-
 // Device copies of a KvProblem's tensors and params pointing at them.
 struct KvDev {
   Dev q, k, v;
@@ -1142,49 +712,12 @@ bool kv_run(const KvCase& c, const char* force, const char* family, cudaStream_t
   return chk.ok;
 }
 
-// The grid: page sizes 1, 16, 64, 256 and contiguous; cache_batch_idx
-// permutations; leftpad; GQA 8:1 and 4:1; Sq 1 (decode kernel) and Sq > 1
-// (decode up to 16 rows per head, the tensor-core kernels beyond and for
-// softcap / ALiBi / Dv != D); windows; varlen with pages; every dtype.
-// Each 16-bit case also runs forced onto the tensor-core kernels (with key
-// splits) and the SIMT kernels, and decode cases with forced key splits.
-std::vector<KvCase> kv_grid(bool quick) {
-  std::vector<KvCase> grid;
-  for (int64_t page : {0, 1, 16, 64, 256}) {
-    KvCase c;
-    c.page = page;
-    c.name = "decode_gqa8";
-    c.Hq = 8; c.Hk = 1; c.Sq = 1;
-    grid.push_back(c);
-    c.name = "decode_rows_leftpad";
-    c.Hq = 8; c.Hk = 2; c.Sq = 3; c.batch_idx = true; c.leftpad = true;
-    grid.push_back(c);
-    c.name = "prefill_chunk_window";
-    c.Sq = 40; c.D = 64; c.Dv = 64; c.wl = 90; c.batch_idx = false;
-    grid.push_back(c);
-    if (quick && page != 16) continue;
-    c = KvCase();
-    c.page = page;
-    c.name = "softcap_alibi_dv";
-    c.Sq = 2; c.D = 64; c.Dv = 96; c.softcap = 5.0f; c.alibi = true; c.leftpad = true;
-    c.batch_idx = true;
-    grid.push_back(c);
-    c = KvCase();
-    c.page = page;
-    c.name = "varlen_d64";
-    c.varlen = true; c.Sq = 5; c.D = 64; c.Dv = 64;
-    if (page > 0) grid.push_back(c);  // varlen KV caches are paged (or seqused_k, below)
-  }
-  std::vector<KvCase> out;
-  for (DT dt : {DT::bf16, DT::f16, DT::f32}) {
-    if (quick && dt == DT::f16) continue;
-    for (KvCase x : grid) {
-      x.dt = dt;
-      out.push_back(x);
-    }
-  }
-  return out;
-}
+// The registry's KV-cache cases (tests/common/case_registry.cc: page sizes
+// 1, 16, 64, 256 and contiguous, cache_batch_idx, leftpad, GQA, decode and
+// prefill rows, windows, varlen with pages, every dtype). Each 16-bit case
+// also runs forced onto the tensor-core kernels (with key splits) and the
+// SIMT kernels, and decode cases with forced key splits.
+std::vector<KvCase> kv_grid(bool quick) { return registry_kv_cases(fsdpa_cases::kCuda, quick); }
 
 int kv_cache_cases(cudaStream_t s, bool quick, int* failed) {
   int passed = 0;
@@ -1364,14 +897,14 @@ int main(int argc, char** argv) {
   CUDA_OK(cudaStreamCreate(&s));
   auto tally = [&](bool ok) { (ok ? passed : failed)++; };
   if (determinism_only)
-    for (int n = 0; n < kDeterminismCases; ++n) tally(determinism_case(s, determinism_case_n(n)));
+    for (const Case& c : registry_determinism_cases(fsdpa_cases::kCuda)) tally(determinism_case(s, c));
   if (kv_only || (filter.empty() && !long_only)) {
     passed += kv_cache_cases(s, quick, &failed);
     tally(kv_checks_case(s));
   }
   if (filter.empty() && !kv_only) {
     if (!long_only) {
-      for (int n = 0; n < kDeterminismCases; ++n) tally(determinism_case(s, determinism_case_n(n)));
+      for (const Case& c : registry_determinism_cases(fsdpa_cases::kCuda)) tally(determinism_case(s, c));
       tally(splitkv_case(s, true));
       tally(splitkv_case(s, false));
       tally(nonfinite_case(s));
