@@ -6,9 +6,12 @@
 // same-precision computation (rounding of the exact result + fp32
 // accumulation). Every case runs on the tensor-core path (fp16/bf16) and
 // again on the SIMT path; outputs are poisoned (NaN) before each run.
-// Plus: bitwise determinism, split-KV decode (decode kernel and tensor-core
-// path), KV caches (paged, cache rows, seqused_k, leftpad: kv_grid), long sequences (tensor-core
-// vs the fp32 SIMT path on the GPU), and the NaN-input check.
+// The registry also gives the bitwise determinism cases and the KV caches
+// (paged, cache rows, seqused_k, leftpad: kv_grid). Plus checks internal to
+// this backend, kept here: forced split counts (decode kernel and
+// tensor-core path), long sequences (tensor-core vs the fp32 SIMT path on
+// the GPU), the NaN-input check, the workspace allocator, the plan's
+// explanations and the KV-cache debug checks.
 //
 // No GPU: prints SKIP and exits 77 (ctest SKIP_RETURN_CODE).
 // On sm_90 the fp16/bf16 cases in its scope run the Hopper (wgmma) forward
