@@ -7,6 +7,12 @@
 // two tables (tools/support_matrix.cpp), so the grids and the matrix cannot
 // drift apart.
 //
+// Adding a case: append it to a section of case_registry.cc with its
+// backends (and quick) tags. A backend taking on a feature (say Metal's KV
+// cache): tag that feature's cases for it, make its driver run that kind of
+// case, turn its cell in support_table.cc to yes (or pending), and
+// regenerate the README (the readme_support_matrix test prints how).
+//
 // Drivers: tests/cpp (CPU: grid, block-sparse, KV cache, determinism),
 // tests/cuda/test_cuda.cpp (CUDA), tests/metal/attention (Metal kernels on
 // the MSL emulator). Plain C++ without the library or DLPack: the Metal
