@@ -17,7 +17,7 @@ namespace {
 
 constexpr unsigned kCpuCuda = kCpu | kCuda;
 constexpr DType kDtypes[] = {DType::f32, DType::f16, DType::bf16};
-constexpr int TL = 0, BR = 1;
+constexpr int BR = 1;  // FSDPA_ALIGN_BOTTOM_RIGHT
 
 struct Shape {
   const char* name;
@@ -590,24 +590,18 @@ void add_metal_grid(std::vector<Case>& g) {
     }
   // Every feature alone on an odd GQA shape, each dtype; varlen at Sq 70,
   // Sk 80 (lengths: q {70, 0, 36}, k {80, 51, 22}).
-  const Variant extra[] = {
-      {"window_tl_left", [](Case& c) { c.wl = 20; }},
-      {"additive_mask_qdtype", [](Case& c) { c.mask = Mask::additive_qdtype; }},
-  };
   for (DType dt : kDtypes)
     for (const Variant& v : kFeatureVariants) {
-      Case c = of(shapes[1], dt, kMetalCpu, dt != DType::bf16 ? unsigned(kMetal) : 0u);
+      const Case c = of(shapes[1], dt, kMetalCpu, dt != DType::bf16 ? unsigned(kMetal) : 0u);
       const std::string name = v.name;
-      if (name == "window_tl_left") {
-        add_variant(g, c, extra[0].name, extra[0].set);
+      if (name == "window_tl_left") {  // a window shorter than the 45 keys
+        add_variant(g, c, v.name, [](Case& x) { x.wl = 20; });
         continue;
       }
       add_variant(g, c, v.name, v.set);
-      if (name == "additive_mask" && dt != DType::f32) add_variant(g, c, extra[1].name, extra[1].set);
-      if (name.rfind("varlen", 0) == 0) {
-        Case& last = g.back();
-        last.Sq = 70, last.Sk = 80;
-      }
+      if (name.rfind("varlen", 0) == 0) g.back().Sq = 70, g.back().Sk = 80;
+      if (name == "additive_mask" && dt != DType::f32)
+        add_variant(g, c, "additive_mask_qdtype", [](Case& x) { x.mask = Mask::additive_qdtype; });
     }
   // Bands against block boundaries: several key blocks per row block, so
   // block skipping (key_range / query_range) decides what is computed;
