@@ -51,7 +51,9 @@ __all__ = ["available", "register", "gpu_family", "clear_cache", "library_cache_
 # Buffer indices (src/metal/kernels/fsdpa_metal_args.h).
 BUF_ARGS, BUF_Q, BUF_K, BUF_V, BUF_OUT, BUF_LSE, BUF_MASK, BUF_ALIBI = 0, 1, 2, 3, 4, 5, 6, 7
 BUF_CU_Q, BUF_CU_K, BUF_DOUT, BUF_SCRATCH, BUF_DQ, BUF_DK, BUF_DV = 8, 9, 10, 11, 12, 13, 14
-NUM_BUFFERS = 15
+BUF_SEQUSED_K, BUF_CACHE_BATCH_IDX, BUF_CACHE_LEFTPAD, BUF_BLOCK_TABLE = 15, 16, 17, 18
+BUF_KV_NUM, BUF_KV_IDX, BUF_FULL_NUM, BUF_FULL_IDX, BUF_SPARSE_MASK, BUF_SPARSE_STATE = 19, 20, 21, 22, 23, 24
+NUM_BUFFERS = 25
 
 # Dtype codes of metal::TensorDesc.
 _DTYPE_CODE = {
@@ -245,6 +247,8 @@ def _run(plan, buffers: List[Optional[torch.Tensor]], device: torch.device) -> N
     lib = _library(plan.key, plan.source)
     if plan.scratch_elements > 0:  # float32 scratch: Delta (backward) or split-decode partials (forward)
         buffers[BUF_SCRATCH] = torch.empty(int(plan.scratch_elements), dtype=torch.float32, device=device)
+    if getattr(plan, "sparse_state_elements", 0) > 0:  # int32 scratch: the expanded block-sparse lists
+        buffers[BUF_SPARSE_STATE] = torch.empty(int(plan.sparse_state_elements), dtype=torch.int32, device=device)
     dummy = _dummy(device)
     bound = [_args_words(plan.args)] + [b if b is not None else dummy for b in buffers[1:]]
     kernels = [(_kernel(lib, plan.key, name, int(t[0]) * int(t[1]) * int(t[2])), grid, t)

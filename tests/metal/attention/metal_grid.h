@@ -34,7 +34,17 @@ struct MCase {
   // forces this many splits on a shape too small for the planner to split.
   bool expect_split = false;
   int forced_splits = 0;
+  // Block-sparse lists: a pattern of block_sparse_case.h (its SparseKind
+  // as an int; -1 = none), block sizes, per-batch / per-head lists (else
+  // broadcast), list rows past ceil(Sq / sbq).
+  int sparse = -1;
+  int64_t sbq = 64, sbk = 64;
+  bool sp_per_batch = false, sp_per_head = false;
+  int64_t sp_extra_q_blocks = 0;
 };
+
+// SparseKind of block_sparse_case.h, in its order.
+enum SparsePattern { sp_random = 0, sp_empty_rows, sp_all_full, sp_all_partial, sp_partial_as_full, sp_full_only };
 
 // reduced: the smaller grid registered for sanitizer builds.
 inline std::vector<MCase> metal_grid(bool reduced) {
@@ -162,6 +172,101 @@ inline std::vector<MCase> metal_grid(bool reduced) {
     add("sq2_sk100_window_split6", 2, 100, 6, [](MCase& c) { c.wl = 20; c.wr = 5; c.align = 1; });
     add("sq4_sk45_causal_tl_split5", 4, 45, 5, [](MCase& c) { c.causal = true; });
     add("sq1_sk1_split1", 1, 1, 1, none);
+  }
+  // Block-sparse lists, forward and gradients: every pattern kind, block
+  // sizes below, across and above the kernels' tiles (not dividing the
+  // sequence lengths), broadcast and per-(batch, head) lists, GQA, every
+  // dtype, and the other features on top; decode rows through the split
+  // kernels. Reduced grid: float32 only.
+  {
+    const Shape sp = {"sparse_s75x93_d40_gqa", 2, 4, 2, 75, 93, 40, 40};
+    auto add = [&](const char* name, int dt, int kind, int64_t bq, int64_t bk, auto&& set) {
+      if (reduced && dt > 0) return;
+      MCase c = base(sp, dt);
+      c.name = std::string(sp.n) + "_" + name;
+      c.sparse = kind, c.sbq = bq, c.sbk = bk;
+      set(c);
+      grid.push_back(c);
+    };
+    auto none = [](MCase&) {};
+    for (int dt = 0; dt < 3; ++dt)
+      add("random_b16x16_perh", dt, sp_random, 16, 16, [](MCase& c) { c.sp_per_head = true; });
+    add("empty_rows_b8x24_perb", 0, sp_empty_rows, 8, 24, [](MCase& c) { c.sp_per_batch = true; });
+    add("all_full_b32x32", 0, sp_all_full, 32, 32, none);
+    add("all_partial_b7x13_perh", 0, sp_all_partial, 7, 13, [](MCase& c) { c.sp_per_head = true; });
+    add("partial_as_full_b64x48", 0, sp_partial_as_full, 64, 48, none);
+    add("full_only_b20x40_extra2", 0, sp_full_only, 20, 40, [](MCase& c) { c.sp_extra_q_blocks = 2; });
+    add("random_b100x37_causal_br", 0, sp_random, 100, 37, [](MCase& c) {
+      c.sp_per_batch = c.sp_per_head = true; c.causal = true; c.align = 1;
+    });
+    for (int dt : {0, 2})
+      add("random_b24x16_combo", dt, sp_random, 24, 16, [](MCase& c) {
+        c.sp_per_head = true; c.wl = 30; c.wr = 5; c.align = 1; c.alibi = true; c.softcap = 5.0f; c.scale = 0.3f;
+      });
+    add("empty_rows_b16x64_bool_mask", 0, sp_empty_rows, 16, 64, [](MCase& c) { c.mask = Mask::boolean; });
+    add("random_b1x5_decode_split", 0, sp_random, 1, 5, [](MCase& c) {
+      c.Sq = 3, c.Sk = 700, c.sp_per_head = true, c.backward = false, c.expect_split = true;
+    });
+  }
+  return grid;
+}
+
+// KV cache (forward only, flashsdpa.h): queries against a cache of `cap`
+// positions per cache row, contiguous ([rows, cap, Hk, D] storage) or paged
+// (pages of `page` positions, [num_pages, page, Hk, D] storage, pages in a
+// random order), with the optional cache_batch_idx (rows permuted, one
+// spare), cache_leftpad and seqused_k (one sequence with no keys when both
+// are on), or varlen queries over a paged cache.
+struct KvCase {
+  std::string name;
+  int64_t B = 3, Hq = 4, Hk = 2, Sq = 1, cap = 150, D = 59, Dv = 59;
+  int dt = 0;  // 0 float32, 1 float16, 2 bfloat16
+  int64_t page = 0;  // 0: contiguous
+  bool batch_idx = false, leftpad = false, seqused = false, varlen = false;
+  bool causal = false;
+  int align = 1;  // FlashAttention's bottom-right causal
+  int64_t wl = -1, wr = -1;
+  float softcap = 0;
+  bool alibi = false;
+  int family = 7;
+  bool expect_split = false;  // the planner must choose the split-KV decode kernels
+};
+
+inline std::vector<KvCase> metal_kv_grid(bool reduced) {
+  std::vector<KvCase> grid;
+  for (int dt = 0; dt < 3; ++dt) {
+    auto add = [&](const char* name, auto&& set) {
+      KvCase c;
+      c.name = name;
+      c.dt = dt;
+      set(c);
+      grid.push_back(c);
+    };
+    add("contig_seqused_leftpad_bidx_sq1", [](KvCase& c) {
+      c.seqused = c.leftpad = c.batch_idx = true; c.cap = 300; c.expect_split = true;
+    });
+    add("page1_seqused_sq3_causal", [](KvCase& c) { c.page = 1; c.seqused = true; c.Sq = 3; c.cap = 40; c.causal = true; });
+    add("page16_bidx_leftpad_seqused_sq1", [](KvCase& c) {
+      c.page = 16; c.batch_idx = c.leftpad = c.seqused = true; c.Hq = 8; c.Hk = 1; c.cap = 200; c.expect_split = true;
+    });
+    add("page64_seqused_sq7_combo", [](KvCase& c) {
+      c.page = 64; c.seqused = true; c.Sq = 7; c.cap = 192; c.causal = true; c.wl = 50; c.alibi = true; c.softcap = 5.0f;
+    });
+    add("page5_varlen_seqused_causal", [](KvCase& c) {
+      c.page = 5; c.varlen = c.seqused = true; c.Sq = 9; c.cap = 60; c.causal = true;
+    });
+    if (reduced) break;
+  }
+  {  // float32: Dv != D, a page size that is not a power of two with every parameter, a window
+    KvCase c;
+    c.name = "page13_all_sq5_window_dv40";
+    c.page = 13, c.batch_idx = c.leftpad = c.seqused = true, c.Sq = 5, c.cap = 130, c.Dv = 40;
+    c.wl = 20, c.wr = 3;
+    grid.push_back(c);
+    c = KvCase{};
+    c.name = "contig_leftpad_sq4_causal";
+    c.leftpad = true, c.Sq = 4, c.cap = 90, c.causal = true;
+    grid.push_back(c);
   }
   return grid;
 }
