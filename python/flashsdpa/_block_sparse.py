@@ -195,20 +195,23 @@ def block_sparse_attention(
     ``alibi_slopes`` [Hq] or [B, Hq], ``dropout_p`` (seeded from PyTorch's
     default generator), GQA with ``enable_gqa=True``. Differentiable in q, k,
     v. Returns ``out`` [B, Hq, Sq, Dv], or ``(out, lse)`` with
-    ``return_lse``. CPU and CUDA; Metal raises the C ABI's "not supported"
-    error."""
+    ``return_lse``. CPU; CUDA and MPS raise "not supported" (see below)."""
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, Tensor) or t.dim() != 4:
             raise ValueError(f"{name}: expected a 4-D tensor [B, H, S, D]")
     if query.device.type != "cpu":
-        # MPS runs through flashsdpa/metal.py's shaders, which do not read
-        # block lists (nor does the C ABI's Metal backend). The CUDA kernels
-        # that read them are written but have not run on a GPU yet: the C
-        # ABI's CUDA plan refuses them until they have (src/cuda/plan.cu).
+        # The Metal kernels read block lists (C ABI, kDLMetal tensors), but
+        # PyTorch's MPS tensors reach them through flashsdpa/metal.py, whose
+        # runners do not take the lists yet. The CUDA kernels that read them
+        # are written but have not run on a GPU yet: the C ABI's CUDA plan
+        # refuses them until they have (src/cuda/plan.cu).
         raise RuntimeError(f"block_mask: the block-sparse mask is not supported on "
                            f"{query.device.type} yet (the CPU backend serves it"
                            + ("; the CUDA kernels are not yet verified on a GPU)"
-                              if query.device.type == "cuda" else ")"))
+                              if query.device.type == "cuda"
+                              else "; the Metal kernels through the C ABI, but the MPS path does "
+                                   "not pass the lists to them yet)" if query.device.type == "mps"
+                              else ")"))
     if key.shape[1] != query.shape[1] and not enable_gqa:
         raise ValueError(f"query has {query.shape[1]} heads but key/value {key.shape[1]}; pass "
                          "enable_gqa=True for grouped-query attention")

@@ -37,13 +37,17 @@ def _check_device(q: Tensor) -> None:
     # Refusing here, before the cache is written, leaves the caller's cache
     # untouched. The CUDA kernels that read KV caches are written but have
     # not run on a GPU yet: the C ABI's CUDA plan refuses them until they
-    # have (src/cuda/plan.cu), and so does this.
+    # have (src/cuda/plan.cu), and so does this. The Metal kernels read KV
+    # caches (C ABI, kDLMetal tensors), but PyTorch's MPS tensors reach them
+    # through flashsdpa/metal.py, whose runners do not take the cache
+    # arguments yet.
     if q.device.type != "cpu":
         raise RuntimeError(
             f"flashsdpa: the KV-cache path (flash_attn_with_kvcache, block_table, seqused_k) "
             f"is not supported on {q.device.type} yet"
             + (" (its CUDA kernels are not yet verified on a GPU)" if q.device.type == "cuda"
-               else ""))
+               else " (the Metal kernels serve it through the C ABI; the MPS path does not pass "
+                    "the cache to them yet)" if q.device.type == "mps" else ""))
 
 
 def _check_values(device: torch.device) -> bool:

@@ -204,6 +204,7 @@ inline std::vector<MCase> metal_grid(bool reduced) {
         c.sp_per_head = true; c.wl = 30; c.wr = 5; c.align = 1; c.alibi = true; c.softcap = 5.0f; c.scale = 0.3f;
       });
     add("empty_rows_b16x64_bool_mask", 0, sp_empty_rows, 16, 64, [](MCase& c) { c.mask = Mask::boolean; });
+    add("random_b32x16_dropout_causal", 0, sp_random, 32, 16, [](MCase& c) { c.dropout = 0.2f; c.causal = true; });
     add("random_b1x5_decode_split", 0, sp_random, 1, 5, [](MCase& c) {
       c.Sq = 3, c.Sk = 700, c.sp_per_head = true, c.backward = false, c.expect_split = true;
     });
