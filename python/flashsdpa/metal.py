@@ -270,7 +270,11 @@ def _plan(backward: bool, params, buffers: Sequence[Optional[torch.Tensor]]):
 def _buffers(**named) -> List[Optional[torch.Tensor]]:
     idx = {"q": BUF_Q, "k": BUF_K, "v": BUF_V, "out": BUF_OUT, "lse": BUF_LSE, "mask": BUF_MASK,
            "alibi": BUF_ALIBI, "cu_q": BUF_CU_Q, "cu_k": BUF_CU_K, "dout": BUF_DOUT, "dq": BUF_DQ,
-           "dk": BUF_DK, "dv": BUF_DV}
+           "dk": BUF_DK, "dv": BUF_DV, "seqused_k": BUF_SEQUSED_K,
+           "cache_batch_idx": BUF_CACHE_BATCH_IDX, "cache_leftpad": BUF_CACHE_LEFTPAD,
+           "block_table": BUF_BLOCK_TABLE, "kv_num_blocks": BUF_KV_NUM, "kv_indices": BUF_KV_IDX,
+           "full_kv_num_blocks": BUF_FULL_NUM, "full_kv_indices": BUF_FULL_IDX,
+           "kv_block_mask": BUF_SPARSE_MASK}
     out: List[Optional[torch.Tensor]] = [None] * NUM_BUFFERS
     for name, t in named.items():
         out[idx[name]] = None if t is None else t.detach()
@@ -292,20 +296,23 @@ def _check_supported() -> None:
         raise Unsupported(*why)
 
 
-def forward(params, q, k, v, out, lse, mask, alibi, cu_q, cu_k, device) -> None:
-    """Runner of flashsdpa::fwd for mps tensors (signature of _ops.register_device_runner)."""
+def forward(params, q, k, v, out, lse, mask, alibi, cu_q, cu_k, device, **extra) -> None:
+    """Runner of flashsdpa::fwd for mps tensors (signature of _ops.register_device_runner;
+    ``extra``: the KV-cache tensors and block-sparse lists, by their C ABI names)."""
     _check_supported()
     _check_finite(params, q=q, k=k, v=v)
-    bufs = _buffers(q=q, k=k, v=v, out=out, lse=lse, mask=mask, alibi=alibi, cu_q=cu_q, cu_k=cu_k)
+    bufs = _buffers(q=q, k=k, v=v, out=out, lse=lse, mask=mask, alibi=alibi, cu_q=cu_q, cu_k=cu_k,
+                    **extra)
     _run(_plan(False, params, bufs), bufs, q.device)
 
 
-def backward(params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k, device) -> None:
-    """Runner of flashsdpa::bwd for mps tensors."""
+def backward(params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k, device,
+             **extra) -> None:
+    """Runner of flashsdpa::bwd for mps tensors (``extra``: the block-sparse lists)."""
     _check_supported()
     _check_finite(params, q=q, k=k, v=v, dout=dout)
     bufs = _buffers(q=q, k=k, v=v, out=out, lse=lse, mask=mask, alibi=alibi, cu_q=cu_q, cu_k=cu_k,
-                    dout=dout, dq=dq, dk=dk, dv=dv)
+                    dout=dout, dq=dq, dk=dk, dv=dv, **extra)
     _run(_plan(True, params, bufs), bufs, q.device)
 
 
