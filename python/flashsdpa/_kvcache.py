@@ -14,7 +14,7 @@ from typing import Literal, Optional, Tuple, Union, overload
 import torch
 from torch import Tensor
 
-from . import _C, _ops
+from . import _ops
 
 __all__ = ["flash_attn_with_kvcache"]
 
