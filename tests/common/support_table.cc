@@ -99,7 +99,8 @@ const std::vector<Feature>& support_table() {
        "",
        {Support::yes},
        {Support::pending, "kernels written, not yet verified on a GPU"},
-       {Support::raises}},
+       {Support::untested, "forward, pages of any size read in place (emulator only, by "
+                           "tests/metal/attention/test_metal_kv_cache.cpp, outside the registry)"}},
       {"`merge_attn_states`",
        {},
        "tests/cpp/test_kv_cache.cpp, tests/python/test_kvcache.py",
@@ -111,7 +112,7 @@ const std::vector<Feature>& support_table() {
        "",
        {Support::yes},
        {Support::pending, "sm80 + SIMT kernels written, not yet verified on a GPU"},
-       {Support::raises}},
+       {Support::yes, "(emulator only)"}},
   };
   return table;
 }
