@@ -71,9 +71,33 @@ def run_with_grads(fn, tensors, grad_out, **kw):
     return [out.detach()] + [g.detach() for g in grads]
 
 
-def torch_math_sdpa(*args, **kw):
+def _sdpa_has_enable_gqa() -> bool:
+    t = torch.zeros(1, 1, 1, 1)
+    try:
+        F.scaled_dot_product_attention(t, t, t, enable_gqa=False)
+    except TypeError:
+        return False
+    return True
+
+
+# PyTorch's SDPA takes enable_gqa since 2.5; before, models repeated K/V heads.
+SDPA_HAS_ENABLE_GQA = _sdpa_has_enable_gqa()
+
+
+def repeat_kv_heads(q, k, v):
+    """k, v with their heads repeated to q's (GQA the pre-2.5 way)."""
+    g = q.shape[-3] // k.shape[-3]
+    return k.repeat_interleave(g, -3), v.repeat_interleave(g, -3)
+
+
+def torch_math_sdpa(q, k, v, *args, enable_gqa=False, **kw):
+    """PyTorch's math SDPA; enable_gqa is emulated where PyTorch lacks it."""
+    if enable_gqa and not SDPA_HAS_ENABLE_GQA:
+        k, v = repeat_kv_heads(q, k, v)
+        enable_gqa = False
+    gqa = {"enable_gqa": True} if enable_gqa else {}
     with sdpa_kernel(SDPBackend.MATH):
-        return F.scaled_dot_product_attention(*args, **kw)
+        return F.scaled_dot_product_attention(q, k, v, *args, **kw, **gqa)
 
 
 def attention_ref(q, k, v, causal=False, window=(-1, -1), softcap=0.0, alibi=None, scale=None,
