@@ -274,15 +274,16 @@ _MEMORY_SCRIPT = textwrap.dedent("""
         blocks = {0, max(qb - 1, 0), qb, min(qb + 1, n - 1)}
         blocks |= set(torch.randint(0, n, (2,), generator=g).tolist())
         rows.append(sorted(blocks))
-    width = max(len(r) for r in rows)
+    # One slot per key block, as BlockMask builds them (PyTorch 2.7 derives its
+    # transposed lists from that width).
     full_num = torch.tensor([[[len(r) for r in rows]]], dtype=torch.int32)
-    full_idx = torch.zeros(1, 1, n, width, dtype=torch.int32)
+    full_idx = torch.zeros(1, 1, n, n, dtype=torch.int32)
     for qb, r in enumerate(rows):
         full_idx[0, 0, qb, :len(r)] = torch.tensor(r, dtype=torch.int32)
     empty_num = torch.zeros(1, 1, n, dtype=torch.int32)
-    empty_idx = torch.zeros(1, 1, n, 1, dtype=torch.int32)
+    empty_idx = torch.zeros(1, 1, n, n, dtype=torch.int32)
     bm = BlockMask.from_kv_blocks(empty_num, empty_idx, full_num, full_idx, BLOCK_SIZE=BLK,
-                                  seq_lengths=(S, S), compute_q_blocks=False)
+                                  seq_lengths=(S, S))
     q, k, v = (torch.randn(1, H, S, D, requires_grad=True) for _ in range(3))
     # Warm-up (thread pool, per-thread scratch) on 2 blocks, outside the measurement.
     warm = flashsdpa.BlockLists(full_kv_num_blocks=torch.ones(1, 1, 2, dtype=torch.int32),
