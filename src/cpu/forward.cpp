@@ -398,20 +398,31 @@ fsdpa_status forward(const AttnParams& p) {
   const int64_t part_sz = kBlockQ * dvp + 2 * kBlockQ;
   float* partials = splits > 1 ? thread_scratch(1, tasks * splits * part_sz) : nullptr;
 
-  // Map a flat q-block index to its sequence.
-  std::vector<int64_t> seq_of(L.q_blocks());
-  for (int64_t b = 0; b < p.batch; ++b)
-    for (int64_t qb = L.q_block0[b]; qb < L.q_block0[b + 1]; ++qb) seq_of[qb] = b;
+  // Tasks are numbered sequence by sequence, head by head, q-block by
+  // q-block: consecutive tasks read the same K/V panels, which then stay in
+  // the core's L2 for the next q-block (numbered q-block-major, every task
+  // read another head's K/V from L3).
+  struct TaskPos {
+    int64_t b, h, i0;
+  };
+  auto task_pos = [&](int64_t task) {
+    // The sequence: the last b with q_block0[b] * head_tasks <= task.
+    int64_t b = std::upper_bound(L.q_block0.begin(), L.q_block0.end() - 1, task,
+                                 [&](int64_t t, int64_t qb0) { return t < qb0 * head_tasks; }) -
+                L.q_block0.begin() - 1;
+    const int64_t nqb = L.q_block0[b + 1] - L.q_block0[b];
+    const int64_t local = task - L.q_block0[b] * head_tasks;
+    return TaskPos{b, local / nqb * task_heads, local % nqb * kBlockQ};
+  };
 
   parallel_for(tasks * splits, [&](int64_t order) {
-    // Last q-blocks first: under a causal mask they are the longest, and
-    // starting them early leaves short tasks to even out the threads' ends.
+    // Last tasks first: within a head the last q-blocks are the longest
+    // under a causal mask, and the short ones left for the end even out the
+    // threads' finish.
     const int64_t t = tasks * splits - 1 - order;
     const int64_t task = t / splits, split = t % splits;
-    const int64_t gqb = task / head_tasks, h = task % head_tasks * task_heads;
-    const int64_t b = seq_of[gqb];
+    const auto [b, h, i0] = task_pos(task);
     const SeqExtent& e = L.seq[b];
-    const int64_t i0 = (gqb - L.q_block0[b]) * kBlockQ;
     const int64_t rows = std::min<int64_t>(kBlockQ, e.sq - i0);
     const HeadCtx c = make_head_ctx(p, e, b, h);
 
@@ -466,10 +477,8 @@ fsdpa_status forward(const AttnParams& p) {
   if (splits > 1) {
     // Merge the splits of each task in split order (deterministic).
     parallel_for(tasks, [&](int64_t task) {
-      const int64_t gqb = task / head_tasks, h = task % head_tasks * task_heads;
-      const int64_t b = seq_of[gqb];
+      const auto [b, h, i0] = task_pos(task);
       const SeqExtent& e = L.seq[b];
-      const int64_t i0 = (gqb - L.q_block0[b]) * kBlockQ;
       const int64_t rows = std::min<int64_t>(kBlockQ, e.sq - i0);
       const int64_t all_rows = task_heads * rows;
       float* first = partials + task * splits * part_sz;
