@@ -278,35 +278,54 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       score_epilogue(g == 0 ? c : make_head_ctx(p, c.e, c.b, c.h + g), i0, head_rows, j0,
                      S + g * head_rows * kBlockK, kBlockK, nullptr);
     if (sparse) apply_block_sparse(c, i0, rows, j0, S, kBlockK, *sparse);  // heads == 1 here
-    // New row maxima, then all rows' rescale factors in one SIMD pass
-    // (alpha = 0 when m was -inf; unused where m_new is -inf).
-    float m_new_rows[kBlockQ], alpha_rows[kBlockQ];
-    for (int64_t r = 0; r < rows; ++r)
-      m_new_rows[r] = max_keep_nan(st.m[r], row_max(S + r * kBlockK, kBlockK));
-    exp_diff(st.m, m_new_rows, alpha_rows, static_cast<int>(rows));
-    // AMX without dropout: P goes straight to bf16, the A side of P V.
-    const bool p_to_bf16 = pk.kt16 && p.dropout_p == 0;
-    for (int64_t r = 0; r < rows; ++r) {
-      float* s = S + r * kBlockK;
-      const float m_new = m_new_rows[r];
-      if (m_new == kNegInf) {  // nothing visible yet in this row
-        // Unless a score is NaN (the SIMD max may skip it): then the row is
-        // NaN, through its sum and, via P = NaN, its output.
-        const bool nan_score = std::any_of(s, s + kBlockK, [](float x) { return x != x; });
-        std::fill(s, s + kBlockK, nan_score ? NAN : 0.0f);
-        if (p_to_bf16)
-          std::fill(p16 + r * kBlockK, p16 + (r + 1) * kBlockK, f32_to_bf16(nan_score ? NAN : 0.0f));
-        if (nan_score) st.m[r] = st.l[r] = NAN;
-        continue;
+    // alpha_rows: the factors exp(m_old - m_new) by which O's rows are
+    // rescaled before this block's P V is added.
+    float alpha_rows[kBlockQ];
+    // A row that sees nothing yet (m_new = -inf) gets P = 0, unless a score
+    // is NaN (the SIMD max may skip it): then the row is NaN, through its
+    // sum and, via P = NaN, its output. Returns that P value.
+    auto nothing_visible = [&](int64_t r, float* s) {
+      const bool nan_score = std::any_of(s, s + kBlockK, [](float x) { return x != x; });
+      std::fill(s, s + kBlockK, nan_score ? NAN : 0.0f);
+      if (nan_score) st.m[r] = st.l[r] = NAN;
+      return nan_score ? NAN : 0.0f;
+    };
+    if (!pk.kt16) {
+      // fp32 products: the whole tile's softmax step in one SIMD pass.
+      softmax_rows(S, kBlockK, static_cast<int>(rows), kBlockK, st.m, st.l, alpha_rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        if (st.m[r] == kNegInf) {
+          nothing_visible(r, S + r * kBlockK);
+          alpha_rows[r] = 1.0f;  // O is still 0 (or NaN)
+        } else if (p.dropout_p > 0) {
+          apply_dropout_row(c, i0 + r, j0, S + r * kBlockK);  // heads == 1 here
+        }
       }
-      const float alpha = alpha_rows[r];
-      st.l[r] = st.l[r] * alpha +
-                (p_to_bf16 ? exp_sub_sum_to_bf16_amx(s, kBlockK, m_new, p16 + r * kBlockK)
-                 : pk.kt16 ? exp_sub_sum_bf16(s, kBlockK, m_new)
-                           : exp_sub_sum(s, kBlockK, m_new));
-      if (alpha != 1.0f) scale_row(st.o + r * pk.dvp, pk.dvp, alpha);
-      st.m[r] = m_new;
-      if (p.dropout_p > 0) apply_dropout_row(c, i0 + r, j0, s);  // heads == 1 here
+    } else {
+      // New row maxima, then all rows' rescale factors in one SIMD pass
+      // (alpha = 0 when m was -inf; unused where m_new is -inf).
+      float m_new_rows[kBlockQ];
+      for (int64_t r = 0; r < rows; ++r)
+        m_new_rows[r] = max_keep_nan(st.m[r], row_max(S + r * kBlockK, kBlockK));
+      exp_diff(st.m, m_new_rows, alpha_rows, static_cast<int>(rows));
+      // Without dropout P goes straight to bf16, the A side of P V.
+      const bool p_to_bf16 = p.dropout_p == 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        float* s = S + r * kBlockK;
+        const float m_new = m_new_rows[r];
+        if (m_new == kNegInf) {
+          const float pv = nothing_visible(r, s);
+          if (p_to_bf16) std::fill(p16 + r * kBlockK, p16 + (r + 1) * kBlockK, f32_to_bf16(pv));
+          continue;
+        }
+        const float alpha = alpha_rows[r];
+        st.l[r] = st.l[r] * alpha +
+                  (p_to_bf16 ? exp_sub_sum_to_bf16_amx(s, kBlockK, m_new, p16 + r * kBlockK)
+                             : exp_sub_sum_bf16(s, kBlockK, m_new));
+        if (alpha != 1.0f) scale_row(st.o + r * pk.dvp, pk.dvp, alpha);
+        st.m[r] = m_new;
+        if (p.dropout_p > 0) apply_dropout_row(c, i0 + r, j0, s);  // heads == 1 here
+      }
     }
     if (pk.kt16) {
       if (p.dropout_p > 0)
@@ -315,8 +334,10 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
                     pk.v16_block(kb0 + kb, hk, p.heads_k), static_cast<int>(2 * pk.dvp), st.o,
                     static_cast<int>(pk.dvp), true);
     } else if (v) {
-      gemm(rows, pk.dvp, kBlockK, S, kBlockK, v, pk.dvp, st.o, pk.dvp, true);
+      gemm_scale_c(rows, pk.dvp, kBlockK, S, kBlockK, v, pk.dvp, st.o, pk.dvp, alpha_rows);
     } else {
+      for (int64_t r = 0; r < rows; ++r)
+        if (alpha_rows[r] != 1.0f) scale_row(st.o + r * pk.dvp, pk.dvp, alpha_rows[r]);
       const int64_t tok = c.e.k_begin + j0;
       for (int64_t j = 0, run; j < n; j += run) {
         run = std::min(n - j, kv_contiguous_rows(p, tok + j));
