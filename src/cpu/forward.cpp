@@ -125,12 +125,13 @@ PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all, NonFi
     pk.v16 = alloc_floats(nblk * kBlockK * pk.dvp / 2);
     parallel_for(p.batch * p.heads_k, [&](int64_t task) {
       const int64_t b = task / p.heads_k, hk = task % p.heads_k;
-      Buffer tmp = alloc_floats(kBlockK * std::max(pk.dp, pk.dvp));
+      // (slot 2: the forward tasks that use it start after this pass)
+      float* tmp = thread_scratch(2, kBlockK * std::max(pk.dp, pk.dvp));
       for (int64_t kb = 0; kb < L.k_block0[b + 1] - L.k_block0[b]; ++kb) {
         const int64_t gb = L.k_block0[b] + kb;
         pack_kv_tile_bf16(p, L, b, hk, kb, pk.dp, pk.dk2, pk.dvp,
                           const_cast<uint16_t*>(pk.kt16_block(gb, hk, p.heads_k)),
-                          const_cast<uint16_t*>(pk.v16_block(gb, hk, p.heads_k)), tmp.get(), nf);
+                          const_cast<uint16_t*>(pk.v16_block(gb, hk, p.heads_k)), tmp, nf);
       }
     });
     return pk;
@@ -139,11 +140,11 @@ PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all, NonFi
   pk.v = alloc_floats(nblk * kBlockK * pk.dvp);
   parallel_for(p.batch * p.heads_k, [&](int64_t task) {
     const int64_t b = task / p.heads_k, hk = task % p.heads_k;
-    Buffer tmp = alloc_floats(kBlockK * pk.dp);
+    float* tmp = thread_scratch(2, kBlockK * pk.dp);  // as above
     for (int64_t kb = 0; kb < L.k_block0[b + 1] - L.k_block0[b]; ++kb) {
       const int64_t gb = L.k_block0[b] + kb;
       pack_kv_tile(p, L, b, hk, kb, pk.dp, pk.dvp, const_cast<float*>(pk.kt_block(gb, hk, p.heads_k)),
-                   const_cast<float*>(pk.v_block(gb, hk, p.heads_k)), tmp.get(), nf);
+                   const_cast<float*>(pk.v_block(gb, hk, p.heads_k)), tmp, nf);
     }
   });
   return pk;

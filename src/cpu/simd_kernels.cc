@@ -127,6 +127,27 @@ void GemmBt(int M, int N, int K, const float* HWY_RESTRICT A, int lda,
   }
 }
 
+// dst [cols x rows] = src^T, src [rows x cols]: a column of `lanes` rows is
+// one gather and one contiguous store (the scalar loop, one strided store
+// per element, was 13% of a small forward).
+void Transpose(const float* HWY_RESTRICT src, int64_t ld_src, int64_t rows, int64_t cols,
+               float* HWY_RESTRICT dst, int64_t ld_dst) {
+  const DF d;
+  const hn::RebindToSigned<DF> di;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  int64_t r = 0;
+  if (ld_src * lanes < (int64_t{1} << 31)) {  // int32 gather offsets
+    alignas(64) int32_t offs[16];
+    for (int64_t i = 0; i < lanes; ++i) offs[i] = static_cast<int32_t>(i * ld_src);
+    const auto idx = hn::Load(di, offs);
+    for (; r + lanes <= rows; r += lanes)
+      for (int64_t c = 0; c < cols; ++c)
+        hn::StoreU(hn::GatherIndex(d, src + r * ld_src + c, idx), d, dst + c * ld_dst + r);
+  }
+  for (; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
+}
+
 // ---- Decode kernels: K/V rows read in place from the caller's tensor ------
 using DU = hn::RebindToUnsigned<DF>;
 using VU = hn::Vec<DU>;
@@ -563,6 +584,7 @@ namespace fsdpa::cpu {
 
 HWY_EXPORT(Gemm);
 HWY_EXPORT(GemmScaleC);
+HWY_EXPORT(Transpose);
 HWY_EXPORT(SoftmaxRows);
 HWY_EXPORT(GemmAt);
 HWY_EXPORT(ExpSubSum);
@@ -586,6 +608,10 @@ void gemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb,
 void gemm_scale_c(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
                   int ldc, const float* row_scale) {
   HWY_DYNAMIC_DISPATCH(GemmScaleC)(M, N, K, A, lda, B, ldb, C, ldc, row_scale);
+}
+void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
+               int64_t ld_dst) {
+  HWY_DYNAMIC_DISPATCH(Transpose)(src, ld_src, rows, cols, dst, ld_dst);
 }
 void softmax_rows(float* S, int ld, int rows, int n, float* m, float* l, float* alpha) {
   HWY_DYNAMIC_DISPATCH(SoftmaxRows)(S, ld, rows, n, m, l, alpha);

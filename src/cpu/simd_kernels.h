@@ -43,6 +43,10 @@ void dot_rows_src(int M, int N, int K, const float* A, int lda, const void* Bt, 
 void accum_rows_src(int M, int N, int K, const float* P, int ldp, const void* B, bool bf16,
                     int64_t ldb, float* O, int ldo);
 
+// dst [cols x rows] (leading dim ld_dst) = src^T, src [rows x cols] (ld_src).
+void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
+               int64_t ld_dst);
+
 // True if no x[i] (i < n) is NaN or Inf.
 bool all_finite(const float* x, int64_t n);
 

@@ -191,13 +191,6 @@ inline void flag_if(bool finite, std::atomic<bool>& flag) {
   if (!finite) flag.store(true, std::memory_order_relaxed);
 }
 
-// Transposes a [rows x cols] panel (ld_src) into [cols x rows] (ld_dst).
-inline void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
-                      int64_t ld_dst) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
-}
-
 // Everything about one (b, h) that the score epilogue needs.
 struct HeadCtx {
   const AttnParams* p;
@@ -278,12 +271,13 @@ inline void score_epilogue(const HeadCtx& c, int64_t i0, int64_t rows, int64_t j
   }
   if (!full) {
     for (int64_t r = 0; r < rows; ++r) {
+      // Keys outside [lo, hi] are hidden: two runs, filled (not a test per key).
       const KeyRange kr = row_keys(p, c.e, i0 + r);
       float* s = S + r * ld;
-      for (int64_t j = 0; j < kBlockK; ++j) {
-        const int64_t col = j0 + j;
-        if (col < kr.lo || col > kr.hi) s[j] = kNegInf;
-      }
+      const int64_t lo = std::clamp<int64_t>(kr.lo - j0, 0, kBlockK);
+      const int64_t hi = std::clamp<int64_t>(kr.hi - j0 + 1, lo, kBlockK);
+      std::fill(s, s + lo, kNegInf);
+      std::fill(s + hi, s + kBlockK, kNegInf);
     }
   }
 }
