@@ -44,10 +44,12 @@ inline Buffer alloc_floats(int64_t n) {
 // Per-thread tile memory that outlives calls (the pool's threads are
 // persistent): a decode step would otherwise spend more time in mmap/munmap
 // and page faults for its ~100 KiB of tiles than in attention. Grow-only;
-// `slot` tells apart buffers a thread uses at the same time.
+// `slot` tells apart buffers a thread uses at the same time (forward: 0 a
+// task's tiles, 1 key-split partials, 2 AMX panels / packing temporaries,
+// 3 the packed K/V of the calling thread).
 inline float* thread_scratch(int slot, int64_t n) {
-  thread_local Buffer bufs[3];
-  thread_local int64_t sizes[3] = {0, 0, 0};
+  thread_local Buffer bufs[4];
+  thread_local int64_t sizes[4] = {0, 0, 0, 0};
   if (sizes[slot] < n) {
     bufs[slot] = alloc_floats(n);
     sizes[slot] = n;
