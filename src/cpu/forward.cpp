@@ -101,7 +101,7 @@ struct PackedKV {
   float* v = nullptr;
   uint16_t* kt16 = nullptr;  // bf16 for AMX, else null
   uint16_t* v16 = nullptr;
-  Buffer owned;  // the panels' memory when too large to keep (packed_kv_memory)
+  Buffer owned;  // the panels' memory when too large to keep (kept_scratch)
   const uint16_t* kt16_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
     return kt16 + (kblock * heads_k + hk) * dk2 * kBlockK;
   }
@@ -116,16 +116,6 @@ struct PackedKV {
   }
 };
 
-// n floats for the packed panels: the calling thread's buffer kept from call
-// to call up to kKeepPackedKVBytes (a fresh one costs page faults and the
-// kernel's zeroing: ~8% of a B1 H32 S1024 D128 fp32 forward), else one for
-// this call only.
-float* packed_kv_memory(int64_t n, Buffer& owned) {
-  if (n * int64_t(sizeof(float)) <= kKeepPackedKVBytes) return thread_scratch(3, n);
-  owned = alloc_floats(n);
-  return owned.get();
-}
-
 PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all, NonFiniteFlags& nf) {
   PackedKV pk;
   pk.dp = round_up(p.head_dim, kPanelAlign);
@@ -135,7 +125,7 @@ PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all, NonFi
   const int64_t nblk = L.k_blocks() * p.heads_k;
   if (uses_amx(p)) {
     const int64_t kt_n = nblk * pk.dk2 * kBlockK / 2, v_n = nblk * kBlockK * pk.dvp / 2;
-    float* mem = packed_kv_memory(kt_n + v_n, pk.owned);
+    float* mem = kept_scratch(3, kt_n + v_n, pk.owned);
     pk.kt16 = reinterpret_cast<uint16_t*>(mem);
     pk.v16 = reinterpret_cast<uint16_t*>(mem + kt_n);
     parallel_for(p.batch * p.heads_k, [&](int64_t task) {
@@ -152,7 +142,7 @@ PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all, NonFi
     return pk;
   }
   const int64_t kt_n = nblk * pk.dp * kBlockK;
-  pk.kt = packed_kv_memory(kt_n + nblk * kBlockK * pk.dvp, pk.owned);
+  pk.kt = kept_scratch(3, kt_n + nblk * kBlockK * pk.dvp, pk.owned);
   pk.v = pk.kt + kt_n;
   parallel_for(p.batch * p.heads_k, [&](int64_t task) {
     const int64_t b = task / p.heads_k, hk = task % p.heads_k;

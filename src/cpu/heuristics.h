@@ -23,12 +23,12 @@ inline bool stack_gqa_heads(int64_t seqlen_q, int64_t group, bool dropout) {
   return group > 1 && !dropout && seqlen_q * group <= kInPlaceMaxRows;
 }
 
-// The forward's packed K/V panels stay allocated on the calling thread
-// between calls up to this size: a fresh allocation of tens of MiB costs
-// page faults and zeroing on every call (~8% of a B1 H32 S1024 D128 fp32
-// forward); larger panels are freed after each call, so a long-context call
-// leaves no large buffer behind.
-constexpr int64_t kKeepPackedKVBytes = int64_t{64} << 20;
+// Per-call panels (the forward's packed K/V, the backward's Q side and dQ
+// sums) stay allocated on the calling thread between calls up to this size
+// each: a fresh allocation of tens of MiB costs page faults and zeroing on
+// every call; larger panels are freed after each call, so a long-context
+// call leaves no large buffer behind.
+constexpr int64_t kKeepPanelBytes = int64_t{64} << 20;
 
 // How long idle pool threads (and a caller waiting for them) spin before
 // sleeping: long enough to catch the next call of a decode loop, short

@@ -46,7 +46,8 @@ inline Buffer alloc_floats(int64_t n) {
 // and page faults for its ~100 KiB of tiles than in attention. Grow-only;
 // `slot` tells apart buffers a thread uses at the same time (forward: 0 a
 // task's tiles, 1 key-split partials, 2 AMX panels / packing temporaries,
-// 3 the packed K/V of the calling thread).
+// 3 the packed K/V of the calling thread; backward: 0 and 2 a task's tiles,
+// 1 the dQ sums and 3 the Q side, of the calling thread).
 inline float* thread_scratch(int slot, int64_t n) {
   thread_local Buffer bufs[4];
   thread_local int64_t sizes[4] = {0, 0, 0, 0};
@@ -55,6 +56,17 @@ inline float* thread_scratch(int slot, int64_t n) {
     sizes[slot] = n;
   }
   return bufs[slot].get();
+}
+
+// n floats of per-call panels (the forward's packed K/V, the backward's Q
+// side and dQ sums) in the calling thread's scratch `slot`, kept from call
+// to call up to kKeepPanelBytes (a fresh allocation of tens of MiB costs
+// page faults and the kernel's zeroing on every call: ~8% of a B1 H32 S1024
+// D128 fp32 forward), else in `owned`, for this call only.
+inline float* kept_scratch(int slot, int64_t n, Buffer& owned) {
+  if (n * int64_t(sizeof(float)) <= kKeepPanelBytes) return thread_scratch(slot, n);
+  owned = alloc_floats(n);
+  return owned.get();
 }
 
 // Where each sequence's q-blocks and k-blocks start in a flat numbering.
