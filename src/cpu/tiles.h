@@ -307,10 +307,15 @@ enum class ScoreGemm {
   rows_in_place,  // decode, few fp32/bf16 rows, contiguous K/V rows: dot_rows_src
   rows_copied,    // other decode: K rows copied per block, gemm_bt
 };
+// K/V are packed once into panels for the register-blocked gemm unless the
+// queries are few enough for the decode kernels (kInPlaceMaxRows): with one
+// q-block of 17-64 rows the dot-product form (gemm_bt: a horizontal sum per
+// score) ran at a third of the gemm's rate (B1 H8 S64 D64: 157 us), and
+// packing each head's K/V once costs what packing its tiles per task did.
 // (With block lists too: the tiles they skip are then still checked for
 // NaN/Inf by the packing pass, which the decode paths would not read.)
 inline bool forward_packs_all_kv(const AttnParams& p) {
-  return p.seqlen_q > kBlockQ || p.sparse;
+  return p.seqlen_q > kInPlaceMaxRows || p.sparse;
 }
 // bf16 products on AMX tiles (~15x the fp32 FMA rate, bench/peak_flops.c)
 // where the CPU has them: the bf16 inputs are exact in bf16, so only P (and
