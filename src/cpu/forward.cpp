@@ -238,6 +238,7 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
     if (sparse && !sparse->visit[kb]) continue;
     const int64_t j0 = kb * kBlockK;
     int64_t n = kBlockK;  // keys of this block (fewer at the sequence end)
+    int64_t pv_keys = kBlockK;  // key columns the packed fp32 products use
     const float* v;
     if (pk.kt16) {
       amx_gemm_bf16(kBlockQ, kBlockK, static_cast<int>(pk.dk2), q16, static_cast<int>(pk.dk2),
@@ -245,8 +246,14 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       scale_row(S, static_cast<int>(rows * kBlockK), p.scale);
       v = nullptr;
     } else if (pk.kt) {
-      gemm(rows, kBlockK, pk.dp, qs, pk.dp, pk.kt_block(kb0 + kb, hk, p.heads_k), kBlockK, S,
-           kBlockK, false);
+      // A sequence's last, partial key block: only its keys' columns (whole
+      // vectors) are multiplied; the epilogue sets the rest to -inf (keys
+      // past the sequence end) and P V skips their zero rows, exactly. Each
+      // score is the same dot product either way (the backward recomputes
+      // all 64 columns bit for bit alike).
+      pv_keys = std::min<int64_t>(kBlockK, round_up(c.e.sk - j0, kPanelAlign));
+      gemm(rows, static_cast<int>(pv_keys), pk.dp, qs, pk.dp,
+           pk.kt_block(kb0 + kb, hk, p.heads_k), kBlockK, S, kBlockK, false);
       v = pk.v_block(kb0 + kb, hk, p.heads_k);
     } else if (in_place) {
       // Decode, fp32/bf16 with contiguous rows: K and V read where they are,
@@ -341,7 +348,8 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
                     pk.v16_block(kb0 + kb, hk, p.heads_k), static_cast<int>(2 * pk.dvp), st.o,
                     static_cast<int>(pk.dvp), true);
     } else if (v) {
-      gemm_scale_c(rows, pk.dvp, kBlockK, S, kBlockK, v, pk.dvp, st.o, pk.dvp, alpha_rows);
+      gemm_scale_c(rows, pk.dvp, static_cast<int>(pv_keys), S, kBlockK, v, pk.dvp, st.o, pk.dvp,
+                   alpha_rows);
     } else {
       for (int64_t r = 0; r < rows; ++r)
         if (alpha_rows[r] != 1.0f) scale_row(st.o + r * pk.dvp, pk.dvp, alpha_rows[r]);
