@@ -35,16 +35,19 @@ bool pack_kv_rows(const AttnParams& p, const void* base, const int64_t* st, int6
   return finite;
 }
 
-// K^T [Dp x kBlockK] and V [kBlockK x Dvp] of key block kb of (b, hk), fp32,
-// zero padded; `tmp` holds kBlockK x Dp floats.
+// K^T [Dp x kBlockK] and V [kBlockK x Dvp] of key block kb of (b, hk), fp32;
+// `tmp` holds kBlockK x Dp floats. A partial last block is written up to its
+// keys rounded up to whole vectors (zero padded), the columns of K^T and
+// rows of V that attend() reads (pv_keys); the rest is left as it is.
 void pack_kv_tile(const AttnParams& p, const BlockLayout& L, int64_t b, int64_t hk, int64_t kb,
                   int64_t dp, int64_t dvp, float* kt, float* v, float* tmp, NonFiniteFlags& nf) {
   const SeqExtent& e = L.seq[b];
   const int64_t j0 = kb * kBlockK, n = std::min<int64_t>(kBlockK, e.sk - j0);
-  flag_if(pack_kv_rows(p, p.k, p.k_stride, b, hk, e.k_begin + j0, n, p.head_dim, tmp, dp, kBlockK),
+  const int64_t used = std::min<int64_t>(kBlockK, round_up(n, kPanelAlign));
+  flag_if(pack_kv_rows(p, p.k, p.k_stride, b, hk, e.k_begin + j0, n, p.head_dim, tmp, dp, used),
           nf.k);
-  transpose(tmp, dp, kBlockK, dp, kt, kBlockK);
-  flag_if(pack_kv_rows(p, p.v, p.v_stride, b, hk, e.k_begin + j0, n, p.head_dim_v, v, dvp, kBlockK),
+  transpose(tmp, dp, used, dp, kt, kBlockK);
+  flag_if(pack_kv_rows(p, p.v, p.v_stride, b, hk, e.k_begin + j0, n, p.head_dim_v, v, dvp, used),
           nf.v);
 }
 
@@ -227,7 +230,8 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
     st.m[r] = kNegInf;
     st.l[r] = 0.0f;
   }
-  std::fill(st.o, st.o + kBlockQ * pk.dvp, 0.0f);
+  // (AMX multiplies all kBlockQ rows; the fp32 products only `rows`.)
+  std::fill(st.o, st.o + (pk.kt16 ? kBlockQ : rows) * pk.dvp, 0.0f);
   // AMX multiplies whole 16-row tiles: P's rows past `rows` stay zero.
   if (pk.kt16) std::fill(p16 + rows * kBlockK, p16 + kBlockQ * kBlockK, uint16_t{0});
   const bool bf16 = p.dtype == DType::bf16;
