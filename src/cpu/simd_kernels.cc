@@ -4,6 +4,7 @@
 #define HWY_TARGET_INCLUDE "cpu/simd_kernels.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+#include "hwy/cache_control.h"
 #include "hwy/contrib/math/math-inl.h"
 
 #include <math.h>
@@ -152,6 +153,16 @@ void Transpose(const float* HWY_RESTRICT src, int64_t ld_src, int64_t rows, int6
 using DU = hn::RebindToUnsigned<DF>;
 using VU = hn::Vec<DU>;
 
+// The decode kernels stream K/V rows from memory (a decode step reads each
+// once); the cache lines of the row kPrefetchRows ahead are requested
+// before they are needed (the hardware's stream prefetch stops at each 4
+// KiB page, a few rows of K).
+constexpr int kPrefetchRows = 4;
+HWY_INLINE void PrefetchRow(const char* row, int bytes, bool inside) {
+  if (!inside) return;
+  for (int off = 0; off < bytes; off += 64) hwy::Prefetch(row + off);
+}
+
 // fp32 bits of one vector of a contiguous fp32 or (kBF16) bf16 row at i.
 template <bool kBF16>
 HWY_INLINE VU LoadBits(const void* HWY_RESTRICT src, int64_t i) {
@@ -214,8 +225,10 @@ void DotRowsSrcT(int M, int N, int K, const float* HWY_RESTRICT A, int lda, cons
                  int64_t ldbt, float* HWY_RESTRICT C, int ldc) {
   const char* bt = static_cast<const char*>(Bt);
   const int64_t ldb = ldbt * (kBF16 ? 2 : 4);
+  const int row_bytes = K * (kBF16 ? 2 : 4);
   for (int j = 0; j < N; ++j) {
     const char* row = bt + j * ldb;
+    PrefetchRow(row + kPrefetchRows * ldb, row_bytes, j + kPrefetchRows < N);
     int r = 0;
     for (; r + 4 <= M; r += 4) DotBlock<kBF16, 4>(r, j, K, A, lda, row, C, ldc);
     if (r + 2 <= M) {
@@ -231,7 +244,8 @@ void DotRowsSrcT(int M, int N, int K, const float* HWY_RESTRICT A, int lda, cons
 // kC == 1 with n < lanes: the row tail.
 template <bool kBF16, int kR, int kC>
 HWY_INLINE void AccumBlock(int r0, int k, int64_t n, int N, const float* HWY_RESTRICT P, int ldp,
-                           const char* B, int64_t ldb_bytes, float* HWY_RESTRICT O, int ldo) {
+                           const char* B, int64_t ldb_bytes, float* HWY_RESTRICT O, int ldo,
+                           int row_bytes) {
   const DF d;
   const int lanes = static_cast<int>(hn::Lanes(d));
   hn::Vec<DF> acc[kR][kC];
@@ -239,6 +253,7 @@ HWY_INLINE void AccumBlock(int r0, int k, int64_t n, int N, const float* HWY_RES
     for (int c = 0; c < kC; ++c) acc[i][c] = hn::LoadU(d, O + (r0 + i) * ldo + k + c * lanes);
   for (int j = 0; j < N; ++j) {
     const char* row = B + j * ldb_bytes;
+    if (k == 0) PrefetchRow(row + kPrefetchRows * ldb_bytes, row_bytes, j + kPrefetchRows < N);
     hn::Vec<DF> p[kR];
     for (int i = 0; i < kR; ++i) p[i] = hn::Set(d, P[(r0 + i) * ldp + j]);
     for (int c = 0; c < kC; ++c) {
@@ -260,17 +275,18 @@ void AccumRowsSrcT(int M, int N, int K, const float* HWY_RESTRICT P, int ldp, co
   const int lanes = static_cast<int>(hn::Lanes(DF()));
   const char* b = static_cast<const char*>(B);
   const int64_t ldb_bytes = ldb * (kBF16 ? 2 : 4);
+  const int row_bytes = K * (kBF16 ? 2 : 4);
   for (int r = 0; r < M; r += 2) {
     const bool two = r + 1 < M;
     int k = 0;
     for (; k + 8 * lanes <= K; k += 8 * lanes) {
-      if (two) AccumBlock<kBF16, 2, 8>(r, k, lanes, N, P, ldp, b, ldb_bytes, O, ldo);
-      else AccumBlock<kBF16, 1, 8>(r, k, lanes, N, P, ldp, b, ldb_bytes, O, ldo);
+      if (two) AccumBlock<kBF16, 2, 8>(r, k, lanes, N, P, ldp, b, ldb_bytes, O, ldo, row_bytes);
+      else AccumBlock<kBF16, 1, 8>(r, k, lanes, N, P, ldp, b, ldb_bytes, O, ldo, row_bytes);
     }
     for (; k < K; k += lanes) {
       const int64_t n = std::min<int64_t>(lanes, K - k);
-      if (two) AccumBlock<kBF16, 2, 1>(r, k, n, N, P, ldp, b, ldb_bytes, O, ldo);
-      else AccumBlock<kBF16, 1, 1>(r, k, n, N, P, ldp, b, ldb_bytes, O, ldo);
+      if (two) AccumBlock<kBF16, 2, 1>(r, k, n, N, P, ldp, b, ldb_bytes, O, ldo, row_bytes);
+      else AccumBlock<kBF16, 1, 1>(r, k, n, N, P, ldp, b, ldb_bytes, O, ldo, row_bytes);
     }
   }
 }
