@@ -15,6 +15,15 @@ constexpr int kBlockK = 64;
 // gemm, which pays off only with more rows.
 constexpr int kInPlaceMaxRows = 16;
 
+// The in-place decode kernels stream K/V rows from memory (a decode step
+// reads each once) and request the cache lines of the row this many rows
+// ahead (in the same run of rows): the hardware's stream prefetch stops at
+// each 4 KiB page, and a row's work (~20 cycles) is far shorter than a
+// miss. Measured (fp32 Sq 1, Sk 32768, D 128, 1 thread, loaded machine):
+// no prefetch 7.3-8.3 ms, 4 rows ahead 3.2-5.4, 16 rows 3.2-7.0, 32 rows
+// 3.1-4.9.
+constexpr int kPrefetchRows = 32;
+
 // GQA decode: the query heads of a group read the same K/V, so one task
 // takes all of them, stacked as rows (at most kInPlaceMaxRows in all), and
 // reads each K/V row once instead of once per head: decode is bound by

@@ -14,6 +14,7 @@
 #include <limits>
 
 #include "core/dtype.h"
+#include "cpu/heuristics.h"
 #include "cpu/simd_kernels.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -153,11 +154,7 @@ void Transpose(const float* HWY_RESTRICT src, int64_t ld_src, int64_t rows, int6
 using DU = hn::RebindToUnsigned<DF>;
 using VU = hn::Vec<DU>;
 
-// The decode kernels stream K/V rows from memory (a decode step reads each
-// once); the cache lines of the row kPrefetchRows ahead are requested
-// before they are needed (the hardware's stream prefetch stops at each 4
-// KiB page, a few rows of K).
-constexpr int kPrefetchRows = 4;
+// Requests a row's cache lines (kPrefetchRows, heuristics.h).
 HWY_INLINE void PrefetchRow(const char* row, int bytes, bool inside) {
   if (!inside) return;
   for (int off = 0; off < bytes; off += 64) hwy::Prefetch(row + off);
