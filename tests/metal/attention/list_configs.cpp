@@ -74,11 +74,13 @@ int main(int argc, char** argv) {
   const bool reduced = argc > 1 && strcmp(argv[1], "reduced") == 0;
   static const float dummy = 0;
   static const int32_t cu[2] = {0, 0};
-  for (const MCase& c : metal_grid(reduced)) {
+  for (const fsdpa_cases::Case& c : metal_grid(reduced)) {
     // The fields of a validated AttnParams that the key depends on
     // (core/validate.cpp folds causal into window_right = 0).
+    using RMask = fsdpa_cases::Mask;
+    using RDType = fsdpa_cases::DType;
     AttnParams p{};
-    p.dtype = c.dt == 0 ? DType::f32 : c.dt == 1 ? DType::f16 : DType::bf16;
+    p.dtype = c.dtype == RDType::f32 ? DType::f32 : c.dtype == RDType::f16 ? DType::f16 : DType::bf16;
     p.head_dim = c.D;
     p.head_dim_v = c.Dv;
     p.window_left = c.wl;
@@ -87,15 +89,15 @@ int main(int argc, char** argv) {
     p.dropout_p = c.dropout;
     p.alibi = c.alibi ? &dummy : nullptr;
     p.cu_seqlens_q = p.cu_seqlens_k = c.varlen ? cu : nullptr;
-    p.sparse = c.sparse >= 0;
-    if (c.mask != Mask::none) {
+    p.sparse = c.sparse != fsdpa_cases::Sparse::none;
+    if (c.mask != RMask::none) {
       p.mask = &dummy;
-      const bool additive = c.mask == Mask::additive || c.mask == Mask::additive_qdtype ||
-                            c.mask == Mask::finfo_min_rows;
+      const bool additive = c.mask == RMask::additive || c.mask == RMask::additive_qdtype ||
+                            c.mask == RMask::finfo_min_rows;
       p.mask_kind = additive ? MaskKind::additive : MaskKind::boolean;
-      p.mask_dtype = !additive ? DType::u8 : c.mask == Mask::additive_qdtype ? p.dtype : DType::f32;
+      p.mask_dtype = !additive ? DType::u8 : c.mask == RMask::additive_qdtype ? p.dtype : DType::f32;
     }
-    print(p, c.family);
+    print(p, c.metal_family);
   }
   for (const KvCase& c : metal_kv_grid(reduced)) {
     AttnParams p{};

@@ -21,6 +21,7 @@
 #include "metal/plan.h"
 #include "metal_emu_run.h"
 #include "metal_grid.h"
+#include "registry_case.h"
 
 #ifndef FSDPA_METAL_TEST_REDUCED
 #define FSDPA_METAL_TEST_REDUCED 0
@@ -29,48 +30,22 @@
 namespace fsdpa_test {
 namespace {
 
-using fsdpa_metal_test::Mask;
-using fsdpa_metal_test::MCase;
 namespace mtl = fsdpa::metal;
 namespace emu = fsdpa_emu;
+using Registered = fsdpa_cases::Case;
 
-Case to_case(const MCase& m) {
-  Case c;
-  c.name = m.name;
-  c.B = m.B, c.Hq = m.Hq, c.Hk = m.Hk, c.Sq = m.Sq, c.Sk = m.Sk, c.D = m.D, c.Dv = m.Dv;
-  c.dt = m.dt == 0 ? DT::f32 : m.dt == 1 ? DT::f16 : DT::bf16;
-  c.causal = m.causal;
-  c.align = m.align;
-  c.wl = m.wl, c.wr = m.wr;
-  c.softcap = m.softcap;
-  c.alibi = m.alibi;
-  c.mask = m.mask == Mask::none ? MaskKind::none
-           : m.mask == Mask::boolean ? MaskKind::boolean
-           : m.mask == Mask::additive || m.mask == Mask::additive_qdtype ? MaskKind::additive
-           : m.mask == Mask::finfo_min_rows                           ? MaskKind::finfo_min_rows
-                                                                        : MaskKind::empty_rows;
-  c.dropout = m.dropout;
-  c.varlen = m.varlen;
-  c.bshd = m.bshd;
-  c.scale = m.scale;
-  return c;
-}
-
-std::string test_name(const MCase& m) {
-  std::string s = m.name + (m.dt == 0 ? "_f32" : m.dt == 1 ? "_f16" : "_bf16");
+std::string test_name(const Registered& r) {
+  using fsdpa_cases::DType;
+  std::string s = r.name + (r.dtype == DType::f32 ? "_f32" : r.dtype == DType::f16 ? "_f16" : "_bf16");
   for (char& ch : s)
     if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
   return s;
 }
 
 // The block-sparse lists of a case (block_sparse_case.h), or none.
-std::unique_ptr<BlockSparse> sparse_lists(const MCase& m, const Case& c, fsdpa_params* p) {
-  if (m.sparse < 0) return nullptr;
-  SparseSpec s;
-  s.kind = static_cast<SparseKind>(m.sparse);
-  s.bq = m.sbq, s.bk = m.sbk;
-  s.per_batch = m.sp_per_batch, s.per_head = m.sp_per_head;
-  s.extra_q_blocks = m.sp_extra_q_blocks;
+std::unique_ptr<BlockSparse> sparse_lists(const Registered& r, const Case& c, fsdpa_params* p) {
+  if (r.sparse == fsdpa_cases::Sparse::none) return nullptr;
+  const SparseSpec s = sparse_spec(r);
   auto bs = std::make_unique<BlockSparse>(c, s);
   bs->attach(p, s);
   return bs;
@@ -85,21 +60,15 @@ void bind_sparse(Binder& bd, BlockSparse* bs, const fsdpa::AttnParams& ap) {
   bd.bind(FSDPA_BUF_SPARSE_MASK, std::addressof(bs->kv_mask), ap.sparse_mask);
 }
 
-class MetalEmu : public ::testing::TestWithParam<MCase> {};
+class MetalEmu : public ::testing::TestWithParam<Registered> {};
 
 TEST_P(MetalEmu, ForwardAndGradients) {
-  const MCase& m = GetParam();
+  const Registered& m = GetParam();
   const Case c = to_case(m);
-  const auto family = static_cast<mtl::GpuFamily>(m.family);
-  const uint64_t seed = std::hash<std::string>{}(m.name) ^ uint64_t(m.dt);
+  const auto family = static_cast<mtl::GpuFamily>(m.metal_family);
+  const uint64_t seed = std::hash<std::string>{}(m.name) ^ uint64_t(m.dtype);
   Problem pr(c);
   fsdpa_params& p = pr.p;
-  if (m.mask == Mask::additive_qdtype) {  // the same mask values (incl. -inf), stored in q's dtype
-    Tensor mq(pr.mask.shape, c.dt);
-    for (int64_t i = 0; i < mq.numel(); ++i) mq.set(i, pr.mask.get(i));
-    pr.mask = mq;
-    p.mask = &pr.mask;
-  }
   std::unique_ptr<BlockSparse> bs = sparse_lists(m, c, &p);
 
   Tensor out = pr.make(c.Hq, c.Sq, pr.total_q, c.Dv, c.dt), lse = pr.make_lse();
@@ -110,19 +79,19 @@ TEST_P(MetalEmu, ForwardAndGradients) {
   ct.q = &pr.q, ct.k = &pr.k, ct.v = &pr.v, ct.out = &out, ct.lse = &lse;
   ASSERT_EQ(fsdpa::make_attn_params(fsdpa::CallKind::forward, &p, ct, &ap), FSDPA_OK) << fsdpa_last_error();
   mtl::DecodeSplit forced;
-  if (m.forced_splits > 0) {
-    forced.splits = m.forced_splits;
-    forced.keys_per_split = static_cast<int32_t>((m.Sk + m.forced_splits - 1) / m.forced_splits);
+  if (m.metal_forced_splits > 0) {
+    forced.splits = m.metal_forced_splits;
+    forced.keys_per_split = static_cast<int32_t>((m.Sk + m.metal_forced_splits - 1) / m.metal_forced_splits);
     forced.reason = "forced by the test";
   }
-  const mtl::Plan fplan = m.forced_splits > 0 ? mtl::plan_forward_with(ap, family, forced) : mtl::plan_forward(ap, family);
-  const size_t first = m.sparse >= 0 ? 1 : 0;  // block-sparse: the expansion pass runs first
+  const mtl::Plan fplan = m.metal_forced_splits > 0 ? mtl::plan_forward_with(ap, family, forced) : mtl::plan_forward(ap, family);
+  const size_t first = m.sparse != fsdpa_cases::Sparse::none ? 1 : 0;  // block-sparse: the expansion pass runs first
   if (first) EXPECT_EQ(fplan.dispatches.at(0).pass, mtl::Pass::sparse_expand);
-  if (m.expect_split || m.forced_splits > 0) {
+  if (m.metal_expect_split || m.metal_forced_splits > 0) {
     ASSERT_EQ(fplan.dispatches.size(), first + 2) << fplan.reason;
     EXPECT_EQ(fplan.dispatches[first].pass, mtl::Pass::decode_split) << fplan.reason;
     EXPECT_EQ(fplan.dispatches[first + 1].pass, mtl::Pass::decode_merge);
-    EXPECT_GE(fplan.args.num_splits, m.forced_splits > 0 ? m.forced_splits : 2);
+    EXPECT_GE(fplan.args.num_splits, m.metal_forced_splits > 0 ? m.metal_forced_splits : 2);
   }
   {
     Binder bd;
@@ -191,7 +160,7 @@ TEST_P(MetalEmu, ForwardAndGradients) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Grid, MetalEmu, ::testing::ValuesIn(fsdpa_metal_test::metal_grid(FSDPA_METAL_TEST_REDUCED)),
-                         [](const ::testing::TestParamInfo<MCase>& i) { return test_name(i.param); });
+                         [](const ::testing::TestParamInfo<Registered>& i) { return test_name(i.param); });
 
 }  // namespace
 }  // namespace fsdpa_test
