@@ -34,7 +34,7 @@ from torch import Tensor
 
 from . import _api, _context_parallel, _ops, _patch
 
-__all__ = ["IMPL_NAME", "register", "is_active"]
+__all__ = ["IMPL_NAME", "register", "restore", "is_active"]
 
 logger = logging.getLogger("flashsdpa")
 
@@ -385,11 +385,14 @@ def activate() -> _Handle:
 
 def register() -> bool:
     """Registers ``flashsdpa`` with PyTorch's flash-attention registry (not activating it).
-    Returns False, logging why, where this PyTorch has no registry."""
+    Returns False, logging why, where this PyTorch has no registry.
+
+    PyTorch 2.10 has the registry without ``restore_flash_attention_impl``:
+    flashsdpa registers there too, and an activation lasts until the process
+    ends (``restore`` below is what the tests use to undo it)."""
     attention = torch.nn.attention
-    missing = [name for name in ("register_flash_attention_impl",
-                                 "activate_flash_attention_impl",
-                                 "restore_flash_attention_impl") if not hasattr(attention, name)]
+    missing = [name for name in ("register_flash_attention_impl", "activate_flash_attention_impl")
+               if not hasattr(attention, name)]
     if not missing and not hasattr(torch.library, "get_kernel"):
         missing = ["torch.library.get_kernel"]
     if missing:
@@ -397,5 +400,26 @@ def register() -> bool:
                     "the 'flashsdpa' implementation is not registered: use flashsdpa.enable()",
                     torch.__version__, ", ".join(missing))
         return False
+    if not hasattr(attention, "restore_flash_attention_impl"):
+        logger.info("flashsdpa: PyTorch %s has no restore_flash_attention_impl: once activated, "
+                    "'flashsdpa' stays active until the process ends", torch.__version__)
     attention.register_flash_attention_impl(IMPL_NAME, register_fn=activate)
     return True
+
+
+def restore() -> None:
+    """PyTorch's ``restore_flash_attention_impl()`` where it exists. On 2.10,
+    which lacks it: removes flashsdpa's overrides and clears the registry's
+    record of the active implementation (private names of 2.10's
+    ``torch.nn.attention._registry``), so a later activation installs them
+    again."""
+    attention = torch.nn.attention
+    if hasattr(attention, "restore_flash_attention_impl"):
+        attention.restore_flash_attention_impl()
+        return
+    if _active["handle"] is not None:
+        _active["handle"].remove()
+    registry = getattr(attention, "_registry", None)
+    if registry is not None and getattr(registry, "_FLASH_ATTENTION_ACTIVE", None) == IMPL_NAME:
+        registry._FLASH_ATTENTION_HANDLES.pop(IMPL_NAME, None)
+        registry._FLASH_ATTENTION_ACTIVE = None

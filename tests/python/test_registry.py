@@ -32,7 +32,7 @@ def active():
     attention.activate_flash_attention_impl("flashsdpa")
     assert _aten.is_active() and attention.current_flash_attention_impl() == "flashsdpa"
     yield
-    attention.restore_flash_attention_impl()
+    _aten.restore()
     assert not _aten.is_active()
 
 
@@ -104,7 +104,7 @@ def test_routes_match_math_backend(route, device, kind, dtype, active):
             mk["attn_mask"] = mk["attn_mask"].to(q_.dtype)
         return torch_math_sdpa(q_, k_, v_, enable_gqa=True, **mk)
 
-    attention.restore_flash_attention_impl()  # the references run on PyTorch's own kernels
+    _aten.restore()  # the references run on PyTorch's own kernels
     pt = run_with_grads(math, [q, k, v], dout)
     ref = run_with_grads(math, [t.cpu().double() for t in (q, k, v)], dout.cpu().double())
     attention.activate_flash_attention_impl("flashsdpa")
@@ -121,7 +121,7 @@ def test_aten_op_output_tuple_matches_aten(active):
     assert flashsdpa.stats()["dispatched_via_aten"] == 1
     dq, dk, dv = CPU_BWD(dout.bfloat16(), q, k, v, out, lse, 0.0, True, scale=0.3)
     assert flashsdpa.stats()["backward"] == 1
-    attention.restore_flash_attention_impl()
+    _aten.restore()
     ref = CPU_FWD(q, k, v, 0.0, True, scale=0.3)
     ref_grads = CPU_BWD(dout.bfloat16(), q, k, v, *ref, 0.0, True, scale=0.3)
     attention.activate_flash_attention_impl("flashsdpa")
@@ -188,7 +188,7 @@ def test_cuda_aten_op_output_tuple_matches_aten(active):
     ours, our_grads = run()
     st = flashsdpa.stats()
     assert st["dispatched_via_aten"] == 1 and st["backward"] == 1, st
-    attention.restore_flash_attention_impl()
+    _aten.restore()
     ref, ref_grads = run()
     attention.activate_flash_attention_impl("flashsdpa")
     assert ours[4:6] == ref[4:6]
@@ -202,7 +202,7 @@ def test_restore_removes_every_override():
     attention.activate_flash_attention_impl("flashsdpa")
     F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
     assert flashsdpa.stats()["dispatched_via_aten"] == 1
-    attention.restore_flash_attention_impl()
+    _aten.restore()
     flashsdpa.reset_stats()
     F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
     CPU_FWD(q, k, v)
@@ -212,7 +212,7 @@ def test_restore_removes_every_override():
     attention.activate_flash_attention_impl("flashsdpa")
     CPU_FWD(q, k, v)
     assert flashsdpa.stats()["dispatched"] == 1
-    attention.restore_flash_attention_impl()
+    _aten.restore()
     CPU_FWD(q, k, v)
     assert flashsdpa.stats()["dispatched"] == 1
 
@@ -223,6 +223,15 @@ def test_missing_registry_is_skipped_with_a_logged_reason(monkeypatch, caplog):
         assert _aten.register() is False
     assert "no flash-attention registry" in caplog.text
     assert "register_flash_attention_impl" in caplog.text
+
+
+def test_registry_without_restore_registers_and_says_so(monkeypatch, caplog):
+    # PyTorch 2.10: register and activate, no restore_flash_attention_impl.
+    monkeypatch.delattr(attention, "restore_flash_attention_impl", raising=False)
+    with caplog.at_level(logging.INFO, logger="flashsdpa"):
+        assert _aten.register() is True
+    assert "no restore_flash_attention_impl" in caplog.text
+    assert "flashsdpa" in attention.list_flash_attention_impls()
 
 
 # ---------------------------------------------------------------------------
@@ -339,7 +348,7 @@ def test_cuda_sdpa_reaches_flashsdpa_through_aten(causal, dtype, active):
     st = flashsdpa.stats()
     assert st["dispatched_by_device"].get("cuda") == 1 and st["dispatched_via_aten"] == 1, st
     assert st["backward"] == 1 and st["fallback_total"] == 0, st
-    attention.restore_flash_attention_impl()
+    _aten.restore()
     pt = run_with_grads(torch_math_sdpa, dev, dout.cuda(), is_causal=causal)
     ref = run_with_grads(torch_math_sdpa, [t.double() for t in (q, k, v)], dout.double(),
                          is_causal=causal)

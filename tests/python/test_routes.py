@@ -16,6 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention as sdpa_bound_at_import
 
 import flashsdpa
+from flashsdpa import _aten
 from conftest import DEVICES
 
 attention = torch.nn.attention
@@ -109,7 +110,7 @@ def test_route_reaches_flashsdpa_as_documented(route, device, mechanism):
         try:
             fn(q, k, v)
         finally:
-            attention.restore_flash_attention_impl()
+            _aten.restore()
     st = flashsdpa.stats()
     assert (st["dispatched"] > 0) == expect, (route, device, mechanism, st)
     if mechanism == "registry" and expect:
