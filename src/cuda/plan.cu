@@ -202,21 +202,6 @@ Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const 
   const int dp = bucket_for(p.head_dim, p.head_dim_v);
   plan.head_bucket = dp;
 
-  // Not yet verified: the kernels that read KV caches and block lists
-  // (below) compile and have their cases in tests/cuda/test_cuda.cpp (kv_*,
-  // bsp_*) and the CUDA-parametrised pytest files, but no GPU has run them
-  // (the 2026-12-07 session's device time ran out). They stay off, with this
-  // reason, until `flashsdpa_cuda_tests --quick` and those pytest files pass
-  // on a GPU; then this block goes.
-  if (uses_kv_cache(p) || p.sparse) {
-    fail(plan, FSDPA_ERROR_UNSUPPORTED,
-         uses_kv_cache(p) ? "block_table / seqused_k / cache_batch_idx / cache_leftpad: the "
-                            "CUDA kernels that read KV caches are not yet verified on a GPU"
-                          : "kv_num_blocks / full_kv_num_blocks: the CUDA kernels that read "
-                            "block lists are not yet verified on a GPU");
-    return plan;
-  }
-
   // 0. The KV-cache parameters: the simt, decode and sm80 forwards read the
   // cache in place (cache rows, per-sequence key ranges, pages of any size
   // looked up per row: no gather copy); the Hopper forward does not (its
