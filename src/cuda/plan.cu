@@ -325,6 +325,13 @@ Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const 
       plan.head_bucket = hopper_kernel_dim(p.head_dim);
       plan.dq_accumulate = true;
       plan.dq_cols = plan.head_bucket;
+      plan.head_splits = hopper_bwd_head_splits(p, dev.sms);
+      if (plan.head_splits > 1) {
+        carve(plan, plan.dkv, hopper_bwd_dkv_bytes(p, plan.head_splits));
+        note(plan, "GQA group of %d query heads over %d CTAs per key block (too few key blocks "
+             "for %d SMs), dK/dV added in fp32", static_cast<int>(p.heads_q / p.heads_k),
+             plan.head_splits, dev.sms);
+      }
       if (plan.head_bucket != p.head_dim)
         note(plan, "D %d on the D %d kernel (columns past D zero-filled by TMA, not stored)",
              static_cast<int>(p.head_dim), plan.head_bucket);

@@ -65,12 +65,21 @@ const char* hopper_bwd_scope(const AttnParams& p);
 // Bytes of the zeroed workspace that hopper_bwd takes: the fp32 dQ, and
 // with deterministic = 1 the turn counters after it.
 size_t hopper_bwd_workspace_bytes(const AttnParams& p);
+// CTAs per (key block, kv head) of the backward: 1, or for GQA/MQA with
+// too few key blocks for the device's sms, a divisor of the group; each
+// takes a part of the group's query heads and adds its dK, dV into a
+// zeroed fp32 workspace of hopper_bwd_dkv_bytes() (an H100 ran MQA at
+// 0.47-0.74x cuDNN with a single CTA per kv head: the causal first key
+// blocks, which see the most query blocks, ran alone at the end).
+int hopper_bwd_head_splits(const AttnParams& p, int sms);
+size_t hopper_bwd_dkv_bytes(const AttnParams& p, int head_splits);
 // dK, dV and dQ (through dqacc: the zeroed workspace, dQ as fp32
 // [(token * Hq + h) * D + d], then converted into dq). dsum: Delta =
 // rowsum(dO * O) from bwd_preprocess. dQ goes to the workspace by TMA
-// reduces (bwd_dq.cuh).
+// reduces (bwd_dq.cuh). head_splits > 1: dkvacc is the zeroed workspace of
+// hopper_bwd_dkv_bytes(p, head_splits).
 cudaError_t hopper_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum, float* dqacc,
-                       cudaStream_t s);
+                       float* dkvacc, int head_splits, cudaStream_t s);
 
 }  // namespace cuda
 }  // namespace fsdpa

@@ -168,6 +168,7 @@ bool bwd_args(hopper::BwdArgs* a, const AttnParams& p, const MaskTiles& mt, cons
   a->dsum = dsum;
   a->dqacc = dqacc;
   a->mt = mt;
+  a->head_splits = 1;
   const bool varlen = p.cu_seqlens_q != nullptr;
   const int64_t nb = varlen ? 1 : p.batch;
   const int64_t sq = varlen ? p.total_q : p.seqlen_q, sk = varlen ? p.total_k : p.seqlen_k;
@@ -188,10 +189,14 @@ bool bwd_args(hopper::BwdArgs* a, const AttnParams& p, const MaskTiles& mt, cons
 
 template <int D>
 cudaError_t run_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum, float* dqacc,
-                    cudaStream_t s) {
+                    float* dkvacc, int head_splits, cudaStream_t s) {
   using C = hopper::BwdCfg<D>;
   hopper::BwdArgs a;
   if (!bwd_args(&a, p, mt, dsum, dqacc, D, C::kBM, C::kBN)) return cudaErrorInvalidValue;
+  if (head_splits > 1) {
+    a.head_splits = head_splits;
+    a.dkvacc = dkvacc;
+  }
   return p.dtype == DType::bf16 ? hopper::bwd_bf16(a, s) : hopper::bwd_f16(a, s);
 }
 
@@ -244,11 +249,30 @@ size_t hopper_bwd_workspace_bytes(const AttnParams& p) {
   return dq + size_t(p.batch) * p.heads_q * ((p.seqlen_q + 63) / 64) * sizeof(int);
 }
 
+int hopper_bwd_head_splits(const AttnParams& p, int sms) {
+  const int group = static_cast<int>(p.heads_q / p.heads_k);
+  // Not with deterministic = 1 (the dK/dV adds would come in any order),
+  // nor at D 256 (bwd256_kernel.cuh has no split).
+  if (group == 1 || p.deterministic || hopper_kernel_dim(p.head_dim) == 256) return 1;
+  const int64_t ctas = (p.seqlen_k + 127) / 128 * p.heads_k * p.batch;
+  // The smallest divisor of the group that gives two waves of CTAs (under
+  // one, a causal backward waits for its first key blocks, which have the
+  // most query blocks).
+  for (int s = 1; s < group; ++s)
+    if (group % s == 0 && (ctas * s >= 2 * sms || p.heads_k * s * 2 > 65535)) return s;
+  return group;
+}
+
+size_t hopper_bwd_dkv_bytes(const AttnParams& p, int head_splits) {
+  if (head_splits <= 1) return 0;
+  return 2 * size_t(p.total_k) * p.heads_k * hopper_kernel_dim(p.head_dim) * sizeof(float);
+}
+
 cudaError_t hopper_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum, float* dqacc,
-                       cudaStream_t s) {
+                       float* dkvacc, int head_splits, cudaStream_t s) {
   switch (hopper_kernel_dim(p.head_dim)) {
-    case 64: return run_bwd<64>(p, mt, dsum, dqacc, s);
-    case 128: return run_bwd<128>(p, mt, dsum, dqacc, s);
+    case 64: return run_bwd<64>(p, mt, dsum, dqacc, dkvacc, head_splits, s);
+    case 128: return run_bwd<128>(p, mt, dsum, dqacc, dkvacc, head_splits, s);
     case 256: return run_bwd256(p, dsum, dqacc, s);
     default: return cudaErrorInvalidValue;
   }
