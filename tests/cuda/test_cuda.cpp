@@ -139,7 +139,8 @@ void add_hbm_cases(std::vector<Case>& grid, bool quick) {
   });
 }
 
-// ---- hb256_*: the Hopper backward at D = Dv = 256 (bwd256_kernel.cuh) ----
+// ---- hb256_*: the Hopper backward at D = Dv = 256 (bwd256_kernel.cuh), and
+// D = Dv in (128, 256) on it ----
 // 64-key CTAs and 64-row query steps: sizes across those edges, GQA/MQA,
 // causal both alignments (rows and steps with no visible key), windows
 // across blocks, varlen, BSHD strides, scale 0.3 (forward and backward vs
@@ -150,6 +151,9 @@ void add_hb256_cases(std::vector<Case>& grid, bool quick) {
       {"hb256_s129x300_mqa", 1, 4, 1, 129, 300, 256},
       {"hb256_s700x257", 1, 2, 2, 700, 257, 256},
       {"hb256_s64x64", 1, 2, 2, 64, 64, 256},
+      // Head dims between 128 and 256 on the D 256 kernels, zero columns.
+      {"hb256_s300x440_d192_gqa", 2, 4, 2, 300, 440, 192},
+      {"hb256_s129x300_d160_mqa", 1, 4, 1, 129, 300, 160},
   };
   add_scope_cases(grid, hs, quick, [&](const ScopeShape& x, auto&& add) {
     if (quick && x.Sq != 300 && x.Sq != 129) return;

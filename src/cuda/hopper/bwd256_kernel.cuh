@@ -363,6 +363,7 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
       T* pv = dvg + off4(p.dv_stride, b, hk, e.k_begin + j, 0) + 128 * cw + 2 * t;
 #pragma unroll
       for (int n = 0; n < 16; ++n) {
+        if (128 * cw + 8 * n >= p.head_dim) break;  // zero columns (hopper_kernel_dim)
         *reinterpret_cast<uint32_t*>(pk + 8 * n) =
             pack_pair<T>(dk[4 * n + 2 * r], dk[4 * n + 2 * r + 1]);
         *reinterpret_cast<uint32_t*>(pv + 8 * n) =

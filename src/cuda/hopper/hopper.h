@@ -14,16 +14,18 @@ namespace fsdpa {
 namespace cuda {
 
 // The kernel instantiation that serves head dim d (= Dv): 64, 128, 256, and
-// 128 for the multiples of 8 between 64 and 128 (80, 96, 112: BERT-large,
-// Phi, some ViTs). Those run the D 128 kernel on zero columns: the tensor
-// maps have d columns, so the TMA loads fill columns d..127 with zeros
-// (exact: they add 0 to every product) and the stores skip them; the
-// wgmma work is 128/d of a dedicated kernel's, still well ahead of the
-// sm_80 kernels (issue 19 measured D 96 at 0.33-0.48x cuDNN on those).
+// for the multiples of 8 in between the next larger one (80, 96, 112:
+// BERT-large, Phi, some ViTs, on the D 128 kernels; 160, 192, 224 on the
+// D 256 ones). They run on zero columns: the tensor maps have d columns, so
+// the TMA loads fill columns d.. with zeros (exact: they add 0 to every
+// product) and the stores skip them; the wgmma work is D/d of a dedicated
+// kernel's, still well ahead of the sm_80 kernels (an H100 ran D 96 at
+// 0.33-0.48x cuDNN on those, 0.84-1.08x on the D 128 kernels).
 // 0: no Hopper kernel.
 constexpr int hopper_kernel_dim(int64_t d) {
   if (d == 64 || d == 128 || d == 256) return static_cast<int>(d);
-  return d > 64 && d < 128 && d % 8 == 0 ? 128 : 0;
+  if (d % 8 != 0 || d < 64 || d > 256) return 0;
+  return d < 128 ? 128 : 256;
 }
 
 // The call is in the kernel's scope: fp16/bf16 (out in the same dtype),

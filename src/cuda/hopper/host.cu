@@ -213,7 +213,8 @@ cudaError_t run_bwd256(const AttnParams& p, const float* dsum, float* dqacc, cud
 
 const char* hopper_bwd_scope(const AttnParams& p) {
   // D = Dv = 256 (bwd256_kernel.cuh): no mask.
-  if (p.head_dim == 256 && p.mask_kind != MaskKind::none) return "D 256 with a mask";
+  if (hopper_kernel_dim(p.head_dim) == 256 && p.mask_kind != MaskKind::none)
+    return "D > 128 with a mask (the D 256 kernels are unmasked)";
   // The forward's scope for q, k, v and the band, whatever it says about
   // masks: bool and additive masks (additive in fp32/fp16/bf16) are in the
   // backward's scope (bwd_mask.cuh).
@@ -286,9 +287,10 @@ const char* hopper_fwd_scope(const AttnParams& p) {
   if (p.out_dtype != p.dtype) return "out dtype differs from q's";
   if (p.head_dim != p.head_dim_v) return "D != Dv";
   if (hopper_kernel_dim(p.head_dim) == 0)
-    return "D not 64, 256 or a multiple of 8 in (64, 128]";
+    return "D not 64 or a multiple of 8 in (64, 256]";
   // D = 256: unmasked only (the mask code walks 128-key blocks).
-  if (p.head_dim == 256 && p.mask_kind != MaskKind::none) return "D 256 with a mask";
+  if (hopper_kernel_dim(p.head_dim) == 256 && p.mask_kind != MaskKind::none)
+    return "D > 128 with a mask (the D 256 kernels are unmasked)";
   if (p.alibi != nullptr) return "ALiBi";
   if (p.softcap > 0.0f) return "softcap";
   if (p.dropout_p > 0.0f) return "dropout";
