@@ -34,6 +34,14 @@ void note(Plan& plan, const char* fmt, ...) {
   plan.why[m + 1] = '\0';
 }
 
+// The Hopper kernels serve head dims below their own on zero columns
+// (hopper_kernel_dim): say so when a call's D or Dv is one of those.
+void note_zero_columns(Plan& plan, const AttnParams& p) {
+  if (plan.head_bucket == p.head_dim && plan.head_bucket == p.head_dim_v) return;
+  note(plan, "D %d / Dv %d on the D %d kernel (columns past D / Dv zero-filled by TMA, not stored)",
+       static_cast<int>(p.head_dim), static_cast<int>(p.head_dim_v), plan.head_bucket);
+}
+
 int bucket_for(int64_t d, int64_t dv) {
   const int64_t m = d > dv ? d : dv;
 #define FSDPA_BUCKET(B) \
@@ -287,13 +295,11 @@ Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const 
     }
     if (hopper_why == nullptr) {
       plan.family = Family::hopper;
-      plan.head_bucket = hopper_kernel_dim(p.head_dim);
+      plan.head_bucket = hopper_kernel_dim(p);
       plan.splits = 1;
       plan.hopper_warpgroups = hopper_fwd_warpgroups(p);
       plan.hopper_dynamic = hopper_fwd_dynamic(p);
-      if (plan.head_bucket != p.head_dim)
-        note(plan, "D %d on the D %d kernel (columns past D zero-filled by TMA, not stored)",
-             static_cast<int>(p.head_dim), plan.head_bucket);
+      note_zero_columns(plan, p);
       note(plan, "family hopper: in scope%s; %d consumer warpgroups, %s tile schedule",
            forced ? " (forced)" : "", plan.hopper_warpgroups,
            plan.hopper_dynamic ? "dynamic (longest tile first)" : "static");
@@ -322,7 +328,7 @@ Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const 
     }
     if (hopper_why == nullptr) {
       plan.family = Family::hopper;
-      plan.head_bucket = hopper_kernel_dim(p.head_dim);
+      plan.head_bucket = hopper_kernel_dim(p);
       plan.dq_accumulate = true;
       plan.dq_cols = plan.head_bucket;
       plan.head_splits = hopper_bwd_head_splits(p, dev.sms);
@@ -332,9 +338,7 @@ Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const 
              "for %d SMs), dK/dV added in fp32", static_cast<int>(p.heads_q / p.heads_k),
              plan.head_splits, dev.sms);
       }
-      if (plan.head_bucket != p.head_dim)
-        note(plan, "D %d on the D %d kernel (columns past D zero-filled by TMA, not stored)",
-             static_cast<int>(p.head_dim), plan.head_bucket);
+      note_zero_columns(plan, p);
       note(plan, "family hopper: in scope%s; dQ by TMA reduces into fp32%s", forced ? " (forced)" : "",
            p.deterministic ? ", in key-block turns (deterministic)" : "");
       const size_t dq = size_t(p.total_q) * p.heads_q * plan.dq_cols * sizeof(float);

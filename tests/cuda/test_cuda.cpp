@@ -78,13 +78,13 @@ struct Dev {
   DLTensor* operator&() { return &dl; }
 };
 
-// A shape of the kernel-scope blocks below (hbm_, h_, dec_, hm_): D == Dv.
-struct ScopeShape { const char* n; int64_t B, Hq, Hk, Sq, Sk, D; };
+// A shape of the kernel-scope blocks below (hbm_, h_, dec_, hm_); Dv 0: = D.
+struct ScopeShape { const char* n; int64_t B, Hq, Hk, Sq, Sk, D, Dv = 0; };
 // Case x.n + "_" + variant of shape x in dtype dt.
 Case scope_case(const ScopeShape& x, const char* variant, DT dt, MaskKind mask = MaskKind::none) {
   Case c;
   c.name = std::string(x.n) + "_" + variant;
-  c.B = x.B; c.Hq = x.Hq; c.Hk = x.Hk; c.Sq = x.Sq; c.Sk = x.Sk; c.D = x.D; c.Dv = x.D;
+  c.B = x.B; c.Hq = x.Hq; c.Hk = x.Hk; c.Sq = x.Sq; c.Sk = x.Sk; c.D = x.D; c.Dv = x.Dv ? x.Dv : x.D;
   c.dt = dt;
   c.mask = mask;
   return c;
@@ -140,7 +140,7 @@ void add_hbm_cases(std::vector<Case>& grid, bool quick) {
 }
 
 // ---- hb256_*: the Hopper backward at D = Dv = 256 (bwd256_kernel.cuh), and
-// D = Dv in (128, 256) on it ----
+// D, Dv in (128, 256) on it ----
 // 64-key CTAs and 64-row query steps: sizes across those edges, GQA/MQA,
 // causal both alignments (rows and steps with no visible key), windows
 // across blocks, varlen, BSHD strides, scale 0.3 (forward and backward vs
@@ -154,6 +154,9 @@ void add_hb256_cases(std::vector<Case>& grid, bool quick) {
       // Head dims between 128 and 256 on the D 256 kernels, zero columns.
       {"hb256_s300x440_d192_gqa", 2, 4, 2, 300, 440, 192},
       {"hb256_s129x300_d160_mqa", 1, 4, 1, 129, 300, 160},
+      // Dv != D (DeepSeek's 192 / 128; 128 / 256).
+      {"hb256_s300x440_d192_dv128_gqa", 2, 8, 2, 300, 440, 192, 128},
+      {"hb256_s129x300_d128_dv256_mqa", 1, 4, 1, 129, 300, 128, 256},
   };
   add_scope_cases(grid, hs, quick, [&](const ScopeShape& x, auto&& add) {
     if (quick && x.Sq != 300 && x.Sq != 129) return;
@@ -216,8 +219,8 @@ std::vector<Case> make_grid(bool quick) {
     add("blockmask_additive", [](Case& c) { c.mask = MaskKind::additive; });
     add("blockmask_additive_softcap_window", [](Case& c) { c.mask = MaskKind::additive; c.softcap = 3.0f; c.wl = 70; });
   }
-  // The Hopper forward's scope (D = Dv in {64, 128, 256} or a multiple of 8
-  // in (64, 128), fp16/bf16, band
+  // The Hopper forward's scope (D, Dv in {64, 128, 256} or a multiple of 8
+  // in between, fp16/bf16, band
   // only): tiles of 128 query rows x 128 keys (80 at D = 256), so sizes
   // around and across those edges, windows crossing key blocks, rows and
   // whole blocks with no visible key (Sq > Sk bottom-right), GQA/MQA,
@@ -238,6 +241,10 @@ std::vector<Case> make_grid(bool quick) {
       {"h_s300x440_d96_gqa", 2, 8, 2, 300, 440, 96},
       {"h_s129x200_d80", 2, 2, 2, 129, 200, 80},
       {"h_s113x203_d112_mqa", 1, 4, 1, 113, 203, 112},
+      // Dv != D: the kernel of the larger, V / dO loads and O / dV stores
+      // at Dv columns.
+      {"h_s300x440_d128_dv64_gqa", 2, 8, 2, 300, 440, 128, 64},
+      {"h_s129x200_d64_dv96", 2, 2, 2, 129, 200, 64, 96},
       // 144 tiles: more than one per CTA on an H100 (132 SMs), so causal
       // and windowed calls take tiles from the dynamic scheduler's counter.
       {"h_s1100x1100_d64_gqa", 1, 16, 4, 1100, 1100, 64},

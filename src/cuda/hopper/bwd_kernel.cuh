@@ -575,21 +575,25 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
         float* av = ak + p.total_k * p.heads_k * D;
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) {
-          if (8 * n >= p.head_dim) break;
-          atomicAdd(ak + 8 * n, dk[4 * n + 2 * r]);
-          atomicAdd(ak + 8 * n + 1, dk[4 * n + 2 * r + 1]);
-          atomicAdd(av + 8 * n, dv[4 * n + 2 * r]);
-          atomicAdd(av + 8 * n + 1, dv[4 * n + 2 * r + 1]);
+          if (8 * n < p.head_dim) {
+            atomicAdd(ak + 8 * n, dk[4 * n + 2 * r]);
+            atomicAdd(ak + 8 * n + 1, dk[4 * n + 2 * r + 1]);
+          }
+          if (8 * n < p.head_dim_v) {
+            atomicAdd(av + 8 * n, dv[4 * n + 2 * r]);
+            atomicAdd(av + 8 * n + 1, dv[4 * n + 2 * r + 1]);
+          }
         }
         continue;
       }
       T* pk = dkg + off4(p.dk_stride, b, hk, e.k_begin + j, 0) + 2 * t;
       T* pv = dvg + off4(p.dv_stride, b, hk, e.k_begin + j, 0) + 2 * t;
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        if (8 * n >= p.head_dim) break;  // zero columns of a smaller D (hopper_kernel_dim)
-        *reinterpret_cast<uint32_t*>(pk + 8 * n) = pack_pair<T>(dk[4 * n + 2 * r], dk[4 * n + 2 * r + 1]);
-        *reinterpret_cast<uint32_t*>(pv + 8 * n) = pack_pair<T>(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
+      for (int n = 0; n < D / 8; ++n) {  // not the zero columns past D / Dv (hopper_kernel_dim)
+        if (8 * n < p.head_dim)
+          *reinterpret_cast<uint32_t*>(pk + 8 * n) = pack_pair<T>(dk[4 * n + 2 * r], dk[4 * n + 2 * r + 1]);
+        if (8 * n < p.head_dim_v)
+          *reinterpret_cast<uint32_t*>(pv + 8 * n) = pack_pair<T>(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
       }
     }
   }

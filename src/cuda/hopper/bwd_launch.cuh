@@ -39,7 +39,7 @@ cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
 template <typename T>
 cudaError_t launch_bwd_dtype(const BwdArgs& a, cudaStream_t s) {
   const bool m = a.p.mask_kind != MaskKind::none;
-  switch (hopper_kernel_dim(a.p.head_dim)) {
+  switch (hopper_kernel_dim(a.p)) {
     case 64:
       return m ? launch_bwd<T, 64, false, true>(a, s)
                : launch_bwd<T, 64, false, false>(a, s);

@@ -28,8 +28,17 @@ constexpr int hopper_kernel_dim(int64_t d) {
   return d < 128 ? 128 : 256;
 }
 
+// The kernel instantiation of a call: the larger of its two head dims'
+// (Dv != D, e.g. DeepSeek's 192/128, pads both to 256; the tensor maps of
+// q, k have D columns, those of v, dO Dv, and the stores of dK / O, dV stop
+// at D / Dv). 0: no Hopper kernel.
+inline int hopper_kernel_dim(const AttnParams& p) {
+  const int d = hopper_kernel_dim(p.head_dim), dv = hopper_kernel_dim(p.head_dim_v);
+  return d == 0 || dv == 0 ? 0 : (d > dv ? d : dv);
+}
+
 // The call is in the kernel's scope: fp16/bf16 (out in the same dtype),
-// D == Dv with hopper_kernel_dim(D) != 0, no ALiBi / softcap / dropout, scale > 0,
+// hopper_kernel_dim(p) != 0 (D and Dv multiples of 8 in [64, 256]), no ALiBi / softcap / dropout, scale > 0,
 // stride_d == 1 and 16-byte aligned rows of q, k, v, out (TMA and 4-byte
 // stores). Causal / windows (both alignments), GQA/MQA and varlen are in;
 // so are bool and additive masks with key stride 1 (not with varlen), at
@@ -59,7 +68,7 @@ cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, int* tile_count
 // aside), plus dout, dk, dv with the same dtype and alignment rules; bool
 // and additive masks are in (ALiBi, softcap and dropout are not);
 // deterministic = 1 is in: the dQ adds then take turns in a fixed order
-// (bwd_dq.cuh). Also D = Dv = 256 without a mask and with deterministic = 0
+// (bwd_dq.cuh). Also kernel dim 256 (hopper_kernel_dim(p)) without a mask
 // (bwd256_kernel.cuh), the other
 // rules as at D = 128. hopper_fwd_available() covers the device.
 // nullptr when p is in scope, else why not.
