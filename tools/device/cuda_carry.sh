@@ -1,7 +1,8 @@
 #!/bin/bash
 # Development machine: build the library, the CUDA test driver and the Python
 # extension for sm_90a and the device's Python (3.12; pyenv here), and copy
-# them into $CARRY for a device call (tools/device/device.sh carried,...). Takes
+# them into $CARRY, packed into .carry-pack/carry.tar.xz for a device call
+# (carry [".carry-pack"], then tools/device/device.sh carried,...). Takes
 # about 20 min on 2 cores: build on the device instead (device.sh build)
 # when device time allows.
 set -e
@@ -17,4 +18,9 @@ cp -L $BUILD/src/libflashsdpa.so $CARRY/libflashsdpa.so
 cp -L $BUILD/src/libflashsdpa.so $CARRY/libflashsdpa.so.0
 cp -L /usr/lib/x86_64-linux-gnu/libhwy.so.1 $CARRY/
 cp $BUILD/flashsdpa_cuda_tests $BUILD/python/_C*.so $CARRY/
-ls -la $CARRY
+# The four files are about 95 MB, over a device call's 64 MiB; compressed
+# about 5 MB: carry .carry-pack, and device.sh's `carried` step unpacks it.
+mkdir -p .carry-pack
+tar -C $CARRY -cf - libflashsdpa.so.0 libhwy.so.1 flashsdpa_cuda_tests $(cd $CARRY && ls _C*.so) |
+  xz -6 -T2 >.carry-pack/carry.tar.xz
+ls -la $CARRY .carry-pack

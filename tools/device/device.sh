@@ -41,6 +41,11 @@
 #           and SIMT paths), compute-sanitizer memcheck on a few of them,
 #           tests/python/test_block_sparse.py (after build), then
 #           bench/bench_block_sparse.py (SPARSE_ARGS, default --quick)
+#   parcheck  the correctness runs at once, each in the background (the
+#           GPU has room; timings are not taken): --quick, --kv-only, the
+#           bsp cases, the determinism cases, compute-sanitizer memcheck on
+#           a few KV and bsp cases, and test_cuda.py, test_fast_path.py and every
+#           other pytest case with cuda in its id (after build or carried). Then each one's summary.
 # KEEP_GOING=1: a failed quick step does not stop the call.
 # Logs land in $OUT (at most 8 files come back); a crash keeps what was
 # written, since every test log is line-buffered.
@@ -92,7 +97,12 @@ san() {
 
 if has carried; then
   # The Python extension built here for the device's Python (3.12) and
-  # carried with the library (tools/device/cuda_carry.sh).
+  # carried with the library (tools/device/cuda_carry.sh), packed.
+  if [ -f .carry-pack/carry.tar.xz ]; then
+    mkdir -p "$CARRY" && python3 -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
+      .carry-pack/carry.tar.xz "$CARRY" &&
+      ln -sf libflashsdpa.so.0 "$CARRY/libflashsdpa.so"
+  fi
   cp "$CARRY"/_C*.so python/flashsdpa/ && export PYTHONPATH=$PWD/python:$PYTHONPATH
 fi
 LIB=$CARRY/libflashsdpa.so
@@ -107,6 +117,25 @@ fi
 if has quick; then
   tests quick.log ${QUICK_S:-200} --quick
   grep -q "CUDA TESTS: .* 0 failed" "$OUT/quick.log" || [ -n "$KEEP_GOING" ] || exit 1
+fi
+if has parcheck; then
+  el parcheck
+  bg() { local log=$OUT/$1; shift; timeout 540 stdbuf -oL "$@" >"$log" 2>&1; echo "rc=$?" >>"$log"; }
+  bg quick.log "$TEST" --quick &
+  bg kv.log "$TEST" --kv-only &
+  bg sparse.log "$TEST" --no-long --filter bsp &
+  { bg det.log "$TEST" --determinism-only; for f in h_s1 hbm_s hb256; do
+      timeout 200 "$TEST" --no-long --deterministic --filter $f >>"$OUT/det.log" 2>&1; done; } &
+  { timeout 250 compute-sanitizer --tool memcheck --print-limit 20 "$TEST" --threads 1 --filter bsp_s5x700 \
+      >"$OUT/san.log" 2>&1; timeout 250 compute-sanitizer --tool memcheck --print-limit 20 "$TEST" \
+      --threads 1 --kv-only --quick >>"$OUT/san.log" 2>&1; } &
+  (cd tests/python && { bg pytest.log python3 -m pytest -q -p no:cacheprovider test_cuda.py \
+      test_fast_path.py; bg pytest_kv.log python3 -m pytest -q -p no:cacheprovider . -k cuda \
+      --deselect test_cuda.py --deselect test_fast_path.py; }) &
+  wait
+  for f in quick kv sparse det san pytest pytest_kv; do
+    echo "== $f"; grep -iE "^FAIL|illegal|ERROR SUMMARY|CUDA TESTS|passed|failed|rc=" "$OUT/$f.log" | tail -8
+  done
 fi
 if has full; then
   tests full.log 560 --no-long
