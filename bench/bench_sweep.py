@@ -6,7 +6,7 @@ preallocated outputs: what the Python layer costs on top), in one process on
 the same inputs, side by side.
 
 Cases: non-power-of-two and power-of-two S from 128 to 16k, small and large
-batch*heads, head dims 64/80/96/128/192/256, MHA/GQA/MQA, causal and not,
+batch*heads, head dims 64/80/96/128/192/256 and 192/128 (DeepSeek), MHA/GQA/MQA, causal and not,
 forward and forward+backward, bf16 (and fp16 on a subset). Timing: CUDA
 events, median of the calls in a fixed time window after warm-up (L2 not
 flushed; the inputs of the large cases exceed it). Ratio = the peer's time /
@@ -39,10 +39,10 @@ PEERS = {"cuDNN": SDPBackend.CUDNN_ATTENTION, "FLASH": SDPBackend.FLASH_ATTENTIO
 
 
 def cases(quick: bool, targets: bool = False):
-    """(B, Hq, Hk, S, D, causal, dtype)."""
+    """(B, Hq, Hk, S, D, Dv, causal, dtype)."""
     out = []
     bf, fp = torch.bfloat16, torch.float16
-    add = lambda b, hq, hk, s, d, c, dt=bf: out.append((b, hq, hk, s, d, c, dt))
+    add = lambda b, hq, hk, s, d, c, dt=bf, dv=None: out.append((b, hq, hk, s, d, dv or d, c, dt))
     if targets:  # the issue's targets alone: the tiny call, S <= 1024 at D 64/128
         for c in (False, True):
             add(1, 1, 1, 128, 64, c)
@@ -62,6 +62,8 @@ def cases(quick: bool, targets: bool = False):
             h = 16 if d <= 128 else 8
             for c in (False, True):
                 add(b, h, h, s, d, c)
+        for c in (False, True):
+            add(b, 16, 16, s, 192, c, dv=128)  # DeepSeek's head dims (V 128)
         if s in (1000, 3000, 16384) or quick:
             for c in (False, True):
                 add(b, 32, 8, s, 128, c)   # GQA 4:1 (Llama-like)
@@ -91,12 +93,12 @@ def timer(fn, window_ms: float):
     return statistics.median(a.elapsed_time(b) for a, b in ev) * 1e3  # us
 
 
-def run_case(b, hq, hk, s, d, causal, dt, window_ms):
+def run_case(b, hq, hk, s, d, dv_, causal, dt, window_ms):
     g = torch.Generator(device="cuda").manual_seed(1)
     q = torch.randn(b, hq, s, d, device="cuda", dtype=dt, generator=g)
     k = torch.randn(b, hk, s, d, device="cuda", dtype=dt, generator=g)
-    v = torch.randn(b, hk, s, d, device="cuda", dtype=dt, generator=g)
-    do = torch.randn(b, hq, s, d, device="cuda", dtype=dt, generator=g)
+    v = torch.randn(b, hk, s, dv_, device="cuda", dtype=dt, generator=g)
+    do = torch.randn(b, hq, s, dv_, device="cuda", dtype=dt, generator=g)
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
     gqa = hq != hk
     res = {}
@@ -115,7 +117,7 @@ def run_case(b, hq, hk, s, d, causal, dt, window_ms):
     both("ours", lambda q_, k_, v_: flashsdpa.scaled_dot_product_attention(
         q_, k_, v_, is_causal=causal, enable_gqa=gqa))
     # The C ABI through the _C binding: outputs preallocated, no autograd.
-    out, lse = torch.empty_like(q), torch.empty(b, hq, s, device="cuda", dtype=torch.float32)
+    out, lse = torch.empty_like(do), torch.empty(b, hq, s, device="cuda", dtype=torch.float32)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     p = _ops._params(None, causal, False, -1, -1, 0.0, 0, 0, 0.0, None, False, False)
     st = torch.cuda.current_stream().cuda_stream
@@ -155,6 +157,7 @@ def main():
     ap.add_argument("--png", default="")
     ap.add_argument("--budget-s", type=float, default=420.0)
     ap.add_argument("--window-ms", type=float, default=40.0)
+    ap.add_argument("--dims", default="", help="only these head dims, e.g. 80,96,192/128")
     a = ap.parse_args()
     t_start = time.time()
     dev = torch.cuda.get_device_name()
@@ -172,13 +175,17 @@ def main():
     print(hdr + "   (us; ratio = peer time / ours)")
     rows = []
     skipped = 0
-    for (b, hq, hk, s, d, causal, dt) in cases(a.quick, a.targets):
+    only = {x if "/" in x else f"{x}/{x}" for x in a.dims.split(",") if x}
+    for (b, hq, hk, s, d, dv, causal, dt) in cases(a.quick, a.targets):
+        if only and f"{d}/{dv}" not in only:
+            continue
         if time.time() - t_start > a.budget_s:
             skipped += 1
             continue
         name = (f"{'bf16' if dt == torch.bfloat16 else 'fp16'} B{b} H{hq}" +
-                (f"/{hk}" if hk != hq else "") + f" S{s} D{d}" + (" causal" if causal else ""))
-        res, plan = run_case(b, hq, hk, s, d, causal, dt, a.window_ms)
+                (f"/{hk}" if hk != hq else "") + f" S{s} D{d}" + (f"/{dv}" if dv != d else "") +
+                (" causal" if causal else ""))
+        res, plan = run_case(b, hq, hk, s, d, dv, causal, dt, a.window_ms)
         torch.cuda.empty_cache()
         for mi, mode in enumerate(("fwd", "fwd+bwd")):
             t = {c: (res[c][mi] if res.get(c) else None) for c in cols}
@@ -187,7 +194,7 @@ def main():
             ours = t["ours"]
             r_best = best / ours if best and ours else None
             r_cudnn = t["cuDNN"] / ours if t["cuDNN"] and ours else None
-            rows.append(dict(name=name, mode=mode, b=b, hq=hq, hk=hk, s=s, d=d, causal=causal,
+            rows.append(dict(name=name, mode=mode, b=b, hq=hq, hk=hk, s=s, d=d, dv=dv, causal=causal,
                              dt=dt, t=t, best=best, r_best=r_best, r_cudnn=r_cudnn, plan=plan))
             fmt = lambda x: f"{x:8.1f}" if x else f"{'-':>8}"
             rf = lambda x: f"{x:7.2f}" if x else f"{'-':>7}"
@@ -223,11 +230,19 @@ def main():
         w = min(short, key=lambda r: r["r_cudnn"])
         lines.append(f"target fwd+bwd S <= 1024, D 64/128 vs cuDNN >= 0.9: min {w['r_cudnn']:.2f} "
                      f"({w['name']}), {sum(r['r_cudnn'] >= 0.9 for r in short)}/{len(short)} hold")
-    main_d = [r for r in rows if r["d"] in (64, 128, 256) and r["r_best"]]
+    main_d = [r for r in rows if r["d"] in (64, 128, 256) and r["d"] == r["dv"] and r["r_best"]]
     below = [r for r in main_d if r["r_best"] < 0.8]
     lines.append(f"target no case at D 64/128/256 below 0.8x the best peer: {len(below)} of "
                  f"{len(main_d)} below" + "".join(f"\n  {r['name']} {r['mode']} {r['r_best']:.2f}"
                                                  for r in sorted(below, key=lambda r: r['r_best'])))
+    for dims in ((80, 80), (96, 96), (192, 128)):  # the issue's other head dims: >= 0.9x cuDNN
+        rs = [r for r in rows if (r["d"], r["dv"]) == dims and (r["r_cudnn"] or r["r_best"])]
+        if rs:
+            ratio = lambda r: r["r_cudnn"] or r["r_best"]
+            w = min(rs, key=ratio)
+            lines.append(f"target D {dims[0]}/{dims[1]} >= 0.9x cuDNN (best peer where cuDNN does "
+                         f"not run): min {ratio(w):.2f} ({w['name']} {w['mode']}), "
+                         f"{sum(ratio(r) >= 0.9 for r in rs)}/{len(rs)} hold")
     lines.append(f"wall time {time.time() - t_start:.0f} s")
     print("\n".join(lines))
     if a.results:
@@ -245,9 +260,10 @@ def main():
         import matplotlib.pyplot as plt
         fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
         for ax, mode in zip(axes, ("fwd", "fwd+bwd")):
-            for d in sorted({r["d"] for r in rows}):
-                rs = [r for r in rows if r["mode"] == mode and r["d"] == d and r["r_best"]]
-                ax.scatter([r["s"] for r in rs], [r["r_best"] for r in rs], label=f"D {d}", s=14)
+            for d in sorted({(r["d"], r["dv"]) for r in rows}):
+                rs = [r for r in rows if r["mode"] == mode and (r["d"], r["dv"]) == d and r["r_best"]]
+                label = f"D {d[0]}" + (f"/{d[1]}" if d[1] != d[0] else "")
+                ax.scatter([r["s"] for r in rs], [r["r_best"] for r in rs], label=label, s=14)
             ax.axhline(1.0, color="k", lw=0.8)
             ax.axhline(0.8, color="r", lw=0.8, ls="--")
             ax.set_xscale("log")
