@@ -200,15 +200,11 @@ def block_sparse_attention(
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, Tensor) or t.dim() != 4:
             raise ValueError(f"{name}: expected a 4-D tensor [B, H, S, D]")
-    if query.device.type != "cpu":
+    if query.device.type not in ("cpu", "cuda"):
         # MPS runs through flashsdpa/metal.py's shaders, which do not read
-        # block lists (nor does the C ABI's Metal backend). The CUDA kernels
-        # that read them are written but have not run on a GPU yet: the C
-        # ABI's CUDA plan refuses them until they have (src/cuda/plan.cu).
+        # block lists (nor does the C ABI's Metal backend).
         raise RuntimeError(f"block_mask: the block-sparse mask is not supported on "
-                           f"{query.device.type} yet (the CPU backend serves it"
-                           + ("; the CUDA kernels are not yet verified on a GPU)"
-                              if query.device.type == "cuda" else ")"))
+                           f"{query.device.type} yet (the CPU and CUDA backends serve it)")
     if key.shape[1] != query.shape[1] and not enable_gqa:
         raise ValueError(f"query has {query.shape[1]} heads but key/value {key.shape[1]}; pass "
                          "enable_gqa=True for grouped-query attention")
