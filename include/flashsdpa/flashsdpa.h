@@ -173,8 +173,9 @@ typedef struct fsdpa_params {
    *   of page block_table[b, t / page_size]. In the varlen form the
    *   lengths come from cu_seqlens_k (or seqused_k) and each sequence's
    *   positions start at 0 of its own block_table row.
-   * Not combined with mask or dropout. CPU and CUDA (the CUDA kernels read
-   *   pages of any size in place); Metal returns FSDPA_ERROR_UNSUPPORTED.
+   * Not combined with mask or dropout. Served by the CPU, CUDA (the
+   *   decode, tensor-core and SIMT kernels read pages of any size in place)
+   *   and Metal (likewise; verified on the MSL emulator only).
    * Checks: on the CPU every used page index, seqused_k and cache_leftpad
    * entry is checked (an error naming the argument). On GPUs the values
    * live in device memory and are the caller's contract: a page index in
@@ -185,7 +186,9 @@ typedef struct fsdpa_params {
    * to the host and checks them as the CPU does (same messages) before
    * anything runs: on with check_finite = 1 (which synchronises anyway),
    * or with the environment variable FLASHSDPA_CHECK_KV_CACHE=1 (read per
-   * call; e.g. for the Python API, which passes check_finite = 0 on GPUs). */
+   * call; e.g. for the Python API, which passes check_finite = 0 on GPUs).
+   * The Metal backend checks them the same way with check_finite = 1 when
+   * their buffers are CPU-readable (shared storage). */
   const DLTensor* seqused_k;
   const DLTensor* cache_batch_idx;
   const DLTensor* cache_leftpad;
@@ -227,9 +230,9 @@ typedef struct fsdpa_params {
    * sparse_block_q, sparse_block_k >= 1 when the lists are set (FlexAttention
    * uses 128 x 128); backends convert to their own tiles. Not combined with
    * varlen (cu_seqlens) or the KV-cache parameters. Served by the CPU and
-   * CUDA backends (CUDA: the sm80 tensor-core and SIMT kernels, which
-   * expand the lists into one int32 per (query block, key block) of
-   * workspace); Metal returns FSDPA_ERROR_UNSUPPORTED. */
+   * by CUDA (the sm80 tensor-core and SIMT kernels, which expand the lists
+   * into one int32 per (query block, key block) of workspace) and Metal
+   * (the same expansion into scratch; verified on the MSL emulator only). */
   int64_t sparse_block_q;
   int64_t sparse_block_k;
   const DLTensor* kv_num_blocks;

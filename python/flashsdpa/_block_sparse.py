@@ -115,13 +115,11 @@ def _partial_block_masks(mask_mod, kv_indices: Tensor, bq: int, bk: int, lq: int
 
 
 def _c_args(lists: BlockLists) -> dict:
-    def d(t):
-        return None if t is None else t.detach()
-
-    return dict(kv_num_blocks=d(lists.kv_num_blocks), kv_indices=d(lists.kv_indices),
-                kv_block_mask=d(lists.kv_block_mask),
-                full_kv_num_blocks=d(lists.full_kv_num_blocks),
-                full_kv_indices=d(lists.full_kv_indices))
+    """The lists that are set, as the runners' keywords (flashsdpa._ops)."""
+    named = dict(kv_num_blocks=lists.kv_num_blocks, kv_indices=lists.kv_indices,
+                 kv_block_mask=lists.kv_block_mask, full_kv_num_blocks=lists.full_kv_num_blocks,
+                 full_kv_indices=lists.full_kv_indices)
+    return {n: t.detach() for n, t in named.items() if t is not None}
 
 
 def _params(lists: BlockLists, scale, is_causal, window_size, softcap, dropout_p, rng,
@@ -148,10 +146,9 @@ class _BlockSparseFn(torch.autograd.Function):
     def forward(ctx, q, k, v, alibi, lists, params):
         out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
         lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
-        with _ops._guard(q.device):
-            _C.forward(params, q.detach(), k.detach(), v.detach(), out, lse, None,
-                       None if alibi is None else alibi.detach(), None, None,
-                       _ops._stream(q), **_c_args(lists))
+        run_fwd, _ = _ops._runner(q.device)  # the C ABI (CPU) or the device's runner (MPS)
+        run_fwd(params, q.detach(), k.detach(), v.detach(), out, lse, None,
+                None if alibi is None else alibi.detach(), None, None, q.device, **_c_args(lists))
         ctx.save_for_backward(q, k, v, out, lse, alibi)
         ctx.lists, ctx.params = lists, params
         ctx.mark_non_differentiable(lse)
@@ -161,10 +158,10 @@ class _BlockSparseFn(torch.autograd.Function):
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse, alibi = ctx.saved_tensors
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        with _ops._guard(q.device):
-            _C.backward(ctx.params, dout.contiguous(), q.detach(), k.detach(), v.detach(), out,
-                        lse, dq, dk, dv, None, None if alibi is None else alibi.detach(), None,
-                        None, _ops._stream(q), **_c_args(ctx.lists))
+        _, run_bwd = _ops._runner(q.device)
+        run_bwd(ctx.params, dout.contiguous(), q.detach(), k.detach(), v.detach(), out, lse, dq,
+                dk, dv, None, None if alibi is None else alibi.detach(), None, None, q.device,
+                **_c_args(ctx.lists))
         return dq, dk, dv, None, None, None
 
 
@@ -195,16 +192,15 @@ def block_sparse_attention(
     ``alibi_slopes`` [Hq] or [B, Hq], ``dropout_p`` (seeded from PyTorch's
     default generator), GQA with ``enable_gqa=True``. Differentiable in q, k,
     v. Returns ``out`` [B, Hq, Sq, Dv], or ``(out, lse)`` with
-    ``return_lse``. CPU and CUDA; Metal raises the C ABI's "not supported"
-    error."""
+    ``return_lse``. CPU, CUDA and MPS (the Metal kernels)."""
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, Tensor) or t.dim() != 4:
             raise ValueError(f"{name}: expected a 4-D tensor [B, H, S, D]")
-    if query.device.type not in ("cpu", "cuda"):
-        # MPS runs through flashsdpa/metal.py's shaders, which do not read
-        # block lists (nor does the C ABI's Metal backend).
+    if query.device.type not in ("cpu", "cuda") and not _ops.has_runner(query.device):
+        # A device with a registered runner (MPS: flashsdpa/metal.py, whose
+        # Metal kernels read the lists) is served by it.
         raise RuntimeError(f"block_mask: the block-sparse mask is not supported on "
-                           f"{query.device.type} yet (the CPU and CUDA backends serve it)")
+                           f"{query.device.type} (the CPU, CUDA and Metal backends serve it)")
     if key.shape[1] != query.shape[1] and not enable_gqa:
         raise ValueError(f"query has {query.shape[1]} heads but key/value {key.shape[1]}; pass "
                          "enable_gqa=True for grouped-query attention")

@@ -14,7 +14,7 @@ from typing import Literal, Optional, Tuple, Union, overload
 import torch
 from torch import Tensor
 
-from . import _C, _ops
+from . import _ops
 
 __all__ = ["flash_attn_with_kvcache"]
 
@@ -34,9 +34,10 @@ def _int32_vector(name: str, t: Optional[Tensor], batch: int, device) -> Optiona
 
 
 def _check_device(q: Tensor) -> None:
-    # The KV-cache kernels exist on the CPU and CUDA; refusing here, before
-    # the cache is written, leaves the caller's cache untouched.
-    if q.device.type not in ("cpu", "cuda"):
+    # Refusing here, before the cache is written, leaves the caller's cache
+    # untouched. A device with a registered runner (MPS: flashsdpa/metal.py,
+    # whose Metal kernels read the cache in place) is served by it.
+    if q.device.type not in ("cpu", "cuda") and not _ops.has_runner(q.device):
         raise RuntimeError(
             f"flashsdpa: the KV-cache path (flash_attn_with_kvcache, block_table, seqused_k) "
             f"is not supported on {q.device.type} yet")
@@ -316,13 +317,16 @@ def _attend(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_s
     kv_bhsd = block_table is not None or not varlen
     k_c = k_cache.transpose(1, 2) if kv_bhsd else k_cache
     v_c = v_cache.transpose(1, 2) if kv_bhsd else v_cache
-    dl = _ops._dl
-    # On a GPU: q's device and the current stream (no host synchronisation).
-    with torch.no_grad(), _ops._guard(q.device):
-        _C.forward(params, dl(q_c.detach()), dl(k_c.detach()), dl(v_c.detach()), dl(out_c),
-                   dl(lse), None, dl(alibi_slopes), dl(cu_seqlens_q), dl(cu_seqlens_k),
-                   _ops._stream(q), dl(seqused_k), dl(cache_batch_idx), dl(cache_leftpad),
-                   dl(block_table))
+    cache = {name: t for name, t in (("seqused_k", seqused_k), ("cache_batch_idx", cache_batch_idx),
+                                     ("cache_leftpad", cache_leftpad), ("block_table", block_table))
+             if t is not None}
+    # The C ABI (CPU) or the device's runner; on a GPU q's device and the
+    # current stream (no host synchronisation).
+    run_fwd, _ = _ops._runner(q.device)
+    with torch.no_grad():
+        run_fwd(params, q_c.detach(), k_c.detach(), v_c.detach(), out_c, lse, None,
+                None if alibi_slopes is None else alibi_slopes.detach(), cu_seqlens_q, cu_seqlens_k,
+                q.device, **cache)
     return out, lse
 
 

@@ -62,6 +62,11 @@ def register_device_runner(device_type: str, forward: Callable, backward: Callab
     cu_seqlens_k, device)`` and ``backward(params, dout, q, k, v, out, lse, dq,
     dk, dv, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, device)`` take the
     ``flashsdpa._C.Params`` and torch tensors, and write the outputs in place.
+    Both also take, as keywords and only when set, the KV-cache tensors
+    (``seqused_k``, ``cache_batch_idx``, ``cache_leftpad``, ``block_table``;
+    forward only) and the block-sparse lists (``kv_num_blocks``,
+    ``kv_indices``, ``kv_block_mask``, ``full_kv_num_blocks``,
+    ``full_kv_indices``), named as in ``flashsdpa._C.forward``.
     ``unsupported()``, if given, returns ``(reason, message)`` while the runner
     cannot run (the SDPA patch then falls back, counted under ``reason``), else
     None. A runner that finds out only when called raises a RuntimeError with a
@@ -125,18 +130,25 @@ def _dl(t: Optional[Tensor]):
     return None if t is None else to_dlpack(t)
 
 
-def _c_forward(params, q, k, v, out, lse, mask, alibi, cu_q, cu_k, device):
+def _c_forward(params, q, k, v, out, lse, mask, alibi, cu_q, cu_k, device, **extra):
     dl = to_dlpack
     with _guard(device):
         _C.forward(params, dl(q), dl(k), dl(v), dl(out), dl(lse), _dl(mask), _dl(alibi),
-                   _dl(cu_q), _dl(cu_k), _stream(q))
+                   _dl(cu_q), _dl(cu_k), _stream(q), **{n: _dl(t) for n, t in extra.items()})
 
 
-def _c_backward(params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k, device):
+def _c_backward(params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k, device,
+                **extra):
     dl = to_dlpack
     with _guard(device):
         _C.backward(params, dl(dout), dl(q), dl(k), dl(v), dl(out), dl(lse), dl(dq), dl(dk),
-                    dl(dv), _dl(mask), _dl(alibi), _dl(cu_q), _dl(cu_k), _stream(q))
+                    dl(dv), _dl(mask), _dl(alibi), _dl(cu_q), _dl(cu_k), _stream(q),
+                    **{n: _dl(t) for n, t in extra.items()})
+
+
+def has_runner(device: torch.device) -> bool:
+    """True if a registered runner (not the C ABI's DLPack path) serves this device."""
+    return device.type in _runners
 
 
 def default_check_finite(device: torch.device) -> bool:

@@ -51,7 +51,9 @@ __all__ = ["available", "register", "gpu_family", "clear_cache", "library_cache_
 # Buffer indices (src/metal/kernels/fsdpa_metal_args.h).
 BUF_ARGS, BUF_Q, BUF_K, BUF_V, BUF_OUT, BUF_LSE, BUF_MASK, BUF_ALIBI = 0, 1, 2, 3, 4, 5, 6, 7
 BUF_CU_Q, BUF_CU_K, BUF_DOUT, BUF_SCRATCH, BUF_DQ, BUF_DK, BUF_DV = 8, 9, 10, 11, 12, 13, 14
-NUM_BUFFERS = 15
+BUF_SEQUSED_K, BUF_CACHE_BATCH_IDX, BUF_CACHE_LEFTPAD, BUF_BLOCK_TABLE = 15, 16, 17, 18
+BUF_KV_NUM, BUF_KV_IDX, BUF_FULL_NUM, BUF_FULL_IDX, BUF_SPARSE_MASK, BUF_SPARSE_STATE = 19, 20, 21, 22, 23, 24
+NUM_BUFFERS = 25
 
 # Dtype codes of metal::TensorDesc.
 _DTYPE_CODE = {
@@ -245,6 +247,8 @@ def _run(plan, buffers: List[Optional[torch.Tensor]], device: torch.device) -> N
     lib = _library(plan.key, plan.source)
     if plan.scratch_elements > 0:  # float32 scratch: Delta (backward) or split-decode partials (forward)
         buffers[BUF_SCRATCH] = torch.empty(int(plan.scratch_elements), dtype=torch.float32, device=device)
+    if getattr(plan, "sparse_state_elements", 0) > 0:  # int32 scratch: the expanded block-sparse lists
+        buffers[BUF_SPARSE_STATE] = torch.empty(int(plan.sparse_state_elements), dtype=torch.int32, device=device)
     dummy = _dummy(device)
     bound = [_args_words(plan.args)] + [b if b is not None else dummy for b in buffers[1:]]
     kernels = [(_kernel(lib, plan.key, name, int(t[0]) * int(t[1]) * int(t[2])), grid, t)
@@ -266,7 +270,11 @@ def _plan(backward: bool, params, buffers: Sequence[Optional[torch.Tensor]]):
 def _buffers(**named) -> List[Optional[torch.Tensor]]:
     idx = {"q": BUF_Q, "k": BUF_K, "v": BUF_V, "out": BUF_OUT, "lse": BUF_LSE, "mask": BUF_MASK,
            "alibi": BUF_ALIBI, "cu_q": BUF_CU_Q, "cu_k": BUF_CU_K, "dout": BUF_DOUT, "dq": BUF_DQ,
-           "dk": BUF_DK, "dv": BUF_DV}
+           "dk": BUF_DK, "dv": BUF_DV, "seqused_k": BUF_SEQUSED_K,
+           "cache_batch_idx": BUF_CACHE_BATCH_IDX, "cache_leftpad": BUF_CACHE_LEFTPAD,
+           "block_table": BUF_BLOCK_TABLE, "kv_num_blocks": BUF_KV_NUM, "kv_indices": BUF_KV_IDX,
+           "full_kv_num_blocks": BUF_FULL_NUM, "full_kv_indices": BUF_FULL_IDX,
+           "kv_block_mask": BUF_SPARSE_MASK}
     out: List[Optional[torch.Tensor]] = [None] * NUM_BUFFERS
     for name, t in named.items():
         out[idx[name]] = None if t is None else t.detach()
@@ -288,20 +296,23 @@ def _check_supported() -> None:
         raise Unsupported(*why)
 
 
-def forward(params, q, k, v, out, lse, mask, alibi, cu_q, cu_k, device) -> None:
-    """Runner of flashsdpa::fwd for mps tensors (signature of _ops.register_device_runner)."""
+def forward(params, q, k, v, out, lse, mask, alibi, cu_q, cu_k, device, **extra) -> None:
+    """Runner of flashsdpa::fwd for mps tensors (signature of _ops.register_device_runner;
+    ``extra``: the KV-cache tensors and block-sparse lists, by their C ABI names)."""
     _check_supported()
     _check_finite(params, q=q, k=k, v=v)
-    bufs = _buffers(q=q, k=k, v=v, out=out, lse=lse, mask=mask, alibi=alibi, cu_q=cu_q, cu_k=cu_k)
+    bufs = _buffers(q=q, k=k, v=v, out=out, lse=lse, mask=mask, alibi=alibi, cu_q=cu_q, cu_k=cu_k,
+                    **extra)
     _run(_plan(False, params, bufs), bufs, q.device)
 
 
-def backward(params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k, device) -> None:
-    """Runner of flashsdpa::bwd for mps tensors."""
+def backward(params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k, device,
+             **extra) -> None:
+    """Runner of flashsdpa::bwd for mps tensors (``extra``: the block-sparse lists)."""
     _check_supported()
     _check_finite(params, q=q, k=k, v=v, dout=dout)
     bufs = _buffers(q=q, k=k, v=v, out=out, lse=lse, mask=mask, alibi=alibi, cu_q=cu_q, cu_k=cu_k,
-                    dout=dout, dq=dq, dk=dk, dv=dv)
+                    dout=dout, dq=dq, dk=dk, dv=dv, **extra)
     _run(_plan(True, params, bufs), bufs, q.device)
 
 

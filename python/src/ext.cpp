@@ -377,6 +377,7 @@ NB_MODULE(_C, m) {
                      return nb::bytes(b.args.data(), b.args.size());
                    })
       .def_ro("scratch_elements", &fsdpa::metal::BridgePlan::scratch_elements)
+      .def_ro("sparse_state_elements", &fsdpa::metal::BridgePlan::sparse_state_elements)
       .def_ro("reason", &fsdpa::metal::BridgePlan::reason);
   m.def(
       "metal_plan",

@@ -51,6 +51,15 @@ BridgePlan plan_for_tensors(bool backward, const fsdpa_params& params, const std
   p.alibi_slopes = ptr[FSDPA_BUF_ALIBI];
   p.cu_seqlens_q = ptr[FSDPA_BUF_CU_Q];
   p.cu_seqlens_k = ptr[FSDPA_BUF_CU_K];
+  p.seqused_k = ptr[FSDPA_BUF_SEQUSED_K];
+  p.cache_batch_idx = ptr[FSDPA_BUF_CACHE_BATCH_IDX];
+  p.cache_leftpad = ptr[FSDPA_BUF_CACHE_LEFTPAD];
+  p.block_table = ptr[FSDPA_BUF_BLOCK_TABLE];
+  p.kv_num_blocks = ptr[FSDPA_BUF_KV_NUM];
+  p.kv_indices = ptr[FSDPA_BUF_KV_IDX];
+  p.full_kv_num_blocks = ptr[FSDPA_BUF_FULL_NUM];
+  p.full_kv_indices = ptr[FSDPA_BUF_FULL_IDX];
+  p.kv_block_mask = ptr[FSDPA_BUF_SPARSE_MASK];
   CallTensors ct;
   ct.q = ptr[FSDPA_BUF_Q], ct.k = ptr[FSDPA_BUF_K], ct.v = ptr[FSDPA_BUF_V];
   ct.out = ptr[FSDPA_BUF_OUT], ct.lse = ptr[FSDPA_BUF_LSE];
@@ -70,6 +79,7 @@ BridgePlan plan_for_tensors(bool backward, const fsdpa_params& params, const std
   }
   out.args.assign(reinterpret_cast<const char*>(&plan.args), sizeof(plan.args));
   out.scratch_elements = plan.scratch_elements;
+  out.sparse_state_elements = plan.sparse_state_elements;
   out.reason = plan.reason;
   return out;
 }

@@ -33,12 +33,16 @@ struct BridgePlan {
   // float32 scratch to allocate and bind at FSDPA_BUF_SCRATCH when > 0
   // (backward: Delta; split-KV decode forward: the partials).
   int64_t scratch_elements = 0;
+  // int32 scratch to allocate and bind at FSDPA_BUF_SPARSE_STATE when > 0
+  // (block-sparse calls: the expanded lists, written by the first dispatch).
+  int64_t sparse_state_elements = 0;
   std::string reason;  // the planner's reason for these kernels (stats / debugging)
 };
 
 // tensors[i] describes the tensor bound at buffer index i (FSDPA_BUF_Q ..
-// FSDPA_BUF_DV, see kernels/fsdpa_metal_args.h); absent ones have
-// present = false. family: 7 (M1), 8 (M2), 9 (M3/M4). Throws
+// FSDPA_BUF_SPARSE_MASK, see kernels/fsdpa_metal_args.h; the KV-cache
+// vectors and block-sparse lists at theirs; the scratch indices are the
+// caller's to allocate from the plan); absent ones have present = false. family: 7 (M1), 8 (M2), 9 (M3/M4). Throws
 // std::invalid_argument with the validation message on bad input.
 BridgePlan plan_for_tensors(bool backward, const fsdpa_params& params, const std::vector<TensorDesc>& tensors,
                             int family);

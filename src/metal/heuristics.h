@@ -40,6 +40,7 @@ constexpr int kMinTraversal = 8;
 constexpr int kPreprocessRows = 4;  // rows (simdgroups) per threadgroup of the Delta pass
 constexpr int kMergeRows = 4;       // rows (simdgroups) per threadgroup of the decode merge pass
 constexpr int kSplitSimdgroups = 4; // (row, split) work items per threadgroup of the decode split pass
+constexpr int kSparseExpandThreads = 64;  // list rows (one per thread) per threadgroup of the block-sparse expansion
 
 // Split-KV decode (few query rows, many keys): one pass splits the keys of
 // every (batch, kv head) over threadgroups writing partial (out, lse) in

@@ -35,6 +35,7 @@
 
 #include "core/backend.h"
 #include "core/error.h"
+#include "core/validate.h"
 #include "metal/finite.h"
 #include "metal/plan.h"
 
@@ -145,8 +146,9 @@ id<MTLBuffer> as_buffer(const void* p) { return (__bridge id<MTLBuffer>)const_ca
 fsdpa_status run_plan(const Plan& plan, Bindings& b, void* stream) {
   MetalState& s = state();
   std::string err;
-  id<MTLComputePipelineState> psos[4] = {nil, nil, nil, nil};
-  if (plan.dispatches.size() > 4) return set_error(FSDPA_ERROR_INTERNAL, "metal: too many dispatches");
+  constexpr size_t kMaxDispatches = 6;
+  id<MTLComputePipelineState> psos[kMaxDispatches] = {};
+  if (plan.dispatches.size() > kMaxDispatches) return set_error(FSDPA_ERROR_INTERNAL, "metal: too many dispatches");
   if (plan.dispatches.empty()) return FSDPA_OK;
   for (size_t i = 0; i < plan.dispatches.size(); ++i) {
     fsdpa_status code = FSDPA_OK;
@@ -210,14 +212,51 @@ void bind_common(const AttnParams& p, Bindings& b) {
   b.buf[FSDPA_BUF_ALIBI] = p.alibi ? as_buffer(p.alibi) : nil;
   b.buf[FSDPA_BUF_CU_Q] = p.cu_seqlens_q ? as_buffer(p.cu_seqlens_q) : nil;
   b.buf[FSDPA_BUF_CU_K] = p.cu_seqlens_k ? as_buffer(p.cu_seqlens_k) : nil;
+  b.buf[FSDPA_BUF_SEQUSED_K] = p.seqused_k ? as_buffer(p.seqused_k) : nil;
+  b.buf[FSDPA_BUF_CACHE_BATCH_IDX] = p.cache_batch_idx ? as_buffer(p.cache_batch_idx) : nil;
+  b.buf[FSDPA_BUF_CACHE_LEFTPAD] = p.cache_leftpad ? as_buffer(p.cache_leftpad) : nil;
+  b.buf[FSDPA_BUF_BLOCK_TABLE] = p.block_table ? as_buffer(p.block_table) : nil;
+  b.buf[FSDPA_BUF_KV_NUM] = p.kv_num ? as_buffer(p.kv_num) : nil;
+  b.buf[FSDPA_BUF_KV_IDX] = p.kv_idx ? as_buffer(p.kv_idx) : nil;
+  b.buf[FSDPA_BUF_FULL_NUM] = p.full_num ? as_buffer(p.full_num) : nil;
+  b.buf[FSDPA_BUF_FULL_IDX] = p.full_idx ? as_buffer(p.full_idx) : nil;
+  b.buf[FSDPA_BUF_SPARSE_MASK] = p.sparse_mask ? as_buffer(p.sparse_mask) : nil;
 }
 
-// The plan's float32 scratch (backward: Delta; split-KV decode: partials).
+// The KV-cache values are the caller's contract on GPUs (flashsdpa.h);
+// with check_finite = 1 (which synchronises and reads the inputs anyway)
+// they are checked as the CPU checks them when the CPU can read them
+// (shared storage), so a bad page index is an error naming the argument
+// instead of a read of another page.
+fsdpa_status check_kv_cache(const AttnParams& p, const Bindings& b) {
+  if (!p.check_finite || !uses_kv_cache(p)) return FSDPA_OK;
+  AttnParams h = p;
+  const int idx[] = {FSDPA_BUF_SEQUSED_K, FSDPA_BUF_CACHE_BATCH_IDX, FSDPA_BUF_CACHE_LEFTPAD, FSDPA_BUF_BLOCK_TABLE,
+                     FSDPA_BUF_CU_K};
+  const int32_t** field[] = {&h.seqused_k, &h.cache_batch_idx, &h.cache_leftpad, &h.block_table, &h.cu_seqlens_k};
+  for (int i = 0; i < 5; ++i) {
+    if (*field[i] == nullptr) continue;
+    id<MTLBuffer> buf = b.buf[idx[i]];
+    if (buf == nil || buf.storageMode != MTLStorageModeShared) return FSDPA_OK;  // not CPU-readable: trusted
+    *field[i] = static_cast<const int32_t*>(buf.contents);
+  }
+  return check_kv_cache_values(h);
+}
+
+// The plan's float32 scratch (backward: Delta; split-KV decode: partials)
+// and int32 scratch (block-sparse: the expanded lists).
 fsdpa_status bind_scratch(const Plan& plan, Bindings& b) {
-  if (plan.scratch_elements <= 0) return FSDPA_OK;
-  const NSUInteger bytes = NSUInteger(plan.scratch_elements) * sizeof(float);
-  b.buf[FSDPA_BUF_SCRATCH] = [state().device newBufferWithLength:bytes options:MTLResourceStorageModePrivate];
-  if (b.buf[FSDPA_BUF_SCRATCH] == nil) return set_error(FSDPA_ERROR_OUT_OF_MEMORY, "metal: float32 scratch");
+  if (plan.scratch_elements > 0) {
+    const NSUInteger bytes = NSUInteger(plan.scratch_elements) * sizeof(float);
+    b.buf[FSDPA_BUF_SCRATCH] = [state().device newBufferWithLength:bytes options:MTLResourceStorageModePrivate];
+    if (b.buf[FSDPA_BUF_SCRATCH] == nil) return set_error(FSDPA_ERROR_OUT_OF_MEMORY, "metal: float32 scratch");
+  }
+  if (plan.sparse_state_elements > 0) {
+    const NSUInteger bytes = NSUInteger(plan.sparse_state_elements) * sizeof(int32_t);
+    b.buf[FSDPA_BUF_SPARSE_STATE] = [state().device newBufferWithLength:bytes options:MTLResourceStorageModePrivate];
+    if (b.buf[FSDPA_BUF_SPARSE_STATE] == nil)
+      return set_error(FSDPA_ERROR_OUT_OF_MEMORY, "metal: int32 scratch of the block-sparse lists");
+  }
   return FSDPA_OK;
 }
 
@@ -232,6 +271,7 @@ fsdpa_status forward(const AttnParams& p, void* stream) {
     Bindings b;
     bind_common(p, b);
     if (const fsdpa_status st = check_inputs(p, b, stream, false); st != FSDPA_OK) return st;
+    if (const fsdpa_status st = check_kv_cache(p, b); st != FSDPA_OK) return st;
     if (const fsdpa_status st = bind_scratch(plan, b); st != FSDPA_OK) return st;
     return run_plan(plan, b, stream);
   }
@@ -262,5 +302,5 @@ fsdpa_status backward(const AttnParams& p, void* stream) {
 
 namespace fsdpa {
 extern const Backend kMetalBackend = {"metal", kDLMetal, &metal::metal_available, &metal::forward,
-                                      &metal::backward, nullptr};
+                                      &metal::backward, nullptr, nullptr, /*block_sparse=*/true};
 }  // namespace fsdpa

@@ -14,7 +14,8 @@ namespace fsdpa::metal {
 
 static_assert(sizeof(FsdpaMetalArgs) % 8 == 0, "FsdpaMetalArgs must stay 8-byte aligned in size");
 static_assert(offsetof(FsdpaMetalArgs, alibi_stride_b) == 11 * 4 * 8, "11 stride arrays precede alibi_stride_b");
-static_assert(offsetof(FsdpaMetalArgs, batch) == 11 * 4 * 8 + 3 * 8, "64-bit fields precede the 32-bit ones");
+static_assert(offsetof(FsdpaMetalArgs, batch) == 11 * 4 * 8 + 4 * 8 + 4 * 4 * 8 + 6 * 8,
+              "64-bit fields precede the 32-bit ones");
 
 namespace {
 
@@ -42,6 +43,7 @@ size_t tg_bytes(Pass pass, const KernelKey& k, Tile t) {
     case Pass::backward_preprocess:
     case Pass::decode_split:
     case Pass::decode_merge:
+    case Pass::sparse_expand:
       return 0;
   }
   return 0;
@@ -77,10 +79,6 @@ uint32_t ceil_div(int64_t a, int64_t b) { return static_cast<uint32_t>(std::max<
 }  // namespace
 
 KernelKey make_key(const AttnParams& p, GpuFamily family) {
-  if (uses_kv_cache(p))
-    throw std::runtime_error(
-        "block_table / seqused_k / cache_batch_idx / cache_leftpad: the KV-cache parameters are "
-        "not supported on metal yet");
   if (p.dtype != DType::f32 && p.dtype != DType::f16 && p.dtype != DType::bf16)
     throw std::invalid_argument("metal: dtype must be float32, float16 or bfloat16");
   if (p.head_dim > 256 || p.head_dim_v > 256) throw std::invalid_argument("metal: head dims above 256");
@@ -97,6 +95,8 @@ KernelKey make_key(const AttnParams& p, GpuFamily family) {
   k.softcap = p.softcap > 0.0f;
   k.dropout = p.dropout_p > 0.0f;
   k.varlen = p.cu_seqlens_q != nullptr;
+  k.kv_cache = uses_kv_cache(p);
+  k.sparse = p.sparse != 0;
   return k;
 }
 
@@ -118,6 +118,7 @@ const char* kernel_name(Pass pass) {
     case Pass::backward_preprocess: return "fsdpa_backward_preprocess";
     case Pass::decode_split: return "fsdpa_decode_split";
     case Pass::decode_merge: return "fsdpa_decode_merge";
+    case Pass::sparse_expand: return "fsdpa_sparse_expand";
   }
   return "";
 }
@@ -130,6 +131,7 @@ const char* threads_define(Pass pass) {
     case Pass::backward_preprocess: return "FSDPA_THREADS_BACKWARD_PREPROCESS";
     case Pass::decode_split: return "FSDPA_THREADS_DECODE_SPLIT";
     case Pass::decode_merge: return "FSDPA_THREADS_DECODE_MERGE";
+    case Pass::sparse_expand: return "FSDPA_THREADS_SPARSE_EXPAND";
   }
   return "";
 }
@@ -141,6 +143,8 @@ std::string key_name(const KernelKey& k) {
     << static_cast<int>(k.mask);
   if (k.mask == MaskKind::additive) s << dt[dtype_code(k.mask_dtype)];
   s << "_b" << k.band << "a" << k.alibi << "s" << k.softcap << "p" << k.dropout << "v" << k.varlen;
+  if (k.kv_cache) s << "_kv";
+  if (k.sparse) s << "_bs";
   return s.str();
 }
 
@@ -158,6 +162,8 @@ std::vector<std::pair<std::string, std::string>> kernel_defines(const KernelConf
       {"FSDPA_SOFTCAP", n(k.softcap)},
       {"FSDPA_DROPOUT", n(k.dropout)},
       {"FSDPA_VARLEN", n(k.varlen)},
+      {"FSDPA_KVCACHE", n(k.kv_cache)},
+      {"FSDPA_SPARSE", n(k.sparse)},
       {"FSDPA_FWD_BQ", n(c.fwd.parallel)},
       {"FSDPA_FWD_BK", n(c.fwd.traversal)},
       {"FSDPA_DQ_BQ", n(c.dq.parallel)},
@@ -180,7 +186,8 @@ size_t threadgroup_bytes(Pass pass, const KernelConfig& c) {
     case Pass::backward_dkdv: return tg_bytes(pass, c.key, c.dkv);
     case Pass::backward_preprocess:
     case Pass::decode_split:
-    case Pass::decode_merge: return 0;
+    case Pass::decode_merge:
+    case Pass::sparse_expand: return 0;
   }
   return 0;
 }
@@ -193,6 +200,7 @@ uint32_t threads_per_threadgroup(Pass pass, const KernelConfig& c) {
     case Pass::backward_preprocess: return static_cast<uint32_t>(c.pre_rows * 32);
     case Pass::decode_split: return static_cast<uint32_t>(kSplitSimdgroups * 32);
     case Pass::decode_merge: return static_cast<uint32_t>(kMergeRows * 32);
+    case Pass::sparse_expand: return static_cast<uint32_t>(kSparseExpandThreads);
   }
   return 0;
 }
@@ -239,10 +247,38 @@ FsdpaMetalArgs make_args(const AttnParams& p) {
   a.dropout_scale = p.dropout_p > 0 ? 1.0f / (1.0f - p.dropout_p) : 1.0f;
   a.num_splits = 0;
   a.keys_per_split = 0;
+  // KV cache (core/attn_params.h): the optional vectors, the page table.
+  a.kv_flags = (p.seqused_k ? FSDPA_KV_SEQUSED : 0) | (p.cache_batch_idx ? FSDPA_KV_BATCH_IDX : 0) |
+               (p.cache_leftpad ? FSDPA_KV_LEFTPAD : 0);
+  a.page_size = p.block_table ? static_cast<int32_t>(p.page_size) : 0;
+  a.block_table_stride = p.block_table ? p.block_table_stride : 0;
+  // Block-sparse lists (strides already 0 on broadcast dims).
+  if (p.sparse) {
+    for (int d = 0; d < 3; ++d) a.kv_num_stride[d] = p.kv_num ? p.kv_num_stride[d] : 0;
+    for (int d = 0; d < 3; ++d) a.full_num_stride[d] = p.full_num ? p.full_num_stride[d] : 0;
+    for (int d = 0; d < 4; ++d) a.kv_idx_stride[d] = p.kv_idx ? p.kv_idx_stride[d] : 0;
+    for (int d = 0; d < 4; ++d) a.full_idx_stride[d] = p.full_idx ? p.full_idx_stride[d] : 0;
+    for (int d = 0; d < 6; ++d) a.sparse_mask_stride[d] = p.sparse_mask ? p.sparse_mask_stride[d] : 0;
+    a.sparse_block_q = static_cast<int32_t>(p.sparse_block_q);
+    a.sparse_block_k = static_cast<int32_t>(p.sparse_block_k);
+    a.sparse_batches = static_cast<int32_t>(p.sparse_batches);
+    a.sparse_heads = static_cast<int32_t>(p.sparse_heads);
+    a.sparse_q_blocks = static_cast<int32_t>((p.seqlen_q + p.sparse_block_q - 1) / p.sparse_block_q);
+    a.sparse_k_blocks = static_cast<int32_t>(p.sparse_k_blocks);
+    a.sparse_lists = (p.kv_num ? 1 : 0) | (p.full_num ? 2 : 0) | (p.sparse_mask ? 4 : 0);
+  }
   return a;
 }
 
 namespace {
+// Rows of the expanded block-sparse state ([sparse_batches][sparse_heads]
+// [query blocks][key blocks] int32, fsdpa_sparse_expand).
+int64_t sparse_rows(const AttnParams& p) {
+  return p.sparse_batches * p.sparse_heads * ((p.seqlen_q + p.sparse_block_q - 1) / p.sparse_block_q);
+}
+// The expansion pass and its scratch, ahead of the passes that read it.
+void add_sparse_expand(Plan& plan, const AttnParams& p);
+
 Dispatch make_dispatch(Pass pass, const KernelConfig& c, const AttnParams& p, int32_t splits = 0) {
   const uint32_t tail = p.cu_seqlens_q != nullptr ? 1u : 0u;  // varlen: tokens after the last sequence
   Dispatch d{};
@@ -270,11 +306,20 @@ Dispatch make_dispatch(Pass pass, const KernelConfig& c, const AttnParams& p, in
     case Pass::decode_merge:
       d.grid[0] = ceil_div(p.seqlen_q, kMergeRows), d.grid[1] = uint32_t(p.heads_q), d.grid[2] = nb;
       break;
+    case Pass::sparse_expand:  // one thread per (list batch, list head, query block)
+      d.grid[0] = ceil_div(sparse_rows(p), kSparseExpandThreads), d.grid[1] = d.grid[2] = 1;
+      if (sparse_rows(p) == 0) d.grid[0] = 0;
+      break;
   }
   d.threads[0] = threads_per_threadgroup(pass, c);
   d.threads[1] = d.threads[2] = 1;
   d.threadgroup_memory = threadgroup_bytes(pass, c);
   return d;
+}
+void add_sparse_expand(Plan& plan, const AttnParams& p) {
+  if (!p.sparse) return;
+  plan.sparse_state_elements = sparse_rows(p) * p.sparse_k_blocks;
+  plan.dispatches.push_back(make_dispatch(Pass::sparse_expand, plan.config, p));
 }
 // A dispatch of zero threadgroups (batch 0) is invalid in Metal: leave it out.
 void drop_empty(Plan& plan) {
@@ -317,6 +362,7 @@ Plan plan_forward_with(const AttnParams& p, GpuFamily family, const DecodeSplit&
   plan.config = kernel_config(make_key(p, family));
   plan.args = make_args(p);
   plan.reason = split.reason;
+  add_sparse_expand(plan, p);
   if (split.splits > 0) {
     if (p.cu_seqlens_q != nullptr || split.keys_per_split <= 0 ||
         int64_t(split.splits) * split.keys_per_split < p.seqlen_k)
@@ -335,12 +381,17 @@ Plan plan_forward_with(const AttnParams& p, GpuFamily family, const DecodeSplit&
 }
 
 Plan plan_backward(const AttnParams& p, GpuFamily family) {
+  if (uses_kv_cache(p))
+    throw std::invalid_argument(
+        "block_table / seqused_k / cache_batch_idx / cache_leftpad: the KV-cache parameters are "
+        "for the forward only");
   Plan plan;
   plan.config = kernel_config(make_key(p, family));
   plan.args = make_args(p);
   plan.args.has_lse = 1;
   plan.reason = "backward";
   plan.scratch_elements = p.cu_seqlens_q != nullptr ? p.heads_q * p.total_q : p.batch * p.heads_q * p.seqlen_q;
+  add_sparse_expand(plan, p);
   plan.dispatches.push_back(make_dispatch(Pass::backward_preprocess, plan.config, p));
   plan.dispatches.push_back(make_dispatch(Pass::backward_dq, plan.config, p));
   plan.dispatches.push_back(make_dispatch(Pass::backward_dkdv, plan.config, p));

@@ -30,10 +30,12 @@ enum class Pass : int32_t {
   backward_preprocess = 3,
   decode_split = 4,  // split-KV decode: partial (out, lse) per key split into the scratch
   decode_merge = 5,  // split-KV decode: log-sum-exp merge of the partials into out, lse
+  sparse_expand = 6, // block-sparse: the lists expanded to one state per (query block, key block)
 };
 inline constexpr Pass kAllPasses[] = {Pass::forward,       Pass::backward_dq,
                                       Pass::backward_dkdv, Pass::backward_preprocess,
-                                      Pass::decode_split,  Pass::decode_merge};
+                                      Pass::decode_split,  Pass::decode_merge,
+                                      Pass::sparse_expand};
 
 struct Tile {
   int32_t parallel = 0;   // rows per threadgroup (query rows; key rows for dK/dV)
@@ -49,6 +51,8 @@ struct KernelKey {
   MaskKind mask = MaskKind::none;
   DType mask_dtype = DType::f32;  // additive masks only
   bool band = false, alibi = false, softcap = false, dropout = false, varlen = false;
+  bool kv_cache = false;  // seqused_k / cache_batch_idx / cache_leftpad / block_table (forward)
+  bool sparse = false;    // block-sparse lists
   bool operator==(const KernelKey&) const = default;
 };
 
@@ -62,7 +66,8 @@ struct KernelConfig {
 KernelKey make_key(const AttnParams& p, GpuFamily family);
 // Tiles for a key (heuristics table, fitted to threadgroup memory).
 KernelConfig kernel_config(const KernelKey& key);
-// Stable, file-name-safe name of the key, e.g. "a7_f16_d64_v64_m0_b1a0s0p0v0".
+// Stable, file-name-safe name of the key, e.g. "a7_f16_d64_v64_m0_b1a0s0p0v0"
+// (then "_kv" with the KV cache, "_bs" with the block-sparse lists).
 std::string key_name(const KernelKey& key);
 // The specialisation as (NAME, VALUE) preprocessor defines.
 std::vector<std::pair<std::string, std::string>> kernel_defines(const KernelConfig& c);
@@ -106,12 +111,16 @@ struct Plan {
   // float32 scratch the host allocates and binds at FSDPA_BUF_SCRATCH
   // (uninitialised is fine): backward: Delta; split decode: the partials.
   int64_t scratch_elements = 0;
+  // int32 scratch bound at FSDPA_BUF_SPARSE_STATE (block-sparse: the
+  // expanded lists, written by the plan's first pass).
+  int64_t sparse_state_elements = 0;
   std::string reason;  // why these kernels (split decode or not)
 };
 
 Plan plan_forward(const AttnParams& p, GpuFamily family);  // choose_decode_split(p) decides
 // The forward with a given split choice (tests force splits on small shapes).
 Plan plan_forward_with(const AttnParams& p, GpuFamily family, const DecodeSplit& split);
+// Throws for a KV-cache call (the KV-cache parameters are forward only).
 Plan plan_backward(const AttnParams& p, GpuFamily family);
 
 // The argument block of a validated call (strides, sizes, semantics).

@@ -662,6 +662,42 @@ void add_metal_grid(std::vector<Case>& g) {
   }
 }
 
+// Block-sparse lists on the Metal kernels, forward and gradients: every
+// pattern kind, block sizes below, across and above the kernels' tiles (not
+// dividing the sequence lengths), broadcast and per-(batch, head) lists,
+// GQA, every dtype, and the other features on top; decode rows through the
+// split kernels. Reduced grid: float32 only.
+void add_metal_block_sparse_cases(std::vector<Case>& g) {
+  auto add = [&](const char* name, DType dt, Sparse kind, int64_t bq, int64_t bk, Set set) {
+    Case c = of({"sparse_s75x93_d40_gqa", 2, 4, 2, 75, 93, 40, 40}, dt, kMetal,
+                dt == DType::f32 ? unsigned(kMetal) : 0u);
+    c.name = std::string("sparse_s75x93_d40_gqa_") + name;
+    c.sparse = kind, c.sparse_bq = bq, c.sparse_bk = bk;
+    set(c);
+    g.push_back(c);
+  };
+  const DType f32 = DType::f32;
+  for (DType dt : kDtypes)
+    add("random_b16x16_perh", dt, Sparse::random, 16, 16, [](Case& c) { c.sparse_per_head = true; });
+  add("empty_rows_b8x24_perb", f32, Sparse::empty_rows, 8, 24, [](Case& c) { c.sparse_per_batch = true; });
+  add("all_full_b32x32", f32, Sparse::all_full, 32, 32, none);
+  add("all_partial_b7x13_perh", f32, Sparse::all_partial, 7, 13, [](Case& c) { c.sparse_per_head = true; });
+  add("partial_as_full_b64x48", f32, Sparse::partial_as_full, 64, 48, none);
+  add("full_only_b20x40_extra2", f32, Sparse::full_only, 20, 40, [](Case& c) { c.sparse_extra_q_blocks = 2; });
+  add("random_b100x37_causal_br", f32, Sparse::random, 100, 37, [](Case& c) {
+    c.sparse_per_batch = c.sparse_per_head = true, c.causal = true, c.align = BR;
+  });
+  for (DType dt : {DType::f32, DType::bf16})
+    add("random_b24x16_combo", dt, Sparse::random, 24, 16, [](Case& c) {
+      c.sparse_per_head = true, c.wl = 30, c.wr = 5, c.align = BR, c.alibi = true, c.softcap = 5.0f, c.scale = 0.3f;
+    });
+  add("empty_rows_b16x64_bool_mask", f32, Sparse::empty_rows, 16, 64, [](Case& c) { c.mask = Mask::boolean; });
+  add("random_b32x16_dropout_causal", f32, Sparse::random, 32, 16, [](Case& c) { c.dropout = 0.2f, c.causal = true; });
+  add("random_b1x5_decode_split", f32, Sparse::random, 1, 5, [](Case& c) {
+    c.Sq = 3, c.Sk = 700, c.sparse_per_head = true, c.backward = false, c.metal_expect_split = true;
+  });
+}
+
 std::vector<Case> build() {
   std::vector<Case> g;
   add_shared_grid(g);
@@ -677,6 +713,7 @@ std::vector<Case> build() {
   add_cuda_block_sparse_cases(g);
   add_kv_cache_cases(g);
   add_metal_grid(g);
+  add_metal_block_sparse_cases(g);
   return g;
 }
 

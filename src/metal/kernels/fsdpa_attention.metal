@@ -11,6 +11,10 @@
 //   FSDPA_MASK         0 none, 1 boolean (uint8), 2 additive
 //   FSDPA_MASK_DTYPE   additive mask dtype (same codes as FSDPA_DTYPE)
 //   FSDPA_BAND FSDPA_ALIBI FSDPA_SOFTCAP FSDPA_DROPOUT FSDPA_VARLEN   0/1
+//   FSDPA_KVCACHE      0/1: keys through the KV-cache parameters (forward
+//                      kernels only): seqused_k, cache_batch_idx,
+//                      cache_leftpad, and pages of any size read in place
+//   FSDPA_SPARSE       0/1: the block-sparse lists restrict the keys
 //   FSDPA_FWD_BQ/BK FSDPA_DQ_BQ/BK FSDPA_DKV_BQ/BK  tile rows (queries / keys), multiples of 8
 //   FSDPA_PRE_ROWS     rows (= simdgroups) per threadgroup of the Delta pass
 //   FSDPA_THREADS_<K>  threads per threadgroup the host dispatches kernel fsdpa_<k> with,
@@ -19,7 +23,8 @@
 // Kernels: fsdpa_forward; split-KV decode fsdpa_decode_split +
 // fsdpa_decode_merge (few query rows, long keys: partial (out, lse) per key
 // split in a float32 scratch, merged by log-sum-exp); the backward
-// fsdpa_backward_preprocess, fsdpa_backward_dq, fsdpa_backward_dkdv.
+// fsdpa_backward_preprocess, fsdpa_backward_dq, fsdpa_backward_dkdv; and
+// fsdpa_sparse_expand, which runs first in a block-sparse call.
 //
 // Structure: each simdgroup owns 8 rows of its threadgroup's tile (query
 // rows in the forward and dQ kernels, key rows in the dK/dV kernel). Tiles
@@ -41,6 +46,9 @@ using namespace metal;
 
 #if !defined(FSDPA_DTYPE) || !defined(FSDPA_DP) || !defined(FSDPA_DVP) || !defined(FSDPA_THREADS_FORWARD)
 #error "flashsdpa Metal kernels need the planner's defines (FSDPA_DTYPE, FSDPA_DP, FSDPA_DVP, ...)"
+#endif
+#if !defined(FSDPA_KVCACHE) || !defined(FSDPA_SPARSE) || !defined(FSDPA_THREADS_SPARSE_EXPAND)
+#error "flashsdpa Metal kernels need the planner's defines FSDPA_KVCACHE, FSDPA_SPARSE, FSDPA_THREADS_SPARSE_EXPAND"
 #endif
 
 // ---------------------------------------------------------------- types
@@ -226,6 +234,83 @@ inline Seq seq_of(constant FsdpaMetalArgs& a, device const int* cu_q, device con
   return s;
 }
 
+// ---------------------------------------------------------------- KV cache
+// (forward only; core/host_view.h seq_extent and kv_offset restated.)
+// Sequence b uses the first seqused_k[b] cache positions (else its varlen
+// keys or the cache length), from cache position cache_leftpad[b] on: key j
+// is cache position k_begin + j and sk shrinks by the left padding. A
+// paged sequence starts at position 0 of its own block_table row.
+inline Seq kv_cache_seq(constant FsdpaMetalArgs& a, device const int* used, device const int* leftpad, Seq s,
+                        uint b) {
+#if FSDPA_KVCACHE
+  if (s.tail) return s;  // tokens after the last varlen sequence: no cache row
+  if (a.page_size > 0) s.k_begin = 0;
+  if ((a.kv_flags & FSDPA_KV_SEQUSED) != 0) s.sk = used[b];
+  if ((a.kv_flags & FSDPA_KV_LEFTPAD) != 0) {
+    s.k_begin += leftpad[b];
+    s.sk -= leftpad[b];
+  }
+#endif
+  return s;
+}
+
+// Where the rows (keys) of one (sequence, kv head) of K or V live: key j at
+// base + j * srow, or, paged, at row (k_begin + j) % page_size of page
+// table[(k_begin + j) / page_size].
+struct KvRows {
+  long base;
+  long srow;
+#if FSDPA_KVCACHE
+  long spage;
+  int page_size;  // 0: not paged
+  int k_begin;
+  device const int* table;  // the sequence's block_table row
+#endif
+};
+
+inline KvRows kv_rows(constant FsdpaMetalArgs& a, constant FSDPA_I64* st, device const int* batch_idx,
+                      device const int* table, Seq s, uint b, uint hk) {
+  KvRows r;
+  r.srow = st[2];
+  long row = long(b);
+#if FSDPA_KVCACHE
+  if ((a.kv_flags & FSDPA_KV_BATCH_IDX) != 0 && !s.tail) row = long(batch_idx[b]);
+  r.spage = st[0];
+  r.page_size = a.page_size;
+  r.k_begin = s.k_begin;
+  r.table = table;
+  if (a.page_size > 0) {
+    r.table = table + row * a.block_table_stride;
+    r.base = long(hk) * st[1];
+    return r;
+  }
+#endif
+  r.base = row * st[0] + long(hk) * st[1] + long(s.k_begin) * st[2];
+  return r;
+}
+
+inline long kv_row(KvRows r, int j) {
+#if FSDPA_KVCACHE
+  if (r.page_size > 0) {
+    const int t = r.k_begin + j;
+    return r.base + long(r.table[t / r.page_size]) * r.spage + long(t % r.page_size) * r.srow;
+  }
+#endif
+  return r.base + long(j) * r.srow;
+}
+
+// stage_tile for K or V rows [j0, j0 + R) of one (sequence, kv head)
+// (rows at nrows and beyond are zero: never a page lookup past the keys).
+inline void stage_kv_tile(FSDPA_TG_PTR(tg_t) dst, uint R, uint DPAD, device const io_t* src, KvRows kr, int j0,
+                          long sdim, int nrows, int dim, uint tid, uint nthreads) {
+  for (uint idx = tid; idx < R * DPAD; idx += nthreads) {
+    const uint r = idx / DPAD, d = idx % DPAD;
+    tg_t x = tg_t(0);
+    if (int(r) < nrows && int(d) < dim) x = src[kv_row(kr, j0 + int(r)) + long(d) * sdim];
+    dst[idx] = x;
+  }
+}
+
 inline long diag_off(constant FsdpaMetalArgs& a, Seq s) { return a.bottom_right ? long(s.sk - s.sq) : 0L; }
 
 // Keys visible to rows [r0, r1]: [x, y] (empty if x > y). Rows' bands grow
@@ -272,10 +357,22 @@ struct HeadCtx {
   long off;       // diagonal offset
   float slope;    // ALiBi
   uint row_base;  // dropout row id of row 0: (b * Hq + h) * seqlen_q
+#if FSDPA_SPARSE
+  device const int* sp_state;   // expanded lists of (b, h): [query block][key block]
+  device const uchar* sp_mask;  // element mask of partial blocks
+  long sp_mask_base;            // offset of (b, h) in sp_mask
+#endif
 };
 
-inline HeadCtx head_ctx(constant FsdpaMetalArgs& a, device const float* alibi, Seq s, uint b, uint h) {
+inline HeadCtx head_ctx(constant FsdpaMetalArgs& a, device const float* alibi, device const int* sp_state,
+                        device const uchar* sp_mask, Seq s, uint b, uint h) {
   HeadCtx c;
+#if FSDPA_SPARSE
+  const long bm = a.sparse_batches == 1 ? 0L : long(b), hm = a.sparse_heads == 1 ? 0L : long(h);
+  c.sp_state = sp_state + (bm * a.sparse_heads + hm) * long(a.sparse_q_blocks) * a.sparse_k_blocks;
+  c.sp_mask = sp_mask;
+  c.sp_mask_base = bm * a.sparse_mask_stride[0] + hm * a.sparse_mask_stride[1];
+#endif
   c.s = s;
   c.b = b;
   c.h = h;
@@ -288,6 +385,42 @@ inline HeadCtx head_ctx(constant FsdpaMetalArgs& a, device const float* alibi, S
   return c;
 }
 
+// ---------------------------------------------------------------- block-sparse
+// (core/block_sparse.h restated.) The fsdpa_sparse_expand pass has written
+// the state of every (query block, key block) of every (list batch, list
+// head): FSDPA_SPARSE_ABSENT, FSDPA_SPARSE_FULL or the partial slot, so
+// both directions -- key blocks of a query block (forward, dQ) and query
+// blocks of a key block (dK/dV, the transposed lists) -- are O(1) lookups.
+#if FSDPA_SPARSE
+inline int sparse_state(constant FsdpaMetalArgs& a, HeadCtx c, int qb, int kb) {
+  return c.sp_state[long(qb) * a.sparse_k_blocks + kb];
+}
+
+inline bool sparse_visible(constant FsdpaMetalArgs& a, HeadCtx c, int i, int j) {
+  const int qb = i / a.sparse_block_q;
+  const int st = sparse_state(a, c, qb, j / a.sparse_block_k);
+  if (st == FSDPA_SPARSE_ABSENT) return false;
+  if (st == FSDPA_SPARSE_FULL || (a.sparse_lists & 4) == 0) return true;
+  constant FSDPA_I64* ms = a.sparse_mask_stride;
+  return c.sp_mask[c.sp_mask_base + long(qb) * ms[2] + long(st) * ms[3] + long(i % a.sparse_block_q) * ms[4] +
+                   long(j % a.sparse_block_k) * ms[5]] != 0;
+}
+#endif
+
+// Whether any key block of keys [j0, j1] is listed for a query block of
+// rows [i0, i1] (all within the sequence): a tile of rows x keys no list
+// names is masked everywhere and skipped. Uniform over the threadgroup.
+inline bool sparse_tile_listed(constant FsdpaMetalArgs& a, HeadCtx c, int i0, int i1, int j0, int j1) {
+#if FSDPA_SPARSE
+  for (int qb = i0 / a.sparse_block_q; qb <= i1 / a.sparse_block_q; ++qb)
+    for (int kb = j0 / a.sparse_block_k; kb <= j1 / a.sparse_block_k; ++kb)
+      if (sparse_state(a, c, qb, kb) != FSDPA_SPARSE_ABSENT) return true;
+  return false;
+#else
+  return true;
+#endif
+}
+
 // Final score of (row i, key j) from the raw dot product x; -inf when the
 // key is invisible. *t receives tanh(scale * x / softcap) (softcap only).
 inline float score(constant FsdpaMetalArgs& a, device const mask_t* mask, HeadCtx c, int i, int j, float x,
@@ -298,6 +431,9 @@ inline float score(constant FsdpaMetalArgs& a, device const mask_t* mask, HeadCt
   const long d = long(i) + c.off;
   if (a.window_left >= 0 && long(j) < d - a.window_left) return -INFINITY;
   if (a.window_right >= 0 && long(j) > d + a.window_right) return -INFINITY;
+#endif
+#if FSDPA_SPARSE
+  if (!sparse_visible(a, c, i, j)) return -INFINITY;
 #endif
   float v = x * a.scale;
 #if FSDPA_SOFTCAP
@@ -354,6 +490,12 @@ kernel void fsdpa_forward(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
                           device const float* alibi [[buffer(FSDPA_BUF_ALIBI)]],
                           device const int* cu_q [[buffer(FSDPA_BUF_CU_Q)]],
                           device const int* cu_k [[buffer(FSDPA_BUF_CU_K)]],
+                          device const int* kv_used [[buffer(FSDPA_BUF_SEQUSED_K)]],
+                          device const int* kv_batch [[buffer(FSDPA_BUF_CACHE_BATCH_IDX)]],
+                          device const int* kv_leftpad [[buffer(FSDPA_BUF_CACHE_LEFTPAD)]],
+                          device const int* kv_table [[buffer(FSDPA_BUF_BLOCK_TABLE)]],
+                          device const int* sp_state [[buffer(FSDPA_BUF_SPARSE_STATE)]],
+                          device const uchar* sp_mask [[buffer(FSDPA_BUF_SPARSE_MASK)]],
                           uint3 tgp [[threadgroup_position_in_grid]],
                           uint3 ngroups [[threadgroups_per_grid]],
                           ushort tid [[thread_index_in_threadgroup]],
@@ -363,11 +505,11 @@ kernel void fsdpa_forward(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
   FSDPA_THREADGROUP(tg_t, f_kv, F_BK * FSDPA_DKV_MAX);
   const uint b = tgp.z, h = tgp.y;
   const uint hk = h / uint(a.heads_q / a.heads_k);
-  const Seq s = seq_of(a, cu_q, cu_k, b);
-  const HeadCtx c = head_ctx(a, alibi, s, b, h);
+  const Seq s = kv_cache_seq(a, kv_used, kv_leftpad, seq_of(a, cu_q, cu_k, b), b);
+  const HeadCtx c = head_ctx(a, alibi, sp_state, sp_mask, s, b, h);
   const ushort2 rc = lane_rc(lane);
-  const long kbase = long(b) * a.k_stride[0] + long(hk) * a.k_stride[1] + long(s.k_begin) * a.k_stride[2];
-  const long vbase = long(b) * a.v_stride[0] + long(hk) * a.v_stride[1] + long(s.k_begin) * a.v_stride[2];
+  const KvRows krow = kv_rows(a, a.k_stride, kv_batch, kv_table, s, b, hk);
+  const KvRows vrow = kv_rows(a, a.v_stride, kv_batch, kv_table, s, b, hk);
 
   // One q-block per threadgroup; the varlen tail pseudo-sequence (any
   // length) is walked grid-stride.
@@ -385,9 +527,9 @@ kernel void fsdpa_forward(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
     const int2 kr = key_range(a, s, i0, i0 + nrows - 1);
     for (int j0 = kr.x / F_BK * F_BK; j0 <= kr.y; j0 += F_BK) {
       const int nk = min(F_BK, s.sk - j0);
+      if (!sparse_tile_listed(a, c, i0, i0 + nrows - 1, j0, j0 + nk - 1)) continue;
       threadgroup_barrier(mem_flags::mem_threadgroup);
-      stage_tile(f_kv, F_BK, FSDPA_DP, k, kbase + long(j0) * a.k_stride[2], a.k_stride[2], a.k_stride[3], nk,
-                 a.head_dim, tid, F_NT);
+      stage_kv_tile(f_kv, F_BK, FSDPA_DP, k, krow, j0, a.k_stride[3], nk, a.head_dim, tid, F_NT);
       threadgroup_barrier(mem_flags::mem_threadgroup);
 
       // S = Q K^T for this simdgroup's 8 rows
@@ -450,8 +592,7 @@ kernel void fsdpa_forward(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
 
       // O += P V
       threadgroup_barrier(mem_flags::mem_threadgroup);
-      stage_tile(f_kv, F_BK, FSDPA_DVP, v, vbase + long(j0) * a.v_stride[2], a.v_stride[2], a.v_stride[3], nk,
-                 a.head_dim_v, tid, F_NT);
+      stage_kv_tile(f_kv, F_BK, FSDPA_DVP, v, vrow, j0, a.v_stride[3], nk, a.head_dim_v, tid, F_NT);
       threadgroup_barrier(mem_flags::mem_threadgroup);
       for (int t = 0; t < FSDPA_DVP / 8; ++t)
         for (int n = 0; n < F_BK / 8; ++n) {
@@ -516,6 +657,12 @@ kernel void fsdpa_decode_split(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARG
                                device const float* alibi [[buffer(FSDPA_BUF_ALIBI)]],
                                device const int* cu_q [[buffer(FSDPA_BUF_CU_Q)]],
                                device const int* cu_k [[buffer(FSDPA_BUF_CU_K)]],
+                               device const int* kv_used [[buffer(FSDPA_BUF_SEQUSED_K)]],
+                               device const int* kv_batch [[buffer(FSDPA_BUF_CACHE_BATCH_IDX)]],
+                               device const int* kv_leftpad [[buffer(FSDPA_BUF_CACHE_LEFTPAD)]],
+                               device const int* kv_table [[buffer(FSDPA_BUF_BLOCK_TABLE)]],
+                               device const int* sp_state [[buffer(FSDPA_BUF_SPARSE_STATE)]],
+                               device const uchar* sp_mask [[buffer(FSDPA_BUF_SPARSE_MASK)]],
                                device float* part [[buffer(FSDPA_BUF_SCRATCH)]],
                                uint3 tgp [[threadgroup_position_in_grid]],
                                ushort sg [[simdgroup_index_in_threadgroup]],
@@ -530,8 +677,8 @@ kernel void fsdpa_decode_split(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARG
   const int sp = w / rows, r = w % rows;
   const uint h = hk * uint(group) + uint(r / a.seqlen_q);
   const int i = r % a.seqlen_q;
-  const Seq s = seq_of(a, cu_q, cu_k, b);
-  const HeadCtx c = head_ctx(a, alibi, s, b, h);
+  const Seq s = kv_cache_seq(a, kv_used, kv_leftpad, seq_of(a, cu_q, cu_k, b), b);
+  const HeadCtx c = head_ctx(a, alibi, sp_state, sp_mask, s, b, h);
 
   float qr[SPLIT_QPL];
   const long qb = row_offset(a.q_stride, b, h, long(i));
@@ -545,9 +692,10 @@ kernel void fsdpa_decode_split(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARG
 
   const int2 kr = key_range(a, s, i, i);
   const int j_end = min(kr.y + 1, (sp + 1) * a.keys_per_split);
-  const long kb0 = row_offset(a.k_stride, b, hk, 0L), vb0 = row_offset(a.v_stride, b, hk, 0L);
+  const KvRows krow = kv_rows(a, a.k_stride, kv_batch, kv_table, s, b, hk);
+  const KvRows vrow = kv_rows(a, a.v_stride, kv_batch, kv_table, s, b, hk);
   for (int j = max(kr.x, sp * a.keys_per_split); j < j_end; ++j) {
-    const long kb = kb0 + long(j) * a.k_stride[2];
+    const long kb = kv_row(krow, j);
     float x = 0.0f;
     for (int t = 0; t < SPLIT_QPL; ++t) {
       const int d = int(lane) + 32 * t;
@@ -565,7 +713,7 @@ kernel void fsdpa_decode_split(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARG
 #if FSDPA_DROPOUT
     pz *= dropout_factor(a, c, i, j);
 #endif
-    const long vb = vb0 + long(j) * a.v_stride[2];
+    const long vb = kv_row(vrow, j);
     for (int t = 0; t < SPLIT_OPL; ++t) {
       const int d = int(lane) + 32 * t;
       const float vv = d < a.head_dim_v ? ld_io(v, vb + long(d) * a.v_stride[3]) : 0.0f;
@@ -676,6 +824,8 @@ kernel void fsdpa_backward_dq(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS
                               device const io_t* dout [[buffer(FSDPA_BUF_DOUT)]],
                               device const float* delta [[buffer(FSDPA_BUF_SCRATCH)]],
                               device io_t* dq [[buffer(FSDPA_BUF_DQ)]],
+                              device const int* sp_state [[buffer(FSDPA_BUF_SPARSE_STATE)]],
+                              device const uchar* sp_mask [[buffer(FSDPA_BUF_SPARSE_MASK)]],
                               uint3 tgp [[threadgroup_position_in_grid]],
                               uint3 ngroups [[threadgroups_per_grid]],
                               ushort tid [[thread_index_in_threadgroup]],
@@ -687,7 +837,7 @@ kernel void fsdpa_backward_dq(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS
   const uint b = tgp.z, h = tgp.y;
   const uint hk = h / uint(a.heads_q / a.heads_k);
   const Seq s = seq_of(a, cu_q, cu_k, b);
-  const HeadCtx c = head_ctx(a, alibi, s, b, h);
+  const HeadCtx c = head_ctx(a, alibi, sp_state, sp_mask, s, b, h);
   const ushort2 rc = lane_rc(lane);
   const long kbase = long(b) * a.k_stride[0] + long(hk) * a.k_stride[1] + long(s.k_begin) * a.k_stride[2];
   const long vbase = long(b) * a.v_stride[0] + long(hk) * a.v_stride[1] + long(s.k_begin) * a.v_stride[2];
@@ -712,6 +862,7 @@ kernel void fsdpa_backward_dq(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS
     const int2 kr = key_range(a, s, i0, i0 + nrows - 1);
     for (int j0 = kr.x / Q_BK * Q_BK; j0 <= kr.y; j0 += Q_BK) {
       const int nk = min(Q_BK, s.sk - j0);
+      if (!sparse_tile_listed(a, c, i0, i0 + nrows - 1, j0, j0 + nk - 1)) continue;
       simdgroup_float8x8 sc[Q_BK / 8], dp[Q_BK / 8];
       for (int n = 0; n < Q_BK / 8; ++n) {
         sc[n] = tile_zero();
@@ -803,6 +954,8 @@ kernel void fsdpa_backward_dkdv(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_AR
                                 device const float* delta [[buffer(FSDPA_BUF_SCRATCH)]],
                                 device io_t* dk [[buffer(FSDPA_BUF_DK)]],
                                 device io_t* dv [[buffer(FSDPA_BUF_DV)]],
+                                device const int* sp_state [[buffer(FSDPA_BUF_SPARSE_STATE)]],
+                                device const uchar* sp_mask [[buffer(FSDPA_BUF_SPARSE_MASK)]],
                                 uint3 tgp [[threadgroup_position_in_grid]],
                                 uint3 ngroups [[threadgroups_per_grid]],
                                 ushort tid [[thread_index_in_threadgroup]],
@@ -833,9 +986,10 @@ kernel void fsdpa_backward_dkdv(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_AR
     const int2 qr = query_range(a, s, j0, j0 + nk - 1);
     for (int hh = 0; hh < group; ++hh) {
       const uint h = hk * uint(group) + uint(hh);
-      const HeadCtx c = head_ctx(a, alibi, s, b, h);
+      const HeadCtx c = head_ctx(a, alibi, sp_state, sp_mask, s, b, h);
       for (int i0 = qr.x / K_BQ * K_BQ; i0 <= qr.y; i0 += K_BQ) {
         const int nq = min(K_BQ, s.sq - i0);
+        if (!sparse_tile_listed(a, c, i0, i0 + nq - 1, j0, j0 + nk - 1)) continue;  // the transposed lists
         threadgroup_barrier(mem_flags::mem_threadgroup);
         stage_tile(d_q, K_BQ, FSDPA_DP, q, row_offset(a.q_stride, b, h, long(s.q_begin + i0)), a.q_stride[2],
                    a.q_stride[3], nq, a.head_dim, tid, K_NT);
@@ -916,6 +1070,53 @@ kernel void fsdpa_backward_dkdv(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_AR
           if (d < a.head_dim_v) dv[vb + long(d) * a.dv_stride[3]] = to_io(e[u]);
         }
       }
+    }
+  }
+}
+
+// ====================================================================== block-sparse: expand the lists
+// One thread per row (list batch bm, list head hm, query block qb) of the
+// caller's lists: writes the state of each of the row's key blocks into
+// state[((bm * sparse_heads + hm) * sparse_q_blocks + qb) * sparse_k_blocks
+// + kb]: FSDPA_SPARSE_ABSENT, then FSDPA_SPARSE_FULL for the full list's
+// entries, then the slot for the partial list's (entries past a count are
+// never read; an index outside the key blocks, a broken contract on GPUs,
+// is dropped rather than written out of bounds). The other kernels read
+// the states (sparse_state()).
+#if FSDPA_THREADS_SPARSE_EXPAND % 32 != 0
+#error "FSDPA_THREADS_SPARSE_EXPAND must be whole simdgroups"
+#endif
+[[max_total_threads_per_threadgroup(FSDPA_THREADS_SPARSE_EXPAND)]]
+kernel void fsdpa_sparse_expand(constant FsdpaMetalArgs& a [[buffer(FSDPA_BUF_ARGS)]],
+                                device const int* kv_num [[buffer(FSDPA_BUF_KV_NUM)]],
+                                device const int* kv_idx [[buffer(FSDPA_BUF_KV_IDX)]],
+                                device const int* full_num [[buffer(FSDPA_BUF_FULL_NUM)]],
+                                device const int* full_idx [[buffer(FSDPA_BUF_FULL_IDX)]],
+                                device int* state [[buffer(FSDPA_BUF_SPARSE_STATE)]],
+                                uint3 tgp [[threadgroup_position_in_grid]],
+                                ushort tid [[thread_index_in_threadgroup]]) {
+  const int nqb = a.sparse_q_blocks, nkb = a.sparse_k_blocks;
+  const long r = long(tgp.x) * FSDPA_THREADS_SPARSE_EXPAND + long(tid);
+  if (r >= long(a.sparse_batches) * a.sparse_heads * nqb) return;  // this kernel has no barriers
+  const long qb = r % nqb, hm = (r / nqb) % a.sparse_heads, bm = r / (long(nqb) * a.sparse_heads);
+  device int* st = state + r * nkb;
+  for (int kb = 0; kb < nkb; ++kb) st[kb] = FSDPA_SPARSE_ABSENT;
+  if ((a.sparse_lists & 2) != 0) {
+    constant FSDPA_I64* ns = a.full_num_stride;
+    constant FSDPA_I64* is = a.full_idx_stride;
+    const int n = full_num[bm * ns[0] + hm * ns[1] + qb * ns[2]];
+    for (int e = 0; e < n; ++e) {
+      const int kb = full_idx[bm * is[0] + hm * is[1] + qb * is[2] + long(e) * is[3]];
+      if (kb >= 0 && kb < nkb) st[kb] = FSDPA_SPARSE_FULL;
+    }
+  }
+  if ((a.sparse_lists & 1) != 0) {
+    constant FSDPA_I64* ns = a.kv_num_stride;
+    constant FSDPA_I64* is = a.kv_idx_stride;
+    const int n = kv_num[bm * ns[0] + hm * ns[1] + qb * ns[2]];
+    for (int e = 0; e < n; ++e) {
+      const int kb = kv_idx[bm * is[0] + hm * is[1] + qb * is[2] + long(e) * is[3]];
+      if (kb >= 0 && kb < nkb) st[kb] = e;
     }
   }
 }

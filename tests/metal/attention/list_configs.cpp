@@ -8,7 +8,8 @@
 // Mode "all" (.github/workflows/macos-metal.yml, Apple's compiler on a Mac)
 // instead lists the specialisations of every family, dtype and head dim
 // (D = Dv, and Dv = D / 2 rounded to 8), each plain, with each mask kind,
-// and with every feature on at once.
+// with every feature on at once, with the KV cache, and with the
+// block-sparse lists.
 #include <stdio.h>
 #include <string.h>
 
@@ -41,7 +42,8 @@ void list_all() {
     for (DType dt : dtypes)
       for (int d = 8; d <= 256; d += 8)
         for (int dv : {d, (d / 2 + 7) / 8 * 8}) {
-          for (int variant = 0; variant < 5; ++variant) {
+          for (int variant = 0; variant < 7; ++variant) {
+            if (variant >= 5 && dv != d) continue;  // the KV-cache / block-sparse code does not depend on Dv
             AttnParams p{};
             p.dtype = dt, p.head_dim = d, p.head_dim_v = dv;
             p.window_left = p.window_right = -1;
@@ -52,6 +54,11 @@ void list_all() {
               p.mask = &dummy, p.mask_kind = MaskKind::boolean, p.mask_dtype = DType::u8;
               p.window_left = 16, p.window_right = 0, p.alibi = &dummy, p.softcap = 5.0f, p.dropout_p = 0.1f;
               p.cu_seqlens_q = p.cu_seqlens_k = cu;
+            }
+            if (variant == 5) p.seqused_k = cu, p.window_right = 0, p.alibi = &dummy, p.softcap = 5.0f;  // KV cache
+            if (variant == 6) {  // block-sparse with every feature the backward takes
+              p.sparse = 1, p.mask = &dummy, p.mask_kind = MaskKind::boolean, p.mask_dtype = DType::u8;
+              p.window_left = 16, p.window_right = 0, p.alibi = &dummy, p.softcap = 5.0f, p.dropout_p = 0.1f;
             }
             print(p, family);
           }
@@ -80,6 +87,7 @@ int main(int argc, char** argv) {
     p.dropout_p = c.dropout;
     p.alibi = c.alibi ? &dummy : nullptr;
     p.cu_seqlens_q = p.cu_seqlens_k = c.varlen ? cu : nullptr;
+    p.sparse = c.sparse >= 0;
     if (c.mask != Mask::none) {
       p.mask = &dummy;
       const bool additive = c.mask == Mask::additive || c.mask == Mask::additive_qdtype ||
@@ -87,6 +95,19 @@ int main(int argc, char** argv) {
       p.mask_kind = additive ? MaskKind::additive : MaskKind::boolean;
       p.mask_dtype = !additive ? DType::u8 : c.mask == Mask::additive_qdtype ? p.dtype : DType::f32;
     }
+    print(p, c.family);
+  }
+  for (const KvCase& c : metal_kv_grid(reduced)) {
+    AttnParams p{};
+    p.dtype = c.dt == 0 ? DType::f32 : c.dt == 1 ? DType::f16 : DType::bf16;
+    p.head_dim = c.D;
+    p.head_dim_v = c.Dv;
+    p.window_left = c.wl;
+    p.window_right = c.causal ? 0 : c.wr;
+    p.softcap = c.softcap;
+    p.alibi = c.alibi ? &dummy : nullptr;
+    p.cu_seqlens_q = p.cu_seqlens_k = c.varlen ? cu : nullptr;
+    p.seqused_k = cu;  // any KV-cache parameter: the key only says "KV cache"
     print(p, c.family);
   }
   return 0;

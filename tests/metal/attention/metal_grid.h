@@ -37,6 +37,13 @@ struct MCase {
   // forces this many splits on a shape too small for the planner to split.
   bool expect_split = false;
   int forced_splits = 0;
+  // Block-sparse lists: a pattern of block_sparse_case.h (its SparseKind
+  // as an int; -1 = none), block sizes, per-batch / per-head lists (else
+  // broadcast), list rows past ceil(Sq / sbq).
+  int sparse = -1;
+  int64_t sbq = 64, sbk = 64;
+  bool sp_per_batch = false, sp_per_head = false;
+  int64_t sp_extra_q_blocks = 0;
 };
 
 inline MCase to_mcase(const fsdpa_cases::Case& r) {
@@ -64,18 +71,23 @@ inline MCase to_mcase(const fsdpa_cases::Case& r) {
   c.backward = r.backward;
   c.expect_split = r.metal_expect_split;
   c.forced_splits = r.metal_forced_splits;
+  // Sparse (none first) and block_sparse_case.h's SparseKind (no none) list
+  // the patterns in the same order.
+  c.sparse = r.sparse == fsdpa_cases::Sparse::none ? -1 : static_cast<int>(r.sparse) - 1;
+  c.sbq = r.sparse_bq, c.sbk = r.sparse_bk;
+  c.sp_per_batch = r.sparse_per_batch, c.sp_per_head = r.sparse_per_head;
+  c.sp_extra_q_blocks = r.sparse_extra_q_blocks;
   return c;
 }
 
 // reduced: the smaller grid registered for sanitizer builds (the registry's
-// quick cases for Metal). Plain attention against the reference only: a
-// KV-cache, block-sparse or determinism case tagged for Metal needs its own
-// test (MCase has no fields for them).
+// quick cases for Metal). Attention (block-sparse included) against the
+// reference: the KV cache has its own driver (test_metal_kv_cache.cpp) and
+// determinism is by construction (MCase has no fields for them).
 inline std::vector<MCase> metal_grid(bool reduced) {
   std::vector<MCase> grid;
   for (const fsdpa_cases::Case& r : fsdpa_cases::cases_for(fsdpa_cases::kMetal, reduced))
-    if (r.check == fsdpa_cases::Check::reference && r.kv == fsdpa_cases::KvCache::none &&
-        r.sparse == fsdpa_cases::Sparse::none)
+    if (r.check == fsdpa_cases::Check::reference && r.kv == fsdpa_cases::KvCache::none)
       grid.push_back(to_mcase(r));
   return grid;
 }

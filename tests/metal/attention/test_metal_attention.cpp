@@ -7,17 +7,19 @@
 // fiber schedules (results must agree bit for bit). Outputs and the float32
 // scratch (Delta, split-decode partials) are poisoned. Split-KV decode
 // cases either require the planner to choose the split kernels or force a
-// split count on a small shape (plan_forward_with).
+// split count on a small shape (plan_forward_with). Block-sparse cases
+// (block_sparse_case.h patterns) bind the lists; the fp64 reference reads
+// the same lists.
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <memory>
 
 #include "attention_case.h"
+#include "block_sparse_case.h"
 #include "core/validate.h"
-#include "fsdpa_msl_emu/emu.h"
-#include "metal/heuristics.h"
 #include "metal/plan.h"
+#include "metal_emu_run.h"
 #include "metal_grid.h"
 
 #ifndef FSDPA_METAL_TEST_REDUCED
@@ -61,52 +63,26 @@ std::string test_name(const MCase& m) {
   return s;
 }
 
-// Binds tensors to the planner's buffer indices. The AttnParams pointers the
-// planner saw must be the tensors' own storage (offset 0), so that binding
-// the storage is binding what the kernel addresses.
-struct Binder {
-  emu::Args args;
-  void bind(uint32_t index, Tensor* t, const void* param_ptr) {
-    if (t == nullptr || param_ptr == nullptr) {
-      args.set_raw(index, std::vector<std::byte>(16));  // unused optional input
-      return;
-    }
-    ASSERT_EQ(param_ptr, static_cast<const void*>(t->bytes.data())) << "buffer " << index;
-    std::vector<std::byte> b(t->bytes.size());
-    std::memcpy(b.data(), t->bytes.data(), b.size());
-    args.set_raw(index, std::move(b));
-  }
-  // The plan's float32 scratch, poisoned (NaN): a read of an element no
-  // earlier pass wrote shows in the results.
-  void bind_scratch(int64_t elements) {
-    args.set(FSDPA_BUF_SCRATCH, std::vector<float>(static_cast<size_t>(std::max<int64_t>(elements, 4)), NAN));
-  }
-  void read_back(uint32_t index, Tensor* t) const {
-    const auto& b = args.raw(index);
-    ASSERT_EQ(b.size(), t->bytes.size());
-    std::memcpy(t->bytes.data(), b.data(), b.size());
-  }
-};
-
-void run(const mtl::Plan& plan, Binder& bd, uint64_t seed) {
-  bd.args.set_bytes(FSDPA_BUF_ARGS, plan.args);
-  const std::string lib = "mtl_" + mtl::key_name(plan.config.key);
-  const std::vector<emu::Schedule> schedules = {emu::Schedule::reversed(), emu::Schedule::shuffled(seed, 0.01)};
-  for (const mtl::Dispatch& d : plan.dispatches) {
-    ASSERT_LE(d.threadgroup_memory, static_cast<size_t>(mtl::kThreadgroupMemoryBytes));
-    emu::Kernel k = emu::Kernel::find(lib, d.kernel);  // throws (fails) if the grid's CMake list lacks the key
-    emu::dispatch_all_schedules(k, {d.grid[0], d.grid[1], d.grid[2]}, {d.threads[0], d.threads[1], d.threads[2]},
-                                bd.args, schedules);
-  }
+// The block-sparse lists of a case (block_sparse_case.h), or none.
+std::unique_ptr<BlockSparse> sparse_lists(const MCase& m, const Case& c, fsdpa_params* p) {
+  if (m.sparse < 0) return nullptr;
+  SparseSpec s;
+  s.kind = static_cast<SparseKind>(m.sparse);
+  s.bq = m.sbq, s.bk = m.sbk;
+  s.per_batch = m.sp_per_batch, s.per_head = m.sp_per_head;
+  s.extra_q_blocks = m.sp_extra_q_blocks;
+  auto bs = std::make_unique<BlockSparse>(c, s);
+  bs->attach(p, s);
+  return bs;
 }
 
-void expect_close(const char* what, const Tensor& got, const Tensor& ref64, DT dt, int64_t reduction_len,
-                  bool is_gradient = false) {
-  const double err = max_abs_diff(got, ref64);
-  const double tol = 2.0 * baseline_error(ref64, dt, reduction_len, is_gradient);
-  EXPECT_LE(err, tol) << what << ": max |metal - fp64 reference| = " << err << " exceeds 2x the baseline " << tol / 2;
-  const char* names[] = {"f32", "f16", "bf16", "f64", "u8", "i32"};
-  printf("MAXERR %s %s %.3g (tol %.3g)\n", names[static_cast<int>(dt)], what, err, tol);
+void bind_sparse(Binder& bd, BlockSparse* bs, const fsdpa::AttnParams& ap) {
+  if (bs == nullptr) return;
+  bd.bind(FSDPA_BUF_KV_NUM, std::addressof(bs->kv_num), ap.kv_num);
+  bd.bind(FSDPA_BUF_KV_IDX, std::addressof(bs->kv_idx), ap.kv_idx);
+  bd.bind(FSDPA_BUF_FULL_NUM, std::addressof(bs->full_num), ap.full_num);
+  bd.bind(FSDPA_BUF_FULL_IDX, std::addressof(bs->full_idx), ap.full_idx);
+  bd.bind(FSDPA_BUF_SPARSE_MASK, std::addressof(bs->kv_mask), ap.sparse_mask);
 }
 
 class MetalEmu : public ::testing::TestWithParam<MCase> {};
@@ -124,6 +100,7 @@ TEST_P(MetalEmu, ForwardAndGradients) {
     pr.mask = mq;
     p.mask = &pr.mask;
   }
+  std::unique_ptr<BlockSparse> bs = sparse_lists(m, c, &p);
 
   Tensor out = pr.make(c.Hq, c.Sq, pr.total_q, c.Dv, c.dt), lse = pr.make_lse();
   out.poison();
@@ -139,10 +116,12 @@ TEST_P(MetalEmu, ForwardAndGradients) {
     forced.reason = "forced by the test";
   }
   const mtl::Plan fplan = m.forced_splits > 0 ? mtl::plan_forward_with(ap, family, forced) : mtl::plan_forward(ap, family);
+  const size_t first = m.sparse >= 0 ? 1 : 0;  // block-sparse: the expansion pass runs first
+  if (first) EXPECT_EQ(fplan.dispatches.at(0).pass, mtl::Pass::sparse_expand);
   if (m.expect_split || m.forced_splits > 0) {
-    ASSERT_EQ(fplan.dispatches.size(), 2u) << fplan.reason;
-    EXPECT_EQ(fplan.dispatches[0].pass, mtl::Pass::decode_split) << fplan.reason;
-    EXPECT_EQ(fplan.dispatches[1].pass, mtl::Pass::decode_merge);
+    ASSERT_EQ(fplan.dispatches.size(), first + 2) << fplan.reason;
+    EXPECT_EQ(fplan.dispatches[first].pass, mtl::Pass::decode_split) << fplan.reason;
+    EXPECT_EQ(fplan.dispatches[first + 1].pass, mtl::Pass::decode_merge);
     EXPECT_GE(fplan.args.num_splits, m.forced_splits > 0 ? m.forced_splits : 2);
   }
   {
@@ -156,8 +135,9 @@ TEST_P(MetalEmu, ForwardAndGradients) {
     bd.bind(FSDPA_BUF_ALIBI, ap.alibi ? std::addressof(pr.alibi) : nullptr, ap.alibi);
     bd.bind(FSDPA_BUF_CU_Q, ap.cu_seqlens_q ? std::addressof(pr.cu_q) : nullptr, ap.cu_seqlens_q);
     bd.bind(FSDPA_BUF_CU_K, ap.cu_seqlens_k ? std::addressof(pr.cu_k) : nullptr, ap.cu_seqlens_k);
-    bd.bind_scratch(fplan.scratch_elements);
-    ASSERT_NO_FATAL_FAILURE(run(fplan, bd, seed));
+    bind_sparse(bd, bs.get(), ap);
+    bd.bind_scratch(fplan);
+    ASSERT_NO_FATAL_FAILURE(run_plan(fplan, bd, seed));
     bd.read_back(FSDPA_BUF_OUT, std::addressof(out));
     bd.read_back(FSDPA_BUF_LSE, std::addressof(lse));
   }
@@ -190,11 +170,12 @@ TEST_P(MetalEmu, ForwardAndGradients) {
     bd.bind(FSDPA_BUF_CU_Q, bp.cu_seqlens_q ? std::addressof(pr.cu_q) : nullptr, bp.cu_seqlens_q);
     bd.bind(FSDPA_BUF_CU_K, bp.cu_seqlens_k ? std::addressof(pr.cu_k) : nullptr, bp.cu_seqlens_k);
     bd.bind(FSDPA_BUF_DOUT, std::addressof(pr.dout), bp.dout);
-    bd.bind_scratch(bplan.scratch_elements);
+    bind_sparse(bd, bs.get(), bp);
+    bd.bind_scratch(bplan);
     bd.bind(FSDPA_BUF_DQ, std::addressof(dq), bp.dq);
     bd.bind(FSDPA_BUF_DK, std::addressof(dk), bp.dk);
     bd.bind(FSDPA_BUF_DV, std::addressof(dv), bp.dv);
-    ASSERT_NO_FATAL_FAILURE(run(bplan, bd, seed + 1));
+    ASSERT_NO_FATAL_FAILURE(run_plan(bplan, bd, seed + 1));
     bd.read_back(FSDPA_BUF_DQ, std::addressof(dq));
     bd.read_back(FSDPA_BUF_DK, std::addressof(dk));
     bd.read_back(FSDPA_BUF_DV, std::addressof(dv));

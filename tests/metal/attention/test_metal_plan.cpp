@@ -318,6 +318,54 @@ TEST(MetalBridge, PlansAValidCall) {
   EXPECT_EQ(b.scratch_elements, 2 * 4 * 37);
 }
 
+// The KV-cache vectors, page table and block lists arrive at their buffer
+// indices: the bridge validates them like the C ABI and plans their kernels.
+TEST(MetalBridge, PlansKvCacheAndBlockSparseCalls) {
+  std::vector<fsdpa::metal::TensorDesc> t(FSDPA_NUM_BUFFERS);
+  fsdpa::metal::TensorDesc pool = desc(1, {9, 16, 2, 64});  // [pages, page, Hk, D] viewed as [pages, Hk, page, D]
+  pool.shape = {9, 2, 16, 64};
+  pool.strides = {16 * 2 * 64, 64, 2 * 64, 1};
+  t[FSDPA_BUF_Q] = desc(1, {3, 4, 1, 64});
+  t[FSDPA_BUF_K] = pool;
+  t[FSDPA_BUF_V] = pool;
+  t[FSDPA_BUF_OUT] = desc(1, {3, 4, 1, 64});
+  t[FSDPA_BUF_BLOCK_TABLE] = desc(5, {3, 3});
+  t[FSDPA_BUF_SEQUSED_K] = desc(5, {3});
+  fsdpa_params p;
+  fsdpa_params_init(&p);
+  const auto f = fsdpa::metal::plan_for_tensors(false, p, t, 7);
+  EXPECT_EQ(f.key, "a7_f16_d64_v64_m0_b0a0s0p0v0_kv");
+  FsdpaMetalArgs a;
+  std::memcpy(&a, f.args.data(), sizeof(a));
+  EXPECT_EQ(a.page_size, 16);
+  EXPECT_EQ(a.block_table_stride, 3);
+  EXPECT_EQ(a.kv_flags, FSDPA_KV_SEQUSED);
+  EXPECT_EQ(a.seqlen_k, 48);  // the cache length: 3 pages of 16
+  t[FSDPA_BUF_SEQUSED_K] = desc(5, {2});  // not [batch]
+  EXPECT_THROW(fsdpa::metal::plan_for_tensors(false, p, t, 7), std::invalid_argument);
+
+  std::vector<fsdpa::metal::TensorDesc> s(FSDPA_NUM_BUFFERS);
+  s[FSDPA_BUF_Q] = desc(0, {2, 4, 37, 32});
+  s[FSDPA_BUF_K] = desc(0, {2, 2, 45, 32});
+  s[FSDPA_BUF_V] = desc(0, {2, 2, 45, 32});
+  s[FSDPA_BUF_OUT] = desc(0, {2, 4, 37, 32});
+  s[FSDPA_BUF_LSE] = desc(0, {2, 4, 37});
+  s[FSDPA_BUF_KV_NUM] = desc(5, {1, 4, 3});
+  s[FSDPA_BUF_KV_IDX] = desc(5, {1, 4, 3, 3});
+  s[FSDPA_BUF_SPARSE_MASK] = desc(4, {1, 4, 3, 3, 16, 16});
+  p.sparse_block_q = p.sparse_block_k = 16;
+  const auto b = fsdpa::metal::plan_for_tensors(false, p, s, 7);
+  EXPECT_EQ(b.key, "a7_f32_d32_v32_m0_b0a0s0p0v0_bs");
+  ASSERT_EQ(b.kernels.size(), 2u);
+  EXPECT_EQ(b.kernels[0], "fsdpa_sparse_expand");
+  EXPECT_EQ(b.sparse_state_elements, 1 * 4 * 3 * 3);
+  s[FSDPA_BUF_DOUT] = s[FSDPA_BUF_DQ] = s[FSDPA_BUF_Q];
+  s[FSDPA_BUF_DK] = s[FSDPA_BUF_DV] = s[FSDPA_BUF_K];
+  const auto g = fsdpa::metal::plan_for_tensors(true, p, s, 7);
+  ASSERT_EQ(g.kernels.size(), 4u);
+  EXPECT_EQ(g.kernels[0], "fsdpa_sparse_expand");
+}
+
 TEST(MetalBridge, ValidationErrorsPropagate) {
   std::vector<fsdpa::metal::TensorDesc> t(FSDPA_NUM_BUFFERS);
   t[FSDPA_BUF_Q] = desc(1, {2, 4, 37, 59});
@@ -347,10 +395,10 @@ TEST(MetalPlan, CheckFiniteInput) {
 }  // namespace
 
 namespace {
-// The Metal kernels do not read KV caches yet: the planner refuses each
-// KV-cache parameter with a message naming them (the backend returns it as
-// FSDPA_ERROR_UNSUPPORTED, "metal: ..."), rather than reading the wrong rows.
-TEST(MetalPlan, RefusesKvCacheParameters) {
+// The KV-cache parameters and the block-sparse lists are compiled in only
+// where a call uses them (their own key and defines); a block-sparse plan
+// runs the expansion pass first, with int32 scratch for the expanded lists.
+TEST(MetalPlan, KvCacheAndBlockSparseKeys) {
   const int32_t ints[4] = {0, 1, 2, 3};
   for (int which = 0; which < 4; ++which) {
     AttnParams p = params(DType::f16, 64, 64);
@@ -361,14 +409,32 @@ TEST(MetalPlan, RefusesKvCacheParameters) {
       p.block_table = ints;
       p.page_size = 16;
       p.num_pages = 4;
+      p.block_table_stride = 7;
     }
-    try {
-      (void)mtl::make_key(p, mtl::GpuFamily(9));
-      ADD_FAILURE() << "KV-cache parameter " << which << " was planned";
-    } catch (const std::runtime_error& e) {
-      EXPECT_NE(std::strstr(e.what(), "block_table / seqused_k"), nullptr) << e.what();
-      EXPECT_NE(std::strstr(e.what(), "not supported on metal"), nullptr) << e.what();
-    }
+    const mtl::KernelKey key = mtl::make_key(p, mtl::GpuFamily(9));
+    EXPECT_TRUE(key.kv_cache);
+    EXPECT_EQ(mtl::key_name(key), "a9_f16_d64_v64_m0_b0a0s0p0v0_kv");
+    const auto a = mtl::make_args(p);
+    EXPECT_EQ(a.kv_flags, which == 0 ? FSDPA_KV_SEQUSED : which == 1 ? FSDPA_KV_BATCH_IDX
+                          : which == 2 ? FSDPA_KV_LEFTPAD : 0);
+    EXPECT_EQ(a.page_size, which == 3 ? 16 : 0);
+    EXPECT_EQ(a.block_table_stride, which == 3 ? 7 : 0);
+    EXPECT_THROW((void)mtl::plan_backward(p, mtl::GpuFamily(9)), std::invalid_argument);
   }
+  AttnParams s = params(DType::f32, 32, 32);
+  s.sparse = 1, s.sparse_block_q = 16, s.sparse_block_k = 10, s.sparse_k_blocks = 8;
+  s.sparse_batches = 1, s.sparse_heads = 6, s.kv_num = ints, s.kv_idx = ints;
+  const mtl::Plan f = mtl::plan_forward(s, mtl::GpuFamily::apple7);
+  EXPECT_EQ(mtl::key_name(f.config.key), "a7_f32_d32_v32_m0_b0a0s0p0v0_bs");
+  ASSERT_EQ(f.dispatches.size(), 2u);
+  EXPECT_EQ(f.dispatches[0].pass, mtl::Pass::sparse_expand);
+  EXPECT_EQ(f.sparse_state_elements, 1 * 6 * 7 * 8);  // ceil(100 / 16) query blocks x 8 key blocks
+  EXPECT_EQ(f.args.sparse_q_blocks, 7);
+  EXPECT_EQ(f.args.sparse_lists, 1);
+  EXPECT_EQ(f.dispatches[0].grid[0], 1u);  // 42 list rows, one thread each
+  const mtl::Plan b = mtl::plan_backward(s, mtl::GpuFamily::apple7);
+  ASSERT_EQ(b.dispatches.size(), 4u);
+  EXPECT_EQ(b.dispatches[0].pass, mtl::Pass::sparse_expand);
+  EXPECT_EQ(b.sparse_state_elements, f.sparse_state_elements);
 }
 }  // namespace

@@ -6,7 +6,8 @@
 #   tests/metal/macos/compile_specialisations.sh [JOBS]
 #
 # Every specialisation of `list_configs all` (every family, dtype and head
-# dim, each mask kind, every feature at once: ~2600) at -std=metal3.0, the
+# dim, each mask kind, every feature at once, the KV cache and the
+# block-sparse lists: ~3200) at -std=metal3.0, the
 # language version of the C ABI host; the Apple9 plain and all-features ones
 # again at metal3.1 and metal3.2 (PyTorch compiles with the newest the OS
 # has). Compiling the .metal file with -D flags is what the hosts' assembled

@@ -66,9 +66,9 @@ def no_blocking_calls():
 
 
 def guarded(runner):
-    def run(*args):
+    def run(*args, **kw):
         with no_blocking_calls():
-            return runner(*args)
+            return runner(*args, **kw)
     return run
 
 
@@ -180,6 +180,73 @@ def test_patched_sdpa_dispatches_to_the_mps_path(fake):
     assert_close_rule("out", out, pt, ref, torch.float16)
 
 
+def test_paged_kv_cache_through_the_mps_path(fake):
+    """flash_attn_with_kvcache over a paged cache (pages of 16 in a shuffled
+    order, per-sequence lengths) runs the Metal kernels, which read the pages
+    in place; held to dense attention over the gathered keys."""
+    dtype, hq, hk, d, page = torch.float32, 4, 2, 59, 16
+    g = torch.Generator().manual_seed(3)
+    pool_k = torch.randn(7, page, hk, d, generator=g)
+    pool_v = torch.randn(7, page, hk, d, generator=g)
+    table = torch.randperm(7, generator=g)[:6].to(torch.int32).view(2, 3)
+    lens = torch.tensor([40, 23], dtype=torch.int32)
+    q = torch.randn(2, 1, hq, d, generator=g)
+    out = flashsdpa.flash_attn_with_kvcache(q, pool_k, pool_v, cache_seqlens=lens, block_table=table,
+                                            causal=True)
+    assert [x[1] for x in fake.dispatches] == ["fsdpa_forward"]
+    assert fake.dispatches[-1][0].endswith("_kv")
+    for b in range(2):
+        n = int(lens[b])
+        rows = torch.cat([torch.arange(page) + int(p) * page for p in table[b]])[:n]
+        kb = pool_k.reshape(-1, hk, d)[rows].transpose(0, 1)[None]
+        vb = pool_v.reshape(-1, hk, d)[rows].transpose(0, 1)[None]
+        qb = q[b:b + 1].transpose(1, 2)
+        ref = torch_math_sdpa(qb.double(), kb.double(), vb.double(), enable_gqa=True)
+        pt = torch_math_sdpa(qb, kb, vb, enable_gqa=True)
+        assert_close_rule(f"out[{b}]", out[b:b + 1].transpose(1, 2), pt, ref, dtype)
+
+
+def test_block_sparse_through_the_mps_path(fake):
+    """block_sparse_attention (forward and gradients) runs the Metal kernels:
+    the expansion pass, then the forward / backward kernels reading the
+    lists; held to dense attention with the equivalent bool mask."""
+    from flashsdpa import BlockLists
+
+    dtype, bq, bk, sq, sk = torch.float32, 16, 16, 75, 93
+    q, k, v, dout = inputs(dtype, sq=sq, sk=sk, d=40, seed=4)
+    nqb, nkb = -(-sq // bq), -(-sk // bk)
+    g = torch.Generator().manual_seed(8)
+    full_num = torch.ones(1, 4, nqb, dtype=torch.int32)
+    full_idx = torch.zeros(1, 4, nqb, nkb, dtype=torch.int32)
+    kv_num = torch.zeros(1, 4, nqb, dtype=torch.int32)
+    kv_idx = torch.zeros(1, 4, nqb, nkb, dtype=torch.int32)
+    elem = torch.rand(1, 4, nqb, nkb, bq, bk, generator=g) > 0.4
+    dense = torch.zeros(2, 4, sq, sk, dtype=torch.bool)
+    for h in range(4):
+        for qb in range(nqb):
+            full = (qb + h) % nkb  # one full block: no row without keys
+            full_idx[0, h, qb, 0] = full
+            dense[:, h, qb * bq:(qb + 1) * bq, full * bk:(full + 1) * bk] = True
+            part = [kb for kb in torch.randperm(nkb, generator=g).tolist() if kb != full][:2]
+            kv_num[0, h, qb] = len(part)
+            for s, kb in enumerate(part):
+                kv_idx[0, h, qb, s] = kb
+                m = elem[0, h, qb, s]
+                rows, cols = min(bq, sq - qb * bq), min(bk, sk - kb * bk)
+                dense[:, h, qb * bq:qb * bq + rows, kb * bk:kb * bk + cols] = m[:rows, :cols]
+    lists = BlockLists(kv_num, kv_idx, elem, full_num, full_idx, block_size=(bq, bk))
+    ours = run_with_grads(lambda *t: flashsdpa.block_sparse_attention(*t, lists, enable_gqa=True),
+                          [q, k, v], dout)
+    assert [x[1] for x in fake.dispatches] == ["fsdpa_sparse_expand", "fsdpa_forward", "fsdpa_sparse_expand",
+                                               "fsdpa_backward_preprocess", "fsdpa_backward_dq",
+                                               "fsdpa_backward_dkdv"]
+    ref = run_with_grads(torch_math_sdpa, [t.double() for t in (q, k, v)], dout.double(), attn_mask=dense,
+                         enable_gqa=True)
+    pt = run_with_grads(torch_math_sdpa, [q, k, v], dout, attn_mask=dense, enable_gqa=True)
+    for name, a, b, c in zip(["out", "dq", "dk", "dv"], ours, pt, ref):
+        assert_close_rule(name, a, b, c, dtype)
+
+
 # --------------------------------------------------------------------------- binding rules of the glue
 def test_args_go_in_by_setbytes_as_int64_words():
     q, k, v, _ = inputs(torch.float32)
@@ -200,7 +267,7 @@ def test_fake_enforces_pytorch_binding_rules(fake):
     assert fake.compiled[-1].rstrip("\n") == plan.source.rstrip("\n")
     fn = lib.fsdpa_forward
     dummy = torch.empty(16, dtype=torch.uint8)
-    rest = [b if b is not None else dummy for b in bufs[1:10]]
+    rest = [b if b is not None else dummy for b in bufs[1:]]  # every index, as metal._run binds them
     grid, threads = plan.grid[0], plan.threads[0]
     total = [g * t for g, t in zip(grid, threads)]
     with pytest.raises(fake_mps.BindingError, match="Unsupported argument type bytes"):
@@ -211,7 +278,7 @@ def test_fake_enforces_pytorch_binding_rules(fake):
         fn(metal._args_words(plan.args), *rest, threads=[total[0] - 1] + total[1:], group_size=list(threads))
     with pytest.raises(fake_mps.BindingError, match="exceeds the pipeline"):
         fn(metal._args_words(plan.args), *rest, threads=[t * 2048 for t in total], group_size=[2048, 1, 1])
-    with pytest.raises(fake_mps.BindingError, match=r"\[\[buffer\(9\)\]\].*not bound"):
+    with pytest.raises(fake_mps.BindingError, match=rf"\[\[buffer\({metal.NUM_BUFFERS - 1}\)\]\].*not bound"):
         fn(metal._args_words(plan.args), *rest[:-1], threads=total, group_size=list(threads))
     with pytest.raises(fake_mps.BindingError, match="bound a torch.float16 tensor"):
         fn(metal._args_words(plan.args), q.half(), *rest[1:], threads=total, group_size=list(threads))
