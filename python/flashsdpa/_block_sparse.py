@@ -47,8 +47,12 @@ class BlockLists:
         ``mask_mod`` is evaluated on the partial blocks only (skipped when it
         is ``noop_mask``). ``seq_len_*`` default to the mask's
         ``seq_lengths``; they bound the indices passed to ``mask_mod``."""
-        from torch.nn.attention.flex_attention import noop_mask
-
+        try:
+            from torch.nn.attention.flex_attention import noop_mask
+        except ImportError:  # PyTorch < 2.5: no BlockMask can exist
+            raise TypeError(f"block_mask: expected a flashsdpa.BlockLists (PyTorch "
+                            f"{torch.__version__} has no FlexAttention BlockMask: "
+                            "torch.nn.attention.flex_attention needs PyTorch >= 2.5)") from None
         bq, bk = _block_size(block_mask.BLOCK_SIZE)
         lq, lk = (int(x) for x in block_mask.seq_lengths)
         num, idx = block_mask.kv_num_blocks, block_mask.kv_indices

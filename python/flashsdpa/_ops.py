@@ -10,8 +10,9 @@ Tensors are in the C ABI's logical layout: padded ``[B, H, S, D]`` (any
 strides, so a transposed ``[B, S, H, D]`` tensor is passed as a view) or, when
 ``cu_seqlens_q``/``cu_seqlens_k`` are given, varlen ``[total, H, D]``.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: torch.library.custom_op infers
+# the schema from the kernels' annotations, and PyTorch 2.4 cannot read them
+# as strings ("Parameter q has unsupported type Tensor").
 import contextlib
 import math
 import threading

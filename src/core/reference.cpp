@@ -77,7 +77,7 @@ void softmax_rows(HeadScores* hs, std::vector<double>* lse) {
   hs->masked.resize(hs->s.size());
   for (size_t t = 0; t < hs->s.size(); ++t) hs->masked[t] = hs->s[t] == kNegInf;
   for (int64_t i = 0; i < hs->sq; ++i) {
-    double* row = &hs->s[i * hs->sk];
+    double* row = hs->s.data() + i * hs->sk;  // sk may be 0 (no keys): no element to bind
     double mx = kNegInf;
     bool nan = false;
     for (int64_t j = 0; j < hs->sk; ++j) {

@@ -71,9 +71,54 @@ def run_with_grads(fn, tensors, grad_out, **kw):
     return [out.detach()] + [g.detach() for g in grads]
 
 
-def torch_math_sdpa(*args, **kw):
+def _sdpa_has_enable_gqa() -> bool:
+    t = torch.zeros(1, 1, 1, 1)
+    try:
+        F.scaled_dot_product_attention(t, t, t, enable_gqa=False)
+    except TypeError:
+        return False
+    return True
+
+
+# PyTorch's SDPA takes enable_gqa since 2.5; before, models repeated K/V heads.
+SDPA_HAS_ENABLE_GQA = _sdpa_has_enable_gqa()
+
+
+def repeat_kv_heads(q, k, v):
+    """k, v with their heads repeated to q's (GQA the pre-2.5 way)."""
+    g = q.shape[-3] // k.shape[-3]
+    return k.repeat_interleave(g, -3), v.repeat_interleave(g, -3)
+
+
+def _math_sdpa_zeroes_masked_rows() -> bool:
+    t = torch.ones(1, 1, 1, 1)
     with sdpa_kernel(SDPBackend.MATH):
-        return F.scaled_dot_product_attention(*args, **kw)
+        out = F.scaled_dot_product_attention(t, t, t, attn_mask=torch.zeros(1, 1, dtype=torch.bool))
+    return not out.isnan().any().item()
+
+
+# A query row that sees no key gives 0 in PyTorch's math SDPA since 2.5
+# (flashsdpa's semantics); before, NaN.
+MATH_SDPA_ZEROES_MASKED_ROWS = _math_sdpa_zeroes_masked_rows()
+
+
+def torch_math_sdpa(q, k, v, attn_mask=None, *args, enable_gqa=False, **kw):
+    """PyTorch's math SDPA with the semantics of PyTorch >= 2.5 on older
+    versions: enable_gqa emulated by repeating K/V heads, and rows that see
+    no key give 0 (computed unmasked, then zeroed: no NaN reaches the
+    gradients)."""
+    if enable_gqa and not SDPA_HAS_ENABLE_GQA:
+        k, v = repeat_kv_heads(q, k, v)
+        enable_gqa = False
+    gqa = {"enable_gqa": True} if enable_gqa else {}
+    dead = None
+    if attn_mask is not None and not MATH_SDPA_ZEROES_MASKED_ROWS:
+        blocked = ~attn_mask if attn_mask.dtype == torch.bool else attn_mask == float("-inf")
+        dead = blocked.all(-1, keepdim=True)
+        attn_mask = attn_mask.masked_fill(dead, True if attn_mask.dtype == torch.bool else 0.0)
+    with sdpa_kernel(SDPBackend.MATH):
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask, *args, **kw, **gqa)
+    return out if dead is None else out.masked_fill(dead, 0.0)
 
 
 def attention_ref(q, k, v, causal=False, window=(-1, -1), softcap=0.0, alibi=None, scale=None,

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import flashsdpa
-from conftest import DEVICES
+from conftest import DEVICES, assert_close_rule
 
 AUTOCAST_DTYPES = {"cpu": [torch.bfloat16, torch.float16], "cuda": [torch.float16, torch.bfloat16]}
 
@@ -45,8 +45,13 @@ def test_autocast_matches_pytorch(device, mask, entry):
                 got = flashsdpa.scaled_dot_product_attention(qg, k, v, attn_mask=m)
         assert want.dtype == ac_dtype
         assert got.dtype == want.dtype
-        tol = 2e-2 if ac_dtype == torch.bfloat16 else 3e-3
-        torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+        # The accuracy rule against fp64 on the inputs as autocast casts them
+        # (a float mask is cast too): PyTorch's own low-precision kernel differs
+        # between versions, so no fixed tolerance around its result.
+        ref = F.scaled_dot_product_attention(
+            *(t.to(ac_dtype).double() for t in (q, k, v)),
+            attn_mask=m.to(ac_dtype).double() if mask == "float" else m)
+        assert_close_rule("out", got, want, ref, ac_dtype)
         # the cast is differentiable: an fp32 leaf gets an fp32 gradient
         got.float().sum().backward()
         assert qg.grad is not None and qg.grad.dtype == torch.float32

@@ -10,11 +10,20 @@ import textwrap
 
 import pytest
 import torch
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, create_mask
 
 import flashsdpa
 from flashsdpa import BlockLists, _ops
 from conftest import assert_close_rule
+
+try:  # FlexAttention (PyTorch >= 2.5) builds BlockMasks; the raw lists need no FlexAttention.
+    from torch.nn.attention.flex_attention import create_block_mask, create_mask
+except ImportError:
+    create_block_mask = create_mask = None
+
+needs_flex = pytest.mark.skipif(
+    create_block_mask is None,
+    reason=f"PyTorch {torch.__version__} has no torch.nn.attention.flex_attention (added in 2.5): "
+           "no BlockMask to pass")
 
 
 def dense_attention(q, k, v, mask, scale=None):
@@ -80,6 +89,33 @@ def per_head_stride(b, h, qi, ki):
     return ((ki // 8 + h) % 3 != 0) & (qi >= ki)
 
 
+def lists_of(mask_mod, sq, sk, block):
+    """The BlockLists of mask_mod(b=0, h=0, q_idx, kv_idx) [Sq, Sk] with square
+    blocks of `block`, built densely here (no FlexAttention): full blocks where
+    every in-range element is kept, partial ones (with their element masks)
+    where some are."""
+    nqb, nkb = -(-sq // block), -(-sk // block)
+    qi = torch.arange(nqb * block).clamp(max=sq - 1).view(-1, 1)
+    ki = torch.arange(nkb * block).clamp(max=sk - 1).view(1, -1)
+    inside = (torch.arange(nqb * block) < sq).view(-1, 1) & (torch.arange(nkb * block) < sk)
+    dense = mask_mod(torch.tensor(0), torch.tensor(0), qi, ki) & inside
+    tiles = dense.view(nqb, block, nkb, block).transpose(1, 2)  # [NQB, NKB, bq, bk]
+    inside_tiles = inside.view(nqb, block, nkb, block).transpose(1, 2)
+    full = (tiles == inside_tiles).all(-1).all(-1)
+    partial = tiles.any(-1).any(-1) & ~full
+
+    def as_lists(keep):
+        num = keep.sum(-1).to(torch.int32).view(1, 1, nqb)
+        order = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)
+        return num, order.to(torch.int32).view(1, 1, nqb, nkb)
+
+    num, idx = as_lists(partial)
+    elem = torch.gather(tiles, 1, idx[0, 0].long().view(nqb, nkb, 1, 1).expand_as(tiles))
+    full_num, full_idx = as_lists(full)
+    return BlockLists(num, idx, elem.view(1, 1, nqb, nkb, block, block), full_num, full_idx,
+                      (block, block))
+
+
 def _inputs(b, hq, hk, sq, sk, d, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(b, hq, sq, d, generator=g, dtype=torch.float64),
@@ -87,6 +123,7 @@ def _inputs(b, hq, hk, sq, sk, d, seed=0):
             torch.randn(b, hk, sk, d, generator=g, dtype=torch.float64))
 
 
+@needs_flex
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("pattern,b,h,block", [
@@ -110,6 +147,7 @@ def test_block_mask_matches_dense(pattern, b, h, block, dtype, device):
     check_against_dense(q, k, v, bm, dense, dtype, device, enable_gqa=True)
 
 
+@needs_flex
 def test_mask_built_for_longer_sequences_is_cut():
     """A BlockMask made for 512 tokens on 300-token inputs (FlexAttention
     accepts it): its lists are cut to the inputs' blocks (the band reaches
@@ -139,6 +177,7 @@ def test_block_lists_without_element_mask_are_full_blocks():
     assert (out[:, :, 2 * bq:3 * bq] == 0).all()
 
 
+@needs_flex
 def test_combined_with_causal_and_dropout_matches_flashsdpa_dense():
     """Dropout draws the same Philox mask as the dense-mask SDPA call with the
     same seed (the keep decision depends on (b, h, i, j) only)."""
@@ -161,8 +200,7 @@ def test_softcap_and_alibi_match_the_fp64_reference():
     the same lists."""
     from flashsdpa import _C
     sq, sk = 150, 170
-    bm = create_block_mask(causal_window(60), None, None, sq, sk, device="cpu", BLOCK_SIZE=32)
-    lists = BlockLists.from_block_mask(bm, sq, sk)
+    lists = lists_of(causal_window(60), sq, sk, 32)
     q, k, v = (t.float() for t in _inputs(1, 2, 1, sq, sk, 16))
     slopes = torch.tensor([0.5, 0.25])
     out = flashsdpa.block_sparse_attention(q, k, v, lists, softcap=3.0, alibi_slopes=slopes,
@@ -180,7 +218,7 @@ def test_softcap_and_alibi_match_the_fp64_reference():
 
 def test_bad_lists_raise_naming_the_argument():
     sq = 64
-    bm = create_block_mask(causal_window(20), None, None, sq, sq, device="cpu", BLOCK_SIZE=16)
+    bm = lists_of(causal_window(20), sq, sq, 16)
     idx = bm.kv_indices.clone()
     idx[0, 0, 1, 0] = 99
     bad = BlockLists(bm.kv_num_blocks, idx, None, bm.full_kv_num_blocks, bm.full_kv_indices,
@@ -236,15 +274,16 @@ _MEMORY_SCRIPT = textwrap.dedent("""
         blocks = {0, max(qb - 1, 0), qb, min(qb + 1, n - 1)}
         blocks |= set(torch.randint(0, n, (2,), generator=g).tolist())
         rows.append(sorted(blocks))
-    width = max(len(r) for r in rows)
+    # One slot per key block, as BlockMask builds them (PyTorch 2.7 derives its
+    # transposed lists from that width).
     full_num = torch.tensor([[[len(r) for r in rows]]], dtype=torch.int32)
-    full_idx = torch.zeros(1, 1, n, width, dtype=torch.int32)
+    full_idx = torch.zeros(1, 1, n, n, dtype=torch.int32)
     for qb, r in enumerate(rows):
         full_idx[0, 0, qb, :len(r)] = torch.tensor(r, dtype=torch.int32)
     empty_num = torch.zeros(1, 1, n, dtype=torch.int32)
-    empty_idx = torch.zeros(1, 1, n, 1, dtype=torch.int32)
+    empty_idx = torch.zeros(1, 1, n, n, dtype=torch.int32)
     bm = BlockMask.from_kv_blocks(empty_num, empty_idx, full_num, full_idx, BLOCK_SIZE=BLK,
-                                  seq_lengths=(S, S), compute_q_blocks=False)
+                                  seq_lengths=(S, S))
     q, k, v = (torch.randn(1, H, S, D, requires_grad=True) for _ in range(3))
     # Warm-up (thread pool, per-thread scratch) on 2 blocks, outside the measurement.
     warm = flashsdpa.BlockLists(full_kv_num_blocks=torch.ones(1, 1, 2, dtype=torch.int32),
@@ -276,6 +315,7 @@ def _peak_growth(S: int):
     return growth
 
 
+@needs_flex
 @pytest.mark.skipif(not sys.platform.startswith("linux"),
                     reason="reads the peak resident size from /proc (Linux)")
 def test_long_sequence_memory_is_linear():

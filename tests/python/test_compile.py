@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import flashsdpa
 from flashsdpa import _ops
+from conftest import SDPA_HAS_ENABLE_GQA, repeat_kv_heads
 
 
 def _fwd_args(device, *, mask=None, dropout=0.0, varlen=False, alibi=False, requires_grad=True):
@@ -77,8 +78,12 @@ class Block(nn.Module):
         h = self.norm1(x)
         q = self.q(h).view(b, s, self.h, self.hd).transpose(1, 2)
         k, v = self.kv(h).view(b, s, 2, self.kvh, self.hd).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           enable_gqa=True)
+        if SDPA_HAS_ENABLE_GQA:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                               enable_gqa=True)
+        else:  # PyTorch < 2.5: the model repeats the K/V heads itself
+            k, v = repeat_kv_heads(q, k, v)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
         x = x + self.o(a.transpose(1, 2).reshape(b, s, d))
         return x + self.mlp(self.norm2(x))
 

@@ -19,7 +19,8 @@ SCRIPT = textwrap.dedent('''
                  "current_flash_attention_impl"):
         if hasattr(torch.nn.attention, name):
             delattr(torch.nn.attention, name)
-    del torch.library.get_kernel
+    if hasattr(torch.library, "get_kernel"):
+        del torch.library.get_kernel
     original = F.scaled_dot_product_attention
 
     def sdpa_before_2_5(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,

@@ -106,8 +106,10 @@ def test_fallback_reasons(reason, device):
 
 
 def test_fallback_for_nested_tensors():
-    nt = torch.nested.nested_tensor([torch.randn(2, 5, 8), torch.randn(2, 7, 8)],
-                                    layout=torch.jagged)
+    # [B, *, H, D] transposed to SDPA's [B, H, *, D] (the ragged dimension
+    # next to the batch: the only jagged form PyTorch < 2.5 builds)
+    nt = torch.nested.nested_tensor([torch.randn(5, 2, 8), torch.randn(7, 2, 8)],
+                                    layout=torch.jagged).transpose(1, 2)
     with flashsdpa.enabled():
         try:
             F.scaled_dot_product_attention(nt, nt, nt)
