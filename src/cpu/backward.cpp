@@ -24,11 +24,10 @@ namespace {
 // are recomputed as the forward did.
 struct QSide {
   int64_t dp, dvp, dk2, dv2;
-  Buffer qs, dout, lse, delta;
-  Buffer q16, qt16, do16, dot16;  // AMX only
-  static const uint16_t* at(const Buffer& b, int64_t r0, int64_t ld) {
-    return reinterpret_cast<const uint16_t*>(b.get()) + r0 * ld;
-  }
+  float *qs, *dout, *lse, *delta;
+  uint16_t *q16 = nullptr, *qt16 = nullptr, *do16 = nullptr, *dot16 = nullptr;  // AMX only
+  Buffer owned;  // their memory when too large to keep (kept_scratch)
+  static const uint16_t* at(const uint16_t* b, int64_t r0, int64_t ld) { return b + r0 * ld; }
   const uint16_t* q16_rows(int64_t r0) const { return at(q16, r0, dk2); }
   const uint16_t* qt16_block(int64_t r0) const { return at(qt16, r0, dp); }
   const uint16_t* do16_rows(int64_t r0) const { return at(do16, r0, dv2); }
@@ -46,16 +45,21 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
   qs.dk2 = amx_pad(p.head_dim);
   qs.dv2 = amx_pad(p.head_dim_v);
   const int64_t rows = L.q_blocks() * p.heads_q * kBlockQ;
-  if (uses_amx(p)) {
-    qs.q16 = alloc_floats(rows * qs.dk2 / 2);
-    qs.qt16 = alloc_floats(rows * dp / 2);
-    qs.do16 = alloc_floats(rows * qs.dv2 / 2);
-    qs.dot16 = alloc_floats(rows * dvp / 2);
+  // One block of memory: fp32 panels, then the bf16 ones (even counts).
+  const bool amx = uses_amx(p);
+  const int64_t f32 = rows * (dp + dvp + 2);
+  const int64_t b16 = amx ? rows * (qs.dk2 + dp + qs.dv2 + dvp) : 0;
+  float* mem = kept_scratch(3, f32 + b16 / 2, qs.owned);
+  qs.qs = mem;
+  qs.dout = qs.qs + rows * dp;
+  qs.lse = qs.dout + rows * dvp;
+  qs.delta = qs.lse + rows;
+  if (amx) {
+    qs.q16 = reinterpret_cast<uint16_t*>(mem + f32);
+    qs.qt16 = qs.q16 + rows * qs.dk2;
+    qs.do16 = qs.qt16 + rows * dp;
+    qs.dot16 = qs.do16 + rows * qs.dv2;
   }
-  qs.qs = alloc_floats(rows * dp);
-  qs.dout = alloc_floats(rows * dvp);
-  qs.lse = alloc_floats(rows);
-  qs.delta = alloc_floats(rows);
   parallel_for(p.batch * p.heads_q, [&](int64_t task) {
     const int64_t b = task / p.heads_q, h = task % p.heads_q;
     const SeqExtent& e = L.seq[b];
@@ -65,9 +69,9 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
       const int64_t n = std::min<int64_t>(kBlockQ, e.sq - i0);
       const int64_t r0 = qs.row0(gqb, h, p.heads_q);
       flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim, p.scale,
-                        qs.qs.get() + r0 * dp, dp, kBlockQ),
+                        qs.qs + r0 * dp, dp, kBlockQ),
               nf.q);
-      const float* dout = qs.dout.get() + r0 * dvp;
+      const float* dout = qs.dout + r0 * dvp;
       flag_if(pack_rows(p.dout, p.dout_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim_v,
                         1.0f, const_cast<float*>(dout), dvp, kBlockQ),
               nf.dout);
@@ -92,7 +96,7 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
           lse = p.lse[lse_offset(p, b, h, tok)];
           load_f32(p.out, offset4(p.out_stride, b, h, tok, 0), p.out_stride[3], p.head_dim_v,
                    p.dtype, 1.0f, o.get());
-          const float* dor = qs.dout.get() + (r0 + r) * dvp;
+          const float* dor = qs.dout + (r0 + r) * dvp;
           for (int64_t d = 0; d < p.head_dim_v; ++d) delta += dor[d] * o[d];
         }
         qs.lse[r0 + r] = lse;
@@ -152,8 +156,9 @@ fsdpa_status backward(const AttnParams& p) {
   const int64_t max_kblocks = (p.seqlen_k + kBlockK - 1) / kBlockK;
   const int splits = key_splits(heads_tasks, max_kblocks, pool_threads());
   const int64_t q_rows = L.q_blocks() * p.heads_q * kBlockQ;
-  Buffer dq_acc = alloc_floats(splits * q_rows * dp);
-  std::fill(dq_acc.get(), dq_acc.get() + splits * q_rows * dp, 0.0f);
+  Buffer dq_owned;
+  float* const dq_acc = kept_scratch(1, splits * q_rows * dp, dq_owned);
+  std::fill(dq_acc, dq_acc + splits * q_rows * dp, 0.0f);
 
   parallel_for(heads_tasks * splits, [&](int64_t task) {
     const int64_t split = task % splits, bh = task / splits;
@@ -161,7 +166,7 @@ fsdpa_status backward(const AttnParams& p) {
     const SeqExtent& e = L.seq[b];
     const Tiles T(dp, dvp);
     const AmxTiles A16(Q.q16 ? thread_scratch(2, AmxTiles::floats(Q)) : nullptr, Q);
-    float* dq_split = dq_acc.get() + split * q_rows * dp;
+    float* dq_split = dq_acc + split * q_rows * dp;
     // Block lists, transposed: per query head of the group, the query
     // blocks naming each key block; q_visit: the query tiles to visit.
     std::vector<SparseCols> cols(p.sparse ? group : 0);
@@ -208,8 +213,8 @@ fsdpa_status backward(const AttnParams& p) {
           visible_key_blocks(c, i0, i0 + rows, &kb_lo, &kb_hi);
           if (kb < kb_lo || kb >= kb_hi) continue;
           const int64_t r0 = Q.row0(gqb, h, p.heads_q);
-          const float* qs = Q.qs.get() + r0 * dp;
-          const float* dout = Q.dout.get() + r0 * dvp;
+          const float* qs = Q.qs + r0 * dp;
+          const float* dout = Q.dout + r0 * dvp;
 
           // P = exp(S - lse), masked entries 0; S computed as the forward did.
           switch (forward_score_gemm(p, rows)) {
@@ -320,9 +325,9 @@ fsdpa_status backward(const AttnParams& p) {
     for (int64_t i = 0; i < e.sq; ++i) {
       const int64_t gqb = L.q_block0[b] + i / kBlockQ;
       const int64_t r = Q.row0(gqb, h, p.heads_q) + i % kBlockQ;
-      std::copy(dq_acc.get() + r * dp, dq_acc.get() + (r + 1) * dp, row.get());
+      std::copy(dq_acc + r * dp, dq_acc + (r + 1) * dp, row.get());
       for (int s = 1; s < splits; ++s) {
-        const float* src = dq_acc.get() + (s * q_rows + r) * dp;
+        const float* src = dq_acc + (s * q_rows + r) * dp;
         for (int64_t d = 0; d < dp; ++d) row[d] += src[d];
       }
       store_f32(p.dq, offset4(p.dq_stride, b, h, e.q_begin + i, 0), p.dq_stride[3], p.head_dim,

@@ -35,16 +35,19 @@ bool pack_kv_rows(const AttnParams& p, const void* base, const int64_t* st, int6
   return finite;
 }
 
-// K^T [Dp x kBlockK] and V [kBlockK x Dvp] of key block kb of (b, hk), fp32,
-// zero padded; `tmp` holds kBlockK x Dp floats.
+// K^T [Dp x kBlockK] and V [kBlockK x Dvp] of key block kb of (b, hk), fp32;
+// `tmp` holds kBlockK x Dp floats. A partial last block is written up to its
+// keys rounded up to whole vectors (zero padded), the columns of K^T and
+// rows of V that attend() reads (pv_keys); the rest is left as it is.
 void pack_kv_tile(const AttnParams& p, const BlockLayout& L, int64_t b, int64_t hk, int64_t kb,
                   int64_t dp, int64_t dvp, float* kt, float* v, float* tmp, NonFiniteFlags& nf) {
   const SeqExtent& e = L.seq[b];
   const int64_t j0 = kb * kBlockK, n = std::min<int64_t>(kBlockK, e.sk - j0);
-  flag_if(pack_kv_rows(p, p.k, p.k_stride, b, hk, e.k_begin + j0, n, p.head_dim, tmp, dp, kBlockK),
+  const int64_t used = std::min<int64_t>(kBlockK, round_up(n, kPanelAlign));
+  flag_if(pack_kv_rows(p, p.k, p.k_stride, b, hk, e.k_begin + j0, n, p.head_dim, tmp, dp, used),
           nf.k);
-  transpose(tmp, dp, kBlockK, dp, kt, kBlockK);
-  flag_if(pack_kv_rows(p, p.v, p.v_stride, b, hk, e.k_begin + j0, n, p.head_dim_v, v, dvp, kBlockK),
+  transpose(tmp, dp, used, dp, kt, kBlockK);
+  flag_if(pack_kv_rows(p, p.v, p.v_stride, b, hk, e.k_begin + j0, n, p.head_dim_v, v, dvp, used),
           nf.v);
 }
 
@@ -97,19 +100,22 @@ void pack_kv_tile_bf16(const AttnParams& p, const BlockLayout& L, int64_t b, int
 // With AMX (bf16) the tiles are kept in bf16 only (kt16, v16).
 struct PackedKV {
   int64_t dp, dvp, dk2;
-  Buffer kt, v;      // fp32; empty when packing on the fly or with AMX
-  Buffer kt16, v16;  // bf16 for AMX, else empty
+  float* kt = nullptr;  // fp32; null when packing on the fly or with AMX
+  float* v = nullptr;
+  uint16_t* kt16 = nullptr;  // bf16 for AMX, else null
+  uint16_t* v16 = nullptr;
+  Buffer owned;  // the panels' memory when too large to keep (kept_scratch)
   const uint16_t* kt16_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
-    return reinterpret_cast<const uint16_t*>(kt16.get()) + (kblock * heads_k + hk) * dk2 * kBlockK;
+    return kt16 + (kblock * heads_k + hk) * dk2 * kBlockK;
   }
   const uint16_t* v16_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
-    return reinterpret_cast<const uint16_t*>(v16.get()) + (kblock * heads_k + hk) * kBlockK * dvp;
+    return v16 + (kblock * heads_k + hk) * kBlockK * dvp;
   }
   const float* kt_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
-    return kt.get() + (kblock * heads_k + hk) * dp * kBlockK;
+    return kt + (kblock * heads_k + hk) * dp * kBlockK;
   }
   const float* v_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
-    return v.get() + (kblock * heads_k + hk) * kBlockK * dvp;
+    return v + (kblock * heads_k + hk) * kBlockK * dvp;
   }
 };
 
@@ -121,29 +127,33 @@ PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all, NonFi
   if (!pack_all) return pk;
   const int64_t nblk = L.k_blocks() * p.heads_k;
   if (uses_amx(p)) {
-    pk.kt16 = alloc_floats(nblk * pk.dk2 * kBlockK / 2);
-    pk.v16 = alloc_floats(nblk * kBlockK * pk.dvp / 2);
+    const int64_t kt_n = nblk * pk.dk2 * kBlockK / 2, v_n = nblk * kBlockK * pk.dvp / 2;
+    float* mem = kept_scratch(3, kt_n + v_n, pk.owned);
+    pk.kt16 = reinterpret_cast<uint16_t*>(mem);
+    pk.v16 = reinterpret_cast<uint16_t*>(mem + kt_n);
     parallel_for(p.batch * p.heads_k, [&](int64_t task) {
       const int64_t b = task / p.heads_k, hk = task % p.heads_k;
-      Buffer tmp = alloc_floats(kBlockK * std::max(pk.dp, pk.dvp));
+      // (slot 2: the forward tasks that use it start after this pass)
+      float* tmp = thread_scratch(2, kBlockK * std::max(pk.dp, pk.dvp));
       for (int64_t kb = 0; kb < L.k_block0[b + 1] - L.k_block0[b]; ++kb) {
         const int64_t gb = L.k_block0[b] + kb;
         pack_kv_tile_bf16(p, L, b, hk, kb, pk.dp, pk.dk2, pk.dvp,
                           const_cast<uint16_t*>(pk.kt16_block(gb, hk, p.heads_k)),
-                          const_cast<uint16_t*>(pk.v16_block(gb, hk, p.heads_k)), tmp.get(), nf);
+                          const_cast<uint16_t*>(pk.v16_block(gb, hk, p.heads_k)), tmp, nf);
       }
     });
     return pk;
   }
-  pk.kt = alloc_floats(nblk * pk.dp * kBlockK);
-  pk.v = alloc_floats(nblk * kBlockK * pk.dvp);
+  const int64_t kt_n = nblk * pk.dp * kBlockK;
+  pk.kt = kept_scratch(3, kt_n + nblk * kBlockK * pk.dvp, pk.owned);
+  pk.v = pk.kt + kt_n;
   parallel_for(p.batch * p.heads_k, [&](int64_t task) {
     const int64_t b = task / p.heads_k, hk = task % p.heads_k;
-    Buffer tmp = alloc_floats(kBlockK * pk.dp);
+    float* tmp = thread_scratch(2, kBlockK * pk.dp);  // as above
     for (int64_t kb = 0; kb < L.k_block0[b + 1] - L.k_block0[b]; ++kb) {
       const int64_t gb = L.k_block0[b] + kb;
       pack_kv_tile(p, L, b, hk, kb, pk.dp, pk.dvp, const_cast<float*>(pk.kt_block(gb, hk, p.heads_k)),
-                   const_cast<float*>(pk.v_block(gb, hk, p.heads_k)), tmp.get(), nf);
+                   const_cast<float*>(pk.v_block(gb, hk, p.heads_k)), tmp, nf);
     }
   });
   return pk;
@@ -220,7 +230,8 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
     st.m[r] = kNegInf;
     st.l[r] = 0.0f;
   }
-  std::fill(st.o, st.o + kBlockQ * pk.dvp, 0.0f);
+  // (AMX multiplies all kBlockQ rows; the fp32 products only `rows`.)
+  std::fill(st.o, st.o + (pk.kt16 ? kBlockQ : rows) * pk.dvp, 0.0f);
   // AMX multiplies whole 16-row tiles: P's rows past `rows` stay zero.
   if (pk.kt16) std::fill(p16 + rows * kBlockK, p16 + kBlockQ * kBlockK, uint16_t{0});
   const bool bf16 = p.dtype == DType::bf16;
@@ -231,6 +242,7 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
     if (sparse && !sparse->visit[kb]) continue;
     const int64_t j0 = kb * kBlockK;
     int64_t n = kBlockK;  // keys of this block (fewer at the sequence end)
+    int64_t pv_keys = kBlockK;  // key columns the packed fp32 products use
     const float* v;
     if (pk.kt16) {
       amx_gemm_bf16(kBlockQ, kBlockK, static_cast<int>(pk.dk2), q16, static_cast<int>(pk.dk2),
@@ -238,8 +250,14 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       scale_row(S, static_cast<int>(rows * kBlockK), p.scale);
       v = nullptr;
     } else if (pk.kt) {
-      gemm(rows, kBlockK, pk.dp, qs, pk.dp, pk.kt_block(kb0 + kb, hk, p.heads_k), kBlockK, S,
-           kBlockK, false);
+      // A sequence's last, partial key block: only its keys' columns (whole
+      // vectors) are multiplied; the epilogue sets the rest to -inf (keys
+      // past the sequence end) and P V skips their zero rows, exactly. Each
+      // score is the same dot product either way (the backward recomputes
+      // all 64 columns bit for bit alike).
+      pv_keys = std::min<int64_t>(kBlockK, round_up(c.e.sk - j0, kPanelAlign));
+      gemm(rows, static_cast<int>(pv_keys), pk.dp, qs, pk.dp,
+           pk.kt_block(kb0 + kb, hk, p.heads_k), kBlockK, S, kBlockK, false);
       v = pk.v_block(kb0 + kb, hk, p.heads_k);
     } else if (in_place) {
       // Decode, fp32/bf16 with contiguous rows: K and V read where they are,
@@ -278,35 +296,54 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       score_epilogue(g == 0 ? c : make_head_ctx(p, c.e, c.b, c.h + g), i0, head_rows, j0,
                      S + g * head_rows * kBlockK, kBlockK, nullptr);
     if (sparse) apply_block_sparse(c, i0, rows, j0, S, kBlockK, *sparse);  // heads == 1 here
-    // New row maxima, then all rows' rescale factors in one SIMD pass
-    // (alpha = 0 when m was -inf; unused where m_new is -inf).
-    float m_new_rows[kBlockQ], alpha_rows[kBlockQ];
-    for (int64_t r = 0; r < rows; ++r)
-      m_new_rows[r] = max_keep_nan(st.m[r], row_max(S + r * kBlockK, kBlockK));
-    exp_diff(st.m, m_new_rows, alpha_rows, static_cast<int>(rows));
-    // AMX without dropout: P goes straight to bf16, the A side of P V.
-    const bool p_to_bf16 = pk.kt16 && p.dropout_p == 0;
-    for (int64_t r = 0; r < rows; ++r) {
-      float* s = S + r * kBlockK;
-      const float m_new = m_new_rows[r];
-      if (m_new == kNegInf) {  // nothing visible yet in this row
-        // Unless a score is NaN (the SIMD max may skip it): then the row is
-        // NaN, through its sum and, via P = NaN, its output.
-        const bool nan_score = std::any_of(s, s + kBlockK, [](float x) { return x != x; });
-        std::fill(s, s + kBlockK, nan_score ? NAN : 0.0f);
-        if (p_to_bf16)
-          std::fill(p16 + r * kBlockK, p16 + (r + 1) * kBlockK, f32_to_bf16(nan_score ? NAN : 0.0f));
-        if (nan_score) st.m[r] = st.l[r] = NAN;
-        continue;
+    // alpha_rows: the factors exp(m_old - m_new) by which O's rows are
+    // rescaled before this block's P V is added.
+    float alpha_rows[kBlockQ];
+    // A row that sees nothing yet (m_new = -inf) gets P = 0, unless a score
+    // is NaN (the SIMD max may skip it): then the row is NaN, through its
+    // sum and, via P = NaN, its output. Returns that P value.
+    auto nothing_visible = [&](int64_t r, float* s) {
+      const bool nan_score = std::any_of(s, s + kBlockK, [](float x) { return x != x; });
+      std::fill(s, s + kBlockK, nan_score ? NAN : 0.0f);
+      if (nan_score) st.m[r] = st.l[r] = NAN;
+      return nan_score ? NAN : 0.0f;
+    };
+    if (!pk.kt16) {
+      // fp32 products: the whole tile's softmax step in one SIMD pass.
+      softmax_rows(S, kBlockK, static_cast<int>(rows), kBlockK, st.m, st.l, alpha_rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        if (st.m[r] == kNegInf) {
+          nothing_visible(r, S + r * kBlockK);
+          alpha_rows[r] = 1.0f;  // O is still 0 (or NaN)
+        } else if (p.dropout_p > 0) {
+          apply_dropout_row(c, i0 + r, j0, S + r * kBlockK);  // heads == 1 here
+        }
       }
-      const float alpha = alpha_rows[r];
-      st.l[r] = st.l[r] * alpha +
-                (p_to_bf16 ? exp_sub_sum_to_bf16_amx(s, kBlockK, m_new, p16 + r * kBlockK)
-                 : pk.kt16 ? exp_sub_sum_bf16(s, kBlockK, m_new)
-                           : exp_sub_sum(s, kBlockK, m_new));
-      if (alpha != 1.0f) scale_row(st.o + r * pk.dvp, pk.dvp, alpha);
-      st.m[r] = m_new;
-      if (p.dropout_p > 0) apply_dropout_row(c, i0 + r, j0, s);  // heads == 1 here
+    } else {
+      // New row maxima, then all rows' rescale factors in one SIMD pass
+      // (alpha = 0 when m was -inf; unused where m_new is -inf).
+      float m_new_rows[kBlockQ];
+      for (int64_t r = 0; r < rows; ++r)
+        m_new_rows[r] = max_keep_nan(st.m[r], row_max(S + r * kBlockK, kBlockK));
+      exp_diff(st.m, m_new_rows, alpha_rows, static_cast<int>(rows));
+      // Without dropout P goes straight to bf16, the A side of P V.
+      const bool p_to_bf16 = p.dropout_p == 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        float* s = S + r * kBlockK;
+        const float m_new = m_new_rows[r];
+        if (m_new == kNegInf) {
+          const float pv = nothing_visible(r, s);
+          if (p_to_bf16) std::fill(p16 + r * kBlockK, p16 + (r + 1) * kBlockK, f32_to_bf16(pv));
+          continue;
+        }
+        const float alpha = alpha_rows[r];
+        st.l[r] = st.l[r] * alpha +
+                  (p_to_bf16 ? exp_sub_sum_to_bf16_amx(s, kBlockK, m_new, p16 + r * kBlockK)
+                             : exp_sub_sum_bf16(s, kBlockK, m_new));
+        if (alpha != 1.0f) scale_row(st.o + r * pk.dvp, pk.dvp, alpha);
+        st.m[r] = m_new;
+        if (p.dropout_p > 0) apply_dropout_row(c, i0 + r, j0, s);  // heads == 1 here
+      }
     }
     if (pk.kt16) {
       if (p.dropout_p > 0)
@@ -315,8 +352,11 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
                     pk.v16_block(kb0 + kb, hk, p.heads_k), static_cast<int>(2 * pk.dvp), st.o,
                     static_cast<int>(pk.dvp), true);
     } else if (v) {
-      gemm(rows, pk.dvp, kBlockK, S, kBlockK, v, pk.dvp, st.o, pk.dvp, true);
+      gemm_scale_c(rows, pk.dvp, static_cast<int>(pv_keys), S, kBlockK, v, pk.dvp, st.o, pk.dvp,
+                   alpha_rows);
     } else {
+      for (int64_t r = 0; r < rows; ++r)
+        if (alpha_rows[r] != 1.0f) scale_row(st.o + r * pk.dvp, pk.dvp, alpha_rows[r]);
       const int64_t tok = c.e.k_begin + j0;
       for (int64_t j = 0, run; j < n; j += run) {
         run = std::min(n - j, kv_contiguous_rows(p, tok + j));
@@ -398,20 +438,31 @@ fsdpa_status forward(const AttnParams& p) {
   const int64_t part_sz = kBlockQ * dvp + 2 * kBlockQ;
   float* partials = splits > 1 ? thread_scratch(1, tasks * splits * part_sz) : nullptr;
 
-  // Map a flat q-block index to its sequence.
-  std::vector<int64_t> seq_of(L.q_blocks());
-  for (int64_t b = 0; b < p.batch; ++b)
-    for (int64_t qb = L.q_block0[b]; qb < L.q_block0[b + 1]; ++qb) seq_of[qb] = b;
+  // Tasks are numbered sequence by sequence, head by head, q-block by
+  // q-block: consecutive tasks read the same K/V panels, which then stay in
+  // the core's L2 for the next q-block (numbered q-block-major, every task
+  // read another head's K/V from L3).
+  struct TaskPos {
+    int64_t b, h, i0;
+  };
+  auto task_pos = [&](int64_t task) {
+    // The sequence: the last b with q_block0[b] * head_tasks <= task.
+    int64_t b = std::upper_bound(L.q_block0.begin(), L.q_block0.end() - 1, task,
+                                 [&](int64_t t, int64_t qb0) { return t < qb0 * head_tasks; }) -
+                L.q_block0.begin() - 1;
+    const int64_t nqb = L.q_block0[b + 1] - L.q_block0[b];
+    const int64_t local = task - L.q_block0[b] * head_tasks;
+    return TaskPos{b, local / nqb * task_heads, local % nqb * kBlockQ};
+  };
 
   parallel_for(tasks * splits, [&](int64_t order) {
-    // Last q-blocks first: under a causal mask they are the longest, and
-    // starting them early leaves short tasks to even out the threads' ends.
+    // Last tasks first: within a head the last q-blocks are the longest
+    // under a causal mask, and the short ones left for the end even out the
+    // threads' finish.
     const int64_t t = tasks * splits - 1 - order;
     const int64_t task = t / splits, split = t % splits;
-    const int64_t gqb = task / head_tasks, h = task % head_tasks * task_heads;
-    const int64_t b = seq_of[gqb];
+    const auto [b, h, i0] = task_pos(task);
     const SeqExtent& e = L.seq[b];
-    const int64_t i0 = (gqb - L.q_block0[b]) * kBlockQ;
     const int64_t rows = std::min<int64_t>(kBlockQ, e.sq - i0);
     const HeadCtx c = make_head_ctx(p, e, b, h);
 
@@ -466,10 +517,8 @@ fsdpa_status forward(const AttnParams& p) {
   if (splits > 1) {
     // Merge the splits of each task in split order (deterministic).
     parallel_for(tasks, [&](int64_t task) {
-      const int64_t gqb = task / head_tasks, h = task % head_tasks * task_heads;
-      const int64_t b = seq_of[gqb];
+      const auto [b, h, i0] = task_pos(task);
       const SeqExtent& e = L.seq[b];
-      const int64_t i0 = (gqb - L.q_block0[b]) * kBlockQ;
       const int64_t rows = std::min<int64_t>(kBlockQ, e.sq - i0);
       const int64_t all_rows = task_heads * rows;
       float* first = partials + task * splits * part_sz;

@@ -15,6 +15,15 @@ constexpr int kBlockK = 64;
 // gemm, which pays off only with more rows.
 constexpr int kInPlaceMaxRows = 16;
 
+// The in-place decode kernels stream K/V rows from memory (a decode step
+// reads each once) and request the cache lines of the row this many rows
+// ahead (in the same run of rows): the hardware's stream prefetch stops at
+// each 4 KiB page, and a row's work (~20 cycles) is far shorter than a
+// miss. Measured (fp32 Sq 1, Sk 32768, D 128, 1 thread, loaded machine):
+// no prefetch 7.3-8.3 ms, 4 rows ahead 3.2-5.4, 16 rows 3.2-7.0, 32 rows
+// 3.1-4.9.
+constexpr int kPrefetchRows = 32;
+
 // GQA decode: the query heads of a group read the same K/V, so one task
 // takes all of them, stacked as rows (at most kInPlaceMaxRows in all), and
 // reads each K/V row once instead of once per head: decode is bound by
@@ -22,6 +31,13 @@ constexpr int kInPlaceMaxRows = 16;
 inline bool stack_gqa_heads(int64_t seqlen_q, int64_t group, bool dropout) {
   return group > 1 && !dropout && seqlen_q * group <= kInPlaceMaxRows;
 }
+
+// Per-call panels (the forward's packed K/V, the backward's Q side and dQ
+// sums) stay allocated on the calling thread between calls up to this size
+// each: a fresh allocation of tens of MiB costs page faults and zeroing on
+// every call; larger panels are freed after each call, so a long-context
+// call leaves no large buffer behind.
+constexpr int64_t kKeepPanelBytes = int64_t{64} << 20;
 
 // How long idle pool threads (and a caller waiting for them) spin before
 // sleeping: long enough to catch the next call of a decode loop, short

@@ -4,6 +4,7 @@
 #define HWY_TARGET_INCLUDE "cpu/simd_kernels.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+#include "hwy/cache_control.h"
 #include "hwy/contrib/math/math-inl.h"
 
 #include <math.h>
@@ -13,6 +14,7 @@
 #include <limits>
 
 #include "core/dtype.h"
+#include "cpu/heuristics.h"
 #include "cpu/simd_kernels.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -28,17 +30,22 @@ using DF = hn::CappedTag<float, 16>;
 // row-major (element (r, k) at A[r * lda + k]) or, with kTransA, stored
 // transposed (at A[k * lda + r]); a compile-time choice keeps the address
 // arithmetic of the broadcasts to one add per k.
+// With accumulate, C's rows are first scaled by row_scale[r] if given.
 template <int kRows, int kVecs, bool kTransA>
 HWY_INLINE void gemm_block(int K, const float* HWY_RESTRICT A, int lda,
                            const float* HWY_RESTRICT B, int ldb, float* HWY_RESTRICT C, int ldc,
-                           bool accumulate) {
+                           bool accumulate, const float* row_scale) {
   const DF d;
   const size_t N = hn::Lanes(d);
   using V = hn::Vec<DF>;
   V acc[kRows][kVecs];
-  for (int r = 0; r < kRows; ++r)
+  for (int r = 0; r < kRows; ++r) {
+    const V scale = hn::Set(d, row_scale ? row_scale[r] : 1.0f);
     for (int v = 0; v < kVecs; ++v)
-      acc[r][v] = accumulate ? hn::LoadU(d, C + r * ldc + v * N) : hn::Zero(d);
+      acc[r][v] = !accumulate ? hn::Zero(d)
+                  : row_scale ? hn::Mul(scale, hn::LoadU(d, C + r * ldc + v * N))
+                              : hn::LoadU(d, C + r * ldc + v * N);
+  }
   for (int k = 0; k < K; ++k) {
     V b[kVecs];
     for (int v = 0; v < kVecs; ++v) b[v] = hn::LoadU(d, B + k * ldb + v * N);
@@ -54,38 +61,44 @@ HWY_INLINE void gemm_block(int K, const float* HWY_RESTRICT A, int lda,
 
 template <int kRows, bool kTransA>
 HWY_INLINE void gemm_rows(int N, int K, const float* A, int lda, const float* B, int ldb,
-                          float* C, int ldc, bool accumulate) {
+                          float* C, int ldc, bool accumulate, const float* row_scale) {
   const DF d;
   const int lanes = static_cast<int>(hn::Lanes(d));
   // 4 vectors wide where possible, then 2, 1.
   int j = 0;
   for (; j + 4 * lanes <= N; j += 4 * lanes)
-    gemm_block<kRows, 4, kTransA>(K, A, lda, B + j, ldb, C + j, ldc, accumulate);
+    gemm_block<kRows, 4, kTransA>(K, A, lda, B + j, ldb, C + j, ldc, accumulate, row_scale);
   for (; j + 2 * lanes <= N; j += 2 * lanes)
-    gemm_block<kRows, 2, kTransA>(K, A, lda, B + j, ldb, C + j, ldc, accumulate);
+    gemm_block<kRows, 2, kTransA>(K, A, lda, B + j, ldb, C + j, ldc, accumulate, row_scale);
   for (; j < N; j += lanes)
-    gemm_block<kRows, 1, kTransA>(K, A, lda, B + j, ldb, C + j, ldc, accumulate);
+    gemm_block<kRows, 1, kTransA>(K, A, lda, B + j, ldb, C + j, ldc, accumulate, row_scale);
 }
 
 // C[M x N] (+)= A[M x K] * B[K x N]; with kTransA, A is given as At [K x M].
 template <bool kTransA>
 void gemm_any(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
-              int ldc, bool accumulate) {
+              int ldc, bool accumulate, const float* row_scale = nullptr) {
   constexpr int kRows = 6;  // 6 x 4 vectors: 24 accumulators of 32 registers
   // Row i of the product starts at A + i (transposed) or A + i * lda.
   auto a_row = [&](int i) { return kTransA ? A + i : A + i * lda; };
   int i = 0;
+  auto scale = [&](int i) { return row_scale ? row_scale + i : nullptr; };
   for (; i + kRows <= M; i += kRows)
-    gemm_rows<kRows, kTransA>(N, K, a_row(i), lda, B, ldb, C + i * ldc, ldc, accumulate);
+    gemm_rows<kRows, kTransA>(N, K, a_row(i), lda, B, ldb, C + i * ldc, ldc, accumulate, scale(i));
   for (; i + 4 <= M; i += 4)
-    gemm_rows<4, kTransA>(N, K, a_row(i), lda, B, ldb, C + i * ldc, ldc, accumulate);
+    gemm_rows<4, kTransA>(N, K, a_row(i), lda, B, ldb, C + i * ldc, ldc, accumulate, scale(i));
   for (; i < M; ++i)
-    gemm_rows<1, kTransA>(N, K, a_row(i), lda, B, ldb, C + i * ldc, ldc, accumulate);
+    gemm_rows<1, kTransA>(N, K, a_row(i), lda, B, ldb, C + i * ldc, ldc, accumulate, scale(i));
 }
 
 void Gemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
           int ldc, bool accumulate) {
   gemm_any<false>(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+}
+
+void GemmScaleC(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
+                int ldc, const float* row_scale) {
+  gemm_any<false>(M, N, K, A, lda, B, ldb, C, ldc, true, row_scale);
 }
 
 void GemmAt(int M, int N, int K, const float* At, int ldat, const float* B, int ldb, float* C,
@@ -116,9 +129,36 @@ void GemmBt(int M, int N, int K, const float* HWY_RESTRICT A, int lda,
   }
 }
 
+// dst [cols x rows] = src^T, src [rows x cols]: a column of `lanes` rows is
+// one gather and one contiguous store (the scalar loop, one strided store
+// per element, was 13% of a small forward).
+void Transpose(const float* HWY_RESTRICT src, int64_t ld_src, int64_t rows, int64_t cols,
+               float* HWY_RESTRICT dst, int64_t ld_dst) {
+  const DF d;
+  const hn::RebindToSigned<DF> di;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(d));
+  int64_t r = 0;
+  if (ld_src * lanes < (int64_t{1} << 31)) {  // int32 gather offsets
+    alignas(64) int32_t offs[16];
+    for (int64_t i = 0; i < lanes; ++i) offs[i] = static_cast<int32_t>(i * ld_src);
+    const auto idx = hn::Load(di, offs);
+    for (; r + lanes <= rows; r += lanes)
+      for (int64_t c = 0; c < cols; ++c)
+        hn::StoreU(hn::GatherIndex(d, src + r * ld_src + c, idx), d, dst + c * ld_dst + r);
+  }
+  for (; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
+}
+
 // ---- Decode kernels: K/V rows read in place from the caller's tensor ------
 using DU = hn::RebindToUnsigned<DF>;
 using VU = hn::Vec<DU>;
+
+// Requests a row's cache lines (kPrefetchRows, heuristics.h).
+HWY_INLINE void PrefetchRow(const char* row, int bytes, bool inside) {
+  if (!inside) return;
+  for (int off = 0; off < bytes; off += 64) hwy::Prefetch(row + off);
+}
 
 // fp32 bits of one vector of a contiguous fp32 or (kBF16) bf16 row at i.
 template <bool kBF16>
@@ -182,8 +222,10 @@ void DotRowsSrcT(int M, int N, int K, const float* HWY_RESTRICT A, int lda, cons
                  int64_t ldbt, float* HWY_RESTRICT C, int ldc) {
   const char* bt = static_cast<const char*>(Bt);
   const int64_t ldb = ldbt * (kBF16 ? 2 : 4);
+  const int row_bytes = K * (kBF16 ? 2 : 4);
   for (int j = 0; j < N; ++j) {
     const char* row = bt + j * ldb;
+    PrefetchRow(row + kPrefetchRows * ldb, row_bytes, j + kPrefetchRows < N);
     int r = 0;
     for (; r + 4 <= M; r += 4) DotBlock<kBF16, 4>(r, j, K, A, lda, row, C, ldc);
     if (r + 2 <= M) {
@@ -199,7 +241,8 @@ void DotRowsSrcT(int M, int N, int K, const float* HWY_RESTRICT A, int lda, cons
 // kC == 1 with n < lanes: the row tail.
 template <bool kBF16, int kR, int kC>
 HWY_INLINE void AccumBlock(int r0, int k, int64_t n, int N, const float* HWY_RESTRICT P, int ldp,
-                           const char* B, int64_t ldb_bytes, float* HWY_RESTRICT O, int ldo) {
+                           const char* B, int64_t ldb_bytes, float* HWY_RESTRICT O, int ldo,
+                           int row_bytes) {
   const DF d;
   const int lanes = static_cast<int>(hn::Lanes(d));
   hn::Vec<DF> acc[kR][kC];
@@ -207,6 +250,7 @@ HWY_INLINE void AccumBlock(int r0, int k, int64_t n, int N, const float* HWY_RES
     for (int c = 0; c < kC; ++c) acc[i][c] = hn::LoadU(d, O + (r0 + i) * ldo + k + c * lanes);
   for (int j = 0; j < N; ++j) {
     const char* row = B + j * ldb_bytes;
+    if (k == 0) PrefetchRow(row + kPrefetchRows * ldb_bytes, row_bytes, j + kPrefetchRows < N);
     hn::Vec<DF> p[kR];
     for (int i = 0; i < kR; ++i) p[i] = hn::Set(d, P[(r0 + i) * ldp + j]);
     for (int c = 0; c < kC; ++c) {
@@ -228,17 +272,18 @@ void AccumRowsSrcT(int M, int N, int K, const float* HWY_RESTRICT P, int ldp, co
   const int lanes = static_cast<int>(hn::Lanes(DF()));
   const char* b = static_cast<const char*>(B);
   const int64_t ldb_bytes = ldb * (kBF16 ? 2 : 4);
+  const int row_bytes = K * (kBF16 ? 2 : 4);
   for (int r = 0; r < M; r += 2) {
     const bool two = r + 1 < M;
     int k = 0;
     for (; k + 8 * lanes <= K; k += 8 * lanes) {
-      if (two) AccumBlock<kBF16, 2, 8>(r, k, lanes, N, P, ldp, b, ldb_bytes, O, ldo);
-      else AccumBlock<kBF16, 1, 8>(r, k, lanes, N, P, ldp, b, ldb_bytes, O, ldo);
+      if (two) AccumBlock<kBF16, 2, 8>(r, k, lanes, N, P, ldp, b, ldb_bytes, O, ldo, row_bytes);
+      else AccumBlock<kBF16, 1, 8>(r, k, lanes, N, P, ldp, b, ldb_bytes, O, ldo, row_bytes);
     }
     for (; k < K; k += lanes) {
       const int64_t n = std::min<int64_t>(lanes, K - k);
-      if (two) AccumBlock<kBF16, 2, 1>(r, k, n, N, P, ldp, b, ldb_bytes, O, ldo);
-      else AccumBlock<kBF16, 1, 1>(r, k, n, N, P, ldp, b, ldb_bytes, O, ldo);
+      if (two) AccumBlock<kBF16, 2, 1>(r, k, n, N, P, ldp, b, ldb_bytes, O, ldo, row_bytes);
+      else AccumBlock<kBF16, 1, 1>(r, k, n, N, P, ldp, b, ldb_bytes, O, ldo, row_bytes);
     }
   }
 }
@@ -334,22 +379,138 @@ bool AllFinite(const float* HWY_RESTRICT x, int64_t n) {
   return finite;
 }
 
+// exp(x) of the probabilities (x = score - max <= 0, or score - lse), to
+// ~2 ulp: 2^k e^r with x = k ln2 + r (ln2 in two parts), |r| <= ln2 / 2,
+// e^r by its degree-6 Taylor polynomial (truncation < 1.3e-7 relative).
+// About half the instructions of hn::Exp (perf: Exp was 8% of a large fp32
+// forward). Results below ~2^-126 are 0 (also exp(-inf)); the input is
+// clamped to [-100, 88] (exp(88) < FLT_MAX); NaN becomes a number: callers
+// that must keep it test for it.
+template <class D, class V>
+HWY_INLINE V ExpProb(D d, V x) {
+  const hn::RebindToSigned<D> di;
+  // (Clamped below too: from -inf, r would be -inf and the polynomial
+  // +-inf, whose product with 2^-127 = 0 is NaN.)
+  const auto xc = hn::Min(hn::Max(x, hn::Set(d, -100.0f)), hn::Set(d, 88.0f));
+  const auto k = hn::Round(hn::Max(hn::Mul(xc, hn::Set(d, 1.44269504088896341f)),
+                                   hn::Set(d, -127.0f)));
+  auto r = hn::NegMulAdd(k, hn::Set(d, 0.693145751953125f), xc);  // ln2's high part: exact k * hi
+  r = hn::NegMulAdd(k, hn::Set(d, 1.4286068203094172e-06f), r);
+  auto p = hn::Set(d, 1.0f / 720);
+  p = hn::MulAdd(p, r, hn::Set(d, 1.0f / 120));
+  p = hn::MulAdd(p, r, hn::Set(d, 1.0f / 24));
+  p = hn::MulAdd(p, r, hn::Set(d, 1.0f / 6));
+  p = hn::MulAdd(p, r, hn::Set(d, 0.5f));
+  p = hn::MulAdd(p, r, hn::Set(d, 1.0f));
+  p = hn::MulAdd(p, r, hn::Set(d, 1.0f));
+  // k >= -127: 2^-127 gets exponent field 0, i.e. 0.0 (flushing results
+  // below ~2^-126 without a compare); k <= 127 from the clamp at 88.
+  const auto two_k = hn::BitCast(d, hn::ShiftLeft<23>(hn::Add(hn::ConvertTo(di, k), hn::Set(di, 127))));
+  return hn::Mul(p, two_k);
+}
+
+// exp(x - m) of one vector, NaN kept: a NaN score (or +inf, which makes
+// x - m NaN) stays NaN, so it reaches the row's sum and output as in PyTorch.
+template <class D, class V>
+HWY_INLINE V ExpSubKeepNaN(D d, V x, V m) {
+  const auto x_m = hn::Sub(x, m);
+  return hn::IfThenElse(hn::IsNaN(x_m), x_m, ExpProb(d, x_m));
+}
+
 float ExpSubSum(float* HWY_RESTRICT x, int n, float m) {
   const DF d;
   const int lanes = static_cast<int>(hn::Lanes(d));
   const auto vm = hn::Set(d, m);
   auto sum = hn::Zero(d);
   for (int i = 0; i < n; i += lanes) {
-    // exp(-inf) is 0 in Highway's Exp (its input is clamped), masked scores
-    // therefore contribute nothing. The clamp would also turn NaN into a
-    // number: a NaN score (or +inf, which makes x - m NaN) stays NaN, so it
-    // reaches the row's sum and output as in PyTorch.
-    const auto x_m = hn::Sub(hn::LoadU(d, x + i), vm);
-    const auto e = hn::IfThenElse(hn::IsNaN(x_m), x_m, hn::Exp(d, x_m));
+    const auto e = ExpSubKeepNaN(d, hn::LoadU(d, x + i), vm);
     hn::StoreU(e, d, x + i);
     sum = hn::Add(sum, e);
   }
   return hn::GetLane(hn::SumOfLanes(d, sum));
+}
+
+// max(a, b), NaN if either is (a NaN score must reach the output).
+inline float MaxKeepNaN(float a, float b) { return a != a || b != b ? NAN : std::max(a, b); }
+
+// The online softmax step of `rows` rows of scores (n multiple of the
+// lanes, ld apart), one call per tile: per row m_new = max(m, row max);
+// where m_new > -inf the row becomes exp(s - m_new), alpha[r] =
+// exp(m - m_new) (0 for m = -inf), l = l * alpha + row sum, m = m_new.
+// Rows whose m_new is -inf (nothing visible yet) are left as they are,
+// with m[r] = -inf and alpha[r] = NaN: the caller's to handle.
+// SoftmaxRows' pass over kR rows: m[i] becomes the new max, m_old[i] the
+// previous one, the rows exp(s - m_new) (unless m_new is -inf), sums[i] the
+// rows' sums (0 where m_new is -inf).
+template <int kR>
+HWY_INLINE void SoftmaxRowGroup(float* HWY_RESTRICT S, int ld, int n, float* HWY_RESTRICT m,
+                                float* HWY_RESTRICT m_old, float* HWY_RESTRICT sums) {
+  const DF d;
+  const int lanes = static_cast<int>(hn::Lanes(d));
+  const float ninf = -std::numeric_limits<float>::infinity();
+  hn::Vec<DF> acc[kR];
+  for (int g = 0; g < kR; ++g) acc[g] = hn::Set(d, ninf);
+  for (int i = 0; i < n; i += lanes)
+    for (int g = 0; g < kR; ++g) acc[g] = hn::Max(acc[g], hn::LoadU(d, S + g * ld + i));
+  bool any = false;
+  for (int g = 0; g < kR; ++g) {
+    const float m_new = MaxKeepNaN(m[g], hn::GetLane(hn::MaxOfLanes(d, acc[g])));
+    m_old[g] = m[g];
+    m[g] = m_new;
+    any |= m_new != ninf;
+    acc[g] = hn::Set(d, m_new);
+  }
+  if (!any) {
+    for (int g = 0; g < kR; ++g) sums[g] = 0.0f;
+    return;
+  }
+  hn::Vec<DF> sum[kR];
+  for (int g = 0; g < kR; ++g) sum[g] = hn::Zero(d);
+  for (int i = 0; i < n; i += lanes)
+    for (int g = 0; g < kR; ++g) {
+      if (m[g] == ninf) continue;  // left as is: the caller's
+      const auto e = ExpSubKeepNaN(d, hn::LoadU(d, S + g * ld + i), acc[g]);
+      hn::StoreU(e, d, S + g * ld + i);
+      sum[g] = hn::Add(sum[g], e);
+    }
+  for (int g = 0; g < kR; ++g) sums[g] = hn::GetLane(hn::SumOfLanes(d, sum[g]));
+}
+
+void SoftmaxRows(float* HWY_RESTRICT S, int ld, int rows, int n, float* HWY_RESTRICT m,
+                 float* HWY_RESTRICT l, float* HWY_RESTRICT alpha) {
+  const DF d;
+  const int lanes = static_cast<int>(hn::Lanes(d));
+  const float ninf = -std::numeric_limits<float>::infinity();
+  float sums[64 + 16], m_old[64 + 16];
+  for (int r0 = 0; r0 < rows; r0 += 64) {  // 64 rows at a time (a tile's)
+    const int rn = std::min(64, rows - r0);
+    // Four rows at a time: their max and sum reductions and exps are
+    // independent chains the core overlaps (one row at a time, the
+    // horizontal reductions' latency dominated).
+    int r = 0;
+    for (; r + 4 <= rn; r += 4) SoftmaxRowGroup<4>(S + (r0 + r) * ld, ld, n, m + r0 + r, m_old + r, sums + r);
+    for (; r < rn; ++r) SoftmaxRowGroup<1>(S + (r0 + r) * ld, ld, n, m + r0 + r, m_old + r, sums + r);
+    // alpha = exp(m_old - m_new) of all rows at once: 0 from m_old = -inf,
+    // NaN where m_new is -inf (-inf - -inf); l = l * alpha + the row's sum.
+    // (Local copies padded to whole vectors.)
+    alignas(64) float mn[64 + 16], lo[64 + 16], a[64 + 16];
+    const int padded = static_cast<int>(round_up(rn, lanes));
+    for (int r = 0; r < padded; ++r) {
+      const bool in = r < rn;
+      mn[r] = in ? m[r0 + r] : 0.0f;
+      lo[r] = in ? l[r0 + r] : 0.0f;
+      if (!in) m_old[r] = sums[r] = 0.0f;
+    }
+    for (int r = 0; r < padded; r += lanes) {
+      const auto av = ExpSubKeepNaN(d, hn::LoadU(d, m_old + r), hn::Load(d, mn + r));
+      hn::Store(av, d, a + r);
+      hn::Store(hn::MulAdd(hn::Load(d, lo + r), av, hn::LoadU(d, sums + r)), d, lo + r);
+    }
+    for (int r = 0; r < rn; ++r) {
+      alpha[r0 + r] = a[r];
+      if (m[r0 + r] != ninf) l[r0 + r] = lo[r];
+    }
+  }
 }
 
 // exp(x) for x <= 0 to ~3e-6 relative (ample where the result is rounded to
@@ -435,6 +596,9 @@ HWY_AFTER_NAMESPACE();
 namespace fsdpa::cpu {
 
 HWY_EXPORT(Gemm);
+HWY_EXPORT(GemmScaleC);
+HWY_EXPORT(Transpose);
+HWY_EXPORT(SoftmaxRows);
 HWY_EXPORT(GemmAt);
 HWY_EXPORT(ExpSubSum);
 HWY_EXPORT(ExpSubSumBf16);
@@ -453,6 +617,17 @@ HWY_EXPORT(TargetName);
 void gemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
           int ldc, bool accumulate) {
   HWY_DYNAMIC_DISPATCH(Gemm)(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+}
+void gemm_scale_c(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
+                  int ldc, const float* row_scale) {
+  HWY_DYNAMIC_DISPATCH(GemmScaleC)(M, N, K, A, lda, B, ldb, C, ldc, row_scale);
+}
+void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
+               int64_t ld_dst) {
+  HWY_DYNAMIC_DISPATCH(Transpose)(src, ld_src, rows, cols, dst, ld_dst);
+}
+void softmax_rows(float* S, int ld, int rows, int n, float* m, float* l, float* alpha) {
+  HWY_DYNAMIC_DISPATCH(SoftmaxRows)(S, ld, rows, n, m, l, alpha);
 }
 void gemm_at(int M, int N, int K, const float* At, int ldat, const float* B, int ldb, float* C,
              int ldc, bool accumulate) {

@@ -17,6 +17,11 @@ inline int64_t round_up(int64_t x, int64_t a) { return (x + a - 1) / a * a; }
 void gemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
           int ldc, bool accumulate);
 
+// C = diag(row_scale) C + A * B (the online softmax's rescale of O by
+// exp(m_old - m_new) folded into P V's load of O).
+void gemm_scale_c(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
+                  int ldc, const float* row_scale);
+
 // Same with A given transposed: At is [K x M] (leading dim ldat).
 void gemm_at(int M, int N, int K, const float* At, int ldat, const float* B, int ldb, float* C,
              int ldc, bool accumulate);
@@ -38,6 +43,10 @@ void dot_rows_src(int M, int N, int K, const float* A, int lda, const void* Bt, 
 void accum_rows_src(int M, int N, int K, const float* P, int ldp, const void* B, bool bf16,
                     int64_t ldb, float* O, int ldo);
 
+// dst [cols x rows] (leading dim ld_dst) = src^T, src [rows x cols] (ld_src).
+void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
+               int64_t ld_dst);
+
 // True if no x[i] (i < n) is NaN or Inf.
 bool all_finite(const float* x, int64_t n);
 
@@ -56,6 +65,15 @@ void softmax_grad_row(const float* p, float* dp, float delta, int n);
 // NaN stays NaN (also x = m = +inf).
 // Returns the sum of the results.
 float exp_sub_sum(float* x, int n, float m);
+
+// One online-softmax step over `rows` rows of a score tile (n a multiple of
+// kPanelAlign, rows ld apart), for the fp32 products: per row, m_new =
+// max(m, row max) (NaN kept); where m_new > -inf the row becomes
+// exp(s - m_new) (as exp_sub_sum), alpha[r] = exp(m - m_new) (0 from
+// m = -inf), l = l * alpha + the row's sum, m = m_new. Rows whose m_new is
+// -inf are not touched (m stays -inf) and get alpha = NaN: the caller
+// handles them.
+void softmax_rows(float* S, int ld, int rows, int n, float* m, float* l, float* alpha);
 
 // The same to ~3e-6 relative, for probabilities rounded to bf16 next
 // (about twice as fast).

@@ -44,15 +44,29 @@ inline Buffer alloc_floats(int64_t n) {
 // Per-thread tile memory that outlives calls (the pool's threads are
 // persistent): a decode step would otherwise spend more time in mmap/munmap
 // and page faults for its ~100 KiB of tiles than in attention. Grow-only;
-// `slot` tells apart buffers a thread uses at the same time.
+// `slot` tells apart buffers a thread uses at the same time (forward: 0 a
+// task's tiles, 1 key-split partials, 2 AMX panels / packing temporaries,
+// 3 the packed K/V of the calling thread; backward: 0 and 2 a task's tiles,
+// 1 the dQ sums and 3 the Q side, of the calling thread).
 inline float* thread_scratch(int slot, int64_t n) {
-  thread_local Buffer bufs[3];
-  thread_local int64_t sizes[3] = {0, 0, 0};
+  thread_local Buffer bufs[4];
+  thread_local int64_t sizes[4] = {0, 0, 0, 0};
   if (sizes[slot] < n) {
     bufs[slot] = alloc_floats(n);
     sizes[slot] = n;
   }
   return bufs[slot].get();
+}
+
+// n floats of per-call panels (the forward's packed K/V, the backward's Q
+// side and dQ sums) in the calling thread's scratch `slot`, kept from call
+// to call up to kKeepPanelBytes (a fresh allocation of tens of MiB costs
+// page faults and the kernel's zeroing on every call: ~8% of a B1 H32 S1024
+// D128 fp32 forward), else in `owned`, for this call only.
+inline float* kept_scratch(int slot, int64_t n, Buffer& owned) {
+  if (n * int64_t(sizeof(float)) <= kKeepPanelBytes) return thread_scratch(slot, n);
+  owned = alloc_floats(n);
+  return owned.get();
 }
 
 // Where each sequence's q-blocks and k-blocks start in a flat numbering.
@@ -191,13 +205,6 @@ inline void flag_if(bool finite, std::atomic<bool>& flag) {
   if (!finite) flag.store(true, std::memory_order_relaxed);
 }
 
-// Transposes a [rows x cols] panel (ld_src) into [cols x rows] (ld_dst).
-inline void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
-                      int64_t ld_dst) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
-}
-
 // Everything about one (b, h) that the score epilogue needs.
 struct HeadCtx {
   const AttnParams* p;
@@ -278,12 +285,13 @@ inline void score_epilogue(const HeadCtx& c, int64_t i0, int64_t rows, int64_t j
   }
   if (!full) {
     for (int64_t r = 0; r < rows; ++r) {
+      // Keys outside [lo, hi] are hidden: two runs, filled (not a test per key).
       const KeyRange kr = row_keys(p, c.e, i0 + r);
       float* s = S + r * ld;
-      for (int64_t j = 0; j < kBlockK; ++j) {
-        const int64_t col = j0 + j;
-        if (col < kr.lo || col > kr.hi) s[j] = kNegInf;
-      }
+      const int64_t lo = std::clamp<int64_t>(kr.lo - j0, 0, kBlockK);
+      const int64_t hi = std::clamp<int64_t>(kr.hi - j0 + 1, lo, kBlockK);
+      std::fill(s, s + lo, kNegInf);
+      std::fill(s + hi, s + kBlockK, kNegInf);
     }
   }
 }
@@ -299,10 +307,15 @@ enum class ScoreGemm {
   rows_in_place,  // decode, few fp32/bf16 rows, contiguous K/V rows: dot_rows_src
   rows_copied,    // other decode: K rows copied per block, gemm_bt
 };
+// K/V are packed once into panels for the register-blocked gemm unless the
+// queries are few enough for the decode kernels (kInPlaceMaxRows): with one
+// q-block of 17-64 rows the dot-product form (gemm_bt: a horizontal sum per
+// score) ran at a third of the gemm's rate (B1 H8 S64 D64: 157 us), and
+// packing each head's K/V once costs what packing its tiles per task did.
 // (With block lists too: the tiles they skip are then still checked for
 // NaN/Inf by the packing pass, which the decode paths would not read.)
 inline bool forward_packs_all_kv(const AttnParams& p) {
-  return p.seqlen_q > kBlockQ || p.sparse;
+  return p.seqlen_q > kInPlaceMaxRows || p.sparse;
 }
 // bf16 products on AMX tiles (~15x the fp32 FMA rate, bench/peak_flops.c)
 // where the CPU has them: the bf16 inputs are exact in bf16, so only P (and
