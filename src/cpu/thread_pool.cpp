@@ -182,6 +182,12 @@ void after_fork_in_child() {
   new (&g_pool_mu) std::mutex();  // the forking thread held it
 }
 
+// Registered when the library loads, not on the first call: a fork racing
+// another thread's first call (which takes g_pool_mu to create the pool)
+// must already find the handlers, or the child inherits a locked mutex.
+[[maybe_unused]] const int g_atfork_registered =
+    pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+
 // The process-wide pool, destroyed (workers joined) at exit.
 struct PoolOwner {
   ~PoolOwner() {
@@ -193,9 +199,6 @@ struct PoolOwner {
 
 Pool& pool() {
   static PoolOwner owner;
-  static const int registered = pthread_atfork(before_fork, after_fork_in_parent,
-                                               after_fork_in_child);
-  (void)registered;
   std::lock_guard<std::mutex> lk(g_pool_mu);
   if (!g_pool) g_pool = new Pool();
   return *g_pool;
