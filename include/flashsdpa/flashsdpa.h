@@ -173,11 +173,9 @@ typedef struct fsdpa_params {
    *   of page block_table[b, t / page_size]. In the varlen form the
    *   lengths come from cu_seqlens_k (or seqused_k) and each sequence's
    *   positions start at 0 of its own block_table row.
-   * Not combined with mask or dropout. Served by the CPU and by Metal
-   *   (its kernels read pages of any size in place; verified on the MSL
-   *   emulator only). The CUDA kernels that read pages of any size in
-   *   place are written but not yet verified on a GPU: until they are,
-   *   CUDA returns FSDPA_ERROR_UNSUPPORTED.
+   * Not combined with mask or dropout. Served by the CPU, CUDA (the
+   *   decode, tensor-core and SIMT kernels read pages of any size in place)
+   *   and Metal (likewise; verified on the MSL emulator only).
    * Checks: on the CPU every used page index, seqused_k and cache_leftpad
    * entry is checked (an error naming the argument). On GPUs the values
    * live in device memory and are the caller's contract: a page index in
@@ -232,11 +230,9 @@ typedef struct fsdpa_params {
    * sparse_block_q, sparse_block_k >= 1 when the lists are set (FlexAttention
    * uses 128 x 128); backends convert to their own tiles. Not combined with
    * varlen (cu_seqlens) or the KV-cache parameters. Served by the CPU and
-   * by Metal (which expands the lists into one int32 per (query block, key
-   * block) of scratch; verified on the MSL emulator only). The CUDA
-   * kernels (sm80 tensor-core and SIMT, which expand the lists the same
-   * way) are written but not yet verified on a GPU: until they are, CUDA
-   * returns FSDPA_ERROR_UNSUPPORTED. */
+   * by CUDA (the sm80 tensor-core and SIMT kernels, which expand the lists
+   * into one int32 per (query block, key block) of workspace) and Metal
+   * (the same expansion into scratch; verified on the MSL emulator only). */
   int64_t sparse_block_q;
   int64_t sparse_block_k;
   const DLTensor* kv_num_blocks;

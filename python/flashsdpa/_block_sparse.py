@@ -196,20 +196,15 @@ def block_sparse_attention(
     ``alibi_slopes`` [Hq] or [B, Hq], ``dropout_p`` (seeded from PyTorch's
     default generator), GQA with ``enable_gqa=True``. Differentiable in q, k,
     v. Returns ``out`` [B, Hq, Sq, Dv], or ``(out, lse)`` with
-    ``return_lse``. CPU and MPS (the Metal kernels); CUDA raises "not
-    supported" until its kernels are verified on a GPU."""
+    ``return_lse``. CPU, CUDA and MPS (the Metal kernels)."""
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, Tensor) or t.dim() != 4:
             raise ValueError(f"{name}: expected a 4-D tensor [B, H, S, D]")
-    if query.device.type != "cpu" and not _ops.has_runner(query.device):
+    if query.device.type not in ("cpu", "cuda") and not _ops.has_runner(query.device):
         # A device with a registered runner (MPS: flashsdpa/metal.py, whose
-        # Metal kernels read the lists) is served by it. The CUDA kernels
-        # that read them are written but have not run on a GPU yet: the C
-        # ABI's CUDA plan refuses them until they have (src/cuda/plan.cu).
+        # Metal kernels read the lists) is served by it.
         raise RuntimeError(f"block_mask: the block-sparse mask is not supported on "
-                           f"{query.device.type} yet (the CPU backend serves it"
-                           + ("; the CUDA kernels are not yet verified on a GPU)"
-                              if query.device.type == "cuda" else ")"))
+                           f"{query.device.type} (the CPU, CUDA and Metal backends serve it)")
     if key.shape[1] != query.shape[1] and not enable_gqa:
         raise ValueError(f"query has {query.shape[1]} heads but key/value {key.shape[1]}; pass "
                          "enable_gqa=True for grouped-query attention")

@@ -35,17 +35,12 @@ def _int32_vector(name: str, t: Optional[Tensor], batch: int, device) -> Optiona
 
 def _check_device(q: Tensor) -> None:
     # Refusing here, before the cache is written, leaves the caller's cache
-    # untouched. The CUDA kernels that read KV caches are written but have
-    # not run on a GPU yet: the C ABI's CUDA plan refuses them until they
-    # have (src/cuda/plan.cu), and so does this. A device with a registered
-    # runner (MPS: flashsdpa/metal.py, whose Metal kernels read the cache in
-    # place) is served by it.
-    if q.device.type != "cpu" and not _ops.has_runner(q.device):
+    # untouched. A device with a registered runner (MPS: flashsdpa/metal.py,
+    # whose Metal kernels read the cache in place) is served by it.
+    if q.device.type not in ("cpu", "cuda") and not _ops.has_runner(q.device):
         raise RuntimeError(
             f"flashsdpa: the KV-cache path (flash_attn_with_kvcache, block_table, seqused_k) "
-            f"is not supported on {q.device.type} yet"
-            + (" (its CUDA kernels are not yet verified on a GPU)" if q.device.type == "cuda"
-               else ""))
+            f"is not supported on {q.device.type} yet")
 
 
 def _check_values(device: torch.device) -> bool:

@@ -375,6 +375,8 @@ fsdpa_status backward(const AttnParams& call, void* stream) {
   cudaError_t err = cudaSuccess;
   if (plan.dq_turns.bytes > 0)
     err = cudaMemsetAsync(ws.at<char>(plan.dq_turns), 0, plan.dq_turns.bytes, s);
+  if (err == cudaSuccess && plan.dkv.bytes > 0)
+    err = cudaMemsetAsync(ws.at<char>(plan.dkv), 0, plan.dkv.bytes, s);
   if (err != cudaSuccess) return cuda_fail(err, "dQ workspace zeroing");
   const MaskTiles mt = classify_mask(p, plan, ws, s);
   bwd_preprocess(p, dsum, dqacc, plan.dq_cols, s);
@@ -385,7 +387,9 @@ fsdpa_status backward(const AttnParams& call, void* stream) {
       simt_backward(p, dsum, s);
       err = cudaGetLastError();
       break;
-    case Family::hopper: err = hopper_bwd(p, mt, dsum, dqacc, s); break;
+    case Family::hopper:
+      err = hopper_bwd(p, mt, dsum, dqacc, ws.at<float>(plan.dkv), plan.head_splits, s);
+      break;
     case Family::decode:  // forward only (make_plan never picks it here)
     case Family::sm80: {
       auto run = p.dtype == DType::f16 ? tc_bwd_f16 : tc_bwd_bf16;

@@ -34,6 +34,14 @@ void note(Plan& plan, const char* fmt, ...) {
   plan.why[m + 1] = '\0';
 }
 
+// The Hopper kernels serve head dims below their own on zero columns
+// (hopper_kernel_dim): say so when a call's D or Dv is one of those.
+void note_zero_columns(Plan& plan, const AttnParams& p) {
+  if (plan.head_bucket == p.head_dim && plan.head_bucket == p.head_dim_v) return;
+  note(plan, "D %d / Dv %d on the D %d kernel (columns past D / Dv zero-filled by TMA, not stored)",
+       static_cast<int>(p.head_dim), static_cast<int>(p.head_dim_v), plan.head_bucket);
+}
+
 int bucket_for(int64_t d, int64_t dv) {
   const int64_t m = d > dv ? d : dv;
 #define FSDPA_BUCKET(B) \
@@ -202,21 +210,6 @@ Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const 
   const int dp = bucket_for(p.head_dim, p.head_dim_v);
   plan.head_bucket = dp;
 
-  // Not yet verified: the kernels that read KV caches and block lists
-  // (below) compile and have their cases in tests/cuda/test_cuda.cpp (kv_*,
-  // bsp_*) and the CUDA-parametrised pytest files, but no GPU has run them
-  // (the 2026-12-07 session's device time ran out). They stay off, with this
-  // reason, until `flashsdpa_cuda_tests --quick` and those pytest files pass
-  // on a GPU; then this block goes.
-  if (uses_kv_cache(p) || p.sparse) {
-    fail(plan, FSDPA_ERROR_UNSUPPORTED,
-         uses_kv_cache(p) ? "block_table / seqused_k / cache_batch_idx / cache_leftpad: the "
-                            "CUDA kernels that read KV caches are not yet verified on a GPU"
-                          : "kv_num_blocks / full_kv_num_blocks: the CUDA kernels that read "
-                            "block lists are not yet verified on a GPU");
-    return plan;
-  }
-
   // 0. The KV-cache parameters: the simt, decode and sm80 forwards read the
   // cache in place (cache rows, per-sequence key ranges, pages of any size
   // looked up per row: no gather copy); the Hopper forward does not (its
@@ -302,13 +295,11 @@ Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const 
     }
     if (hopper_why == nullptr) {
       plan.family = Family::hopper;
-      plan.head_bucket = hopper_kernel_dim(p.head_dim);
+      plan.head_bucket = hopper_kernel_dim(p);
       plan.splits = 1;
       plan.hopper_warpgroups = hopper_fwd_warpgroups(p);
       plan.hopper_dynamic = hopper_fwd_dynamic(p);
-      if (plan.head_bucket != p.head_dim)
-        note(plan, "D %d on the D %d kernel (columns past D zero-filled by TMA, not stored)",
-             static_cast<int>(p.head_dim), plan.head_bucket);
+      note_zero_columns(plan, p);
       note(plan, "family hopper: in scope%s; %d consumer warpgroups, %s tile schedule",
            forced ? " (forced)" : "", plan.hopper_warpgroups,
            plan.hopper_dynamic ? "dynamic (longest tile first)" : "static");
@@ -337,12 +328,17 @@ Plan make_plan(const AttnParams& p, bool backward, const DeviceInfo& dev, const 
     }
     if (hopper_why == nullptr) {
       plan.family = Family::hopper;
-      plan.head_bucket = hopper_kernel_dim(p.head_dim);
+      plan.head_bucket = hopper_kernel_dim(p);
       plan.dq_accumulate = true;
       plan.dq_cols = plan.head_bucket;
-      if (plan.head_bucket != p.head_dim)
-        note(plan, "D %d on the D %d kernel (columns past D zero-filled by TMA, not stored)",
-             static_cast<int>(p.head_dim), plan.head_bucket);
+      plan.head_splits = hopper_bwd_head_splits(p, dev.sms);
+      if (plan.head_splits > 1) {
+        carve(plan, plan.dkv, hopper_bwd_dkv_bytes(p, plan.head_splits));
+        note(plan, "GQA group of %d query heads over %d CTAs per key block (too few key blocks "
+             "for %d SMs), dK/dV added in fp32", static_cast<int>(p.heads_q / p.heads_k),
+             plan.head_splits, dev.sms);
+      }
+      note_zero_columns(plan, p);
       note(plan, "family hopper: in scope%s; dQ by TMA reduces into fp32%s", forced ? " (forced)" : "",
            p.deterministic ? ", in key-block turns (deterministic)" : "");
       const size_t dq = size_t(p.total_q) * p.heads_q * plan.dq_cols * sizeof(float);

@@ -66,8 +66,9 @@ struct Plan {
   bool mask_tiles = false;  // the mask is classified per 32x32 tile (block skipping)
   bool dq_accumulate = false;  // backward: dQ added into the fp32 workspace
   int dq_cols = 0;          // its floats per (token, head) row
+  int head_splits = 1;      // hopper backward: CTAs per (key block, kv head)
   // Workspace, one stream-ordered allocation carved into these slices.
-  Slice dsum, flags, dq, dq_turns, opart, lsepart, counter;
+  Slice dsum, flags, dq, dq_turns, dkv, opart, lsepart, counter;
   Slice sparse;             // the block lists' state table (block_sparse.cu)
   size_t workspace_bytes = 0;
   // Why: one line per decision ("family hopper: ...", "splits 1: ..."),

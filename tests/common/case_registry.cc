@@ -175,12 +175,12 @@ void add_cuda_grid(std::vector<Case>& g) {
 }
 
 // ---- CUDA kernel scopes (Hopper forward/backward, decode, masks) -------------
-// A shape of the scope blocks below (h_, hbm_, hb256_, dec_, hm_): D == Dv,
-// in bf16 and fp16. A block's variants up to its `rest()` call are in
+// A shape of the scope blocks below (h_, hbm_, hb256_, dec_, hm_; Dv 0:
+// = D), in bf16 and fp16. A block's variants up to its `rest()` call are in
 // --quick (bf16 only); those after it are not.
 struct ScopeShape {
   const char* n;
-  int64_t B, Hq, Hk, Sq, Sk, D;
+  int64_t B, Hq, Hk, Sq, Sk, D, Dv = 0;
 };
 
 class Scope {
@@ -190,7 +190,7 @@ class Scope {
   void add(const char* variant, Mask mask, Set set) {
     Case c;
     c.name = std::string(x_.n) + "_" + variant;
-    c.B = x_.B, c.Hq = x_.Hq, c.Hk = x_.Hk, c.Sq = x_.Sq, c.Sk = x_.Sk, c.D = x_.D, c.Dv = x_.D;
+    c.B = x_.B, c.Hq = x_.Hq, c.Hk = x_.Hk, c.Sq = x_.Sq, c.Sk = x_.Sk, c.D = x_.D, c.Dv = x_.Dv ? x_.Dv : x_.D;
     c.dtype = dt_;
     c.mask = mask;
     c.backends = kCuda;
@@ -219,8 +219,8 @@ void add_scope(std::vector<Case>& g, const ScopeShape (&shapes)[N], F&& variants
 
 void none(Case&) {}
 
-// The Hopper forward's scope (D = Dv in {64, 128, 256} or a multiple of 8
-// in (64, 128), fp16/bf16, band only): tiles of 128 query rows x 128 keys
+// The Hopper forward's scope (D, Dv in {64, 128, 256} or a multiple of 8
+// in between, fp16/bf16, band only): tiles of 128 query rows x 128 keys
 // (80 at D = 256), so sizes around and across those edges, windows crossing
 // key blocks, rows and whole blocks with no visible key (Sq > Sk
 // bottom-right), GQA/MQA, varlen, BSHD strides. Shapes keep choose_splits()
@@ -241,6 +241,10 @@ void add_hopper_cases(std::vector<Case>& g) {
       {"h_s300x440_d96_gqa", 2, 8, 2, 300, 440, 96},
       {"h_s129x200_d80", 2, 2, 2, 129, 200, 80},
       {"h_s113x203_d112_mqa", 1, 4, 1, 113, 203, 112},
+      // Dv != D: the kernel of the larger, V / dO loads and O / dV stores
+      // at Dv columns.
+      {"h_s300x440_d128_dv64_gqa", 2, 8, 2, 300, 440, 128, 64},
+      {"h_s129x200_d64_dv96", 2, 2, 2, 129, 200, 64, 96},
       // 144 tiles: more than one per CTA on an H100 (132 SMs), so causal
       // and windowed calls take tiles from the dynamic scheduler's counter.
       {"h_s1100x1100_d64_gqa", 1, 16, 4, 1100, 1100, 64},
@@ -289,7 +293,8 @@ void add_hopper_backward_mask_cases(std::vector<Case>& g) {
   });
 }
 
-// hb256_*: the Hopper backward at D = Dv = 256 (bwd256_kernel.cuh). 64-key
+// hb256_*: the Hopper backward at D = Dv = 256 (bwd256_kernel.cuh), and
+// D, Dv in (128, 256) on it (zero columns). 64-key
 // CTAs and 64-row query steps: sizes across those edges, GQA/MQA, causal
 // both alignments (rows and steps with no visible key), windows across
 // blocks, varlen, BSHD strides, scale 0.3 (no masks: those stay on the
@@ -300,6 +305,12 @@ void add_hopper_d256_backward_cases(std::vector<Case>& g) {
       {"hb256_s129x300_mqa", 1, 4, 1, 129, 300, 256},
       {"hb256_s700x257", 1, 2, 2, 700, 257, 256},
       {"hb256_s64x64", 1, 2, 2, 64, 64, 256},
+      // Head dims between 128 and 256 on the D 256 kernels, zero columns.
+      {"hb256_s300x440_d192_gqa", 2, 4, 2, 300, 440, 192},
+      {"hb256_s129x300_d160_mqa", 1, 4, 1, 129, 300, 160},
+      // Dv != D (DeepSeek's 192 / 128; 128 / 256).
+      {"hb256_s300x440_d192_dv128_gqa", 2, 8, 2, 300, 440, 192, 128},
+      {"hb256_s129x300_d128_dv256_mqa", 1, 4, 1, 129, 300, 128, 256},
   };
   add_scope(g, hs, [](Scope& s) {
     if (s.shape().Sq != 300 && s.shape().Sq != 129) s.rest();

@@ -1,9 +1,8 @@
 // The backends' support declarations (support_table.h). To change what a
 // backend claims, change its cell here and regenerate the README's matrix
-// (the readme_support_matrix test prints the command). CUDA's KV-cache and
-// block-sparse cells are "pending" while src/cuda/plan.cu refuses those
-// calls until a GPU has run their cases; when that block goes, they become
-// "yes".
+// (the readme_support_matrix test prints the command). A backend's cell is
+// "pending" while its library refuses the feature until its cases have run
+// on the hardware.
 #include "support_table.h"
 
 namespace fsdpa_cases {
@@ -98,7 +97,7 @@ const std::vector<Feature>& support_table() {
         {"paged cache", [](const Case& c) { return c.kv == KvCache::paged; }}},
        "",
        {Support::yes},
-       {Support::pending, "kernels written, not yet verified on a GPU"},
+       {Support::yes, "(decode / tensor-core / SIMT kernels read pages in place)"},
        {Support::untested, "forward, pages of any size read in place (emulator only, by "
                            "tests/metal/attention/test_metal_kv_cache.cpp, outside the registry)"}},
       {"`merge_attn_states`",
@@ -111,7 +110,7 @@ const std::vector<Feature>& support_table() {
        {{"block lists", [](const Case& c) { return c.sparse != Sparse::none; }}},
        "",
        {Support::yes},
-       {Support::pending, "sm80 + SIMT kernels written, not yet verified on a GPU"},
+       {Support::yes, "(sm80 tensor-core and SIMT kernels; not the Hopper kernels yet)"},
        {Support::yes, "(emulator only)"}},
   };
   return table;

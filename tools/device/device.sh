@@ -41,6 +41,7 @@
 #           and SIMT paths), compute-sanitizer memcheck on a few of them,
 #           tests/python/test_block_sparse.py (after build), then
 #           bench/bench_block_sparse.py (SPARSE_ARGS, default --quick)
+#   sparsebench  that benchmark alone
 #   parcheck  the correctness runs at once, each in the background (the
 #           GPU has room; timings are not taken): --quick, --kv-only, the
 #           bsp cases, the determinism cases, compute-sanitizer memcheck on
@@ -181,6 +182,8 @@ if has sparse; then
   el pytest block_sparse
   (cd tests/python && timeout 300 python3 -m pytest -q -p no:cacheprovider test_block_sparse.py 2>&1 |
     tail -4)
+fi
+if has sparse || has sparsebench; then
   el bench_block_sparse
   # shellcheck disable=SC2086
   PYTHONUNBUFFERED=1 timeout 500 python3 bench/bench_block_sparse.py ${SPARSE_ARGS:---quick} \

@@ -362,11 +362,14 @@ bwd256_kernel(const __grid_constant__ BwdArgs a) {
       T* pk = dkg + off4(p.dk_stride, b, hk, e.k_begin + j, 0) + 128 * cw + 2 * t;
       T* pv = dvg + off4(p.dv_stride, b, hk, e.k_begin + j, 0) + 128 * cw + 2 * t;
 #pragma unroll
-      for (int n = 0; n < 16; ++n) {
-        *reinterpret_cast<uint32_t*>(pk + 8 * n) =
-            pack_pair<T>(dk[4 * n + 2 * r], dk[4 * n + 2 * r + 1]);
-        *reinterpret_cast<uint32_t*>(pv + 8 * n) =
-            pack_pair<T>(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
+      for (int n = 0; n < 16; ++n) {  // not the zero columns past D / Dv (hopper_kernel_dim)
+        const int c = 128 * cw + 8 * n;
+        if (c < p.head_dim)
+          *reinterpret_cast<uint32_t*>(pk + 8 * n) =
+              pack_pair<T>(dk[4 * n + 2 * r], dk[4 * n + 2 * r + 1]);
+        if (c < p.head_dim_v)
+          *reinterpret_cast<uint32_t*>(pv + 8 * n) =
+              pack_pair<T>(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
       }
     }
   }

@@ -78,6 +78,13 @@ struct BwdArgs {
   // nullptr: the adds in any order.
   int* dq_sem;
   int sem_nqb;
+  // Query heads of a GQA group split over head_splits CTAs per key block
+  // (grid.y = Hk * head_splits; hopper_bwd_head_splits): each adds its dK,
+  // dV into the zeroed fp32 dkvacc ([(token * Hk + hk) * D + d], dK, then
+  // dV total_k * Hk * D floats later), converted by dkv_convert_kernel.
+  // head_splits = 1: dkvacc nullptr, dK and dV stored directly.
+  int head_splits;
+  float* dkvacc;
 };
 
 // Producer warp 1's part of a step: lse * log2 e (+inf for rows past the
@@ -174,11 +181,14 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
   auto bDqE = [&](int w) { return b0 + 8u * (1 + 3 * ST + 2 + w); };
 
   const int64_t b = blockIdx.z;
-  const int hk = blockIdx.y;
+  const int hk = blockIdx.y / a.head_splits;
   const int n0 = blockIdx.x * BN;
   const Seq e = get_seq(p, b);
   if (n0 >= e.sk) return;  // varlen: a shorter sequence (grads zeroed by the caller)
-  const int group = static_cast<int>(p.heads_q / p.heads_k);
+  // This CTA's query heads: h_first .. h_first + group - 1 (a part of the
+  // GQA group when head_splits > 1).
+  const int group = static_cast<int>(p.heads_q / p.heads_k) / a.head_splits;
+  const int h_first = static_cast<int>(p.heads_q / p.heads_k) * hk + group * (blockIdx.y % a.head_splits);
   int ilo, ihi;
   rows_for_keys(p, e, n0, min(n0 + BN, e.sk) - 1, &ilo, &ihi);
   int qb0 = 0, nqb = 0;
@@ -188,11 +198,11 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
   }
   const int nit = nqb * group;
   const int bc = p.cu_seqlens_q != nullptr ? 0 : static_cast<int>(b);
-  // Step it: query head hk * group + it / nqb, query block qb0 + it % nqb.
+  // Step it: query head h_first + it / nqb, query block qb0 + it % nqb.
   auto state_of = [&](int itx) -> int {
     if constexpr (!MASK) return 1;
     else
-      return bwd_step_state<BM, BN>(a.mt, b, hk * group + itx / nqb, (qb0 + itx % nqb) * BM, n0, e);
+      return bwd_step_state<BM, BN>(a.mt, b, h_first + itx / nqb, (qb0 + itx % nqb) * BM, n0, e);
   };
   // The first step at or after itx that is not entirely masked (a serial
   // walk: for the first step; the producer warps walk with StepWalk).
@@ -266,7 +276,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       for (int it = it0, k = 0; it < nit; ++k) {
         const int s = k % ST;
         const uint32_t ph = (k / ST) & 1;
-        const int h = hk * group + it / nqb;
+        const int h = h_first + it / nqb;
         const int qrow = static_cast<int>(e.q_begin) + (qb0 + it % nqb) * BM;
         int st_next;
         const int nxt = advance(wk, it, &st_next);
@@ -294,7 +304,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       int st;
       for (int it = it0, k = 0; it < nit; it = advance(wk, it, &st), ++k) {
         if (lane == 0) {
-          reduce_step(hk * group + it / nqb, (qb0 + it % nqb) * BM, k);
+          reduce_step(h_first + it / nqb, (qb0 + it % nqb) * BM, k);
           bulk_wait_read0();
           mbar_arrive(bDqE(0));
           mbar_arrive(bDqE(1));
@@ -310,7 +320,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       tma_prefetch_desc(&a.tdq);
       const int64_t off = diag_offset(p.bottom_right, e.sq, e.sk);
       for (int it = 0, k = 0; it < nit; ++it) {
-        const int h = hk * group + it / nqb;
+        const int h = h_first + it / nqb;
         const int qb = qb0 + it % nqb, q0 = qb * BM;
         int* sem = a.dq_sem + (b * p.heads_q + h) * a.sem_nqb + qb;
         sem_wait_eq(sem, static_cast<int>(blockIdx.x) - first_key_block<BN>(p, q0, off));
@@ -329,7 +339,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
       for (int it = it0, k = 0; it < nit; it = advance(wk, it, &st), ++k) {
         const int s = k % ST;
         const uint32_t ph = (k / ST) & 1;
-        const int h = hk * group + it / nqb;
+        const int h = h_first + it / nqb;
         const int q0 = (qb0 + it % nqb) * BM;
         mbar_wait(bE(s), ph ^ 1);
         lse_delta_rows<BM>(sL[s], sDl[s], p, a.dsum, b, h, q0, e, lane);
@@ -405,7 +415,7 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
           mst = sStep[s][1] & 3;
           last = sStep[s][1] >> 2;
         }
-        h = hk * group + it / nqb;
+        h = h_first + it / nqb;
         q0 = (qb0 + it % nqb) * BM;
         full = q0 + BM <= e.sq && n0 + BN <= e.sk;
         if (full) {
@@ -559,13 +569,31 @@ bwd_kernel(const __grid_constant__ BwdArgs a) {
     for (int r = 0; r < 2; ++r) {
       const int j = keys[r];
       if (j >= e.sk) continue;
+      if (a.dkvacc != nullptr) {  // a part of the group: add into the fp32 sums
+        const int64_t tok = p.cu_seqlens_k ? e.k_begin + j : b * p.seqlen_k + j;
+        float* ak = a.dkvacc + (tok * p.heads_k + hk) * D + 2 * t;
+        float* av = ak + p.total_k * p.heads_k * D;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          if (8 * n < p.head_dim) {
+            atomicAdd(ak + 8 * n, dk[4 * n + 2 * r]);
+            atomicAdd(ak + 8 * n + 1, dk[4 * n + 2 * r + 1]);
+          }
+          if (8 * n < p.head_dim_v) {
+            atomicAdd(av + 8 * n, dv[4 * n + 2 * r]);
+            atomicAdd(av + 8 * n + 1, dv[4 * n + 2 * r + 1]);
+          }
+        }
+        continue;
+      }
       T* pk = dkg + off4(p.dk_stride, b, hk, e.k_begin + j, 0) + 2 * t;
       T* pv = dvg + off4(p.dv_stride, b, hk, e.k_begin + j, 0) + 2 * t;
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        if (8 * n >= p.head_dim) break;  // zero columns of a smaller D (hopper_kernel_dim)
-        *reinterpret_cast<uint32_t*>(pk + 8 * n) = pack_pair<T>(dk[4 * n + 2 * r], dk[4 * n + 2 * r + 1]);
-        *reinterpret_cast<uint32_t*>(pv + 8 * n) = pack_pair<T>(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
+      for (int n = 0; n < D / 8; ++n) {  // not the zero columns past D / Dv (hopper_kernel_dim)
+        if (8 * n < p.head_dim)
+          *reinterpret_cast<uint32_t*>(pk + 8 * n) = pack_pair<T>(dk[4 * n + 2 * r], dk[4 * n + 2 * r + 1]);
+        if (8 * n < p.head_dim_v)
+          *reinterpret_cast<uint32_t*>(pv + 8 * n) = pack_pair<T>(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
       }
     }
   }

@@ -4,6 +4,7 @@
 
 #include <cuda_runtime.h>
 
+#include "cuda/hopper/bwd_dkv.cuh"
 #include "cuda/hopper/bwd_kernel.cuh"
 #include "cuda/hopper/hopper.h"  // hopper_kernel_dim
 #include "cuda/tc.cuh"
@@ -21,13 +22,14 @@ cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
   cudaError_t err = allow_dynamic_smem(kern, smem);
   if (err != cudaSuccess) return err;
   const AttnParams& p = a.p;
-  const dim3 grid((p.seqlen_k + C::kBN - 1) / C::kBN, p.heads_k, p.batch);
+  const dim3 grid((p.seqlen_k + C::kBN - 1) / C::kBN, p.heads_k * a.head_splits, p.batch);
   if (grid.x > 0) {
     kern<<<grid, C::kThreads, smem, s>>>(a);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
   launch_dq_convert<T>(p, a.dqacc, D, s);
+  if (a.head_splits > 1) launch_dkv_convert<T>(p, a.dkvacc, D, s);
   return cudaGetLastError();
 }
 
@@ -37,7 +39,7 @@ cudaError_t launch_bwd(const BwdArgs& a, cudaStream_t s) {
 template <typename T>
 cudaError_t launch_bwd_dtype(const BwdArgs& a, cudaStream_t s) {
   const bool m = a.p.mask_kind != MaskKind::none;
-  switch (hopper_kernel_dim(a.p.head_dim)) {
+  switch (hopper_kernel_dim(a.p)) {
     case 64:
       return m ? launch_bwd<T, 64, false, true>(a, s)
                : launch_bwd<T, 64, false, false>(a, s);

@@ -14,20 +14,31 @@ namespace fsdpa {
 namespace cuda {
 
 // The kernel instantiation that serves head dim d (= Dv): 64, 128, 256, and
-// 128 for the multiples of 8 between 64 and 128 (80, 96, 112: BERT-large,
-// Phi, some ViTs). Those run the D 128 kernel on zero columns: the tensor
-// maps have d columns, so the TMA loads fill columns d..127 with zeros
-// (exact: they add 0 to every product) and the stores skip them; the
-// wgmma work is 128/d of a dedicated kernel's, still well ahead of the
-// sm_80 kernels (issue 19 measured D 96 at 0.33-0.48x cuDNN on those).
+// for the multiples of 8 in between the next larger one (80, 96, 112:
+// BERT-large, Phi, some ViTs, on the D 128 kernels; 160, 192, 224 on the
+// D 256 ones). They run on zero columns: the tensor maps have d columns, so
+// the TMA loads fill columns d.. with zeros (exact: they add 0 to every
+// product) and the stores skip them; the wgmma work is D/d of a dedicated
+// kernel's, still well ahead of the sm_80 kernels (an H100 ran D 96 at
+// 0.33-0.48x cuDNN on those, 0.84-1.08x on the D 128 kernels).
 // 0: no Hopper kernel.
 constexpr int hopper_kernel_dim(int64_t d) {
   if (d == 64 || d == 128 || d == 256) return static_cast<int>(d);
-  return d > 64 && d < 128 && d % 8 == 0 ? 128 : 0;
+  if (d % 8 != 0 || d < 64 || d > 256) return 0;
+  return d < 128 ? 128 : 256;
+}
+
+// The kernel instantiation of a call: the larger of its two head dims'
+// (Dv != D, e.g. DeepSeek's 192/128, pads both to 256; the tensor maps of
+// q, k have D columns, those of v, dO Dv, and the stores of dK / O, dV stop
+// at D / Dv). 0: no Hopper kernel.
+inline int hopper_kernel_dim(const AttnParams& p) {
+  const int d = hopper_kernel_dim(p.head_dim), dv = hopper_kernel_dim(p.head_dim_v);
+  return d == 0 || dv == 0 ? 0 : (d > dv ? d : dv);
 }
 
 // The call is in the kernel's scope: fp16/bf16 (out in the same dtype),
-// D == Dv with hopper_kernel_dim(D) != 0, no ALiBi / softcap / dropout, scale > 0,
+// hopper_kernel_dim(p) != 0 (D and Dv multiples of 8 in [64, 256]), no ALiBi / softcap / dropout, scale > 0,
 // stride_d == 1 and 16-byte aligned rows of q, k, v, out (TMA and 4-byte
 // stores). Causal / windows (both alignments), GQA/MQA and varlen are in;
 // so are bool and additive masks with key stride 1 (not with varlen), at
@@ -57,7 +68,7 @@ cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, int* tile_count
 // aside), plus dout, dk, dv with the same dtype and alignment rules; bool
 // and additive masks are in (ALiBi, softcap and dropout are not);
 // deterministic = 1 is in: the dQ adds then take turns in a fixed order
-// (bwd_dq.cuh). Also D = Dv = 256 without a mask and with deterministic = 0
+// (bwd_dq.cuh). Also kernel dim 256 (hopper_kernel_dim(p)) without a mask
 // (bwd256_kernel.cuh), the other
 // rules as at D = 128. hopper_fwd_available() covers the device.
 // nullptr when p is in scope, else why not.
@@ -65,12 +76,21 @@ const char* hopper_bwd_scope(const AttnParams& p);
 // Bytes of the zeroed workspace that hopper_bwd takes: the fp32 dQ, and
 // with deterministic = 1 the turn counters after it.
 size_t hopper_bwd_workspace_bytes(const AttnParams& p);
+// CTAs per (key block, kv head) of the backward: 1, or for GQA/MQA with
+// too few key blocks for the device's sms, a divisor of the group; each
+// takes a part of the group's query heads and adds its dK, dV into a
+// zeroed fp32 workspace of hopper_bwd_dkv_bytes() (an H100 ran MQA at
+// 0.47-0.74x cuDNN with a single CTA per kv head: the causal first key
+// blocks, which see the most query blocks, ran alone at the end).
+int hopper_bwd_head_splits(const AttnParams& p, int sms);
+size_t hopper_bwd_dkv_bytes(const AttnParams& p, int head_splits);
 // dK, dV and dQ (through dqacc: the zeroed workspace, dQ as fp32
 // [(token * Hq + h) * D + d], then converted into dq). dsum: Delta =
 // rowsum(dO * O) from bwd_preprocess. dQ goes to the workspace by TMA
-// reduces (bwd_dq.cuh).
+// reduces (bwd_dq.cuh). head_splits > 1: dkvacc is the zeroed workspace of
+// hopper_bwd_dkv_bytes(p, head_splits).
 cudaError_t hopper_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum, float* dqacc,
-                       cudaStream_t s);
+                       float* dkvacc, int head_splits, cudaStream_t s);
 
 }  // namespace cuda
 }  // namespace fsdpa

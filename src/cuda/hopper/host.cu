@@ -90,7 +90,7 @@ int sm_count(int dev) {
 // S = 4096 443-445 vs 423-437 (causal 346-366 vs 388-391); S = 1024 within
 // +-3% (causal 238-242 vs 271-278). D 128 / 256: 2.
 int hopper_fwd_warpgroups(const AttnParams& p) {
-  if (p.head_dim != 64) return 2;
+  if (hopper_kernel_dim(p) != 64) return 2;
   if (p.mask_kind != MaskKind::none) return 2;  // launch.cuh: masked kernels have 2
   const bool band = p.window_left >= 0 || p.window_right >= 0;
   return p.seqlen_k >= 8192 || (!band && p.seqlen_k >= 4096) ? 3 : 2;
@@ -120,13 +120,14 @@ cudaError_t run(const AttnParams& p, const MaskTiles& mt, int* tile_counter, cud
   a.sched_heads = sched_heads(p, D);
   const bool varlen = p.cu_seqlens_q != nullptr;
   const int64_t nb = varlen ? 1 : p.batch;
-  const int d = static_cast<int>(p.head_dim);  // <= D: hopper_kernel_dim
+  // <= D: hopper_kernel_dim(p)
+  const int d = static_cast<int>(p.head_dim), dv = static_cast<int>(p.head_dim_v);
   if (!make_map(&a.tq, p.dtype, p.q, p.q_stride, varlen ? p.total_q : p.seqlen_q, p.heads_q, nb,
                 d, bm) ||
       !make_map(&a.tk, p.dtype, p.k, p.k_stride, varlen ? p.total_k : p.seqlen_k, p.heads_k, nb,
                 d, bn) ||
       !make_map(&a.tv, p.dtype, p.v, p.v_stride, varlen ? p.total_k : p.seqlen_k, p.heads_k, nb,
-                d, bn))
+                dv, bn))
     return cudaErrorInvalidValue;  // hopper_fwd_scope rules this out
   const int sms = sm_count(p.device_id);
   const bool bf = p.dtype == DType::bf16;
@@ -168,14 +169,15 @@ bool bwd_args(hopper::BwdArgs* a, const AttnParams& p, const MaskTiles& mt, cons
   a->dsum = dsum;
   a->dqacc = dqacc;
   a->mt = mt;
+  a->head_splits = 1;
   const bool varlen = p.cu_seqlens_q != nullptr;
   const int64_t nb = varlen ? 1 : p.batch;
   const int64_t sq = varlen ? p.total_q : p.seqlen_q, sk = varlen ? p.total_k : p.seqlen_k;
-  const int d = static_cast<int>(p.head_dim);
+  const int d = static_cast<int>(p.head_dim), dv = static_cast<int>(p.head_dim_v);
   if (!make_map(&a->tq, p.dtype, p.q, p.q_stride, sq, p.heads_q, nb, d, bm) ||
-      !make_map(&a->tdo, p.dtype, p.dout, p.dout_stride, sq, p.heads_q, nb, d, bm) ||
+      !make_map(&a->tdo, p.dtype, p.dout, p.dout_stride, sq, p.heads_q, nb, dv, bm) ||
       !make_map(&a->tk, p.dtype, p.k, p.k_stride, sk, p.heads_k, nb, d, bn) ||
-      !make_map(&a->tv, p.dtype, p.v, p.v_stride, sk, p.heads_k, nb, d, bn) ||
+      !make_map(&a->tv, p.dtype, p.v, p.v_stride, sk, p.heads_k, nb, dv, bn) ||
       !make_dq_map(&a->tdq, dqacc, D, p.heads_q, p.total_q))
     return false;
   if (p.deterministic) {
@@ -188,10 +190,14 @@ bool bwd_args(hopper::BwdArgs* a, const AttnParams& p, const MaskTiles& mt, cons
 
 template <int D>
 cudaError_t run_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum, float* dqacc,
-                    cudaStream_t s) {
+                    float* dkvacc, int head_splits, cudaStream_t s) {
   using C = hopper::BwdCfg<D>;
   hopper::BwdArgs a;
   if (!bwd_args(&a, p, mt, dsum, dqacc, D, C::kBM, C::kBN)) return cudaErrorInvalidValue;
+  if (head_splits > 1) {
+    a.head_splits = head_splits;
+    a.dkvacc = dkvacc;
+  }
   return p.dtype == DType::bf16 ? hopper::bwd_bf16(a, s) : hopper::bwd_f16(a, s);
 }
 
@@ -208,7 +214,8 @@ cudaError_t run_bwd256(const AttnParams& p, const float* dsum, float* dqacc, cud
 
 const char* hopper_bwd_scope(const AttnParams& p) {
   // D = Dv = 256 (bwd256_kernel.cuh): no mask.
-  if (p.head_dim == 256 && p.mask_kind != MaskKind::none) return "D 256 with a mask";
+  if (hopper_kernel_dim(p) == 256 && p.mask_kind != MaskKind::none)
+    return "D or Dv > 128 with a mask (the D 256 kernels are unmasked)";
   // The forward's scope for q, k, v and the band, whatever it says about
   // masks: bool and additive masks (additive in fp32/fp16/bf16) are in the
   // backward's scope (bwd_mask.cuh).
@@ -237,18 +244,37 @@ const char* hopper_bwd_scope(const AttnParams& p) {
 }
 
 size_t hopper_bwd_workspace_bytes(const AttnParams& p) {
-  const size_t dq = size_t(p.total_q) * p.heads_q * hopper_kernel_dim(p.head_dim) * sizeof(float);
+  const size_t dq = size_t(p.total_q) * p.heads_q * hopper_kernel_dim(p) * sizeof(float);
   if (!p.deterministic) return dq;
   // + one int per (sequence, query head, block of 64 query rows: the
   // smallest kBM)
   return dq + size_t(p.batch) * p.heads_q * ((p.seqlen_q + 63) / 64) * sizeof(int);
 }
 
+int hopper_bwd_head_splits(const AttnParams& p, int sms) {
+  const int group = static_cast<int>(p.heads_q / p.heads_k);
+  // Not with deterministic = 1 (the dK/dV adds would come in any order),
+  // nor at D 256 (bwd256_kernel.cuh has no split).
+  if (group == 1 || p.deterministic || hopper_kernel_dim(p) == 256) return 1;
+  const int64_t ctas = (p.seqlen_k + 127) / 128 * p.heads_k * p.batch;
+  // The smallest divisor of the group that gives two waves of CTAs (under
+  // one, a causal backward waits for its first key blocks, which have the
+  // most query blocks).
+  for (int s = 1; s < group; ++s)
+    if (group % s == 0 && (ctas * s >= 2 * sms || p.heads_k * s * 2 > 65535)) return s;
+  return group;
+}
+
+size_t hopper_bwd_dkv_bytes(const AttnParams& p, int head_splits) {
+  if (head_splits <= 1) return 0;
+  return 2 * size_t(p.total_k) * p.heads_k * hopper_kernel_dim(p) * sizeof(float);
+}
+
 cudaError_t hopper_bwd(const AttnParams& p, const MaskTiles& mt, const float* dsum, float* dqacc,
-                       cudaStream_t s) {
-  switch (hopper_kernel_dim(p.head_dim)) {
-    case 64: return run_bwd<64>(p, mt, dsum, dqacc, s);
-    case 128: return run_bwd<128>(p, mt, dsum, dqacc, s);
+                       float* dkvacc, int head_splits, cudaStream_t s) {
+  switch (hopper_kernel_dim(p)) {
+    case 64: return run_bwd<64>(p, mt, dsum, dqacc, dkvacc, head_splits, s);
+    case 128: return run_bwd<128>(p, mt, dsum, dqacc, dkvacc, head_splits, s);
     case 256: return run_bwd256(p, dsum, dqacc, s);
     default: return cudaErrorInvalidValue;
   }
@@ -260,11 +286,11 @@ const char* hopper_fwd_scope(const AttnParams& p) {
   if (uses_kv_cache(p)) return "KV-cache parameters (paged / seqused_k / cache rows)";
   if (p.dtype != DType::f16 && p.dtype != DType::bf16) return "dtype not fp16/bf16";
   if (p.out_dtype != p.dtype) return "out dtype differs from q's";
-  if (p.head_dim != p.head_dim_v) return "D != Dv";
-  if (hopper_kernel_dim(p.head_dim) == 0)
-    return "D not 64, 256 or a multiple of 8 in (64, 128]";
+  if (hopper_kernel_dim(p) == 0)
+    return "D or Dv not 64 or a multiple of 8 in (64, 256]";
   // D = 256: unmasked only (the mask code walks 128-key blocks).
-  if (p.head_dim == 256 && p.mask_kind != MaskKind::none) return "D 256 with a mask";
+  if (hopper_kernel_dim(p) == 256 && p.mask_kind != MaskKind::none)
+    return "D or Dv > 128 with a mask (the D 256 kernels are unmasked)";
   if (p.alibi != nullptr) return "ALiBi";
   if (p.softcap > 0.0f) return "softcap";
   if (p.dropout_p > 0.0f) return "dropout";
@@ -326,7 +352,7 @@ bool hopper_fwd_dynamic(const AttnParams& p) {
 
 cudaError_t hopper_fwd(const AttnParams& p, const MaskTiles& mt, int* tile_counter,
                        cudaStream_t s) {
-  switch (hopper_kernel_dim(p.head_dim)) {
+  switch (hopper_kernel_dim(p)) {
     case 64: return run<64>(p, mt, tile_counter, s);
     case 128: return run<128>(p, mt, tile_counter, s);
     case 256: return run<256>(p, mt, tile_counter, s);

@@ -32,11 +32,11 @@ cudaError_t launch_fwd(FwdArgs a, int sms, cudaStream_t s) {
   return cudaGetLastError();
 }
 
-// D: hopper_kernel_dim(head dim), 64, 128 or 256; wg64 = consumer warpgroups at D = 64 (2 or 3; 2
+// D: hopper_kernel_dim(p), 64, 128 or 256; wg64 = consumer warpgroups at D = 64 (2 or 3; 2
 // with a mask).
 template <typename T, int MK>
 cudaError_t launch_fwd_dtype(const FwdArgs& a, int sms, int wg64, cudaStream_t s) {
-  switch (hopper_kernel_dim(a.p.head_dim)) {
+  switch (hopper_kernel_dim(a.p)) {
     case 64:
       // Masked: 2 only (3 leaves the consumers 160 registers; the mask
       // code spilled there).
