@@ -13,6 +13,11 @@
  * Varlen form (params.cu_seqlens_q / cu_seqlens_k set, int32 [B + 1]):
  *   q    [total_q, Hq, D]    k [total_k, Hk, D]   v [total_k, Hk, Dv]
  *   out  [total_q, Hq, Dv]   lse [Hq, total_q] float32
+ *   The offsets start at 0, never decrease, give no sequence longer than
+ *   max_seqlen_q / max_seqlen_k and end within total_q / total_k. The CPU
+ *   checks them (an error naming the argument); in GPU memory they are the
+ *   caller's contract, checked by the CUDA backend's debug check (check_finite
+ *   = 1, or FLASHSDPA_CHECK_INDICES=1; see seqused_k below).
  *
  * Semantics (identical on every backend, defined by the fp64 reference):
  *   s_ij  = scale * <q_i, k_j>
@@ -185,7 +190,7 @@ typedef struct fsdpa_params {
    * host synchronisation. The CUDA backend's debug check copies the values
    * to the host and checks them as the CPU does (same messages) before
    * anything runs: on with check_finite = 1 (which synchronises anyway),
-   * or with the environment variable FLASHSDPA_CHECK_KV_CACHE=1 (read per
+   * or with the environment variable FLASHSDPA_CHECK_INDICES=1 (read per
    * call; e.g. for the Python API, which passes check_finite = 0 on GPUs).
    * The Metal backend checks them the same way with check_finite = 1 when
    * their buffers are CPU-readable (shared storage). */

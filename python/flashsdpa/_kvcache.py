@@ -50,9 +50,9 @@ def _check_values(device: torch.device) -> bool:
     would be a host synchronisation per call, so there the values are the
     caller's contract, as in FlashAttention (an append outside the cache then
     fails in torch's indexing), unless the environment variable
-    FLASHSDPA_CHECK_KV_CACHE=1 turns the checks on, here and in the CUDA
+    FLASHSDPA_CHECK_INDICES=1 turns the checks on, here and in the CUDA
     backend (every used page index; include/flashsdpa/flashsdpa.h)."""
-    return device.type == "cpu" or os.environ.get("FLASHSDPA_CHECK_KV_CACHE") == "1"
+    return device.type == "cpu" or os.environ.get("FLASHSDPA_CHECK_INDICES") == "1"
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
@@ -185,7 +185,7 @@ def flash_attn_with_kvcache(
     ``num_splits`` is accepted for compatibility (the backends split the
     keys themselves). On CPUs and CUDA GPUs (pages read in place on both); on
     GPUs the values of the cache arguments are the caller's contract unless
-    ``FLASHSDPA_CHECK_KV_CACHE=1`` (no host synchronisation per call).
+    ``FLASHSDPA_CHECK_INDICES=1`` (no host synchronisation per call).
     Returns ``out`` ``(B, Sq, Hq, Dv)`` and, with
     ``return_softmax_lse``, the natural-log lse ``(B, Hq, Sq)`` float32.
     """

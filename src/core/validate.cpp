@@ -356,6 +356,37 @@ fsdpa_status check_kv_cache_values(const AttnParams& p) {
   return FSDPA_OK;
 }
 
+// The varlen offsets' values (cu_seqlens_q / cu_seqlens_k readable by the
+// host): start at 0, non-decreasing, no sequence longer than its max_seqlen,
+// the last within the tensor's tokens. With pages (`paged`) the keys'
+// offsets only give lengths, checked against the pages by
+// check_kv_cache_values.
+fsdpa_status check_varlen_offsets(const AttnParams& p, bool paged) {
+  const struct { const char* name; const int32_t* cu; int64_t total, max; } lists[2] = {
+      {"cu_seqlens_q", p.cu_seqlens_q, p.total_q, p.seqlen_q},
+      {"cu_seqlens_k", p.cu_seqlens_k, p.total_k, p.seqlen_k}};
+  for (const auto& l : lists) {
+    if (paged && l.cu == p.cu_seqlens_k) {
+      for (int64_t b = 0; b < p.batch; ++b)
+        FSDPA_CHECK_ARG(l.cu[b + 1] >= l.cu[b], "%s: not non-decreasing at index %lld (%d > %d)",
+                        l.name, (long long)b, l.cu[b], l.cu[b + 1]);
+      continue;
+    }
+    FSDPA_CHECK_ARG(l.cu[0] == 0, "%s: first element must be 0, got %d", l.name, l.cu[0]);
+    for (int64_t b = 0; b < p.batch; ++b) {
+      const int64_t len = int64_t(l.cu[b + 1]) - l.cu[b];
+      FSDPA_CHECK_ARG(len >= 0, "%s: not non-decreasing at index %lld (%d > %d)", l.name,
+                      (long long)b, l.cu[b], l.cu[b + 1]);
+      FSDPA_CHECK_ARG(len <= l.max, "%s: sequence %lld has length %lld > max_seqlen %lld",
+                      l.name, (long long)b, (long long)len, (long long)l.max);
+    }
+    FSDPA_CHECK_ARG(l.cu[p.batch] <= l.total,
+                    "%s: last element %d exceeds the %lld tokens of the tensor", l.name,
+                    l.cu[p.batch], (long long)l.total);
+  }
+  return FSDPA_OK;
+}
+
 namespace {
 
 // One list pair of the block-sparse mask: count [Bm, Hm, NQB] and indices
@@ -620,31 +651,8 @@ fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* caller_params,
     p->total_k = paged ? 0 : k.shape[0];
     p->cu_seqlens_q = static_cast<const int32_t*>(cq.data);
     p->cu_seqlens_k = static_cast<const int32_t*>(ck.data);
-    if (host_readable(dev)) {
-      // Device-resident offsets are checked by the backend (or trusted).
-      const struct { const char* name; const int32_t* cu; int64_t total, max; } lists[2] = {
-          {"cu_seqlens_q", p->cu_seqlens_q, p->total_q, p->seqlen_q},
-          {"cu_seqlens_k", p->cu_seqlens_k, p->total_k, p->seqlen_k}};
-      for (const auto& l : lists) {
-        if (paged && l.cu == p->cu_seqlens_k) {  // lengths only: checked with the pages
-          for (int64_t b = 0; b < p->batch; ++b)
-            FSDPA_CHECK_ARG(l.cu[b + 1] >= l.cu[b], "%s: not non-decreasing at index %lld (%d > %d)",
-                            l.name, (long long)b, l.cu[b], l.cu[b + 1]);
-          continue;
-        }
-        FSDPA_CHECK_ARG(l.cu[0] == 0, "%s: first element must be 0, got %d", l.name, l.cu[0]);
-        for (int64_t b = 0; b < p->batch; ++b) {
-          const int64_t len = int64_t(l.cu[b + 1]) - l.cu[b];
-          FSDPA_CHECK_ARG(len >= 0, "%s: not non-decreasing at index %lld (%d > %d)", l.name,
-                          (long long)b, l.cu[b], l.cu[b + 1]);
-          FSDPA_CHECK_ARG(len <= l.max, "%s: sequence %lld has length %lld > max_seqlen %lld",
-                          l.name, (long long)b, (long long)len, (long long)l.max);
-        }
-        FSDPA_CHECK_ARG(l.cu[p->batch] <= l.total,
-                        "%s: last element %d exceeds the %lld tokens of the tensor", l.name,
-                        l.cu[p->batch], (long long)l.total);
-      }
-    }
+    // Device-resident offsets are checked by the backend (or trusted).
+    if (host_readable(dev)) FSDPA_TRY(check_varlen_offsets(*p, paged));
   } else {
     p->batch = q.shape[0];
     p->seqlen_q = q.shape[sd];

@@ -39,6 +39,8 @@ fsdpa_status make_attn_params(CallKind kind, const fsdpa_params* params,
 // flashsdpa.h, with messages naming the argument. make_attn_params runs it
 // for host-readable tensors; a GPU backend may run it on host copies.
 fsdpa_status check_kv_cache_values(const AttnParams& p);
+// The varlen offsets' values (host-readable copies): validate.cpp.
+fsdpa_status check_varlen_offsets(const AttnParams& p, bool paged);
 
 struct MergeTensors {
   const DLTensor* out_a = nullptr;

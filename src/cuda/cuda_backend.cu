@@ -30,7 +30,7 @@
 //     place, pages of any size through the page table row by row (no
 //     gather copy); the Hopper forward and every backward do not take them.
 //     The values are the caller's contract unless the debug check runs
-//     (check_kv_cache below).
+//     (check_device_indices below).
 //
 // Every call is planned first (plan.h: make_plan, the one place that
 // decides, with the reasons; explain() prints it), then run. The one
@@ -220,26 +220,27 @@ fsdpa_status check_inputs(const AttnParams& p, bool backward, cudaStream_t s) {
   return FSDPA_OK;
 }
 
-// The KV-cache values (seqused_k, cache_leftpad, cache_batch_idx, the used
-// block_table entries; varlen: cu_seqlens_k) live in device memory and are
-// the caller's contract (flashsdpa.h): the kernels trust them, so that a
-// decode step costs no host synchronisation. The debug check copies them to
-// the host and holds them to the CPU's rules (check_kv_cache_values, the
-// same messages naming the argument). It runs with check_finite = 1 (the C
-// ABI's default, which synchronises for its scan anyway, and which must not
-// scan through a bad page index) or when the environment variable
-// FLASHSDPA_CHECK_KV_CACHE is set to 1 (read per call; for callers such as
-// the Python API on GPUs, which pass check_finite = 0).
-bool kv_check_on(const AttnParams& p) {
-  if (!uses_kv_cache(p)) return false;
+// The index values the kernels read from device memory (varlen: the
+// cu_seqlens offsets; KV caches: seqused_k, cache_leftpad, cache_batch_idx,
+// the used block_table entries) are the caller's contract (flashsdpa.h):
+// the kernels trust them, so that a call costs no host synchronisation. The
+// debug check copies them to the host and holds them to the CPU's rules
+// (check_varlen_offsets, check_kv_cache_values: the same messages naming the
+// argument). It runs with check_finite = 1 (the C ABI's default, which
+// synchronises for its scan anyway, and which must not scan through a bad
+// page index) or when the environment variable FLASHSDPA_CHECK_INDICES is
+// set to 1 (read per call; for callers such as the Python API on GPUs,
+// which pass check_finite = 0).
+bool index_check_on(const AttnParams& p) {
+  if (!uses_kv_cache(p) && p.cu_seqlens_q == nullptr) return false;
   if (p.check_finite) return true;
-  const char* v = getenv("FLASHSDPA_CHECK_KV_CACHE");
+  const char* v = getenv("FLASHSDPA_CHECK_INDICES");
   return v != nullptr && strcmp(v, "1") == 0;
 }
 
-fsdpa_status check_kv_cache(const AttnParams& p, cudaStream_t s) {
-  if (!kv_check_on(p) || p.batch == 0) return FSDPA_OK;
-  std::vector<int32_t> used, rows, pad, cu, table;
+fsdpa_status check_device_indices(const AttnParams& p, cudaStream_t s) {
+  if (!index_check_on(p) || p.batch == 0) return FSDPA_OK;
+  std::vector<int32_t> used, rows, pad, cu_q, cu_k, table;
   cudaError_t err = cudaSuccess;
   auto fetch = [&](const int32_t* src, int64_t n, std::vector<int32_t>& dst) -> const int32_t* {
     if (src == nullptr || n <= 0) return src;
@@ -253,14 +254,19 @@ fsdpa_status check_kv_cache(const AttnParams& p, cudaStream_t s) {
   h.seqused_k = fetch(p.seqused_k, p.batch, used);
   h.cache_batch_idx = fetch(p.cache_batch_idx, p.batch, rows);
   h.cache_leftpad = fetch(p.cache_leftpad, p.batch, pad);
-  h.cu_seqlens_k = fetch(p.cu_seqlens_k, p.batch + 1, cu);
+  h.cu_seqlens_q = fetch(p.cu_seqlens_q, p.batch + 1, cu_q);
+  h.cu_seqlens_k = fetch(p.cu_seqlens_k, p.batch + 1, cu_k);
   if (p.block_table != nullptr && p.kv_rows > 0)
     h.block_table = fetch(p.block_table,
                           (p.kv_rows - 1) * p.block_table_stride + p.kv_capacity / p.page_size,
                           table);
   if (err == cudaSuccess) err = cudaStreamSynchronize(s);
-  if (err != cudaSuccess) return cuda_fail(err, "KV-cache check");
-  return check_kv_cache_values(h);
+  if (err != cudaSuccess) return cuda_fail(err, "index check");
+  if (h.cu_seqlens_q != nullptr) {
+    const fsdpa_status st = check_varlen_offsets(h, h.block_table != nullptr);
+    if (st != FSDPA_OK) return st;
+  }
+  return uses_kv_cache(h) ? check_kv_cache_values(h) : FSDPA_OK;
 }
 
 // The plan for p, or its error reported.
@@ -301,7 +307,7 @@ fsdpa_status forward(const AttnParams& call, void* stream) {
   AttnParams p = call;  // gains the block lists' state table (prepare_block_sparse)
   DeviceGuard guard(p.device_id);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  fsdpa_status st = check_kv_cache(p, s);  // before the finite scan reads through pages
+  fsdpa_status st = check_device_indices(p, s);  // before the finite scan reads through pages
   if (st != FSDPA_OK) return st;
   st = check_inputs(p, false, s);
   if (st != FSDPA_OK) return st;
@@ -356,7 +362,9 @@ fsdpa_status backward(const AttnParams& call, void* stream) {
   AttnParams p = call;  // gains the block lists' state table (prepare_block_sparse)
   DeviceGuard guard(p.device_id);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  fsdpa_status st = check_inputs(p, true, s);
+  fsdpa_status st = check_device_indices(p, s);
+  if (st != FSDPA_OK) return st;
+  st = check_inputs(p, true, s);
   if (st != FSDPA_OK) return st;
   if (p.cu_seqlens_q != nullptr) zero_grads(p, s);
   if (p.batch == 0) {

@@ -741,7 +741,7 @@ int kv_cache_cases(cudaStream_t s, bool quick, int* failed) {
   return passed;
 }
 
-// The debug check (check_finite = 1, or FLASHSDPA_CHECK_KV_CACHE=1 with
+// The debug check (check_finite = 1, or FLASHSDPA_CHECK_INDICES=1 with
 // check_finite = 0) names a bad page index, seqused_k and cache_batch_idx
 // entry; a NaN in a used key is reported by the scan, NaN in unused rows
 // and spare pages (every case above) is not.
@@ -756,12 +756,12 @@ bool kv_checks_case(cudaStream_t s) {
     KvDev d(pr);
     if (env) {
       d.p.check_finite = 0;
-      setenv("FLASHSDPA_CHECK_KV_CACHE", "1", 1);
+      setenv("FLASHSDPA_CHECK_INDICES", "1", 1);
     }
     Tensor out = pr.make_out(c.dt);
     Dev o(out, false);
     const fsdpa_status st = fsdpa_forward(&d.p, &d.q, &d.k, &d.v, &o, nullptr, s);
-    unsetenv("FLASHSDPA_CHECK_KV_CACHE");
+    unsetenv("FLASHSDPA_CHECK_INDICES");
     CUDA_OK(cudaStreamSynchronize(s));
     const bool good =
         st == want && (text == nullptr || strstr(fsdpa_last_error(), text) != nullptr);

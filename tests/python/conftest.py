@@ -10,6 +10,7 @@ reference magnitude.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -100,6 +101,18 @@ def _math_sdpa_zeroes_masked_rows() -> bool:
 # A query row that sees no key gives 0 in PyTorch's math SDPA since 2.5
 # (flashsdpa's semantics); before, NaN.
 MATH_SDPA_ZEROES_MASKED_ROWS = _math_sdpa_zeroes_masked_rows()
+
+
+def flash_first(device):
+    """PyTorch's SDPA priority with its flash backend first, on CUDA. Recent
+    PyTorch puts cuDNN first on Hopper and Blackwell (cuDNN > 9.15), and then
+    F.scaled_dot_product_attention never reaches aten's flash operators,
+    which is what the registry overrides (README: the routes table)."""
+    if torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH,
+             SDPBackend.CUDNN_ATTENTION]
+    return sdpa_kernel(order, set_priority=True)
 
 
 def torch_math_sdpa(q, k, v, attn_mask=None, *args, enable_gqa=False, **kw):

@@ -2,7 +2,10 @@
 batch of cases per process: each case must raise the expected exception with
 a message naming the argument, or succeed with a checked result; a crash or
 a hang fails the case it happened in (the runner prints each outcome as it
-goes, so the first case without an outcome is the culprit)."""
+goes, so the first case without an outcome is the culprit). The processes run
+with FLASHSDPA_CHECK_INDICES=1: on GPUs the index values in device memory
+(varlen offsets, KV-cache lengths and pages) are otherwise the caller's
+contract, unchecked (include/flashsdpa/flashsdpa.h)."""
 from __future__ import annotations
 
 import json
@@ -24,7 +27,8 @@ BATCH = 40
 def _run_batch(device, names):
     try:
         r = subprocess.run([sys.executable, os.path.join(HERE, "bad_input_cases.py"), device,
-                            *names], capture_output=True, text=True, timeout=TIMEOUT_S, cwd=HERE)
+                            *names], capture_output=True, text=True, timeout=TIMEOUT_S, cwd=HERE,
+                           env=dict(os.environ, FLASHSDPA_CHECK_INDICES="1"))
         out, err, rc = r.stdout, r.stderr, r.returncode
     except subprocess.TimeoutExpired as e:
         out, err, rc = (e.stdout or b"").decode(), (e.stderr or b"").decode(), "timeout"

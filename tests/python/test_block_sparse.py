@@ -138,12 +138,15 @@ def test_block_mask_matches_dense(pattern, b, h, block, dtype, device):
     hq, hk = 4, 2  # GQA
     q, k, v = _inputs(2, hq, hk, sq, sk, 40)
     doc_ids = torch.repeat_interleave(torch.arange(4), torch.tensor([70, 100, 31, 100]))
-    mm = {"causal_window": causal_window(90), "prefix_lm": prefix_lm(50),
-          "document": document(doc_ids), "per_head": per_head_stride,
-          "block_causal": lambda b, h, qi, ki: qi // 64 >= ki // 64}[pattern]
-    bm = create_block_mask(mm, b if b > 1 else None, h if h > 1 else None, sq, sk, device="cpu",
-                           BLOCK_SIZE=block)
-    dense = create_mask(mm, b if b > 1 else None, h if h > 1 else None, sq, sk, device="cpu")
+
+    def mask_mod(dev):  # a mask_mod's captured tensors live where its BlockMask does
+        return {"causal_window": causal_window(90), "prefix_lm": prefix_lm(50),
+                "document": document(doc_ids.to(dev)), "per_head": per_head_stride,
+                "block_causal": lambda b, h, qi, ki: qi // 64 >= ki // 64}[pattern]
+
+    bb, hh = b if b > 1 else None, h if h > 1 else None
+    bm = create_block_mask(mask_mod(device), bb, hh, sq, sk, device=device, BLOCK_SIZE=block)
+    dense = create_mask(mask_mod("cpu"), bb, hh, sq, sk, device="cpu")
     check_against_dense(q, k, v, bm, dense, dtype, device, enable_gqa=True)
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 import flashsdpa
 from flashsdpa import _aten, _context_parallel
-from conftest import DEVICES, assert_close_rule, torch_math_sdpa
+from conftest import DEVICES, assert_close_rule, flash_first, torch_math_sdpa
 from dist_harness import run_ranks
 
 attention = torch.nn.attention
@@ -239,8 +239,9 @@ def test_cuda_context_parallel_reaches_flashsdpa(causal):
                              dout.cpu().float(), causal, torch.bfloat16)
         attention.activate_flash_attention_impl("flashsdpa")
         try:
-            with context_parallel(init_device_mesh("cuda", (1,)), buffers=[q, k, v, dout],
-                                  buffer_seq_dims=[2, 2, 2, 2], no_restore_buffers={q, k, v, dout}):
+            with flash_first("cuda"), context_parallel(
+                    init_device_mesh("cuda", (1,)), buffers=[q, k, v, dout],
+                    buffer_seq_dims=[2, 2, 2, 2], no_restore_buffers={q, k, v, dout}):
                 for t in (q, k, v):
                     t.requires_grad_()
                 out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)

@@ -8,7 +8,7 @@ FlashAttention's 2x error rule). Unused cache rows and pages are poisoned
 with NaN, so reading one shows up as a non-finite output. The cache after
 the call must equal the model exactly. Every test runs on each device of
 conftest.DEVICES (the CPU, and CUDA when a GPU is present); on CUDA the
-value checks are the caller's contract unless FLASHSDPA_CHECK_KV_CACHE=1,
+value checks are the caller's contract unless FLASHSDPA_CHECK_INDICES=1,
 which the bad-input tests set there.
 """
 from __future__ import annotations
@@ -435,9 +435,9 @@ def test_merge_bad_input():
 @pytest.fixture(params=DEVICES)
 def checked_device(request, monkeypatch):
     """A device whose KV-cache values are checked: the CPU always; CUDA with
-    the debug check on (FLASHSDPA_CHECK_KV_CACHE=1)."""
+    the debug check on (FLASHSDPA_CHECK_INDICES=1)."""
     if request.param != "cpu":
-        monkeypatch.setenv("FLASHSDPA_CHECK_KV_CACHE", "1")
+        monkeypatch.setenv("FLASHSDPA_CHECK_INDICES", "1")
     return request.param
 
 

@@ -16,8 +16,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import flashsdpa
 from flashsdpa import _aten
-from conftest import (DEVICES, LOWP, assert_close_rule, attention_ref, run_with_grads,
-                      torch_math_sdpa)
+from conftest import (DEVICES, LOWP, assert_close_rule, attention_ref, flash_first,
+                      run_with_grads, torch_math_sdpa)
 
 attention = torch.nn.attention
 HAS_REGISTRY = hasattr(attention, "register_flash_attention_impl")
@@ -93,7 +93,8 @@ def test_routes_match_math_backend(route, device, kind, dtype, active):
     elif kind == "float_mask":
         kw["attn_mask"] = torch.randn(2, 1, sq, sk, generator=torch.Generator().manual_seed(3))
         kw["attn_mask"] = kw["attn_mask"].to(dtype)
-    ours = run_with_grads(ROUTES[route], [q, k, v], dout, **kw)
+    with flash_first(device):
+        ours = run_with_grads(ROUTES[route], [q, k, v], dout, **kw)
     st = flashsdpa.stats()
     assert st["dispatched"] == 1 and st["dispatched_via_aten"] == 1 and st["backward"] == 1, st
     assert st["fallback_total"] == 0 and st["dispatched_by_device"] == {device: 1}, st
@@ -156,7 +157,8 @@ def test_torch_compile_reaches_flashsdpa(device, active):
         return F.scaled_dot_product_attention(q_, k_, v_, is_causal=True, enable_gqa=True)
 
     compiled = torch.compile(f, backend="inductor", fullgraph=True)
-    ours = run_with_grads(compiled, [q, k, v], dout)
+    with flash_first(device):
+        ours = run_with_grads(compiled, [q, k, v], dout)
     st = flashsdpa.stats()
     assert st["dispatched_via_aten"] >= 1 and st["backward"] >= 1, st
     assert st["dispatched_by_device"].get(device, 0) >= 1, st

@@ -17,7 +17,7 @@ from torch.nn.functional import scaled_dot_product_attention as sdpa_bound_at_im
 
 import flashsdpa
 from flashsdpa import _aten
-from conftest import DEVICES
+from conftest import DEVICES, flash_first
 
 attention = torch.nn.attention
 HAS_REGISTRY = hasattr(attention, "register_flash_attention_impl")
@@ -108,7 +108,8 @@ def test_route_reaches_flashsdpa_as_documented(route, device, mechanism):
     else:
         attention.activate_flash_attention_impl("flashsdpa")
         try:
-            fn(q, k, v)
+            with flash_first(device):
+                fn(q, k, v)
         finally:
             _aten.restore()
     st = flashsdpa.stats()
