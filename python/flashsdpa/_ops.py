@@ -433,8 +433,8 @@ def call_fwd(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars, 
             return out, lse
         # The scalars travel as one tuple: autograd.Function.apply costs
         # about 0.5 us per argument (functorch inspects each one).
-        return _EagerAttention.apply(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
-                                     scalars)
+        return _apply_eager_attention(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
+                                      scalars)
     return fwd(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars)
 
 
@@ -557,6 +557,28 @@ class _EagerAttention(torch.autograd.Function):
                     dev.device)
         _count_backward()
         return dq, dk, dv, None, None, None, None, None
+
+
+def _apply_eager_attention(q, k, v, mask, alibi, cu_q, cu_k, scalars):
+    """``_EagerAttention.apply`` for `call_fwd`, which has checked that no
+    functorch transform is active: then ``autograd.Function.apply`` (Python)
+    only unwraps dead functorch wrappers and calls the C++ apply, but spends
+    ~3 us of a small call getting there (a closure, a signature check, a
+    generator over every argument); this does the same two steps."""
+    if _c_apply is None:  # a PyTorch without the two entry points
+        return _EagerAttention.apply(q, k, v, mask, alibi, cu_q, cu_k, scalars)
+    u = _unwrap_if_dead
+    return _c_apply(u(q), u(k), u(v), None if mask is None else u(mask),
+                    None if alibi is None else u(alibi), None if cu_q is None else u(cu_q),
+                    None if cu_k is None else u(cu_k), scalars)
+
+
+# The C++ Function.apply under torch.autograd.Function's Python one, bound to
+# _EagerAttention, and functorch's unwrap of one argument.
+_c_apply = getattr(super(torch.autograd.Function, _EagerAttention), "apply", None)
+_unwrap_if_dead = getattr(getattr(torch._C, "_functorch", None), "unwrap_if_dead", None)
+if _unwrap_if_dead is None:
+    _c_apply = None
 
 
 def new_rng(dropout_p: float) -> Optional[Tensor]:

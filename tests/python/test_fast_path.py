@@ -72,3 +72,70 @@ def test_eager_grad_with_unused_output_and_lse():
     assert not lse.requires_grad
     out.sum().backward()
     assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+def test_sdpa_without_autograd_skips_the_lse_and_gives_the_same_output(device):
+    """scaled_dot_product_attention has no use for the lse: without autograd
+    call_fwd(need_lse=False) does not ask the C ABI for one (lse None), and
+    the output is bitwise the one computed with it."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 7, 16, generator=g).to(device) for _ in range(3))
+    scalars = (0, 0, None, True, False, -1, -1, 0.0, 0.0, None, False, False, False)
+    before = _ops.counters["dispatched"]
+    with torch.no_grad():
+        out, lse = _ops.call_fwd(q, k, v, None, None, None, None, *scalars, need_lse=False)
+        ref, ref_lse = _ops.call_fwd(q, k, v, None, None, None, None, *scalars)
+    assert lse is None and ref_lse.dtype == torch.float32 and ref_lse.shape == (2, 3, 7)
+    assert torch.equal(out, ref)
+    assert _ops.counters["dispatched"] == before + 2
+    assert torch.equal(flashsdpa.scaled_dot_product_attention(q, k, v, is_causal=True), ref)
+    # With autograd the backward needs the lse: need_lse is ignored.
+    qg = q.clone().requires_grad_()
+    out_g, lse_g = _ops.call_fwd(qg, k, v, None, None, None, None, *scalars, need_lse=False)
+    assert torch.equal(lse_g, ref_lse) and torch.equal(out_g.detach(), ref)
+
+
+def test_in_place_change_of_a_saved_input_is_caught_by_the_backward():
+    """The eager autograd path saves its inputs detached; a detached tensor
+    shares its source's version counter, so autograd still refuses a
+    backward through inputs modified in place after the forward."""
+    q, k, v = inputs(requires_grad=True)
+    k2 = k.detach().clone()
+    out = flashsdpa.scaled_dot_product_attention(q, k2, v)
+    with torch.no_grad():
+        k2.add_(1.0)
+    try:
+        out.sum().backward()
+    except RuntimeError as e:
+        assert "modified by an inplace operation" in str(e)
+    else:
+        raise AssertionError("the backward ran on an input modified in place")
+
+
+def test_registering_a_runner_reaches_calls_on_that_device():
+    """Device records (`_ops.device_info`) are cached per device; registering
+    a runner replaces them, and a registered runner always receives an lse
+    buffer (only the C ABI's devices may skip it)."""
+    seen = []
+
+    def fwd(params, q, k, v, out, lse, *rest, **extra):
+        seen.append(lse)
+        out.zero_()
+
+    def bwd(*args, **kwargs):
+        raise AssertionError("no backward expected")
+
+    q = torch.empty(1, 1, 4, 8, device="meta")
+    assert not _ops.device_info(q.device).available
+    try:
+        _ops.register_device_runner("meta", fwd, bwd)
+        assert _ops.device_info(q.device).available
+        before = _ops.counters["dispatched:meta"]
+        flashsdpa.scaled_dot_product_attention(q, q, q)
+        assert len(seen) == 1 and seen[0] is not None and seen[0].shape == (1, 1, 4)
+        assert _ops.counters["dispatched:meta"] == before + 1
+    finally:
+        _ops._runners.pop("meta", None)
+        _ops._available.pop("meta", None)
+        _ops._devices.clear()
+    assert not _ops.device_info(q.device).available
