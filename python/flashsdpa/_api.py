@@ -188,15 +188,20 @@ def _alibi(alibi_slopes: Optional[Tensor]) -> Optional[Tensor]:
 
 
 def _check_qkv(q, k, v, rank: int) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.is_nested:
-            raise RuntimeError(f"{name}: nested tensors are not supported")
-        if t.dim() != rank:
-            raise ValueError(f"{name}: expected rank {rank}, got {t.dim()}")
-    if not _ops.device_available(q.device.type):
-        raise RuntimeError(f"flashsdpa has no backend for device '{q.device.type}' here")
+    if not (isinstance(q, Tensor) and isinstance(k, Tensor) and isinstance(v, Tensor)
+            and not (q.is_nested or k.is_nested or v.is_nested)
+            and q.dim() == rank and k.dim() == rank and v.dim() == rank):
+        # Which one, in the order q, k, v (the common case above asks once).
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+            if t.is_nested:
+                raise RuntimeError(f"{name}: nested tensors are not supported")
+            if t.dim() != rank:
+                raise ValueError(f"{name}: expected rank {rank}, got {t.dim()}")
+    info = _ops.device_info(q.device)
+    if not info.available:
+        raise RuntimeError(f"flashsdpa has no backend for device '{info.type}' here")
 
 @overload
 def flash_attn_func(
@@ -271,7 +276,8 @@ def flash_attn_func(
     out, lse = _ops.call_fwd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None,
                              _alibi(alibi_slopes), None, None, 0, 0, softmax_scale, bool(causal),
                              True, wl, wr, _checks.real("softcap", softcap), float(dropout_p), rng,
-                             bool(deterministic), _ops.default_check_finite(q.device), True)
+                             bool(deterministic), _ops.default_check_finite(q.device), True,
+                             need_lse=return_lse or return_attn_probs)
     out = out.transpose(1, 2)
     if return_attn_probs:
         return out, lse, None
@@ -371,7 +377,8 @@ def flash_attn_varlen_func(
     out, lse = _ops.call_fwd(q, k, v, None, _alibi(alibi_slopes), cu_seqlens_q, cu_seqlens_k,
                              int(max_seqlen_q), int(max_seqlen_k), softmax_scale, bool(causal),
                              True, wl, wr, _checks.real("softcap", softcap), float(dropout_p), rng,
-                             bool(deterministic), _ops.default_check_finite(q.device), False)
+                             bool(deterministic), _ops.default_check_finite(q.device), False,
+                             need_lse=return_lse or return_attn_probs)
     if return_attn_probs:
         return out, lse, None
     return (out, lse) if return_lse else out
