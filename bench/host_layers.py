@@ -13,6 +13,7 @@ PyTorch's own SDPA for scale. Each layer adds its own work to the one below:
     fwd kernel       _ops._fwd_kernel: the operator's kernel (params, runner, counters)
     call_fwd         _ops.call_fwd: the eager-mode dispatch around it
     public API       flashsdpa.scaled_dot_product_attention (autocast, checks)
+    flash_attn_func  flashsdpa.flash_attn_func on the same data in (B, S, H, D)
     F.sdpa patched   torch.nn.functional.scaled_dot_product_attention under flashsdpa.enable()
     torch SDPA       PyTorch's own function (its default backend)
 
@@ -88,6 +89,16 @@ def layers(device: str, shape: str, dtype: torch.dtype):
     def api_fb():
         torch.autograd.backward(flashsdpa.scaled_dot_product_attention(qg, kg, vg), do)
 
+    # FlashAttention's (B, S, H, D), the gradients' leaves in that layout
+    qt, kt, vt, dot = (t.transpose(1, 2).contiguous() for t in (q, k, v, do))
+    qgt, kgt, vgt = (t.clone().requires_grad_() for t in (qt, kt, vt))
+
+    def fa():
+        flashsdpa.flash_attn_func(qt, kt, vt)
+
+    def fa_fb():
+        torch.autograd.backward(flashsdpa.flash_attn_func(qgt, kgt, vgt), dot)
+
     def torch_sdpa():
         F.scaled_dot_product_attention(q, k, v)
 
@@ -97,6 +108,7 @@ def layers(device: str, shape: str, dtype: torch.dtype):
     # "F.sdpa patched" is torch's name, called while flashsdpa.enable() is on (main).
     return [("C.forward", c_fwd, c_fb), ("+alloc", c_alloc, None), ("fwd kernel", kernel, None),
             ("call_fwd", call_fwd, call_fwd_fb), ("public API", api, api_fb),
+            ("flash_attn_func", fa, fa_fb),
             ("F.sdpa patched", torch_sdpa, torch_fb), ("torch SDPA", torch_sdpa, torch_fb)]
 
 
@@ -153,14 +165,14 @@ def main():
                     times[(name, what)].append(per_call_us(fn, a.iters, sync, clock))
     print(f"host_layers: {a.device} {a.shape} {a.dtype}, {a.threads} thread(s), torch "
           f"{torch.__version__}, {a.iters} calls x {a.rounds} rounds; {machine()}")
-    print(f"{'layer':>15} | {'fwd min':>8} {'median':>8} | {'f+b min':>8} {'median':>8}"
+    print(f"{'layer':>16} | {'fwd min':>8} {'median':>8} | {'f+b min':>8} {'median':>8}"
           f"   ({'host wall' if cuda else 'thread CPU'} us per call)")
     for name, _, _ in rows:
         cells = []
         for what in ("fwd", "f+b"):
             t = times[(name, what)]
             cells.append(f"{min(t):8.2f} {statistics.median(t):8.2f}" if t else f"{'':8} {'':8}")
-        print(f"{name:>15} | {cells[0]} | {cells[1]}")
+        print(f"{name:>16} | {cells[0]} | {cells[1]}")
     if a.profile:
         import cProfile
         import pstats

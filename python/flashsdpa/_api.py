@@ -273,12 +273,11 @@ def flash_attn_func(
     _check_qkv(q, k, v, 4)
     wl, wr = _checks.window(window_size)
     rng = _ops.new_rng(dropout_p)
-    out, lse = _ops.call_fwd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None,
-                             _alibi(alibi_slopes), None, None, 0, 0, softmax_scale, bool(causal),
-                             True, wl, wr, _checks.real("softcap", softcap), float(dropout_p), rng,
+    out, lse = _ops.call_fwd(q, k, v, None, _alibi(alibi_slopes), None, None, 0, 0,
+                             softmax_scale, bool(causal), True, wl, wr,
+                             _checks.real("softcap", softcap), float(dropout_p), rng,
                              bool(deterministic), _ops.default_check_finite(q.device), True,
-                             need_lse=return_lse or return_attn_probs)
-    out = out.transpose(1, 2)
+                             need_lse=return_lse or return_attn_probs, bshd=True)
     if return_attn_probs:
         return out, lse, None
     return (out, lse) if return_lse else out

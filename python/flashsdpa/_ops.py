@@ -359,15 +359,20 @@ def _fwd_kernel(
 
 def _forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
              scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, rng,
-             deterministic, check_finite, out_bshd, need_lse=True):
+             deterministic, check_finite, out_bshd, need_lse=True, out=None):
     """`_fwd_kernel`, also returning the call's params and device record (the
     backward reuses them). Without ``need_lse`` the C ABI's devices skip the
-    lse (None is returned); registered runners always get one."""
+    lse (None is returned); registered runners always get one. ``out``: a
+    buffer to write instead of a new one (of `_out_shapes`' shape)."""
     device = q.device
     dev = device_info(device)
     if dev.run_fwd is None:
         _runner(device)  # raises: no backend for this device
-    out, lse = _out_shapes(q, v, cu_seqlens_q is not None, out_bshd, need_lse or not dev.c_abi)
+    if out is None:
+        out, lse = _out_shapes(q, v, cu_seqlens_q is not None, out_bshd,
+                               need_lse or not dev.c_abi)
+    else:
+        lse = _out_shapes(q, v, cu_seqlens_q is not None, out_bshd)[1]
     p = _params(scale, causal, bottom_right, window_left, window_right, softcap,
                 max_seqlen_q, max_seqlen_k, dropout_p, rng, deterministic, check_finite)
     dev.run_fwd(p, _d(q), _d(k), _d(v), out, lse, _d(mask), _d(alibi_slopes), cu_seqlens_q,
@@ -407,7 +412,8 @@ def _plain_eager_call(tensors) -> bool:
     return not any(t is not None and grad and t.requires_grad for t in tensors)
 
 
-def call_fwd(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars, need_lse=True):
+def call_fwd(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars, need_lse=True,
+             bshd=False):
     """``fwd``, skipping the dispatcher when that changes nothing. Without
     autograd the kernel is called directly (the dispatcher costs about 30 us
     per call on a CPU: inference-time decode steps are dominated by it); with
@@ -422,20 +428,31 @@ def call_fwd(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars, 
 
     ``need_lse=False``: the caller ignores lse, so a call without autograd
     may skip computing it and return None in its place (the operator and
-    the autograd path always return it)."""
+    the autograd path always return it).
+
+    ``bshd=True``: q, k, v come in FlashAttention's (B, S, H, D) and out is
+    returned so (the scalars' out_bshd stores it that way); the operator
+    sees (B, H, S, D) views as always. With autograd the views are taken
+    inside the autograd node: as graph nodes of their own, the four
+    transposes cost more host time than a small problem's attention."""
     if _eager_call((q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k)):
-        if not (torch.is_grad_enabled() and (
+        if torch.is_grad_enabled() and (
                 q.requires_grad or k.requires_grad or v.requires_grad
                 or (alibi_slopes is not None and alibi_slopes.requires_grad)
-                or (mask is not None and mask.requires_grad))):
-            out, lse, _, _ = _forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
-                                      *scalars, need_lse)
-            return out, lse
-        # The scalars travel as one tuple: autograd.Function.apply costs
-        # about 0.5 us per argument (functorch inspects each one).
-        return _apply_eager_attention(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
-                                      scalars)
-    return fwd(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars)
+                or (mask is not None and mask.requires_grad)):
+            # The scalars travel as one tuple: autograd.Function.apply costs
+            # about 0.5 us per argument (functorch inspects each one).
+            return _apply_eager_attention(q, k, v, mask, alibi_slopes, cu_seqlens_q,
+                                          cu_seqlens_k, scalars, bshd)
+        if bshd:
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        out, lse, _, _ = _forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
+                                  *scalars, need_lse)
+    else:
+        if bshd:
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        out, lse = fwd(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars)
+    return (out.transpose(1, 2) if bshd else out), lse
 
 
 @fwd.register_fake
@@ -538,39 +555,59 @@ class _EagerAttention(torch.autograd.Function):
     differentiable and its gradient is never materialised."""
 
     @staticmethod
-    def forward(ctx, q, k, v, mask, alibi, cu_q, cu_k, scalars):
+    def forward(ctx, q, k, v, mask, alibi, cu_q, cu_k, scalars, bshd):
         ctx.set_materialize_grads(False)
         q, k, v, mask, alibi = _d(q), _d(k), _d(v), _d(mask), _d(alibi)
-        out, lse, ctx.params, ctx.dev = _forward(q, k, v, mask, alibi, cu_q, cu_k, *scalars)
+        out = kernel_out = None
+        if bshd:
+            # call_fwd(bshd=True): the kernels see (B, H, S, D) views, taken
+            # here where autograd does not record them. The output is a
+            # (B, S, H, Dv) tensor of its own, not a view (autograd forbids
+            # in-place changes of a view made inside a Function, which users
+            # of the transposed output could make before), saved as itself
+            # (a saved view of an output would keep its node alive).
+            b, sq, hq, _ = q.shape
+            out = q.new_empty((b, sq, hq, v.shape[-1]))
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            kernel_out = out.transpose(1, 2)
+        kernel_out, lse, ctx.params, ctx.dev = _forward(q, k, v, mask, alibi, cu_q, cu_k,
+                                                        *scalars, True, kernel_out)
+        if not bshd:
+            out = kernel_out
         ctx.save_for_backward(q, k, v, out, lse, mask, alibi, cu_q, cu_k)
         ctx.mark_non_differentiable(lse)
+        ctx.bshd = bshd
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
         if dout is None:
-            return (None,) * 8
+            return (None,) * 9
         q, k, v, out, lse, mask, alibi, cu_q, cu_k = ctx.saved_tensors
+        if ctx.bshd:
+            out, dout = out.transpose(1, 2), dout.transpose(1, 2)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dev = ctx.dev
         dev.run_bwd(ctx.params, _d(dout), q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k,
                     dev.device)
         _count_backward()
-        return dq, dk, dv, None, None, None, None, None
+        if ctx.bshd:
+            dq, dk, dv = dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
+        return dq, dk, dv, None, None, None, None, None, None
 
 
-def _apply_eager_attention(q, k, v, mask, alibi, cu_q, cu_k, scalars):
+def _apply_eager_attention(q, k, v, mask, alibi, cu_q, cu_k, scalars, bshd):
     """``_EagerAttention.apply`` for `call_fwd`, which has checked that no
     functorch transform is active: then ``autograd.Function.apply`` (Python)
     only unwraps dead functorch wrappers and calls the C++ apply, but spends
     ~3 us of a small call getting there (a closure, a signature check, a
     generator over every argument); this does the same two steps."""
     if _c_apply is None:  # a PyTorch without the two entry points
-        return _EagerAttention.apply(q, k, v, mask, alibi, cu_q, cu_k, scalars)
+        return _EagerAttention.apply(q, k, v, mask, alibi, cu_q, cu_k, scalars, bshd)
     u = _unwrap_if_dead
     return _c_apply(u(q), u(k), u(v), None if mask is None else u(mask),
                     None if alibi is None else u(alibi), None if cu_q is None else u(cu_q),
-                    None if cu_k is None else u(cu_k), scalars)
+                    None if cu_k is None else u(cu_k), scalars, bshd)
 
 
 # The C++ Function.apply under torch.autograd.Function's Python one, bound to

@@ -3,6 +3,7 @@ the kernel runs directly, with autograd through a plain autograd.Function of
 the same formula; under dispatch modes (and torch.compile) the operator runs."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -139,3 +140,38 @@ def test_registering_a_runner_reaches_calls_on_that_device():
         _ops._available.pop("meta", None)
         _ops._devices.clear()
     assert not _ops.device_info(q.device).available
+
+
+def test_flash_attn_func_grad_path_takes_its_layout_inside_the_node(device):
+    """flash_attn_func's (B, S, H, D) tensors reach the kernels as views taken
+    inside the eager autograd node (no transpose nodes in the graph): output
+    and gradients are bitwise those of the operator route (which transposes
+    outside), in the same layouts, and the output is a tensor of its own:
+    changing it in place is allowed as it was, and a backward through the
+    node after that is refused as it was (the node saved it)."""
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 9, 4, 16, generator=g).to(device) for _ in range(3))
+    k, v = k[:, :, :2].contiguous(), v[:, :, :2].contiguous()  # GQA: 4 query heads, 2 kv
+    dout = torch.randn(2, 9, 4, 16, generator=g).to(device)
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+    out, lse = flashsdpa.flash_attn_func(qg, kg, vg, causal=True, return_lse=True)
+    assert type(out.grad_fn).__name__ == "_EagerAttentionBackward" and out._base is None
+    assert out.shape == (2, 9, 4, 16) and out.is_contiguous() and lse.shape == (2, 4, 9)
+    got = torch.autograd.grad(out, (qg, kg, vg), dout, retain_graph=True)
+    # The operator route, transposing outside.
+    q2, k2, v2 = (t.clone().requires_grad_() for t in (q, k, v))
+    with RecordOps() as mode:
+        ref_out, ref_lse = torch.ops.flashsdpa.fwd(
+            q2.transpose(1, 2), k2.transpose(1, 2), v2.transpose(1, 2), None, None, None, None,
+            0, 0, None, True, True, -1, -1, 0.0, 0.0, None, False, device == "cpu", True)
+    assert any("flashsdpa.fwd" in op for op in mode.ops)
+    ref_out = ref_out.transpose(1, 2)
+    ref = torch.autograd.grad(ref_out, (q2, k2, v2), dout, retain_graph=True)
+    assert torch.equal(out, ref_out) and out.stride() == ref_out.stride()
+    assert torch.equal(lse, ref_lse)
+    for a, b in zip(got, ref):
+        assert a.shape == b.shape and a.stride() == b.stride() and torch.equal(a, b)
+    for o, inputs in ((out, (qg, kg, vg)), (ref_out, (q2, k2, v2))):
+        o.mul_(2.0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            torch.autograd.grad(o, inputs, dout)
