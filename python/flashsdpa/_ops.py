@@ -312,15 +312,20 @@ def _out_shapes(q: Tensor, v: Tensor, varlen: bool, out_bshd: bool, need_lse: bo
     if varlen:
         total, hq = q.shape[:2]
         out = q.new_empty((total, hq, dv))
-        lse = q.new_empty((hq, total), dtype=torch.float32) if need_lse else None
     else:
         b, hq, sq = q.shape[:3]
         if out_bshd:  # a [B, S, H, Dv] buffer seen as [B, H, S, Dv]
             out = q.new_empty_strided((b, hq, sq, dv), (sq * hq * dv, dv, hq * dv, 1))
         else:
             out = q.new_empty((b, hq, sq, dv))
-        lse = q.new_empty((b, hq, sq), dtype=torch.float32) if need_lse else None
-    return out, lse
+    return out, (_new_lse(q, varlen) if need_lse else None)
+
+
+def _new_lse(q: Tensor, varlen: bool) -> Tensor:
+    if varlen:
+        total, hq = q.shape[:2]
+        return q.new_empty((hq, total), dtype=torch.float32)
+    return q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 # ---------------------------------------------------------------------------
@@ -372,7 +377,7 @@ def _forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen
         out, lse = _out_shapes(q, v, cu_seqlens_q is not None, out_bshd,
                                need_lse or not dev.c_abi)
     else:
-        lse = _out_shapes(q, v, cu_seqlens_q is not None, out_bshd)[1]
+        lse = _new_lse(q, cu_seqlens_q is not None)
     p = _params(scale, causal, bottom_right, window_left, window_right, softcap,
                 max_seqlen_q, max_seqlen_k, dropout_p, rng, deterministic, check_finite)
     dev.run_fwd(p, _d(q), _d(k), _d(v), out, lse, _d(mask), _d(alibi_slopes), cu_seqlens_q,
