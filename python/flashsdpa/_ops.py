@@ -301,7 +301,10 @@ def _params(
 
 
 def _d(t: Optional[Tensor]) -> Optional[Tensor]:
-    # torch refuses to export tensors that require grad through DLPack.
+    # Registered runners get tensors without autograd history, and the
+    # `__dlpack__` protocol refuses tensors that require grad. The C ABI's
+    # launchers need no detach: `to_dlpack` exports them (PyTorch 2.4-2.13),
+    # and a detach costs ~0.6 us per tensor of a small autograd call.
     return t.detach() if t is not None and t.requires_grad else t
 
 
@@ -380,8 +383,9 @@ def _forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen
         lse = _new_lse(q, cu_seqlens_q is not None)
     p = _params(scale, causal, bottom_right, window_left, window_right, softcap,
                 max_seqlen_q, max_seqlen_k, dropout_p, rng, deterministic, check_finite)
-    dev.run_fwd(p, _d(q), _d(k), _d(v), out, lse, _d(mask), _d(alibi_slopes), cu_seqlens_q,
-                cu_seqlens_k, device)
+    if not dev.c_abi:
+        q, k, v, mask, alibi_slopes = _d(q), _d(k), _d(v), _d(mask), _d(alibi_slopes)
+    dev.run_fwd(p, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, device)
     _count_dispatched(dev.dispatched_key)
     return out, lse, p, dev
 
@@ -553,16 +557,13 @@ class _EagerAttention(torch.autograd.Function):
     saved tensors. The host work of a small call is what users of short
     sequences pay on every step, so both directions go straight to the
     launchers: the forward's params object and device record (launchers,
-    device) are kept on ctx (no second lookup), the inputs are saved
-    detached as the kernels take them (one detach per tensor, not two; a
-    detached tensor shares its source's version counter, so in-place changes
-    before the backward are still caught), the lse output is not
+    device) are kept on ctx (no second lookup), the C ABI's devices take the
+    inputs as they are (no detach, `_d`), the lse output is not
     differentiable and its gradient is never materialised."""
 
     @staticmethod
     def forward(ctx, q, k, v, mask, alibi, cu_q, cu_k, scalars, bshd):
         ctx.set_materialize_grads(False)
-        q, k, v, mask, alibi = _d(q), _d(k), _d(v), _d(mask), _d(alibi)
         out = kernel_out = None
         if bshd:
             # call_fwd(bshd=True): the kernels see (B, H, S, D) views, taken
@@ -593,7 +594,9 @@ class _EagerAttention(torch.autograd.Function):
             out, dout = out.transpose(1, 2), dout.transpose(1, 2)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dev = ctx.dev
-        dev.run_bwd(ctx.params, _d(dout), q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k,
+        if not dev.c_abi:  # as in _forward
+            dout, q, k, v, mask, alibi = _d(dout), _d(q), _d(k), _d(v), _d(mask), _d(alibi)
+        dev.run_bwd(ctx.params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k,
                     dev.device)
         _count_backward()
         if ctx.bshd:
