@@ -97,9 +97,10 @@ def test_sdpa_without_autograd_skips_the_lse_and_gives_the_same_output(device):
 
 
 def test_in_place_change_of_a_saved_input_is_caught_by_the_backward():
-    """The eager autograd path saves its inputs detached; a detached tensor
-    shares its source's version counter, so autograd still refuses a
-    backward through inputs modified in place after the forward."""
+    """The eager autograd path (C++ apply, inputs passed to the C ABI without
+    a detach) still saves its inputs for autograd's version check: a
+    backward through an input modified in place after the forward is
+    refused."""
     q, k, v = inputs(requires_grad=True)
     k2 = k.detach().clone()
     out = flashsdpa.scaled_dot_product_attention(q, k2, v)
