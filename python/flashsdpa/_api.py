@@ -50,28 +50,33 @@ def check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa, s
     if key.device != dev or value.device != dev or (has_mask and attn_mask.device != dev):
         return Unsupported("device:mixed", ValueError,
                            "query, key, value and attn_mask must be on one device")
-    if not _ops.device_available(dev.type):
-        return Unsupported(f"device:{dev.type}-unavailable", RuntimeError,
-                           f"flashsdpa has no backend for device '{dev.type}' in this build/machine")
-    why = _ops.device_unsupported(dev.type)
-    if why is not None:  # e.g. "device:mps-fast-math" (flashsdpa/metal.py)
-        return Unsupported(why[0], RuntimeError, why[1])
-    if query.dtype not in _DTYPES:
-        return Unsupported(f"dtype:{str(query.dtype).replace('torch.', '')}", TypeError,
-                           f"query: unsupported dtype {query.dtype}; expected float32, float16 "
+    info = _ops.device_info(dev)
+    if not info.available:
+        return Unsupported(f"device:{info.type}-unavailable", RuntimeError,
+                           f"flashsdpa has no backend for device '{info.type}' in this "
+                           "build/machine")
+    if info.unsupported is not None:
+        why = info.unsupported()
+        if why is not None:  # e.g. "device:mps-fast-math" (flashsdpa/metal.py)
+            return Unsupported(why[0], RuntimeError, why[1])
+    dtype = query.dtype
+    if dtype not in _DTYPES:
+        return Unsupported(f"dtype:{str(dtype).replace('torch.', '')}", TypeError,
+                           f"query: unsupported dtype {dtype}; expected float32, float16 "
                            "or bfloat16")
-    if key.dtype != query.dtype or value.dtype != query.dtype:
+    if key.dtype != dtype or value.dtype != dtype:
         return Unsupported("dtype:mismatch", TypeError,
-                           f"query, key, value must share one dtype, got {query.dtype}, "
+                           f"query, key, value must share one dtype, got {dtype}, "
                            f"{key.dtype}, {value.dtype}")
-    nd = query.dim()
-    if nd not in (3, 4) or key.dim() != nd or value.dim() != nd:
+    qs, ks, vs = query.shape, key.shape, value.shape  # each .shape builds a torch.Size
+    nd = len(qs)
+    if nd not in (3, 4) or len(ks) != nd or len(vs) != nd:
         return Unsupported("rank", ValueError,
-                           f"query, key, value must all be 3-D or 4-D, got {query.dim()}-D, "
-                           f"{key.dim()}-D, {value.dim()}-D")
-    if query.shape[-1] > MAX_HEAD_DIM or value.shape[-1] > MAX_HEAD_DIM:
+                           f"query, key, value must all be 3-D or 4-D, got {nd}-D, "
+                           f"{len(ks)}-D, {len(vs)}-D")
+    if qs[-1] > MAX_HEAD_DIM or vs[-1] > MAX_HEAD_DIM:
         return Unsupported(f"head_dim>{MAX_HEAD_DIM}", ValueError,
-                           f"head dims {query.shape[-1]}/{value.shape[-1]} exceed {MAX_HEAD_DIM}")
+                           f"head dims {qs[-1]}/{vs[-1]} exceed {MAX_HEAD_DIM}")
     if dropout_p != 0.0 or type(dropout_p) not in (float, int) or scale is not None:
         for name, check, arg in (("dropout_p", _checks.dropout_p, dropout_p),
                                  ("scale", _checks.scale, scale)):
@@ -84,7 +89,7 @@ def check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa, s
                            "is_causal=True and an explicit attn_mask are mutually exclusive "
                            "(as in PyTorch)")
     if nd == 4:
-        hq, hk, hv = query.shape[1], key.shape[1], value.shape[1]
+        hq, hk, hv = qs[1], ks[1], vs[1]
         if hq != hk or hk != hv:
             if not enable_gqa:
                 return Unsupported("gqa_disabled", ValueError,
@@ -95,26 +100,25 @@ def check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa, s
                                    f"query heads {hq} must be a multiple of key/value heads "
                                    f"{hk}/{hv}", shape=True)
     shapes_ok = (
-        query.shape[0] == key.shape[0] == value.shape[0]
-        and key.shape[-2] == value.shape[-2]
-        and query.shape[-1] == key.shape[-1]
+        qs[0] == ks[0] == vs[0]
+        and ks[-2] == vs[-2]
+        and qs[-1] == ks[-1]
     )
     if not shapes_ok:
         return Unsupported("shape:broadcast", ValueError,
-                           f"shapes q {tuple(query.shape)}, k {tuple(key.shape)}, v "
-                           f"{tuple(value.shape)} are not a (batch, heads, seq, dim) attention "
+                           f"shapes q {tuple(qs)}, k {tuple(ks)}, v "
+                           f"{tuple(vs)} are not a (batch, heads, seq, dim) attention "
                            "problem without broadcasting", shape=True)
     if attn_mask is not None:
         m = attn_mask
-        if m.dtype != torch.bool and m.dtype != query.dtype:
+        if m.dtype != torch.bool and m.dtype != dtype:
             return Unsupported("mask:dtype", TypeError,
-                               f"attn_mask: dtype {m.dtype} must be bool or query's {query.dtype}")
+                               f"attn_mask: dtype {m.dtype} must be bool or query's {dtype}")
         if m.requires_grad and m.dtype != torch.bool and torch.is_grad_enabled():
             return Unsupported("mask_requires_grad", RuntimeError,
                                "attn_mask requires grad: flashsdpa does not compute the "
                                "gradient of a float mask (detach it, or use torch's SDPA)")
-        target = (query.shape[0],) + ((query.shape[1],) if nd == 4 else ()) + (
-            query.shape[-2], key.shape[-2])
+        target = (qs[0],) + ((qs[1],) if nd == 4 else ()) + (qs[-2], ks[-2])
         ok = 1 <= m.dim() <= nd and all(
             ms == 1 or ms == ts_ for ms, ts_ in zip(reversed(m.shape), reversed(target)))
         if not ok:
@@ -137,7 +141,8 @@ def _sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, check_finit
         m = m.unsqueeze(0)
     rng = _ops.new_rng(dropout_p)
     out, _ = _ops.call_fwd(q, k, v, m, None, None, None, 0, 0, scale, bool(is_causal), False,
-                           -1, -1, 0.0, float(dropout_p), rng, False, check_finite, True)
+                           -1, -1, 0.0, float(dropout_p), rng, False, check_finite, True,
+                           need_lse=False)
     return out.squeeze(1) if three_d else out
 
 
@@ -183,15 +188,20 @@ def _alibi(alibi_slopes: Optional[Tensor]) -> Optional[Tensor]:
 
 
 def _check_qkv(q, k, v, rank: int) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.is_nested:
-            raise RuntimeError(f"{name}: nested tensors are not supported")
-        if t.dim() != rank:
-            raise ValueError(f"{name}: expected rank {rank}, got {t.dim()}")
-    if not _ops.device_available(q.device.type):
-        raise RuntimeError(f"flashsdpa has no backend for device '{q.device.type}' here")
+    if not (isinstance(q, Tensor) and isinstance(k, Tensor) and isinstance(v, Tensor)
+            and not (q.is_nested or k.is_nested or v.is_nested)
+            and q.dim() == rank and k.dim() == rank and v.dim() == rank):
+        # Which one, in the order q, k, v (the common case above asks once).
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+            if t.is_nested:
+                raise RuntimeError(f"{name}: nested tensors are not supported")
+            if t.dim() != rank:
+                raise ValueError(f"{name}: expected rank {rank}, got {t.dim()}")
+    info = _ops.device_info(q.device)
+    if not info.available:
+        raise RuntimeError(f"flashsdpa has no backend for device '{info.type}' here")
 
 @overload
 def flash_attn_func(
@@ -263,11 +273,11 @@ def flash_attn_func(
     _check_qkv(q, k, v, 4)
     wl, wr = _checks.window(window_size)
     rng = _ops.new_rng(dropout_p)
-    out, lse = _ops.call_fwd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None,
-                             _alibi(alibi_slopes), None, None, 0, 0, softmax_scale, bool(causal),
-                             True, wl, wr, _checks.real("softcap", softcap), float(dropout_p), rng,
-                             bool(deterministic), _ops.default_check_finite(q.device), True)
-    out = out.transpose(1, 2)
+    out, lse = _ops.call_fwd(q, k, v, None, _alibi(alibi_slopes), None, None, 0, 0,
+                             softmax_scale, bool(causal), True, wl, wr,
+                             _checks.real("softcap", softcap), float(dropout_p), rng,
+                             bool(deterministic), _ops.default_check_finite(q.device), True,
+                             need_lse=return_lse or return_attn_probs, bshd=True)
     if return_attn_probs:
         return out, lse, None
     return (out, lse) if return_lse else out
@@ -366,7 +376,8 @@ def flash_attn_varlen_func(
     out, lse = _ops.call_fwd(q, k, v, None, _alibi(alibi_slopes), cu_seqlens_q, cu_seqlens_k,
                              int(max_seqlen_q), int(max_seqlen_k), softmax_scale, bool(causal),
                              True, wl, wr, _checks.real("softcap", softcap), float(dropout_p), rng,
-                             bool(deterministic), _ops.default_check_finite(q.device), False)
+                             bool(deterministic), _ops.default_check_finite(q.device), False,
+                             need_lse=return_lse or return_attn_probs)
     if return_attn_probs:
         return out, lse, None
     return (out, lse) if return_lse else out

@@ -13,6 +13,8 @@ from torch import Tensor
 
 def real(name: str, x, *, optional: bool = False) -> Optional[float]:
     """x as a Python float; TypeError unless a real number (not bool/str)."""
+    if type(x) is float:  # the common case, before the slower ABC checks below
+        return x
     if x is None and optional:
         return None
     if isinstance(x, Tensor) and x.numel() == 1 and not x.dtype.is_complex:
@@ -41,6 +43,8 @@ def dropout_p(x) -> float:
 
 
 def integer(name: str, x) -> int:
+    if type(x) is int:  # the common case, before the slower ABC checks below
+        return x
     if isinstance(x, Tensor) and x.numel() == 1 and not x.is_floating_point():
         x = x.item()
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
@@ -50,6 +54,10 @@ def integer(name: str, x) -> int:
 
 def window(window_size) -> Tuple[int, int]:
     """(left, right) with -1 for unbounded (any negative number means unbounded)."""
+    if type(window_size) is tuple and len(window_size) == 2:  # the common case, in short
+        wl, wr = window_size
+        if type(wl) is int and type(wr) is int:
+            return (-1 if wl < 0 else wl), (-1 if wr < 0 else wr)
     try:
         n = len(window_size)
     except TypeError:

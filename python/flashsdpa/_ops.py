@@ -40,6 +40,18 @@ def _count(*keys: str) -> None:
             counters[key] += 1
 
 
+def _count_dispatched(device_key: str) -> None:
+    # `_count("dispatched", device_key)` unrolled: every forward pays it.
+    with _lock:
+        counters["dispatched"] += 1
+        counters[device_key] += 1
+
+
+def _count_backward() -> None:
+    with _lock:
+        counters["backward"] += 1
+
+
 # ---------------------------------------------------------------------------
 # Devices. CPU and CUDA tensors go straight to the C ABI (their DLPack device
 # selects the backend). Other PyTorch devices need a *runner*: a pair of
@@ -79,6 +91,7 @@ def register_device_runner(device_type: str, forward: Callable, backward: Callab
     else:
         _unsupported.pop(device_type, None)
     _available.pop(device_type, None)
+    _devices.clear()
 
 
 def device_available(device_type: str) -> bool:
@@ -103,10 +116,43 @@ def device_unsupported(device_type: str) -> Optional[Tuple[str, str]]:
     return None if check is None else check()
 
 
+class _Device:
+    """What every call on one torch.device looks up, resolved on its first
+    call (`device_info`): reading ``device.type`` alone costs ~0.2 us, and a
+    small call used to do it a dozen times. Registering a runner clears them."""
+
+    __slots__ = ("type", "available", "unsupported", "run_fwd", "run_bwd", "dispatched_key",
+                 "check_finite", "c_abi", "device")
+
+    def __init__(self, device: torch.device):
+        self.type = t = device.type
+        self.available = device_available(t)
+        self.unsupported = _unsupported.get(t)  # called per call: its answer may change
+        r = _runners.get(t)
+        self.c_abi = r is None and t in _DL_DEVICE
+        if r is None and self.c_abi:
+            r = (_c_forward, _c_backward)
+        self.run_fwd, self.run_bwd = r if r is not None else (None, None)
+        self.dispatched_key = "dispatched:" + t
+        self.check_finite = t == "cpu"  # default_check_finite
+        self.device = device
+
+
+_devices: Dict[torch.device, _Device] = {}
+
+
+def device_info(device: torch.device) -> _Device:
+    """The device's `_Device` record (cached per device)."""
+    d = _devices.get(device)
+    if d is None:
+        d = _devices[device] = _Device(device)
+    return d
+
+
 def _stream(t: Tensor) -> int:
     # The raw handle of the current stream, without building a Stream object.
-    if t.device.type == "cuda":
-        return torch._C._cuda_getCurrentRawStream(t.device.index)
+    if t.is_cuda:
+        return torch._C._cuda_getCurrentRawStream(t.get_device())
     return 0
 
 
@@ -132,19 +178,47 @@ def _dl(t: Optional[Tensor]):
 
 
 def _c_forward(params, q, k, v, out, lse, mask, alibi, cu_q, cu_k, device, **extra):
+    # lse may be None (the C ABI then does not write it). CUDA tensors are
+    # exported under their device's guard and run on its current stream;
+    # CPU calls skip both (a `with` and two device reads: ~1 us of a small
+    # call).
+    if q.is_cuda:
+        with _guard(device):
+            _c_forward_here(params, q, k, v, out, lse, mask, alibi, cu_q, cu_k, _stream(q), extra)
+    else:
+        _c_forward_here(params, q, k, v, out, lse, mask, alibi, cu_q, cu_k, 0, extra)
+
+
+def _c_forward_here(params, q, k, v, out, lse, mask, alibi, cu_q, cu_k, stream, extra):
     dl = to_dlpack
-    with _guard(device):
-        _C.forward(params, dl(q), dl(k), dl(v), dl(out), dl(lse), _dl(mask), _dl(alibi),
-                   _dl(cu_q), _dl(cu_k), _stream(q), **{n: _dl(t) for n, t in extra.items()})
+    if extra:
+        extra = {n: _dl(t) for n, t in extra.items()}
+    _C.forward(params, dl(q), dl(k), dl(v), dl(out), None if lse is None else dl(lse),
+               None if mask is None else dl(mask), None if alibi is None else dl(alibi),
+               None if cu_q is None else dl(cu_q), None if cu_k is None else dl(cu_k), stream,
+               **extra)
 
 
 def _c_backward(params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k, device,
                 **extra):
+    if q.is_cuda:
+        with _guard(device):
+            _c_backward_here(params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k,
+                             _stream(q), extra)
+    else:
+        _c_backward_here(params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k, 0,
+                         extra)
+
+
+def _c_backward_here(params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k, stream,
+                     extra):
     dl = to_dlpack
-    with _guard(device):
-        _C.backward(params, dl(dout), dl(q), dl(k), dl(v), dl(out), dl(lse), dl(dq), dl(dk),
-                    dl(dv), _dl(mask), _dl(alibi), _dl(cu_q), _dl(cu_k), _stream(q),
-                    **{n: _dl(t) for n, t in extra.items()})
+    if extra:
+        extra = {n: _dl(t) for n, t in extra.items()}
+    _C.backward(params, dl(dout), dl(q), dl(k), dl(v), dl(out), dl(lse), dl(dq), dl(dk), dl(dv),
+                None if mask is None else dl(mask), None if alibi is None else dl(alibi),
+                None if cu_q is None else dl(cu_q), None if cu_k is None else dl(cu_k), stream,
+                **extra)
 
 
 def has_runner(device: torch.device) -> bool:
@@ -156,7 +230,7 @@ def default_check_finite(device: torch.device) -> bool:
     """The direct APIs scan inputs for NaN/Inf (raising ValueError) on the CPU,
     where it is cheap. On GPUs the scan would cost a stream synchronisation per
     call (and break CUDA-graph capture), so there it is off."""
-    return device.type == "cpu"
+    return device_info(device).check_finite
 
 
 def _runner(device: torch.device) -> Tuple[Callable, Callable]:
@@ -227,25 +301,34 @@ def _params(
 
 
 def _d(t: Optional[Tensor]) -> Optional[Tensor]:
-    # torch refuses to export tensors that require grad through DLPack.
+    # Registered runners get tensors without autograd history, and the
+    # `__dlpack__` protocol refuses tensors that require grad. The C ABI's
+    # launchers need no detach: `to_dlpack` exports them (PyTorch 2.4-2.13),
+    # and a detach costs ~0.6 us per tensor of a small autograd call.
     return t.detach() if t is not None and t.requires_grad else t
 
 
-def _out_shapes(q: Tensor, v: Tensor, varlen: bool, out_bshd: bool):
-    """(out, lse) allocated for q's problem; shared by the real and fake impls."""
+def _out_shapes(q: Tensor, v: Tensor, varlen: bool, out_bshd: bool, need_lse: bool = True):
+    """(out, lse) allocated for q's problem; shared by the real and fake impls.
+    lse is None when not needed (the C ABI then does not write it)."""
+    dv = v.shape[-1]
     if varlen:
-        total, hq = q.shape[0], q.shape[1]
-        out = q.new_empty((total, hq, v.shape[-1]))
-        lse = q.new_empty((hq, total), dtype=torch.float32)
+        total, hq = q.shape[:2]
+        out = q.new_empty((total, hq, dv))
     else:
-        b, hq, sq = q.shape[0], q.shape[1], q.shape[2]
+        b, hq, sq = q.shape[:3]
         if out_bshd:  # a [B, S, H, Dv] buffer seen as [B, H, S, Dv]
-            dv = v.shape[-1]
             out = q.new_empty_strided((b, hq, sq, dv), (sq * hq * dv, dv, hq * dv, 1))
         else:
-            out = q.new_empty((b, hq, sq, v.shape[-1]))
-        lse = q.new_empty((b, hq, sq), dtype=torch.float32)
-    return out, lse
+            out = q.new_empty((b, hq, sq, dv))
+    return out, (_new_lse(q, varlen) if need_lse else None)
+
+
+def _new_lse(q: Tensor, varlen: bool) -> Tensor:
+    if varlen:
+        total, hq = q.shape[:2]
+        return q.new_empty((hq, total), dtype=torch.float32)
+    return q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 # ---------------------------------------------------------------------------
@@ -275,26 +358,45 @@ def _fwd_kernel(
     out_bshd: bool,
 ) -> Tuple[Tensor, Tensor]:
     """Attention forward. Returns (out, lse); lse is float32."""
-    return _forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                    max_seqlen_k, scale, causal, bottom_right, window_left, window_right, softcap,
-                    dropout_p, rng, deterministic, check_finite, out_bshd)[:2]
+    out, lse, _, _ = _forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
+                              max_seqlen_q, max_seqlen_k, scale, causal, bottom_right, window_left,
+                              window_right, softcap, dropout_p, rng, deterministic, check_finite,
+                              out_bshd)
+    return out, lse
 
 
 def _forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
              scale, causal, bottom_right, window_left, window_right, softcap, dropout_p, rng,
-             deterministic, check_finite, out_bshd):
-    """`_fwd_kernel`, also returning the call's params (the backward reuses them)."""
-    out, lse = _out_shapes(q, v, cu_seqlens_q is not None, out_bshd)
+             deterministic, check_finite, out_bshd, need_lse=True, out=None):
+    """`_fwd_kernel`, also returning the call's params and device record (the
+    backward reuses them). Without ``need_lse`` the C ABI's devices skip the
+    lse (None is returned); registered runners always get one. ``out``: a
+    buffer to write instead of a new one (of `_out_shapes`' shape)."""
+    device = q.device
+    dev = device_info(device)
+    if dev.run_fwd is None:
+        _runner(device)  # raises: no backend for this device
+    if out is None:
+        out, lse = _out_shapes(q, v, cu_seqlens_q is not None, out_bshd,
+                               need_lse or not dev.c_abi)
+    else:
+        lse = _new_lse(q, cu_seqlens_q is not None)
     p = _params(scale, causal, bottom_right, window_left, window_right, softcap,
                 max_seqlen_q, max_seqlen_k, dropout_p, rng, deterministic, check_finite)
-    run_fwd, _ = _runner(q.device)
-    run_fwd(p, _d(q), _d(k), _d(v), out, lse, _d(mask), _d(alibi_slopes), cu_seqlens_q,
-            cu_seqlens_k, q.device)
-    _count("dispatched", "dispatched:" + q.device.type)
-    return out, lse, p
+    if not dev.c_abi:
+        q, k, v, mask, alibi_slopes = _d(q), _d(k), _d(v), _d(mask), _d(alibi_slopes)
+    dev.run_fwd(p, q, k, v, out, lse, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, device)
+    _count_dispatched(dev.dispatched_key)
+    return out, lse, p, dev
 
 
 fwd = torch.library.custom_op("flashsdpa::fwd", mutates_args=())(_fwd_kernel)
+
+
+_is_compiling = torch.compiler.is_compiling
+_torch_function_modes = torch._C._len_torch_function_stack
+_torch_dispatch_modes = torch._C._len_torch_dispatch_stack
+_functorch_active = torch._C._are_functorch_transforms_active
 
 
 def _eager_call(tensors) -> bool:
@@ -302,10 +404,13 @@ def _eager_call(tensors) -> bool:
     function/dispatch modes or functorch transforms watching. Then the call
     can skip the torch.library dispatcher (and, with autograd, its
     autograd wrapper) without anyone noticing."""
-    if (torch.compiler.is_compiling() or torch._C._len_torch_function_stack()
-            or torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active()):
+    if (_is_compiling() or _torch_function_modes() or _torch_dispatch_modes()
+            or _functorch_active()):
         return False
-    return all(t is None or type(t) is Tensor for t in tensors)
+    for t in tensors:  # a loop: all() over a generator costs twice as much
+        if t is not None and type(t) is not Tensor:
+            return False
+    return True
 
 
 def _plain_eager_call(tensors) -> bool:
@@ -316,7 +421,8 @@ def _plain_eager_call(tensors) -> bool:
     return not any(t is not None and grad and t.requires_grad for t in tensors)
 
 
-def call_fwd(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars):
+def call_fwd(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars, need_lse=True,
+             bshd=False):
     """``fwd``, skipping the dispatcher when that changes nothing. Without
     autograd the kernel is called directly (the dispatcher costs about 30 us
     per call on a CPU: inference-time decode steps are dominated by it); with
@@ -327,19 +433,35 @@ def call_fwd(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars):
     machine's profile the operator's autograd wrapper spent most of a small
     call's host time in torch/_library/utils.py ``fill_defaults`` (it walks
     the 20-argument schema quadratically), and it materialised the unused
-    lse gradient as a zero tensor (bench/RESULTS.md, issue 18)."""
-    tensors = (q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k)
-    if _eager_call(tensors):
-        if not (torch.is_grad_enabled() and (
+    lse gradient as a zero tensor (bench/RESULTS.md, issue 18).
+
+    ``need_lse=False``: the caller ignores lse, so a call without autograd
+    may skip computing it and return None in its place (the operator and
+    the autograd path always return it).
+
+    ``bshd=True``: q, k, v come in FlashAttention's (B, S, H, D) and out is
+    returned so (the scalars' out_bshd stores it that way); the operator
+    sees (B, H, S, D) views as always. With autograd the views are taken
+    inside the autograd node: as graph nodes of their own, the four
+    transposes cost more host time than a small problem's attention."""
+    if _eager_call((q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k)):
+        if torch.is_grad_enabled() and (
                 q.requires_grad or k.requires_grad or v.requires_grad
                 or (alibi_slopes is not None and alibi_slopes.requires_grad)
-                or (mask is not None and mask.requires_grad))):
-            return _fwd_kernel(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars)
-        # The scalars travel as one tuple: autograd.Function.apply costs
-        # about 0.5 us per argument (functorch inspects each one).
-        return _EagerAttention.apply(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
-                                     scalars)
-    return fwd(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars)
+                or (mask is not None and mask.requires_grad)):
+            # The scalars travel as one tuple: autograd.Function.apply costs
+            # about 0.5 us per argument (functorch inspects each one).
+            return _apply_eager_attention(q, k, v, mask, alibi_slopes, cu_seqlens_q,
+                                          cu_seqlens_k, scalars, bshd)
+        if bshd:
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        out, lse, _, _ = _forward(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k,
+                                  *scalars, need_lse)
+    else:
+        if bshd:
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        out, lse = fwd(q, k, v, mask, alibi_slopes, cu_seqlens_q, cu_seqlens_k, *scalars)
+    return (out.transpose(1, 2) if bshd else out), lse
 
 
 @fwd.register_fake
@@ -378,15 +500,17 @@ def _bwd_kernel(
     check_finite: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Attention backward: (dq, dk, dv), dk/dv already reduced to k's head count."""
+    dev = device_info(q.device)
+    if dev.run_bwd is None:
+        _runner(q.device)  # raises: no backend for this device
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     p = _params(scale, causal, bottom_right, window_left, window_right, softcap,
                 max_seqlen_q, max_seqlen_k, dropout_p, rng, deterministic, check_finite)
-    _, run_bwd = _runner(q.device)
-    run_bwd(p, _d(dout), _d(q), _d(k), _d(v), _d(out), _d(lse), dq, dk, dv, _d(mask),
-            _d(alibi_slopes), cu_seqlens_q, cu_seqlens_k, q.device)
-    _count("backward")
+    dev.run_bwd(p, _d(dout), _d(q), _d(k), _d(v), _d(out), _d(lse), dq, dk, dv, _d(mask),
+                _d(alibi_slopes), cu_seqlens_q, cu_seqlens_k, dev.device)
+    _count_backward()
     return dq, dk, dv
 
 
@@ -432,29 +556,74 @@ class _EagerAttention(torch.autograd.Function):
     plain autograd.Function for eager calls (`call_fwd`): same kernels, same
     saved tensors. The host work of a small call is what users of short
     sequences pay on every step, so both directions go straight to the
-    launchers: the forward's params object and backward launcher are kept
-    on ctx (no second lookup), the lse output is not differentiable and its
-    gradient is never materialised."""
+    launchers: the forward's params object and device record (launchers,
+    device) are kept on ctx (no second lookup), the C ABI's devices take the
+    inputs as they are (no detach, `_d`), the lse output is not
+    differentiable and its gradient is never materialised."""
 
     @staticmethod
-    def forward(ctx, q, k, v, mask, alibi, cu_q, cu_k, scalars):
+    def forward(ctx, q, k, v, mask, alibi, cu_q, cu_k, scalars, bshd):
         ctx.set_materialize_grads(False)
-        out, lse, ctx.params = _forward(q, k, v, mask, alibi, cu_q, cu_k, *scalars)
+        out = kernel_out = None
+        if bshd:
+            # call_fwd(bshd=True): the kernels see (B, H, S, D) views, taken
+            # here where autograd does not record them. The output is a
+            # (B, S, H, Dv) tensor of its own, not a view (autograd forbids
+            # in-place changes of a view made inside a Function, which users
+            # of the transposed output could make before), saved as itself
+            # (a saved view of an output would keep its node alive).
+            b, sq, hq, _ = q.shape
+            out = q.new_empty((b, sq, hq, v.shape[-1]))
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            kernel_out = out.transpose(1, 2)
+        kernel_out, lse, ctx.params, ctx.dev = _forward(q, k, v, mask, alibi, cu_q, cu_k,
+                                                        *scalars, True, kernel_out)
+        if not bshd:
+            out = kernel_out
         ctx.save_for_backward(q, k, v, out, lse, mask, alibi, cu_q, cu_k)
         ctx.mark_non_differentiable(lse)
+        ctx.bshd = bshd
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
         if dout is None:
-            return (None,) * 8
+            return (None,) * 9
         q, k, v, out, lse, mask, alibi, cu_q, cu_k = ctx.saved_tensors
+        if ctx.bshd:
+            out, dout = out.transpose(1, 2), dout.transpose(1, 2)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        _, run_bwd = _runner(q.device)
-        run_bwd(ctx.params, _d(dout), _d(q), _d(k), _d(v), out, lse, dq, dk, dv, _d(mask),
-                _d(alibi), cu_q, cu_k, q.device)
-        _count("backward")
-        return dq, dk, dv, None, None, None, None, None
+        dev = ctx.dev
+        if not dev.c_abi:  # as in _forward
+            dout, q, k, v, mask, alibi = _d(dout), _d(q), _d(k), _d(v), _d(mask), _d(alibi)
+        dev.run_bwd(ctx.params, dout, q, k, v, out, lse, dq, dk, dv, mask, alibi, cu_q, cu_k,
+                    dev.device)
+        _count_backward()
+        if ctx.bshd:
+            dq, dk, dv = dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+def _apply_eager_attention(q, k, v, mask, alibi, cu_q, cu_k, scalars, bshd):
+    """``_EagerAttention.apply`` for `call_fwd`, which has checked that no
+    functorch transform is active: then ``autograd.Function.apply`` (Python)
+    only unwraps dead functorch wrappers and calls the C++ apply, but spends
+    ~3 us of a small call getting there (a closure, a signature check, a
+    generator over every argument); this does the same two steps."""
+    if _c_apply is None:  # a PyTorch without the two entry points
+        return _EagerAttention.apply(q, k, v, mask, alibi, cu_q, cu_k, scalars, bshd)
+    u = _unwrap_if_dead
+    return _c_apply(u(q), u(k), u(v), None if mask is None else u(mask),
+                    None if alibi is None else u(alibi), None if cu_q is None else u(cu_q),
+                    None if cu_k is None else u(cu_k), scalars, bshd)
+
+
+# The C++ Function.apply under torch.autograd.Function's Python one, bound to
+# _EagerAttention, and functorch's unwrap of one argument.
+_c_apply = getattr(super(torch.autograd.Function, _EagerAttention), "apply", None)
+_unwrap_if_dead = getattr(getattr(torch._C, "_functorch", None), "unwrap_if_dead", None)
+if _unwrap_if_dead is None:
+    _c_apply = None
 
 
 def new_rng(dropout_p: float) -> Optional[Tensor]:

@@ -46,22 +46,21 @@ def _fallback(reason: str, *args, **kwargs):
     return _original(*args, **kwargs)
 
 
-def _is_dtensor(t) -> bool:
-    # only if DTensor was ever imported (no import of torch.distributed here)
-    mod = sys.modules.get("torch.distributed.tensor")
-    return mod is not None and isinstance(t, getattr(mod, "DTensor", ()))
-
-
 def _why_not(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa,
              scale=None) -> Optional[str]:
-    if any(_is_dtensor(t) for t in (query, key, value)):
-        # DTensors (PyTorch's context_parallel, tensor parallelism) go to
-        # PyTorch's function, whose DTensor handlers shard the work; with the
-        # flashsdpa implementation active they reach flashsdpa there.
-        return "dtensor"
-    if (isinstance(query, torch.Tensor) and query.device.type in KNOWN_BACKENDS
-            and query.device.type not in _config["backends"]):
-        return f"device:{query.device.type}-disabled"
+    # DTensor only if it was ever imported (no import of torch.distributed here)
+    mod = sys.modules.get("torch.distributed.tensor")
+    if mod is not None:
+        dtensor = getattr(mod, "DTensor", ())
+        if isinstance(query, dtensor) or isinstance(key, dtensor) or isinstance(value, dtensor):
+            # DTensors (PyTorch's context_parallel, tensor parallelism) go to
+            # PyTorch's function, whose DTensor handlers shard the work; with the
+            # flashsdpa implementation active they reach flashsdpa there.
+            return "dtensor"
+    if isinstance(query, torch.Tensor):
+        device_type = _ops.device_info(query.device).type
+        if device_type in KNOWN_BACKENDS and device_type not in _config["backends"]:
+            return f"device:{device_type}-disabled"
     why = _api.check_sdpa(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa, scale)
     if why is not None:
         return why.reason
