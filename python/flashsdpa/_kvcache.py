@@ -220,8 +220,7 @@ def flash_attn_with_kvcache(
     if cache_seqlens is not None:
         _raise_first("cache_seqlens", cache_seqlens, (cache_seqlens < 0) | (cache_seqlens > capacity),
                      f"outside 0..{capacity} (the cache length)")
-    rows = cache_batch_idx if cache_batch_idx is not None else torch.arange(
-        batch, dtype=torch.int32, device=q.device)
+    rows = cache_batch_idx
     if cache_batch_idx is not None:
         _raise_first("cache_batch_idx", rows, (rows < 0) | (rows >= n_rows),
                      f"outside the {n_rows} cache rows of "
@@ -236,6 +235,8 @@ def flash_attn_with_kvcache(
     if k is not None:
         if cache_seqlens is None:
             raise ValueError("cache_seqlens: required to append k and v (where they go)")
+        if rows is None:
+            rows = torch.arange(batch, dtype=torch.int32, device=q.device)
         q = _append(q, k, v, k_cache, v_cache, cache_seqlens, rows, block_table, capacity,
                     rotary_cos, rotary_sin, rotary_interleaved,
                     rotate_q_per_token=causal or wl >= 0 or wr >= 0)
@@ -243,7 +244,7 @@ def flash_attn_with_kvcache(
 
     out, lse = _attend(q, k_cache, v_cache, None, None, 0, 0, seqused_k, cache_batch_idx,
                        cache_leftpad, block_table, softmax_scale, causal, wl, wr, softcap,
-                       alibi_slopes)
+                       alibi_slopes, need_lse=return_softmax_lse)
     return (out, lse) if return_softmax_lse else out
 
 
@@ -294,24 +295,27 @@ def _append(q, k, v, k_cache, v_cache, cache_seqlens, rows, block_table, capacit
 
 def _attend(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
             seqused_k, cache_batch_idx, cache_leftpad, block_table, scale, causal, wl, wr,
-            softcap, alibi_slopes):
+            softcap, alibi_slopes, need_lse=True):
     """One forward through the C ABI over a cache read in place. q and the
     caches are in FlashAttention's layouts ((B, S, H, D) or varlen (T, H, D);
-    paged pools (P, page, H, D)); returns (out, lse) in FlashAttention's."""
+    paged pools (P, page, H, D)); returns (out, lse) in FlashAttention's (lse
+    None when not needed and the C ABI serves the device: it then skips it;
+    a registered runner always gets one)."""
     if alibi_slopes is not None and alibi_slopes.dtype != torch.float32:
         raise TypeError(f"alibi_slopes: dtype must be float32, got {alibi_slopes.dtype}")
     varlen = cu_seqlens_q is not None
     params = _ops._params(scale, causal, True, wl, wr, softcap, max_seqlen_q, max_seqlen_k, 0.0,
                           None, False, _ops.default_check_finite(q.device))
+    with_lse = need_lse or _ops.has_runner(q.device)
     if varlen:
         total, hq = q.shape[0], q.shape[1]
         out = q.new_empty((total, hq, v_cache.shape[-1]))
-        lse = q.new_empty((hq, total), dtype=torch.float32)
+        lse = q.new_empty((hq, total), dtype=torch.float32) if with_lse else None
         q_c, out_c = q, out
     else:
         b, s, hq = q.shape[0], q.shape[1], q.shape[2]
         out = q.new_empty((b, s, hq, v_cache.shape[-1]))
-        lse = q.new_empty((b, hq, s), dtype=torch.float32)
+        lse = q.new_empty((b, hq, s), dtype=torch.float32) if with_lse else None
         q_c, out_c = q.transpose(1, 2), out.transpose(1, 2)
     # (rows, S, H, D) caches and (P, page, H, D) pools are (rows, H, S, D) views.
     kv_bhsd = block_table is not None or not varlen
