@@ -42,20 +42,6 @@ void to_bf16_pairs_transposed(const float* src, int lds, int n, int k, int k_pad
                               int ldb);
 // B = src pair-interleaved: src [K x N] row-major (K even).
 void to_bf16_pairs(const float* src, int lds, int k, int n, uint16_t* dst, int ldb);
-// Straight from bf16 rows of n elements (no fp32 round trip); each returns
-// false if an element is NaN or Inf.
-// dst[0..n) = src, zeros up to n_pad.
-bool copy_bf16_row(const uint16_t* src, int n, int n_pad, uint16_t* dst);
-// Column j of a pair-interleaved K^T panel (ldb = 2 * columns) from key row
-// src; the panel must be zeroed first (pairs past n stay zero).
-bool scatter_bf16_pairs_column(const uint16_t* src, int n, int j, uint16_t* dst, int ldb);
-// One pair row of a pair-interleaved panel from rows r0 and r1 (r1 may be
-// null: zeros), n elements each.
-bool interleave_bf16_rows(const uint16_t* r0, const uint16_t* r1, int n, uint16_t* dst);
-// p[i] = bf16(exp(x[i] - m)) for i < n (n a multiple of 16, x[i] <= m or
-// NaN), ~3e-6 relative before the rounding (exp_sub_sum_bf16's polynomial);
-// returns the sum of the fp32 exps. NaN stays NaN.
-float exp_sub_sum_to_bf16_amx(const float* x, int n, float m, uint16_t* p);
 // dst [cols x rows] = bf16(src^T), src [rows x cols] row-major.
 void to_bf16_transposed(const float* src, int lds, int rows, int cols, uint16_t* dst, int ldd);
 

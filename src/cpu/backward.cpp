@@ -241,7 +241,7 @@ fsdpa_status backward(const AttnParams& p) {
             float* s = T.s + r * kBlockK;
             const float lse = Q.lse[r0 + r];
             if (lse == kNegInf) std::fill(s, s + kBlockK, 0.0f);
-            else if (A16.kt) exp_sub_sum_bf16(s, kBlockK, lse);  // as the forward
+            else if (A16.kt) exp_sub_sum_bf16(s, kBlockK, lse);  // rounded to bf16 next
             else exp_sub_sum(s, kBlockK, lse);
           }
           // dV += (P * Z)^T dO

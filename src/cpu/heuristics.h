@@ -10,6 +10,12 @@ namespace fsdpa::cpu {
 constexpr int kBlockQ = 64;
 constexpr int kBlockK = 64;
 
+// The bf16 forward on AMX takes this many key blocks per softmax step: the
+// P V product then runs kAmxPassBlocks * 2 k-steps per load and store of
+// each O tile (its fixed cost per tile is about two products), and each
+// row's max and sum cover more keys per reduction.
+constexpr int kAmxPassBlocks = 2;
+
 // Decode tasks with at most this many query rows read K/V rows in place
 // (dot products per key) instead of packing tiles for the register-blocked
 // gemm, which pays off only with more rows.

@@ -551,26 +551,6 @@ float ExpSubSumBf16(float* HWY_RESTRICT x, int n, float m) {
   return hn::GetLane(hn::SumOfLanes(d, sum));
 }
 
-void ExpDiff(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, float* HWY_RESTRICT out,
-             int n) {
-  const DF d;
-  const int lanes = static_cast<int>(hn::Lanes(d));
-  int i = 0;
-  for (; i + lanes <= n; i += lanes) {
-    const auto diff = hn::Sub(hn::LoadU(d, a + i), hn::LoadU(d, b + i));
-    hn::StoreU(hn::IfThenElse(hn::IsNaN(diff), diff, hn::Exp(d, diff)), d, out + i);
-  }
-  for (; i < n; ++i) out[i] = expf(a[i] - b[i]);
-}
-
-float RowMax(const float* HWY_RESTRICT x, int n) {
-  const DF d;
-  const int lanes = static_cast<int>(hn::Lanes(d));
-  auto mx = hn::Set(d, -std::numeric_limits<float>::infinity());
-  for (int i = 0; i < n; i += lanes) mx = hn::Max(mx, hn::LoadU(d, x + i));
-  return hn::GetLane(hn::MaxOfLanes(d, mx));
-}
-
 void SoftmaxGradRow(const float* HWY_RESTRICT p, float* HWY_RESTRICT dp, float delta, int n) {
   const DF d;
   const int lanes = static_cast<int>(hn::Lanes(d));
@@ -602,8 +582,6 @@ HWY_EXPORT(SoftmaxRows);
 HWY_EXPORT(GemmAt);
 HWY_EXPORT(ExpSubSum);
 HWY_EXPORT(ExpSubSumBf16);
-HWY_EXPORT(ExpDiff);
-HWY_EXPORT(RowMax);
 HWY_EXPORT(ScaleRow);
 HWY_EXPORT(GemmBt);
 HWY_EXPORT(ConvertRow);
@@ -656,13 +634,9 @@ void softmax_grad_row(const float* p, float* dp, float delta, int n) {
   HWY_DYNAMIC_DISPATCH(SoftmaxGradRow)(p, dp, delta, n);
 }
 float exp_sub_sum(float* x, int n, float m) { return HWY_DYNAMIC_DISPATCH(ExpSubSum)(x, n, m); }
-void exp_diff(const float* a, const float* b, float* out, int n) {
-  HWY_DYNAMIC_DISPATCH(ExpDiff)(a, b, out, n);
-}
 float exp_sub_sum_bf16(float* x, int n, float m) {
   return HWY_DYNAMIC_DISPATCH(ExpSubSumBf16)(x, n, m);
 }
-float row_max(const float* x, int n) { return HWY_DYNAMIC_DISPATCH(RowMax)(x, n); }
 void scale_row(float* y, int n, float a) { HWY_DYNAMIC_DISPATCH(ScaleRow)(y, n, a); }
 const char* simd_target_name() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }
 
