@@ -150,7 +150,7 @@ FSDPA_AMX_TARGET inline __mmask32 nonfinite_bf16(__m512i v) {
 }
 
 template <int KEYS>
-FSDPA_AMX_TARGET void softmax_step(float* S, int rows, float c, float* m, float* l, float* alpha,
+FSDPA_AMX_TARGET bool softmax_step(float* S, int rows, float c, float* m, float* l, float* alpha,
                                    uint16_t* P, bool p_f32) {
   constexpr int V = KEYS / 16;
   float m_new[kBlockQ];
@@ -162,10 +162,16 @@ FSDPA_AMX_TARGET void softmax_step(float* S, int rows, float c, float* m, float*
     m_new[r] = m[r] != m[r] || bm != bm ? NAN : (bm > m[r] ? bm : m[r]);
   }
   const __m512 vc = _mm512_set1_ps(c);
+  __mmask16 moved = 0;
   for (int r = 0; r < rows; r += 16) {
     const __mmask16 live = rows - r >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (rows - r)) - 1);
     const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(live, m + r), _mm512_maskz_loadu_ps(live, m_new + r));
-    _mm512_mask_storeu_ps(alpha + r, live, exp2_nonpos(_mm512_mul_ps(d, vc)));
+    const __m512 a = exp2_nonpos(_mm512_mul_ps(d, vc));
+    _mm512_mask_storeu_ps(alpha + r, live, a);
+    // (NaN factors count as moved; rows that see nothing are set to 1 below)
+    moved |= _mm512_mask_cmp_ps_mask(live, a, _mm512_set1_ps(1.0f), _CMP_NEQ_UQ) &
+             _mm512_mask_cmp_ps_mask(live, _mm512_maskz_loadu_ps(live, m_new + r),
+                                     _mm512_set1_ps(-INFINITY), _CMP_NEQ_UQ);
   }
   for (int r = 0; r < rows; ++r) {
     float* s = S + r * KEYS;
@@ -204,6 +210,7 @@ FSDPA_AMX_TARGET void softmax_step(float* S, int rows, float c, float* m, float*
     _mm512_storeu_ps(lr, sum);
     m[r] = m_new[r];
   }
+  return moved != 0;
 }
 
 }  // namespace
@@ -294,15 +301,11 @@ FSDPA_AMX_TARGET bool amx_pack_v_pair(const uint16_t* r0, const uint16_t* r1, in
   return bad == 0;
 }
 
-void amx_softmax_step(float* S, int keys, int rows, float c, float* m, float* l, float* alpha,
+bool amx_softmax_step(float* S, int keys, int rows, float c, float* m, float* l, float* alpha,
                       uint16_t* P, bool p_f32) {
-  if (keys == 256) {
-    softmax_step<256>(S, rows, c, m, l, alpha, P, p_f32);
-  } else if (keys == 128) {
-    softmax_step<128>(S, rows, c, m, l, alpha, P, p_f32);
-  } else {
-    softmax_step<64>(S, rows, c, m, l, alpha, P, p_f32);
-  }
+  if (keys == 256) return softmax_step<256>(S, rows, c, m, l, alpha, P, p_f32);
+  if (keys == 128) return softmax_step<128>(S, rows, c, m, l, alpha, P, p_f32);
+  return softmax_step<64>(S, rows, c, m, l, alpha, P, p_f32);
 }
 
 FSDPA_AMX_TARGET void amx_pack_p(const float* S, int keys, int rows, uint16_t* P) {
@@ -344,7 +347,7 @@ void amx_gemm_tiled(int, int, int, const uint16_t*, TileGrid, const uint16_t*, T
 bool amx_pack_a_row(const uint16_t*, int, int, int, uint16_t*) { abort(); }
 bool amx_pack_kt_tiles(const uint16_t* const*, int, int, int, uint16_t*) { abort(); }
 bool amx_pack_v_pair(const uint16_t*, const uint16_t*, int, int, int, uint16_t*) { abort(); }
-void amx_softmax_step(float*, int, int, float, float*, float*, float*, uint16_t*, bool) {
+bool amx_softmax_step(float*, int, int, float, float*, float*, float*, uint16_t*, bool) {
   abort();
 }
 void amx_pack_p(const float*, int, int, uint16_t*) { abort(); }

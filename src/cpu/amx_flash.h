@@ -60,10 +60,10 @@ bool amx_pack_kt_tiles(const uint16_t* const* keys, int d, int K, int j, uint16_
 // value is NaN or Inf.
 bool amx_pack_v_pair(const uint16_t* r0, const uint16_t* r1, int dv, int w, int N, uint16_t* B);
 
-// One step of the online softmax over `keys` (64 or 128) columns of scores
-// S [kBlockQ x keys] (row-major, ld = keys), for rows r < rows, in units
-// where the probabilities are 2^((x - m) * c) (c = scale * log2(e) on
-// unscaled scores, log2(e) on scaled ones; -inf is a hidden key):
+// One step of the online softmax over `keys` (64, 128 or 256) columns of
+// scores S [kBlockQ x keys] (row-major, ld = keys), for rows r < rows, in
+// units where the probabilities are 2^((x - m) * c) (c = scale * log2(e)
+// on unscaled scores, log2(e) on scaled ones; -inf is a hidden key):
 //   m_new = max(m[r], max_j S[r][j]) (NaN if either is NaN)
 //   alpha[r] = 2^((m[r] - m_new) * c), by which O's row is rescaled
 //   p_j = 2^((S[r][j] - m_new) * c), ~3e-6 relative (degree-4 polynomial,
@@ -73,7 +73,12 @@ bool amx_pack_v_pair(const uint16_t* r0, const uint16_t* r1, int dv, int w, int 
 // (round to nearest even), or, if p_f32, back into S in fp32 (for dropout:
 // then amx_pack_p packs it). A row that sees no key yet (m_new = -inf)
 // gets p = 0, alpha = 1, unless a score is NaN: then p, m and l are NaN.
-void amx_softmax_step(float* S, int keys, int rows, float c, float* m, float* l, float* alpha,
+// Returns false if every alpha[r] is 1 (O needs no rescaling).
+// (The max is exact, not FlashAttention-4's lazy one that moves only by
+// more than a threshold: the largest p of a row is then 1 with no bf16
+// rounding; the lazy max, p up to 2^8, failed the 2x error rule on
+// peaked rows of the bf16 grid, e.g. 0.00635 against 0.00533.)
+bool amx_softmax_step(float* S, int keys, int rows, float c, float* m, float* l, float* alpha,
                       uint16_t* P, bool p_f32);
 
 // P (tiled A panel [kBlockQ x keys]) = bf16(S) for rows r < rows.

@@ -374,7 +374,7 @@ void attend_amx(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, c
   const float c2 = unscaled ? p.scale * kLog2e : kLog2e;
   std::fill(w.m, w.m + rows, kNegInf);
   std::fill(w.l, w.l + 16 * rows, 0.0f);
-  std::fill(w.o, w.o + kBlockQ * pk.dvp, 0.0f);
+  bool first = true;  // the first P V sets O (no load, no rescale)
   const TileGrid q_grid{pk.dk2 / 32 * kTileValues, kTileValues};
   const TileGrid v_grid{kTileValues, pk.dvp / 16 * kTileValues};  // k-major
   const CTiles o_tiles{w.o, 16 * pk.dvp, 256, 16};
@@ -395,20 +395,22 @@ void attend_amx(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, c
       score_epilogue(c, i0, rows, j0 + b * kBlockK, w.s + b * kBlockK, keys, nullptr);
     if (sparse) apply_block_sparse(c, i0, rows, j0, w.s, keys, *sparse);
     const bool dropout = p.dropout_p > 0;
-    amx_softmax_step(w.s, keys, irows, c2, w.m, w.l, w.alpha, w.p, dropout);
+    const bool rescale = amx_softmax_step(w.s, keys, irows, c2, w.m, w.l, w.alpha, w.p, dropout);
     if (dropout) {
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t b = 0; b < nb; ++b)
           apply_dropout_row(c, i0 + r, j0 + b * kBlockK, w.s + r * keys + b * kBlockK);
       amx_pack_p(w.s, keys, irows, w.p);
     }
-    amx_scale_tiled_rows(w.o, dvp, irows, w.alpha);
+    if (rescale && !first) amx_scale_tiled_rows(w.o, dvp, irows, w.alpha);
     amx_gemm_tiled(m_rows, dvp, keys, w.p, TileGrid{keys / 32 * kTileValues, kTileValues},
-                   pk.v16_block(kb0 + kb, hk), v_grid, o_tiles, true);
+                   pk.v16_block(kb0 + kb, hk), v_grid, o_tiles, !first);
+    first = false;
     kb += nb;
   }
   amx_tiles_end();
-  amx_untile_rows(w.o, dvp, irows, st.o, pk.dvp);
+  if (first) std::fill(st.o, st.o + rows * pk.dvp, 0.0f);  // no key block: O = 0
+  else amx_untile_rows(w.o, dvp, irows, st.o, pk.dvp);
   for (int64_t r = 0; r < rows; ++r) {
     st.m[r] = unscaled ? w.m[r] * p.scale : w.m[r];
     float l = 0.0f;
