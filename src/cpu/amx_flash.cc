@@ -305,7 +305,8 @@ bool amx_softmax_step(float* S, int keys, int rows, float c, float* m, float* l,
                       uint16_t* P, bool p_f32) {
   if (keys == 256) return softmax_step<256>(S, rows, c, m, l, alpha, P, p_f32);
   if (keys == 128) return softmax_step<128>(S, rows, c, m, l, alpha, P, p_f32);
-  return softmax_step<64>(S, rows, c, m, l, alpha, P, p_f32);
+  if (keys == 64) return softmax_step<64>(S, rows, c, m, l, alpha, P, p_f32);
+  abort();  // no other sizes (amx_flash.h)
 }
 
 FSDPA_AMX_TARGET void amx_pack_p(const float* S, int keys, int rows, uint16_t* P) {

@@ -332,6 +332,8 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
 
 // Per-thread panels of attend_amx (thread scratch slot 2): Q and P as
 // tiled bf16 A panels, S and the tiled O in fp32, and the softmax state.
+static_assert(kAmxPassBlocks == 1 || kAmxPassBlocks == 2 || kAmxPassBlocks == 4,
+              "amx_softmax_step takes 64, 128 or 256 keys");
 struct AmxPanels {
   uint16_t* q;  // [kBlockQ x dk2]
   uint16_t* p;  // [kBlockQ x keys of a pass]
@@ -384,8 +386,10 @@ void attend_amx(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, c
       ++kb;
       continue;
     }
-    // (Block lists are per key block: one at a time.)
-    const int64_t nb = sparse ? 1 : std::min<int64_t>(kAmxPassBlocks, kb_end - kb);
+    // (Block lists are per key block: one at a time; else a power of two
+    // up to kAmxPassBlocks, the softmax step's sizes.)
+    int64_t nb = sparse ? 1 : kAmxPassBlocks;
+    while (nb > kb_end - kb) nb /= 2;
     const int keys = static_cast<int>(nb * kBlockK);
     const int64_t j0 = kb * kBlockK;
     amx_gemm_tiled(m_rows, keys, dk2, w.q, q_grid, pk.kt16_block(kb0 + kb, hk), q_grid,
