@@ -15,6 +15,8 @@
      (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
 #define FSDPA_AMX_FLASH 1
 #include <immintrin.h>
+
+#include "cpu/transpose16.h"
 #define FSDPA_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512bf16")))
 #else
 #define FSDPA_AMX_FLASH 0
@@ -102,14 +104,6 @@ FSDPA_AMX_TARGET inline void block_row(int nt, int ksteps, const uint16_t* a, Ti
 // -Wmaybe-uninitialized reports: the zero-masked forms with all lanes.
 constexpr __mmask16 kAll = 0xFFFF;
 FSDPA_AMX_TARGET inline __m512 max_ps(__m512 a, __m512 b) { return _mm512_maskz_max_ps(kAll, a, b); }
-FSDPA_AMX_TARGET inline __m512i unpacklo32(__m512i a, __m512i b) { return _mm512_maskz_unpacklo_epi32(kAll, a, b); }
-FSDPA_AMX_TARGET inline __m512i unpackhi32(__m512i a, __m512i b) { return _mm512_maskz_unpackhi_epi32(kAll, a, b); }
-FSDPA_AMX_TARGET inline __m512i unpacklo64(__m512i a, __m512i b) { return _mm512_maskz_unpacklo_epi64(0xFF, a, b); }
-FSDPA_AMX_TARGET inline __m512i unpackhi64(__m512i a, __m512i b) { return _mm512_maskz_unpackhi_epi64(0xFF, a, b); }
-template <int kImm>
-FSDPA_AMX_TARGET inline __m512i shuffle128(__m512i a, __m512i b) {
-  return _mm512_maskz_shuffle_i32x4(kAll, a, b, kImm);
-}
 
 // Largest lane of v (a NaN lane may or may not win).
 FSDPA_AMX_TARGET inline float max_lane(__m512 v) {
@@ -251,32 +245,14 @@ FSDPA_AMX_TARGET bool amx_pack_kt_tiles(const uint16_t* const* keys, int d, int 
     const __mmask32 mask = left >= 32 ? ~__mmask32{0} : left > 0 ? (__mmask32{1} << left) - 1 : 0;
     // Row n: key n's 16 pairs of this k-step; the tile wants them transposed
     // (pair row w holds pair w of every key): a 16 x 16 transpose of words.
-    __m512i x[16], t[16];
+    __m512i x[16];
     for (int n = 0; n < 16; ++n) {
       x[n] = keys[n] ? _mm512_maskz_loadu_epi16(mask, keys[n] + k) : _mm512_setzero_si512();
       bad |= nonfinite_bf16(x[n]);
     }
-    for (int n = 0; n < 16; n += 2) {  // per 128-bit lane: a0 b0 a1 b1 / a2 b2 a3 b3
-      t[n] = unpacklo32(x[n], x[n + 1]);
-      t[n + 1] = unpackhi32(x[n], x[n + 1]);
-    }
-    for (int n = 0; n < 16; n += 4) {  // x[n + q][4L + s] for q < 4 in lane L of x[n + s]
-      x[n] = unpacklo64(t[n], t[n + 2]);
-      x[n + 1] = unpackhi64(t[n], t[n + 2]);
-      x[n + 2] = unpacklo64(t[n + 1], t[n + 3]);
-      x[n + 3] = unpackhi64(t[n + 1], t[n + 3]);
-    }
+    transpose16x16_words(x);
     uint16_t* tile = B + (static_cast<int64_t>(j) * (K / 32) + k / 32) * kTileValues;
-    for (int s = 0; s < 4; ++s) {  // 4 x 4 transpose of 128-bit lanes
-      const __m512i v0 = shuffle128<0x44>(x[s], x[4 + s]);
-      const __m512i v1 = shuffle128<0xEE>(x[s], x[4 + s]);
-      const __m512i v2 = shuffle128<0x44>(x[8 + s], x[12 + s]);
-      const __m512i v3 = shuffle128<0xEE>(x[8 + s], x[12 + s]);
-      _mm512_storeu_si512(tile + (0 + s) * 32, shuffle128<0x88>(v0, v2));
-      _mm512_storeu_si512(tile + (4 + s) * 32, shuffle128<0xDD>(v0, v2));
-      _mm512_storeu_si512(tile + (8 + s) * 32, shuffle128<0x88>(v1, v3));
-      _mm512_storeu_si512(tile + (12 + s) * 32, shuffle128<0xDD>(v1, v3));
-    }
+    for (int w = 0; w < 16; ++w) _mm512_storeu_si512(tile + w * 32, x[w]);
   }
   return bad == 0;
 }

@@ -16,6 +16,8 @@
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include "cpu/transpose16.h"
 #else
 #define FSDPA_AMX 0
 #endif
@@ -138,7 +140,7 @@ void amx_gemm_bf16(int, int, int, const uint16_t*, int, const uint16_t*, int, fl
 // Every CPU with AMX-BF16 has AVX512_BF16: vcvtneps2bf16 rounds 16 floats to
 // nearest even at once (NaN stays NaN; like the tile products it treats
 // denormals as zero, far below what a bf16 result can resolve here).
-#define FSDPA_CVT_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+#define FSDPA_CVT_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 namespace {
 FSDPA_CVT_TARGET inline __m256i cvt16(const float* src) {
   return (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src));
@@ -210,9 +212,28 @@ FSDPA_CVT_TARGET void to_bf16_pairs(const float* src, int lds, int k, int n, uin
   }
 }
 
-void to_bf16_transposed(const float* src, int lds, int rows, int cols, uint16_t* dst, int ldd) {
+FSDPA_CVT_TARGET void to_bf16_transposed(const float* src, int lds, int rows, int cols,
+                                         uint16_t* dst, int ldd) {
+#if FSDPA_AMX
+  // 16 x 16 blocks: rows in, a word transpose, each column out in bf16.
+  for (int r0 = 0; r0 < rows; r0 += 16)
+    for (int c0 = 0; c0 < cols; c0 += 16) {
+      const int nr = rows - r0 < 16 ? rows - r0 : 16, nc = cols - c0 < 16 ? cols - c0 : 16;
+      const __mmask16 col_mask = static_cast<__mmask16>((1u << nc) - 1);
+      const __mmask16 row_mask = static_cast<__mmask16>((1u << nr) - 1);
+      __m512i x[16];
+      for (int r = 0; r < 16; ++r)
+        x[r] = r < nr ? _mm512_maskz_loadu_epi32(col_mask, src + (r0 + r) * lds + c0)
+                      : _mm512_setzero_si512();
+      transpose16x16_words(x);
+      for (int c = 0; c < nc; ++c)
+        _mm256_mask_storeu_epi16(dst + (c0 + c) * ldd + r0, row_mask,
+                                 (__m256i)_mm512_cvtneps_pbh(_mm512_castsi512_ps(x[c])));
+    }
+#else
   for (int r = 0; r < rows; ++r)
     for (int c = 0; c < cols; ++c) dst[c * ldd + r] = f32_to_bf16(src[r * lds + c]);
+#endif
 }
 
 }  // namespace fsdpa::cpu
