@@ -16,8 +16,8 @@
 namespace fsdpa::cpu {
 namespace {
 
-// Per (q-block, head) panels shared by all tasks: scaled Q, dO, lse, Delta.
-// With AMX (bf16), also bf16 copies of the unscaled Q and of dO, each both
+// Per (q-block, head) panels shared by all tasks: scaled Q (unscaled with
+// AMX), dO, lse, Delta. With AMX (bf16), also bf16 copies of Q and dO, each both
 // row-major (q16 [rows x dk2], do16 [rows x dv2]) and, per q-block,
 // transposed (qt16 [dp x kBlockQ], dot16 [dvp x kBlockQ]): the A sides of
 // S = Q K^T, dP = dO V^T, dK^T += Q^T dS and dV^T += dO^T P. The scores
@@ -63,26 +63,27 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
   parallel_for(p.batch * p.heads_q, [&](int64_t task) {
     const int64_t b = task / p.heads_q, h = task % p.heads_q;
     const SeqExtent& e = L.seq[b];
-    Buffer o = alloc_floats(p.head_dim_v + (qs.q16 ? kBlockQ * dp : 0));
+    Buffer o = alloc_floats(p.head_dim_v);
     for (int64_t gqb = L.q_block0[b]; gqb < L.q_block0[b + 1]; ++gqb) {
       const int64_t i0 = (gqb - L.q_block0[b]) * kBlockQ;
       const int64_t n = std::min<int64_t>(kBlockQ, e.sq - i0);
       const int64_t r0 = qs.row0(gqb, h, p.heads_q);
-      flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim, p.scale,
-                        qs.qs + r0 * dp, dp, kBlockQ),
+      // With AMX the products read the bf16 panels below, made from the
+      // unscaled fp32 rows here (bf16 inputs stay exact; dK is scaled when
+      // stored): qs then holds Q unscaled, read by nothing else.
+      const float* q32 = qs.qs + r0 * dp;
+      flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim,
+                        qs.q16 ? 1.0f : p.scale, const_cast<float*>(q32), dp, kBlockQ),
               nf.q);
       const float* dout = qs.dout + r0 * dvp;
       flag_if(pack_rows(p.dout, p.dout_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim_v,
                         1.0f, const_cast<float*>(dout), dvp, kBlockQ),
               nf.dout);
-      if (qs.q16) {  // unscaled Q: bf16 inputs stay exact (dK is scaled when stored)
-        float* tmp = o.get() + p.head_dim_v;
-        pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim, 1.0f, tmp, dp,
-                  kBlockQ);
+      if (qs.q16) {
         const int idp = static_cast<int>(dp), idvp = static_cast<int>(dvp);
-        to_bf16_rows(tmp, idp, kBlockQ, idp, static_cast<int>(qs.dk2),
+        to_bf16_rows(q32, idp, kBlockQ, idp, static_cast<int>(qs.dk2),
                      const_cast<uint16_t*>(qs.q16_rows(r0)), static_cast<int>(qs.dk2));
-        to_bf16_transposed(tmp, idp, kBlockQ, idp, const_cast<uint16_t*>(qs.qt16_block(r0)),
+        to_bf16_transposed(q32, idp, kBlockQ, idp, const_cast<uint16_t*>(qs.qt16_block(r0)),
                            kBlockQ);
         to_bf16_rows(dout, idvp, kBlockQ, idvp, static_cast<int>(qs.dv2),
                      const_cast<uint16_t*>(qs.do16_rows(r0)), static_cast<int>(qs.dv2));
