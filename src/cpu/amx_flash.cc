@@ -28,19 +28,6 @@ namespace fsdpa::cpu {
 #if FSDPA_AMX_FLASH
 namespace {
 
-// Palette 1, all 8 tiles 16 rows x 64 bytes.
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-  TileConfig() {
-    for (int t = 0; t < 8; ++t) {
-      colsb[t] = 64;
-      rows[t] = 16;
-    }
-  }
-};
-
 // One register block: MR x NR C tiles (0..3), A tiles 4..5, B tiles 6..7.
 // A k-step's four loads are issued before its products (the first product
 // then waits for the first load only).
@@ -209,13 +196,6 @@ FSDPA_AMX_TARGET bool softmax_step(float* S, int rows, float c, float* m, float*
 
 }  // namespace
 
-FSDPA_AMX_TARGET void amx_tiles_begin() {
-  static const TileConfig cfg;
-  _tile_loadconfig(&cfg);
-}
-
-FSDPA_AMX_TARGET void amx_tiles_end() { _tile_release(); }
-
 FSDPA_AMX_TARGET void amx_gemm_tiled(int M, int N, int K, const uint16_t* A, TileGrid a,
                                      const uint16_t* B, TileGrid b, CTiles c, bool accumulate) {
   const int mt = M / 16, nt = N / 16, ksteps = K / 32;
@@ -315,8 +295,6 @@ FSDPA_AMX_TARGET void amx_untile_rows(const float* O, int N, int rows, float* ds
 
 #else  // no AMX on this target or compiler: callers check amx_bf16_available()
 
-void amx_tiles_begin() { abort(); }
-void amx_tiles_end() { abort(); }
 void amx_gemm_tiled(int, int, int, const uint16_t*, TileGrid, const uint16_t*, TileGrid, CTiles,
                     bool) {
   abort();

@@ -16,9 +16,8 @@
 //   C [M x N] fp32: 16 x 16 tiles at base + i * step_i + j * step_c, rows
 //     `ld` floats apart (row-major S: step_i = 16 ld, step_c = 16; tiled O:
 //     ld = 16, step_c = 256).
-// Every kernel here runs between amx_tiles_begin() and amx_tiles_end() on
-// the calling thread (loading the tile configuration costs ~150 cycles: once
-// per task, not per product).
+// Every kernel here runs between amx_tiles_begin() and amx_tiles_end()
+// (amx_kernels.h) on the calling thread.
 #pragma once
 
 #include <stdint.h>
@@ -35,9 +34,6 @@ struct CTiles {
 
 // The forward's tile sizes: 16 x 32 bf16 operand tiles (512 values).
 constexpr int kTileValues = 512;
-
-void amx_tiles_begin();
-void amx_tiles_end();
 
 // C (+)= A B: M, N multiples of 16, K of 32, tiled A and B, C as above.
 void amx_gemm_tiled(int M, int N, int K, const uint16_t* A, TileGrid a, const uint16_t* B,

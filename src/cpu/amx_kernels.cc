@@ -116,20 +116,23 @@ __attribute__((target("amx-tile,amx-bf16"))) void amx_gemm_bf16(int M, int N, in
                                                                 const uint16_t* Bp, int ldb,
                                                                 float* C, int ldc,
                                                                 bool accumulate) {
-  // The configuration is loaded per call: the caller's thread may have run
-  // other AMX code (another library) in between, and it costs little next
-  // to the >= 16 tile products of a call.
-  static const TileConfig cfg;
-  _tile_loadconfig(&cfg);
   int i = 0;
   for (; i + 32 <= M; i += 32) block_row<2>(N, K, A + i * lda, lda, Bp, ldb, C + i * ldc, ldc, accumulate);
   if (i < M) block_row<1>(N, K, A + i * lda, lda, Bp, ldb, C + i * ldc, ldc, accumulate);
-  _tile_release();
 }
+
+__attribute__((target("amx-tile"))) void amx_tiles_begin() {
+  static const TileConfig cfg;
+  _tile_loadconfig(&cfg);
+}
+
+__attribute__((target("amx-tile"))) void amx_tiles_end() { _tile_release(); }
 
 #else  // no AMX on this target or compiler
 
 bool amx_bf16_available() { return false; }
+void amx_tiles_begin() { abort(); }
+void amx_tiles_end() { abort(); }
 void amx_gemm_bf16(int, int, int, const uint16_t*, int, const uint16_t*, int, float*, int, bool) {
   abort();  // callers check amx_bf16_available()
 }

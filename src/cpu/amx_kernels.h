@@ -22,11 +22,18 @@ namespace fsdpa::cpu {
 // Decided once per process.
 bool amx_bf16_available();
 
+// Loads the tile configuration (all 8 tiles 16 rows x 64 bytes) on the
+// calling thread / releases the tile state: the tile products here and in
+// amx_flash.h run between the two, e.g. once per task (loading costs ~150
+// cycles, ~1.5% of a bf16 backward when done per product).
+void amx_tiles_begin();
+void amx_tiles_end();
+
 // Sizes a kernel below needs: M, N multiples of 16, K a multiple of 32.
 constexpr int kAmxRows = 16, kAmxK = 32;
 
 // C[M x N] (+)= A[M x K] * B, A row-major bf16, B pair-interleaved bf16, C
-// fp32 (ldc floats). Only if amx_bf16_available().
+// fp32 (ldc floats). Only if amx_bf16_available(), after amx_tiles_begin().
 void amx_gemm_bf16(int M, int N, int K, const uint16_t* A, int lda, const uint16_t* Bp, int ldb,
                    float* C, int ldc, bool accumulate);
 

@@ -167,6 +167,7 @@ fsdpa_status backward(const AttnParams& p) {
     const SeqExtent& e = L.seq[b];
     const Tiles T(dp, dvp);
     const AmxTiles A16(Q.q16 ? thread_scratch(2, AmxTiles::floats(Q)) : nullptr, Q);
+    if (A16.kt) amx_tiles_begin();
     float* dq_split = dq_acc + split * q_rows * dp;
     // Block lists, transposed: per query head of the group, the query
     // blocks naming each key block; q_visit: the query tiles to visit.
@@ -300,6 +301,7 @@ fsdpa_status backward(const AttnParams& p) {
                   p.dtype, T.dv + j * dvp, 1.0f);
       }
     }
+    if (A16.kt) amx_tiles_end();
   });
 
   // Varlen: tokens outside every sequence get zero dK/dV; dQ likewise.
