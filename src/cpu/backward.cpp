@@ -16,15 +16,18 @@
 namespace fsdpa::cpu {
 namespace {
 
-// Per (q-block, head) panels shared by all tasks: scaled Q (unscaled with
-// AMX), dO, lse, Delta. With AMX (bf16), also bf16 copies of Q and dO, each both
+// Per (q-block, head) panels shared by all tasks: scaled Q, dO, lse, Delta
+// (with AMX, Q and dO in bf16 only: the fp32 rows are per-task temporaries,
+// which keeps the panels small enough to stay allocated between calls,
+// kKeepPanelBytes). With AMX (bf16), bf16 copies of Q and dO, each both
 // row-major (q16 [rows x dk2], do16 [rows x dv2]) and, per q-block,
 // transposed (qt16 [dp x kBlockQ], dot16 [dvp x kBlockQ]): the A sides of
 // S = Q K^T, dP = dO V^T, dK^T += Q^T dS and dV^T += dO^T P. The scores
 // are recomputed as the forward did.
 struct QSide {
   int64_t dp, dvp, dk2, dv2;
-  float *qs, *dout, *lse, *delta;
+  float *qs = nullptr, *dout = nullptr;  // fp32 paths only
+  float *lse, *delta;
   uint16_t *q16 = nullptr, *qt16 = nullptr, *do16 = nullptr, *dot16 = nullptr;  // AMX only
   Buffer owned;  // their memory when too large to keep (kept_scratch)
   static const uint16_t* at(const uint16_t* b, int64_t r0, int64_t ld) { return b + r0 * ld; }
@@ -47,13 +50,15 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
   const int64_t rows = L.q_blocks() * p.heads_q * kBlockQ;
   // One block of memory: fp32 panels, then the bf16 ones (even counts).
   const bool amx = uses_amx(p);
-  const int64_t f32 = rows * (dp + dvp + 2);
+  const int64_t f32 = rows * ((amx ? 0 : dp + dvp) + 2);
   const int64_t b16 = amx ? rows * (qs.dk2 + dp + qs.dv2 + dvp) : 0;
   float* mem = kept_scratch(3, f32 + b16 / 2, qs.owned);
-  qs.qs = mem;
-  qs.dout = qs.qs + rows * dp;
-  qs.lse = qs.dout + rows * dvp;
+  qs.lse = mem;
   qs.delta = qs.lse + rows;
+  if (!amx) {
+    qs.qs = qs.delta + rows;
+    qs.dout = qs.qs + rows * dp;
+  }
   if (amx) {
     qs.q16 = reinterpret_cast<uint16_t*>(mem + f32);
     qs.qt16 = qs.q16 + rows * qs.dk2;
@@ -63,19 +68,21 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
   parallel_for(p.batch * p.heads_q, [&](int64_t task) {
     const int64_t b = task / p.heads_q, h = task % p.heads_q;
     const SeqExtent& e = L.seq[b];
-    Buffer o = alloc_floats(p.head_dim_v);
+    // o: a row of out; with AMX also the q-block's fp32 Q and dO rows.
+    Buffer o = alloc_floats(p.head_dim_v + (amx ? kBlockQ * (dp + dvp) : 0));
+    float* q_tmp = o.get() + p.head_dim_v;
+    float* do_tmp = q_tmp + kBlockQ * dp;
     for (int64_t gqb = L.q_block0[b]; gqb < L.q_block0[b + 1]; ++gqb) {
       const int64_t i0 = (gqb - L.q_block0[b]) * kBlockQ;
       const int64_t n = std::min<int64_t>(kBlockQ, e.sq - i0);
       const int64_t r0 = qs.row0(gqb, h, p.heads_q);
-      // With AMX the products read the bf16 panels below, made from the
-      // unscaled fp32 rows here (bf16 inputs stay exact; dK is scaled when
-      // stored): qs then holds Q unscaled, read by nothing else.
-      const float* q32 = qs.qs + r0 * dp;
+      // With AMX the products read the bf16 panels below, made from
+      // unscaled fp32 rows (bf16 inputs stay exact; dK is scaled when stored).
+      const float* q32 = amx ? q_tmp : qs.qs + r0 * dp;
       flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim,
-                        qs.q16 ? 1.0f : p.scale, const_cast<float*>(q32), dp, kBlockQ),
+                        amx ? 1.0f : p.scale, const_cast<float*>(q32), dp, kBlockQ),
               nf.q);
-      const float* dout = qs.dout + r0 * dvp;
+      const float* dout = amx ? do_tmp : qs.dout + r0 * dvp;
       flag_if(pack_rows(p.dout, p.dout_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim_v,
                         1.0f, const_cast<float*>(dout), dvp, kBlockQ),
               nf.dout);
@@ -97,7 +104,7 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
           lse = p.lse[lse_offset(p, b, h, tok)];
           load_f32(p.out, offset4(p.out_stride, b, h, tok, 0), p.out_stride[3], p.head_dim_v,
                    p.dtype, 1.0f, o.get());
-          const float* dor = qs.dout + (r0 + r) * dvp;
+          const float* dor = dout + r * dvp;
           for (int64_t d = 0; d < p.head_dim_v; ++d) delta += dor[d] * o[d];
         }
         qs.lse[r0 + r] = lse;
@@ -215,8 +222,8 @@ fsdpa_status backward(const AttnParams& p) {
           visible_key_blocks(c, i0, i0 + rows, &kb_lo, &kb_hi);
           if (kb < kb_lo || kb >= kb_hi) continue;
           const int64_t r0 = Q.row0(gqb, h, p.heads_q);
-          const float* qs = Q.qs + r0 * dp;
-          const float* dout = Q.dout + r0 * dvp;
+          const float* qs = A16.kt ? nullptr : Q.qs + r0 * dp;  // fp32 paths only
+          const float* dout = A16.kt ? nullptr : Q.dout + r0 * dvp;
 
           // P = exp(S - lse), masked entries 0; S computed as the forward did.
           switch (forward_score_gemm(p, rows)) {
