@@ -16,7 +16,7 @@
 #define FSDPA_AMX_FLASH 1
 #include <immintrin.h>
 
-#include "cpu/transpose16.h"
+#include "cpu/avx512_helpers.h"
 #define FSDPA_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512bf16")))
 #else
 #define FSDPA_AMX_FLASH 0
@@ -99,25 +99,6 @@ FSDPA_AMX_TARGET inline float max_lane(__m512 v) {
   v = max_ps(v, _mm512_maskz_permute_ps(kAll, v, 0x4E));         // pairs swapped
   v = max_ps(v, _mm512_maskz_permute_ps(kAll, v, 0xB1));         // neighbours swapped
   return _mm512_cvtss_f32(v);
-}
-
-// 2^t for t <= 0 or NaN: 2^round(t) (exponent bits from the rounding's
-// magic number) times a degree-4 minimax polynomial of 2^f, |f| <= 1/2
-// (~3e-6 relative; p(0) = 1, so 2^0 = 1 exactly). t <= -127 gives 0.
-FSDPA_AMX_TARGET inline __m512 exp2_nonpos(__m512 t) {
-  // vmaxps returns its second operand when either is NaN: NaN stays NaN.
-  t = max_ps(_mm512_set1_ps(-127.0f), t);
-  // 1.5 * 2^23 + 127: t + magic rounds t to an integer in the low mantissa
-  // bits, biased by 127, so they shifted into the exponent are 2^round(t).
-  const __m512 magic = _mm512_set1_ps(12583039.0f);
-  const __m512 shifted = _mm512_add_ps(t, magic);
-  const __m512 f = _mm512_sub_ps(t, _mm512_sub_ps(shifted, magic));
-  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(9.5825763e-3f), f, _mm512_set1_ps(5.5906828e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4024107e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9312412e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  const __m512i two_k = _mm512_maskz_slli_epi32(kAll, _mm512_castps_si512(shifted), 23);
-  return _mm512_mul_ps(p, _mm512_castsi512_ps(two_k));
 }
 
 FSDPA_AMX_TARGET inline uint16_t* p_tile_row(uint16_t* P, int keys, int r, int chunk) {

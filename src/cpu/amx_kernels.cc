@@ -3,6 +3,7 @@
 // ordinary flags and the kernels run only where amx_bf16_available() says.
 #include "cpu/amx_kernels.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,7 +18,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "cpu/transpose16.h"
+#include "cpu/avx512_helpers.h"
 #else
 #define FSDPA_AMX 0
 #endif
@@ -213,6 +214,25 @@ FSDPA_CVT_TARGET void to_bf16_pairs(const float* src, int lds, int k, int n, uin
       d[2 * j + 1] = f32_to_bf16(r1[j]);
     }
   }
+}
+
+FSDPA_CVT_TARGET void exp_rows_bf16(float* S, int ld, int rows, int n, const float* lse) {
+#if FSDPA_AMX
+  const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+  for (int r = 0; r < rows; ++r) {
+    float* s = S + r * ld;
+    if (lse[r] == -INFINITY) {
+      memset(s, 0, sizeof(float) * n);
+      continue;
+    }
+    const __m512 m = _mm512_set1_ps(lse[r]);
+    for (int j = 0; j < n; j += 16)
+      _mm512_storeu_ps(s + j, exp2_nonpos(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + j), m), log2e)));
+  }
+#else
+  (void)S, (void)ld, (void)rows, (void)n, (void)lse;
+  abort();  // callers check amx_bf16_available()
+#endif
 }
 
 FSDPA_CVT_TARGET void to_bf16_transposed(const float* src, int lds, int rows, int cols,

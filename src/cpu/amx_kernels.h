@@ -49,6 +49,10 @@ void to_bf16_pairs_transposed(const float* src, int lds, int n, int k, int k_pad
                               int ldb);
 // B = src pair-interleaved: src [K x N] row-major (K even).
 void to_bf16_pairs(const float* src, int lds, int k, int n, uint16_t* dst, int ldb);
+// The backward's P on AMX: S[r][j] = exp(S[r][j] - lse[r]) for r < rows,
+// j < n (n a multiple of 16; rows ld apart), ~3e-6 relative (the forward's
+// exp2, exp(0) = 1 exactly, NaN stays NaN); rows with lse = -inf become 0.
+void exp_rows_bf16(float* S, int ld, int rows, int n, const float* lse);
 // dst [cols x rows] = bf16(src^T), src [rows x cols] row-major.
 void to_bf16_transposed(const float* src, int lds, int rows, int cols, uint16_t* dst, int ldd);
 

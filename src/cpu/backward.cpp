@@ -246,12 +246,15 @@ fsdpa_status backward(const AttnParams& p) {
           }
           score_epilogue(c, i0, rows, j0, T.s, kBlockK, p.softcap > 0 ? T.t : nullptr);
           if (sparse) apply_block_sparse(c, i0, rows, j0, T.s, kBlockK, *sparse);
-          for (int64_t r = 0; r < rows; ++r) {
-            float* s = T.s + r * kBlockK;
-            const float lse = Q.lse[r0 + r];
-            if (lse == kNegInf) std::fill(s, s + kBlockK, 0.0f);
-            else if (A16.kt) exp_sub_sum_bf16(s, kBlockK, lse);  // rounded to bf16 next
-            else exp_sub_sum(s, kBlockK, lse);
+          if (A16.kt) {  // rounded to bf16 next: the forward's exp, a tile at once
+            exp_rows_bf16(T.s, kBlockK, static_cast<int>(rows), kBlockK, Q.lse + r0);
+          } else {
+            for (int64_t r = 0; r < rows; ++r) {
+              float* s = T.s + r * kBlockK;
+              const float lse = Q.lse[r0 + r];
+              if (lse == kNegInf) std::fill(s, s + kBlockK, 0.0f);
+              else exp_sub_sum(s, kBlockK, lse);
+            }
           }
           // dV += (P * Z)^T dO
           const float* pz = T.s;

@@ -75,10 +75,6 @@ float exp_sub_sum(float* x, int n, float m);
 // handles them.
 void softmax_rows(float* S, int ld, int rows, int n, float* m, float* l, float* alpha);
 
-// The same to ~3e-6 relative, for probabilities rounded to bf16 next
-// (about twice as fast; exp(0) = 1 exactly): the AMX backward's P.
-float exp_sub_sum_bf16(float* x, int n, float m);
-
 // y[i] *= a for i < n (n multiple of kPanelAlign).
 void scale_row(float* y, int n, float a);
 

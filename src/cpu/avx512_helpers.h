@@ -1,5 +1,6 @@
-// 16 x 16 transpose of 32-bit words in AVX-512 registers, for the AMX
-// files' packing (included inside their x86 AVX-512 sections only).
+// AVX-512 pieces shared by the AMX files (included inside their x86
+// AVX-512 sections only): a 16 x 16 word transpose for packing, and the
+// exp2 of the probabilities that are rounded to bf16 next.
 #pragma once
 
 #include <immintrin.h>
@@ -33,6 +34,26 @@ __attribute__((target("avx512f"))) inline void transpose16x16_words(__m512i x[16
     t[12 + s] = _mm512_maskz_shuffle_i32x4(kAll, v1, v3, 0xDD);
   }
   for (int w = 0; w < 16; ++w) x[w] = t[w];
+}
+
+// 2^t for t <= 0 or NaN: 2^round(t) (exponent bits from the rounding's
+// magic number) times a degree-4 minimax polynomial of 2^f, |f| <= 1/2
+// (~3e-6 relative; p(0) = 1, so 2^0 = 1 exactly). t <= -127 gives 0.
+__attribute__((target("avx512f"))) inline __m512 exp2_nonpos(__m512 t) {
+  // vmaxps returns its second operand when either is NaN: NaN stays NaN.
+  // (Zero-masked forms with all lanes: see transpose16x16_words.)
+  t = _mm512_maskz_max_ps(0xFFFF, _mm512_set1_ps(-127.0f), t);
+  // 1.5 * 2^23 + 127: t + magic rounds t to an integer in the low mantissa
+  // bits, biased by 127, so they shifted into the exponent are 2^round(t).
+  const __m512 magic = _mm512_set1_ps(12583039.0f);
+  const __m512 shifted = _mm512_add_ps(t, magic);
+  const __m512 f = _mm512_sub_ps(t, _mm512_sub_ps(shifted, magic));
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(9.5825763e-3f), f, _mm512_set1_ps(5.5906828e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4024107e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9312412e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  const __m512i two_k = _mm512_maskz_slli_epi32(0xFFFF, _mm512_castps_si512(shifted), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(two_k));
 }
 
 }  // namespace fsdpa::cpu
