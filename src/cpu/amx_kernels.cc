@@ -3,6 +3,7 @@
 // ordinary flags and the kernels run only where amx_bf16_available() says.
 #include "cpu/amx_kernels.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +17,8 @@
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include "cpu/avx512_helpers.h"
 #else
 #define FSDPA_AMX 0
 #endif
@@ -114,20 +117,23 @@ __attribute__((target("amx-tile,amx-bf16"))) void amx_gemm_bf16(int M, int N, in
                                                                 const uint16_t* Bp, int ldb,
                                                                 float* C, int ldc,
                                                                 bool accumulate) {
-  // The configuration is loaded per call: the caller's thread may have run
-  // other AMX code (another library) in between, and it costs little next
-  // to the >= 16 tile products of a call.
-  static const TileConfig cfg;
-  _tile_loadconfig(&cfg);
   int i = 0;
   for (; i + 32 <= M; i += 32) block_row<2>(N, K, A + i * lda, lda, Bp, ldb, C + i * ldc, ldc, accumulate);
   if (i < M) block_row<1>(N, K, A + i * lda, lda, Bp, ldb, C + i * ldc, ldc, accumulate);
-  _tile_release();
 }
+
+__attribute__((target("amx-tile"))) void amx_tiles_begin() {
+  static const TileConfig cfg;
+  _tile_loadconfig(&cfg);
+}
+
+__attribute__((target("amx-tile"))) void amx_tiles_end() { _tile_release(); }
 
 #else  // no AMX on this target or compiler
 
 bool amx_bf16_available() { return false; }
+void amx_tiles_begin() { abort(); }
+void amx_tiles_end() { abort(); }
 void amx_gemm_bf16(int, int, int, const uint16_t*, int, const uint16_t*, int, float*, int, bool) {
   abort();  // callers check amx_bf16_available()
 }
@@ -138,7 +144,7 @@ void amx_gemm_bf16(int, int, int, const uint16_t*, int, const uint16_t*, int, fl
 // Every CPU with AMX-BF16 has AVX512_BF16: vcvtneps2bf16 rounds 16 floats to
 // nearest even at once (NaN stays NaN; like the tile products it treats
 // denormals as zero, far below what a bf16 result can resolve here).
-#define FSDPA_CVT_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+#define FSDPA_CVT_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 namespace {
 FSDPA_CVT_TARGET inline __m256i cvt16(const float* src) {
   return (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src));
@@ -210,97 +216,47 @@ FSDPA_CVT_TARGET void to_bf16_pairs(const float* src, int lds, int k, int n, uin
   }
 }
 
-namespace {
-FSDPA_CVT_TARGET inline bool finite_bf16(const uint16_t* x, int n) {
-  uint32_t bad = 0;
-  for (int i = 0; i < n; ++i) bad |= (x[i] & 0x7F80u) == 0x7F80u;
-  return bad == 0;
-}
-}  // namespace
-
-FSDPA_CVT_TARGET bool copy_bf16_row(const uint16_t* src, int n, int n_pad, uint16_t* dst) {
-  memcpy(dst, src, 2 * static_cast<size_t>(n));
-  memset(dst + n, 0, 2 * static_cast<size_t>(n_pad - n));
-  return finite_bf16(src, n);
-}
-
-FSDPA_CVT_TARGET bool scatter_bf16_pairs_column(const uint16_t* src, int n, int j, uint16_t* dst,
-                                                int ldb) {
-  uint32_t* d32 = reinterpret_cast<uint32_t*>(dst) + j;
-  const int ldw = ldb / 2;
-  int w = 0;
-  for (; 2 * w + 1 < n; ++w) memcpy(d32 + w * ldw, src + 2 * w, 4);
-  if (2 * w < n) dst[w * ldb + 2 * j] = src[2 * w];  // odd n: the pair's second value stays 0
-  return finite_bf16(src, n);
-}
-
-FSDPA_CVT_TARGET bool interleave_bf16_rows(const uint16_t* r0, const uint16_t* r1, int n,
-                                           uint16_t* dst) {
-  int j = 0;
+FSDPA_CVT_TARGET void exp_rows_bf16(float* S, int ld, int rows, int n, const float* lse) {
 #if FSDPA_AMX
-  // Lane i: a[i / 2] for even i, b[i / 2] (index 32 + i / 2) for odd.
-  alignas(64) static const uint16_t kInterleave[32] = {
-      0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
-      8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
-  const __m512i idx = _mm512_load_si512(kInterleave);
-  for (; j + 16 <= n; j += 16) {
-    const __m512i a = _mm512_maskz_loadu_epi16(0xFFFF, r0 + j);
-    const __m512i b = r1 ? _mm512_maskz_loadu_epi16(0xFFFF, r1 + j) : _mm512_setzero_si512();
-    _mm512_storeu_si512(dst + 2 * j, _mm512_permutex2var_epi16(a, idx, b));
+  const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+  for (int r = 0; r < rows; ++r) {
+    float* s = S + r * ld;
+    if (lse[r] == -INFINITY) {
+      memset(s, 0, sizeof(float) * n);
+      continue;
+    }
+    const __m512 m = _mm512_set1_ps(lse[r]);
+    for (int j = 0; j < n; j += 16)
+      _mm512_storeu_ps(s + j, exp2_nonpos(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + j), m), log2e)));
   }
-#endif
-  for (; j < n; ++j) {
-    dst[2 * j] = r0[j];
-    dst[2 * j + 1] = r1 ? r1[j] : 0;
-  }
-  return finite_bf16(r0, n) && (!r1 || finite_bf16(r1, n));
-}
-
-FSDPA_CVT_TARGET float exp_sub_sum_to_bf16_amx(const float* x, int n, float m, uint16_t* p) {
-#if FSDPA_AMX
-  // simd_kernels.cc's ExpNonPositive (same polynomial) with the hardware's
-  // bf16 rounding: a third fewer instructions than rounding with integer
-  // ops, and the exp is a quarter of a bf16 forward.
-  const __m512 vm = _mm512_set1_ps(m), log2e = _mm512_set1_ps(1.44269504088896341f);
-  const __m512 lowest = _mm512_set1_ps(-127.0f);
-  const __m512 c5 = _mm512_set1_ps(1.3333558146428443e-3f), c4 = _mm512_set1_ps(9.6181291076284772e-3f);
-  const __m512 c3 = _mm512_set1_ps(5.5504108664821580e-2f), c2 = _mm512_set1_ps(2.4022650695910071e-1f);
-  const __m512 c1 = _mm512_set1_ps(6.9314718055994531e-1f), c0 = _mm512_set1_ps(1.0f);
-  const __m512i bias = _mm512_set1_epi32(127);
-  // The maskz forms with all lanes: GCC 12's unmasked ones read an
-  // "undefined" vector that -Wuninitialized reports.
-  constexpr __mmask16 kAll = 0xFFFF;
-  __m512 sum = _mm512_setzero_ps();
-  for (int i = 0; i < n; i += 16) {
-    const __m512 xm = _mm512_sub_ps(_mm512_loadu_ps(x + i), vm);
-    const __m512 t = _mm512_maskz_max_ps(kAll, _mm512_mul_ps(xm, log2e), lowest);
-    const __m512 k = _mm512_maskz_roundscale_ps(kAll, t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 f = _mm512_sub_ps(t, k);
-    __m512 poly = _mm512_fmadd_ps(c5, f, c4);
-    poly = _mm512_fmadd_ps(poly, f, c3);
-    poly = _mm512_fmadd_ps(poly, f, c2);
-    poly = _mm512_fmadd_ps(poly, f, c1);
-    poly = _mm512_fmadd_ps(poly, f, c0);
-    const __m512i two_k = _mm512_maskz_slli_epi32(kAll, _mm512_add_epi32(_mm512_maskz_cvtps_epi32(kAll, k), bias), 23);
-    __m512 e = _mm512_mul_ps(poly, _mm512_castsi512_ps(two_k));
-    e = _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(xm, xm, _CMP_UNORD_Q), xm);  // NaN stays NaN
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + i), (__m256i)_mm512_cvtneps_pbh(e));
-    sum = _mm512_add_ps(sum, e);
-  }
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, sum);
-  float total = 0.0f;
-  for (float v : lanes) total += v;
-  return total;
 #else
-  (void)x, (void)n, (void)m, (void)p;
+  (void)S, (void)ld, (void)rows, (void)n, (void)lse;
   abort();  // callers check amx_bf16_available()
 #endif
 }
 
-void to_bf16_transposed(const float* src, int lds, int rows, int cols, uint16_t* dst, int ldd) {
+FSDPA_CVT_TARGET void to_bf16_transposed(const float* src, int lds, int rows, int cols,
+                                         uint16_t* dst, int ldd) {
+#if FSDPA_AMX
+  // 16 x 16 blocks: rows in, a word transpose, each column out in bf16.
+  for (int r0 = 0; r0 < rows; r0 += 16)
+    for (int c0 = 0; c0 < cols; c0 += 16) {
+      const int nr = rows - r0 < 16 ? rows - r0 : 16, nc = cols - c0 < 16 ? cols - c0 : 16;
+      const __mmask16 col_mask = static_cast<__mmask16>((1u << nc) - 1);
+      const __mmask16 row_mask = static_cast<__mmask16>((1u << nr) - 1);
+      __m512i x[16];
+      for (int r = 0; r < 16; ++r)
+        x[r] = r < nr ? _mm512_maskz_loadu_epi32(col_mask, src + (r0 + r) * lds + c0)
+                      : _mm512_setzero_si512();
+      transpose16x16_words(x);
+      for (int c = 0; c < nc; ++c)
+        _mm256_mask_storeu_epi16(dst + (c0 + c) * ldd + r0, row_mask,
+                                 (__m256i)_mm512_cvtneps_pbh(_mm512_castsi512_ps(x[c])));
+    }
+#else
   for (int r = 0; r < rows; ++r)
     for (int c = 0; c < cols; ++c) dst[c * ldd + r] = f32_to_bf16(src[r * lds + c]);
+#endif
 }
 
 }  // namespace fsdpa::cpu

@@ -22,11 +22,18 @@ namespace fsdpa::cpu {
 // Decided once per process.
 bool amx_bf16_available();
 
+// Loads the tile configuration (all 8 tiles 16 rows x 64 bytes) on the
+// calling thread / releases the tile state: the tile products here and in
+// amx_flash.h run between the two, e.g. once per task (loading costs ~150
+// cycles, ~1.5% of a bf16 backward when done per product).
+void amx_tiles_begin();
+void amx_tiles_end();
+
 // Sizes a kernel below needs: M, N multiples of 16, K a multiple of 32.
 constexpr int kAmxRows = 16, kAmxK = 32;
 
 // C[M x N] (+)= A[M x K] * B, A row-major bf16, B pair-interleaved bf16, C
-// fp32 (ldc floats). Only if amx_bf16_available().
+// fp32 (ldc floats). Only if amx_bf16_available(), after amx_tiles_begin().
 void amx_gemm_bf16(int M, int N, int K, const uint16_t* A, int lda, const uint16_t* Bp, int ldb,
                    float* C, int ldc, bool accumulate);
 
@@ -42,20 +49,10 @@ void to_bf16_pairs_transposed(const float* src, int lds, int n, int k, int k_pad
                               int ldb);
 // B = src pair-interleaved: src [K x N] row-major (K even).
 void to_bf16_pairs(const float* src, int lds, int k, int n, uint16_t* dst, int ldb);
-// Straight from bf16 rows of n elements (no fp32 round trip); each returns
-// false if an element is NaN or Inf.
-// dst[0..n) = src, zeros up to n_pad.
-bool copy_bf16_row(const uint16_t* src, int n, int n_pad, uint16_t* dst);
-// Column j of a pair-interleaved K^T panel (ldb = 2 * columns) from key row
-// src; the panel must be zeroed first (pairs past n stay zero).
-bool scatter_bf16_pairs_column(const uint16_t* src, int n, int j, uint16_t* dst, int ldb);
-// One pair row of a pair-interleaved panel from rows r0 and r1 (r1 may be
-// null: zeros), n elements each.
-bool interleave_bf16_rows(const uint16_t* r0, const uint16_t* r1, int n, uint16_t* dst);
-// p[i] = bf16(exp(x[i] - m)) for i < n (n a multiple of 16, x[i] <= m or
-// NaN), ~3e-6 relative before the rounding (exp_sub_sum_bf16's polynomial);
-// returns the sum of the fp32 exps. NaN stays NaN.
-float exp_sub_sum_to_bf16_amx(const float* x, int n, float m, uint16_t* p);
+// The backward's P on AMX: S[r][j] = exp(S[r][j] - lse[r]) for r < rows,
+// j < n (n a multiple of 16; rows ld apart), ~3e-6 relative (the forward's
+// exp2, exp(0) = 1 exactly, NaN stays NaN); rows with lse = -inf become 0.
+void exp_rows_bf16(float* S, int ld, int rows, int n, const float* lse);
 // dst [cols x rows] = bf16(src^T), src [rows x cols] row-major.
 void to_bf16_transposed(const float* src, int lds, int rows, int cols, uint16_t* dst, int ldd);
 

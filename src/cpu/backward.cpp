@@ -16,15 +16,18 @@
 namespace fsdpa::cpu {
 namespace {
 
-// Per (q-block, head) panels shared by all tasks: scaled Q, dO, lse, Delta.
-// With AMX (bf16), also bf16 copies of the unscaled Q and of dO, each both
+// Per (q-block, head) panels shared by all tasks: scaled Q, dO, lse, Delta
+// (with AMX, Q and dO in bf16 only: the fp32 rows are per-task temporaries,
+// which keeps the panels small enough to stay allocated between calls,
+// kKeepPanelBytes). With AMX (bf16), bf16 copies of Q and dO, each both
 // row-major (q16 [rows x dk2], do16 [rows x dv2]) and, per q-block,
 // transposed (qt16 [dp x kBlockQ], dot16 [dvp x kBlockQ]): the A sides of
 // S = Q K^T, dP = dO V^T, dK^T += Q^T dS and dV^T += dO^T P. The scores
 // are recomputed as the forward did.
 struct QSide {
   int64_t dp, dvp, dk2, dv2;
-  float *qs, *dout, *lse, *delta;
+  float *qs = nullptr, *dout = nullptr;  // fp32 paths only
+  float *lse, *delta;
   uint16_t *q16 = nullptr, *qt16 = nullptr, *do16 = nullptr, *dot16 = nullptr;  // AMX only
   Buffer owned;  // their memory when too large to keep (kept_scratch)
   static const uint16_t* at(const uint16_t* b, int64_t r0, int64_t ld) { return b + r0 * ld; }
@@ -47,13 +50,15 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
   const int64_t rows = L.q_blocks() * p.heads_q * kBlockQ;
   // One block of memory: fp32 panels, then the bf16 ones (even counts).
   const bool amx = uses_amx(p);
-  const int64_t f32 = rows * (dp + dvp + 2);
+  const int64_t f32 = rows * ((amx ? 0 : dp + dvp) + 2);
   const int64_t b16 = amx ? rows * (qs.dk2 + dp + qs.dv2 + dvp) : 0;
   float* mem = kept_scratch(3, f32 + b16 / 2, qs.owned);
-  qs.qs = mem;
-  qs.dout = qs.qs + rows * dp;
-  qs.lse = qs.dout + rows * dvp;
+  qs.lse = mem;
   qs.delta = qs.lse + rows;
+  if (!amx) {
+    qs.qs = qs.delta + rows;
+    qs.dout = qs.qs + rows * dp;
+  }
   if (amx) {
     qs.q16 = reinterpret_cast<uint16_t*>(mem + f32);
     qs.qt16 = qs.q16 + rows * qs.dk2;
@@ -63,26 +68,29 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
   parallel_for(p.batch * p.heads_q, [&](int64_t task) {
     const int64_t b = task / p.heads_q, h = task % p.heads_q;
     const SeqExtent& e = L.seq[b];
-    Buffer o = alloc_floats(p.head_dim_v + (qs.q16 ? kBlockQ * dp : 0));
+    // o: a row of out; with AMX also the q-block's fp32 Q and dO rows.
+    Buffer o = alloc_floats(p.head_dim_v + (amx ? kBlockQ * (dp + dvp) : 0));
+    float* q_tmp = o.get() + p.head_dim_v;
+    float* do_tmp = q_tmp + kBlockQ * dp;
     for (int64_t gqb = L.q_block0[b]; gqb < L.q_block0[b + 1]; ++gqb) {
       const int64_t i0 = (gqb - L.q_block0[b]) * kBlockQ;
       const int64_t n = std::min<int64_t>(kBlockQ, e.sq - i0);
       const int64_t r0 = qs.row0(gqb, h, p.heads_q);
-      flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim, p.scale,
-                        qs.qs + r0 * dp, dp, kBlockQ),
+      // With AMX the products read the bf16 panels below, made from
+      // unscaled fp32 rows (bf16 inputs stay exact; dK is scaled when stored).
+      const float* q32 = amx ? q_tmp : qs.qs + r0 * dp;
+      flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim,
+                        amx ? 1.0f : p.scale, const_cast<float*>(q32), dp, kBlockQ),
               nf.q);
-      const float* dout = qs.dout + r0 * dvp;
+      const float* dout = amx ? do_tmp : qs.dout + r0 * dvp;
       flag_if(pack_rows(p.dout, p.dout_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim_v,
                         1.0f, const_cast<float*>(dout), dvp, kBlockQ),
               nf.dout);
-      if (qs.q16) {  // unscaled Q: bf16 inputs stay exact (dK is scaled when stored)
-        float* tmp = o.get() + p.head_dim_v;
-        pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, n, p.head_dim, 1.0f, tmp, dp,
-                  kBlockQ);
+      if (qs.q16) {
         const int idp = static_cast<int>(dp), idvp = static_cast<int>(dvp);
-        to_bf16_rows(tmp, idp, kBlockQ, idp, static_cast<int>(qs.dk2),
+        to_bf16_rows(q32, idp, kBlockQ, idp, static_cast<int>(qs.dk2),
                      const_cast<uint16_t*>(qs.q16_rows(r0)), static_cast<int>(qs.dk2));
-        to_bf16_transposed(tmp, idp, kBlockQ, idp, const_cast<uint16_t*>(qs.qt16_block(r0)),
+        to_bf16_transposed(q32, idp, kBlockQ, idp, const_cast<uint16_t*>(qs.qt16_block(r0)),
                            kBlockQ);
         to_bf16_rows(dout, idvp, kBlockQ, idvp, static_cast<int>(qs.dv2),
                      const_cast<uint16_t*>(qs.do16_rows(r0)), static_cast<int>(qs.dv2));
@@ -96,7 +104,7 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
           lse = p.lse[lse_offset(p, b, h, tok)];
           load_f32(p.out, offset4(p.out_stride, b, h, tok, 0), p.out_stride[3], p.head_dim_v,
                    p.dtype, 1.0f, o.get());
-          const float* dor = qs.dout + (r0 + r) * dvp;
+          const float* dor = dout + r * dvp;
           for (int64_t d = 0; d < p.head_dim_v; ++d) delta += dor[d] * o[d];
         }
         qs.lse[r0 + r] = lse;
@@ -166,6 +174,7 @@ fsdpa_status backward(const AttnParams& p) {
     const SeqExtent& e = L.seq[b];
     const Tiles T(dp, dvp);
     const AmxTiles A16(Q.q16 ? thread_scratch(2, AmxTiles::floats(Q)) : nullptr, Q);
+    if (A16.kt) amx_tiles_begin();
     float* dq_split = dq_acc + split * q_rows * dp;
     // Block lists, transposed: per query head of the group, the query
     // blocks naming each key block; q_visit: the query tiles to visit.
@@ -213,8 +222,8 @@ fsdpa_status backward(const AttnParams& p) {
           visible_key_blocks(c, i0, i0 + rows, &kb_lo, &kb_hi);
           if (kb < kb_lo || kb >= kb_hi) continue;
           const int64_t r0 = Q.row0(gqb, h, p.heads_q);
-          const float* qs = Q.qs + r0 * dp;
-          const float* dout = Q.dout + r0 * dvp;
+          const float* qs = A16.kt ? nullptr : Q.qs + r0 * dp;  // fp32 paths only
+          const float* dout = A16.kt ? nullptr : Q.dout + r0 * dvp;
 
           // P = exp(S - lse), masked entries 0; S computed as the forward did.
           switch (forward_score_gemm(p, rows)) {
@@ -237,12 +246,15 @@ fsdpa_status backward(const AttnParams& p) {
           }
           score_epilogue(c, i0, rows, j0, T.s, kBlockK, p.softcap > 0 ? T.t : nullptr);
           if (sparse) apply_block_sparse(c, i0, rows, j0, T.s, kBlockK, *sparse);
-          for (int64_t r = 0; r < rows; ++r) {
-            float* s = T.s + r * kBlockK;
-            const float lse = Q.lse[r0 + r];
-            if (lse == kNegInf) std::fill(s, s + kBlockK, 0.0f);
-            else if (A16.kt) exp_sub_sum_bf16(s, kBlockK, lse);  // as the forward
-            else exp_sub_sum(s, kBlockK, lse);
+          if (A16.kt) {  // rounded to bf16 next: the forward's exp, a tile at once
+            exp_rows_bf16(T.s, kBlockK, static_cast<int>(rows), kBlockK, Q.lse + r0);
+          } else {
+            for (int64_t r = 0; r < rows; ++r) {
+              float* s = T.s + r * kBlockK;
+              const float lse = Q.lse[r0 + r];
+              if (lse == kNegInf) std::fill(s, s + kBlockK, 0.0f);
+              else exp_sub_sum(s, kBlockK, lse);
+            }
           }
           // dV += (P * Z)^T dO
           const float* pz = T.s;
@@ -299,6 +311,7 @@ fsdpa_status backward(const AttnParams& p) {
                   p.dtype, T.dv + j * dvp, 1.0f);
       }
     }
+    if (A16.kt) amx_tiles_end();
   });
 
   // Varlen: tokens outside every sequence get zero dK/dV; dQ likewise.

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "cpu/amx_flash.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/sparse_tiles.h"
 #include "cpu/thread_pool.h"
@@ -51,65 +52,64 @@ void pack_kv_tile(const AttnParams& p, const BlockLayout& L, int64_t b, int64_t 
           nf.v);
 }
 
-// The same tile for the AMX products: K^T [dk2 x kBlockK] and V
-// [kBlockK x Dvp] in bf16, pair-interleaved (amx_kernels.h); `tmp` holds
-// kBlockK x max(Dp, Dvp) floats.
-void pack_kv_tile_bf16(const AttnParams& p, const BlockLayout& L, int64_t b, int64_t hk,
-                       int64_t kb, int64_t dp, int64_t dk2, int64_t dvp, uint16_t* kt,
-                       uint16_t* v, float* tmp, NonFiniteFlags& nf) {
+// The same tile for the AMX products, bf16 in the tiled layouts of
+// amx_flash.h: K^T [dk2 x kBlockK] (the B side of S = Q K^T) and V
+// [kBlockK x dvp] (k-major, the B side of P V). Keys past the sequence end
+// are zeros. Rows are read where they are when contiguous, else converted
+// into `tmp` (kBlockK x max(Dp, Dvp) floats) first.
+void pack_kv_tile_amx(const AttnParams& p, const BlockLayout& L, int64_t b, int64_t hk,
+                      int64_t kb, int64_t dk2, int64_t dvp, uint16_t* kt, uint16_t* v, float* tmp,
+                      NonFiniteFlags& nf) {
   const SeqExtent& e = L.seq[b];
   const int64_t j0 = kb * kBlockK, n = std::min<int64_t>(kBlockK, e.sk - j0);
-  if (p.k_stride[3] == 1 && p.v_stride[3] == 1) {  // bf16 rows taken as they are
-    auto row = [&](const void* base, const int64_t* st, int64_t r) {
-      return static_cast<const uint16_t*>(
-          element_ptr(base, p.dtype, kv_offset(p, st, b, hk, e.k_begin + j0 + r, 0)));
-    };
-    const int d = static_cast<int>(p.head_dim), dv = static_cast<int>(p.head_dim_v);
-    bool k_ok = true, v_ok = true;
-    std::fill(kt, kt + dk2 * kBlockK, uint16_t{0});
-    for (int64_t r = 0; r < n; ++r)
-      k_ok &= scatter_bf16_pairs_column(row(p.k, p.k_stride, r), d, static_cast<int>(r), kt,
-                                        2 * kBlockK);
-    for (int64_t r = 0; r < kBlockK; r += 2) {
-      uint16_t* pair_row = v + r * dvp;  // pair row r / 2: 2 * dvp elements
-      int64_t filled = 0;
-      if (r < n) {
-        v_ok &= interleave_bf16_rows(row(p.v, p.v_stride, r),
-                                     r + 1 < n ? row(p.v, p.v_stride, r + 1) : nullptr, dv,
-                                     pair_row);
-        filled = 2 * dv;
-      }
-      std::fill(pair_row + filled, pair_row + 2 * dvp, uint16_t{0});
+  const int d = static_cast<int>(p.head_dim), dv = static_cast<int>(p.head_dim_v);
+  const uint16_t* rows[kBlockK];
+  // Row pointers of keys [0, n) of K or V (null past n); false if a row
+  // converted here holds a NaN/Inf (contiguous rows are checked when packed).
+  auto key_rows = [&](const void* base, const int64_t* st, int64_t dim) {
+    bool finite = true;
+    if (st[3] == 1) {
+      for (int64_t r = 0; r < n; ++r)
+        rows[r] = static_cast<const uint16_t*>(
+            element_ptr(base, p.dtype, kv_offset(p, st, b, hk, e.k_begin + j0 + r, 0)));
+    } else {
+      finite = pack_kv_rows(p, base, st, b, hk, e.k_begin + j0, n, dim, tmp, dim, n);
+      uint16_t* t16 = reinterpret_cast<uint16_t*>(tmp + n * dim);  // after the fp32 rows
+      const int idim = static_cast<int>(dim);
+      to_bf16_rows(tmp, idim, static_cast<int>(n), idim, idim, t16, idim);
+      for (int64_t r = 0; r < n; ++r) rows[r] = t16 + r * dim;
     }
-    flag_if(k_ok, nf.k);
-    flag_if(v_ok, nf.v);
-    return;
-  }
-  flag_if(pack_kv_rows(p, p.k, p.k_stride, b, hk, e.k_begin + j0, n, p.head_dim, tmp, dp, kBlockK),
-          nf.k);
-  to_bf16_pairs_transposed(tmp, dp, kBlockK, dp, dk2, kt, 2 * kBlockK);
-  flag_if(pack_kv_rows(p, p.v, p.v_stride, b, hk, e.k_begin + j0, n, p.head_dim_v, tmp, dvp,
-                       kBlockK),
-          nf.v);
-  to_bf16_pairs(tmp, dvp, kBlockK, dvp, v, 2 * dvp);
+    for (int64_t r = n; r < kBlockK; ++r) rows[r] = nullptr;
+    return finite;
+  };
+  bool k_ok = key_rows(p.k, p.k_stride, p.head_dim);
+  for (int j = 0; j < kBlockK / 16; ++j)
+    k_ok &= amx_pack_kt_tiles(rows + 16 * j, d, static_cast<int>(dk2), j, kt);
+  bool v_ok = key_rows(p.v, p.v_stride, p.head_dim_v);
+  for (int w = 0; w < kBlockK / 2; ++w)
+    v_ok &= amx_pack_v_pair(rows[2 * w], rows[2 * w + 1], dv, w, static_cast<int>(dvp), v);
+  flag_if(k_ok, nf.k);
+  flag_if(v_ok, nf.v);
 }
 
 // The packed K/V tiles of every (k-block, kv-head), when several q-blocks
 // share them (prefill); for one q-block per head (decode) each task packs
 // the tiles it needs on the fly instead of making a pass over all of K/V.
-// With AMX (bf16) the tiles are kept in bf16 only (kt16, v16).
+// With AMX (bf16) the tiles are kept in bf16 only (kt16, v16), head by
+// head: the tiles of a head's consecutive key blocks are one longer panel.
 struct PackedKV {
   int64_t dp, dvp, dk2;
+  int64_t k_blocks = 0;  // of all sequences
   float* kt = nullptr;  // fp32; null when packing on the fly or with AMX
   float* v = nullptr;
   uint16_t* kt16 = nullptr;  // bf16 for AMX, else null
   uint16_t* v16 = nullptr;
   Buffer owned;  // the panels' memory when too large to keep (kept_scratch)
-  const uint16_t* kt16_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
-    return kt16 + (kblock * heads_k + hk) * dk2 * kBlockK;
+  const uint16_t* kt16_block(int64_t kblock, int64_t hk) const {
+    return kt16 + (hk * k_blocks + kblock) * dk2 * kBlockK;
   }
-  const uint16_t* v16_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
-    return v16 + (kblock * heads_k + hk) * kBlockK * dvp;
+  const uint16_t* v16_block(int64_t kblock, int64_t hk) const {
+    return v16 + (hk * k_blocks + kblock) * kBlockK * dvp;
   }
   const float* kt_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
     return kt + (kblock * heads_k + hk) * dp * kBlockK;
@@ -124,6 +124,7 @@ PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all, NonFi
   pk.dp = round_up(p.head_dim, kPanelAlign);
   pk.dvp = round_up(p.head_dim_v, kPanelAlign);
   pk.dk2 = amx_pad(p.head_dim);
+  pk.k_blocks = L.k_blocks();
   if (!pack_all) return pk;
   const int64_t nblk = L.k_blocks() * p.heads_k;
   if (uses_amx(p)) {
@@ -134,12 +135,12 @@ PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all, NonFi
     parallel_for(p.batch * p.heads_k, [&](int64_t task) {
       const int64_t b = task / p.heads_k, hk = task % p.heads_k;
       // (slot 2: the forward tasks that use it start after this pass)
-      float* tmp = thread_scratch(2, kBlockK * std::max(pk.dp, pk.dvp));
+      float* tmp = thread_scratch(2, 2 * kBlockK * std::max(p.head_dim, p.head_dim_v));
       for (int64_t kb = 0; kb < L.k_block0[b + 1] - L.k_block0[b]; ++kb) {
         const int64_t gb = L.k_block0[b] + kb;
-        pack_kv_tile_bf16(p, L, b, hk, kb, pk.dp, pk.dk2, pk.dvp,
-                          const_cast<uint16_t*>(pk.kt16_block(gb, hk, p.heads_k)),
-                          const_cast<uint16_t*>(pk.v16_block(gb, hk, p.heads_k)), tmp, nf);
+        pack_kv_tile_amx(p, L, b, hk, kb, pk.dk2, pk.dvp,
+                         const_cast<uint16_t*>(pk.kt16_block(gb, hk)),
+                         const_cast<uint16_t*>(pk.v16_block(gb, hk)), tmp, nf);
       }
     });
     return pk;
@@ -214,15 +215,14 @@ struct RowState {
 // Online softmax of rows [i0, i0 + rows) of `heads` consecutive query heads
 // (c: the first; more than one only without dropout, for GQA decode: their
 // rows are stacked head after head and share each K/V read) over key blocks
-// [kb_begin, kb_end). `tiles` is scratch for on-the-fly K/V tiles
-// (kBlockK * (Dp + Dvp)). With AMX, q16 is the unscaled bf16 Q panel
-// [kBlockQ x dk2] (zero rows after head_rows) and p16 scratch for P in bf16.
+// [kb_begin, kb_end), fp32 products (attend_amx below is the AMX path).
+// `tiles` is scratch for on-the-fly K/V tiles (kBlockK * (Dp + Dvp)).
 // `sparse`: the block lists of these rows (one head), or null: key tiles they
 // do not name are skipped.
 void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const HeadCtx& c,
-            int64_t heads, const float* qs, const uint16_t* q16, uint16_t* p16, int64_t i0,
-            int64_t head_rows, int64_t kb_begin, int64_t kb_end, float* S, float* tiles,
-            RowState st, NonFiniteFlags& nf, const SparseRows* sparse) {
+            int64_t heads, const float* qs, int64_t i0, int64_t head_rows, int64_t kb_begin,
+            int64_t kb_end, float* S, float* tiles, RowState st, NonFiniteFlags& nf,
+            const SparseRows* sparse) {
   const int64_t hk = kv_head(p, c.h);
   const int64_t kb0 = L.k_block0[c.b];
   const int64_t rows = heads * head_rows;
@@ -230,10 +230,7 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
     st.m[r] = kNegInf;
     st.l[r] = 0.0f;
   }
-  // (AMX multiplies all kBlockQ rows; the fp32 products only `rows`.)
-  std::fill(st.o, st.o + (pk.kt16 ? kBlockQ : rows) * pk.dvp, 0.0f);
-  // AMX multiplies whole 16-row tiles: P's rows past `rows` stay zero.
-  if (pk.kt16) std::fill(p16 + rows * kBlockK, p16 + kBlockQ * kBlockK, uint16_t{0});
+  std::fill(st.o, st.o + rows * pk.dvp, 0.0f);
   const bool bf16 = p.dtype == DType::bf16;
   // Decode steps with few query rows read fp32/bf16 K and V in place
   // (contiguous rows) instead of copying each tile.
@@ -244,12 +241,7 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
     int64_t n = kBlockK;  // keys of this block (fewer at the sequence end)
     int64_t pv_keys = kBlockK;  // key columns the packed fp32 products use
     const float* v;
-    if (pk.kt16) {
-      amx_gemm_bf16(kBlockQ, kBlockK, static_cast<int>(pk.dk2), q16, static_cast<int>(pk.dk2),
-                    pk.kt16_block(kb0 + kb, hk, p.heads_k), 2 * kBlockK, S, kBlockK, false);
-      scale_row(S, static_cast<int>(rows * kBlockK), p.scale);
-      v = nullptr;
-    } else if (pk.kt) {
+    if (pk.kt) {
       // A sequence's last, partial key block: only its keys' columns (whole
       // vectors) are multiplied; the epilogue sets the rest to -inf (keys
       // past the sequence end) and P V skips their zero rows, exactly. Each
@@ -308,50 +300,17 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       if (nan_score) st.m[r] = st.l[r] = NAN;
       return nan_score ? NAN : 0.0f;
     };
-    if (!pk.kt16) {
-      // fp32 products: the whole tile's softmax step in one SIMD pass.
-      softmax_rows(S, kBlockK, static_cast<int>(rows), kBlockK, st.m, st.l, alpha_rows);
-      for (int64_t r = 0; r < rows; ++r) {
-        if (st.m[r] == kNegInf) {
-          nothing_visible(r, S + r * kBlockK);
-          alpha_rows[r] = 1.0f;  // O is still 0 (or NaN)
-        } else if (p.dropout_p > 0) {
-          apply_dropout_row(c, i0 + r, j0, S + r * kBlockK);  // heads == 1 here
-        }
-      }
-    } else {
-      // New row maxima, then all rows' rescale factors in one SIMD pass
-      // (alpha = 0 when m was -inf; unused where m_new is -inf).
-      float m_new_rows[kBlockQ];
-      for (int64_t r = 0; r < rows; ++r)
-        m_new_rows[r] = max_keep_nan(st.m[r], row_max(S + r * kBlockK, kBlockK));
-      exp_diff(st.m, m_new_rows, alpha_rows, static_cast<int>(rows));
-      // Without dropout P goes straight to bf16, the A side of P V.
-      const bool p_to_bf16 = p.dropout_p == 0;
-      for (int64_t r = 0; r < rows; ++r) {
-        float* s = S + r * kBlockK;
-        const float m_new = m_new_rows[r];
-        if (m_new == kNegInf) {
-          const float pv = nothing_visible(r, s);
-          if (p_to_bf16) std::fill(p16 + r * kBlockK, p16 + (r + 1) * kBlockK, f32_to_bf16(pv));
-          continue;
-        }
-        const float alpha = alpha_rows[r];
-        st.l[r] = st.l[r] * alpha +
-                  (p_to_bf16 ? exp_sub_sum_to_bf16_amx(s, kBlockK, m_new, p16 + r * kBlockK)
-                             : exp_sub_sum_bf16(s, kBlockK, m_new));
-        if (alpha != 1.0f) scale_row(st.o + r * pk.dvp, pk.dvp, alpha);
-        st.m[r] = m_new;
-        if (p.dropout_p > 0) apply_dropout_row(c, i0 + r, j0, s);  // heads == 1 here
+    // fp32 products: the whole tile's softmax step in one SIMD pass.
+    softmax_rows(S, kBlockK, static_cast<int>(rows), kBlockK, st.m, st.l, alpha_rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      if (st.m[r] == kNegInf) {
+        nothing_visible(r, S + r * kBlockK);
+        alpha_rows[r] = 1.0f;  // O is still 0 (or NaN)
+      } else if (p.dropout_p > 0) {
+        apply_dropout_row(c, i0 + r, j0, S + r * kBlockK);  // heads == 1 here
       }
     }
-    if (pk.kt16) {
-      if (p.dropout_p > 0)
-        to_bf16_rows(S, kBlockK, static_cast<int>(rows), kBlockK, kBlockK, p16, kBlockK);
-      amx_gemm_bf16(kBlockQ, static_cast<int>(pk.dvp), kBlockK, p16, kBlockK,
-                    pk.v16_block(kb0 + kb, hk, p.heads_k), static_cast<int>(2 * pk.dvp), st.o,
-                    static_cast<int>(pk.dvp), true);
-    } else if (v) {
+    if (v) {
       gemm_scale_c(rows, pk.dvp, static_cast<int>(pv_keys), S, kBlockK, v, pk.dvp, st.o, pk.dvp,
                    alpha_rows);
     } else {
@@ -368,6 +327,99 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       if (p.check_finite && !nf.q && !nf.k && !nf.v && !all_finite(st.o, rows * pk.dvp))
         flag_if(rows_finite(p, p.v, p.v_stride, c.b, hk, tok, n, p.head_dim_v, tiles), nf.v);
     }
+  }
+}
+
+// Per-thread panels of attend_amx (thread scratch slot 2): Q and P as
+// tiled bf16 A panels, S and the tiled O in fp32, and the softmax state.
+static_assert(kAmxPassBlocks == 1 || kAmxPassBlocks == 2 || kAmxPassBlocks == 4,
+              "amx_softmax_step takes 64, 128 or 256 keys");
+struct AmxPanels {
+  uint16_t* q;  // [kBlockQ x dk2]
+  uint16_t* p;  // [kBlockQ x keys of a pass]
+  float* s;     // [kBlockQ x keys of a pass], row-major
+  float* o;     // [kBlockQ x dvp], tiled (amx_flash.h)
+  float *m, *l, *alpha;  // per row; l: 16 partial sums per row
+  AmxPanels(int64_t dk2, int64_t dvp) {
+    constexpr int64_t keys = kAmxPassBlocks * kBlockK;
+    float* x = thread_scratch(2, kBlockQ * (dk2 / 2 + keys / 2 + keys + dvp + 18));
+    o = x;
+    s = o + kBlockQ * dvp;
+    l = s + kBlockQ * keys;
+    m = l + 16 * kBlockQ;
+    alpha = m + kBlockQ;
+    q = reinterpret_cast<uint16_t*>(alpha + kBlockQ);
+    p = q + kBlockQ * dk2;
+  }
+};
+
+// attend() for bf16 on AMX tiles (uses_amx), one query head: S = Q K^T and
+// O += P V on the tiled bf16 panels (Q packed in w.q by the caller), the
+// softmax step in one pass per block of scores (amx_softmax_step), up to
+// kAmxPassBlocks key blocks at a time. Without softcap, ALiBi or a mask
+// (and with scale > 0) the scores stay unscaled: the band and block lists
+// only hide keys (-inf either way) and the scale rides on the exp; the max
+// times scale is then the forward's score (fl(s * scale)) of that key, as
+// the backward recomputes it. Writes st (o row-major) for finish_rows.
+void attend_amx(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const HeadCtx& c,
+                int64_t i0, int64_t rows, int64_t kb_begin, int64_t kb_end, const AmxPanels& w,
+                RowState st, const SparseRows* sparse) {
+  const int64_t hk = kv_head(p, c.h), kb0 = L.k_block0[c.b];
+  const int dk2 = static_cast<int>(pk.dk2), dvp = static_cast<int>(pk.dvp);
+  const int irows = static_cast<int>(rows);
+  // The products run on whole 16-row tiles; rows past `rows` of Q, P and O
+  // are never read back.
+  const int m_rows = static_cast<int>(round_up(rows, 16));
+  const bool unscaled =
+      p.scale > 0 && p.softcap == 0 && !p.alibi && p.mask_kind == MaskKind::none;
+  constexpr float kLog2e = 1.44269504088896341f;
+  const float c2 = unscaled ? p.scale * kLog2e : kLog2e;
+  std::fill(w.m, w.m + rows, kNegInf);
+  std::fill(w.l, w.l + 16 * rows, 0.0f);
+  bool first = true;  // the first P V sets O (no load, no rescale)
+  const TileGrid q_grid{pk.dk2 / 32 * kTileValues, kTileValues};
+  const TileGrid v_grid{kTileValues, pk.dvp / 16 * kTileValues};  // k-major
+  const CTiles o_tiles{w.o, 16 * pk.dvp, 256, 16};
+  amx_tiles_begin();
+  for (int64_t kb = kb_begin; kb < kb_end;) {
+    if (sparse && !sparse->visit[kb]) {
+      ++kb;
+      continue;
+    }
+    // (Block lists are per key block: one at a time; else a power of two
+    // up to kAmxPassBlocks, the softmax step's sizes.)
+    int64_t nb = sparse ? 1 : kAmxPassBlocks;
+    while (nb > kb_end - kb) nb /= 2;
+    const int keys = static_cast<int>(nb * kBlockK);
+    const int64_t j0 = kb * kBlockK;
+    amx_gemm_tiled(m_rows, keys, dk2, w.q, q_grid, pk.kt16_block(kb0 + kb, hk), q_grid,
+                   CTiles{w.s, 16 * keys, 16, keys}, false);
+    if (!unscaled) scale_row(w.s, irows * keys, p.scale);
+    for (int64_t b = 0; b < nb; ++b)
+      score_epilogue(c, i0, rows, j0 + b * kBlockK, w.s + b * kBlockK, keys, nullptr);
+    if (sparse) apply_block_sparse(c, i0, rows, j0, w.s, keys, *sparse);
+    const bool dropout = p.dropout_p > 0;
+    const bool rescale = amx_softmax_step(w.s, keys, irows, c2, w.m, w.l, w.alpha, w.p, dropout);
+    if (dropout) {
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t b = 0; b < nb; ++b)
+          apply_dropout_row(c, i0 + r, j0 + b * kBlockK, w.s + r * keys + b * kBlockK);
+      amx_pack_p(w.s, keys, irows, w.p);
+    }
+    if (rescale && !first) amx_scale_tiled_rows(w.o, dvp, irows, w.alpha);
+    amx_gemm_tiled(m_rows, dvp, keys, w.p, TileGrid{keys / 32 * kTileValues, kTileValues},
+                   pk.v16_block(kb0 + kb, hk), v_grid, o_tiles, !first);
+    first = false;
+    kb += nb;
+  }
+  amx_tiles_end();
+  if (first) std::fill(st.o, st.o + rows * pk.dvp, 0.0f);  // no key block: O = 0
+  else amx_untile_rows(w.o, dvp, irows, st.o, pk.dvp);
+  for (int64_t r = 0; r < rows; ++r) {
+    st.m[r] = unscaled ? w.m[r] * p.scale : w.m[r];
+    float l = 0.0f;
+    for (int lane = 0; lane < 16; ++lane) l += w.l[16 * r + lane];
+    st.l[r] = l;
   }
 }
 
@@ -480,40 +532,38 @@ fsdpa_status forward(const AttnParams& p) {
     visible_key_blocks(c, i0, i0 + rows, &kb_lo, &kb_hi);
     const int64_t span = kb_hi - kb_lo;
     const int64_t s_lo = kb_lo + span * split / splits, s_hi = kb_lo + span * (split + 1) / splits;
-    uint16_t* q16 = nullptr;
-    uint16_t* p16 = nullptr;
+    thread_local SparseRows sparse;
+    if (p.sparse) sparse_rows(c, i0, rows, &sparse);
     if (pk.kt16) {  // unscaled bf16 Q (exact): the scale goes on the fp32 scores
-      q16 = reinterpret_cast<uint16_t*>(thread_scratch(2, kBlockQ * (pk.dk2 + kBlockK) / 2));
-      p16 = q16 + kBlockQ * pk.dk2;
+      const AmxPanels w(pk.dk2, dvp);
+      const int d = static_cast<int>(p.head_dim), dk2 = static_cast<int>(pk.dk2);
+      bool ok = true;
       if (p.q_stride[3] == 1) {  // bf16 rows taken as they are
-        bool ok = true;
         for (int64_t r = 0; r < rows; ++r)
-          ok &= copy_bf16_row(static_cast<const uint16_t*>(element_ptr(
-                                  p.q, p.dtype, offset4(p.q_stride, b, h, e.q_begin + i0 + r, 0))),
-                              static_cast<int>(p.head_dim), static_cast<int>(pk.dk2),
-                              q16 + r * pk.dk2);
-        flag_if(ok, nf.q);
-      } else {
-        flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, rows, p.head_dim, 1.0f,
-                          qs, dp, rows),
-                nf.q);
-        to_bf16_rows(qs, static_cast<int>(dp), static_cast<int>(rows), static_cast<int>(dp),
-                     static_cast<int>(pk.dk2), q16, static_cast<int>(pk.dk2));
+          ok &= amx_pack_a_row(static_cast<const uint16_t*>(element_ptr(
+                                   p.q, p.dtype, offset4(p.q_stride, b, h, e.q_begin + i0 + r, 0))),
+                               d, static_cast<int>(r), dk2, w.q);
+      } else {  // through fp32 rows (exact), into S's memory
+        ok = pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i0, rows, p.head_dim, 1.0f, qs,
+                       dp, rows);
+        uint16_t* row16 = reinterpret_cast<uint16_t*>(S);
+        for (int64_t r = 0; r < rows; ++r) {
+          to_bf16_rows(qs + r * dp, 0, 1, d, d, row16, 0);
+          amx_pack_a_row(row16, d, static_cast<int>(r), dk2, w.q);
+        }
       }
-      std::fill(q16 + rows * pk.dk2, q16 + kBlockQ * pk.dk2, uint16_t{0});
+      flag_if(ok, nf.q);
+      attend_amx(p, pk, L, c, i0, rows, s_lo, s_hi, w, st, p.sparse ? &sparse : nullptr);
     } else {
       for (int64_t g = 0; g < task_heads; ++g)
         flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h + g, e.q_begin + i0, rows, p.head_dim,
                           p.scale, qs + g * rows * dp, dp, rows),
                 nf.q);
+      attend(p, pk, L, c, task_heads, qs, i0, rows, s_lo, s_hi, S,
+             qs + per_thread - kBlockK * (2 * dp + dvp), st, nf, p.sparse ? &sparse : nullptr);
     }
-    thread_local SparseRows sparse;
-    if (p.sparse) sparse_rows(c, i0, rows, &sparse);
-    attend(p, pk, L, c, task_heads, qs, q16, p16, i0, rows, s_lo, s_hi, S,
-           qs + per_thread - kBlockK * (2 * dp + dvp), st, nf, p.sparse ? &sparse : nullptr);
     if (splits == 1) finish_rows(p, c, task_heads, i0, rows, dvp, st);
   });
-
   if (splits > 1) {
     // Merge the splits of each task in split order (deterministic).
     parallel_for(tasks, [&](int64_t task) {

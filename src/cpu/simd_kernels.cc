@@ -513,64 +513,6 @@ void SoftmaxRows(float* HWY_RESTRICT S, int ld, int rows, int n, float* HWY_REST
   }
 }
 
-// exp(x) for x <= 0 to ~3e-6 relative (ample where the result is rounded to
-// bf16, 2^-9): 2^(x log2 e) as 2^k times a degree-5 Taylor polynomial of 2^f,
-// |f| <= 1/2, about half the work of hn::Exp. exp(0) is exactly 1; results
-// below ~2^-126 are 0; NaN is the caller's to keep.
-template <class D, class V>
-HWY_INLINE V ExpNonPositive(D d, V x) {
-  const hn::RebindToSigned<D> di;
-  const auto t = hn::Max(hn::Mul(x, hn::Set(d, 1.44269504088896341f)), hn::Set(d, -127.0f));
-  const auto k = hn::Round(t);
-  const auto f = hn::Sub(t, k);
-  auto p = hn::Set(d, 1.3333558146428443e-3f);
-  p = hn::MulAdd(p, f, hn::Set(d, 9.6181291076284772e-3f));
-  p = hn::MulAdd(p, f, hn::Set(d, 5.5504108664821580e-2f));
-  p = hn::MulAdd(p, f, hn::Set(d, 2.4022650695910071e-1f));
-  p = hn::MulAdd(p, f, hn::Set(d, 6.9314718055994531e-1f));
-  p = hn::MulAdd(p, f, hn::Set(d, 1.0f));
-  // k >= -127 (the clamp): 2^-127 gets exponent field 0, i.e. 0.0, so
-  // results below ~2^-126 come out 0 without a compare.
-  const auto two_k = hn::BitCast(d, hn::ShiftLeft<23>(hn::Add(hn::ConvertTo(di, k), hn::Set(di, 127))));
-  return hn::Mul(p, two_k);
-}
-
-// ExpSubSum with ExpNonPositive: for probabilities that are rounded to bf16
-// for their product (the AMX path).
-float ExpSubSumBf16(float* HWY_RESTRICT x, int n, float m) {
-  const DF d;
-  const int lanes = static_cast<int>(hn::Lanes(d));
-  const auto vm = hn::Set(d, m);
-  auto sum = hn::Zero(d);
-  for (int i = 0; i < n; i += lanes) {
-    const auto x_m = hn::Sub(hn::LoadU(d, x + i), vm);
-    const auto e = hn::IfThenElse(hn::IsNaN(x_m), x_m, ExpNonPositive(d, x_m));
-    hn::StoreU(e, d, x + i);
-    sum = hn::Add(sum, e);
-  }
-  return hn::GetLane(hn::SumOfLanes(d, sum));
-}
-
-void ExpDiff(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, float* HWY_RESTRICT out,
-             int n) {
-  const DF d;
-  const int lanes = static_cast<int>(hn::Lanes(d));
-  int i = 0;
-  for (; i + lanes <= n; i += lanes) {
-    const auto diff = hn::Sub(hn::LoadU(d, a + i), hn::LoadU(d, b + i));
-    hn::StoreU(hn::IfThenElse(hn::IsNaN(diff), diff, hn::Exp(d, diff)), d, out + i);
-  }
-  for (; i < n; ++i) out[i] = expf(a[i] - b[i]);
-}
-
-float RowMax(const float* HWY_RESTRICT x, int n) {
-  const DF d;
-  const int lanes = static_cast<int>(hn::Lanes(d));
-  auto mx = hn::Set(d, -std::numeric_limits<float>::infinity());
-  for (int i = 0; i < n; i += lanes) mx = hn::Max(mx, hn::LoadU(d, x + i));
-  return hn::GetLane(hn::MaxOfLanes(d, mx));
-}
-
 void SoftmaxGradRow(const float* HWY_RESTRICT p, float* HWY_RESTRICT dp, float delta, int n) {
   const DF d;
   const int lanes = static_cast<int>(hn::Lanes(d));
@@ -601,9 +543,6 @@ HWY_EXPORT(Transpose);
 HWY_EXPORT(SoftmaxRows);
 HWY_EXPORT(GemmAt);
 HWY_EXPORT(ExpSubSum);
-HWY_EXPORT(ExpSubSumBf16);
-HWY_EXPORT(ExpDiff);
-HWY_EXPORT(RowMax);
 HWY_EXPORT(ScaleRow);
 HWY_EXPORT(GemmBt);
 HWY_EXPORT(ConvertRow);
@@ -656,13 +595,6 @@ void softmax_grad_row(const float* p, float* dp, float delta, int n) {
   HWY_DYNAMIC_DISPATCH(SoftmaxGradRow)(p, dp, delta, n);
 }
 float exp_sub_sum(float* x, int n, float m) { return HWY_DYNAMIC_DISPATCH(ExpSubSum)(x, n, m); }
-void exp_diff(const float* a, const float* b, float* out, int n) {
-  HWY_DYNAMIC_DISPATCH(ExpDiff)(a, b, out, n);
-}
-float exp_sub_sum_bf16(float* x, int n, float m) {
-  return HWY_DYNAMIC_DISPATCH(ExpSubSumBf16)(x, n, m);
-}
-float row_max(const float* x, int n) { return HWY_DYNAMIC_DISPATCH(RowMax)(x, n); }
 void scale_row(float* y, int n, float a) { HWY_DYNAMIC_DISPATCH(ScaleRow)(y, n, a); }
 const char* simd_target_name() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }
 

@@ -75,17 +75,6 @@ float exp_sub_sum(float* x, int n, float m);
 // handles them.
 void softmax_rows(float* S, int ld, int rows, int n, float* m, float* l, float* alpha);
 
-// The same to ~3e-6 relative, for probabilities rounded to bf16 next
-// (about twice as fast).
-float exp_sub_sum_bf16(float* x, int n, float m);
-
-// out[i] = exp(a[i] - b[i]) for i < n (any n): the online softmax's
-// rescale factors of a tile's rows at once. exp(-inf) = 0; NaN stays NaN.
-void exp_diff(const float* a, const float* b, float* out, int n);
-
-// Largest of x[0..n) (n multiple of kPanelAlign); -inf if all are -inf.
-float row_max(const float* x, int n);
-
 // y[i] *= a for i < n (n multiple of kPanelAlign).
 void scale_row(float* y, int n, float a);
 
