@@ -2,7 +2,8 @@
 """The CPU training demo's step (examples/train_demo.py's model, fp32) timed
 in one process, alternating blocks of steps between PyTorch's SDPA, flashsdpa
 on the process's OpenMP threads (the default next to PyTorch) and flashsdpa
-on its own threads (FLASHSDPA_CPU_OPENMP=0), so that all three see the same
+on its own threads (FLASHSDPA_CPU_OPENMP=0), and on one own thread (leaving
+the other cores to PyTorch's threads), so that all variants see the same
 machine load. Each variant trains its own copy of the model from the same
 initial weights on the same batches.
 
@@ -39,10 +40,12 @@ def load_demo():
 
 
 VARIANTS = {
-    # name: (flashsdpa patched in, FLASHSDPA_CPU_OPENMP)
-    "torch SDPA": (False, None),
-    "flashsdpa (OpenMP team)": (True, None),
-    "flashsdpa (own threads)": (True, "0"),
+    # name: (flashsdpa patched in, FLASHSDPA_CPU_OPENMP, flashsdpa threads: 0 = torch's)
+    "torch SDPA": (False, None, 0),
+    "flashsdpa (OpenMP team)": (True, None, 0),
+    "flashsdpa (own threads)": (True, "0", 0),
+    # leaving the cores to PyTorch's spinning threads instead of sharing them
+    "flashsdpa (own, 1 thread)": (True, "0", 1),
 }
 
 
@@ -56,7 +59,6 @@ def main():
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    flashsdpa.set_num_threads(torch.get_num_threads())
 
     demo = load_demo()
     margs = argparse.Namespace(seq_len=args.seq_len, batch=args.batch, dim=128, heads=4,
@@ -79,7 +81,8 @@ def main():
         return loss.item()
 
     def use(name):
-        patched, env = VARIANTS[name]
+        patched, env, threads = VARIANTS[name]
+        flashsdpa.set_num_threads(threads or torch.get_num_threads())
         if env is None:
             os.environ.pop("FLASHSDPA_CPU_OPENMP", None)
         else:

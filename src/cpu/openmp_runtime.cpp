@@ -1,9 +1,14 @@
 #include "cpu/openmp_runtime.h"
 
 #include <dlfcn.h>
-#include <link.h>
 #include <stddef.h>
 #include <string.h>
+
+#if defined(__APPLE__)
+#include <mach-o/dyld.h>
+#else
+#include <link.h>
+#endif
 
 #include <atomic>
 #include <mutex>
@@ -36,26 +41,30 @@ bool is_openmp_library(const char* path) {
          strncmp(base, "libomp", 6) == 0;
 }
 
+// Paths of the loaded objects that look like an OpenMP runtime (names
+// collected first: dlopen must not run inside dl_iterate_phdr).
+#if defined(__APPLE__)
+std::vector<std::string> openmp_library_paths() {
+  std::vector<std::string> paths;
+  for (uint32_t i = 0, n = _dyld_image_count(); i < n; ++i)
+    if (const char* name = _dyld_get_image_name(i); name && is_openmp_library(name))
+      paths.emplace_back(name);
+  return paths;
+}
+
+// A miss is retried only once the process has loaded more images.
+unsigned long long objects_loaded() { return _dyld_image_count(); }
+#else
 int collect_openmp_libraries(dl_phdr_info* info, size_t, void* out) {
   if (info->dlpi_name && is_openmp_library(info->dlpi_name))
     static_cast<std::vector<std::string>*>(out)->emplace_back(info->dlpi_name);
   return 0;
 }
 
-bool find_runtime(OpenMpRuntime* rt) {
-  // In the global scope (PyTorch loads libgomp there through
-  // libtorch_global_deps; a program linked with -fopenmp has it too).
-  if (void* sym = dlsym(RTLD_DEFAULT, "GOMP_parallel")) {
-    Dl_info info{};
-    if (dladdr(sym, &info) && info.dli_fname && resolve_from(info.dli_fname, rt)) return true;
-  }
-  // Else a dependency of a library loaded with RTLD_LOCAL: look for it by
-  // name (names collected first: dlopen must not run inside dl_iterate_phdr).
-  std::vector<std::string> candidates;
-  dl_iterate_phdr(collect_openmp_libraries, &candidates);
-  for (const auto& path : candidates)
-    if (resolve_from(path.c_str(), rt)) return true;
-  return false;
+std::vector<std::string> openmp_library_paths() {
+  std::vector<std::string> paths;
+  dl_iterate_phdr(collect_openmp_libraries, &paths);
+  return paths;
 }
 
 // glibc counts every shared object loaded into the process; a miss is
@@ -70,6 +79,20 @@ unsigned long long objects_loaded() {
   unsigned long long adds = 0;
   dl_iterate_phdr(read_load_count, &adds);
   return adds;
+}
+#endif
+
+bool find_runtime(OpenMpRuntime* rt) {
+  // In the global scope (PyTorch loads libgomp there through
+  // libtorch_global_deps; a program linked with -fopenmp has it too).
+  if (void* sym = dlsym(RTLD_DEFAULT, "GOMP_parallel")) {
+    Dl_info info{};
+    if (dladdr(sym, &info) && info.dli_fname && resolve_from(info.dli_fname, rt)) return true;
+  }
+  // Else a dependency of a library loaded with RTLD_LOCAL: look for it by name.
+  for (const auto& path : openmp_library_paths())
+    if (resolve_from(path.c_str(), rt)) return true;
+  return false;
 }
 
 std::mutex g_mu;  // guards the three below

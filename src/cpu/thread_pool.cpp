@@ -54,6 +54,15 @@ bool spin_until(Pred pred) {
   }
 }
 
+// "fsdpa-pool", as top, gdb and the tests see the pool's threads.
+void name_this_thread() {
+#if defined(__APPLE__)
+  pthread_setname_np("fsdpa-pool");
+#else
+  pthread_setname_np(pthread_self(), "fsdpa-pool");
+#endif
+}
+
 // A job is published as one atomic word, generation << 16 | threads, so a
 // worker learns in one load whether a new job exists and whether it takes
 // part. The job's function and size are written before the word (release)
@@ -123,6 +132,7 @@ class Pool {
   }
 
   void loop(int slot, uint64_t seen) {
+    name_this_thread();
     for (;;) {
       auto fresh = [&] { return (job_.load(std::memory_order_acquire) >> 16) != seen; };
       if (!spin_until(fresh)) {
