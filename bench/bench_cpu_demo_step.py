@@ -11,8 +11,13 @@ initial weights on the same batches.
         [--seq-len 1024] [--batch 4]
 
 Prints per variant the median, min and max ms per step over all rounds, and
-the load average before and after. --threads sets both libraries' thread
-count (default: torch's).
+the load average before and after. On a machine shared with other work, a
+2-thread step runs several times slower whenever another process takes a
+core (OpenMP's barrier then spins against a preempted thread), so on Linux
+each block also records the CPU time other processes used meanwhile
+(/proc/stat's busy time less this process's), and the medians are given
+again over the blocks where others used under 10% of the cores. --threads
+sets both libraries' thread count (default: torch's).
 """
 from __future__ import annotations
 
@@ -47,6 +52,22 @@ VARIANTS = {
     # leaving the cores to PyTorch's spinning threads instead of sharing them
     "flashsdpa (own, 1 thread)": (True, "0", 1),
 }
+
+
+def cpu_busy_s() -> float:
+    """Seconds of CPU all processes have used (Linux /proc/stat), else 0."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def main():
@@ -89,6 +110,8 @@ def main():
             os.environ["FLASHSDPA_CPU_OPENMP"] = env
         (flashsdpa.enable if patched else flashsdpa.disable)()
 
+    clean = {name: [] for name in runs}  # step times of blocks others left alone
+    cores = os.cpu_count() or 1
     for name, (model, opt, _) in runs.items():  # warm-up step each
         use(name)
         step(model, opt, *batches[0])
@@ -97,12 +120,18 @@ def main():
     for _ in range(args.rounds):
         for name, (model, opt, times) in runs.items():
             use(name)
+            block = []
+            busy0, own0, wall0 = cpu_busy_s(), own_cpu_s(), time.perf_counter()
             for _ in range(args.block):
                 x, y = batches[1 + i % 3]
                 i += 1
                 t0 = time.perf_counter()
                 step(model, opt, x, y)
-                times.append(time.perf_counter() - t0)
+                block.append(time.perf_counter() - t0)
+            others = (cpu_busy_s() - busy0) - (own_cpu_s() - own0)
+            times += block
+            if others < 0.1 * cores * (time.perf_counter() - wall0):
+                clean[name] += block
     use("torch SDPA")
     load1 = os.getloadavg()
     print(f"demo step (B{args.batch} S{args.seq_len}, 2 layers, dim 128, 4/2 heads, fp32), "
@@ -112,8 +141,11 @@ def main():
           f"after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     for name, (_, _, times) in runs.items():
         ms = [t * 1e3 for t in times]
+        quiet = [t * 1e3 for t in clean[name]]
         print(f"{name:<26} median {statistics.median(ms):7.1f} ms/step  "
-              f"(min {min(ms):.1f}, max {max(ms):.1f})")
+              f"(min {min(ms):.1f}, max {max(ms):.1f}); other processes idle: "
+              + (f"median {statistics.median(quiet):7.1f} over {len(quiet)} steps"
+                 if quiet else "no block"))
 
 
 if __name__ == "__main__":
