@@ -10,9 +10,12 @@
 #include <vector>
 
 #include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "core/settings.h"
 #include "cpu/heuristics.h"
+#include "cpu/openmp_runtime.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -28,6 +31,7 @@ namespace cpu {
 namespace {
 
 thread_local bool t_inside_pool = false;
+bool g_forked_child = false;  // set in a child made by fork(); inherited by its children
 
 // Waits until pred() holds or kPoolSpinMicros have passed; returns pred().
 // Waking a thread sleeping on a condition variable costs tens of
@@ -48,6 +52,15 @@ bool spin_until(Pred pred) {
     std::this_thread::yield();
     if (clock::now() > deadline) return pred();
   }
+}
+
+// "fsdpa-pool", as top, gdb and the tests see the pool's threads.
+void name_this_thread() {
+#if defined(__APPLE__)
+  pthread_setname_np("fsdpa-pool");
+#else
+  pthread_setname_np(pthread_self(), "fsdpa-pool");
+#endif
 }
 
 // A job is published as one atomic word, generation << 16 | threads, so a
@@ -119,6 +132,7 @@ class Pool {
   }
 
   void loop(int slot, uint64_t seen) {
+    name_this_thread();
     for (;;) {
       auto fresh = [&] { return (job_.load(std::memory_order_acquire) >> 16) != seen; };
       if (!spin_until(fresh)) {
@@ -178,6 +192,7 @@ void after_fork_in_child() {
     g_abandoned = g_pool;
   }
   g_pool = nullptr;
+  g_forked_child = true;
   t_inside_pool = false;
   new (&g_pool_mu) std::mutex();  // the forking thread held it
 }
@@ -204,17 +219,91 @@ Pool& pool() {
   return *g_pool;
 }
 
+// A job on the OpenMP runtime's team: the same counter scheduling as the
+// pool's, so which thread runs a task never matters.
+struct TeamJob {
+  const std::function<void(int64_t)>* fn;
+  int64_t n;
+  std::atomic<int64_t> next{0};
+};
+
+void run_team_member(void* data) noexcept {
+  auto* job = static_cast<TeamJob*>(data);
+  t_inside_pool = true;
+  for (;;) {
+    const int64_t t = job->next.fetch_add(1);
+    if (t >= job->n) break;
+    (*job->fn)(t);
+  }
+  t_inside_pool = false;
+}
+
+// FLASHSDPA_CPU_OPENMP=0: never run on the process's OpenMP threads.
+bool own_threads_requested() {
+  const char* env = getenv("FLASHSDPA_CPU_OPENMP");
+  return env && strcmp(env, "0") == 0;
+}
+
 }  // namespace
+
+Route choose_route(const RouteFacts& f) {
+  // One thread (or one task), or called from inside one of our tasks (the
+  // job around it already keeps every thread busy): run here.
+  if (f.threads <= 1 || f.inside_task) return Route::serial;
+  // The user's choice (FLASHSDPA_CPU_OPENMP=0).
+  if (f.own_threads_requested) return Route::own_threads;
+  // A child made by fork() has none of the parent's OpenMP threads, and
+  // libgomp, unlike the pool, does not start over there: a region hangs.
+  if (f.forked_child) return Route::own_threads;
+  // No OpenMP runtime in the process: no other threads to share the cores with.
+  if (!f.openmp_loaded) return Route::own_threads;
+  // Inside an OpenMP region: a nested team would get one thread (nesting
+  // is off by default) or oversubscribe the cores.
+  if (f.openmp_level > 0) return Route::own_threads;
+  // A team of another size makes libgomp end or start threads on every
+  // change of size, i.e. at each switch between PyTorch's ops and ours.
+  if (f.openmp_team_threads != f.configured_threads) return Route::own_threads;
+  // PyTorch's OpenMP threads spin for a while after each of its ops
+  // (libgomp's default wait policy); our own threads would compete with
+  // them for the cores (the CPU demo's step was 7% slower for it), while
+  // the team's threads pick up our tasks as they spin.
+  return Route::openmp_team;
+}
 
 int pool_threads() { return cpu_thread_count(); }
 
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) {
-  const int threads = static_cast<int>(std::min<int64_t>(pool_threads(), n));
-  if (threads <= 1 || t_inside_pool) {
-    for (int64_t t = 0; t < n; ++t) fn(t);
-    return;
+  const int configured = pool_threads();
+  RouteFacts f;
+  f.configured_threads = configured;
+  f.threads = static_cast<int>(std::min<int64_t>(configured, n));
+  f.inside_task = t_inside_pool;
+  f.own_threads_requested = own_threads_requested();
+  f.forked_child = g_forked_child;
+  // The runtime is not looked up in a forked child: the lookup's lock may
+  // have been held by a thread that does not exist there.
+  const OpenMpRuntime* omp = nullptr;
+  if (f.threads > 1 && !f.inside_task && !f.own_threads_requested && !f.forked_child) {
+    omp = loaded_openmp_runtime();
+    if (omp) {
+      f.openmp_loaded = true;
+      f.openmp_level = omp->get_level();
+      f.openmp_team_threads = omp->get_max_threads();
+    }
   }
-  pool().run(threads, n, fn);
+  switch (choose_route(f)) {
+    case Route::serial:
+      for (int64_t t = 0; t < n; ++t) fn(t);
+      return;
+    case Route::openmp_team: {
+      TeamJob job{&fn, n};
+      omp->parallel(run_team_member, &job, static_cast<unsigned>(configured), 0);
+      return;
+    }
+    case Route::own_threads:
+      pool().run(f.threads, n, fn);
+      return;
+  }
 }
 
 }  // namespace cpu
