@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import flashsdpa
 
@@ -94,12 +93,7 @@ def main():
         runs[name] = (model, torch.optim.AdamW(model.parameters(), lr=margs.lr), [])
 
     def step(model, opt, x, y):
-        logits = model(x)
-        loss = F.cross_entropy(logits.float().view(-1, vocab), y.view(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.item()
+        return demo.train_step(model, opt, x, y, vocab)
 
     def use(name):
         patched, env, threads = VARIANTS[name]

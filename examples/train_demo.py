@@ -124,9 +124,24 @@ def make_batches(args, vocab, n):
     return out
 
 
-def worker(args) -> dict:
+def train_step(model, opt, x, y, vocab, device_type="cpu", dtype=None):
+    """One optimiser step on (x, y) (autocast to `dtype` unless it is None or
+    float32); returns the loss."""
     import torch
     import torch.nn.functional as F
+
+    low = dtype is not None and dtype != torch.float32
+    with torch.autocast(device_type, dtype=dtype if low else None, enabled=low):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float().view(-1, vocab), y.view(-1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def worker(args) -> dict:
+    import torch
 
     import flashsdpa
 
@@ -147,13 +162,7 @@ def worker(args) -> dict:
             torch.mps.synchronize()
 
     def step(x, y):
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float().view(-1, vocab), y.view(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.item()
+        return train_step(model, opt, x, y, vocab, device.type, dtype)
 
     # one warm-up step (not timed, not reported) on a batch of its own
     step(*batches[0])
