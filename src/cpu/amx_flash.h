@@ -16,6 +16,9 @@
 //   C [M x N] fp32: 16 x 16 tiles at base + i * step_i + j * step_c, rows
 //     `ld` floats apart (row-major S: step_i = 16 ld, step_c = 16; tiled O:
 //     ld = 16, step_c = 256).
+// The backward's operands are row-major or pair-interleaved panels with
+// longer rows (rows_a, pairs_b below): the same grids with a tile row
+// stride of the panel's row, not 64 bytes.
 // Every kernel here runs between amx_tiles_begin() and amx_tiles_end()
 // (amx_kernels.h) on the calling thread.
 #pragma once
@@ -26,6 +29,7 @@ namespace fsdpa::cpu {
 
 struct TileGrid {
   int64_t step_i, step_c;
+  int row_bytes = 64;  // between a tile's rows: 64 for the tiled layouts
 };
 struct CTiles {
   float* base;
@@ -35,7 +39,15 @@ struct CTiles {
 // The forward's tile sizes: 16 x 32 bf16 operand tiles (512 values).
 constexpr int kTileValues = 512;
 
-// C (+)= A B: M, N multiples of 16, K of 32, tiled A and B, C as above.
+// A [M x K] row-major bf16, rows lda values apart, as a grid of tiles.
+inline TileGrid rows_a(int lda) { return TileGrid{16 * int64_t{lda}, 32, 2 * lda}; }
+// B [K x N] pair-interleaved (element (k, n) at B[(k / 2) * ldb + 2 n + k %
+// 2]), pair rows ldb values apart.
+inline TileGrid pairs_b(int ldb) { return TileGrid{32, 16 * int64_t{ldb}, 2 * ldb}; }
+// C [M x N] row-major fp32, rows ldc floats apart.
+inline CTiles rows_c(float* C, int ldc) { return CTiles{C, 16 * int64_t{ldc}, 16, ldc}; }
+
+// C (+)= A B: M, N multiples of 16, K of 32, A and B grids, C as above.
 void amx_gemm_tiled(int M, int N, int K, const uint16_t* A, TileGrid a, const uint16_t* B,
                     TileGrid b, CTiles c, bool accumulate);
 

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 
+#include "cpu/amx_flash.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/sparse_tiles.h"
 #include "cpu/thread_pool.h"
@@ -231,8 +232,9 @@ fsdpa_status backward(const AttnParams& p) {
               gemm(rows, kBlockK, dp, qs, dp, T.kt, kBlockK, T.s, kBlockK, false);
               break;
             case ScoreGemm::packed_kt_amx:
-              amx_gemm_bf16(kBlockQ, kBlockK, static_cast<int>(Q.dk2), Q.q16_rows(r0),
-                            static_cast<int>(Q.dk2), A16.kt, 2 * kBlockK, T.s, kBlockK, false);
+              amx_gemm_tiled(kBlockQ, kBlockK, static_cast<int>(Q.dk2), Q.q16_rows(r0),
+                             rows_a(static_cast<int>(Q.dk2)), A16.kt, pairs_b(2 * kBlockK),
+                             rows_c(T.s, kBlockK), false);
               scale_row(T.s, static_cast<int>(rows * kBlockK), p.scale);
               break;
             case ScoreGemm::rows_in_place:  // fp32 copies of the rows: the same FMAs
@@ -267,10 +269,11 @@ fsdpa_status backward(const AttnParams& p) {
           if (A16.kt) {
             // P's rows past `rows` are 0 (so are Q's and dO's bf16 rows there).
             to_bf16_pairs(pz, kBlockK, kBlockQ, kBlockK, A16.pairs, 2 * kBlockK);
-            amx_gemm_bf16(idvp, kBlockK, kBlockQ, Q.dot16_block(r0), kBlockQ, A16.pairs,
-                          2 * kBlockK, A16.dvt, kBlockK, true);
-            amx_gemm_bf16(kBlockQ, kBlockK, static_cast<int>(Q.dv2), Q.do16_rows(r0),
-                          static_cast<int>(Q.dv2), A16.vt, 2 * kBlockK, T.dp, kBlockK, false);
+            amx_gemm_tiled(idvp, kBlockK, kBlockQ, Q.dot16_block(r0), rows_a(kBlockQ), A16.pairs,
+                           pairs_b(2 * kBlockK), rows_c(A16.dvt, kBlockK), true);
+            amx_gemm_tiled(kBlockQ, kBlockK, static_cast<int>(Q.dv2), Q.do16_rows(r0),
+                           rows_a(static_cast<int>(Q.dv2)), A16.vt, pairs_b(2 * kBlockK),
+                           rows_c(T.dp, kBlockK), false);
           } else {
             gemm_at(kBlockK, dvp, rows, pz, kBlockK, dout, dvp, T.dv, dvp, true);
             // dP = (dO V^T) * Z ; dS = P (dP - Delta) [* (1 - tanh^2)]
@@ -288,11 +291,11 @@ fsdpa_status backward(const AttnParams& p) {
           // dK += dS^T (scale Q) ; dQ += dS K  (scale applied when writing dQ)
           if (A16.kt) {  // dK^T += Q^T dS (scaled when written); dS's padding rows are 0
             to_bf16_pairs(T.dp, kBlockK, kBlockQ, kBlockK, A16.pairs, 2 * kBlockK);
-            amx_gemm_bf16(idp, kBlockK, kBlockQ, Q.qt16_block(r0), kBlockQ, A16.pairs,
-                          2 * kBlockK, A16.dkt, kBlockK, true);
+            amx_gemm_tiled(idp, kBlockK, kBlockQ, Q.qt16_block(r0), rows_a(kBlockQ), A16.pairs,
+                           pairs_b(2 * kBlockK), rows_c(A16.dkt, kBlockK), true);
             to_bf16_rows(T.dp, kBlockK, kBlockQ, kBlockK, kBlockK, A16.a, kBlockK);
-            amx_gemm_bf16(kBlockQ, idp, kBlockK, A16.a, kBlockK, A16.kp, 2 * idp,
-                          dq_split + r0 * dp, idp, true);
+            amx_gemm_tiled(kBlockQ, idp, kBlockK, A16.a, rows_a(kBlockK), A16.kp, pairs_b(2 * idp),
+                           rows_c(dq_split + r0 * dp, idp), true);
           } else {
             gemm_at(kBlockK, dp, rows, T.dp, kBlockK, qs, dp, T.dk, dp, true);
             gemm(rows, dp, kBlockK, T.dp, kBlockK, T.krow, dp, dq_split + r0 * dp, dp, true);
