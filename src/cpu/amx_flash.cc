@@ -33,9 +33,8 @@ namespace {
 // then waits for the first load only).
 template <int MR, int NR>
 FSDPA_AMX_TARGET inline void block(int ksteps, const uint16_t* a0, int64_t ak, const uint16_t* b0,
-                                   int64_t bk, int64_t a_next, int64_t b_next, int sa, int sb,
-                                   float* c00, float* c01, float* c10, float* c11, int sc,
-                                   bool accumulate) {
+                                   int64_t bk, int64_t a_next, int64_t b_next, float* c00,
+                                   float* c01, float* c10, float* c11, int sc, bool accumulate) {
   const uint16_t* a1 = a0 + a_next;
   const uint16_t* b1 = b0 + b_next;
   if (accumulate) {
@@ -50,10 +49,10 @@ FSDPA_AMX_TARGET inline void block(int ksteps, const uint16_t* a0, int64_t ak, c
     if (MR > 1 && NR > 1) _tile_zero(3);
   }
   for (int k = 0; k < ksteps; ++k) {
-    _tile_loadd(4, a0 + k * ak, sa);
-    _tile_loadd(6, b0 + k * bk, sb);
-    if (NR > 1) _tile_loadd(7, b1 + k * bk, sb);
-    if (MR > 1) _tile_loadd(5, a1 + k * ak, sa);
+    _tile_loadd(4, a0 + k * ak, 64);
+    _tile_loadd(6, b0 + k * bk, 64);
+    if (NR > 1) _tile_loadd(7, b1 + k * bk, 64);
+    if (MR > 1) _tile_loadd(5, a1 + k * ak, 64);
     _tile_dpbf16ps(0, 4, 6);
     if (NR > 1) _tile_dpbf16ps(1, 4, 7);
     if (MR > 1) {
@@ -78,14 +77,13 @@ FSDPA_AMX_TARGET inline void block_row(int nt, int ksteps, const uint16_t* a, Ti
   for (; j + 2 <= nt; j += 2) {
     float* c0 = row0 + j * c.step_c;
     float* c1 = row1 + j * c.step_c;
-    block<MR, 2>(ksteps, a, ag.step_c, B + j * bg.step_i, bg.step_c, ag.step_i, bg.step_i,
-                 ag.row_bytes, bg.row_bytes, c0, c0 + c.step_c, c1, c1 + c.step_c, sc, accumulate);
+    block<MR, 2>(ksteps, a, ag.step_c, B + j * bg.step_i, bg.step_c, ag.step_i, bg.step_i, c0,
+                 c0 + c.step_c, c1, c1 + c.step_c, sc, accumulate);
   }
   if (j < nt) {
     float* c0 = row0 + j * c.step_c;
-    block<MR, 1>(ksteps, a, ag.step_c, B + j * bg.step_i, bg.step_c, ag.step_i, bg.step_i,
-                 ag.row_bytes, bg.row_bytes, c0, nullptr, row1 + j * c.step_c, nullptr, sc,
-                 accumulate);
+    block<MR, 1>(ksteps, a, ag.step_c, B + j * bg.step_i, bg.step_c, ag.step_i, bg.step_i, c0,
+                 nullptr, row1 + j * c.step_c, nullptr, sc, accumulate);
   }
 }
 
@@ -293,5 +291,30 @@ void amx_scale_tiled_rows(float*, int, int, const float*) { abort(); }
 void amx_untile_rows(const float*, int, int, float*, int64_t) { abort(); }
 
 #endif
+
+// The backward's tiled panels: the row-major and pair-interleaved
+// conversions of amx_kernels.h, one 32-value (A) or 16-column (B) slice at
+// a time, each slice a panel with 64-byte rows.
+void fp32_to_a_tiles(const float* src, int lds, int rows, int cols, int K, uint16_t* dst) {
+  for (int c = 0; c < K; c += 32) {
+    const int n = cols - c < 32 ? (cols > c ? cols - c : 0) : 32;
+    to_bf16_rows(src + c, lds, rows, n, 32, dst + int64_t{c} * rows, 32);
+  }
+}
+
+void fp32_to_a_tiles_transposed(const float* src, int lds, int rows, int cols, uint16_t* dst) {
+  for (int r = 0; r < rows; r += 32)
+    to_bf16_transposed(src + int64_t{r} * lds, lds, 32, cols, dst + int64_t{r} * cols, 32);
+}
+
+void fp32_to_b_tiles(const float* src, int lds, int k, int n, uint16_t* dst) {
+  for (int j = 0; j < n; j += 16) to_bf16_pairs(src + j, lds, k, 16, dst + int64_t{j} * k, 32);
+}
+
+void fp32_to_b_tiles_transposed(const float* src, int lds, int n, int k, int k_pad, uint16_t* dst) {
+  for (int j = 0; j < n; j += 16)
+    to_bf16_pairs_transposed(src + int64_t{j} * lds, lds, 16, k, k_pad, dst + int64_t{j} * k_pad,
+                             32);
+}
 
 }  // namespace fsdpa::cpu

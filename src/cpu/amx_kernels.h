@@ -8,8 +8,9 @@
 //
 // This file: detection, the tile state, and conversions of fp32 panels
 // into bf16 row-major (A) and pair-interleaved (B, AMX's VNNI layout)
-// panels; the tile products over any of these are amx_gemm_tiled
-// (amx_flash.h: rows_a, pairs_b grids). uint16_t holds a bf16.
+// panels. The tile products (amx_gemm_tiled) and the tiled panels they read
+// (fp32_to_a_tiles and the like, slices of these conversions) are in
+// amx_flash.h. uint16_t holds a bf16.
 #pragma once
 
 #include <stdint.h>
