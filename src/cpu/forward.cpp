@@ -111,11 +111,13 @@ struct PackedKV {
   const uint16_t* v16_block(int64_t kblock, int64_t hk) const {
     return v16 + (hk * k_blocks + kblock) * kBlockK * dvp;
   }
-  const float* kt_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
-    return kt + (kblock * heads_k + hk) * dp * kBlockK;
+  // Head by head too: a head's consecutive V blocks are one [keys x dvp]
+  // panel, which P V reads kFp32PassBlocks blocks at a time.
+  const float* kt_block(int64_t kblock, int64_t hk) const {
+    return kt + (hk * k_blocks + kblock) * dp * kBlockK;
   }
-  const float* v_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
-    return v + (kblock * heads_k + hk) * kBlockK * dvp;
+  const float* v_block(int64_t kblock, int64_t hk) const {
+    return v + (hk * k_blocks + kblock) * kBlockK * dvp;
   }
 };
 
@@ -153,8 +155,8 @@ PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all, NonFi
     float* tmp = thread_scratch(2, kBlockK * pk.dp);  // as above
     for (int64_t kb = 0; kb < L.k_block0[b + 1] - L.k_block0[b]; ++kb) {
       const int64_t gb = L.k_block0[b] + kb;
-      pack_kv_tile(p, L, b, hk, kb, pk.dp, pk.dvp, const_cast<float*>(pk.kt_block(gb, hk, p.heads_k)),
-                   const_cast<float*>(pk.v_block(gb, hk, p.heads_k)), tmp, nf);
+      pack_kv_tile(p, L, b, hk, kb, pk.dp, pk.dvp, const_cast<float*>(pk.kt_block(gb, hk)),
+                   const_cast<float*>(pk.v_block(gb, hk)), tmp, nf);
     }
   });
   return pk;
@@ -216,7 +218,9 @@ struct RowState {
 // (c: the first; more than one only without dropout, for GQA decode: their
 // rows are stacked head after head and share each K/V read) over key blocks
 // [kb_begin, kb_end), fp32 products (attend_amx below is the AMX path).
-// `tiles` is scratch for on-the-fly K/V tiles (kBlockK * (Dp + Dvp)).
+// With packed K/V (prefill) up to kFp32PassBlocks key blocks per softmax
+// step. S: [rows x kFp32PassBlocks * kBlockK] scores. `tiles` is scratch
+// for on-the-fly K/V tiles (kBlockK * (Dp + Dvp)).
 // `sparse`: the block lists of these rows (one head), or null: key tiles they
 // do not name are skipped.
 void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const HeadCtx& c,
@@ -235,9 +239,15 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
   // Decode steps with few query rows read fp32/bf16 K and V in place
   // (contiguous rows) instead of copying each tile.
   const bool in_place = forward_score_gemm(p, rows) == ScoreGemm::rows_in_place;
-  for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
-    if (sparse && !sparse->visit[kb]) continue;
-    const int64_t j0 = kb * kBlockK;
+  constexpr int64_t ld = kFp32PassBlocks * kBlockK;  // S's row stride
+  for (int64_t kb = kb_begin, nb = 1; kb < kb_end; kb += nb) {
+    if (sparse && !sparse->visit[kb]) {
+      nb = 1;
+      continue;
+    }
+    // Blocks of this step: several only with packed K/V and no block lists.
+    nb = pk.kt && !sparse ? std::min<int64_t>(kFp32PassBlocks, kb_end - kb) : 1;
+    const int64_t j0 = kb * kBlockK, keys = nb * kBlockK;
     int64_t n = kBlockK;  // keys of this block (fewer at the sequence end)
     int64_t pv_keys = kBlockK;  // key columns the packed fp32 products use
     const float* v;
@@ -247,10 +257,14 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       // past the sequence end) and P V skips their zero rows, exactly. Each
       // score is the same dot product either way (the backward recomputes
       // all 64 columns bit for bit alike).
-      pv_keys = std::min<int64_t>(kBlockK, round_up(c.e.sk - j0, kPanelAlign));
-      gemm(rows, static_cast<int>(pv_keys), pk.dp, qs, pk.dp,
-           pk.kt_block(kb0 + kb, hk, p.heads_k), kBlockK, S, kBlockK, false);
-      v = pk.v_block(kb0 + kb, hk, p.heads_k);
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t cols =
+            std::min<int64_t>(kBlockK, round_up(c.e.sk - j0 - b * kBlockK, kPanelAlign));
+        gemm(rows, static_cast<int>(cols), pk.dp, qs, pk.dp, pk.kt_block(kb0 + kb + b, hk),
+             kBlockK, S + b * kBlockK, ld, false);
+        pv_keys = b * kBlockK + cols;
+      }
+      v = pk.v_block(kb0 + kb, hk);
     } else if (in_place) {
       // Decode, fp32/bf16 with contiguous rows: K and V read where they are,
       // one run of equally spaced rows (a page, or the whole block) at a time.
@@ -260,12 +274,14 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
         run = std::min(n - j, kv_contiguous_rows(p, tok + j));
         dot_rows_src(rows, run, p.head_dim, qs, pk.dp,
                      element_ptr(p.k, p.dtype, kv_offset(p, p.k_stride, c.b, hk, tok + j, 0)),
-                     bf16, p.k_stride[2], S + j, kBlockK);
+                     bf16, p.k_stride[2], S + j, ld);
       }
-      for (int64_t r = 0; r < rows; ++r) std::fill(S + r * kBlockK + n, S + (r + 1) * kBlockK, 0.0f);
+      for (int64_t r = 0; r < rows; ++r) std::fill(S + r * ld + n, S + r * ld + kBlockK, 0.0f);
       // A NaN/Inf in these K rows makes a score non-finite; only then scan
       // (unless q, which poisons every score, is already flagged).
-      if (p.check_finite && !nf.q && !nf.k && !all_finite(S, rows * kBlockK))
+      bool finite = true;
+      for (int64_t r = 0; r < rows && finite; ++r) finite = all_finite(S + r * ld, kBlockK);
+      if (p.check_finite && !nf.q && !nf.k && !finite)
         flag_if(rows_finite(p, p.k, p.k_stride, c.b, hk, tok, n, p.head_dim, tiles), nf.k);
       v = nullptr;
     } else {
@@ -281,13 +297,14 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       flag_if(pack_kv_rows(p, p.v, p.v_stride, c.b, hk, e.k_begin + j0, n, p.head_dim_v, v_tile,
                            pk.dvp, kBlockK),
               nf.v);
-      gemm_bt(rows, kBlockK, pk.dp, qs, pk.dp, k_rows, pk.dp, S, kBlockK);
+      gemm_bt(rows, kBlockK, pk.dp, qs, pk.dp, k_rows, pk.dp, S, ld);
       v = v_tile;
     }
     for (int64_t g = 0; g < heads; ++g)
-      score_epilogue(g == 0 ? c : make_head_ctx(p, c.e, c.b, c.h + g), i0, head_rows, j0,
-                     S + g * head_rows * kBlockK, kBlockK, nullptr);
-    if (sparse) apply_block_sparse(c, i0, rows, j0, S, kBlockK, *sparse);  // heads == 1 here
+      for (int64_t b = 0; b < nb; ++b)
+        score_epilogue(g == 0 ? c : make_head_ctx(p, c.e, c.b, c.h + g), i0, head_rows,
+                       j0 + b * kBlockK, S + g * head_rows * ld + b * kBlockK, ld, nullptr);
+    if (sparse) apply_block_sparse(c, i0, rows, j0, S, ld, *sparse);  // heads == 1 here
     // alpha_rows: the factors exp(m_old - m_new) by which O's rows are
     // rescaled before this block's P V is added.
     float alpha_rows[kBlockQ];
@@ -295,23 +312,24 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
     // is NaN (the SIMD max may skip it): then the row is NaN, through its
     // sum and, via P = NaN, its output. Returns that P value.
     auto nothing_visible = [&](int64_t r, float* s) {
-      const bool nan_score = std::any_of(s, s + kBlockK, [](float x) { return x != x; });
-      std::fill(s, s + kBlockK, nan_score ? NAN : 0.0f);
+      const bool nan_score = std::any_of(s, s + keys, [](float x) { return x != x; });
+      std::fill(s, s + keys, nan_score ? NAN : 0.0f);
       if (nan_score) st.m[r] = st.l[r] = NAN;
       return nan_score ? NAN : 0.0f;
     };
     // fp32 products: the whole tile's softmax step in one SIMD pass.
-    softmax_rows(S, kBlockK, static_cast<int>(rows), kBlockK, st.m, st.l, alpha_rows);
+    softmax_rows(S, ld, static_cast<int>(rows), static_cast<int>(keys), st.m, st.l, alpha_rows);
     for (int64_t r = 0; r < rows; ++r) {
       if (st.m[r] == kNegInf) {
-        nothing_visible(r, S + r * kBlockK);
+        nothing_visible(r, S + r * ld);
         alpha_rows[r] = 1.0f;  // O is still 0 (or NaN)
       } else if (p.dropout_p > 0) {
-        apply_dropout_row(c, i0 + r, j0, S + r * kBlockK);  // heads == 1 here
+        for (int64_t b = 0; b < nb; ++b)  // heads == 1 here
+          apply_dropout_row(c, i0 + r, j0 + b * kBlockK, S + r * ld + b * kBlockK);
       }
     }
     if (v) {
-      gemm_scale_c(rows, pk.dvp, static_cast<int>(pv_keys), S, kBlockK, v, pk.dvp, st.o, pk.dvp,
+      gemm_scale_c(rows, pk.dvp, static_cast<int>(pv_keys), S, ld, v, pk.dvp, st.o, pk.dvp,
                    alpha_rows);
     } else {
       for (int64_t r = 0; r < rows; ++r)
@@ -319,7 +337,7 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       const int64_t tok = c.e.k_begin + j0;
       for (int64_t j = 0, run; j < n; j += run) {
         run = std::min(n - j, kv_contiguous_rows(p, tok + j));
-        accum_rows_src(rows, run, p.head_dim_v, S + j, kBlockK,
+        accum_rows_src(rows, run, p.head_dim_v, S + j, ld,
                        element_ptr(p.v, p.dtype, kv_offset(p, p.v_stride, c.b, hk, tok + j, 0)),
                        bf16, p.v_stride[2], st.o, pk.dvp);
       }
@@ -484,8 +502,8 @@ fsdpa_status forward(const AttnParams& p) {
     max_kblocks = std::max(max_kblocks, L.k_block0[b + 1] - L.k_block0[b]);
   const int splits = key_splits(tasks, max_kblocks, pool_threads());
 
-  const int64_t per_thread = kBlockQ * dp + kBlockQ * kBlockK + kBlockQ * dvp + 2 * kBlockQ +
-                             kBlockK * (2 * dp + dvp);
+  const int64_t per_thread = kBlockQ * dp + kBlockQ * kFp32PassBlocks * kBlockK +
+                             kBlockQ * dvp + 2 * kBlockQ + kBlockK * (2 * dp + dvp);
   // Split partials: [tasks][splits] x (o, m, l); only allocated when splitting.
   const int64_t part_sz = kBlockQ * dvp + 2 * kBlockQ;
   float* partials = splits > 1 ? thread_scratch(1, tasks * splits * part_sz) : nullptr;
@@ -520,7 +538,7 @@ fsdpa_status forward(const AttnParams& p) {
 
     float* qs = thread_scratch(0, per_thread);
     float* S = qs + kBlockQ * dp;
-    RowState st{S + kBlockQ * kBlockK, nullptr, nullptr};
+    RowState st{S + kBlockQ * kFp32PassBlocks * kBlockK, nullptr, nullptr};
     st.m = st.o + kBlockQ * dvp;
     st.l = st.m + kBlockQ;
     if (splits > 1) {
