@@ -214,39 +214,51 @@ struct RowState {
   float* l;  // running sum of exp (before dropout)
 };
 
-// Online softmax of rows [i0, i0 + rows) of `heads` consecutive query heads
-// (c: the first; more than one only without dropout, for GQA decode: their
-// rows are stacked head after head and share each K/V read) over key blocks
-// [kb_begin, kb_end), fp32 products (attend_amx below is the AMX path).
-// With packed K/V (prefill) up to kFp32PassBlocks key blocks per softmax
-// step. S: [rows x kFp32PassBlocks * kBlockK] scores. `tiles` is scratch
+// A q-block of attend(): rows [i0, i0 + head_rows) of each of its heads,
+// their scaled Q (dp apart), running state and the key blocks they see.
+struct QBlock {
+  const float* qs;
+  int64_t i0, head_rows;
+  RowState st;
+  int64_t kb_lo, kb_hi;
+};
+
+// Online softmax of the rows of `nq` q-blocks of `heads` consecutive query
+// heads (c: the first; more than one only without dropout, for GQA decode:
+// their rows are stacked head after head and share each K/V read; more
+// than one q-block only with one head, packed K/V and no block lists) over
+// each q-block's key blocks [kb_lo, kb_hi), fp32 products (attend_amx below
+// is the AMX path). With packed K/V (prefill) up to kFp32PassBlocks key
+// blocks per softmax step, each step's blocks used by every q-block in
+// turn. S: [rows x kFp32PassBlocks * kBlockK] scores. `tiles` is scratch
 // for on-the-fly K/V tiles (kBlockK * (Dp + Dvp)).
 // `sparse`: the block lists of these rows (one head), or null: key tiles they
 // do not name are skipped.
 void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const HeadCtx& c,
-            int64_t heads, const float* qs, int64_t i0, int64_t head_rows, int64_t kb_begin,
-            int64_t kb_end, float* S, float* tiles, RowState st, NonFiniteFlags& nf,
+            int64_t heads, const QBlock* qb, int nq, float* S, float* tiles, NonFiniteFlags& nf,
             const SparseRows* sparse) {
   const int64_t hk = kv_head(p, c.h);
   const int64_t kb0 = L.k_block0[c.b];
-  const int64_t rows = heads * head_rows;
-  for (int64_t r = 0; r < rows; ++r) {
-    st.m[r] = kNegInf;
-    st.l[r] = 0.0f;
+  int64_t kb_begin = qb[0].kb_lo, kb_end = qb[0].kb_hi;
+  for (int q = 0; q < nq; ++q) {
+    const RowState& st = qb[q].st;
+    const int64_t rows = heads * qb[q].head_rows;
+    std::fill(st.m, st.m + rows, kNegInf);
+    std::fill(st.l, st.l + rows, 0.0f);
+    std::fill(st.o, st.o + rows * pk.dvp, 0.0f);
+    kb_begin = std::min(kb_begin, qb[q].kb_lo);
+    kb_end = std::max(kb_end, qb[q].kb_hi);
   }
-  std::fill(st.o, st.o + rows * pk.dvp, 0.0f);
   const bool bf16 = p.dtype == DType::bf16;
-  // Decode steps with few query rows read fp32/bf16 K and V in place
-  // (contiguous rows) instead of copying each tile.
-  const bool in_place = forward_score_gemm(p, rows) == ScoreGemm::rows_in_place;
   constexpr int64_t ld = kFp32PassBlocks * kBlockK;  // S's row stride
-  for (int64_t kb = kb_begin, nb = 1; kb < kb_end; kb += nb) {
-    if (sparse && !sparse->visit[kb]) {
-      nb = 1;
-      continue;
-    }
-    // Blocks of this step: several only with packed K/V and no block lists.
-    nb = pk.kt && !sparse ? std::min<int64_t>(kFp32PassBlocks, kb_end - kb) : 1;
+  // Key blocks [kb, kb + nb) for the rows of one q-block.
+  auto step = [&](const QBlock& q, int64_t kb, int64_t nb) {
+    const float* qs = q.qs;
+    const int64_t i0 = q.i0, head_rows = q.head_rows, rows = heads * head_rows;
+    const RowState& st = q.st;
+    // Decode steps with few query rows read fp32/bf16 K and V in place
+    // (contiguous rows) instead of copying each tile.
+    const bool in_place = forward_score_gemm(p, rows) == ScoreGemm::rows_in_place;
     const int64_t j0 = kb * kBlockK, keys = nb * kBlockK;
     int64_t n = kBlockK;  // keys of this block (fewer at the sequence end)
     int64_t pv_keys = kBlockK;  // key columns the packed fp32 products use
@@ -344,6 +356,18 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       // Likewise a NaN/Inf in these V rows (0 * Inf is NaN too) poisons O.
       if (p.check_finite && !nf.q && !nf.k && !nf.v && !all_finite(st.o, rows * pk.dvp))
         flag_if(rows_finite(p, p.v, p.v_stride, c.b, hk, tok, n, p.head_dim_v, tiles), nf.v);
+    }
+  };
+  for (int64_t kb = kb_begin, nb = 1; kb < kb_end; kb += nb) {
+    if (sparse && !sparse->visit[kb]) {
+      nb = 1;
+      continue;
+    }
+    // Blocks of this step: several only with packed K/V and no block lists.
+    nb = pk.kt && !sparse ? std::min<int64_t>(kFp32PassBlocks, kb_end - kb) : 1;
+    for (int q = 0; q < nq; ++q) {
+      const int64_t lo = std::max(kb, qb[q].kb_lo), hi = std::min(kb + nb, qb[q].kb_hi);
+      if (lo < hi) step(qb[q], lo, hi - lo);
     }
   }
 }
@@ -496,14 +520,25 @@ fsdpa_status forward(const AttnParams& p) {
   const int64_t task_heads =
       !p.sparse && stack_gqa_heads(p.seqlen_q, group, p.dropout_p > 0) ? group : 1;
   const int64_t head_tasks = p.heads_q / task_heads;
-  const int64_t tasks = L.q_blocks() * head_tasks;
   int64_t max_kblocks = 0;  // of any sequence (seqused_k may be below seqlen_k)
   for (int64_t b = 0; b < p.batch; ++b)
     max_kblocks = std::max(max_kblocks, L.k_block0[b + 1] - L.k_block0[b]);
+  // q-blocks per task: two for the fp32 products on packed K/V when a
+  // head's K/V panels are large (heuristics.h), else one.
+  const int64_t qpt = pk.kt && !p.sparse && task_heads == 1 &&
+                              fp32_pair_q_blocks(max_kblocks * kBlockK * (dp + dvp) * 4,
+                                                 L.q_blocks() * head_tasks, pool_threads())
+                          ? 2
+                          : 1;
+  // group0[b]: the first task group (qpt q-blocks of one head) of sequence b.
+  std::vector<int64_t> group0(1, 0);
+  for (int64_t b = 0; b < p.batch; ++b)
+    group0.push_back(group0.back() + (L.q_block0[b + 1] - L.q_block0[b] + qpt - 1) / qpt);
+  const int64_t tasks = group0.back() * head_tasks;
   const int splits = key_splits(tasks, max_kblocks, pool_threads());
 
-  const int64_t per_thread = kBlockQ * dp + kBlockQ * kFp32PassBlocks * kBlockK +
-                             kBlockQ * dvp + 2 * kBlockQ + kBlockK * (2 * dp + dvp);
+  const int64_t per_thread = qpt * (kBlockQ * dp + kBlockQ * dvp + 2 * kBlockQ) +
+                             kBlockQ * kFp32PassBlocks * kBlockK + kBlockK * (2 * dp + dvp);
   // Split partials: [tasks][splits] x (o, m, l); only allocated when splitting.
   const int64_t part_sz = kBlockQ * dvp + 2 * kBlockQ;
   float* partials = splits > 1 ? thread_scratch(1, tasks * splits * part_sz) : nullptr;
@@ -516,13 +551,13 @@ fsdpa_status forward(const AttnParams& p) {
     int64_t b, h, i0;
   };
   auto task_pos = [&](int64_t task) {
-    // The sequence: the last b with q_block0[b] * head_tasks <= task.
-    int64_t b = std::upper_bound(L.q_block0.begin(), L.q_block0.end() - 1, task,
-                                 [&](int64_t t, int64_t qb0) { return t < qb0 * head_tasks; }) -
-                L.q_block0.begin() - 1;
-    const int64_t nqb = L.q_block0[b + 1] - L.q_block0[b];
-    const int64_t local = task - L.q_block0[b] * head_tasks;
-    return TaskPos{b, local / nqb * task_heads, local % nqb * kBlockQ};
+    // The sequence: the last b with group0[b] * head_tasks <= task.
+    int64_t b = std::upper_bound(group0.begin(), group0.end() - 1, task,
+                                 [&](int64_t t, int64_t g0) { return t < g0 * head_tasks; }) -
+                group0.begin() - 1;
+    const int64_t ng = group0[b + 1] - group0[b];
+    const int64_t local = task - group0[b] * head_tasks;
+    return TaskPos{b, local / ng * task_heads, local % ng * qpt * kBlockQ};
   };
 
   parallel_for(tasks * splits, [&](int64_t order) {
@@ -537,7 +572,7 @@ fsdpa_status forward(const AttnParams& p) {
     const HeadCtx c = make_head_ctx(p, e, b, h);
 
     float* qs = thread_scratch(0, per_thread);
-    float* S = qs + kBlockQ * dp;
+    float* S = qs + qpt * kBlockQ * dp;
     RowState st{S + kBlockQ * kFp32PassBlocks * kBlockK, nullptr, nullptr};
     st.m = st.o + kBlockQ * dvp;
     st.l = st.m + kBlockQ;
@@ -577,8 +612,23 @@ fsdpa_status forward(const AttnParams& p) {
         flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h + g, e.q_begin + i0, rows, p.head_dim,
                           p.scale, qs + g * rows * dp, dp, rows),
                 nf.q);
-      attend(p, pk, L, c, task_heads, qs, i0, rows, s_lo, s_hi, S,
-             qs + per_thread - kBlockK * (2 * dp + dvp), st, nf, p.sparse ? &sparse : nullptr);
+      QBlock qb[2] = {{qs, i0, rows, st, s_lo, s_hi}, {}};
+      int nq = 1;
+      if (qpt == 2 && splits == 1 && i0 + kBlockQ < e.sq) {  // the pair's second q-block
+        QBlock& q2 = qb[nq++];
+        const int64_t i1 = i0 + kBlockQ, rows1 = std::min<int64_t>(kBlockQ, e.sq - i1);
+        float* q2s = qs + kBlockQ * dp;
+        float* o2 = st.l + kBlockQ;
+        q2 = QBlock{q2s, i1, rows1, RowState{o2, o2 + kBlockQ * dvp, o2 + kBlockQ * dvp + kBlockQ},
+                    0, 0};
+        visible_key_blocks(c, i1, i1 + rows1, &q2.kb_lo, &q2.kb_hi);
+        flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i1, rows1, p.head_dim,
+                          p.scale, q2s, dp, rows1),
+                nf.q);
+      }
+      attend(p, pk, L, c, task_heads, qb, nq, S, qs + per_thread - kBlockK * (2 * dp + dvp), nf,
+             p.sparse ? &sparse : nullptr);
+      if (nq == 2) finish_rows(p, c, 1, qb[1].i0, qb[1].head_rows, dvp, qb[1].st);
     }
     if (splits == 1) finish_rows(p, c, task_heads, i0, rows, dvp, st);
   });
