@@ -388,8 +388,10 @@ FSDPA_API const char* fsdpa_backends(void);
  * of that type is present at run time, else 0. */
 FSDPA_API int fsdpa_device_available(int32_t dl_device_type);
 
-/* Threads the CPU backend uses; n <= 0 restores the default (all cores,
- * or the FLASHSDPA_NUM_THREADS environment variable). */
+/* Threads the CPU backend uses; n <= 0 restores the default: the
+ * FLASHSDPA_NUM_THREADS environment variable, else, in a process that has
+ * an OpenMP runtime loaded (PyTorch's), its omp_get_max_threads() (so the
+ * work runs on that runtime's threads), else the physical cores. */
 FSDPA_API void fsdpa_set_num_threads(int n);
 FSDPA_API int fsdpa_get_num_threads(void);
 

@@ -31,9 +31,10 @@ def backends() -> list:
 
 
 def set_num_threads(n: int) -> None:
-    """Threads the CPU backend uses (independent of ``torch.set_num_threads``);
-    ``n <= 0`` restores the default (all cores, or the ``FLASHSDPA_NUM_THREADS``
-    environment variable). While the count equals PyTorch's (its OpenMP
+    """Threads the CPU backend uses; ``n <= 0`` restores the default: the
+    ``FLASHSDPA_NUM_THREADS`` environment variable, else PyTorch's thread count
+    (``torch.get_num_threads()``, followed as it changes), else the physical
+    cores. While the count equals PyTorch's (its OpenMP
     runtime's), the work runs on PyTorch's OpenMP threads rather than on
     flashsdpa's own, so the two do not compete for the cores;
     ``FLASHSDPA_CPU_OPENMP=0`` keeps it on flashsdpa's own threads."""

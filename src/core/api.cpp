@@ -15,6 +15,9 @@
 #include "core/reference.h"
 #include "core/settings.h"
 #include "core/validate.h"
+#if defined(FLASHSDPA_WITH_CPU)
+#include "cpu/thread_pool.h"
+#endif
 #include "flashsdpa/flashsdpa.h"
 
 namespace fsdpa {
@@ -78,8 +81,12 @@ int cpu_thread_count() {
     const int n = atoi(env);
     if (n > 0) return n;
   }
+#if defined(FLASHSDPA_WITH_CPU)
+  return cpu::default_thread_count();
+#else
   const unsigned hw = std::thread::hardware_concurrency();
   return hw ? static_cast<int>(hw) : 1;
+#endif
 }
 
 }  // namespace fsdpa

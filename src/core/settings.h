@@ -8,7 +8,8 @@ namespace fsdpa {
 // fsdpa_set_num_threads() value; 0 = default.
 int cpu_threads_setting();
 // Threads the CPU backend will use: the setting, else FLASHSDPA_NUM_THREADS,
-// else the hardware concurrency.
+// else the CPU backend's default (cpu/thread_pool.h: the OpenMP team's size
+// next to an OpenMP runtime, else the physical cores).
 int cpu_thread_count();
 
 // fsdpa_set_workspace_allocator() value; alloc == nullptr: the backend's

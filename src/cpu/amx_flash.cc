@@ -292,4 +292,29 @@ void amx_untile_rows(const float*, int, int, float*, int64_t) { abort(); }
 
 #endif
 
+// The backward's tiled panels: the row-major and pair-interleaved
+// conversions of amx_kernels.h, one 32-value (A) or 16-column (B) slice at
+// a time, each slice a panel with 64-byte rows.
+void fp32_to_a_tiles(const float* src, int lds, int rows, int cols, int K, uint16_t* dst) {
+  for (int c = 0; c < K; c += 32) {
+    const int n = cols - c < 32 ? (cols > c ? cols - c : 0) : 32;
+    to_bf16_rows(src + c, lds, rows, n, 32, dst + int64_t{c} * rows, 32);
+  }
+}
+
+void fp32_to_a_tiles_transposed(const float* src, int lds, int rows, int cols, uint16_t* dst) {
+  for (int r = 0; r < rows; r += 32)
+    to_bf16_transposed(src + int64_t{r} * lds, lds, 32, cols, dst + int64_t{r} * cols, 32);
+}
+
+void fp32_to_b_tiles(const float* src, int lds, int k, int n, uint16_t* dst) {
+  for (int j = 0; j < n; j += 16) to_bf16_pairs(src + j, lds, k, 16, dst + int64_t{j} * k, 32);
+}
+
+void fp32_to_b_tiles_transposed(const float* src, int lds, int n, int k, int k_pad, uint16_t* dst) {
+  for (int j = 0; j < n; j += 16)
+    to_bf16_pairs_transposed(src + int64_t{j} * lds, lds, 16, k, k_pad, dst + int64_t{j} * k_pad,
+                             32);
+}
+
 }  // namespace fsdpa::cpu

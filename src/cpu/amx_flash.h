@@ -16,6 +16,10 @@
 //   C [M x N] fp32: 16 x 16 tiles at base + i * step_i + j * step_c, rows
 //     `ld` floats apart (row-major S: step_i = 16 ld, step_c = 16; tiled O:
 //     ld = 16, step_c = 256).
+// The backward's panels are made from fp32 rows (fp32_to_a_tiles and the
+// others below) in k-major orders of the same tiles: A [M x K] as K / 32
+// row-major [M x 32] panels one after another (grid a_tiles(M)), B [K x N]
+// as N / 16 pair-interleaved [K x 16] panels (grid b_tiles(K)).
 // Every kernel here runs between amx_tiles_begin() and amx_tiles_end()
 // (amx_kernels.h) on the calling thread.
 #pragma once
@@ -34,6 +38,12 @@ struct CTiles {
 
 // The forward's tile sizes: 16 x 32 bf16 operand tiles (512 values).
 constexpr int kTileValues = 512;
+
+// The k-major grids of the backward's panels (see above).
+inline TileGrid a_tiles(int M) { return TileGrid{kTileValues, 32 * int64_t{M}}; }
+inline TileGrid b_tiles(int K) { return TileGrid{16 * int64_t{K}, kTileValues}; }
+// C [M x N] row-major fp32, rows ldc floats apart.
+inline CTiles rows_c(float* C, int ldc) { return CTiles{C, 16 * int64_t{ldc}, 16, ldc}; }
 
 // C (+)= A B: M, N multiples of 16, K of 32, tiled A and B, C as above.
 void amx_gemm_tiled(int M, int N, int K, const uint16_t* A, TileGrid a, const uint16_t* B,
@@ -86,5 +96,18 @@ void amx_scale_tiled_rows(float* O, int N, int rows, const float* alpha);
 
 // dst[r * ld + n] = O's element (r, n) for r < rows, n < N (O as above).
 void amx_untile_rows(const float* O, int N, int rows, float* dst, int64_t ld);
+
+// The backward's panels in bf16 (round to nearest even) from fp32 rows:
+// A [rows x K] (grid a_tiles(rows)) from src [rows x cols] (cols <= K,
+// zeros up to K; rows a multiple of 16).
+void fp32_to_a_tiles(const float* src, int lds, int rows, int cols, int K, uint16_t* dst);
+// A = src^T [cols x rows] (grid a_tiles(cols)) from src [rows x cols]
+// (rows a multiple of 32, cols of 16).
+void fp32_to_a_tiles_transposed(const float* src, int lds, int rows, int cols, uint16_t* dst);
+// B [k x n] (grid b_tiles(k)) from src [k x n] (k a multiple of 32, n of 16).
+void fp32_to_b_tiles(const float* src, int lds, int k, int n, uint16_t* dst);
+// B = src^T [k_pad x n] (grid b_tiles(k_pad)) from src [n x k] (n a
+// multiple of 16, k even; zeros for k <= kk < k_pad, k_pad of 32).
+void fp32_to_b_tiles_transposed(const float* src, int lds, int n, int k, int k_pad, uint16_t* dst);
 
 }  // namespace fsdpa::cpu

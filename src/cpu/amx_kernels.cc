@@ -54,72 +54,11 @@ struct alignas(64) TileConfig {
   }
 };
 
-// One register block: MR x NR tiles of C (16 x 16 fp32 each) at tiles
-// 0..3, A's MR row tiles at 4..5, B's NR column tiles at 6..7; K streamed
-// 32 at a time. Tile numbers are immediates, hence the template.
-template <int MR, int NR>
-__attribute__((target("amx-tile,amx-bf16"))) void block(int K, const uint16_t* A, int lda,
-                                                         const uint16_t* B, int ldb, float* C,
-                                                         int ldc, bool accumulate) {
-  const int sa = lda * 2, sb = ldb * 2, sc = ldc * 4;
-  float* c10 = C + 16 * ldc;
-  if (accumulate) {
-    _tile_loadd(0, C, sc);
-    if (NR > 1) _tile_loadd(1, C + 16, sc);
-    if (MR > 1) _tile_loadd(2, c10, sc);
-    if (MR > 1 && NR > 1) _tile_loadd(3, c10 + 16, sc);
-  } else {
-    _tile_zero(0);
-    if (NR > 1) _tile_zero(1);
-    if (MR > 1) _tile_zero(2);
-    if (MR > 1 && NR > 1) _tile_zero(3);
-  }
-  for (int k = 0; k < K; k += kAmxK) {
-    // B rows are pairs of k: 16 pair rows cover 32 values of k.
-    // All loads first: they overlap each other, and the products wait for
-    // the first of them only (loading right before each product stalled on
-    // every load: ~40% of the block's time in the first tdpbf16ps).
-    const uint16_t* b = B + (k / 2) * ldb;
-    _tile_loadd(4, A + k, sa);
-    _tile_loadd(6, b, sb);
-    if (NR > 1) _tile_loadd(7, b + 32, sb);
-    if (MR > 1) _tile_loadd(5, A + 16 * lda + k, sa);
-    _tile_dpbf16ps(0, 4, 6);
-    if (NR > 1) _tile_dpbf16ps(1, 4, 7);
-    if (MR > 1) {
-      _tile_dpbf16ps(2, 5, 6);
-      if (NR > 1) _tile_dpbf16ps(3, 5, 7);
-    }
-  }
-  _tile_stored(0, C, sc);
-  if (NR > 1) _tile_stored(1, C + 16, sc);
-  if (MR > 1) _tile_stored(2, c10, sc);
-  if (MR > 1 && NR > 1) _tile_stored(3, c10 + 16, sc);
-}
-
-template <int MR>
-void block_row(int N, int K, const uint16_t* A, int lda, const uint16_t* B, int ldb, float* C,
-               int ldc, bool accumulate) {
-  int j = 0;
-  for (; j + 32 <= N; j += 32) block<MR, 2>(K, A, lda, B + 2 * j, ldb, C + j, ldc, accumulate);
-  if (j < N) block<MR, 1>(K, A, lda, B + 2 * j, ldb, C + j, ldc, accumulate);
-}
-
 }  // namespace
 
 bool amx_bf16_available() {
   static const bool ok = detect_amx();
   return ok;
-}
-
-__attribute__((target("amx-tile,amx-bf16"))) void amx_gemm_bf16(int M, int N, int K,
-                                                                const uint16_t* A, int lda,
-                                                                const uint16_t* Bp, int ldb,
-                                                                float* C, int ldc,
-                                                                bool accumulate) {
-  int i = 0;
-  for (; i + 32 <= M; i += 32) block_row<2>(N, K, A + i * lda, lda, Bp, ldb, C + i * ldc, ldc, accumulate);
-  if (i < M) block_row<1>(N, K, A + i * lda, lda, Bp, ldb, C + i * ldc, ldc, accumulate);
 }
 
 __attribute__((target("amx-tile"))) void amx_tiles_begin() {
@@ -134,9 +73,6 @@ __attribute__((target("amx-tile"))) void amx_tiles_end() { _tile_release(); }
 bool amx_bf16_available() { return false; }
 void amx_tiles_begin() { abort(); }
 void amx_tiles_end() { abort(); }
-void amx_gemm_bf16(int, int, int, const uint16_t*, int, const uint16_t*, int, float*, int, bool) {
-  abort();  // callers check amx_bf16_available()
-}
 
 #endif
 

@@ -6,11 +6,11 @@
 // bf16 attention on such a CPU uses these kernels. Elsewhere amx_bf16_available() is false and the
 // callers keep their fp32 kernels.
 //
-// Layouts (uint16_t holds a bf16):
-//   A: row-major [M x K] bf16, lda elements per row.
-//   B: "pair-interleaved" (AMX's VNNI layout) for B [K x N]: row kp of the
-//      panel holds, for each column n, B[2kp][n], B[2kp+1][n] side by side:
-//      element (k, n) at Bp[(k / 2) * ldb + 2 * n + k % 2].
+// This file: detection, the tile state, and conversions of fp32 panels
+// into bf16 row-major (A) and pair-interleaved (B, AMX's VNNI layout)
+// panels. The tile products (amx_gemm_tiled) and the tiled panels they read
+// (fp32_to_a_tiles and the like, slices of these conversions) are in
+// amx_flash.h. uint16_t holds a bf16.
 #pragma once
 
 #include <stdint.h>
@@ -23,19 +23,14 @@ namespace fsdpa::cpu {
 bool amx_bf16_available();
 
 // Loads the tile configuration (all 8 tiles 16 rows x 64 bytes) on the
-// calling thread / releases the tile state: the tile products here and in
+// calling thread / releases the tile state: the tile products of
 // amx_flash.h run between the two, e.g. once per task (loading costs ~150
 // cycles, ~1.5% of a bf16 backward when done per product).
 void amx_tiles_begin();
 void amx_tiles_end();
 
-// Sizes a kernel below needs: M, N multiples of 16, K a multiple of 32.
-constexpr int kAmxRows = 16, kAmxK = 32;
-
-// C[M x N] (+)= A[M x K] * B, A row-major bf16, B pair-interleaved bf16, C
-// fp32 (ldc floats). Only if amx_bf16_available(), after amx_tiles_begin().
-void amx_gemm_bf16(int M, int N, int K, const uint16_t* A, int lda, const uint16_t* Bp, int ldb,
-                   float* C, int ldc, bool accumulate);
+// The products' K step (tile width in bf16 values).
+constexpr int kAmxK = 32;
 
 // Round-to-nearest-even conversions of fp32 panels into the layouts above.
 // dst[r * ldd + c] = bf16(src[r * lds + c]) for r < rows, c < cols; zeros

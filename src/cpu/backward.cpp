@@ -8,6 +8,7 @@
 
 #include <algorithm>
 
+#include "cpu/amx_flash.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/sparse_tiles.h"
 #include "cpu/thread_pool.h"
@@ -19,11 +20,11 @@ namespace {
 // Per (q-block, head) panels shared by all tasks: scaled Q, dO, lse, Delta
 // (with AMX, Q and dO in bf16 only: the fp32 rows are per-task temporaries,
 // which keeps the panels small enough to stay allocated between calls,
-// kKeepPanelBytes). With AMX (bf16), bf16 copies of Q and dO, each both
-// row-major (q16 [rows x dk2], do16 [rows x dv2]) and, per q-block,
-// transposed (qt16 [dp x kBlockQ], dot16 [dvp x kBlockQ]): the A sides of
-// S = Q K^T, dP = dO V^T, dK^T += Q^T dS and dV^T += dO^T P. The scores
-// are recomputed as the forward did.
+// kKeepPanelBytes). With AMX (bf16), bf16 copies of Q and dO per q-block,
+// each both as is (q16 [kBlockQ x dk2], do16 [kBlockQ x dv2]) and
+// transposed (qt16 [dp x kBlockQ], dot16 [dvp x kBlockQ]), tiled A panels
+// (amx_flash.h, a_tiles): the A sides of S = Q K^T, dP = dO V^T, dK^T +=
+// Q^T dS and dV^T += dO^T P. The scores are recomputed as the forward did.
 struct QSide {
   int64_t dp, dvp, dk2, dv2;
   float *qs = nullptr, *dout = nullptr;  // fp32 paths only
@@ -88,14 +89,13 @@ QSide pack_q_side(const AttnParams& p, const BlockLayout& L, int64_t dp, int64_t
               nf.dout);
       if (qs.q16) {
         const int idp = static_cast<int>(dp), idvp = static_cast<int>(dvp);
-        to_bf16_rows(q32, idp, kBlockQ, idp, static_cast<int>(qs.dk2),
-                     const_cast<uint16_t*>(qs.q16_rows(r0)), static_cast<int>(qs.dk2));
-        to_bf16_transposed(q32, idp, kBlockQ, idp, const_cast<uint16_t*>(qs.qt16_block(r0)),
-                           kBlockQ);
-        to_bf16_rows(dout, idvp, kBlockQ, idvp, static_cast<int>(qs.dv2),
-                     const_cast<uint16_t*>(qs.do16_rows(r0)), static_cast<int>(qs.dv2));
-        to_bf16_transposed(dout, idvp, kBlockQ, idvp, const_cast<uint16_t*>(qs.dot16_block(r0)),
-                           kBlockQ);
+        fp32_to_a_tiles(q32, idp, kBlockQ, idp, static_cast<int>(qs.dk2),
+                        const_cast<uint16_t*>(qs.q16_rows(r0)));
+        fp32_to_a_tiles_transposed(q32, idp, kBlockQ, idp, const_cast<uint16_t*>(qs.qt16_block(r0)));
+        fp32_to_a_tiles(dout, idvp, kBlockQ, idvp, static_cast<int>(qs.dv2),
+                        const_cast<uint16_t*>(qs.do16_rows(r0)));
+        fp32_to_a_tiles_transposed(dout, idvp, kBlockQ, idvp,
+                                   const_cast<uint16_t*>(qs.dot16_block(r0)));
       }
       for (int64_t r = 0; r < kBlockQ; ++r) {
         float lse = kNegInf, delta = 0.0f;
@@ -129,8 +129,8 @@ struct Tiles {
 };
 
 // Per-thread tiles of the AMX path: the key block's K^T (kt), K (kp) and
-// V^T (vt) as bf16 B panels, P or dS pair-interleaved (pairs, a B panel), dS
-// row-major (a, an A panel), and the fp32 accumulators dK^T, dV^T: the
+// V^T (vt) as bf16 B panels, P or dS as a B panel (pairs) and dS as an A
+// panel (a), all tiled (amx_flash.h), and the fp32 accumulators dK^T, dV^T: the
 // products run transposed so that their A sides (Q^T, dO^T) are packed once
 // per q-block, not per (q-block, key block).
 struct AmxTiles {
@@ -194,11 +194,9 @@ fsdpa_status backward(const AttnParams& p) {
               nf.v);
       if (A16.kt) {  // bf16 B panels: K^T, K, V^T
         const int idp = static_cast<int>(dp), idvp = static_cast<int>(dvp);
-        to_bf16_pairs_transposed(T.krow, idp, kBlockK, idp, static_cast<int>(Q.dk2), A16.kt,
-                                 2 * kBlockK);
-        to_bf16_pairs(T.krow, idp, kBlockK, idp, A16.kp, 2 * idp);
-        to_bf16_pairs_transposed(T.dv, idvp, kBlockK, idvp, static_cast<int>(Q.dv2), A16.vt,
-                                 2 * kBlockK);
+        fp32_to_b_tiles_transposed(T.krow, idp, kBlockK, idp, static_cast<int>(Q.dk2), A16.kt);
+        fp32_to_b_tiles(T.krow, idp, kBlockK, idp, A16.kp);
+        fp32_to_b_tiles_transposed(T.dv, idvp, kBlockK, idvp, static_cast<int>(Q.dv2), A16.vt);
       } else {
         transpose(T.krow, dp, kBlockK, dp, T.kt, kBlockK);
         transpose(T.dv, dvp, kBlockK, dvp, T.vt, kBlockK);
@@ -231,8 +229,9 @@ fsdpa_status backward(const AttnParams& p) {
               gemm(rows, kBlockK, dp, qs, dp, T.kt, kBlockK, T.s, kBlockK, false);
               break;
             case ScoreGemm::packed_kt_amx:
-              amx_gemm_bf16(kBlockQ, kBlockK, static_cast<int>(Q.dk2), Q.q16_rows(r0),
-                            static_cast<int>(Q.dk2), A16.kt, 2 * kBlockK, T.s, kBlockK, false);
+              amx_gemm_tiled(kBlockQ, kBlockK, static_cast<int>(Q.dk2), Q.q16_rows(r0),
+                             a_tiles(kBlockQ), A16.kt, b_tiles(static_cast<int>(Q.dk2)),
+                             rows_c(T.s, kBlockK), false);
               scale_row(T.s, static_cast<int>(rows * kBlockK), p.scale);
               break;
             case ScoreGemm::rows_in_place:  // fp32 copies of the rows: the same FMAs
@@ -266,11 +265,12 @@ fsdpa_status backward(const AttnParams& p) {
           const int idp = static_cast<int>(dp), idvp = static_cast<int>(dvp);
           if (A16.kt) {
             // P's rows past `rows` are 0 (so are Q's and dO's bf16 rows there).
-            to_bf16_pairs(pz, kBlockK, kBlockQ, kBlockK, A16.pairs, 2 * kBlockK);
-            amx_gemm_bf16(idvp, kBlockK, kBlockQ, Q.dot16_block(r0), kBlockQ, A16.pairs,
-                          2 * kBlockK, A16.dvt, kBlockK, true);
-            amx_gemm_bf16(kBlockQ, kBlockK, static_cast<int>(Q.dv2), Q.do16_rows(r0),
-                          static_cast<int>(Q.dv2), A16.vt, 2 * kBlockK, T.dp, kBlockK, false);
+            fp32_to_b_tiles(pz, kBlockK, kBlockQ, kBlockK, A16.pairs);
+            amx_gemm_tiled(idvp, kBlockK, kBlockQ, Q.dot16_block(r0), a_tiles(idvp), A16.pairs,
+                           b_tiles(kBlockQ), rows_c(A16.dvt, kBlockK), true);
+            amx_gemm_tiled(kBlockQ, kBlockK, static_cast<int>(Q.dv2), Q.do16_rows(r0),
+                           a_tiles(kBlockQ), A16.vt, b_tiles(static_cast<int>(Q.dv2)),
+                           rows_c(T.dp, kBlockK), false);
           } else {
             gemm_at(kBlockK, dvp, rows, pz, kBlockK, dout, dvp, T.dv, dvp, true);
             // dP = (dO V^T) * Z ; dS = P (dP - Delta) [* (1 - tanh^2)]
@@ -287,12 +287,12 @@ fsdpa_status backward(const AttnParams& p) {
           }
           // dK += dS^T (scale Q) ; dQ += dS K  (scale applied when writing dQ)
           if (A16.kt) {  // dK^T += Q^T dS (scaled when written); dS's padding rows are 0
-            to_bf16_pairs(T.dp, kBlockK, kBlockQ, kBlockK, A16.pairs, 2 * kBlockK);
-            amx_gemm_bf16(idp, kBlockK, kBlockQ, Q.qt16_block(r0), kBlockQ, A16.pairs,
-                          2 * kBlockK, A16.dkt, kBlockK, true);
-            to_bf16_rows(T.dp, kBlockK, kBlockQ, kBlockK, kBlockK, A16.a, kBlockK);
-            amx_gemm_bf16(kBlockQ, idp, kBlockK, A16.a, kBlockK, A16.kp, 2 * idp,
-                          dq_split + r0 * dp, idp, true);
+            fp32_to_b_tiles(T.dp, kBlockK, kBlockQ, kBlockK, A16.pairs);
+            amx_gemm_tiled(idp, kBlockK, kBlockQ, Q.qt16_block(r0), a_tiles(idp), A16.pairs,
+                           b_tiles(kBlockQ), rows_c(A16.dkt, kBlockK), true);
+            fp32_to_a_tiles(T.dp, kBlockK, kBlockQ, kBlockK, kBlockK, A16.a);
+            amx_gemm_tiled(kBlockQ, idp, kBlockK, A16.a, a_tiles(kBlockQ), A16.kp, b_tiles(kBlockK),
+                           rows_c(dq_split + r0 * dp, idp), true);
           } else {
             gemm_at(kBlockK, dp, rows, T.dp, kBlockK, qs, dp, T.dk, dp, true);
             gemm(rows, dp, kBlockK, T.dp, kBlockK, T.krow, dp, dq_split + r0 * dp, dp, true);

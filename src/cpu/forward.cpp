@@ -111,11 +111,13 @@ struct PackedKV {
   const uint16_t* v16_block(int64_t kblock, int64_t hk) const {
     return v16 + (hk * k_blocks + kblock) * kBlockK * dvp;
   }
-  const float* kt_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
-    return kt + (kblock * heads_k + hk) * dp * kBlockK;
+  // Head by head too: a head's consecutive V blocks are one [keys x dvp]
+  // panel, which P V reads kFp32PassBlocks blocks at a time.
+  const float* kt_block(int64_t kblock, int64_t hk) const {
+    return kt + (hk * k_blocks + kblock) * dp * kBlockK;
   }
-  const float* v_block(int64_t kblock, int64_t hk, int64_t heads_k) const {
-    return v + (kblock * heads_k + hk) * kBlockK * dvp;
+  const float* v_block(int64_t kblock, int64_t hk) const {
+    return v + (hk * k_blocks + kblock) * kBlockK * dvp;
   }
 };
 
@@ -153,8 +155,8 @@ PackedKV pack_kv(const AttnParams& p, const BlockLayout& L, bool pack_all, NonFi
     float* tmp = thread_scratch(2, kBlockK * pk.dp);  // as above
     for (int64_t kb = 0; kb < L.k_block0[b + 1] - L.k_block0[b]; ++kb) {
       const int64_t gb = L.k_block0[b] + kb;
-      pack_kv_tile(p, L, b, hk, kb, pk.dp, pk.dvp, const_cast<float*>(pk.kt_block(gb, hk, p.heads_k)),
-                   const_cast<float*>(pk.v_block(gb, hk, p.heads_k)), tmp, nf);
+      pack_kv_tile(p, L, b, hk, kb, pk.dp, pk.dvp, const_cast<float*>(pk.kt_block(gb, hk)),
+                   const_cast<float*>(pk.v_block(gb, hk)), tmp, nf);
     }
   });
   return pk;
@@ -212,32 +214,52 @@ struct RowState {
   float* l;  // running sum of exp (before dropout)
 };
 
-// Online softmax of rows [i0, i0 + rows) of `heads` consecutive query heads
-// (c: the first; more than one only without dropout, for GQA decode: their
-// rows are stacked head after head and share each K/V read) over key blocks
-// [kb_begin, kb_end), fp32 products (attend_amx below is the AMX path).
-// `tiles` is scratch for on-the-fly K/V tiles (kBlockK * (Dp + Dvp)).
+// A q-block of attend(): rows [i0, i0 + head_rows) of each of its heads,
+// their scaled Q (dp apart), running state and the key blocks they see.
+struct QBlock {
+  const float* qs;
+  int64_t i0, head_rows;
+  RowState st;
+  int64_t kb_lo, kb_hi;
+};
+
+// Online softmax of the rows of `nq` q-blocks of `heads` consecutive query
+// heads (c: the first; more than one only without dropout, for GQA decode:
+// their rows are stacked head after head and share each K/V read; more
+// than one q-block only with one head, packed K/V and no block lists) over
+// each q-block's key blocks [kb_lo, kb_hi), fp32 products (attend_amx below
+// is the AMX path). With packed K/V (prefill) up to kFp32PassBlocks key
+// blocks per softmax step, each step's blocks used by every q-block in
+// turn. S: [rows x kFp32PassBlocks * kBlockK] scores. `tiles` is scratch
+// for on-the-fly K/V tiles (kBlockK * (Dp + Dvp)).
 // `sparse`: the block lists of these rows (one head), or null: key tiles they
 // do not name are skipped.
 void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const HeadCtx& c,
-            int64_t heads, const float* qs, int64_t i0, int64_t head_rows, int64_t kb_begin,
-            int64_t kb_end, float* S, float* tiles, RowState st, NonFiniteFlags& nf,
+            int64_t heads, const QBlock* qb, int nq, float* S, float* tiles, NonFiniteFlags& nf,
             const SparseRows* sparse) {
   const int64_t hk = kv_head(p, c.h);
   const int64_t kb0 = L.k_block0[c.b];
-  const int64_t rows = heads * head_rows;
-  for (int64_t r = 0; r < rows; ++r) {
-    st.m[r] = kNegInf;
-    st.l[r] = 0.0f;
+  int64_t kb_begin = qb[0].kb_lo, kb_end = qb[0].kb_hi;
+  for (int q = 0; q < nq; ++q) {
+    const RowState& st = qb[q].st;
+    const int64_t rows = heads * qb[q].head_rows;
+    std::fill(st.m, st.m + rows, kNegInf);
+    std::fill(st.l, st.l + rows, 0.0f);
+    std::fill(st.o, st.o + rows * pk.dvp, 0.0f);
+    kb_begin = std::min(kb_begin, qb[q].kb_lo);
+    kb_end = std::max(kb_end, qb[q].kb_hi);
   }
-  std::fill(st.o, st.o + rows * pk.dvp, 0.0f);
   const bool bf16 = p.dtype == DType::bf16;
-  // Decode steps with few query rows read fp32/bf16 K and V in place
-  // (contiguous rows) instead of copying each tile.
-  const bool in_place = forward_score_gemm(p, rows) == ScoreGemm::rows_in_place;
-  for (int64_t kb = kb_begin; kb < kb_end; ++kb) {
-    if (sparse && !sparse->visit[kb]) continue;
-    const int64_t j0 = kb * kBlockK;
+  constexpr int64_t ld = kFp32PassBlocks * kBlockK;  // S's row stride
+  // Key blocks [kb, kb + nb) for the rows of one q-block.
+  auto step = [&](const QBlock& q, int64_t kb, int64_t nb) {
+    const float* qs = q.qs;
+    const int64_t i0 = q.i0, head_rows = q.head_rows, rows = heads * head_rows;
+    const RowState& st = q.st;
+    // Decode steps with few query rows read fp32/bf16 K and V in place
+    // (contiguous rows) instead of copying each tile.
+    const bool in_place = forward_score_gemm(p, rows) == ScoreGemm::rows_in_place;
+    const int64_t j0 = kb * kBlockK, keys = nb * kBlockK;
     int64_t n = kBlockK;  // keys of this block (fewer at the sequence end)
     int64_t pv_keys = kBlockK;  // key columns the packed fp32 products use
     const float* v;
@@ -247,10 +269,14 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       // past the sequence end) and P V skips their zero rows, exactly. Each
       // score is the same dot product either way (the backward recomputes
       // all 64 columns bit for bit alike).
-      pv_keys = std::min<int64_t>(kBlockK, round_up(c.e.sk - j0, kPanelAlign));
-      gemm(rows, static_cast<int>(pv_keys), pk.dp, qs, pk.dp,
-           pk.kt_block(kb0 + kb, hk, p.heads_k), kBlockK, S, kBlockK, false);
-      v = pk.v_block(kb0 + kb, hk, p.heads_k);
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t cols =
+            std::min<int64_t>(kBlockK, round_up(c.e.sk - j0 - b * kBlockK, kPanelAlign));
+        gemm(rows, static_cast<int>(cols), pk.dp, qs, pk.dp, pk.kt_block(kb0 + kb + b, hk),
+             kBlockK, S + b * kBlockK, ld, false);
+        pv_keys = b * kBlockK + cols;
+      }
+      v = pk.v_block(kb0 + kb, hk);
     } else if (in_place) {
       // Decode, fp32/bf16 with contiguous rows: K and V read where they are,
       // one run of equally spaced rows (a page, or the whole block) at a time.
@@ -260,12 +286,14 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
         run = std::min(n - j, kv_contiguous_rows(p, tok + j));
         dot_rows_src(rows, run, p.head_dim, qs, pk.dp,
                      element_ptr(p.k, p.dtype, kv_offset(p, p.k_stride, c.b, hk, tok + j, 0)),
-                     bf16, p.k_stride[2], S + j, kBlockK);
+                     bf16, p.k_stride[2], S + j, ld);
       }
-      for (int64_t r = 0; r < rows; ++r) std::fill(S + r * kBlockK + n, S + (r + 1) * kBlockK, 0.0f);
+      for (int64_t r = 0; r < rows; ++r) std::fill(S + r * ld + n, S + r * ld + kBlockK, 0.0f);
       // A NaN/Inf in these K rows makes a score non-finite; only then scan
       // (unless q, which poisons every score, is already flagged).
-      if (p.check_finite && !nf.q && !nf.k && !all_finite(S, rows * kBlockK))
+      bool finite = true;
+      for (int64_t r = 0; r < rows && finite; ++r) finite = all_finite(S + r * ld, kBlockK);
+      if (p.check_finite && !nf.q && !nf.k && !finite)
         flag_if(rows_finite(p, p.k, p.k_stride, c.b, hk, tok, n, p.head_dim, tiles), nf.k);
       v = nullptr;
     } else {
@@ -281,13 +309,14 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       flag_if(pack_kv_rows(p, p.v, p.v_stride, c.b, hk, e.k_begin + j0, n, p.head_dim_v, v_tile,
                            pk.dvp, kBlockK),
               nf.v);
-      gemm_bt(rows, kBlockK, pk.dp, qs, pk.dp, k_rows, pk.dp, S, kBlockK);
+      gemm_bt(rows, kBlockK, pk.dp, qs, pk.dp, k_rows, pk.dp, S, ld);
       v = v_tile;
     }
     for (int64_t g = 0; g < heads; ++g)
-      score_epilogue(g == 0 ? c : make_head_ctx(p, c.e, c.b, c.h + g), i0, head_rows, j0,
-                     S + g * head_rows * kBlockK, kBlockK, nullptr);
-    if (sparse) apply_block_sparse(c, i0, rows, j0, S, kBlockK, *sparse);  // heads == 1 here
+      for (int64_t b = 0; b < nb; ++b)
+        score_epilogue(g == 0 ? c : make_head_ctx(p, c.e, c.b, c.h + g), i0, head_rows,
+                       j0 + b * kBlockK, S + g * head_rows * ld + b * kBlockK, ld, nullptr);
+    if (sparse) apply_block_sparse(c, i0, rows, j0, S, ld, *sparse);  // heads == 1 here
     // alpha_rows: the factors exp(m_old - m_new) by which O's rows are
     // rescaled before this block's P V is added.
     float alpha_rows[kBlockQ];
@@ -295,23 +324,24 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
     // is NaN (the SIMD max may skip it): then the row is NaN, through its
     // sum and, via P = NaN, its output. Returns that P value.
     auto nothing_visible = [&](int64_t r, float* s) {
-      const bool nan_score = std::any_of(s, s + kBlockK, [](float x) { return x != x; });
-      std::fill(s, s + kBlockK, nan_score ? NAN : 0.0f);
+      const bool nan_score = std::any_of(s, s + keys, [](float x) { return x != x; });
+      std::fill(s, s + keys, nan_score ? NAN : 0.0f);
       if (nan_score) st.m[r] = st.l[r] = NAN;
       return nan_score ? NAN : 0.0f;
     };
     // fp32 products: the whole tile's softmax step in one SIMD pass.
-    softmax_rows(S, kBlockK, static_cast<int>(rows), kBlockK, st.m, st.l, alpha_rows);
+    softmax_rows(S, ld, static_cast<int>(rows), static_cast<int>(keys), st.m, st.l, alpha_rows);
     for (int64_t r = 0; r < rows; ++r) {
       if (st.m[r] == kNegInf) {
-        nothing_visible(r, S + r * kBlockK);
+        nothing_visible(r, S + r * ld);
         alpha_rows[r] = 1.0f;  // O is still 0 (or NaN)
       } else if (p.dropout_p > 0) {
-        apply_dropout_row(c, i0 + r, j0, S + r * kBlockK);  // heads == 1 here
+        for (int64_t b = 0; b < nb; ++b)  // heads == 1 here
+          apply_dropout_row(c, i0 + r, j0 + b * kBlockK, S + r * ld + b * kBlockK);
       }
     }
     if (v) {
-      gemm_scale_c(rows, pk.dvp, static_cast<int>(pv_keys), S, kBlockK, v, pk.dvp, st.o, pk.dvp,
+      gemm_scale_c(rows, pk.dvp, static_cast<int>(pv_keys), S, ld, v, pk.dvp, st.o, pk.dvp,
                    alpha_rows);
     } else {
       for (int64_t r = 0; r < rows; ++r)
@@ -319,13 +349,25 @@ void attend(const AttnParams& p, const PackedKV& pk, const BlockLayout& L, const
       const int64_t tok = c.e.k_begin + j0;
       for (int64_t j = 0, run; j < n; j += run) {
         run = std::min(n - j, kv_contiguous_rows(p, tok + j));
-        accum_rows_src(rows, run, p.head_dim_v, S + j, kBlockK,
+        accum_rows_src(rows, run, p.head_dim_v, S + j, ld,
                        element_ptr(p.v, p.dtype, kv_offset(p, p.v_stride, c.b, hk, tok + j, 0)),
                        bf16, p.v_stride[2], st.o, pk.dvp);
       }
       // Likewise a NaN/Inf in these V rows (0 * Inf is NaN too) poisons O.
       if (p.check_finite && !nf.q && !nf.k && !nf.v && !all_finite(st.o, rows * pk.dvp))
         flag_if(rows_finite(p, p.v, p.v_stride, c.b, hk, tok, n, p.head_dim_v, tiles), nf.v);
+    }
+  };
+  for (int64_t kb = kb_begin, nb = 1; kb < kb_end; kb += nb) {
+    if (sparse && !sparse->visit[kb]) {
+      nb = 1;
+      continue;
+    }
+    // Blocks of this step: several only with packed K/V and no block lists.
+    nb = pk.kt && !sparse ? std::min<int64_t>(kFp32PassBlocks, kb_end - kb) : 1;
+    for (int q = 0; q < nq; ++q) {
+      const int64_t lo = std::max(kb, qb[q].kb_lo), hi = std::min(kb + nb, qb[q].kb_hi);
+      if (lo < hi) step(qb[q], lo, hi - lo);
     }
   }
 }
@@ -478,14 +520,25 @@ fsdpa_status forward(const AttnParams& p) {
   const int64_t task_heads =
       !p.sparse && stack_gqa_heads(p.seqlen_q, group, p.dropout_p > 0) ? group : 1;
   const int64_t head_tasks = p.heads_q / task_heads;
-  const int64_t tasks = L.q_blocks() * head_tasks;
   int64_t max_kblocks = 0;  // of any sequence (seqused_k may be below seqlen_k)
   for (int64_t b = 0; b < p.batch; ++b)
     max_kblocks = std::max(max_kblocks, L.k_block0[b + 1] - L.k_block0[b]);
+  // q-blocks per task: two for the fp32 products on packed K/V when a
+  // head's K/V panels are large (heuristics.h), else one.
+  const int64_t qpt = pk.kt && !p.sparse && task_heads == 1 &&
+                              fp32_pair_q_blocks(max_kblocks * kBlockK * (dp + dvp) * 4,
+                                                 L.q_blocks() * head_tasks, pool_threads())
+                          ? 2
+                          : 1;
+  // group0[b]: the first task group (qpt q-blocks of one head) of sequence b.
+  std::vector<int64_t> group0(1, 0);
+  for (int64_t b = 0; b < p.batch; ++b)
+    group0.push_back(group0.back() + (L.q_block0[b + 1] - L.q_block0[b] + qpt - 1) / qpt);
+  const int64_t tasks = group0.back() * head_tasks;
   const int splits = key_splits(tasks, max_kblocks, pool_threads());
 
-  const int64_t per_thread = kBlockQ * dp + kBlockQ * kBlockK + kBlockQ * dvp + 2 * kBlockQ +
-                             kBlockK * (2 * dp + dvp);
+  const int64_t per_thread = qpt * (kBlockQ * dp + kBlockQ * dvp + 2 * kBlockQ) +
+                             kBlockQ * kFp32PassBlocks * kBlockK + kBlockK * (2 * dp + dvp);
   // Split partials: [tasks][splits] x (o, m, l); only allocated when splitting.
   const int64_t part_sz = kBlockQ * dvp + 2 * kBlockQ;
   float* partials = splits > 1 ? thread_scratch(1, tasks * splits * part_sz) : nullptr;
@@ -498,13 +551,13 @@ fsdpa_status forward(const AttnParams& p) {
     int64_t b, h, i0;
   };
   auto task_pos = [&](int64_t task) {
-    // The sequence: the last b with q_block0[b] * head_tasks <= task.
-    int64_t b = std::upper_bound(L.q_block0.begin(), L.q_block0.end() - 1, task,
-                                 [&](int64_t t, int64_t qb0) { return t < qb0 * head_tasks; }) -
-                L.q_block0.begin() - 1;
-    const int64_t nqb = L.q_block0[b + 1] - L.q_block0[b];
-    const int64_t local = task - L.q_block0[b] * head_tasks;
-    return TaskPos{b, local / nqb * task_heads, local % nqb * kBlockQ};
+    // The sequence: the last b with group0[b] * head_tasks <= task.
+    int64_t b = std::upper_bound(group0.begin(), group0.end() - 1, task,
+                                 [&](int64_t t, int64_t g0) { return t < g0 * head_tasks; }) -
+                group0.begin() - 1;
+    const int64_t ng = group0[b + 1] - group0[b];
+    const int64_t local = task - group0[b] * head_tasks;
+    return TaskPos{b, local / ng * task_heads, local % ng * qpt * kBlockQ};
   };
 
   parallel_for(tasks * splits, [&](int64_t order) {
@@ -519,8 +572,8 @@ fsdpa_status forward(const AttnParams& p) {
     const HeadCtx c = make_head_ctx(p, e, b, h);
 
     float* qs = thread_scratch(0, per_thread);
-    float* S = qs + kBlockQ * dp;
-    RowState st{S + kBlockQ * kBlockK, nullptr, nullptr};
+    float* S = qs + qpt * kBlockQ * dp;
+    RowState st{S + kBlockQ * kFp32PassBlocks * kBlockK, nullptr, nullptr};
     st.m = st.o + kBlockQ * dvp;
     st.l = st.m + kBlockQ;
     if (splits > 1) {
@@ -559,8 +612,23 @@ fsdpa_status forward(const AttnParams& p) {
         flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h + g, e.q_begin + i0, rows, p.head_dim,
                           p.scale, qs + g * rows * dp, dp, rows),
                 nf.q);
-      attend(p, pk, L, c, task_heads, qs, i0, rows, s_lo, s_hi, S,
-             qs + per_thread - kBlockK * (2 * dp + dvp), st, nf, p.sparse ? &sparse : nullptr);
+      QBlock qb[2] = {{qs, i0, rows, st, s_lo, s_hi}, {}};
+      int nq = 1;
+      if (qpt == 2 && splits == 1 && i0 + kBlockQ < e.sq) {  // the pair's second q-block
+        QBlock& q2 = qb[nq++];
+        const int64_t i1 = i0 + kBlockQ, rows1 = std::min<int64_t>(kBlockQ, e.sq - i1);
+        float* q2s = qs + kBlockQ * dp;
+        float* o2 = st.l + kBlockQ;
+        q2 = QBlock{q2s, i1, rows1, RowState{o2, o2 + kBlockQ * dvp, o2 + kBlockQ * dvp + kBlockQ},
+                    0, 0};
+        visible_key_blocks(c, i1, i1 + rows1, &q2.kb_lo, &q2.kb_hi);
+        flag_if(pack_rows(p.q, p.q_stride, p.dtype, b, h, e.q_begin + i1, rows1, p.head_dim,
+                          p.scale, q2s, dp, rows1),
+                nf.q);
+      }
+      attend(p, pk, L, c, task_heads, qb, nq, S, qs + per_thread - kBlockK * (2 * dp + dvp), nf,
+             p.sparse ? &sparse : nullptr);
+      if (nq == 2) finish_rows(p, c, 1, qb[1].i0, qb[1].head_rows, dvp, qb[1].st);
     }
     if (splits == 1) finish_rows(p, c, task_heads, i0, rows, dvp, st);
   });

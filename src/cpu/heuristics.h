@@ -17,6 +17,24 @@ constexpr int kBlockK = 64;
 // S1024 D128): 1 block 37.0 ms, 2 blocks 29.6-31.9, 4 blocks 28.4-29.7.
 constexpr int kAmxPassBlocks = 4;
 
+// The fp32 forward with packed K/V takes this many key blocks per softmax
+// step: P V then loads, rescales and stores O once per kFp32PassBlocks
+// blocks, and each row's max and rescale factor cover more keys. Measured
+// (1 thread, CPU time, separate processes alternating, load 4-5): B1 H2
+// S4096 D128 140.3 -> 133.0 ms (best of 4), B1 H8/4 S603 D176 15.5 -> 15.1;
+// 4 blocks the same as 2 (133.2, 15.3), with twice the score tile.
+constexpr int kFp32PassBlocks = 2;
+
+// The fp32 forward on packed K/V takes two q-blocks per task, each pass of
+// key blocks used by both in turn, when a head's K and V panels are larger
+// than about a core's L2 (each q-block then reads them from L3): half the
+// K/V traffic. Only with enough tasks left to share out (and never with
+// key splits). Measured in an intrinsics copy of the forward's two gemms
+// (1 thread): S 4096 D 128 138 -> 153 GFLOP/s; S 1024 (1 MiB a head) even.
+inline bool fp32_pair_q_blocks(int64_t kv_bytes_per_head, int64_t q_block_tasks, int threads) {
+  return kv_bytes_per_head > (int64_t{1} << 20) && q_block_tasks >= 4 * threads;
+}
+
 // Decode tasks with at most this many query rows read K/V rows in place
 // (dot products per key) instead of packing tiles for the register-blocked
 // gemm, which pays off only with more rows.

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "core/settings.h"
+#include "cpu/core_count.h"
 #include "cpu/heuristics.h"
 #include "cpu/openmp_runtime.h"
 
@@ -271,6 +272,25 @@ Route choose_route(const RouteFacts& f) {
 }
 
 int pool_threads() { return cpu_thread_count(); }
+
+int default_thread_count() {
+  // Next to an OpenMP runtime (PyTorch's libgomp): the size of the team a
+  // region started here would get (omp_get_max_threads: PyTorch's thread
+  // count, OMP_NUM_THREADS, torch.set_num_threads, e.g. 1 in DataLoader
+  // workers). choose_route puts jobs on that team only at equal sizes, and
+  // PyTorch's default is the physical cores while this one was the logical
+  // CPUs: on SMT machines the team was never used, and our pool competed
+  // with PyTorch's spinning threads. (Not in a forked child: the lookup's
+  // lock may be held there, and the team's threads do not exist.)
+  if (!g_forked_child)
+    if (const OpenMpRuntime* omp = loaded_openmp_runtime())
+      if (const int n = omp->get_max_threads(); n > 0) return n;
+  // Else the physical cores: the kernels are bound by a core's FMA or AMX
+  // units and by the per-core caches their tiles are sized for
+  // (heuristics.h), which SMT siblings share; PyTorch and oneDNN default
+  // to the physical cores too.
+  return physical_cores();
+}
 
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) {
   const int configured = pool_threads();

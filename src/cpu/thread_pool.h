@@ -13,8 +13,12 @@ namespace fsdpa::cpu {
 // Blocks until all tasks are done. Nested calls run serially.
 void parallel_for(int64_t n, const std::function<void(int64_t task)>& fn);
 
-// Number of threads parallel_for may use.
+// Number of threads parallel_for may use (fsdpa_get_num_threads()).
 int pool_threads();
+
+// The thread count when neither fsdpa_set_num_threads() nor
+// FLASHSDPA_NUM_THREADS sets one (see thread_pool.cpp for why).
+int default_thread_count();
 
 // Where parallel_for runs a job: on the calling thread, on the threads of
 // the OpenMP runtime the process has loaded (PyTorch's), or on the pool's

@@ -122,6 +122,9 @@ void add_cpu_grid(std::vector<Case>& g) {
       {"s5x300_d59_gqa_inplace", 2, 4, 2, 5, 300, 59, 59},
       {"s1x1000_d80_dv48_inplace", 1, 2, 1, 1, 1000, 80, 48},
       {"s16x130_d256_inplace", 1, 2, 2, 16, 130, 256, 256},
+      // K/V over 1 MiB a head: the fp32 forward takes q-blocks in pairs
+      // (fp32_pair_q_blocks; 20 tasks of q-blocks), the last one alone.
+      {"s265x2100_d64_gqa_qpairs", 1, 4, 2, 265, 2100, 64, 64},
   };
   for (const Shape& s : shapes)
     for (DType dt : kDtypes) {

@@ -102,6 +102,31 @@ TEST(OpenMpTeam, JobsRunOnTheTeamAndStartNoThreadsOfTheirOwn) {
   use_threads(0);
 }
 
+// With no count set, flashsdpa takes the OpenMP team's size (PyTorch's
+// torch.get_num_threads()), follows it as it changes, and so runs on the
+// team: a team of 5 starts none of the pool's threads (the pool would need 4).
+TEST(OpenMpTeam, DefaultThreadCountIsTheTeamSize) {
+  const char* env = getenv("FLASHSDPA_NUM_THREADS");
+  const std::string saved = env ? env : "";
+  unsetenv("FLASHSDPA_NUM_THREADS");
+  fsdpa_set_num_threads(0);
+  omp_set_num_threads(3);
+  EXPECT_EQ(fsdpa_get_num_threads(), 3);
+  omp_set_num_threads(5);
+  EXPECT_EQ(fsdpa_get_num_threads(), 5);
+  const int pool_before = own_pool_threads();
+  openmp_work();
+  Problem pr(prefill_case());
+  run(pr, true);
+  EXPECT_EQ(own_pool_threads(), pool_before) << "the default count did not take the team";
+  // An explicit count still comes first.
+  fsdpa_set_num_threads(2);
+  EXPECT_EQ(fsdpa_get_num_threads(), 2);
+  fsdpa_set_num_threads(0);
+  omp_set_num_threads(omp_get_num_procs());
+  if (env) setenv("FLASHSDPA_NUM_THREADS", saved.c_str(), 1);
+}
+
 // The same bytes on the team and on the pool's own threads, over thread
 // counts (2, 3: the team route; 4 against OpenMP's 2: the pool on both),
 // prefill with GQA, a causal band and a mask, decode (split keys), varlen

@@ -6,6 +6,7 @@ child falls back to the pool. A fresh interpreter per scenario, with a
 timeout: the pool must not have run before, and a hang fails the test."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -78,6 +79,42 @@ def test_openmp_team_route_same_bytes_and_fork():
     try:
         r = subprocess.run([sys.executable, "-c", textwrap.dedent(SCRIPT)], capture_output=True,
                            text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hung (killed after {TIMEOUT_S} s)")
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
+
+
+DEFAULT_SCRIPT = """
+    import os, torch, flashsdpa
+
+    def pool_threads():
+        names = [open(f"/proc/self/task/{t}/comm").read().strip()
+                 for t in os.listdir("/proc/self/task")]
+        return names.count("fsdpa-pool")
+
+    # No count set: PyTorch's, followed as it changes, so the jobs run on
+    # PyTorch's OpenMP threads (5 threads on the pool would start 4).
+    assert flashsdpa.get_num_threads() == torch.get_num_threads(), (
+        flashsdpa.get_num_threads(), torch.get_num_threads())
+    torch.set_num_threads(5)
+    assert flashsdpa.get_num_threads() == 5, flashsdpa.get_num_threads()
+    torch.mm(torch.randn(300, 300), torch.randn(300, 300))
+    q = torch.randn(2, 4, 203, 40)
+    out = flashsdpa.scaled_dot_product_attention(q, q, q, is_causal=True)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+    assert (out - ref).abs().max() < 1e-4
+    assert pool_threads() == 0, pool_threads()
+    flashsdpa.set_num_threads(2)  # an explicit count comes first
+    assert flashsdpa.get_num_threads() == 2
+    print("ok")
+"""
+
+
+def test_default_thread_count_is_pytorchs():
+    env = {k: v for k, v in os.environ.items() if k != "FLASHSDPA_NUM_THREADS"}
+    try:
+        r = subprocess.run([sys.executable, "-c", textwrap.dedent(DEFAULT_SCRIPT)],
+                           capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
     except subprocess.TimeoutExpired:
         pytest.fail(f"hung (killed after {TIMEOUT_S} s)")
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
