@@ -46,7 +46,8 @@ class BlockLists:
         """The lists of a ``torch.nn.attention.flex_attention.BlockMask``; its
         ``mask_mod`` is evaluated on the partial blocks only (skipped when it
         is ``noop_mask``). ``seq_len_*`` default to the mask's
-        ``seq_lengths``; they bound the indices passed to ``mask_mod``."""
+        ``seq_lengths`` (PyTorch 2.5's ``BlockMask`` has none: its whole
+        blocks, ``shape[-2:]``); they bound the indices passed to ``mask_mod``."""
         try:
             from torch.nn.attention.flex_attention import noop_mask
         except ImportError:  # PyTorch < 2.5: no BlockMask can exist
@@ -54,7 +55,7 @@ class BlockLists:
                             f"{torch.__version__} has no FlexAttention BlockMask: "
                             "torch.nn.attention.flex_attention needs PyTorch >= 2.5)") from None
         bq, bk = _block_size(block_mask.BLOCK_SIZE)
-        lq, lk = (int(x) for x in block_mask.seq_lengths)
+        lq, lk = (int(x) for x in getattr(block_mask, "seq_lengths", block_mask.shape[-2:]))
         num, idx = block_mask.kv_num_blocks, block_mask.kv_indices
         full_num, full_idx = block_mask.full_kv_num_blocks, block_mask.full_kv_indices
         if seq_len_q is not None and seq_len_k is not None and (seq_len_q < lq or seq_len_k < lk):

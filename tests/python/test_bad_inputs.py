@@ -24,11 +24,19 @@ TIMEOUT_S = 300
 BATCH = 40
 
 
+def _child_env():
+    """The environment of the case processes. They run in this directory, so a
+    relative PYTHONPATH (``PYTHONPATH=python pytest ...`` from the repository
+    root) is made absolute, or they could not import flashsdpa."""
+    paths = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return dict(os.environ, FLASHSDPA_CHECK_INDICES="1", PYTHONPATH=os.pathsep.join(paths))
+
+
 def _run_batch(device, names):
     try:
         r = subprocess.run([sys.executable, os.path.join(HERE, "bad_input_cases.py"), device,
                             *names], capture_output=True, text=True, timeout=TIMEOUT_S, cwd=HERE,
-                           env=dict(os.environ, FLASHSDPA_CHECK_INDICES="1"))
+                           env=_child_env())
         out, err, rc = r.stdout, r.stderr, r.returncode
     except subprocess.TimeoutExpired as e:
         out, err, rc = (e.stdout or b"").decode(), (e.stderr or b"").decode(), "timeout"

@@ -26,6 +26,36 @@ needs_flex = pytest.mark.skipif(
            "no BlockMask to pass")
 
 
+def _create_block_mask_keeps_block_size() -> bool:
+    """False on PyTorch 2.5, whose create_block_mask builds the lists with the
+    BLOCK_SIZE asked for but labels the BlockMask with the default 128, and
+    calls mask_mod on indices up to the lengths rounded up to whole blocks."""
+    bm = create_block_mask(lambda b, h, qi, ki: qi >= ki, None, None, 256, 256, device="cpu",
+                           BLOCK_SIZE=64)
+    return tuple(bm.BLOCK_SIZE) == (64, 64)
+
+
+KEEPS_BLOCK_SIZE = create_block_mask is None or _create_block_mask_keeps_block_size()
+
+
+def block_mask(mask_mod, b, h, sq, sk, device, block):
+    """create_block_mask(..., BLOCK_SIZE=block). On PyTorch 2.5 (above) the
+    BlockMask such a user would build by hand: mask_mod given in-range indices
+    while PyTorch builds the lists, which are then labelled with their real
+    block size (BlockMask.from_kv_blocks) and carry the caller's mask_mod."""
+    if KEEPS_BLOCK_SIZE:
+        return create_block_mask(mask_mod, b, h, sq, sk, device=device, BLOCK_SIZE=block)
+    from torch.nn.attention.flex_attention import BlockMask
+
+    def in_range(b_, h_, qi, ki):
+        return mask_mod(b_, h_, qi.clamp(max=sq - 1), ki.clamp(max=sk - 1))
+
+    bm = create_block_mask(in_range, b, h, sq, sk, device=device, BLOCK_SIZE=block)
+    bq, bk = (block, block) if isinstance(block, int) else block
+    return BlockMask.from_kv_blocks(bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks,
+                                    bm.full_kv_indices, BLOCK_SIZE=(bq, bk), mask_mod=mask_mod)
+
+
 def dense_attention(q, k, v, mask, scale=None):
     """Softmax attention with a dense bool mask [B|1, H|1, Sq, Sk]; rows that
     see no key give 0 (flashsdpa's semantics). GQA by repeating k/v."""
@@ -145,7 +175,7 @@ def test_block_mask_matches_dense(pattern, b, h, block, dtype, device):
                 "block_causal": lambda b, h, qi, ki: qi // 64 >= ki // 64}[pattern]
 
     bb, hh = b if b > 1 else None, h if h > 1 else None
-    bm = create_block_mask(mask_mod(device), bb, hh, sq, sk, device=device, BLOCK_SIZE=block)
+    bm = block_mask(mask_mod(device), bb, hh, sq, sk, device, block)
     dense = create_mask(mask_mod("cpu"), bb, hh, sq, sk, device="cpu")
     check_against_dense(q, k, v, bm, dense, dtype, device, enable_gqa=True)
 
@@ -156,9 +186,45 @@ def test_mask_built_for_longer_sequences_is_cut():
     accepts it): its lists are cut to the inputs' blocks (the band reaches
     key blocks past the 300 keys)."""
     mm = lambda b, h, qi, ki: (qi - ki).abs() < 100
-    bm = create_block_mask(mm, None, None, 512, 512, device="cpu", BLOCK_SIZE=64)
+    bm = block_mask(mm, None, None, 512, 512, "cpu", 64)
     dense = create_mask(mm, None, None, 300, 300, device="cpu")
     q, k, v = _inputs(1, 2, 2, 300, 300, 32)
+    check_against_dense(q, k, v, bm, dense, torch.float32)
+
+
+class _BlockMaskOf25:
+    """A BlockMask as PyTorch 2.5 has it: no ``seq_lengths``; its ``shape``
+    is whole blocks."""
+
+    def __init__(self, bm):
+        self._bm = bm
+
+    def __getattr__(self, name):
+        if name == "seq_lengths":
+            raise AttributeError(name)
+        return getattr(self._bm, name)
+
+    @property
+    def shape(self):
+        *batch, nqb, nkb = self._bm.kv_indices.shape
+        return (*batch, nqb * self._bm.BLOCK_SIZE[0], nkb * self._bm.BLOCK_SIZE[1])
+
+    def to(self, device):
+        return _BlockMaskOf25(self._bm.to(device))
+
+
+@needs_flex
+def test_block_mask_without_seq_lengths():
+    """A BlockMask without ``seq_lengths`` (PyTorch 2.5's): its whole-block
+    extent (384 here) is cut to the inputs' 300 tokens, and mask_mod sees
+    indices within them (document() indexes a 300-entry tensor)."""
+    sq = sk = 300
+    doc_ids = torch.repeat_interleave(torch.arange(3), torch.tensor([90, 130, 80]))
+    mm = document(doc_ids)
+    bm = _BlockMaskOf25(block_mask(mm, None, None, sq, sk, "cpu", 128))
+    assert bm.shape[-2:] == (384, 384) and not hasattr(bm, "seq_lengths")
+    dense = create_mask(mm, None, None, sq, sk, device="cpu")
+    q, k, v = _inputs(1, 2, 2, sq, sk, 32)
     check_against_dense(q, k, v, bm, dense, torch.float32)
 
 
@@ -186,7 +252,7 @@ def test_combined_with_causal_and_dropout_matches_flashsdpa_dense():
     same seed (the keep decision depends on (b, h, i, j) only)."""
     sq = 200
     mm = prefix_lm(40)
-    bm = create_block_mask(mm, None, None, sq, sq, device="cpu", BLOCK_SIZE=64)
+    bm = block_mask(mm, None, None, sq, sq, "cpu", 64)
     dense = create_mask(mm, None, None, sq, sq, device="cpu")
     causal = torch.ones(sq, sq, dtype=torch.bool).tril()
     q, k, v = (t.float() for t in _inputs(1, 2, 2, sq, sq, 32))
@@ -263,7 +329,7 @@ def test_block_lists_on_device_without_element_mask(device):
 
 
 _MEMORY_SCRIPT = textwrap.dedent("""
-    import sys, torch, flashsdpa
+    import inspect, sys, torch, flashsdpa
     from torch.nn.attention.flex_attention import BlockMask
 
     S, H, D, BLK = int(sys.argv[1]), 2, 32, 128
@@ -285,8 +351,11 @@ _MEMORY_SCRIPT = textwrap.dedent("""
         full_idx[0, 0, qb, :len(r)] = torch.tensor(r, dtype=torch.int32)
     empty_num = torch.zeros(1, 1, n, dtype=torch.int32)
     empty_idx = torch.zeros(1, 1, n, n, dtype=torch.int32)
+    # seq_lengths: PyTorch >= 2.6 (S is whole blocks, the extent 2.5 assumes)
+    extra = ({"seq_lengths": (S, S)} if "seq_lengths" in
+             inspect.signature(BlockMask.from_kv_blocks).parameters else {})
     bm = BlockMask.from_kv_blocks(empty_num, empty_idx, full_num, full_idx, BLOCK_SIZE=BLK,
-                                  seq_lengths=(S, S))
+                                  **extra)
     q, k, v = (torch.randn(1, H, S, D, requires_grad=True) for _ in range(3))
     # Warm-up (thread pool, per-thread scratch) on 2 blocks, outside the measurement.
     warm = flashsdpa.BlockLists(full_kv_num_blocks=torch.ones(1, 1, 2, dtype=torch.int32),
