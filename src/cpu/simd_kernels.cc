@@ -233,6 +233,36 @@ HWY_INLINE void DotBlock(int r0, int j, int K, const float* HWY_RESTRICT A, int 
   }
 }
 
+// DotRowsSrc for a single query row (decode, Sq = 1): C[j + t] for t <
+// kKeys, one FMA chain per key (four keys give the four chains in flight
+// that DotBlock<kBF16, 1> gets by splitting one key's sum), so A's vectors
+// load once per four keys and no partial sums are added per key (perf:
+// the per-key adds and reloads made the K pass 35% slower than the V pass
+// over the same bytes). Each score sums its products in DotBlock<kBF16, 4>'s
+// order for a row, so a row alone and a row of a stacked GQA group (the
+// backward recomputes per head) get the same bits.
+template <bool kBF16, int kKeys>
+HWY_INLINE void DotKeys(int j, int K, const float* HWY_RESTRICT A, const char* bt, int64_t ldb,
+                        float* HWY_RESTRICT C) {
+  const DF d;
+  const int lanes = static_cast<int>(hn::Lanes(d));
+  hn::Vec<DF> acc[kKeys];
+  for (int t = 0; t < kKeys; ++t) acc[t] = hn::Zero(d);
+  const int whole = K / lanes * lanes;
+  for (int k = 0; k < whole; k += lanes) {
+    const auto a = hn::LoadU(d, A + k);
+    for (int t = 0; t < kKeys; ++t)
+      acc[t] = hn::MulAdd(a, hn::BitCast(d, LoadBits<kBF16>(bt + (j + t) * ldb, k)), acc[t]);
+  }
+  if (whole < K) {
+    const auto a = hn::LoadU(d, A + whole);
+    for (int t = 0; t < kKeys; ++t)
+      acc[t] = hn::MulAdd(
+          a, hn::BitCast(d, LoadBitsTail<kBF16>(bt + (j + t) * ldb, whole, K - whole)), acc[t]);
+  }
+  for (int t = 0; t < kKeys; ++t) C[j + t] = hn::GetLane(hn::SumOfLanes(d, acc[t]));
+}
+
 // C[M x N] = A[M x K] * Bt^T with Bt the N rows (K elements each, row r at
 // element offset r * ldbt) of a caller's fp32/bf16 tensor, read in place.
 // A is a padded fp32 panel (K rounded up to whole vectors, zero padded).
@@ -242,6 +272,16 @@ void DotRowsSrcT(int M, int N, int K, const float* HWY_RESTRICT A, int lda, cons
   const char* bt = static_cast<const char*>(Bt);
   const int64_t ldb = ldbt * (kBF16 ? 2 : 4);
   const int row_bytes = K * (kBF16 ? 2 : 4);
+  if (M == 1) {
+    int j = 0;
+    for (; j + 4 <= N; j += 4) {
+      for (int t = 0; t < 4; ++t)
+        PrefetchRow(bt + (j + t + kPrefetchRows) * ldb, row_bytes, j + t + kPrefetchRows < N);
+      DotKeys<kBF16, 4>(j, K, A, bt, ldb, C);
+    }
+    for (; j < N; ++j) DotKeys<kBF16, 1>(j, K, A, bt, ldb, C);
+    return;
+  }
   for (int j = 0; j < N; ++j) {
     const char* row = bt + j * ldb;
     PrefetchRow(row + kPrefetchRows * ldb, row_bytes, j + kPrefetchRows < N);
