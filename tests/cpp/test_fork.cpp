@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "attention_case.h"
+#include "wait_child.h"
 
 namespace fsdpa_test {
 namespace {
@@ -23,23 +24,6 @@ fsdpa_status run_forward() {
   Problem pr(c);
   Tensor out({c.B, c.Hq, c.Sq, c.Dv}, DT::f32);
   return fsdpa_forward(&pr.p, &pr.q, &pr.k, &pr.v, &out, nullptr, nullptr);
-}
-
-// Waits for pid up to `seconds`; kills it after. Returns its wait status,
-// or -1 if it had to be killed.
-int wait_with_timeout(pid_t pid, double seconds) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  for (;;) {
-    int status = 0;
-    const pid_t r = waitpid(pid, &status, WNOHANG);
-    if (r == pid) return status;
-    if (std::chrono::steady_clock::now() > deadline) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      return -1;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
 }
 
 TEST(Fork, ChildRunsMultiThreadedCallsAfterParentUsedThePool) {

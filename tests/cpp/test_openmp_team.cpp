@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "attention_case.h"
+#include "wait_child.h"
 
 namespace fsdpa_test {
 namespace {
@@ -184,20 +185,6 @@ TEST(OpenMpTeam, CallsFromInsideAnOpenMpRegion) {
     for (size_t i = 0; i < r.size(); ++i) EXPECT_EQ(r[i].bytes, outside[i].bytes);
   }
   use_threads(0);
-}
-
-int wait_with_timeout(pid_t pid, double seconds) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  for (;;) {
-    int status = 0;
-    if (waitpid(pid, &status, WNOHANG) == pid) return status;
-    if (std::chrono::steady_clock::now() > deadline) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      return -1;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
 }
 
 // After the parent ran jobs on its OpenMP team, a forked child's calls
